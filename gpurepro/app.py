@@ -1,0 +1,101 @@
+"""Entry points shared by the Invoke tasks and `python -m gpurepro`.
+
+Each returns an exit code (DESIGN.md) or raises a GpuReproError, which the front ends turn into one
+line on stderr and that error's exit code.
+"""
+from __future__ import annotations
+
+import pathlib
+import re
+import sys
+
+from .config import load_config
+from .console import Console
+from .errors import BadInputError, UsageError
+from .manifest import load_manifest
+from .pipeline import RunRequest, execute
+
+
+def split_steps(steps) -> list[str]:
+    """`invoke repro step01,step02` (Invoke has no variadic positionals) or a list from argparse."""
+    if not steps:
+        return []
+    items = steps if isinstance(steps, (list, tuple)) else [steps]
+    return [s for item in items for s in re.split(r"[,\s]+", item) if s]
+
+
+def repro(steps=None, *, all=False, arch=None, backend="auto", compile_only=False, jobs=None,
+          config=None, argv=None, console=None) -> int:
+    cfg = load_config(config)
+    if arch is not None and not re.fullmatch(r"sm_\d{2,3}[af]?", arch):
+        raise UsageError(f"--arch {arch!r} is not an arch like sm_120a")
+    request = RunRequest(steps=split_steps(steps), all=all, arch=arch, backend=backend,
+                         compile_only=compile_only, jobs=jobs, argv=list(argv or sys.argv))
+    return execute(cfg, request, console=console).exit_code
+
+
+def list_steps(*, config=None, console=None) -> int:
+    cfg = load_config(config)
+    manifest = load_manifest(cfg.manifest)
+    console = console or Console()
+    from rich.table import Table
+
+    table = Table(title=str(manifest.path.relative_to(cfg.root)))
+    for column in ("step", "parent", "targets", "expect", "change"):
+        table.add_column(column, overflow="fold")
+    for step in manifest.steps.values():
+        expect = ", ".join(f"{k}: {v}" for k, v in step.expect.items())
+        table.add_row(step.id, step.parent or "-", " ".join(step.targets), expect, step.change)
+    console.out.print(table)
+    return 0
+
+
+def image_base(*, force=False, suite="bookworm", mirror=None, config=None) -> int:
+    from .images import build_base
+    from .runners.docker import connect
+
+    cfg = load_config(config)
+    build_base(connect(timeout=600), cfg, suite=suite, mirror=mirror, force=force)
+    return 0
+
+
+def image_build(*, target="toolchain", config=None) -> int:
+    from .images import build_image
+    from .runners.docker import connect
+
+    cfg = load_config(config)
+    tag = build_image(connect(timeout=1800), cfg, target)
+    print(f"built {tag}")
+    return 0
+
+
+def image_wheels(*, target="toolchain", config=None) -> int:
+    from .images import download_wheels
+
+    cfg = load_config(config)
+    path = download_wheels(cfg, target)
+    print(f"wheelhouse ready: {path}")
+    return 0
+
+
+def toolchain_headers(*, wheel=None, dest=None, config=None) -> int:
+    """Lay out FlashInfer/CUTLASS headers from the pinned wheel for the host backend."""
+    import importlib.util
+
+    from .images import download_wheels
+
+    cfg = load_config(config)
+    dest_path = pathlib.Path(dest or cfg.host.flashinfer).expanduser()
+    if wheel is None:
+        wheelhouse = download_wheels(cfg, "toolchain")
+        found = sorted(wheelhouse.glob("flashinfer_python-*.whl"))
+        if not found:
+            raise BadInputError("no flashinfer_python wheel in the wheelhouse")
+        wheel = found[-1]
+    script = cfg.root / "docker" / "layout_flashinfer.py"
+    spec = importlib.util.spec_from_file_location("layout_flashinfer", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    count = module.layout(pathlib.Path(wheel), dest_path)
+    print(f"laid out {count} headers under {dest_path} (set GPUREPRO_FLASHINFER={dest_path} if not the default)")
+    return 0

@@ -1,0 +1,68 @@
+"""Terminal output with rich: progress while compiling, a short table at the end."""
+from __future__ import annotations
+
+import contextlib
+import sys
+
+from rich.console import Console as RichConsole
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .outcomes import Outcome, StepResult, Verdict
+
+STYLE = {
+    Outcome.PASS: "green", Outcome.SKIPPED: "yellow", Outcome.INFRA_ERROR: "magenta",
+    Outcome.COMPILE_ERROR: "red", Outcome.MISMATCH: "red", Outcome.INIT_ERROR: "red",
+    Outcome.CAN_IMPLEMENT_ERROR: "red", Outcome.RUNTIME_ERROR: "red", Outcome.TIMEOUT: "red",
+}
+VERDICT_STYLE = {Verdict.MATCH: "green", Verdict.DEPARTED: "bold red", Verdict.INFRA: "magenta",
+                 Verdict.NEW: "cyan", Verdict.NOT_RUN: "yellow"}
+
+
+class Console:
+    def __init__(self, out=None, err=None):
+        self.out = RichConsole(file=out or sys.stdout, highlight=False, soft_wrap=True)
+        self.err = RichConsole(file=err or sys.stderr, highlight=False, soft_wrap=True)
+
+    def info(self, message: str) -> None:
+        self.out.print(message, markup=False)
+
+    def error(self, message: str) -> None:
+        self.err.print(message, markup=False, style="bold red")
+
+    def environment(self, facts) -> None:
+        gpu = f"{facts.gpu.name} ({facts.gpu.arch})" if facts.gpu else "no GPU"
+        values = facts.values
+        self.info(f"{facts.backend}: {gpu}; nvcc {values.get('nvcc_version') or '?'}; "
+                  f"CUTLASS {values.get('cutlass_version') or '?'}; FlashInfer {values.get('flashinfer_version') or '?'}")
+
+    @contextlib.contextmanager
+    def progress(self, label: str, total: int):
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        with Progress(*columns, console=self.out, transient=True, disable=not self.out.is_terminal) as progress:
+            task = progress.add_task(label, total=total)
+
+            def advance(ctx) -> None:
+                progress.update(task, advance=1, description=f"{label} (last: {ctx.step.id})")
+
+            yield advance
+
+    def step_done(self, result: StepResult) -> None:
+        style = STYLE.get(result.outcome, "")
+        self.out.print(f"  {escape(result.testcase_name)}: [{style}]{result.outcome.value}[/] — {escape(result.reason)}",
+                       markup=True, highlight=False)
+
+    def results(self, results: list[StepResult], run) -> None:
+        table = Table(title=f"run {run.run_id}", show_lines=False)
+        for column in ("step", "arch", "expected", "observed", "verdict", "reason"):
+            table.add_column(column, overflow="fold")
+        for r in results:
+            table.add_row(escape(r.step), escape(r.arch), escape(r.expected or "unknown"),
+                          f"[{STYLE.get(r.outcome, '')}]{r.outcome.value}[/]",
+                          f"[{VERDICT_STYLE.get(r.verdict, '')}]{r.verdict.value}[/]", escape(r.reason))
+        self.out.print(table)
+        for r in results:
+            if r.verdict in (Verdict.DEPARTED, Verdict.INFRA):
+                self.out.print(f"reproduce {r.testcase_name}: {r.reproduce}", markup=False)
+        self.out.print(f"report: {run.path}", markup=False)

@@ -1,0 +1,128 @@
+"""The small interface every runner keeps: copy in, execute, copy out, describe where it runs."""
+from __future__ import annotations
+
+import abc
+import re
+from dataclasses import dataclass, field
+
+from ..archs import parse_compute_capability
+from ..classify import ExecResult
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    compute_capability: str  # "9.0"
+    driver: str = ""
+
+    @property
+    def cc(self) -> tuple[int, int]:
+        return parse_compute_capability(self.compute_capability)
+
+    @property
+    def arch(self) -> str:
+        major, minor = self.cc
+        return f"sm_{major}{minor}"
+
+
+@dataclass
+class Facts:
+    """What run.json records about where the steps ran."""
+
+    backend: str
+    values: dict[str, str] = field(default_factory=dict)
+    gpu: GpuInfo | None = None
+
+    @property
+    def cuda_home(self) -> str | None:
+        nvcc = self.values.get("nvcc_path")
+        return nvcc.rsplit("/bin/", 1)[0] if nvcc and "/bin/" in nvcc else None
+
+
+# Runs inside the container or on the host; prints key=value lines. {nvcc} and {flashinfer} are filled in.
+PROBE_SCRIPT = r"""
+nvcc_path=$(command -v {nvcc} 2>/dev/null)
+nvcc_path=$(readlink -f "$nvcc_path" 2>/dev/null || echo "$nvcc_path")
+echo "nvcc_path=$nvcc_path"
+[ -n "$nvcc_path" ] && echo "nvcc_version=$("$nvcc_path" --version | grep -o 'release [0-9.]*, V[0-9.]*' | head -1)"
+echo "cuobjdump_path=$(command -v cuobjdump 2>/dev/null)"
+echo "flashinfer_root={flashinfer}"
+echo "flashinfer_version=$(head -1 {flashinfer}/version.txt 2>/dev/null)"
+v={flashinfer}/3rdparty/cutlass/include/cutlass/version.h
+[ -f "$v" ] && echo "cutlass_version=$(awk '/#define CUTLASS_(MAJOR|MINOR|PATCH) /{{printf "%s%s", s, $3; s="."}}' "$v")"
+if command -v nvidia-smi >/dev/null 2>&1; then
+  nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv,noheader 2>/dev/null | head -1 | sed 's/^/gpu_smi=/'
+fi
+if [ -n "$nvcc_path" ] && [ -x "$(dirname "$nvcc_path")/__nvcc_device_query" ]; then
+  echo "gpu_device_query=$("$(dirname "$nvcc_path")/__nvcc_device_query" 2>/dev/null | head -1)"
+fi
+ls /dev/nvidia0 >/dev/null 2>&1 && echo "dev_nvidia=yes" || echo "dev_nvidia=no"
+echo "kernel=$(uname -r)"
+echo "os=$(. /etc/os-release 2>/dev/null; echo "$PRETTY_NAME")"
+echo "cpus=$(nproc 2>/dev/null)"
+"""
+
+
+def parse_probe(text: str) -> tuple[dict[str, str], GpuInfo | None]:
+    values = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and re.fullmatch(r"[a-z_]+", key):
+            values[key] = value.strip()
+    gpu = None
+    smi = values.get("gpu_smi", "")
+    fields = [f.strip() for f in smi.split(",")]
+    if len(fields) >= 2 and re.fullmatch(r"\d+\.\d+", fields[1]):
+        gpu = GpuInfo(name=fields[0], compute_capability=fields[1], driver=fields[2] if len(fields) > 2 else "")
+    elif values.get("dev_nvidia") == "yes" and re.fullmatch(r"\d{2,3}", values.get("gpu_device_query", "")):
+        cc = values["gpu_device_query"]
+        gpu = GpuInfo(name="unknown NVIDIA GPU", compute_capability=f"{cc[:-1]}.{cc[-1]}")
+    return values, gpu
+
+
+class Runner(abc.ABC):
+    """Where steps are compiled and run. Paths are in the runner's own filesystem."""
+
+    name: str
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Make the place ready (container up, work directory present); raise InfraError if it cannot be."""
+
+    @abc.abstractmethod
+    def put_files(self, dest: str, files: dict[str, bytes], *, executable: frozenset[str] = frozenset()) -> None:
+        """Write `files` (relative path -> bytes) under the directory `dest`, creating it."""
+
+    @abc.abstractmethod
+    def exec(self, argv: list[str], *, workdir: str, timeout_s: float, env: dict[str, str] | None = None) -> ExecResult:
+        """Run argv with a wall-clock limit; the result says how it ended (never raises for a failing command)."""
+
+    @abc.abstractmethod
+    def get_files(self, path: str) -> dict[str, bytes]:
+        """Every regular file under `path`, relative path -> bytes."""
+
+    @abc.abstractmethod
+    def remove_dir(self, path: str) -> None:
+        """Delete a work directory this tool created."""
+
+    @abc.abstractmethod
+    def work_root(self) -> str:
+        """The directory under which runs are laid out."""
+
+    @abc.abstractmethod
+    def flashinfer_root(self) -> str:
+        """Where FlashInfer (with 3rdparty/cutlass) lives for this runner."""
+
+    def describe(self) -> dict[str, str]:
+        """Backend-specific facts for run.json (image id and digest, container, host)."""
+        return {}
+
+    def close(self) -> None:
+        """Release what this runner holds for the command's duration (not the reusable container)."""
+
+    def probe(self, nvcc: str) -> Facts:
+        script = PROBE_SCRIPT.format(nvcc=nvcc, flashinfer=self.flashinfer_root())
+        result = self.exec(["bash", "-c", script], workdir="/", timeout_s=60)
+        values, gpu = parse_probe(result.output)
+        values.update(self.describe())
+        return Facts(backend=self.name, values=values, gpu=gpu)

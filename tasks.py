@@ -1,0 +1,47 @@
+"""gpurepro tasks. `invoke --list` shows them; `invoke --help TASK` shows a task's options."""
+from invoke import Collection
+
+from gpurepro import app
+from gpurepro.invoke_support import engine_task
+
+
+@engine_task(positional=["steps"], help={
+    "steps": "step ids, comma-separated (step01,step14); see --list",
+    "all": "run every step in the manifest",
+    "arch": "compile target, e.g. sm_120a or sm_121a (default: each step's first target)",
+    "backend": "docker | host | auto (docker when a daemon answers)",
+    "compile-only": "compile and record, never run on a device",
+    "jobs": "parallel compiles (default: bounded by cores and memory)",
+    "list": "list the manifest's steps and exit",
+})
+def repro(c, steps="", all=False, arch=None, backend="auto", compile_only=False, jobs=0, list=False):
+    """Compile, arch-check, run and classify repro steps; write reports/<run-id>/ and JUnit."""
+    return app.list_steps() if list else app.repro(steps, all=all, arch=arch, backend=backend,
+                                                   compile_only=compile_only, jobs=jobs or None)
+
+
+@engine_task(help={"force": "rebuild even if the image exists", "mirror": "Debian mirror URL"})
+def base(c, force=False, mirror=None):
+    """Make the Debian base image locally with debootstrap (no registry needed)."""
+    return app.image_base(force=force, mirror=mirror)
+
+
+@engine_task(help={"target": "toolchain | vllm-dev"})
+def build(c, target="toolchain"):
+    """Build docker/Dockerfile's target offline from the pinned wheelhouse."""
+    return app.image_build(target=target)
+
+
+@engine_task(help={"target": "toolchain | vllm-dev"})
+def wheels(c, target="toolchain"):
+    """Download the pinned, hash-checked wheels an image target needs into docker/wheelhouse/."""
+    return app.image_wheels(target=target)
+
+
+@engine_task(help={"wheel": "a flashinfer-python wheel (default: the pinned one)", "dest": "target directory"})
+def headers(c, wheel=None, dest=None):
+    """Lay out FlashInfer/CUTLASS headers for the host backend (as /workspace/flashinfer in the image)."""
+    return app.toolchain_headers(wheel=wheel, dest=dest)
+
+
+ns = Collection(repro, Collection("image", base, build, wheels), Collection("toolchain", headers))
