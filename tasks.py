@@ -5,19 +5,22 @@ from gpurepro import app
 from gpurepro.invoke_support import engine_task
 
 
-@engine_task(positional=["steps"], help={
-    "steps": "step ids, comma-separated (step01,step14); see --list",
-    "all": "run every step in the manifest",
+@engine_task(positional=["steps"], default=True, help={
+    "steps": "step ids, comma-separated (step01,step14), or `all` for every step in the manifest",
     "arch": "compile target, e.g. sm_120a or sm_121a (default: each step's first target)",
     "backend": "docker | host | auto (docker when a daemon answers)",
     "compile-only": "compile and record, never run on a device",
     "jobs": "parallel compiles (default: bounded by cores and memory)",
-    "list": "list the manifest's steps and exit",
 })
-def repro(c, steps="", all=False, arch=None, backend="auto", compile_only=False, jobs=0, list=False):
+def run(c, steps=None, arch=None, backend="auto", compile_only=False, jobs=0):
     """Compile, arch-check, run and classify repro steps; write reports/<run-id>/ and JUnit."""
-    return app.list_steps() if list else app.repro(steps, all=all, arch=arch, backend=backend,
-                                                   compile_only=compile_only, jobs=jobs or None)
+    return app.repro(steps, arch=arch, backend=backend, compile_only=compile_only, jobs=jobs or None)
+
+
+@engine_task(name="list")
+def list_steps(c):
+    """List the manifest's steps: parent, compile targets, expectations, the change each makes."""
+    return app.list_steps()
 
 
 @engine_task(help={"force": "rebuild even if the image exists", "mirror": "Debian mirror URL"})
@@ -44,4 +47,5 @@ def headers(c, wheel=None, dest=None):
     return app.toolchain_headers(wheel=wheel, dest=dest)
 
 
-ns = Collection(repro, Collection("image", base, build, wheels), Collection("toolchain", headers))
+ns = Collection(Collection("repro", run, list_steps), Collection("image", base, build, wheels),
+                Collection("toolchain", headers))

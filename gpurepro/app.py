@@ -29,7 +29,10 @@ def repro(steps=None, *, all=False, arch=None, backend="auto", compile_only=Fals
     cfg = load_config(config)
     if arch is not None and not re.fullmatch(r"sm_\d{2,3}[af]?", arch):
         raise UsageError(f"--arch {arch!r} is not an arch like sm_120a")
-    request = RunRequest(steps=split_steps(steps), all=all, arch=arch, backend=backend,
+    steps = split_steps(steps)
+    if steps == ["all"]:  # `invoke repro all`: Invoke cannot take --all without a positional
+        steps, all = [], True
+    request = RunRequest(steps=steps, all=all, arch=arch, backend=backend,
                          compile_only=compile_only, jobs=jobs, argv=list(argv or sys.argv))
     return execute(cfg, request, console=console).exit_code
 

@@ -9,13 +9,20 @@ Rules (CUDA's compatibility model):
   SASS sm_XYf  runs on X.Z for Z >= Y                        (family-specific)
   SASS sm_XY   runs on X.Z for Z >= Y                        (binary compatible within a major)
   PTX  sm_XYa  JIT-compiles only on X.Y; PTX sm_XYf on X.Z, Z >= Y; plain PTX sm_XY on any cc >= X.Y
+
+One exception, measured with nvcc 13.0: `-arch=sm_120a` embeds plain compute_120 PTX beside the sm_120a
+images. Kernels guarded for arch-specific features (CUTLASS's SM120 block-scaled GEMMs) are compiled out
+of that PTX, so a JIT of it "runs" a kernel that does nothing useful. Hence a binary with any
+arch-specific ('a') image counts only its SASS and 'a'/'f' images; plain PTX counts for generic builds.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-IMAGE_RE = re.compile(r"^(?P<kind>ELF|PTX) file\s+\d+:\s+\S*?\.?(?P<arch>sm_(?P<num>\d{2,3})(?P<suffix>[af]?))\.(?:cubin|ptx)\s*$")
+# "ELF file    2: step01.2.sm_120a.cubin": the number is a per-kind counter, not a module id
+IMAGE_RE = re.compile(r"^(?P<kind>ELF|PTX) file\s+\d+:\s+(?P<name>\S+?)(?:\.(?P<module>\d+))?\.?"
+                      r"\b(?P<arch>sm_(?P<num>\d{2,3})(?P<suffix>[af]?))\.(?:cubin|ptx)\s*$")
 NO_DEVICE_CODE_RE = re.compile(r"does not contain device code")
 
 
@@ -44,7 +51,11 @@ class BinaryImages:
     host_only: bool = False  # no device code at all: nothing arch-specific can fail
 
     def runnable_on(self, major: int, minor: int) -> bool:
-        return self.host_only or any(image.runs_on(major, minor) for image in self.images)
+        if self.host_only:
+            return True
+        arch_specific = any(image.suffix == "a" for image in self.images)
+        counted = [i for i in self.images if not (arch_specific and i.kind == "ptx" and i.suffix == "")]
+        return any(image.runs_on(major, minor) for image in counted)
 
     def describe(self) -> str:
         if self.host_only:

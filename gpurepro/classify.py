@@ -186,13 +186,19 @@ def classify_run(result: ExecResult) -> Classification:
     for pattern, outcome in TEXT_RULES:
         match = pattern.search(result.output)
         if match and (outcome is not Outcome.MISMATCH or result.exit_code != 0):
-            return Classification(outcome, one_line(match.group(0).strip()), events)
+            return Classification(outcome, one_line(_line_at(result.output, match.start())), events)
     if result.exit_code == 0:
         found = PASS_RE.search(result.output)
         return Classification(Outcome.PASS, one_line(found.group(0).strip()) if found else "exit code 0", events)
     detail = _last_errorish_line(result.output)
     reason = f"exit code {result.exit_code}" + (f": {detail}" if detail else "")
     return Classification(Outcome.RUNTIME_ERROR, one_line(reason), events)
+
+
+def _line_at(text: str, index: int) -> str:
+    start = text.rfind("\n", 0, index) + 1
+    end = text.find("\n", index)
+    return text[start:end if end >= 0 else len(text)].strip()
 
 
 def _as_int(value) -> int | None:

@@ -52,7 +52,7 @@ class UnknownStepError(BadInputError):
         close = [k for k in known if k.startswith(step[:6])][:5] or known[:5]
         super().__init__(
             f"unknown step '{step}'",
-            hint=f"known steps include: {', '.join(close)}; `invoke repro --list` shows all",
+            hint=f"known steps include: {', '.join(close)}; `invoke repro.list` shows all",
         )
         self.step = step
 

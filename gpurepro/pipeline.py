@@ -71,7 +71,7 @@ def select_steps(manifest: Manifest, request: RunRequest) -> list[Step]:
     if request.all:
         return list(manifest.steps.values())
     if not request.steps:
-        raise UsageError("no step given", hint="name one or more steps, or pass --all; `invoke repro --list` shows them")
+        raise UsageError("no step given", hint="name one or more steps, or `all`; `invoke repro.list` shows them")
     return manifest.select(request.steps)
 
 
@@ -105,6 +105,7 @@ def execute(config: Config, request: RunRequest, *, console=None, runner: Runner
     results: list[StepResult] = []
     status = STATUS_FAILED
     restore = _install_sigterm()
+    runner.run_tag = run.run_id  # lets the runner find this run's processes if it is cancelled
     try:
         runner.start()
         facts = runner.probe(config.compile.nvcc)
@@ -122,7 +123,11 @@ def execute(config: Config, request: RunRequest, *, console=None, runner: Runner
         status = STATUS_COMPLETE
     except (KeyboardInterrupt, InterruptedRun):
         status = STATUS_INTERRUPTED
-        console.error("interrupted: run marked interrupted")
+        console.error("interrupted: stopping the run's commands; run marked interrupted")
+        try:
+            runner.cancel(f"{runner.work_root().rstrip('/')}/{run.run_id}")
+        except Exception:  # best effort: the record must still be written
+            pass
         raise InterruptedRun("interrupted") from None
     except GpuReproError as exc:
         record["error"] = exc.one_line()
@@ -131,6 +136,8 @@ def execute(config: Config, request: RunRequest, *, console=None, runner: Runner
         restore()
         _record_run(config, run, record, results, status)
         try:
+            if status != STATUS_INTERRUPTED:  # cancel() already cleaned up
+                runner.remove_dir(f"{runner.work_root().rstrip('/')}/{run.run_id}")
             runner.close()
         except Exception:  # closing must not hide the run's own error
             pass
@@ -169,12 +176,16 @@ def _compile_all(config, request, runner, contexts, facts, console) -> None:
                 _guard(ctx, lambda ctx=ctx: _copy_in_and_compile(config, runner, ctx, facts))
                 advance(ctx)
             return
-        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        # not a `with` block: on Ctrl-C it would wait for every compile before the run is marked
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
+        try:
             futures = {pool.submit(_guard, ctx, lambda ctx=ctx: _copy_in_and_compile(config, runner, ctx, facts)): ctx
                        for ctx in contexts}
             for future in concurrent.futures.as_completed(futures):
                 future.result()
                 advance(futures[future])
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def source_files(manifest_root, step: Step) -> dict[str, bytes]:

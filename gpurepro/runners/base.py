@@ -113,6 +113,12 @@ class Runner(abc.ABC):
     def flashinfer_root(self) -> str:
         """Where FlashInfer (with 3rdparty/cutlass) lives for this runner."""
 
+    run_tag: str = ""  # the current run's id; commands carry it so `cancel` can find them
+
+    def cancel(self, path: str) -> None:
+        """Stop this run's commands still running and remove its work directory (on Ctrl-C)."""
+        self.remove_dir(path)
+
     def describe(self) -> dict[str, str]:
         """Backend-specific facts for run.json (image id and digest, container, host)."""
         return {}

@@ -23,6 +23,7 @@ from .base import Runner
 LABEL_MANAGED = "gpurepro.managed"
 LABEL_IMAGE = "gpurepro.image-id"
 KILL_GRACE_S = 5
+RUN_MARKER = "GPUREPRO_RUN"
 
 
 def connect(base_url: str | None = None, timeout: int = 120) -> docker.DockerClient:
@@ -175,7 +176,9 @@ class DockerRunner(Runner):
     def exec(self, argv, *, workdir, timeout_s, env=None) -> ExecResult:
         container = self._require()
         # exec has no timeout of its own: coreutils timeout ends the command inside the container
-        wrapped = ["timeout", "-k", str(KILL_GRACE_S), str(int(timeout_s)), *argv]
+        # the marker in timeout's own command line lets `cancel` signal it; timeout passes the signal on
+        marker = ["env", f"{RUN_MARKER}={self.run_tag}"] if self.run_tag else []
+        wrapped = ["timeout", "-k", str(KILL_GRACE_S), str(int(timeout_s)), *marker, *argv]
         started = time.monotonic()
         try:
             code, output = container.exec_run(wrapped, workdir=workdir, environment=env, demux=False)
@@ -215,6 +218,14 @@ class DockerRunner(Runner):
         except docker.errors.DockerException as exc:
             raise ContainerError(self.container_name, f"get_archive {path}", _short(exc)) from None
         return read_tar(data)
+
+    def cancel(self, path) -> None:
+        if self.container is None or not self.run_tag:
+            return
+        tag = self.run_tag
+        self.run_tag = ""  # the cleanup itself must not match
+        self.exec(["sh", "-c", f"pkill -TERM -f '{RUN_MARKER}={tag}' || true"], workdir="/", timeout_s=30)
+        self.remove_dir(path)
 
     def remove_dir(self, path) -> None:
         if self.container is not None and path.startswith(self.work_root().rstrip("/") + "/"):

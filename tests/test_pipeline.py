@@ -1,0 +1,195 @@
+"""The pipeline against an in-memory runner: stage order, outcomes, verdicts, exit codes, the run directory."""
+import json
+import pathlib
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from projects import make_project
+from gpurepro.classify import ExecResult
+from gpurepro.config import load_config
+from gpurepro.console import Console
+from gpurepro.errors import ContainerError, InterruptedRun
+from gpurepro.outcomes import Outcome, Verdict
+from gpurepro.pipeline import RunRequest, execute, outcome_from_exception
+from gpurepro.runners.base import Runner
+
+HELLO_RUN = "\n".join([
+    '@@repro {"event":"config","step":"hello"}',
+    '@@repro {"event":"status","stage":"run","status":"kSuccess","cuda_error":"cudaSuccess"}',
+    '@@repro {"event":"check","max_abs_err":0,"mismatches":0,"checked":1}',
+    '@@repro {"event":"result","outcome":"pass"}',
+])
+PREFLIGHT = '@@repro {"event":"config","step":"hello"}\n@@repro {"event":"layout","name":"sf","type":"int","bytes_hex":"00"}'
+
+
+class FakeRunner(Runner):
+    """Runs nothing: answers each command from a script, records what was asked."""
+
+    name = "fake"
+
+    def __init__(self, *, gpu_smi="", cuobjdump="ELF file 1: hello.1.sm_90a.cubin", compile_code=0,
+                 compile_output="", run_output=HELLO_RUN, run_code=0, fail_on=None):
+        self.files = {}
+        self.calls = []
+        self.gpu_smi = gpu_smi
+        self.cuobjdump = cuobjdump
+        self.compile = (compile_code, compile_output)
+        self.run = (run_code, run_output)
+        self.fail_on = fail_on
+        self.removed = []
+
+    def start(self):
+        self.calls.append(["start"])
+
+    def put_files(self, dest, files, *, executable=frozenset()):
+        for name, data in files.items():
+            self.files[f"{dest}/{name}"] = data
+
+    def exec(self, argv, *, workdir, timeout_s, env=None):
+        self.calls.append(list(argv))
+        if self.fail_on and self.fail_on(argv):
+            raise self.fail_on.exc
+        if argv[0] == "bash":
+            return ExecResult(argv, 0, f"nvcc_path=/opt/cuda/bin/nvcc\ncutlass_version=4.5.0\ngpu_smi={self.gpu_smi}\n")
+        if argv[0] == "nvcc":
+            code, output = self.compile
+            if code == 0:
+                self.files[f"{workdir}/{argv[argv.index('-o') + 1]}"] = b"\x7fELF"
+            return ExecResult(argv, code, output, seconds=2.0)
+        if argv[0] == "cuobjdump":
+            return ExecResult(argv, 0, self.cuobjdump)
+        if argv[-1] == "--preflight-only":
+            return ExecResult(argv, 0, PREFLIGHT)
+        code, output = self.run
+        return ExecResult(argv, code, output, seconds=0.5)
+
+    def get_files(self, path):
+        prefix = path.rstrip("/") + "/"
+        return {k[len(prefix):]: v for k, v in self.files.items() if k.startswith(prefix)}
+
+    def remove_dir(self, path):
+        self.removed.append(path)
+
+    def work_root(self):
+        return "/work"
+
+    def flashinfer_root(self):
+        return "/workspace/flashinfer"
+
+
+STEPS = [
+    {"id": "hello", "file": "hello.cu", "parent": None, "change": "baseline", "targets": ["sm_90a"],
+     "compile": {"sm_90a": "ok"}, "expect": {"sm_90": "pass", "sm_120": "skipped"}},
+    {"id": "broken", "file": "broken.cu", "parent": "hello", "change": "bad SF vector size", "targets": ["sm_120a"],
+     "compile": {"sm_120a": "compile_error"}, "expect": {"sm_90": "skipped"}},
+]
+
+
+@pytest.fixture
+def config(tmp_path):
+    project = make_project(tmp_path, steps=STEPS)
+    return load_config(project.config_path, env={})
+
+
+def run(config, runner, steps=("hello",), **kw):
+    return execute(config, RunRequest(steps=list(steps), argv=["invoke", "repro", *steps], **kw),
+                   console=Console(), runner=runner)
+
+
+def test_no_gpu_skips_but_keeps_host_side_records(config):
+    runner = FakeRunner()
+    outcome = run(config, runner)
+    [result] = outcome.results
+    assert (result.outcome, result.reason, result.verdict) == (Outcome.SKIPPED, "no GPU", Verdict.NOT_RUN)
+    assert ["./hello", "--preflight-only"] in runner.calls and ["./hello"] not in runner.calls
+    assert outcome.exit_code == 0
+    step_dir = outcome.run.path / "steps" / "hello"
+    assert {"hello.cu", "compile.log", "run.log", "result.json", "layout.json", "hello"} <= {
+        p.name for p in step_dir.iterdir()}
+    assert json.loads((step_dir / "layout.json").read_text())[0]["name"] == "sf"
+    record = json.loads((outcome.run.path / "run.json").read_text())
+    assert record["status"] == "complete" and record["exit_code"] == 0
+    assert record["environment"]["cutlass_version"] == "4.5.0"
+    assert (outcome.run.path.parent / "latest").resolve() == outcome.run.path
+    # no work directory left behind
+    assert runner.removed == [f"/work/{outcome.run.run_id}/hello", f"/work/{outcome.run.run_id}"]
+
+
+def test_wrong_arch_is_skipped_without_running(config):
+    runner = FakeRunner(gpu_smi="NVIDIA H100 80GB HBM3, 9.0, 580.1", cuobjdump="ELF file 1: hello.1.sm_120a.cubin")
+    [result] = run(config, runner).results
+    assert result.outcome is Outcome.SKIPPED
+    assert result.reason == "no image for sm_90 (binary has SASS sm_120a)"
+    assert ["./hello"] not in runner.calls
+
+
+def test_runs_on_matching_gpu_and_matches_expectation(config):
+    runner = FakeRunner(gpu_smi="NVIDIA H100 80GB HBM3, 9.0, 580.1")
+    outcome = run(config, runner)
+    [result] = outcome.results
+    assert (result.outcome, result.verdict, result.expected_key) == (Outcome.PASS, Verdict.MATCH, "expect.sm_90")
+    assert outcome.exit_code == 0
+
+
+def test_departure_exits_1_and_says_how_to_reproduce(config):
+    runner = FakeRunner(gpu_smi="NVIDIA H100 80GB HBM3, 9.0, 580.1", run_code=2, run_output=(
+        '@@repro {"event":"status","stage":"initialize","status":"Error Internal","cuda_error":"cudaErrorInvalidValue"}'))
+    outcome = run(config, runner)
+    [result] = outcome.results
+    assert (result.outcome, result.verdict) == (Outcome.INIT_ERROR, Verdict.DEPARTED)
+    assert outcome.exit_code == 1
+    assert result.reproduce == "invoke repro hello --arch sm_90a --backend fake"
+    summary = (outcome.run.path / "summary.md").read_text()
+    assert "invoke repro hello --arch sm_90a --backend fake" in summary
+    failure = ET.parse(outcome.run.path / "junit.xml").getroot().find("testcase/failure")
+    assert failure.get("message").startswith("expected pass, observed init_error: initialize(): Error Internal")
+
+
+def test_expected_compile_error_matches(config):
+    runner = FakeRunner(compile_code=2, compile_output='x.cu(3): error: static assertion failed with "bad SF"\n')
+    [result] = run(config, runner, steps=("broken",)).results
+    assert (result.outcome, result.reason) == (Outcome.COMPILE_ERROR, "static_assert: bad SF")
+    assert (result.verdict, result.expected_key) == (Verdict.MATCH, "compile.sm_120a")
+    assert not any(call[0] == "./broken" for call in runner.calls)
+
+
+def test_compiling_when_an_error_is_expected_departs(config):
+    [result] = run(config, FakeRunner(), steps=("broken",)).results
+    assert result.verdict is Verdict.DEPARTED and "expects compile_error" in result.reason
+
+
+def test_infra_failure_becomes_infra_error_and_exit_3(config):
+    def fail(argv):
+        return argv[0] == "nvcc"
+
+    fail.exc = ContainerError("vllm-dev", "nvcc", "exec API returned 500")
+    outcome = run(config, FakeRunner(fail_on=fail), steps=("hello", "broken"))
+    assert [r.outcome for r in outcome.results] == [Outcome.INFRA_ERROR, Outcome.INFRA_ERROR]
+    assert outcome.results[0].reason == "container vllm-dev: exec API returned 500"
+    assert outcome.exit_code == 3
+    assert ET.parse(outcome.run.path / "junit.xml").getroot().get("errors") == "2"
+
+
+def test_interrupt_marks_the_run(config):
+    def interrupt(argv):
+        return argv[0] == "nvcc"
+
+    interrupt.exc = KeyboardInterrupt()
+    with pytest.raises(InterruptedRun):
+        run(config, FakeRunner(fail_on=interrupt))
+    latest = (config.reports_dir / "latest").resolve()
+    record = json.loads((latest / "run.json").read_text())
+    assert record["status"] == "interrupted" and record["finished_at"]
+    assert (latest / "junit.xml").is_file()
+    assert not list(latest.rglob(".*.tmp"))  # no half-written temp files
+
+
+def test_unexpected_exception_is_evidence_not_a_traceback():
+    classified = outcome_from_exception(ValueError("bad things"))
+    assert (classified.outcome, classified.reason) == (Outcome.INFRA_ERROR, "ValueError: bad things")
+
+
+def test_parallel_compiles_keep_order(config):
+    outcome = run(config, FakeRunner(), steps=("broken", "hello"), jobs=2)
+    assert [r.step for r in outcome.results] == ["broken", "hello"]
