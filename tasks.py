@@ -11,16 +11,42 @@ from gpurepro.invoke_support import engine_task
     "backend": "docker | host | auto (docker when a daemon answers)",
     "compile-only": "compile and record, never run on a device",
     "jobs": "parallel compiles (default: bounded by cores and memory)",
+    "record": "write the observed outcomes back into repros/manifest.yaml as expectations",
 })
-def run(c, steps=None, arch=None, backend="auto", compile_only=False, jobs=0):
+def run(c, steps=None, arch=None, backend="auto", compile_only=False, jobs=0, record=False):
     """Compile, arch-check, run and classify repro steps; write reports/<run-id>/ and JUnit."""
-    return app.repro(steps, arch=arch, backend=backend, compile_only=compile_only, jobs=jobs or None)
+    return app.repro(steps, arch=arch, backend=backend, compile_only=compile_only, jobs=jobs or None, record=record)
 
 
 @engine_task(name="list")
 def list_steps(c):
     """List the manifest's steps: parent, compile targets, expectations, the change each makes."""
     return app.list_steps()
+
+
+@engine_task(positional=["step"], help={"step": "a step id; its source is diffed against its parent's"})
+def diff(c, step=None):
+    """Show the unified diff of a step against its parent: the one change it makes."""
+    return app.diff(step)
+
+
+@engine_task(name="bisect", help={
+    "from": "first step of the chain (default: the chain's root)",
+    "to": "last step (default: the manifest's last step)",
+    "arch": "compile target, e.g. sm_121a",
+    "backend": "docker | host | auto",
+    "git": "exit like `git bisect run` wants: 0 good, 1 bad, 125 cannot test",
+    "jobs": "parallel compiles",
+})
+def bisect_chain(c, from_=None, to=None, arch=None, backend="auto", git=False, jobs=0):
+    """Run a parent chain, print the flip table and the first step whose outcome differs from its parent's."""
+    return app.bisect(from_step=from_, to_step=to, arch=arch, backend=backend, git=git, jobs=jobs or None)
+
+
+@engine_task(name="diff", positional=["step_a", "step_b"])
+def layout_diff(c, step_a=None, step_b=None):
+    """Compare two steps' layout dumps (from their latest runs): which fields and bytes differ."""
+    return app.layout_diff(step_a, step_b)
 
 
 @engine_task(help={"force": "rebuild even if the image exists", "mirror": "Debian mirror URL"})
@@ -47,5 +73,5 @@ def headers(c, wheel=None, dest=None):
     return app.toolchain_headers(wheel=wheel, dest=dest)
 
 
-ns = Collection(Collection("repro", run, list_steps), Collection("image", base, build, wheels),
-                Collection("toolchain", headers))
+ns = Collection(Collection("repro", run, list_steps, diff), bisect_chain, Collection("layout", layout_diff),
+                Collection("image", base, build, wheels), Collection("toolchain", headers))

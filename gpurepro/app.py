@@ -24,7 +24,7 @@ def split_steps(steps) -> list[str]:
     return [s for item in items for s in re.split(r"[,\s]+", item) if s]
 
 
-def repro(steps=None, *, all=False, arch=None, backend="auto", compile_only=False, jobs=None,
+def repro(steps=None, *, all=False, arch=None, backend="auto", compile_only=False, jobs=None, record=False,
           config=None, argv=None, console=None) -> int:
     cfg = load_config(config)
     if arch is not None and not re.fullmatch(r"sm_\d{2,3}[af]?", arch):
@@ -34,7 +34,59 @@ def repro(steps=None, *, all=False, arch=None, backend="auto", compile_only=Fals
         steps, all = [], True
     request = RunRequest(steps=steps, all=all, arch=arch, backend=backend,
                          compile_only=compile_only, jobs=jobs, argv=list(argv or sys.argv))
-    return execute(cfg, request, console=console).exit_code
+    console = console or Console()
+    outcome = execute(cfg, request, console=console)
+    if record:
+        _record(cfg, outcome.results, console)
+    return outcome.exit_code
+
+
+def _record(cfg, results, console) -> None:
+    from .chain import record_expectations
+
+    devices = {r.device_arch for r in results}
+    if len(devices) > 1:
+        raise UsageError("--record takes results from one device arch at a time")
+    changes = record_expectations(cfg.manifest, results)
+    for change in changes:
+        console.info(f"recorded {change}")
+    console.info(f"{len(changes)} expectation(s) changed in {cfg.manifest.name}")
+
+
+def diff(step, *, config=None) -> int:
+    from .chain import step_diff
+
+    cfg = load_config(config)
+    manifest = load_manifest(cfg.manifest)
+    print(step_diff(manifest, manifest.get(step)), end="")
+    return 0
+
+
+def bisect(*, from_step=None, to_step=None, arch=None, backend="auto", git=False, jobs=None, config=None,
+           argv=None, console=None) -> int:
+    from .chain import flip_table, git_bisect_code
+
+    cfg = load_config(config)
+    manifest = load_manifest(cfg.manifest)
+    chain = manifest.chain(from_step, to_step)
+    console = console or Console()
+    request = RunRequest(steps=[s.id for s in chain], arch=arch, backend=backend, jobs=jobs,
+                         argv=list(argv or sys.argv))
+    outcome = execute(cfg, request, console=console)
+    rows, first = flip_table(chain, outcome.results)
+    console.flip_table(rows, first, outcome.results)
+    return git_bisect_code(outcome.results) if git else outcome.exit_code
+
+
+def layout_diff(step_a, step_b, *, config=None, console=None) -> int:
+    from .chain import diff_layouts, find_layouts
+
+    cfg = load_config(config)
+    path_a, a = find_layouts(cfg.reports_dir, step_a)
+    path_b, b = find_layouts(cfg.reports_dir, step_b)
+    console = console or Console()
+    console.layout_diff(step_a, step_b, diff_layouts(a, b), (path_a, path_b))
+    return 0
 
 
 def list_steps(*, config=None, console=None) -> int:

@@ -66,3 +66,33 @@ class Console:
             if r.verdict in (Verdict.DEPARTED, Verdict.INFRA):
                 self.out.print(f"reproduce {r.testcase_name}: {r.reproduce}", markup=False)
         self.out.print(f"report: {run.path}", markup=False)
+
+    def flip_table(self, rows, first, results) -> None:
+        archs = sorted({arch for row in rows for arch in row.expected})
+        device = next((r.device_arch for r in results if r.device_arch), None)
+        table = Table(title=f"bisect ({'device ' + device if device else 'no GPU'})")
+        for column in ("step", "change", "observed", *[f"expect {a}" for a in archs], "flip"):
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(escape(row.step), escape(row.change), escape(row.observed),
+                          *[escape(row.expected.get(a, "-")) for a in archs], "[bold red]flip[/]" if row.flipped else "")
+        self.out.print(table)
+        if first is None:
+            self.out.print("no flip: every step observed the same outcome", markup=False)
+        else:
+            self.out.print(f"first flip: {first.step} ({first.observed}) — {first.change}", markup=False)
+
+    def layout_diff(self, step_a, step_b, rows, paths) -> None:
+        table = Table(title=f"layouts: {step_a} (A) vs {step_b} (B)")
+        for column in ("name", "status", "fields", "first differing byte offsets", "A type", "B type"):
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            style = "green" if row.status == "same" else "bold red"
+            table.add_row(escape(str(row.name)), f"[{style}]{row.status}[/]", escape(", ".join(row.fields)),
+                          " ".join(str(o) for o in row.first_offsets),
+                          escape(str((row.a or {}).get("type", "-"))), escape(str((row.b or {}).get("type", "-"))))
+        self.out.print(table)
+        self.out.print(f"A: {paths[0]}\nB: {paths[1]}", markup=False)
+        differing = [r.name for r in rows if r.status != "same"]
+        self.out.print(f"{len(differing)} of {len(rows)} layouts differ" + (f": {', '.join(map(str, differing))}" if differing else ""),
+                       markup=False)

@@ -71,6 +71,7 @@ class StepResult:
     compile_seconds: float | None = None
     run_seconds: float | None = None
     events: list[dict] = field(default_factory=list)
+    patches: list[dict] = field(default_factory=list)  # CUTLASS patches applied: name, sha256
     log_tail: str = ""
     reproduce: str = ""
 

@@ -9,6 +9,7 @@ inside a step becomes an outcome with evidence in `outcome_from_exception`, neve
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import json
 import os
 import shlex
@@ -188,9 +189,14 @@ def _compile_all(config, request, runner, contexts, facts, console) -> None:
             pool.shutdown(wait=False, cancel_futures=True)
 
 
+PATCHED_CUTLASS = "cutlass-patched"
+
+
 def source_files(manifest_root, step: Step) -> dict[str, bytes]:
-    """The step's .cu file and repros/common/, as they are copied into the runner."""
+    """The step's .cu file, repros/common/ and the step's CUTLASS patches, as copied into the runner."""
     files = {step.file: (manifest_root / step.file).read_bytes()}
+    for patch in step.patches:
+        files[f"patches/{patch}"] = (manifest_root / "patches" / patch).read_bytes()
     common = manifest_root / "common"
     if common.is_dir():
         for path in sorted(common.rglob("*")):
@@ -203,6 +209,8 @@ def compile_argv(config: Config, step: Step, arch: str, flashinfer: str, cuda_ho
     cuda_home = cuda_home or "/usr/local/cuda"
     fill = lambda s: s.format(flashinfer=flashinfer, cuda_home=cuda_home)  # noqa: E731
     argv = [config.compile.nvcc, *config.compile.flags, f"-arch={arch}", "-I", "common"]
+    if step.patches:  # the patched copy shadows the container's CUTLASS
+        argv += ["-I", f"{PATCHED_CUTLASS}/include"]
     for include in config.compile.include_dirs:
         argv += ["-I", fill(include)]
     argv += ["-o", step.binary, step.file, *(fill(flag) for flag in config.compile.link)]
@@ -212,6 +220,8 @@ def compile_argv(config: Config, step: Step, arch: str, flashinfer: str, cuda_ho
 def _copy_in_and_compile(config, runner, ctx: StepContext, facts: Facts) -> None:
     ctx.files_in = source_files(config.repros_dir, ctx.step)
     runner.put_files(ctx.workdir, ctx.files_in)
+    if ctx.step.patches and not _apply_patches(runner, ctx):
+        return
     argv = compile_argv(config, ctx.step, ctx.arch, runner.flashinfer_root(), facts.cuda_home)
     ctx.compiled = runner.exec(argv, workdir=ctx.workdir, timeout_s=config.compile.timeout_s)
     ctx.result.compile_seconds = round(ctx.compiled.seconds, 3)
@@ -219,6 +229,25 @@ def _copy_in_and_compile(config, runner, ctx: StepContext, facts: Facts) -> None
     failed = classify_compile(ctx.compiled)
     if failed is not None:
         _decide(ctx, failed)
+
+
+def _apply_patches(runner, ctx: StepContext) -> bool:
+    """Copy the runner's CUTLASS headers into the step's directory and patch the copy (never the original)."""
+    cutlass = f"{runner.flashinfer_root()}/3rdparty/cutlass/include"
+    script = (f'set -e; rm -rf {PATCHED_CUTLASS}; mkdir -p {PATCHED_CUTLASS}; cp -r "$1" {PATCHED_CUTLASS}/include; '
+              f'shift; for p in "$@"; do echo "applying $p"; patch -p1 --forward --batch -d {PATCHED_CUTLASS} < "$p"; done')
+    argv = ["bash", "-c", script, "apply-patches", cutlass, *(f"patches/{p}" for p in ctx.step.patches)]
+    applied = runner.exec(argv, workdir=ctx.workdir, timeout_s=300)
+    ctx.logs["patch.log"] = applied.output
+    ctx.result.patches = [{"name": p, "sha256": hashlib.sha256(ctx.files_in[f"patches/{p}"]).hexdigest()}
+                          for p in ctx.step.patches]
+    if applied.exit_code != 0:
+        failing = next((line for line in reversed(applied.output.splitlines()) if line.startswith("applying ")), "")
+        _decide(ctx, Classification(Outcome.COMPILE_ERROR, one_line(
+            f"CUTLASS patch does not apply ({failing.removeprefix('applying ') or 'patch'}): "
+            f"{applied.output.strip().splitlines()[-1] if applied.output.strip() else 'no output'}")))
+        return False
+    return True
 
 
 def _check_and_run(config, request, runner, ctx: StepContext, facts: Facts) -> None:
@@ -311,6 +340,8 @@ def _finish_step(runner, run: RunDirectory, ctx: StepContext, manifest: Manifest
     judge_step(ctx.step, ctx.arch, result, facts)
     files = dict(ctx.files_in)
     try:
+        if ctx.step.patches:  # the patched headers are reproducible from the patch; keep only that
+            runner.exec(["rm", "-rf", PATCHED_CUTLASS], workdir=ctx.workdir, timeout_s=120)
         files.update(runner.get_files(ctx.workdir))  # every artifact the step left, the binary included
     except GpuReproError as exc:
         result.reason += f" (artifacts not copied out: {exc.one_line()})"
@@ -365,7 +396,9 @@ def _record_run(config, run: RunDirectory, record: dict, results: list[StepResul
     record["status"] = status
     record["finished_at"] = now_utc().isoformat()
     record["steps"] = [{"step": r.step, "arch": r.arch, "outcome": r.outcome.value, "reason": r.reason,
-                        "expected": r.expected, "verdict": r.verdict.value} for r in results]
+                        "expected": r.expected, "verdict": r.verdict.value, "patches": r.patches} for r in results]
+    record["patches"] = sorted({(p["name"], p["sha256"]) for r in results for p in r.patches})
+    record["patches"] = [{"name": name, "sha256": sha} for name, sha in record["patches"]]
     record["exit_code"] = exit_code_for(results) if status == STATUS_COMPLETE else None
     env = record.get("environment") or {}
     properties = {k: v for k, v in {

@@ -79,6 +79,15 @@ def test_corrupted_scale_layout_in_shared_expert(device):
     assert report.first_bad_stage == "shared_expert" and report.culprit == "shared_expert", report.plain_table()
 
 
+def test_wrong_top_k_in_routing(device):
+    # top-1 routing where the reference does top-2: the chained error hides under the
+    # (loose) routing threshold, the local error does not
+    block = Nvfp4MoEBlock.synthetic(device=device)
+    block.config = MoEConfig(top_k=1)
+    report = debug_layer(block, config=MoEConfig(), verbose=False)
+    assert report.first_bad_stage == "routing" and report.culprit == "routing", report.plain_table()
+
+
 def test_wrong_router_global_scale(device):
     block = Nvfp4MoEBlock.synthetic(device=device)
     block.router._global_scale_b = block.router._global_scale_b * 4
@@ -90,8 +99,9 @@ def test_drift_is_reported_as_upstream(device):
     # errors within their own stages' (here loosened) thresholds that add up to a crossing
     # later on: the first crossing is named, but no stage is wrong on its own
     faults = {"routed_experts": noise_fault(0.8, seed=1), "shared_expert": noise_fault(0.8, seed=2)}
-    thresholds = {"routed_experts": 1.5, "shared_expert": 1.5, "moe_out": 0.5}
-    report = debug_layer(device=device, faults=faults, thresholds=thresholds, verbose=False)
+    loose = {"routed_experts": 1.5, "shared_expert": 1.5}
+    report = debug_layer(device=device, faults=faults, thresholds={**loose, "moe_out": 0.5},
+                         local_thresholds=loose, verbose=False)
     assert report.first_bad_stage == "moe_out", report.plain_table()
     assert report.culprit is None
     assert "drift accumulated upstream" in report.summary()
@@ -114,10 +124,11 @@ def test_tables_plain_and_rich(device):
     lines = plain.splitlines()
     assert lines[0].split()[:4] == ["stage", "shape", "max_abs", "rel_fro"]
     assert all(any(line.startswith(s) for line in lines) for s in STAGES)
-    assert "FIRST >THR" in plain and plain.rstrip().endswith("(its own computation is wrong: local error crosses too)")
+    assert "FIRST >THR >LOCAL" in plain
+    assert plain.rstrip().endswith("first stage over threshold: routing (its own computation is wrong: local error crosses)")
     pytest.importorskip("rich", reason="rich not installed")
     rich_text = report.render(use_rich=True)
-    assert "routing" in rich_text and "FIRST >THR" in rich_text and "┃" in rich_text
+    assert "routing" in rich_text and "FIRST >THR >LOCAL" in rich_text and "┃" in rich_text
     buf = io.StringIO()
     debug_layer(device=device, file=buf, use_rich=False)
     assert "all stages within threshold" in buf.getvalue()

@@ -198,3 +198,19 @@ def test_activation_quantization_properties(device, x, factor):
     x = x.to(device)
     gs = compute_global_scale(x) * factor
     _check_properties(x, quantize_activation_nvfp4(x, gs))
+
+
+@pytest.mark.gpu
+def test_cuda_quantization_is_bitwise_equal_to_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA not available: torch.cuda.is_available() is False")
+    from kernels.nvfp4 import swizzle_scales
+
+    gen = torch.Generator().manual_seed(11)
+    x = (torch.randn(300, 256, generator=gen) * torch.exp(torch.randn(300, 1, generator=gen))).to(torch.bfloat16)
+    qc, qg = quantize_to_nvfp4(x), quantize_to_nvfp4(x.cuda())
+    assert torch.equal(qc.data, qg.data.cpu())
+    assert torch.equal(qc.scales.view(torch.uint8), qg.scales.view(torch.uint8).cpu())
+    assert torch.equal(swizzle_scales(qc.scales).view(torch.uint8), swizzle_scales(qg.scales).view(torch.uint8).cpu())
+    assert float(qc.global_scale) == float(qg.global_scale)
+    assert torch.equal(dequantize_nvfp4(qc), dequantize_nvfp4(qg).cpu())
