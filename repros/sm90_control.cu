@@ -7,9 +7,11 @@
 // compared with a host reference computed in double precision.
 //
 // Numerics: inputs are e4m3 values +-(1+m/8)*2^e with e in [-1,1] (or 0), so every product is a
-// multiple of 2^-8 below 2^4 and every partial sum of K <= 512 products is exactly representable in
-// fp32, in any order. The only expected error is the final bf16 rounding (<= 2^-8 relative). The
-// tolerance is |ref|*2^-7 + sum|a*b|*2^-14 + 1e-6; a wrong operand, stride or group mapping
+// multiple of 2^-8 below 2^4 and the exact sum of K <= 512 products is representable in fp32. The
+// Hopper FP8 tensor-core instruction itself accumulates with less than fp32 precision (CUTLASS's
+// non-fast-accum schedule promotes into fp32 registers every few k-blocks), and D is rounded to bf16
+// (<= 2^-8 relative). Tolerance: |ref|*2^-7 + sum|a*b|*2^-12 + 1e-6; the check record reports how
+// close the worst element came (max_err_over_tol). A wrong operand, stride or group mapping
 // produces errors of the order of |ref| and is caught.
 //
 // Build (as the gpurepro engine does):
@@ -126,8 +128,6 @@ static void print_preflight() {
   repro::preflight("sm_90", sizeof(typename GemmKernel::SharedStorage), kSmemCapacity, detail);
 }
 
-// Round an element offset up so that every group's base address is 256-byte aligned.
-static size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
 int main(int argc, char** argv) {
   repro::Args args = repro::parse_args(argc, argv);
@@ -145,9 +145,9 @@ int main(int argc, char** argv) {
   size_t totA = 0, totB = 0, totD = 0;
   for (int g = 0; g < G; ++g) {
     auto [M, N, K] = kShapes[g];
-    offA[g] = totA; totA = round_up(totA + size_t(M) * K, 256);
-    offB[g] = totB; totB = round_up(totB + size_t(N) * K, 256);
-    offD[g] = totD; totD = round_up(totD + size_t(M) * N, 128);
+    offA[g] = totA; totA = repro::round_up(totA + size_t(M) * K, 256);
+    offB[g] = totB; totB = repro::round_up(totB + size_t(N) * K, 256);
+    offD[g] = totD; totD = repro::round_up(totD + size_t(M) * N, 128);
   }
   std::vector<uint8_t> hA(totA, 0), hB(totB, 0);
   for (int g = 0; g < G; ++g) {
@@ -273,13 +273,13 @@ int main(int argc, char** argv) {
           sum_abs += std::fabs(p);
         }
         double got = repro::bf16_to_float(hD[offD[g] + size_t(m) * N + n]);
-        double tol = std::fabs(ref) * 0x1p-7 + sum_abs * 0x1p-14 + 1e-6;
+        double tol = std::fabs(ref) * 0x1p-7 + sum_abs * 0x1p-12 + 1e-6;
         repro::check_value(stats, got, ref, tol, "group %d (m=%d, n=%d)", g, m, n);
       }
     }
     repro::say("group %d (%dx%dx%d): %lld mismatches\n", g, M, N, K, stats.mismatches - before);
   }
-  repro::emit_check(stats, "|d-ref| <= |ref|*2^-7 + sum|a*b|*2^-14 + 1e-6");
+  repro::emit_check(stats, "|d-ref| <= |ref|*2^-7 + sum|a*b|*2^-12 + 1e-6");
   if (stats.mismatches) {
     return repro::result("mismatch", std::to_string(stats.mismatches) + " of " + std::to_string(stats.checked) +
                                          " outputs differ from the host reference");

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 
 from ..nvfp4 import Nvfp4Linear
 
+ROW_GAIN_SIGMA = 0.75
+
 STAGES = ("rmsnorm", "router_logits", "routing", "routed_experts", "shared_expert", "moe_out", "residual")
 
 State = Dict[str, torch.Tensor]
@@ -74,7 +76,11 @@ def synthetic_moe_weights(config: MoEConfig = MoEConfig(), seed: int = 0, device
     c = config
 
     def rnd(*shape, std):
-        return (torch.randn(*shape, generator=g) * std).to(torch.bfloat16)
+        # log-normal gains per output row, as trained weights have: rows differ in magnitude,
+        # so a scale factor read from the wrong row is a visible error
+        w = torch.randn(*shape, generator=g) * std
+        gains = torch.exp(ROW_GAIN_SIGMA * torch.randn(*shape[:-1], 1, generator=g) - ROW_GAIN_SIGMA**2 / 2)
+        return (w * gains).to(torch.bfloat16)
 
     w = MoEWeights(
         norm=(1.0 + 0.1 * torch.randn(c.hidden, generator=g)).to(torch.bfloat16),

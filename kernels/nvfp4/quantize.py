@@ -40,7 +40,10 @@ class Nvfp4Tensor(NamedTuple):
 def compute_global_scale(t: torch.Tensor) -> torch.Tensor:
     """``amax(|t|) / (6 * 448)`` as a float32 0-dim tensor on ``t``'s device."""
     amax = t.detach().abs().amax().float() if t.numel() else torch.zeros((), device=t.device)
-    return amax / (E2M1_MAX * E4M3_MAX)
+    # Divide by a tensor on the same device: CUDA turns division by a Python scalar into a
+    # multiplication by its reciprocal, which can differ from the CPU's result in the last bit.
+    # Near rounding ties of x / (s * g) that bit decides the E2M1 code.
+    return amax / torch.tensor(E2M1_MAX * E4M3_MAX, dtype=torch.float32, device=amax.device)
 
 
 def _as_scale_tensor(g: ScaleLike, device) -> torch.Tensor:
@@ -74,7 +77,7 @@ def block_scales(x: torch.Tensor, global_scale: ScaleLike) -> torch.Tensor:
 def _quantize(x: torch.Tensor, global_scale: ScaleLike, check_finite: bool) -> Nvfp4Tensor:
     _check_input(x, check_finite)
     g = _as_scale_tensor(global_scale, x.device)
-    if bool(g < 0) or not bool(torch.isfinite(g)):
+    if check_finite and (bool(g < 0) or not bool(torch.isfinite(g))):
         raise ValueError(f"global_scale must be finite and >= 0, got {float(g)}")
     scales = block_scales(x, g)
     g_safe = torch.where(g > 0, g, torch.ones_like(g))
@@ -89,7 +92,9 @@ def _quantize(x: torch.Tensor, global_scale: ScaleLike, check_finite: bool) -> N
 def quantize_to_nvfp4(w: torch.Tensor, global_scale: Optional[ScaleLike] = None, *, check_finite: bool = True) -> Nvfp4Tensor:
     """Quantize a weight ``[..., K]`` (usually ``[N, K]``) to NVFP4.
 
-    ``global_scale`` defaults to :func:`compute_global_scale` of ``w``.
+    ``global_scale`` defaults to :func:`compute_global_scale` of ``w``.  With
+    ``check_finite=False`` non-finite input is not rejected: a NaN makes its block's
+    scale NaN (and, through a dynamic global scale, the whole tensor), like hardware.
     """
     if global_scale is None:
         global_scale = compute_global_scale(w)

@@ -223,6 +223,9 @@ inline void preflight(const std::string& arch, long long shared_storage_bytes, l
       capacity_bytes, shared_storage_bytes <= capacity_bytes ? "fits" : "DOES NOT FIT");
 }
 
+// Rounds v up to a multiple of a (buffer offsets that keep every group's base address aligned).
+inline size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
+
 // Lowercase hex of the object representation of a trivially copyable value.
 inline std::string hex_bytes(const void* p, size_t n) {
   static const char* digits = "0123456789abcdef";
@@ -325,6 +328,7 @@ struct CheckStats {
   long long mismatches = 0;
   long long checked = 0;
   long long nonfinite = 0;
+  double max_err_over_tol = 0.0;  // how close the worst value came to failing (> 1: mismatch)
   int printed = 0;
 };
 
@@ -339,6 +343,7 @@ inline bool check_value(CheckStats& st, double got, double ref, double tol, cons
     if (err > st.max_abs_err) st.max_abs_err = err;
     double rel = err / std::fmax(std::fabs(ref), 1e-30);
     if (std::fabs(ref) > 0 && rel > st.max_rel_err) st.max_rel_err = rel;
+    if (tol > 0 && err / tol > st.max_err_over_tol) st.max_err_over_tol = err / tol;
   }
   bool ok = finite && err <= tol;
   if (!ok) {
@@ -360,6 +365,7 @@ inline void emit_check(const CheckStats& st, const std::string& tolerance_rule) 
            .i("mismatches", st.mismatches)
            .i("checked", st.checked)
            .i("nonfinite", st.nonfinite)
+           .d("max_err_over_tol", st.max_err_over_tol)
            .s("tolerance", tolerance_rule));
   say("check: %lld of %lld values mismatch (max |err| %.4g, non-finite %lld)\n", st.mismatches, st.checked,
       st.max_abs_err, st.nonfinite);
