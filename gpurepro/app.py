@@ -11,6 +11,7 @@ import sys
 
 from .config import load_config
 from .console import Console
+from .environment import invoked_command
 from .errors import BadInputError, UsageError
 from .manifest import load_manifest
 from .pipeline import RunRequest, execute
@@ -33,7 +34,7 @@ def repro(steps=None, *, all=False, arch=None, backend="auto", compile_only=Fals
     if steps == ["all"]:  # `invoke repro all`: Invoke cannot take --all without a positional
         steps, all = [], True
     request = RunRequest(steps=steps, all=all, arch=arch, backend=backend,
-                         compile_only=compile_only, jobs=jobs, argv=list(argv or sys.argv))
+                         compile_only=compile_only, jobs=jobs, argv=invoked_command(argv))
     console = console or Console()
     outcome = execute(cfg, request, console=console)
     if record:
@@ -71,7 +72,7 @@ def bisect(*, from_step=None, to_step=None, arch=None, backend="auto", git=False
     chain = manifest.chain(from_step, to_step)
     console = console or Console()
     request = RunRequest(steps=[s.id for s in chain], arch=arch, backend=backend, jobs=jobs,
-                         argv=list(argv or sys.argv))
+                         argv=invoked_command(argv))
     outcome = execute(cfg, request, console=console)
     rows, first = flip_table(chain, outcome.results)
     console.flip_table(rows, first, outcome.results)
@@ -153,4 +154,121 @@ def toolchain_headers(*, wheel=None, dest=None, config=None) -> int:
     spec.loader.exec_module(module)
     count = module.layout(pathlib.Path(wheel), dest_path)
     print(f"laid out {count} headers under {dest_path} (set GPUREPRO_FLASHINFER={dest_path} if not the default)")
+    return 0
+
+
+# --- sharing runs: bundles, the HTML report, retention ----------------------------------------------
+def _need(value, what: str):
+    if not value:
+        raise UsageError(f"no {what} given")
+    return value
+
+
+def bundle_create(run=None, *, output=None, config=None, console=None) -> int:
+    from .bundle import create, resolve_run
+
+    cfg = load_config(config)
+    made = create(resolve_run(cfg.reports_dir, run), pathlib.Path(output) if output else None)
+    console = console or Console()
+    console.info(f"bundled run {made.run_id}: {made.files} files, {made.unpacked_bytes} bytes -> "
+                 f"{made.bundle_bytes} bytes in {made.seconds:.2f} s")
+    print(made.path)
+    return 0
+
+
+def bundle_verify(file=None, *, console=None) -> int:
+    from .bundle import verify
+
+    contents = verify(pathlib.Path(_need(file, "bundle file")))
+    console = console or Console()
+    console.info(f"ok: {contents.path.name}: run {contents.top}, {len(contents.digests)} files match "
+                 f"MANIFEST.json, format {contents.manifest['format_version']}")
+    return 0
+
+
+def bundle_inspect(file=None, *, console=None) -> int:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .bundle import BundleError, read, summary_lines
+
+    contents = read(pathlib.Path(_need(file, "bundle file")))  # in memory: nothing extracted, nothing run
+    console = console or Console()
+    for line in summary_lines(contents):
+        console.info(line)
+    results = contents.step_results()
+    table = Table(title="steps")
+    for column in ("step", "arch", "expected", "observed", "verdict", "reason"):
+        table.add_column(column, overflow="fold")
+    for step in contents.record.get("steps") or []:
+        reason = step.get("reason") or (results.get(step.get("step")) or {}).get("reason")
+        table.add_row(*(escape(str(v if v is not None else "")) for v in (
+            step.get("step"), step.get("arch"), step.get("expected") or "unknown", step.get("outcome"),
+            step.get("verdict"), reason)))
+    console.out.print(table)
+    if contents.problem:
+        raise BundleError(contents.problem)
+    return 0
+
+
+def bundle_replay(file=None, *, backend=None, dest=None, config=None, argv=None, console=None, runner=None) -> int:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .bundle import replay
+
+    cfg = load_config(config)
+    console = console or Console()
+    done = replay(pathlib.Path(_need(file, "bundle file")), cfg, backend=backend,
+                  dest=pathlib.Path(dest) if dest else None, console=console, runner=runner,
+                  argv=invoked_command(argv))
+    table = Table(title=f"replay of {pathlib.Path(file).name}")
+    for column in ("step", "arch", "bundle", "here", "", "reason here"):
+        table.add_column(column, overflow="fold")
+    for row in done.rows:
+        table.add_row(escape(row.step), escape(row.arch), escape(row.old), escape(row.new),
+                      "same" if row.same else "[bold red]CHANGED[/]", escape(row.new_reason))
+    console.out.print(table)
+    if done.differences:
+        console.info("differs from where the bundle ran:")
+        for line in done.differences:
+            console.info(f"  {line}")
+    else:
+        console.info("same git commit, tool, backend, image and toolchain as the bundled run")
+    for path in done.runs:
+        console.info(f"replay run: {path}")
+    return done.exit_code
+
+
+def report(run=None, *, config=None) -> int:
+    from .bundle import resolve_run
+    from .html_report import write_report
+
+    cfg = load_config(config)
+    try:
+        manifest = load_manifest(cfg.manifest)
+    except BadInputError:  # the page is built from the run directory; the manifest only adds parents
+        manifest = None
+    print(write_report(resolve_run(cfg.reports_dir, run), manifest=manifest))
+    return 0
+
+
+def reports_prune(keep=None, *, dry_run=False, config=None, console=None) -> int:
+    from .retention import prune
+
+    cfg = load_config(config)
+    if keep is None:
+        raise UsageError("--keep N is required (how many of the newest runs to keep)")
+    try:
+        keep = int(keep)
+    except ValueError:
+        raise UsageError(f"--keep {keep!r}: expected a number of runs >= 0") from None
+    done = prune(cfg.reports_dir, keep, dry_run=dry_run)
+    console = console or Console()
+    verb = "would remove" if dry_run else "removed"
+    for run_id in done.removed:
+        console.info(f"{verb} {run_id}")
+    for run_id, why in done.protected.items():
+        console.info(f"kept {run_id}: {why}")
+    console.info(f"{verb} {len(done.removed)} run(s), kept {len(done.kept) + len(done.protected)} under {cfg.reports_dir}")
     return 0

@@ -6,6 +6,7 @@ import pathlib
 import platform
 import socket
 import subprocess
+import sys
 
 
 def git_state(root: pathlib.Path) -> dict:
@@ -40,3 +41,18 @@ def memory_gb() -> float:
         return pages * size / 2**30
     except (ValueError, OSError):
         return 8.0
+
+
+def invoked_command(argv: list[str] | None = None) -> list[str]:
+    """The command line as a user would retype it: `python -m gpurepro ...` or `invoke ...`.
+
+    Under `python -m`, sys.argv[0] is the module's file path, which means nothing on another machine.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    if argv:
+        first = pathlib.PurePath(argv[0])
+        if first.name == "__main__.py" and first.parent.name in ("gpurepro", "invoke"):
+            argv[0:1] = ["python", "-m", "gpurepro"] if first.parent.name == "gpurepro" else ["invoke"]
+        elif first.name in ("invoke", "inv", "gpurepro"):
+            argv[0] = first.name
+    return argv

@@ -18,15 +18,16 @@ import sys
 import threading
 from dataclasses import dataclass, field
 
-from . import __version__
+from . import __version__, runlock
 from .archs import BinaryImages, parse_cuobjdump
 from .classify import Classification, ExecResult, classify_compile, classify_run, one_line
 from .config import Config
-from .environment import git_state, host_facts, memory_gb
+from .environment import git_state, host_facts, invoked_command, memory_gb
 from .errors import EXIT_DEPARTED, EXIT_INFRA, EXIT_OK, GpuReproError, InfraError, InterruptedRun, UsageError
 from .junit import build_suite, write_suite
 from .manifest import Manifest, Step, device_arch_of, load_manifest
 from .outcomes import Outcome, StepResult, Verdict, judge
+from .redaction import captured_environment
 from .report import (STATUS_COMPLETE, STATUS_FAILED, STATUS_INTERRUPTED, RunDirectory, atomic_write, now_utc,
                      write_json)
 from .summary import render_summary
@@ -44,7 +45,7 @@ class RunRequest:
     backend: str = "auto"
     compile_only: bool = False
     jobs: int | None = None
-    argv: list[str] = field(default_factory=lambda: list(sys.argv))
+    argv: list[str] = field(default_factory=invoked_command)
 
 
 @dataclass
@@ -100,6 +101,7 @@ def execute(config: Config, request: RunRequest, *, console=None, runner: Runner
     runner = runner or make_runner(config, request.backend, log=console.info)
 
     run = RunDirectory.create(config.reports_dir)
+    runlock.acquire(run.path)  # marks the run in use (reports.prune, bundle.create) until it ends
     record = _initial_record(config, request, run, runner)
     write_json(run.path / "run.json", record)
     run.point_latest()
@@ -135,13 +137,17 @@ def execute(config: Config, request: RunRequest, *, console=None, runner: Runner
         raise
     finally:
         restore()
-        _record_run(config, run, record, results, status)
         try:
-            if status != STATUS_INTERRUPTED:  # cancel() already cleaned up
-                runner.remove_dir(f"{runner.work_root().rstrip('/')}/{run.run_id}")
-            runner.close()
-        except Exception:  # closing must not hide the run's own error
-            pass
+            _record_run(config, run, record, results, status)
+            _write_html(run, manifest)
+            try:
+                if status != STATUS_INTERRUPTED:  # cancel() already cleaned up
+                    runner.remove_dir(f"{runner.work_root().rstrip('/')}/{run.run_id}")
+                runner.close()
+            except Exception:  # closing must not hide the run's own error
+                pass
+        finally:
+            runlock.release(run.path)
     exit_code = exit_code_for(results)
     console.results(results, run)
     return RunOutcome(run=run, results=results, status=status, exit_code=exit_code)
@@ -378,6 +384,7 @@ def _initial_record(config, request, run, runner) -> dict:
         "backend": runner.name,
         "config": str(config.path),
         "environment": {},
+        "env_vars": captured_environment(),  # the tool's environment, secret-looking values redacted
         "steps": [],
     }
 
@@ -413,6 +420,16 @@ def _record_run(config, run: RunDirectory, record: dict, results: list[StepResul
     write_suite(suite, run.path / "junit.xml")
     atomic_write(run.path / "summary.md", render_summary(record, results))
     write_json(run.path / "run.json", record)
+
+
+def _write_html(run: RunDirectory, manifest: Manifest) -> None:
+    """index.html beside run.json; a failure to render never costs the run its record."""
+    from .html_report import write_report
+
+    try:
+        write_report(run.path, manifest=manifest)
+    except Exception as exc:  # noqa: BLE001 - `invoke report` can rewrite it later
+        print(f"gpurepro: index.html not written: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def _install_sigterm():

@@ -193,3 +193,15 @@ def test_unexpected_exception_is_evidence_not_a_traceback():
 def test_parallel_compiles_keep_order(config):
     outcome = run(config, FakeRunner(), steps=("broken", "hello"), jobs=2)
     assert [r.step for r in outcome.results] == ["broken", "hello"]
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["/x/site-packages/gpurepro/__main__.py", "repro", "step01"], ["python", "-m", "gpurepro", "repro", "step01"]),
+    (["/usr/lib/python3/site-packages/invoke/__main__.py", "repro", "step01"], ["invoke", "repro", "step01"]),
+    (["/usr/local/bin/invoke", "bisect"], ["invoke", "bisect"]),
+    (["./other.py", "x"], ["./other.py", "x"]),
+])
+def test_recorded_command_is_one_a_user_can_retype(argv, expected):
+    from gpurepro.environment import invoked_command
+
+    assert invoked_command(argv) == expected
