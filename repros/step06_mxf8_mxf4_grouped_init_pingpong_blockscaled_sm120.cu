@@ -1,13 +1,16 @@
 // step06_mxf8_mxf4_grouped_init_pingpong_blockscaled_sm120.cu - like step01, but the builder schedule
-// tag is CUTLASS' SM120 block-scaled ptr-array tag KernelPtrArrayTmaWarpSpecializedPingpongBlockScaledSm120,
-// named as in the seed (without template arguments).
+// tag is CUTLASS' SM120 block-scaled ptr-array tag KernelPtrArrayTmaWarpSpecializedPingpongBlockScaledSm120<3>.
+// CUTLASS 4.5 declares it template<int SchedulerPipelineStageCount_> with no default, so the bare name
+// in the seed is no type; 3 is the count the SM120 block-scaled builder itself uses.
 //
 // A: mx_float8_t<e4m3>  (M x K, row-major), ue8m0 scale per 32 consecutive K elements
 // B: mx_float4_t<e2m1>  (K x N column-major = N x K row-major, two values per byte, low nibble
 //    first), ue8m0 scale per 32 consecutive K elements
 // D: bf16 (M x N, row-major), no C operand (beta = 0), fp32 accumulation.
-// Builder schedule: KernelPtrArrayTmaWarpSpecializedPingpongBlockScaledSm120 (a class template over
-//   SchedulerPipelineStageCount, named here without arguments).
+// Builder schedule: KernelPtrArrayTmaWarpSpecializedPingpongBlockScaledSm120<3> (the tag the builder
+//   resolves the generic one to, named explicitly). Expected: the builder's static_assert
+//   "Incorrect SfVectorSize for MX_F4F6F8 is deduced." (it accepts only generic or *Sm120 block-
+//   scaled base tags, and this one derives from the generic ptr-array tag only).
 // Problem shape: GroupProblemShape<Shape<int64_t,int64_t,int64_t>>, no host copy of the shapes.
 // Scale-factor layouts: cutlass::detail::Sm1xxBlockScaledConfig<SFVectorSize>, where SFVectorSize is
 // the template parameter of run_grouped<SFVectorSize>() (32 here). TN only; K % 128 == 0 (FP4 B).
@@ -73,7 +76,7 @@ int run_grouped(const repro::Args& args) {
 
   using TileShape = Shape<_128, _128, _128>;
   using ClusterShape = Shape<_1, _1, _1>;
-  using BuilderSchedule = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpongBlockScaledSm120;
+  using BuilderSchedule = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpongBlockScaledSm120<3>;
 
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm120, cutlass::arch::OpClassBlockScaledTensorOp, TileShape, ClusterShape,

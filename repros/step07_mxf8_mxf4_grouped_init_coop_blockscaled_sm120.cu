@@ -1,13 +1,12 @@
 // step07_mxf8_mxf4_grouped_init_coop_blockscaled_sm120.cu - like step06, but the cooperative variant:
-// KernelPtrArrayTmaWarpSpecializedCooperativeBlockScaledSm120 (without template arguments).
-//
+// KernelPtrArrayTmaWarpSpecializedCooperativeBlockScaledSm120<3> (3 for the reason given in step06).
 //
 // A: mx_float8_t<e4m3>  (M x K, row-major), ue8m0 scale per 32 consecutive K elements
 // B: mx_float4_t<e2m1>  (K x N column-major = N x K row-major, two values per byte, low nibble
 //    first), ue8m0 scale per 32 consecutive K elements
 // D: bf16 (M x N, row-major), no C operand (beta = 0), fp32 accumulation.
 // Builder schedule: KernelPtrArrayTmaWarpSpecializedCooperativeBlockScaledSm120 (a class template
-//   over SchedulerPipelineStageCount, named here without arguments).
+//   over SchedulerPipelineStageCount, instantiated with the builder's own count 3).
 // Problem shape: GroupProblemShape<Shape<int64_t,int64_t,int64_t>>, no host copy of the shapes.
 // Scale-factor layouts: cutlass::detail::Sm1xxBlockScaledConfig<SFVectorSize>, where SFVectorSize is
 // the template parameter of run_grouped<SFVectorSize>() (32 here). TN only; K % 128 == 0 (FP4 B).
@@ -73,7 +72,7 @@ int run_grouped(const repro::Args& args) {
 
   using TileShape = Shape<_128, _128, _128>;
   using ClusterShape = Shape<_1, _1, _1>;
-  using BuilderSchedule = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperativeBlockScaledSm120;
+  using BuilderSchedule = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperativeBlockScaledSm120<3>;
 
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm120, cutlass::arch::OpClassBlockScaledTensorOp, TileShape, ClusterShape,

@@ -239,11 +239,16 @@ inline std::string hex_bytes(const void* p, size_t n) {
   return out;
 }
 
+// One layout record: the object's type, sizeof (`bytes`), its object representation (`bytes_hex`),
+// optionally the logical size it describes (`size`, e.g. cute::size of a layout; -1: omitted) and a
+// printed form (`pretty`). `invoke layout.diff` compares every field but name, field by field.
 template <class T>
-void layout(const std::string& name, const T& value, const std::string& pretty = std::string()) {
+void layout(const std::string& name, const T& value, const std::string& pretty = std::string(), long long size = -1) {
   static_assert(std::is_trivially_copyable_v<T>, "layout dumps need a trivially copyable type");
   Obj o = event("layout");
-  o.s("name", name).s("type", type_name<T>()).u("bytes", sizeof(T)).s("bytes_hex", hex_bytes(&value, sizeof(T)));
+  o.s("name", name).s("type", type_name<T>()).u("bytes", sizeof(T));
+  if (size >= 0) o.i("size", size);
+  o.s("bytes_hex", hex_bytes(&value, sizeof(T)));
   if (!pretty.empty()) o.s("pretty", pretty);
   emit(o);
 }
