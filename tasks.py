@@ -73,5 +73,51 @@ def headers(c, wheel=None, dest=None):
     return app.toolchain_headers(wheel=wheel, dest=dest)
 
 
+@engine_task(name="create", positional=["run"], help={
+    "run": "run directory or run id (default: reports/latest)",
+    "output": "bundle file or directory (default: ./<run-id>.tar.gz)",
+})
+def bundle_create(c, run=None, output=None):
+    """Pack a run into <run-id>.tar.gz: the run directory, MANIFEST.json (sha256 of every file), README.md."""
+    return app.bundle_create(run, output=output)
+
+
+@engine_task(name="verify", positional=["file"], help={"file": "a bundle (.tar.gz)"})
+def bundle_verify(c, file=None):
+    """Check a bundle: format version, every file against MANIFEST.json, nothing added or missing."""
+    return app.bundle_verify(file)
+
+
+@engine_task(name="inspect", positional=["file"], help={"file": "a bundle (.tar.gz)"})
+def bundle_inspect(c, file=None):
+    """Show a bundle's run (steps, outcomes, environment) without extracting or running anything."""
+    return app.bundle_inspect(file)
+
+
+@engine_task(name="replay", positional=["file"], help={
+    "file": "a bundle (.tar.gz)",
+    "backend": "docker | host | auto (default: the bundled run's backend)",
+    "dest": "keep the extracted bundle in this (empty) directory",
+})
+def bundle_replay(c, file=None, backend=None, dest=None):
+    """Run a bundle's steps again here with the same flags; print old vs new outcome per step."""
+    return app.bundle_replay(file, backend=backend, dest=dest)
+
+
+@engine_task(name="write", default=True, positional=["run"], help={
+    "run": "run directory or run id (default: reports/latest)"})
+def report_write(c, run=None):
+    """(Re)write a run's self-contained index.html and print its path."""
+    return app.report(run)
+
+
+@engine_task(help={"keep": "how many of the newest runs to keep", "dry-run": "only say what would go"})
+def prune(c, keep=None, dry_run=False):
+    """Remove old runs under reports/: never the newest, reports/latest's, or a run still in progress."""
+    return app.reports_prune(keep, dry_run=dry_run)
+
+
 ns = Collection(Collection("repro", run, list_steps, diff), bisect_chain, Collection("layout", layout_diff),
-                Collection("image", base, build, wheels), Collection("toolchain", headers))
+                Collection("image", base, build, wheels), Collection("toolchain", headers),
+                Collection("bundle", bundle_create, bundle_verify, bundle_inspect, bundle_replay),
+                Collection("report", report_write), Collection("reports", prune))

@@ -32,6 +32,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("headers", help="lay out FlashInfer/CUTLASS headers for the host backend")
     p.add_argument("--wheel")
     p.add_argument("--dest")
+    p = sub.add_parser("bundle", help="share and replay runs: create, verify, inspect, replay")
+    bundle = p.add_subparsers(dest="bundle_command", required=True)
+    b = bundle.add_parser("create", help="pack a run into <run-id>.tar.gz")
+    b.add_argument("run", nargs="?")
+    b.add_argument("--output")
+    for name, text in (("verify", "check a bundle against its MANIFEST.json"),
+                       ("inspect", "show a bundle's run without extracting or running anything")):
+        bundle.add_parser(name, help=text).add_argument("file")
+    b = bundle.add_parser("replay", help="run a bundle's steps again here; old vs new outcomes")
+    b.add_argument("file")
+    b.add_argument("--backend", choices=["auto", "docker", "host"])
+    b.add_argument("--dest")
+    p = sub.add_parser("report", help="(re)write a run's index.html and print its path")
+    p.add_argument("run", nargs="?")
+    p = sub.add_parser("prune", help="remove old runs under reports/ (never the newest or one in use)")
+    p.add_argument("--keep", type=int, required=True)
+    p.add_argument("--dry-run", action="store_true")
     return parser
 
 
@@ -49,6 +66,18 @@ def dispatch(args: argparse.Namespace) -> int:
         return app.image_wheels(target=args.target, config=args.config)
     if args.command == "headers":
         return app.toolchain_headers(wheel=args.wheel, dest=args.dest, config=args.config)
+    if args.command == "bundle":
+        if args.bundle_command == "create":
+            return app.bundle_create(args.run, output=args.output, config=args.config)
+        if args.bundle_command == "verify":
+            return app.bundle_verify(args.file)
+        if args.bundle_command == "inspect":
+            return app.bundle_inspect(args.file)
+        return app.bundle_replay(args.file, backend=args.backend, dest=args.dest, config=args.config)
+    if args.command == "report":
+        return app.report(args.run, config=args.config)
+    if args.command == "prune":
+        return app.reports_prune(args.keep, dry_run=args.dry_run, config=args.config)
     raise AssertionError(args.command)
 
 

@@ -1,0 +1,503 @@
+"""Bundles: one run directory as a file a stranger can check, read and run again.
+
+`<run-id>.tar.gz` holds `<run-id>/MANIFEST.json` (format, format version, tool version, every other file
+with size and sha256), `<run-id>/README.md` (the exact commands to reproduce) and `<run-id>/run/` (the
+run directory as it is on disk, run.json with its environment variables redacted). Deterministic: entries
+sorted, owners root:root, mtimes 0, gzip header without a name or time, so the same run directory gives
+the same bytes. Every bundle is opened through safe_tar: checked before anything is read or written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import json
+import pathlib
+import shlex
+import shutil
+import stat
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from . import __version__, runlock
+from .archive import build_tar
+from .errors import BadInputError, EXIT_DEPARTED, EXIT_INFRA, EXIT_OK
+from .redaction import REDACTED, redact_record
+from .report import RUN_JSON, atomic_write
+from .safe_tar import DEFAULT_LIMITS, Limits, UnsafeArchiveError, extract, open_archive, read_file, scan
+
+FORMAT = "gpurepro-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "MANIFEST.json"
+README = "README.md"
+RUN_DIR = "run"
+SUFFIX = ".tar.gz"
+_HASH_CHUNK = 1 << 20
+
+
+class BundleError(BadInputError):
+    """A bundle fails verification (altered, incomplete, foreign, unsupported): one line, exit 2."""
+
+
+# --- which run -------------------------------------------------------------------------------------
+def resolve_run(reports_dir: pathlib.Path, run: str | None) -> pathlib.Path:
+    """RUN as given: a run directory path, a run id under reports/, or (None) reports/latest."""
+    reports_dir = pathlib.Path(reports_dir)
+    if run is None or run == "latest":
+        candidate = reports_dir / "latest"
+        if not candidate.exists():
+            raise BadInputError(f"no runs under {reports_dir} (reports/latest is missing)",
+                                hint="run `invoke repro STEP` first, or name a run directory")
+    else:
+        candidate = pathlib.Path(run)
+        if not candidate.is_dir():
+            candidate = reports_dir / run
+    path = candidate.resolve()
+    if not (path / RUN_JSON).is_file():
+        raise BadInputError(f"{run or candidate}: not a run directory (no {RUN_JSON})")
+    return path
+
+
+# --- create ----------------------------------------------------------------------------------------
+@dataclass
+class Created:
+    path: pathlib.Path
+    run_id: str
+    files: int
+    unpacked_bytes: int
+    bundle_bytes: int
+    seconds: float
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def run_files(run_path: pathlib.Path) -> tuple[dict[str, bytes], frozenset[str]]:
+    """The run directory's regular files (relative path -> bytes) and which are executable.
+
+    Left out: the lock of a run in progress and atomic-write temp files (never part of a finished run);
+    symlinks (a run directory has none; one would point outside the bundle).
+    """
+    files: dict[str, bytes] = {}
+    executable = set()
+    for path in sorted(run_path.rglob("*")):
+        rel = path.relative_to(run_path).as_posix()
+        if path.is_symlink() or not path.is_file():
+            continue
+        if path.name == runlock.LOCK_NAME or (path.name.startswith(".") and path.name.endswith(".tmp")):
+            continue
+        files[rel] = path.read_bytes()
+        if path.stat().st_mode & stat.S_IXUSR:
+            executable.add(rel)
+    record = json.loads(files[RUN_JSON])
+    redacted = redact_record(record)
+    if redacted != record:  # a run recorded before redaction existed: the bundle carries the redacted copy
+        files[RUN_JSON] = (json.dumps(redacted, indent=2, default=str) + "\n").encode()
+    return files, frozenset(executable)
+
+
+def build(run_path: pathlib.Path) -> tuple[str, bytes, int, int]:
+    """(run id, the bundle's bytes, file count, unpacked bytes) for a run directory."""
+    run_path = pathlib.Path(run_path)
+    lock = runlock.holder(run_path)
+    if lock is not None:
+        raise BadInputError(f"run {run_path.name} is still in progress ({runlock.describe(lock)})",
+                            hint="bundle it when it has finished")
+    files, executable = run_files(run_path)
+    record = json.loads(files[RUN_JSON])
+    run_id = str(record.get("run_id") or run_path.name)
+    top = run_id
+    payload = {f"{RUN_DIR}/{rel}": data for rel, data in files.items()}
+    payload[README] = render_readme(record, f"{run_id}{SUFFIX}").encode()
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "tool": {"name": "gpurepro", "version": __version__},
+        "run_id": run_id,
+        "run_status": record.get("status"),
+        "files": [{"path": name, "size": len(data), "sha256": _sha256(data)} for name, data in sorted(payload.items())],
+    }
+    payload[MANIFEST] = (json.dumps(manifest, indent=2) + "\n").encode()
+    tar = build_tar({f"{top}/{name}": data for name, data in payload.items()},
+                    executable=frozenset(f"{top}/{RUN_DIR}/{rel}" for rel in executable))
+    # gzip.compress writes no file name; mtime=0 fixes the only other varying header field
+    return run_id, gzip.compress(tar, compresslevel=6, mtime=0), len(payload), sum(map(len, payload.values()))
+
+
+def create(run_path: pathlib.Path, output: pathlib.Path | None = None) -> Created:
+    started = time.monotonic()
+    run_id, data, count, unpacked = build(run_path)
+    out = pathlib.Path(output) if output else pathlib.Path.cwd() / f"{run_id}{SUFFIX}"
+    if out.is_dir():
+        out = out / f"{run_id}{SUFFIX}"
+    atomic_write(out, data)
+    return Created(out, run_id, count, unpacked, len(data), time.monotonic() - started)
+
+
+# --- reading and verifying -------------------------------------------------------------------------
+@dataclass
+class Contents:
+    """What a bundle holds, read in memory: never extracted, nothing executed."""
+
+    path: pathlib.Path
+    top: str
+    manifest: dict
+    digests: dict[str, tuple[int, str]]          # path under top -> (size, sha256) as found
+    texts: dict[str, bytes] = field(default_factory=dict)  # MANIFEST, README, run.json, result.json files
+    problem: str | None = None                     # the first verification failure, None when intact
+    bundle_bytes: int = 0
+
+    @property
+    def record(self) -> dict:
+        try:
+            return json.loads(self.texts[f"{RUN_DIR}/{RUN_JSON}"])
+        except (KeyError, ValueError):
+            return {}
+
+    def step_results(self) -> dict[str, dict]:
+        results = {}
+        for name, data in self.texts.items():
+            if name.startswith(f"{RUN_DIR}/steps/") and name.endswith("/result.json"):
+                try:
+                    results[name.split("/")[2]] = json.loads(data)
+                except ValueError:
+                    pass
+        return results
+
+
+def _wanted_text(name: str) -> bool:
+    return name in (MANIFEST, README, f"{RUN_DIR}/{RUN_JSON}") or (
+        name.startswith(f"{RUN_DIR}/steps/") and name.endswith("/result.json") and name.count("/") == 3)
+
+
+def read(path: pathlib.Path, *, limits: Limits = DEFAULT_LIMITS) -> Contents:
+    """Scan the bundle safely and hash every file in memory; the verification result is in `.problem`.
+
+    Raises UnsafeArchiveError/BundleError only when the file cannot be read as a bundle at all.
+    """
+    path = pathlib.Path(path)
+    label = path.name
+    with open_archive(path, label) as tar:
+        members = scan(tar, label, limits)
+        tops = {m.name.strip("/").split("/")[0] for m in members if m.name.strip("/")}
+        if len(tops) != 1:
+            raise BundleError(f"{label}: not a gpurepro bundle (expected one top directory <run-id>/, "
+                              f"found {len(tops)})")
+        top = tops.pop()
+        digests: dict[str, tuple[int, str]] = {}
+        texts: dict[str, bytes] = {}
+        others = []
+        for member in members:
+            rel = member.name.strip("/")[len(top) + 1:]
+            if member.isdir():
+                continue
+            if not member.isreg():
+                others.append(rel)
+                continue
+            handle = tar.extractfile(member)
+            digest = hashlib.sha256()
+            size = 0
+            keep = _wanted_text(rel)
+            kept = []
+            try:
+                while chunk := handle.read(_HASH_CHUNK):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    if keep:
+                        kept.append(chunk)
+            except (OSError, EOFError) as exc:
+                raise UnsafeArchiveError(f"{label}: truncated or corrupt at {rel!r} ({exc})") from None
+            digests[rel] = (size, digest.hexdigest())
+            if keep:
+                texts[rel] = b"".join(kept)
+    if MANIFEST not in texts:
+        raise BundleError(f"{label}: not a gpurepro bundle (no {top}/{MANIFEST})")
+    try:
+        manifest = json.loads(texts[MANIFEST])
+    except ValueError as exc:
+        raise BundleError(f"{label}: {MANIFEST} is not valid JSON ({exc})") from None
+    contents = Contents(path, top, manifest if isinstance(manifest, dict) else {}, digests, texts,
+                        bundle_bytes=path.stat().st_size)
+    contents.problem = _check(contents, others, manifest)
+    return contents
+
+
+def _check(contents: Contents, others: list[str], manifest) -> str | None:
+    label = contents.path.name
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        return f"{label}: not a gpurepro bundle ({MANIFEST} has no format {FORMAT!r})"
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        return f"{label}: unsupported bundle format version {version!r} (this gpurepro {__version__} reads {FORMAT_VERSION})"
+    if manifest.get("run_id") != contents.top:
+        return f"{label}: {MANIFEST} names run {manifest.get('run_id')!r} but the bundle holds {contents.top!r}"
+    entries = manifest.get("files")
+    if not isinstance(entries, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("size"), int)
+            and isinstance(e.get("sha256"), str) for e in entries):
+        return f"{label}: {MANIFEST} 'files' must list {{path, size, sha256}} entries"
+    listed = {e["path"]: e for e in entries}
+    for name, entry in listed.items():
+        found = contents.digests.get(name)
+        if found is None:
+            return f"{label}: {name} is listed in {MANIFEST} but missing from the bundle"
+        size, sha = found
+        if size != entry["size"]:
+            return f"{label}: {name} is {size} bytes, {MANIFEST} says {entry['size']} (altered or truncated)"
+        if sha != entry["sha256"]:
+            return f"{label}: {name} does not match its sha256 in {MANIFEST} (altered)"
+    for name in sorted(contents.digests):
+        if name != MANIFEST and name not in listed:
+            return f"{label}: {name} is in the bundle but not in {MANIFEST} (added after the bundle was made)"
+    if others:
+        return f"{label}: {others[0]} is a link; bundles hold only files listed in {MANIFEST}"
+    if f"{RUN_DIR}/{RUN_JSON}" not in listed:
+        return f"{label}: no {RUN_DIR}/{RUN_JSON} in the bundle"
+    return None
+
+
+def verify(path: pathlib.Path, *, limits: Limits = DEFAULT_LIMITS) -> Contents:
+    contents = read(path, limits=limits)
+    if contents.problem:
+        raise BundleError(contents.problem)
+    return contents
+
+
+# --- README ----------------------------------------------------------------------------------------
+def step_groups(record: dict) -> list[tuple[str, list[str]]]:
+    """The run's steps grouped by compile target, in run order: one `invoke repro` per group."""
+    groups: dict[str, list[str]] = {}
+    for step in record.get("steps") or []:
+        groups.setdefault(step.get("arch") or "", []).append(step["step"])
+    if not groups:  # the run ended before its steps were known: replay what was asked
+        request = record.get("request") or {}
+        groups[request.get("arch") or ""] = list(request.get("steps") or [])
+    return [(arch, steps) for arch, steps in groups.items() if steps]
+
+
+def repro_commands(record: dict, *, image: str | None = None) -> list[str]:
+    request = record.get("request") or {}
+    backend = record.get("backend") or request.get("backend") or "auto"
+    prefix = f"GPUREPRO_IMAGE={shlex.quote(image)} " if image else ""
+    commands = []
+    for arch, steps in step_groups(record):
+        parts = [f"{prefix}invoke repro {','.join(steps)}"]
+        if arch:
+            parts.append(f"--arch {arch}")
+        parts.append(f"--backend {backend}")
+        if request.get("compile_only"):
+            parts.append("--compile-only")
+        commands.append(" ".join(parts))
+    return commands
+
+
+def _md(text) -> str:
+    return str(text if text is not None else "").replace("|", "\\|").replace("\n", " ")
+
+
+def render_readme(record: dict, bundle_name: str) -> str:
+    env = record.get("environment") or {}
+    git = record.get("git") or {}
+    host = record.get("host") or {}
+    image_ref = env.get("image_digest") or env.get("image_id") or None
+    lines = [
+        f"# gpurepro run {record.get('run_id')}",
+        "",
+        f"Status **{record.get('status')}** (exit code {record.get('exit_code')}), started {record.get('started_at')}, "
+        f"finished {record.get('finished_at')}, on {host.get('hostname')} ({host.get('platform')}) with the "
+        f"{record.get('backend')} backend, gpurepro {(record.get('tool') or {}).get('version')}.",
+        "",
+        "## Check it, read it, run it again",
+        "",
+        "```bash",
+        f"invoke bundle.verify {bundle_name}    # every file against MANIFEST.json (sha256, size)",
+        f"invoke bundle.inspect {bundle_name}   # steps, outcomes, environment; extracts and runs nothing",
+        f"invoke bundle.replay {bundle_name}    # the same steps with the same flags here; old vs new outcomes",
+        "```",
+        "",
+        "## By hand, exactly as it ran",
+        "",
+        "```bash",
+        f"git checkout {git.get('commit') or '<commit not recorded>'}"
+        + ("   # the run's checkout had uncommitted changes: the sources as compiled are in run/steps/<step>/"
+           if git.get("dirty") else ""),
+    ]
+    if record.get("backend") == "docker" and env.get("image_digest"):
+        lines.append(f"docker pull {env['image_digest']}   # or build it: invoke image.base image.build")
+    elif record.get("backend") == "docker":
+        lines.append(f"invoke image.base image.build   # the run used {env.get('image')} (id {env.get('image_id')})")
+    lines += repro_commands(record, image=image_ref if record.get("backend") == "docker" else None)
+    lines += ["```", "", f"Recorded command: `{' '.join(record.get('command') or [])}`", "",
+              "## Steps", "", "| step | arch | expected | observed | verdict | reason |", "|---|---|---|---|---|---|"]
+    for step in record.get("steps") or []:
+        lines.append(f"| {_md(step.get('step'))} | {_md(step.get('arch'))} | {_md(step.get('expected') or 'unknown')} | "
+                     f"{_md(step.get('outcome'))} | {_md(step.get('verdict'))} | {_md(step.get('reason'))} |")
+    lines += ["", "## Where and with what", "", "| fact | value |", "|---|---|"]
+    facts = {"git commit": git.get("commit"), "git dirty": git.get("dirty"), "backend": record.get("backend"),
+             **{k: v for k, v in env.items() if v not in (None, "")}}
+    lines += [f"| {_md(k)} | {_md(v)} |" for k, v in facts.items()]
+    variables = record.get("env_vars") or {}
+    redacted = sorted(k for k, v in variables.items() if v == REDACTED)
+    lines += ["", f"{len(variables)} environment variables are recorded in run/run.json (`env_vars`)"
+              + (f"; values redacted: {', '.join(redacted)}." if redacted else "."), ""]
+    return "\n".join(lines)
+
+
+# --- inspect ---------------------------------------------------------------------------------------
+def summary_lines(contents: Contents) -> list[str]:
+    record = contents.record
+    env = record.get("environment") or {}
+    git = record.get("git") or {}
+    host = record.get("host") or {}
+    gpu = f"{env.get('gpu_name')} ({env.get('gpu_arch')}, driver {env.get('driver_version')})" \
+        if env.get("gpu_name") else "no GPU"
+    integrity = "ok" if contents.problem is None else f"FAILED: {contents.problem}"
+    variables = record.get("env_vars") or {}
+    redacted = sorted(k for k, v in variables.items() if v == REDACTED)
+    return [
+        f"bundle {contents.path.name}: format {contents.manifest.get('format_version')}, made by gpurepro "
+        f"{(contents.manifest.get('tool') or {}).get('version')}, {len(contents.digests)} files, "
+        f"{contents.bundle_bytes} bytes",
+        f"integrity: {integrity}",
+        f"run {record.get('run_id')}: status {record.get('status')}, exit code {record.get('exit_code')}, "
+        f"{record.get('started_at')} .. {record.get('finished_at')}",
+        f"command: {' '.join(record.get('command') or [])}",
+        f"git: {git.get('commit') or 'n/a'}{' (dirty)' if git.get('dirty') else ''}"
+        f"{' on ' + git['branch'] if git.get('branch') else ''}",
+        f"host: {host.get('hostname')} ({host.get('platform')}, Python {host.get('python')}, {host.get('cpus')} CPUs)",
+        f"backend: {record.get('backend')}" + (f"; image {env.get('image')} id {env.get('image_id')}"
+                                               f" digest {env.get('image_digest') or 'none'}" if env.get("image") else ""),
+        f"toolchain: nvcc {env.get('nvcc_version') or '?'}, CUTLASS {env.get('cutlass_version') or '?'}, "
+        f"FlashInfer {env.get('flashinfer_version') or '?'}; device: {gpu}",
+        f"environment variables: {len(variables)} recorded, {len(redacted)} redacted"
+        + (f" ({', '.join(redacted)})" if redacted else ""),
+    ]
+
+
+# --- replay ----------------------------------------------------------------------------------------
+COMPARED_FACTS = ("image", "image_id", "image_digest", "nvcc_version", "cutlass_version", "flashinfer_version",
+                  "gpu_name", "gpu_arch", "driver_version")
+
+
+@dataclass
+class ReplayRow:
+    step: str
+    arch: str
+    old: str
+    new: str
+    new_reason: str
+
+    @property
+    def same(self) -> bool:
+        return self.old == self.new
+
+
+@dataclass
+class Replay:
+    rows: list[ReplayRow]
+    differences: list[str]
+    runs: list[pathlib.Path]
+    exit_code: int
+
+
+def differences(old: dict, new: dict) -> list[str]:
+    """What differs between where the bundle ran and where it was replayed, one line each."""
+    out = []
+    pairs = [("git commit", (old.get("git") or {}).get("commit"), (new.get("git") or {}).get("commit")),
+             ("git dirty", (old.get("git") or {}).get("dirty"), (new.get("git") or {}).get("dirty")),
+             ("tool version", (old.get("tool") or {}).get("version"), (new.get("tool") or {}).get("version")),
+             ("backend", old.get("backend"), new.get("backend"))]
+    old_env, new_env = old.get("environment") or {}, new.get("environment") or {}
+    pairs += [(key, old_env.get(key), new_env.get(key)) for key in COMPARED_FACTS]
+    for name, a, b in pairs:
+        if (a or None) != (b or None):
+            out.append(f"{name}: bundle {a if a not in (None, '') else 'none'}, here {b if b not in (None, '') else 'none'}")
+    return out
+
+
+def source_differences(bundle_run: pathlib.Path, config, steps: list[str]) -> list[str]:
+    """Which of this checkout's step sources differ from the copies the bundled run compiled."""
+    from .manifest import load_manifest
+    from .pipeline import source_files
+
+    manifest = load_manifest(config.manifest)
+    out = []
+    for step_id in steps:
+        local = source_files(config.repros_dir, manifest.get(step_id))
+        bundled = bundle_run / "steps" / step_id
+        for name, data in sorted(local.items()):
+            old = bundled / name
+            if not old.is_file():
+                out.append(f"source {step_id}/{name}: not in the bundle")
+            elif old.read_bytes() != data:
+                out.append(f"source {step_id}/{name}: differs from the bundled copy")
+    return out
+
+
+def _local_image_id(config, record: dict) -> tuple[object, list[str]]:
+    """The config to replay with: the recorded image when this engine has it (by id), else the configured one."""
+    env = record.get("environment") or {}
+    wanted = env.get("image_id")
+    if record.get("backend") != "docker" or not wanted:
+        return config, []
+    try:
+        from .runners.docker import connect
+
+        client = connect(timeout=30)
+        client.images.get(wanted)
+    except Exception:  # noqa: BLE001 - no engine or no such image: replay with the configured image, and say so
+        return config, [f"image {wanted} (digest {env.get('image_digest') or 'none'}) is not here; "
+                        f"replaying with {config.docker.image}"]
+    return dataclasses.replace(config, docker=dataclasses.replace(config.docker, image=wanted)), []
+
+
+def replay(path: pathlib.Path, config, *, backend: str | None = None, dest: pathlib.Path | None = None,
+           console=None, runner=None, argv: list[str] | None = None, limits: Limits = DEFAULT_LIMITS) -> Replay:
+    from .manifest import load_manifest
+    from .pipeline import RunRequest, execute
+
+    contents = verify(path, limits=limits)
+    record = contents.record
+    groups = step_groups(record)
+    if not groups:
+        raise BadInputError(f"{path}: the bundled run has no steps to replay")
+    manifest = load_manifest(config.manifest)
+    missing = [s for _, steps in groups for s in steps if s not in manifest.steps]
+    if missing:
+        commit = (record.get("git") or {}).get("commit")
+        raise BadInputError(f"step {missing[0]} of the bundle is not in {config.manifest}",
+                            hint=f"check out the run's commit {commit}" if commit else None)
+    keep = dest is not None
+    where = pathlib.Path(dest) if keep else pathlib.Path(tempfile.mkdtemp(prefix="gpurepro-replay-"))
+    try:
+        extract(path, where, label=pathlib.Path(path).name, limits=limits)
+        bundle_run = where / contents.top / RUN_DIR
+        notes = source_differences(bundle_run, config, [s for _, steps in groups for s in steps])
+    finally:
+        if not keep:
+            shutil.rmtree(where, ignore_errors=True)
+    run_config, image_notes = _local_image_id(config, record)
+    request_flags = record.get("request") or {}
+    chosen_backend = backend or record.get("backend") or "auto"
+    old = {(s["step"], s.get("arch")): s for s in record.get("steps") or []}
+    rows, runs, new_records, codes = [], [], [], []
+    for arch, steps in groups:
+        request = RunRequest(steps=steps, arch=arch or None, backend=chosen_backend,
+                             compile_only=bool(request_flags.get("compile_only")), argv=list(argv or sys.argv))
+        outcome = execute(run_config, request, console=console, runner=runner)
+        runs.append(outcome.run.path)
+        new_records.append(json.loads((outcome.run.path / RUN_JSON).read_text()))
+        codes.append(outcome.exit_code)
+        for result in outcome.results:
+            before = old.get((result.step, result.arch), {})
+            rows.append(ReplayRow(result.step, result.arch, before.get("outcome", "not run"), result.outcome.value,
+                                  result.reason))
+    diffs = image_notes + differences(record, new_records[0]) + notes
+    if EXIT_INFRA in codes:
+        code = EXIT_INFRA
+    else:
+        code = EXIT_OK if all(r.same for r in rows) else EXIT_DEPARTED
+    return Replay(rows, diffs, runs, code)
