@@ -16,13 +16,13 @@ import pathlib
 import shlex
 import shutil
 import stat
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 
 from . import __version__, runlock
 from .archive import build_tar
+from .environment import invoked_command
 from .errors import BadInputError, EXIT_DEPARTED, EXIT_INFRA, EXIT_OK
 from .redaction import REDACTED, redact_record
 from .report import RUN_JSON, atomic_write
@@ -486,7 +486,8 @@ def replay(path: pathlib.Path, config, *, backend: str | None = None, dest: path
     rows, runs, new_records, codes = [], [], [], []
     for arch, steps in groups:
         request = RunRequest(steps=steps, arch=arch or None, backend=chosen_backend,
-                             compile_only=bool(request_flags.get("compile_only")), argv=list(argv or sys.argv))
+                             compile_only=bool(request_flags.get("compile_only")),
+                             argv=list(argv) if argv else invoked_command())
         outcome = execute(run_config, request, console=console, runner=runner)
         runs.append(outcome.run.path)
         new_records.append(json.loads((outcome.run.path / RUN_JSON).read_text()))
