@@ -19,7 +19,7 @@ INDEX = "index.html"
 LOG_LIMIT = 256 * 1024  # per log shown; the whole file stays in the run directory, linked
 LOG_NAMES = ("patch.log", "compile.log", "cuobjdump.log", "run.log")
 COLOURS = {
-    "pass": "#1a7f37", "skipped": "#9a6700", "infra_error": "#8250df", "compile_error": "#cf222e",
+    "pass": "#1a7f37", "skipped": "#9a6700", "infra_error": "#8250df", "compile_error": "#b62324",
     "mismatch": "#d1242f", "init_error": "#bc4c00", "can_implement_error": "#a40e26", "runtime_error": "#82071e",
     "timeout": "#6e7781",
 }
