@@ -73,11 +73,12 @@ def headers(c, wheel=None, dest=None):
     return app.toolchain_headers(wheel=wheel, dest=dest)
 
 
-@engine_task(name="create", positional=["run"], help={
+# RUN is a flag, not a positional: Invoke cannot leave a positional out (docs/contracts.md, Commands)
+@engine_task(name="create", help={
     "run": "run directory or run id (default: reports/latest)",
     "output": "bundle file or directory (default: ./<run-id>.tar.gz)",
 })
-def bundle_create(c, run=None, output=None):
+def bundle_create(c, run="latest", output=None):
     """Pack a run into <run-id>.tar.gz: the run directory, MANIFEST.json (sha256 of every file), README.md."""
     return app.bundle_create(run, output=output)
 
@@ -104,9 +105,9 @@ def bundle_replay(c, file=None, backend=None, dest=None):
     return app.bundle_replay(file, backend=backend, dest=dest)
 
 
-@engine_task(name="write", default=True, positional=["run"], help={
+@engine_task(name="write", default=True, help={
     "run": "run directory or run id (default: reports/latest)"})
-def report_write(c, run=None):
+def report_write(c, run="latest"):
     """(Re)write a run's self-contained index.html and print its path."""
     return app.report(run)
 
