@@ -55,6 +55,8 @@ def resolve_run(reports_dir: pathlib.Path, run: str | None) -> pathlib.Path:
         if not candidate.is_dir():
             candidate = reports_dir / run
     path = candidate.resolve()
+    if not path.exists():
+        raise BadInputError(f"no run {run!r}: neither a directory nor a run under {reports_dir}")
     if not (path / RUN_JSON).is_file():
         raise BadInputError(f"{run or candidate}: not a run directory (no {RUN_JSON})")
     return path
@@ -411,7 +413,10 @@ def differences(old: dict, new: dict) -> list[str]:
              ("tool version", (old.get("tool") or {}).get("version"), (new.get("tool") or {}).get("version")),
              ("backend", old.get("backend"), new.get("backend"))]
     old_env, new_env = old.get("environment") or {}, new.get("environment") or {}
-    pairs += [(key, old_env.get(key), new_env.get(key)) for key in COMPARED_FACTS]
+    same_image = bool(old_env.get("image_id")) and old_env.get("image_id") == new_env.get("image_id")
+    # replaying by image id renames the reference (tag -> id): the same id is the same image
+    pairs += [(key, old_env.get(key), new_env.get(key)) for key in COMPARED_FACTS
+              if not (key == "image" and same_image)]
     for name, a, b in pairs:
         if (a or None) != (b or None):
             out.append(f"{name}: bundle {a if a not in (None, '') else 'none'}, here {b if b not in (None, '') else 'none'}")
