@@ -78,16 +78,29 @@ def write_suite(suite: TestSuite, path: pathlib.Path) -> None:
         raise
 
 
-def merge(paths: list[pathlib.Path], out: pathlib.Path) -> JUnitXml:
-    """Several runs' suites under one <testsuites> (nightly CI across hosts)."""
+def write_suites(suites, out: pathlib.Path) -> JUnitXml:
+    """Several suites under one <testsuites>, atomically (nightly CI: one suite per target)."""
     merged = JUnitXml()
-    for path in paths:
-        loaded = JUnitXml.fromfile(str(path))
-        for suite in (loaded if isinstance(loaded, JUnitXml) else [loaded]):
-            merged.add_testsuite(suite)
+    for suite in suites:
+        merged.add_testsuite(suite)
     merged.update_statistics()
+    # junitparser also counts `skipped` on <testsuites>, an attribute the Jenkins schema does not allow there
+    merged._elem.attrib.pop("skipped", None)
     fd, tmp = tempfile.mkstemp(dir=pathlib.Path(out).parent, prefix=".junit-", suffix=".xml")
     os.close(fd)
-    merged.write(tmp, pretty=True)
-    os.replace(tmp, out)
+    try:
+        merged.write(tmp, pretty=True)
+        os.replace(tmp, out)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
     return merged
+
+
+def merge(paths: list[pathlib.Path], out: pathlib.Path) -> JUnitXml:
+    """Several runs' suites under one <testsuites> (runs from several hosts)."""
+    suites = []
+    for path in paths:
+        loaded = JUnitXml.fromfile(str(path))
+        suites.extend(loaded if isinstance(loaded, JUnitXml) else [loaded])
+    return write_suites(suites, out)

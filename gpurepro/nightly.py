@@ -1,0 +1,437 @@
+"""Nightly GPU CI: every step on every target (GPU host), targets concurrently, then one merged report.
+
+A target is a Docker endpoint (unix://, tcp://, ssh://: whatever the docker SDK speaks) or the host
+backend, with the device arch it is expected to have. Each target gets its own run directory (the
+ordinary pipeline, unchanged); a step that departs from its expectation is run once more, and the pair
+decides: departs again -> `changed` (a regression, or a fix), matches -> `flaky`. The merged report
+(`nightly.json`, `junit.xml` with one suite per target, `summary.md`) puts changed first.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import shlex
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import yaml
+from .config import Config
+from .errors import EXIT_DEPARTED, EXIT_INFRA, EXIT_OK, ConfigError, GpuReproError, InterruptedRun, UsageError
+from .junit import build_suite, visible, write_suites
+from .outcomes import Outcome, StepResult, Verdict
+from .report import RunDirectory, atomic_write, now_utc, write_json
+
+TARGET_KEYS = {"name", "docker", "backend", "arch", "compile_arch", "labels"}
+NIGHTLY_JSON = "nightly.json"
+
+# classification of one step on one target after the rerun; the order is the summary's order
+CHANGED, FLAKY, INFRA, NEW, MATCH, NOT_RUN = "changed", "flaky", "infra", "new", "match", "not_run"
+CLASS_ORDER = (CHANGED, FLAKY, INFRA, NEW, MATCH, NOT_RUN)
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    backend: str                 # docker | host
+    endpoint: str | None = None  # docker base_url; None: DOCKER_HOST / the default socket
+    arch: str | None = None      # device arch the host should have (sm_121); None: not checked
+    compile_arch: str | None = None  # the arch to compile for where a step lists it; else its first target
+    labels: tuple[str, ...] = ()
+
+    def reproduce(self, step: str, arch: str) -> str:
+        command = f"invoke repro {step} --arch {arch} --backend {self.backend}"
+        if self.endpoint:
+            command = f"DOCKER_HOST={shlex.quote(self.endpoint)} {command}"
+        return command
+
+
+def load_targets(path: pathlib.Path) -> list[Target]:
+    """ci/targets.yaml, validated: a bad entry is one line naming the file and the key."""
+    path = pathlib.Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, None, f"not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("targets"), list) or not data["targets"]:
+        raise ConfigError(path, "targets", "expected a non-empty list of targets")
+    if set(data) - {"version", "targets"}:
+        raise ConfigError(path, sorted(set(data) - {"version", "targets"})[0], "unknown key (known: version, targets)")
+    if data.get("version", 1) != 1:
+        raise ConfigError(path, "version", f"unsupported version {data['version']!r} (this tool reads version 1)")
+    targets, seen = [], set()
+    for index, entry in enumerate(data["targets"]):
+        where = f"targets[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(path, where, "expected a mapping")
+        unknown = set(entry) - TARGET_KEYS
+        if unknown:
+            raise ConfigError(path, f"{where}.{sorted(unknown)[0]}", f"unknown key (known: {', '.join(sorted(TARGET_KEYS))})")
+        name = entry.get("name")
+        if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(path, f"{where}.name", "expected a name of letters, digits, '-' and '_'")
+        if name in seen:
+            raise ConfigError(path, f"{where}.name", f"duplicate target '{name}'")
+        seen.add(name)
+        endpoint, backend = entry.get("docker"), entry.get("backend", "docker")
+        if backend not in ("docker", "host"):
+            raise ConfigError(path, f"{where}.backend", "expected docker or host")
+        if backend == "host" and endpoint:
+            raise ConfigError(path, f"{where}.docker", "a host target has no Docker endpoint")
+        if endpoint is not None and (not isinstance(endpoint, str)
+                                     or not endpoint.startswith(("unix://", "tcp://", "ssh://", "npipe://"))):
+            raise ConfigError(path, f"{where}.docker", "expected a unix://, tcp:// or ssh:// endpoint")
+        for key in ("arch", "compile_arch"):
+            value = entry.get(key)
+            if value is not None and not (isinstance(value, str) and value.startswith("sm_")):
+                raise ConfigError(path, f"{where}.{key}", "expected an arch like sm_121 (or sm_121a to compile for)")
+        labels = entry.get("labels", [])
+        if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+            raise ConfigError(path, f"{where}.labels", "expected a list of strings")
+        arch = entry.get("arch")
+        targets.append(Target(name=name, backend=backend, endpoint=endpoint,
+                              arch=arch.rstrip("af") if arch else None, compile_arch=entry.get("compile_arch"),
+                              labels=tuple(labels)))
+    return targets
+
+
+def select_targets(targets: list[Target], names) -> list[Target]:
+    if not names:
+        return targets
+    known = {t.name: t for t in targets}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise UsageError(f"unknown target '{missing[0]}'", hint=f"targets: {', '.join(known)}")
+    return [known[n] for n in names]
+
+
+# --- one target ------------------------------------------------------------------------------------------
+@dataclass
+class Entry:
+    """One step on one target: the first observation, the rerun if it departed, and what the pair means."""
+
+    result: StepResult
+    classification: str
+    first: StepResult | None = None  # the departed first run, when there was a rerun
+
+    def to_json(self) -> dict:
+        return {"classification": self.classification, "result": self.result.to_json(),
+                "first": self.first.to_json() if self.first else None}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Entry":
+        first = data.get("first")
+        return cls(StepResult.from_json(data["result"]), data["classification"],
+                   StepResult.from_json(first) if first else None)
+
+
+@dataclass
+class TargetReport:
+    target: Target
+    entries: list[Entry] = field(default_factory=list)
+    runs: list[str] = field(default_factory=list)  # run directories, relative to the nightly directory
+    error: str | None = None                     # the target could not be run at all (or only in part)
+    device: str | None = None
+
+    @property
+    def status(self) -> str:
+        if self.error or any(e.classification == INFRA for e in self.entries):
+            return "infra_error"
+        return "complete"
+
+    def to_json(self) -> dict:
+        return {"target": dataclasses.asdict(self.target), "status": self.status, "error": self.error,
+                "device": self.device, "runs": self.runs, "entries": [e.to_json() for e in self.entries]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TargetReport":
+        t = dict(data["target"])
+        t["labels"] = tuple(t.get("labels") or ())
+        return cls(Target(**t), [Entry.from_json(e) for e in data.get("entries", [])], list(data.get("runs", [])),
+                   data.get("error"), data.get("device"))
+
+
+def classify_pair(first: StepResult, rerun: StepResult | None) -> str:
+    if first.verdict is Verdict.INFRA:
+        return INFRA
+    if first.verdict is not Verdict.DEPARTED:
+        return {Verdict.MATCH: MATCH, Verdict.NEW: NEW, Verdict.NOT_RUN: NOT_RUN}[first.verdict]
+    if rerun is None or rerun.verdict is Verdict.INFRA:
+        return INFRA  # could not confirm the departure: evidence incomplete, not a verdict on the step
+    return CHANGED if rerun.verdict is Verdict.DEPARTED else FLAKY
+
+
+def run_target(config: Config, target: Target, nightly_dir: pathlib.Path, *, steps=None, jobs=None,
+               make_runner=None, prepare=None, log=print) -> TargetReport:
+    """Run every (or the given) step on one target, rerun what departed; never raises for the target's faults."""
+    from .console import Console
+    from .pipeline import RunRequest, execute
+
+    report = TargetReport(target)
+    target_dir = nightly_dir / "targets" / target.name
+    target_dir.mkdir(parents=True, exist_ok=True)
+    cfg = dataclasses.replace(config, reports_dir=target_dir)
+    make_runner = make_runner or runner_factory
+    with open(target_dir / "console.log", "a", encoding="utf-8") as console_log:
+        console = Console(out=console_log, err=console_log)
+
+        def one_run(step_ids):
+            request = RunRequest(steps=list(step_ids or []), all=not step_ids, prefer_arch=target.compile_arch,
+                                 backend=target.backend, jobs=jobs,
+                                 argv=["invoke", "ci.nightly", "--target", target.name])
+            outcome = execute(cfg, request, console=console, runner=make_runner(cfg, target, console.info))
+            report.runs.append(outcome.run.path.relative_to(nightly_dir).as_posix())
+            return outcome.results
+
+        try:
+            if prepare is not None:
+                prepare(cfg, target, console.info)
+            first = one_run(steps)
+            departed = [r.step for r in first if r.verdict is Verdict.DEPARTED]
+            reruns = {}
+            if departed:
+                log(f"{target.name}: {len(departed)} departed ({', '.join(departed)}); running them once more")
+                reruns = {r.step: r for r in one_run(departed)}
+        except InterruptedRun:
+            raise
+        except GpuReproError as exc:
+            report.error = exc.one_line()
+            return report
+        except Exception as exc:  # a target's failure must not take the other targets down
+            report.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+            return report
+    for result in first:
+        result.reproduce = target.reproduce(result.step, result.arch)
+        if result.device_arch and not report.device:
+            report.device = result.device_arch
+        rerun = reruns.get(result.step)
+        if rerun is not None:
+            rerun.reproduce = result.reproduce
+        classification = classify_pair(result, rerun)
+        report.entries.append(Entry(rerun or result, classification, result if rerun else None))
+    if target.arch and report.device and report.device != target.arch:
+        report.error = f"expected a {target.arch} device, found {report.device}: the target is misconfigured"
+    return report
+
+
+def runner_factory(config: Config, target: Target, log):
+    from .runners import HostRunner
+
+    if target.backend == "host":
+        return HostRunner(config, log=log)
+    from .runners.docker import DockerRunner, connect
+
+    return DockerRunner(connect(target.endpoint), config, log=log)
+
+
+def ensure_image(config: Config, target: Target, log) -> None:
+    """The image build, cached: a target whose daemon has the image uses it; one without builds it there."""
+    if target.backend != "docker":
+        return
+    from .images import build_base, build_image, image_exists
+    from .runners.docker import connect
+
+    client = connect(target.endpoint)
+    try:
+        if image_exists(client, config.docker.image):
+            log(f"image {config.docker.image} present on {target.endpoint or 'the default daemon'}")
+            return
+        wanted = next((name for name, ref in config.docker.images.items() if ref == config.docker.image), "toolchain")
+        build_base(client, config, log=log)
+        build_image(client, config, wanted, log=log)
+    finally:
+        client.close()
+
+
+# --- all targets -----------------------------------------------------------------------------------------
+@dataclass
+class NightlyOutcome:
+    path: pathlib.Path
+    targets: list[TargetReport]
+    exit_code: int
+
+
+def nightly(config: Config, targets: list[Target], *, steps=None, jobs=None, reports_dir=None, make_runner=None,
+            prepare=ensure_image, log=print) -> NightlyOutcome:
+    run = RunDirectory.create(pathlib.Path(reports_dir or config.reports_dir))
+    started = now_utc().isoformat()
+    write_json(run.path / NIGHTLY_JSON, {"nightly_id": run.run_id, "status": "interrupted", "started_at": started,
+                                         "targets": [t.name for t in targets]})
+    run.point_latest()
+    log(f"nightly {run.run_id}: {len(targets)} target(s): {', '.join(t.name for t in targets)}")
+    lock = threading.Lock()
+
+    def one(target: Target) -> TargetReport:
+        def say(message: str) -> None:
+            with lock:
+                log(message)
+
+        say(f"{target.name}: started ({target.endpoint or target.backend})")
+        report = run_target(config, target, run.path, steps=steps, jobs=jobs, make_runner=make_runner,
+                            prepare=prepare, log=say)
+        counts = _counts(report)
+        say(f"{target.name}: {report.status}" + (f" — {report.error}" if report.error else "")
+            + f" ({', '.join(f'{n} {c}' for c, n in counts.items() if n)})")
+        return report
+
+    # threads, not processes: the work is waiting on daemons; one thread per target runs them concurrently
+    with ThreadPoolExecutor(max_workers=max(1, len(targets)), thread_name_prefix="target") as pool:
+        reports = list(pool.map(one, targets))
+    code = write_merged(run.path, reports, title=f"gpurepro nightly {run.run_id}", started_at=started)
+    return NightlyOutcome(run.path, reports, code)
+
+
+def exit_code_for(reports: list[TargetReport]) -> int:
+    """3 when evidence is missing (a target or a step hit infrastructure), else 1 for anything changed."""
+    if any(r.status == "infra_error" for r in reports):
+        return EXIT_INFRA
+    if any(e.classification == CHANGED for r in reports for e in r.entries):
+        return EXIT_DEPARTED
+    return EXIT_OK
+
+
+def _counts(report: TargetReport) -> dict[str, int]:
+    counts = {c: 0 for c in CLASS_ORDER}
+    for entry in report.entries:
+        counts[entry.classification] += 1
+    return counts
+
+
+# --- the merged report -----------------------------------------------------------------------------------
+def write_merged(path: pathlib.Path, reports: list[TargetReport], *, title: str, started_at: str | None = None) -> int:
+    path = pathlib.Path(path)
+    code = exit_code_for(reports)
+    write_json(path / NIGHTLY_JSON, {
+        "nightly_id": path.name, "status": "complete", "started_at": started_at,
+        "finished_at": now_utc().isoformat(), "exit_code": code, "targets": [r.to_json() for r in reports]})
+    write_junit(path / "junit.xml", reports)
+    atomic_write(path / "summary.md", render_summary(reports, title=title))
+    return code
+
+
+def target_results(report: TargetReport) -> list[StepResult]:
+    """What JUnit shows for a target: the final observation; a flaky one says so; a dead target is one error."""
+    results = []
+    for entry in report.entries:
+        result = dataclasses.replace(entry.result)
+        if entry.classification == FLAKY and entry.first is not None:
+            result.log_tail = (f"flaky: the first run observed {entry.first.outcome.value} "
+                               f"({entry.first.reason}); the rerun matched\n") + result.log_tail
+        results.append(result)
+    if report.error:
+        results.append(StepResult(step="target", arch=report.target.compile_arch or report.target.arch or "-",
+                                  outcome=Outcome.INFRA_ERROR, reason=f"{report.target.name}: {report.error}",
+                                  verdict=Verdict.INFRA))
+    return results
+
+
+def write_junit(path: pathlib.Path, reports: list[TargetReport]) -> None:
+    suites = []
+    stamp = now_utc().replace(microsecond=0, tzinfo=None).isoformat()
+    for report in reports:
+        t = report.target
+        properties = {"target": t.name, "backend": t.backend, "endpoint": t.endpoint or "",
+                      "expected_arch": t.arch or "", "device_arch": report.device or "",
+                      "labels": ",".join(t.labels), "runs": " ".join(report.runs)}
+        suites.append(build_suite(t.name, target_results(report), timestamp=stamp,
+                                  hostname=t.endpoint or t.name, properties=properties))
+    write_suites(suites, path)
+
+
+def _md(text) -> str:
+    return visible(str(text)).replace("|", "\\|").replace("\n", " ")
+
+
+def render_summary(reports: list[TargetReport], *, title: str) -> str:
+    """Markdown for $GITHUB_STEP_SUMMARY: changed first, then flaky, infrastructure, counts, the matrix."""
+    by_class = {c: [(r, e) for r in reports for e in r.entries if e.classification == c] for c in CLASS_ORDER}
+    dead = [r for r in reports if r.error]
+    head = (f"**{len(by_class[CHANGED])} changed, {len(by_class[FLAKY])} flaky**, "
+            f"{len(dead) + len({r.target.name for r, _ in by_class[INFRA]})} target(s) with infrastructure errors")
+    lines = [f"# {title}", "", head, ""]
+    if by_class[CHANGED]:
+        lines += ["## Changed (departed from the expectation twice)", ""]
+        for r, e in by_class[CHANGED]:
+            x = e.result
+            lines.append(f"- `{x.step}` on **{r.target.name}** ({x.arch}): expected {x.expected}, observed "
+                         f"{x.outcome.value} — {_md(x.reason)}  \n  reproduce: `{x.reproduce}`")
+        lines.append("")
+    if by_class[FLAKY]:
+        lines += ["## Flaky (departed, then matched on the rerun)", ""]
+        for r, e in by_class[FLAKY]:
+            first = e.first or e.result
+            lines.append(f"- `{e.result.step}` on **{r.target.name}** ({e.result.arch}): first {first.outcome.value} "
+                         f"— {_md(first.reason)}; rerun {e.result.outcome.value}  \n  reproduce: `{e.result.reproduce}`")
+        lines.append("")
+    if dead or by_class[INFRA]:
+        lines += ["## Infrastructure errors (no verdict on the steps)", ""]
+        for r in dead:
+            lines.append(f"- **{r.target.name}**: {_md(r.error)}")
+        for r, e in by_class[INFRA]:
+            lines.append(f"- `{e.result.step}` on **{r.target.name}**: {_md(e.result.reason)}")
+        lines.append("")
+    lines += ["## Counts", "", "| target | device | status | " + " | ".join(CLASS_ORDER) + " |",
+              "|---|---|---|" + "---|" * len(CLASS_ORDER)]
+    for r in reports:
+        counts = _counts(r)
+        lines.append(f"| {r.target.name} | {r.device or '-'} | {r.status} | "
+                     + " | ".join(str(counts[c]) for c in CLASS_ORDER) + " |")
+    steps = list(dict.fromkeys(e.result.step for r in reports for e in r.entries))
+    if steps:
+        lines += ["", "## Steps × targets", "", "| step | " + " | ".join(r.target.name for r in reports) + " |",
+                  "|---|" + "---|" * len(reports)]
+        for step in steps:
+            cells = []
+            for r in reports:
+                entry = next((e for e in r.entries if e.result.step == step), None)
+                cells.append("-" if entry is None else f"{entry.result.outcome.value} ({entry.classification})")
+            lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --- report.merge: per-runner directories into one ---------------------------------------------------------
+def load_reports(path: pathlib.Path) -> list[TargetReport]:
+    """Target reports from a nightly directory, or from a plain run directory (one target, no reruns)."""
+    path = pathlib.Path(path)
+    nightly_json, run_json = path / NIGHTLY_JSON, path / "run.json"
+    try:
+        if nightly_json.is_file():
+            data = json.loads(nightly_json.read_text())
+            if "targets" in data and data["targets"] and isinstance(data["targets"][0], dict):
+                return [TargetReport.from_json(t) for t in data["targets"]]
+            raise UsageError(f"{path}: the nightly run did not finish (no results in {NIGHTLY_JSON})")
+        if run_json.is_file():
+            record = json.loads(run_json.read_text())
+            results = [_step_result(path, s) for s in record.get("steps", [])]
+            host = (record.get("host") or {}).get("hostname") or path.name
+            target = Target(name=f"{host}-{record.get('backend', 'run')}", backend=record.get("backend", "docker"))
+            report = TargetReport(target, [Entry(r, classify_pair(r, r)) for r in results], [path.name],
+                                  None if record.get("status") == "complete" else f"run {record.get('status')}")
+            report.device = next((r.device_arch for r in results if r.device_arch), None)
+            return [report]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"{path}: not a gpurepro run directory ({type(exc).__name__}: {exc})") from None
+    raise UsageError(f"{path}: not a gpurepro run directory (no {NIGHTLY_JSON} or run.json)")
+
+
+def _step_result(run_dir: pathlib.Path, summary: dict) -> StepResult:
+    """The step's full result.json (device arch, reproduce command); run.json keeps only a summary."""
+    full = run_dir / "steps" / summary["step"] / "result.json"
+    return StepResult.from_json(json.loads(full.read_text()) if full.is_file() else summary)
+
+
+def merge_reports(inputs: list[pathlib.Path], out_dir: pathlib.Path) -> tuple[pathlib.Path, int]:
+    if not inputs:
+        raise UsageError("no run directory given", hint="name the per-runner directories to merge")
+    reports = [report for path in inputs for report in load_reports(path)]
+    names = [r.target.name for r in reports]
+    for name in set(names):  # two runners with one name would overwrite each other's suite
+        if names.count(name) > 1:
+            raise UsageError(f"target '{name}' appears in more than one input", hint="give each runner its own target name")
+    run = RunDirectory.create(pathlib.Path(out_dir))
+    code = write_merged(run.path, reports, title=f"gpurepro merged report {run.run_id}")
+    run.point_latest()
+    return run.path, code
