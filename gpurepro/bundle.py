@@ -332,6 +332,8 @@ def render_readme(record: dict, bundle_name: str) -> str:
     elif record.get("backend") == "docker":
         lines.append(f"invoke image.base image.build   # the run used {env.get('image')} (id {env.get('image_id')})")
     lines += repro_commands(record, image=image_ref if record.get("backend") == "docker" else None)
+    if record.get("kind") == "kernels" and record.get("reproduce"):  # a kernels.test run records its own command
+        lines.append(record["reproduce"])
     lines += ["```", "", f"Recorded command: `{' '.join(record.get('command') or [])}`", "",
               "## Steps", "", "| step | arch | expected | observed | verdict | reason |", "|---|---|---|---|---|---|"]
     for step in record.get("steps") or []:
@@ -467,6 +469,8 @@ def replay(path: pathlib.Path, config, *, backend: str | None = None, dest: path
     contents = verify(path, limits=limits)
     record = contents.record
     groups = step_groups(record)
+    if record.get("kind") == "kernels":
+        raise BadInputError(f"{path}: a kernels.test run; replay it with `{record.get('reproduce') or 'invoke kernels.test'}`")
     if not groups:
         raise BadInputError(f"{path}: the bundled run has no steps to replay")
     manifest = load_manifest(config.manifest)

@@ -191,6 +191,11 @@ def render(run_path: pathlib.Path, manifest=None) -> str:
     ]
     if record.get("error"):
         page.append(f"<p><b>error:</b> {_e(record['error'])}</p>")
+    kernels = record.get("kernels") if isinstance(record.get("kernels"), dict) else None
+    if kernels and kernels.get("counts"):  # a kernels.test run: pytest counts and failures, no steps
+        page += ["<h2>Kernel tests</h2>", _facts_table(kernels["counts"]),
+                 "".join(f"<details><summary>{_e(f.get('test'))}: {_e(f.get('outcome'))}</summary>"
+                         f"<pre>{_e(f.get('message'))}</pre></details>" for f in kernels.get("failed") or [])]
     page += ["<h2>Results</h2>",
              "<p>" + ", ".join(f"{_e(v)}: {n}" for v, n in sorted(counts.items())) + "</p>" if counts else
              "<p>no steps recorded</p>",

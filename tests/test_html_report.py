@@ -168,3 +168,14 @@ def test_chromium_renders_the_report(run_dir, tmp_path):
     for outcome in ("skipped", "compile_error"):  # the matrix is coloured by outcome on screen
         rgb = tuple(bytes.fromhex(COLOURS[outcome][1:]))
         assert rgb in colours, f"no {outcome} colour {COLOURS[outcome]} in the screenshot"
+
+
+def test_report_of_a_kernels_run(tmp_path):
+    run = tmp_path / "20260101T000000Z-abcdef"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"run_id": run.name, "kind": "kernels", "status": "complete", "steps": [],
+                                              "kernels": {"counts": {"passed": 7, "failed": 1},
+                                                          "failed": [{"test": "test_q.py::test_round", "outcome":
+                                                                      "failed", "message": "assert 1 == 2"}]}}))
+    page = render(run)
+    assert "<th>passed</th><td>7</td>" in page and "test_q.py::test_round" in page and "assert 1 == 2" in page
