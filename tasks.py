@@ -55,8 +55,8 @@ def base(c, force=False, mirror=None):
     return app.image_base(force=force, mirror=mirror)
 
 
-@engine_task(help={"target": "toolchain | vllm-dev"})
-def build(c, target="toolchain"):
+@engine_task(help={"target": "vllm-dev (default: toolchain + torch) | toolchain"})
+def build(c, target="vllm-dev"):
     """Build docker/Dockerfile's target offline from the pinned wheelhouse."""
     return app.image_build(target=target)
 
@@ -118,7 +118,20 @@ def prune(c, keep=None, dry_run=False):
     return app.reports_prune(keep, dry_run=dry_run)
 
 
+@engine_task(name="test", help={
+    "backend": "docker | host | auto (docker when a daemon answers)",
+    "keyword": "only tests matching this pytest -k expression",
+    "marker": "only tests matching this pytest -m expression (e.g. gpu)",
+    "python": "host backend: the interpreter to run the tests with (default: this one)",
+    "timeout": "seconds for the whole test session (default: gpurepro.yaml kernels.timeout_s)",
+})
+def kernels_test(c, backend="auto", keyword=None, marker=None, python=None, timeout=0):
+    """Run tests/kernels in the vllm-dev container (or on this host); write reports/<run-id>/ and JUnit."""
+    return app.kernels_test(backend=backend, keyword=keyword, marker=marker, python=python, timeout=timeout or None)
+
+
 ns = Collection(Collection("repro", run, list_steps, diff), bisect_chain, Collection("layout", layout_diff),
                 Collection("image", base, build, wheels), Collection("toolchain", headers),
+                Collection("kernels", kernels_test),
                 Collection("bundle", bundle_create, bundle_verify, bundle_inspect, bundle_replay),
                 Collection("report", report_write), Collection("reports", prune))

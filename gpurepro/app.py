@@ -106,6 +106,22 @@ def list_steps(*, config=None, console=None) -> int:
     return 0
 
 
+def kernels_test(*, backend="auto", keyword=None, marker=None, python=None, timeout=None, config=None, argv=None,
+                 console=None) -> int:
+    """Run tests/kernels where the kernels run (the container, or this host) and record it like a repro run."""
+    from .kernels_suite import KernelsRequest, execute as run_kernels
+    from .runners import BACKENDS
+
+    cfg = load_config(config)
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend '{backend}'", hint=f"use one of: {', '.join(BACKENDS)}")
+    if timeout is not None and timeout <= 0:
+        raise UsageError(f"--timeout must be a positive number of seconds, got {timeout}")
+    request = KernelsRequest(backend=backend, keyword=keyword or None, marker=marker or None, python=python or None,
+                             timeout_s=timeout or None, argv=list(argv or sys.argv))
+    return run_kernels(cfg, request, console=console or Console()).exit_code
+
+
 def image_base(*, force=False, suite="bookworm", mirror=None, config=None) -> int:
     from .images import build_base
     from .runners.docker import connect
@@ -115,7 +131,7 @@ def image_base(*, force=False, suite="bookworm", mirror=None, config=None) -> in
     return 0
 
 
-def image_build(*, target="toolchain", config=None) -> int:
+def image_build(*, target="vllm-dev", config=None) -> int:
     from .images import build_image
     from .runners.docker import connect
 

@@ -22,11 +22,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-only", action="store_true")
     p.add_argument("--jobs", type=int)
     sub.add_parser("list", help="list the manifest's steps")
+    p = sub.add_parser("kernels-test", help="run tests/kernels in the container (or on this host), record JUnit")
+    p.add_argument("--backend", default="auto", choices=["auto", "docker", "host"])
+    p.add_argument("-k", "--keyword", help="pytest -k expression")
+    p.add_argument("-m", "--marker", help="pytest -m expression (e.g. gpu)")
+    p.add_argument("--python", help="host backend: the interpreter for the tests (default: this one)")
+    p.add_argument("--timeout", type=int, help="seconds for the whole session (default: kernels.timeout_s)")
     p = sub.add_parser("image-base", help="make the Debian base image with debootstrap")
     p.add_argument("--force", action="store_true")
     p.add_argument("--mirror")
     p = sub.add_parser("image-build", help="build an image target offline")
-    p.add_argument("--target", default="toolchain")
+    p.add_argument("--target", default="vllm-dev")
     p = sub.add_parser("image-wheels", help="download the pinned wheels for an image target")
     p.add_argument("--target", default="toolchain")
     p = sub.add_parser("headers", help="lay out FlashInfer/CUTLASS headers for the host backend")
@@ -58,6 +64,9 @@ def dispatch(args: argparse.Namespace) -> int:
                          compile_only=args.compile_only, jobs=args.jobs, config=args.config)
     if args.command == "list":
         return app.list_steps(config=args.config)
+    if args.command == "kernels-test":
+        return app.kernels_test(backend=args.backend, keyword=args.keyword, marker=args.marker, python=args.python,
+                                timeout=args.timeout, config=args.config)
     if args.command == "image-base":
         return app.image_base(force=args.force, mirror=args.mirror, config=args.config)
     if args.command == "image-build":

@@ -54,6 +54,11 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class KernelsConfig:
+    timeout_s: int = 1800  # the whole kernel test session (`invoke kernels.test`)
+
+
+@dataclass(frozen=True)
 class Config:
     path: pathlib.Path
     root: pathlib.Path
@@ -65,6 +70,7 @@ class Config:
     manifest: pathlib.Path
     repros_dir: pathlib.Path
     raw: dict = field(repr=False, default_factory=dict)
+    kernels: KernelsConfig = field(default_factory=KernelsConfig)
 
 
 class _Reader:
@@ -135,7 +141,7 @@ def load_config(path: str | os.PathLike | None = None, env: dict[str, str] | Non
         path = env.get("GPUREPRO_CONFIG") or find_root() / CONFIG_NAME
     path = pathlib.Path(path).resolve()
     r = _Reader(path, load_yaml(path))
-    top_allowed = {"version", "docker", "host", "compile", "run", "reports_dir", "manifest"}
+    top_allowed = {"version", "docker", "host", "compile", "run", "reports_dir", "manifest", "kernels"}
     unknown = sorted(set(r.data) - top_allowed)
     if unknown:
         raise ConfigError(path, unknown[0], f"unknown key (allowed: {', '.join(sorted(top_allowed))})")
@@ -179,6 +185,12 @@ def load_config(path: str | os.PathLike | None = None, env: dict[str, str] | Non
     rn = r.section("run", {"timeout_s"})
     run = RunConfig(timeout_s=r.get(rn, "run", "timeout_s", int, check=positive, what="a positive integer"))
 
+    kernels = KernelsConfig()
+    if "kernels" in r.data:  # optional section
+        k = r.section("kernels", {"timeout_s"})
+        kernels = KernelsConfig(timeout_s=r.get(k, "kernels", "timeout_s", int, check=positive,
+                                                what="a positive integer"))
+
     root = path.parent
     reports = env.get("GPUREPRO_REPORTS") or r.data.get("reports_dir", "reports")
     manifest = r.data.get("manifest", "repros/manifest.yaml")
@@ -189,5 +201,5 @@ def load_config(path: str | os.PathLike | None = None, env: dict[str, str] | Non
     return Config(
         path=path, root=root, docker=docker, host=host, compile=compile_cfg, run=run,
         reports_dir=(root / reports).resolve(), manifest=manifest_path, repros_dir=manifest_path.parent,
-        raw=r.data,
+        raw=r.data, kernels=kernels,
     )

@@ -20,6 +20,13 @@ from .errors import BadInputError, InfraError, ToolMissingError
 
 REQ_LINE_RE = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)==(?P<version>\S+)\s+--hash=sha256:(?P<sha>[0-9a-f]{64})")
 TARGET_REQUIREMENTS = {"toolchain": ["toolchain.txt", "flashinfer.txt"], "vllm-dev": ["vllm-dev.txt"]}
+# Wheels that no index the host reaches may hold (torch's CPU build) are looked up by hash in local directories
+# first: GPUREPRO_WHEEL_DIRS (os.pathsep-separated), else /opt/wheels where it exists.
+WHEEL_DIRS_ENV = "GPUREPRO_WHEEL_DIRS"
+DEFAULT_WHEEL_DIRS = ("/opt/wheels",)
+# torch's CPU-only builds (+cpu) are published on PyTorch's own index, not on PyPI. Asked only while a pin with
+# that local version label is still missing: an unreachable index costs pip minutes of retries.
+LOCAL_LABEL_INDEXES = {"cpu": "https://download.pytorch.org/whl/cpu"}
 PIP_PLATFORM_ARGS = ["--only-binary=:all:", "--no-deps", "--implementation", "cp",
                      "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_27_x86_64",
                      "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64",
@@ -57,6 +64,34 @@ def missing_wheels(wheelhouse: pathlib.Path, pins: list[dict]) -> list[dict]:
     return [pin for pin in pins if pin["sha"] not in have]
 
 
+def local_wheel_dirs(env: dict[str, str] | None = None) -> list[pathlib.Path]:
+    env = os.environ if env is None else env
+    listed = env.get(WHEEL_DIRS_ENV)
+    names = [d for d in listed.split(os.pathsep) if d] if listed else list(DEFAULT_WHEEL_DIRS)
+    return [pathlib.Path(d) for d in names if pathlib.Path(d).is_dir()]
+
+
+def _wheel_prefix(name: str) -> str:
+    # wheel file names use the normalized project name with "_" (PEP 427/503)
+    return re.sub(r"[-_.]+", "_", name).lower() + "-"
+
+
+def copy_local_wheels(wheelhouse: pathlib.Path, pins: list[dict], dirs: list[pathlib.Path], *, log=print) -> int:
+    """Copy missing pinned wheels found (by hash) in local wheel directories; how many were copied."""
+    copied = 0
+    for pin in missing_wheels(wheelhouse, pins):
+        prefix = _wheel_prefix(pin["name"])
+        for directory in dirs:
+            found = [p for p in sorted(directory.glob("*.whl")) if p.name.lower().startswith(prefix)
+                     and sha256_file(p) == pin["sha"]]
+            if found:
+                shutil.copyfile(found[0], wheelhouse / found[0].name)
+                log(f"using local wheel {found[0]}")
+                copied += 1
+                break
+    return copied
+
+
 def download_wheels(config: Config, target: str, *, python_version: str = "3.11", log=print) -> pathlib.Path:
     """Fill docker/wheelhouse/<target> with the pinned wheels, verified by hash; idempotent."""
     if target not in TARGET_REQUIREMENTS:
@@ -68,9 +103,18 @@ def download_wheels(config: Config, target: str, *, python_version: str = "3.11"
         pins = pinned_requirements(req)
         if not missing_wheels(wheelhouse, pins):
             continue
+        dirs = local_wheel_dirs()
+        copy_local_wheels(wheelhouse, pins, dirs, log=log)
+        if not missing_wheels(wheelhouse, pins):
+            continue
         log(f"downloading wheels for {target} from {req.name} ({len(pins)} pinned)")
+        # the wheelhouse and local directories as find-links: pip reuses what is there (hash-checked)
+        sources = [arg for d in [wheelhouse, *dirs] for arg in ("--find-links", str(d))]
+        labels = {pin["version"].partition("+")[2] for pin in missing_wheels(wheelhouse, pins)}
+        sources += [arg for label, url in LOCAL_LABEL_INDEXES.items() if label in labels
+                    for arg in ("--extra-index-url", url)]
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--require-hashes", "-r", str(req),
-               "-d", str(wheelhouse), "--python-version", python_version, *PIP_PLATFORM_ARGS]
+               "-d", str(wheelhouse), "--python-version", python_version, *PIP_PLATFORM_ARGS, *sources]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["pip failed"])[-1]

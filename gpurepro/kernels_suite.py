@@ -1,0 +1,550 @@
+"""`invoke kernels.test`: the kernel tests run where the kernels run, their results recorded like a repro run.
+
+    select runner -> copy kernels/ and tests/kernels/ in (put_files; no mounts) -> check Python, torch, pytest
+    and hypothesis there -> python -m pytest --junitxml -> copy the JUnit out -> record reports/<run-id>/:
+    run.json, junit.xml (classname kernels.<module>), summary.md, kernels/{pytest.log, pytest-junit.xml,
+    probe.json, files.json}
+
+Exit codes (DESIGN.md): 0 every test passed or was skipped, 1 some test failed or errored, 2 bad input
+(pytest rejected the -k/-m selection, or it selects nothing), 3 the suite could not run (Docker, image
+without torch, pytest crashed or wrote no JUnit).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+import shlex
+import signal
+import sys
+import threading
+import xml.etree.ElementTree as ET
+from collections import Counter
+from dataclasses import dataclass, field
+
+from junitparser import Error, Failure, Skipped, TestCase, TestSuite
+
+from . import __version__
+from .classify import one_line
+from .config import Config
+from .environment import git_state, host_facts
+from .errors import (EXIT_BAD_INPUT, EXIT_DEPARTED, EXIT_INFRA, EXIT_OK, GpuReproError, InfraError, InterruptedRun,
+                     ToolMissingError, UsageError)
+from .junit import SYSTEM_OUT_LIMIT, visible, write_suite
+from .report import STATUS_COMPLETE, STATUS_FAILED, STATUS_INTERRUPTED, RunDirectory, atomic_write, now_utc, write_json
+from .runners import Runner, make_runner
+from .runners.host import HostRunner
+
+SUITE_PATHS = ("kernels", "tests/kernels")  # copied into the runner, relative to the project root
+TEST_PATH = "tests/kernels"
+SKIP_PARTS = {"__pycache__", ".pytest_cache", ".hypothesis"}
+OUT_DIR = "out"
+PYTEST_JUNIT = "pytest-junit.xml"
+ARTIFACT_DIR = "kernels"  # reports/<run-id>/kernels/
+CLASS_PREFIX = "kernels"
+LOG_TAIL_CHARS = 8000
+REQUIRED_MODULES = ("torch", "pytest", "hypothesis")
+
+# Written next to the copied tests: pytest then roots node ids (and JUnit classnames) at the work directory
+# and ignores whatever configuration the runner's filesystem has above it.
+PYTEST_INI = """[pytest]
+addopts = -ra -p no:cacheprovider
+junit_family = xunit1
+junit_logging = all
+junit_log_passing_tests = false
+markers =
+    gpu: needs a CUDA device (skipped with the reason where torch.cuda.is_available() is false)
+"""
+
+# Runs in the runner before the tests, without importing torch (seconds on a busy machine): which Python, and
+# whether the modules the suite needs are installed.
+PROBE = r"""
+import importlib.metadata, importlib.util, json, platform, sys
+info = {"python": platform.python_version(), "executable": sys.executable, "missing": {}}
+for name in ("torch", "pytest", "hypothesis", "numpy", "rich"):
+    try:
+        if importlib.util.find_spec(name) is None:
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        info[name] = importlib.metadata.version(name)
+    except Exception as exc:
+        info["missing"][name] = f"{type(exc).__name__}: {exc}"
+print("@@kernels-probe " + json.dumps(info))
+"""
+# Loaded into the pytest session (-p): torch must import there, or the whole suite would skip and pass; the
+# device the tests see is recorded from the same process.
+PLUGIN_NAME = "gpurepro_kernels_plugin"
+PLUGIN = r"""
+import json, os
+import pytest
+
+def pytest_configure(config):
+    try:
+        import torch
+    except Exception as exc:
+        pytest.exit(f"torch does not import: {type(exc).__name__}: {exc}", returncode=3)
+    info = {"torch_cuda": torch.version.cuda}
+    try:
+        info["cuda_available"] = torch.cuda.is_available()
+        if info["cuda_available"]:
+            info["gpu_name"] = torch.cuda.get_device_name(0)
+            info["gpu_compute_capability"] = "%d.%d" % torch.cuda.get_device_capability(0)
+    except Exception as exc:
+        info["cuda_available"] = False
+        info["cuda_error"] = f"{type(exc).__name__}: {exc}"
+    os.makedirs("out", exist_ok=True)
+    with open(os.path.join("out", "device.json"), "w") as fh:
+        json.dump(info, fh)
+"""
+PROBE_MARKER = "@@kernels-probe "
+
+
+@dataclass
+class KernelsRequest:
+    backend: str = "auto"
+    keyword: str | None = None  # pytest -k
+    marker: str | None = None  # pytest -m
+    python: str | None = None  # interpreter on the host backend (default: the one running the tool)
+    timeout_s: int | None = None
+    argv: list[str] = field(default_factory=lambda: list(sys.argv))
+
+
+@dataclass
+class CaseResult:
+    """One test as the consumers see it (JUnit testcase)."""
+
+    classname: str  # kernels.<module>
+    name: str  # test_x[cpu], or Class.test_x[cpu]
+    outcome: str  # passed | failed | error | skipped
+    message: str = ""
+    detail: str = ""  # the traceback / skip location
+    seconds: float = 0.0
+    output: str = ""
+
+    @property
+    def id(self) -> str:
+        return f"{self.classname}::{self.name}"
+
+
+@dataclass
+class KernelsOutcome:
+    run: RunDirectory
+    cases: list[CaseResult]
+    status: str
+    exit_code: int
+
+    @property
+    def counts(self) -> Counter:
+        return Counter(c.outcome for c in self.cases)
+
+
+class KernelsHostRunner(HostRunner):
+    """The host runner without its repro prerequisites: the kernel tests need Python, not nvcc or CUTLASS."""
+
+    def start(self) -> None:
+        root = pathlib.Path(self.work_root())
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InfraError(f"cannot create host work directory {root}: {exc.strerror}") from None
+
+
+def choose_runner(config: Config, backend: str, *, log) -> Runner:
+    if backend == "host":
+        return KernelsHostRunner(config, log=log)
+    runner = make_runner(config, backend, log=log)
+    if isinstance(runner, HostRunner):  # auto without a daemon
+        return KernelsHostRunner(config, log=log)
+    return runner
+
+
+# --- inputs -------------------------------------------------------------------------------------------
+def suite_files(root: pathlib.Path) -> dict[str, bytes]:
+    """kernels/ and tests/kernels/ as copied into the runner (no caches), plus the generated pytest.ini."""
+    files: dict[str, bytes] = {}
+    for top in SUITE_PATHS:
+        base = root / top
+        if not base.is_dir():
+            raise UsageError(f"{base} not found", hint="run from a gpurepro checkout (it holds kernels/ and tests/kernels/)")
+        for path in sorted(base.rglob("*")):
+            rel = path.relative_to(root)
+            if path.is_file() and not path.is_symlink() and not SKIP_PARTS & set(rel.parts) and path.suffix != ".pyc":
+                files[rel.as_posix()] = path.read_bytes()
+    files["pytest.ini"] = PYTEST_INI.encode()
+    files[f"{PLUGIN_NAME}.py"] = PLUGIN.encode()
+    return files
+
+
+def pytest_argv(python: str, request: KernelsRequest) -> list[str]:
+    argv = [python, "-m", "pytest", "-p", PLUGIN_NAME, TEST_PATH, f"--junitxml={OUT_DIR}/{PYTEST_JUNIT}"]
+    if request.keyword:
+        argv += ["-k", request.keyword]
+    if request.marker:
+        argv += ["-m", request.marker]
+    return argv
+
+
+def reproduce_command(request: KernelsRequest, backend: str) -> str:
+    parts = ["invoke", "kernels.test", "--backend", backend]
+    if request.keyword:
+        parts += ["--keyword", request.keyword]
+    if request.marker:
+        parts += ["--marker", request.marker]
+    return shlex.join(parts)
+
+
+# --- the probe ------------------------------------------------------------------------------------------
+def parse_probe(output: str) -> dict | None:
+    for line in output.splitlines():
+        if line.startswith(PROBE_MARKER):
+            try:
+                return json.loads(line[len(PROBE_MARKER):])
+            except json.JSONDecodeError:
+                return None
+    return None
+
+
+def check_probe(probe: dict | None, output: str, where: str, backend: str) -> None:
+    """The suite needs torch, pytest and hypothesis where it runs; without torch every test would skip (exit 0)."""
+    if probe is None:
+        raise InfraError(f"Python did not run in {where}: {one_line(output, 200) or 'no output'}")
+    missing = {k: v for k, v in (probe.get("missing") or {}).items() if k in REQUIRED_MODULES}
+    if missing:
+        names = ", ".join(sorted(missing))
+        hint = ("build the image with torch: `invoke image.build --target vllm-dev` (or set GPUREPRO_IMAGE)"
+                if backend == "docker" else
+                "install them for that Python: `bash kernels/install-cpu-torch.sh` and `pip install pytest hypothesis`")
+        raise InfraError(f"{where} lacks {names} ({one_line(next(iter(missing.values())), 120)})", hint=hint)
+
+
+# --- JUnit in, JUnit out ----------------------------------------------------------------------------------
+def _classname_and_name(classname: str, name: str) -> tuple[str, str]:
+    """pytest's `tests.kernels.test_x[.Class]` + `test_y[p]` -> `kernels.test_x`, `[Class.]test_y[p]`."""
+    parts = [p for p in classname.split(".") if p]
+    if not parts:  # a collection error: pytest names the module in `name`, with no classname
+        module = name.replace("/", ".").removesuffix(".py").split(".")[-1]
+        return f"{CLASS_PREFIX}.{module}", "collection"
+    if parts[:2] == ["tests", "kernels"]:
+        parts = parts[2:]
+    if not parts:
+        return CLASS_PREFIX, name
+    module, inner = parts[0], parts[1:]
+    return f"{CLASS_PREFIX}.{module}", ".".join([*inner, name])
+
+
+def parse_pytest_junit(data: bytes) -> list[CaseResult]:
+    """pytest's JUnit file -> cases. Raises ValueError when it is not a JUnit file."""
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError as exc:
+        raise ValueError(f"not XML: {exc}") from None
+    if root.tag not in ("testsuites", "testsuite"):
+        raise ValueError(f"not a JUnit file (root element <{root.tag}>)")
+    cases = []
+    for case in root.iter("testcase"):
+        classname, name = _classname_and_name(case.get("classname", ""), case.get("name", ""))
+        outcome, message, detail = "passed", "", ""
+        for tag, kind in (("failure", "failed"), ("error", "error"), ("skipped", "skipped")):
+            found = case.find(tag)
+            if found is not None:
+                outcome, message, detail = kind, found.get("message", ""), (found.text or "").strip()
+                break
+        output = "\n".join(filter(None, ((case.findtext("system-out") or "").strip(),
+                                         (case.findtext("system-err") or "").strip())))
+        try:
+            seconds = float(case.get("time", "0") or 0)
+        except ValueError:
+            seconds = 0.0
+        cases.append(CaseResult(classname, name, outcome, message, detail, seconds, output))
+    return cases
+
+
+def build_kernels_suite(name: str, cases: list[CaseResult], *, timestamp: str, hostname: str,
+                        properties: dict[str, str]) -> TestSuite:
+    suite = TestSuite(name)
+    for key in sorted(properties):
+        suite.add_property(key, visible(str(properties[key])))
+    for c in cases:
+        case = TestCase(c.name, classname=c.classname, time=round(c.seconds, 3))
+        message = visible(one_line(c.message, 300)) if c.message else None
+        if c.outcome == "failed":
+            result = Failure(message=message, type_="failure")
+        elif c.outcome == "error":
+            result = Error(message=message, type_="error")
+        elif c.outcome == "skipped":
+            result = Skipped(message=message)
+        else:
+            result = None
+        if result is not None:
+            if c.detail:
+                result.text = visible(c.detail[-SYSTEM_OUT_LIMIT:])
+            case.result = [result]
+        if c.output:
+            case.system_out = visible(c.output[-SYSTEM_OUT_LIMIT:])
+        suite.add_testcase(case)
+    suite.update_statistics()
+    suite.time = round(sum(c.seconds for c in cases), 3)
+    suite.timestamp = timestamp
+    suite.hostname = hostname
+    return suite
+
+
+def session_case(outcome: str, message: str, detail: str = "") -> CaseResult:
+    """The whole session as one case, where pytest gave no per-test results (infra failure, timeout)."""
+    return CaseResult(f"{CLASS_PREFIX}.session", "pytest", outcome, message, detail)
+
+
+def exit_code_for(pytest_code: int | None, cases: list[CaseResult], request: KernelsRequest) -> int:
+    """pytest's exit status and the cases -> DESIGN.md's exit codes."""
+    counts = Counter(c.outcome for c in cases)
+    if pytest_code == 4:  # usage error: a bad -k/-m expression or option
+        return EXIT_BAD_INPUT
+    if pytest_code == 5:  # no tests collected
+        return EXIT_BAD_INPUT if (request.keyword or request.marker) else EXIT_INFRA
+    if pytest_code == 3:  # internal error
+        return EXIT_INFRA
+    if counts["failed"] or counts["error"]:
+        return EXIT_DEPARTED
+    if pytest_code not in (0, None):  # a non-zero status with nothing failing: not the tests' verdict
+        return EXIT_INFRA
+    return EXIT_OK
+
+
+# --- the run --------------------------------------------------------------------------------------------------
+def execute(config: Config, request: KernelsRequest, *, console=None, runner: Runner | None = None) -> KernelsOutcome:
+    from .console import Console
+
+    console = console or Console()
+    files = suite_files(config.root)  # bad checkout: exit 2 before anything is created
+    runner = runner or choose_runner(config, request.backend, log=console.info)
+    run = RunDirectory.create(config.reports_dir)
+    record = _initial_record(config, request, run, runner, files)
+    write_json(run.path / "run.json", record)
+    run.point_latest()
+    cases: list[CaseResult] = []
+    artifacts: dict[str, bytes] = {"files.json": (json.dumps(record["kernels"]["files"], indent=2) + "\n").encode()}
+    status = STATUS_FAILED
+    error_exit = EXIT_INFRA  # an exception that is not a GpuReproError still fails the run
+    run_root = f"{runner.work_root().rstrip('/')}/{run.run_id}"
+    workdir = f"{run_root}/kernels"
+    restore = _install_sigterm()
+    runner.run_tag = run.run_id
+    try:
+        runner.start()
+        facts = runner.probe(config.compile.nvcc)
+        record["environment"] = dict(facts.values)
+        if facts.gpu:
+            record["environment"].update(gpu_name=facts.gpu.name, gpu_compute_capability=facts.gpu.compute_capability,
+                                         driver_version=facts.gpu.driver)
+        python = _python(runner, request)
+        where = (f"container {getattr(runner, 'container_name', '?')} ({record['environment'].get('image', '?')})"
+                 if runner.name == "docker" else f"{python} on this host")
+        console.info(f"{runner.name}: copying {len(files)} files ({', '.join(SUITE_PATHS)}) to {workdir}")
+        runner.put_files(workdir, files)
+        probed = runner.exec([python, "-c", PROBE], workdir=workdir, timeout_s=300)
+        probe = parse_probe(probed.output)
+        if probe is not None:
+            artifacts["probe.json"] = (json.dumps(probe, indent=2) + "\n").encode()
+            record["kernels"]["probe"] = probe
+        check_probe(probe, probed.output, where, runner.name)
+        console.info(f"python {probe['python']}, torch {probe['torch']}, pytest {probe['pytest']}, "
+                     f"hypothesis {probe['hypothesis']}")
+
+        argv = pytest_argv(python, request)
+        timeout_s = request.timeout_s or config.kernels.timeout_s
+        console.info(f"$ {shlex.join(argv)}")
+        ran = runner.exec(argv, workdir=workdir, timeout_s=timeout_s, env={"PYTHONDONTWRITEBYTECODE": "1"})
+        record["kernels"].update(pytest_exit_code=ran.exit_code, seconds=round(ran.seconds, 3),
+                                 timed_out=ran.timed_out, argv=argv)
+        artifacts["pytest.log"] = f"$ {shlex.join(argv)}\n{ran.output}".encode()
+        out = runner.get_files(f"{workdir}/{OUT_DIR}")
+        junit = out.get(PYTEST_JUNIT)
+        if "device.json" in out:
+            try:
+                probe.update(json.loads(out["device.json"]))
+            except ValueError:
+                pass
+            artifacts["probe.json"] = (json.dumps(probe, indent=2) + "\n").encode()
+            console.info(f"device: {probe.get('gpu_name')} (cc {probe.get('gpu_compute_capability')})"
+                         if probe.get("cuda_available") else "device: no CUDA device (GPU tests skipped)")
+        if ran.exit_code == 3 and not ran.timed_out:  # pytest's internal error, or the plugin's exit (torch broken)
+            raise InfraError(f"pytest could not run the suite (exit 3): "
+                             f"{one_line(_last_lines(ran.output), 240) or 'no output'}")
+        if ran.timed_out:
+            cases = parse_pytest_junit(junit) if junit else []
+            cases.append(session_case("failed", f"timeout: pytest ran past {int(timeout_s)} s and was stopped",
+                                      ran.output[-LOG_TAIL_CHARS:]))
+        elif junit is None:
+            raise InfraError(f"pytest wrote no JUnit (exit {ran.exit_code}): "
+                             f"{one_line(_last_lines(ran.output), 200) or 'no output'}")
+        else:
+            artifacts[PYTEST_JUNIT] = junit
+            try:
+                cases = parse_pytest_junit(junit)
+            except ValueError as exc:
+                raise InfraError(f"pytest's JUnit is unreadable: {exc}") from None
+        status = STATUS_COMPLETE
+    except (KeyboardInterrupt, InterruptedRun):
+        status = STATUS_INTERRUPTED
+        console.error("interrupted: stopping the tests; run marked interrupted")
+        try:
+            runner.cancel(run_root)
+        except Exception:  # best effort: the record must still be written
+            pass
+        raise InterruptedRun("interrupted") from None
+    except GpuReproError as exc:
+        record["error"] = exc.one_line()
+        error_exit = exc.exit_code
+        cases = [session_case("error", exc.one_line())]  # CI sees an <error>, not an empty green suite
+        raise
+    finally:
+        restore()
+        if status == STATUS_COMPLETE:
+            exit_code = exit_code_for(record["kernels"].get("pytest_exit_code"), cases, request)
+        else:
+            exit_code = error_exit if status == STATUS_FAILED else 130
+        _record(run, record, cases, artifacts, status, exit_code, request)
+        try:
+            if status != STATUS_INTERRUPTED:
+                runner.remove_dir(run_root)
+            runner.close()
+        except Exception:  # closing must not hide the run's own error
+            pass
+    outcome = KernelsOutcome(run=run, cases=cases, status=status, exit_code=exit_code)
+    _print_results(console, outcome, record)
+    return outcome
+
+
+def _python(runner: Runner, request: KernelsRequest) -> str:
+    if runner.name == "docker":
+        return "python3"  # the image's venv is first on PATH
+    python = request.python or sys.executable
+    if not python:
+        raise ToolMissingError("python", "this host (pass --python)")
+    return python
+
+
+def _last_lines(text: str, count: int = 3) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return " / ".join(lines[-count:])
+
+
+def _install_sigterm():
+    """SIGTERM (CI cancelling a job) ends the run like Ctrl-C: marked interrupted, nothing half-written."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        raise InterruptedRun("terminated")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+# --- the record -------------------------------------------------------------------------------------------------
+def _initial_record(config, request: KernelsRequest, run: RunDirectory, runner: Runner, files: dict) -> dict:
+    return {
+        "run_id": run.run_id,
+        "kind": "kernels",
+        "status": STATUS_INTERRUPTED,  # until the run ends: a killed run stays marked
+        "tool": {"name": "gpurepro", "version": __version__},
+        "started_at": now_utc().isoformat(),
+        "finished_at": None,
+        "command": list(request.argv),
+        "request": {"suite": "kernels", "backend": runner.name, "keyword": request.keyword, "marker": request.marker},
+        "git": git_state(config.root),
+        "host": host_facts(),
+        "backend": runner.name,
+        "config": str(config.path),
+        "environment": {},
+        "kernels": {"paths": list(SUITE_PATHS),
+                    "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}},
+        "steps": [],
+    }
+
+
+def _record(run: RunDirectory, record: dict, cases: list[CaseResult], artifacts: dict, status: str,
+            exit_code: int, request: KernelsRequest) -> None:
+    counts = Counter(c.outcome for c in cases)
+    record["status"] = status
+    record["finished_at"] = now_utc().isoformat()
+    record["kernels"]["counts"] = {k: counts.get(k, 0) for k in ("passed", "failed", "error", "skipped")}
+    record["kernels"]["failed"] = [{"test": c.id, "outcome": c.outcome, "message": one_line(c.message, 300)}
+                                   for c in cases if c.outcome in ("failed", "error")]
+    record["reproduce"] = reproduce_command(request, record["backend"])
+    record["exit_code"] = exit_code
+    for name, data in artifacts.items():
+        atomic_write(run.path / ARTIFACT_DIR / name, data)
+    env = record.get("environment") or {}
+    probe = record["kernels"].get("probe") or {}
+    properties = {k: v for k, v in {
+        "run_id": run.run_id, "backend": record["backend"], "status": status,
+        "git_commit": (record["git"] or {}).get("commit"), "git_dirty": (record["git"] or {}).get("dirty"),
+        "tool_version": __version__, "python_version": probe.get("python"), "torch_version": probe.get("torch"),
+        "pytest_version": probe.get("pytest"), "hypothesis_version": probe.get("hypothesis"),
+        "cuda_available": probe.get("cuda_available"), "pytest_exit_code": record["kernels"].get("pytest_exit_code"),
+        "gpu_name": probe.get("gpu_name") or env.get("gpu_name"),
+        "gpu_compute_capability": probe.get("gpu_compute_capability") or env.get("gpu_compute_capability"),
+        **{k: env.get(k) for k in ("image", "image_id", "image_digest", "driver_version")},
+    }.items() if v not in (None, "")}
+    hostname = record["host"]["hostname"]
+    suite = build_kernels_suite(f"kernels@{hostname}", cases, timestamp=record["started_at"][:19],
+                                hostname=hostname, properties=properties)
+    write_suite(suite, run.path / "junit.xml")
+    atomic_write(run.path / "summary.md", render_summary(record, cases))
+    write_json(run.path / "run.json", record)
+
+
+def _cell(text) -> str:
+    return str(text if text is not None else "").replace("|", "\\|").replace("\n", " ")
+
+
+def render_summary(record: dict, cases: list[CaseResult]) -> str:
+    probe = record["kernels"].get("probe") or {}
+    env = record.get("environment") or {}
+    counts = Counter(c.outcome for c in cases)
+    device = (f"{probe.get('gpu_name')} (cc {probe.get('gpu_compute_capability')})" if probe.get("cuda_available")
+              else "no CUDA device (GPU tests skipped)")
+    where = f"image {env['image']} ({env.get('image_id', '')[:19]})" if env.get("image") else record["backend"]
+    lines = [
+        f"# gpurepro kernels run {record['run_id']}",
+        "",
+        f"- status: **{record['status']}**, exit code {record.get('exit_code')}, backend: {record['backend']}, "
+        f"where: {where}, device: {device}",
+        f"- python {probe.get('python', '?')}, torch {probe.get('torch', '?')}, pytest {probe.get('pytest', '?')}, "
+        f"hypothesis {probe.get('hypothesis', '?')}",
+        f"- git: {(record.get('git') or {}).get('commit') or 'n/a'}"
+        + (" (dirty)" if (record.get("git") or {}).get("dirty") else ""),
+        f"- command: `{' '.join(record.get('command') or [])}`",
+        f"- result: {counts['passed']} passed, {counts['failed']} failed, {counts['error']} errors, "
+        f"{counts['skipped']} skipped" + (f" in {record['kernels']['seconds']} s" if "seconds" in record["kernels"]
+                                          else ""),
+    ]
+    if record.get("error"):
+        lines.append(f"- error: {record['error']}")
+    modules: dict[str, Counter] = {}
+    for c in cases:
+        modules.setdefault(c.classname, Counter())[c.outcome] += 1
+    lines += ["", "| module | passed | failed | errors | skipped |", "|---|---|---|---|---|"]
+    for module, n in sorted(modules.items()):
+        lines.append(f"| {_cell(module)} | {n['passed']} | {n['failed']} | {n['error']} | {n['skipped']} |")
+    bad = [c for c in cases if c.outcome in ("failed", "error")]
+    if bad:
+        lines += ["", "## Failures", ""]
+        lines += [f"- `{c.id}` ({c.outcome}): {_cell(one_line(c.message, 300))}" for c in bad]
+        lines += ["", f"Reproduce: `{record.get('reproduce')}`"]
+    reasons = Counter(one_line(c.message, 200) for c in cases if c.outcome == "skipped")
+    if reasons:
+        lines += ["", "## Skipped", "", "| reason | tests |", "|---|---|"]
+        lines += [f"| {_cell(reason)} | {n} |" for reason, n in reasons.most_common()]
+    return "\n".join(lines) + "\n"
+
+
+def _print_results(console, outcome: KernelsOutcome, record: dict) -> None:
+    n = outcome.counts
+    for c in outcome.cases:
+        if c.outcome in ("failed", "error"):
+            console.info(f"  {c.outcome.upper()} {c.id}: {one_line(c.message, 200)}")
+    console.info(f"kernels: {n['passed']} passed, {n['failed']} failed, {n['error']} errors, {n['skipped']} skipped"
+                 + (f" in {record['kernels']['seconds']} s" if "seconds" in record["kernels"] else "")
+                 + f" (exit {outcome.exit_code})")
+    console.info(f"report: {outcome.run.path}")
