@@ -147,3 +147,44 @@ def test_padding_shapes_and_errors():
         unswizzle_scales(torch.zeros(100, dtype=torch.uint8), 128, 4)
     with pytest.raises(ValueError):
         swizzle_scales(torch.zeros(4, dtype=torch.uint8))
+
+
+# --------------------------------------------------------------- independent formulation, properties
+def to_blocked(scales):
+    """The same layout written the way torch._scaled_mm's Blackwell tests and torchao build it
+    (``to_blocked``): 128x4 blocks, K-blocks fastest, each block stored as 32 lines of (4 row groups x 4)."""
+    rows, cols = scales.shape
+    nrb, ncb = -(-rows // 128), -(-cols // 4)
+    padded = torch.zeros((nrb * 128, ncb * 4), dtype=scales.dtype, device=scales.device)
+    padded[:rows, :cols] = scales
+    blocks = padded.view(nrb, 128, ncb, 4).permute(0, 2, 1, 3)
+    return blocks.reshape(-1, 4, 32, 4).transpose(1, 2).reshape(-1, 32, 16).flatten()
+
+
+@pytest.mark.parametrize("rows, k_blocks", [(1, 1), (128, 4), (200, 6), (257, 9)])
+def test_swizzle_equals_to_blocked(device, rows, k_blocks):
+    scales = torch.randint(0, 255, (rows, k_blocks), dtype=torch.uint8, generator=torch.Generator().manual_seed(rows))
+    scales = scales.to(device)
+    assert torch.equal(swizzle_scales(scales).reshape(-1), to_blocked(scales))
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(batch=st.lists(st.integers(1, 3), max_size=2), rows=st.integers(1, 300), k_blocks=st.integers(1, 20),
+       seed=st.integers(0, 2**31 - 1))
+def test_swizzle_unswizzle_inverse_property(batch, rows, k_blocks, seed):
+    scales = torch.randint(0, 256, (*batch, rows, k_blocks), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(seed))
+    swz = swizzle_scales(scales)
+    mp, kp = padded_scale_shape(rows, k_blocks)
+    assert swz.shape == (*batch, mp, kp)
+    assert torch.equal(unswizzle_scales(swz, rows, k_blocks), scales)
+    # every scale sits where the offset formula says, in its own batch's Mp*Kp bytes
+    flat = swz.reshape(-1, mp * kp)
+    m, kb = torch.meshgrid(torch.arange(rows), torch.arange(k_blocks), indexing="ij")
+    assert torch.equal(flat[:, swizzled_offset(m, kb, k_blocks)], scales.reshape(-1, rows, k_blocks))
+    # and nowhere else: the padding is zero
+    assert int(flat.ne(0).sum()) == int(scales.ne(0).sum())
