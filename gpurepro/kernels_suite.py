@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pathlib
+import re
 import shlex
 import signal
 import sys
@@ -231,8 +232,17 @@ def _classname_and_name(classname: str, name: str) -> tuple[str, str]:
     return f"{CLASS_PREFIX}.{module}", ".".join([*inner, name])
 
 
-def parse_pytest_junit(data: bytes) -> list[CaseResult]:
-    """pytest's JUnit file -> cases. Raises ValueError when it is not a JUnit file."""
+COLLECTION_SKIP_RE = re.compile(r"""Skipped: (?P<reason>.*?)['"]\)\s*$""", re.DOTALL)
+CAPTURE_HEADER_RE = re.compile(r"^-+ Captured (?:Log|Out|Err|stdout|stderr)[^-]*-+$", re.MULTILINE)
+
+
+def _captured(text: str) -> str:
+    """pytest's captured-output sections, or "" when every section is empty (junit_logging=all writes them)."""
+    return text if CAPTURE_HEADER_RE.sub("", text).strip() else ""
+
+
+def parse_pytest_junit(data: bytes, *, workdir: str | None = None) -> list[CaseResult]:
+    """pytest's JUnit file -> cases; paths under ``workdir`` made relative. ValueError when it is not JUnit."""
     try:
         root = ET.fromstring(data)
     except ET.ParseError as exc:
@@ -248,8 +258,15 @@ def parse_pytest_junit(data: bytes) -> list[CaseResult]:
             if found is not None:
                 outcome, message, detail = kind, found.get("message", ""), (found.text or "").strip()
                 break
-        output = "\n".join(filter(None, ((case.findtext("system-out") or "").strip(),
-                                         (case.findtext("system-err") or "").strip())))
+        if outcome == "skipped" and message == "collection skipped":
+            # a module-level skip: pytest puts the reason in a (path, line, "Skipped: reason") tuple
+            found = COLLECTION_SKIP_RE.search(detail)
+            message = found.group("reason") if found else message
+        output = "\n".join(filter(None, (_captured(case.findtext("system-out") or "").strip(),
+                                         _captured(case.findtext("system-err") or "").strip())))
+        if workdir:
+            prefix = workdir.rstrip("/") + "/"
+            message, detail, output = (s.replace(prefix, "") for s in (message, detail, output))
         try:
             seconds = float(case.get("time", "0") or 0)
         except ValueError:
@@ -370,7 +387,7 @@ def execute(config: Config, request: KernelsRequest, *, console=None, runner: Ru
             raise InfraError(f"pytest could not run the suite (exit 3): "
                              f"{one_line(_last_lines(ran.output), 240) or 'no output'}")
         if ran.timed_out:
-            cases = parse_pytest_junit(junit) if junit else []
+            cases = parse_pytest_junit(junit, workdir=workdir) if junit else []
             cases.append(session_case("failed", f"timeout: pytest ran past {int(timeout_s)} s and was stopped",
                                       ran.output[-LOG_TAIL_CHARS:]))
         elif junit is None:
@@ -379,7 +396,7 @@ def execute(config: Config, request: KernelsRequest, *, console=None, runner: Ru
         else:
             artifacts[PYTEST_JUNIT] = junit
             try:
-                cases = parse_pytest_junit(junit)
+                cases = parse_pytest_junit(junit, workdir=workdir)
             except ValueError as exc:
                 raise InfraError(f"pytest's JUnit is unreadable: {exc}") from None
         status = STATUS_COMPLETE

@@ -270,6 +270,23 @@ def test_pytest_junit_maps_to_kernels_classnames():
         parse_pytest_junit(b"not xml")
 
 
+def test_skip_reasons_paths_and_empty_captures():
+    data = b"""<testsuites><testsuite name="pytest" tests="2" errors="0" failures="0" skipped="2">
+<testcase classname="" name="tests.kernels.test_router_compile" time="0.000"><skipped message="collection skipped"
+>('/w/run1/kernels/tests/kernels/test_router_compile.py', 15, 'Skipped: nvidia-cutlass-dsl is not installed')</skipped>
+</testcase>
+<testcase classname="tests.kernels.test_a" name="test_b[cuda]" time="0"><skipped type="pytest.skip" message="no CUDA"
+>/w/run1/kernels/tests/kernels/test_a.py:31: no CUDA</skipped><system-out>------ Captured Log ------
+
+------ Captured Out ------
+</system-out></testcase></testsuite></testsuites>"""
+    router, cuda = parse_pytest_junit(data, workdir="/w/run1/kernels")
+    assert (router.classname, router.name, router.message) == (
+        "kernels.test_router_compile", "collection", "nvidia-cutlass-dsl is not installed")
+    assert "('tests/kernels/test_router_compile.py', 15" in router.detail  # relative to the copied tree
+    assert cuda.detail == "tests/kernels/test_a.py:31: no CUDA" and cuda.output == ""
+
+
 def test_written_suite_is_valid_and_shows_control_characters(tmp_path):
     from gpurepro.junit import write_suite
 
