@@ -1,0 +1,137 @@
+"""Fused NVFP4 MoE router: NVFP4 GEMM (tokens x hidden against the router weight) with top-k
+selection fused into the epilogue.
+
+``run_nvfp4_fused_router(x, linear, top_k=6, scoring="softmax")`` returns
+``(topk_ids int32 [T, k], topk_weights float32 [T, k])``.  It picks the kernel by device:
+
+* SM100/SM103 (``kernels.router.sm100``): tcgen05 block-scaled MMA.  Compiles for ``sm_100a``;
+  never run here (no SM100 GPU), so the wrapper does not select it unless
+  ``GPUREPRO_ROUTER_SM100=1``.
+* SM80 and later, SM90 and SM120/SM121 included (``kernels.router.portable``): ``mma.sync``
+  in bf16 after in-register NVFP4 dequantization.
+* anything else (CPU, no ``nvidia-cutlass-dsl``, shapes a kernel does not take): the
+  two-kernel reference (``kernels.router.reference``), announced once on logger
+  ``kernels.router``.
+
+Importing this package imports torch but not cutlass; the kernels import it on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional, Tuple
+
+import torch
+
+from .reference import (
+    SCORINGS,
+    RoutingComparison,
+    check_scoring,
+    compare_routing,
+    default_renormalize,
+    reference_router,
+    router_logits_reference,
+    topk_from_logits,
+    weights_for_ids,
+)
+from .topk import global_expert_index, merge_topk, sorted_insert, topk_of
+
+logger = logging.getLogger("kernels.router")
+_announced: set = set()
+last_path: Optional[str] = None  #: "portable", "sm100" or "reference: <why>" of the latest call
+
+
+def _announce(path: str) -> None:
+    if path in _announced:
+        return
+    _announced.add(path)
+    if path.startswith("reference"):
+        logger.warning("fused NVFP4 router: %s", path)
+    else:
+        logger.info("fused NVFP4 router: using the %s kernel", path)
+
+
+def cutlass_dsl_available() -> bool:
+    try:
+        import cutlass  # noqa: F401
+        import cutlass.cute  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def shape_problem(linear, top_k: int) -> Optional[str]:
+    """Why the kernels cannot take this layer (None when they can)."""
+    n, k = linear.out_features, linear.in_features
+    if n % 128:
+        return f"E={n} is not a multiple of 128"
+    if k % 64:
+        return f"hidden={k} is not a multiple of 64"
+    if not 1 <= top_k <= 16:
+        return f"top_k={top_k} is outside 1..16"
+    return None
+
+
+def choose_path(x: torch.Tensor, linear, top_k: int) -> str:
+    if x.device.type != "cuda":
+        return f"reference: input on {x.device.type}, the kernels need CUDA"
+    why = shape_problem(linear, top_k)
+    if why:
+        return f"reference: {why}"
+    if not cutlass_dsl_available():
+        return "reference: nvidia-cutlass-dsl is not installed"
+    major, minor = torch.cuda.get_device_capability(x.device)
+    if major == 10 and os.environ.get("GPUREPRO_ROUTER_SM100") == "1":
+        return "sm100"
+    if major >= 8:
+        return "portable"
+    return f"reference: compute capability {major}.{minor} is below 8.0"
+
+
+def prepare_activation(x: torch.Tensor, linear):
+    """NVFP4 activations as the kernels read them: ``(packed uint8 [T, K/2], scales uint8 [T, K/16], g_a)``."""
+    from kernels.nvfp4 import quantize_activation_nvfp4
+
+    xf = x.reshape(-1, x.shape[-1]).float()
+    q = quantize_activation_nvfp4(xf, linear.activation_global_scale(xf), check_finite=False)
+    return q.data.contiguous(), q.scales.view(torch.uint8).contiguous(), q.global_scale
+
+
+def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str = "softmax",
+                           renormalize: Optional[bool] = None, *, path: Optional[str] = None,
+                           activation=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Route tokens ``x`` [..., hidden] with the router ``linear`` (an ``Nvfp4Linear`` [E, hidden]).
+
+    ``path`` forces "portable", "sm100" or "reference".  ``activation`` may pass the already
+    quantized activations (the tuple of :func:`prepare_activation`) to time the kernel alone.
+    """
+    global last_path
+    check_scoring(scoring)
+    if renormalize is None:
+        renormalize = default_renormalize(scoring)
+    linear.finalize_weights()
+    chosen = path or choose_path(x, linear, top_k)
+    last_path = chosen
+    _announce(chosen)
+    if chosen.startswith("reference"):
+        return reference_router(x, linear, top_k, scoring, renormalize)
+    if activation is None:
+        activation = prepare_activation(x, linear)
+    if chosen == "portable":
+        from .launch import run_portable
+
+        return run_portable(activation, linear, top_k, scoring, renormalize)
+    if chosen == "sm100":
+        from .launch import run_sm100
+
+        return run_sm100(activation, linear, top_k, scoring, renormalize)
+    raise ValueError(f"unknown router path {chosen!r}")
+
+
+__all__ = [
+    "SCORINGS", "RoutingComparison", "check_scoring", "choose_path", "compare_routing", "cutlass_dsl_available",
+    "default_renormalize", "global_expert_index", "merge_topk", "prepare_activation", "reference_router",
+    "router_logits_reference", "run_nvfp4_fused_router", "shape_problem", "sorted_insert", "topk_from_logits",
+    "topk_of", "weights_for_ids",
+]

@@ -1,0 +1,96 @@
+"""Compile a router kernel for a given architecture without launching it (no GPU needed).
+
+    CUTE_DSL_ARCH is set from --arch before cutlass is imported:
+    python -m kernels.router.compile_check --kernel portable --arch sm_80
+    python -m kernels.router.compile_check --kernel sm100 --arch sm_100a
+
+Prints one JSON line: kernel, arch, configurations compiled, seconds, and the cubin files that
+``CUTE_DSL_KEEP=cubin`` left (their names carry the architecture).  Exit 0 when every
+configuration compiled and left a cubin for ``--arch``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import tempfile
+import time
+
+
+def _fake_args(kernel: str, top_k: int):
+    import torch
+
+    from kernels.nvfp4 import Nvfp4Linear
+    from kernels.router import prepare_activation
+
+    g = torch.Generator().manual_seed(0)
+    # small CPU tensors: shapes and strides are dynamic in the compiled kernel, only dtypes,
+    # ranks and alignment matter here
+    layer = Nvfp4Linear(torch.randn(256, 256, generator=g)).finalize_weights()
+    act = prepare_activation(torch.randn(8, 256, generator=g), layer)
+    if kernel == "portable":
+        from kernels.router.launch import portable_args
+
+        return portable_args(act, layer, top_k)[0]
+    from kernels.router.sm100 import sm100_args
+
+    return sm100_args(act, layer, top_k)[0]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--kernel", choices=["portable", "sm100"], required=True)
+    p.add_argument("--arch", required=True, help="e.g. sm_80, sm_90a, sm_120a, sm_100a")
+    p.add_argument("--topk", type=int, nargs="+", default=[6])
+    p.add_argument("--scorings", nargs="+", default=["softmax", "sigmoid"])
+    p.add_argument("--expect-ptx", action="append", default=[],
+                   help="a string the generated PTX must contain (e.g. an instruction name); repeatable")
+    a = p.parse_args(argv)
+    dump = tempfile.mkdtemp(prefix="router-cubin-")
+    os.environ["CUTE_DSL_ARCH"] = a.arch
+    os.environ["CUTE_DSL_KEEP"] = "cubin,ptx"
+    os.environ["CUTE_DSL_DUMP_DIR"] = dump
+    import cutlass.cute as cute
+
+    from kernels.router.reference import default_renormalize
+
+    done = []
+    t0 = time.time()
+    for k in a.topk:
+        args = _fake_args(a.kernel, k)
+        for scoring in a.scorings:
+            renorm = default_renormalize(scoring)
+            if a.kernel == "portable":
+                from kernels.router.portable import PortableRouterKernel, pick_config
+
+                configs = sorted({pick_config(1), pick_config(4096)})
+                for bm, threads in configs:
+                    cute.compile(PortableRouterKernel(k, scoring, renorm, bm, threads), *args)
+                    done.append(f"k={k},{scoring},bm={bm},threads={threads}")
+            else:
+                from kernels.router.sm100 import Sm100RouterKernel
+
+                cute.compile(Sm100RouterKernel(k, scoring, renorm), *args)
+                done.append(f"k={k},{scoring}")
+    cubins = sorted(glob.glob(os.path.join(dump, "**", "*.cubin"), recursive=True)
+                    + glob.glob(os.path.join(os.getcwd(), f"*.{a.arch}.cubin")))
+    for f in glob.glob(os.path.join(os.getcwd(), f"cutlass_*.{a.arch}.cubin")):
+        os.remove(f)  # CUTE_DSL_KEEP writes to the working directory when DUMP_DIR is ignored
+    ptx = ""
+    for f in glob.glob(os.path.join(dump, "**", "*.ptx"), recursive=True) + glob.glob(os.path.join(os.getcwd(), f"cutlass_*.{a.arch}.ptx")):
+        with open(f, errors="replace") as fh:
+            ptx += fh.read()
+        if not f.startswith(dump):
+            os.remove(f)
+    missing = [s for s in a.expect_ptx if s not in ptx]
+    ok = bool(done) and any(c.endswith(f".{a.arch}.cubin") for c in cubins) and not missing
+    print(json.dumps({"kernel": a.kernel, "arch": a.arch, "compiled": done, "seconds": round(time.time() - t0, 1),
+                      "cubins": [os.path.basename(c)[-60:] for c in cubins], "missing_ptx": missing, "ok": ok}))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

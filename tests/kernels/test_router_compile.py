@@ -1,0 +1,50 @@
+"""The router kernels compile without a GPU (``cute.compile`` with ``CUTE_DSL_ARCH``), and the PTX
+holds the instructions each kernel is built on.  Each compile runs in a subprocess because the
+DSL reads the target architecture once per process."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("torch", reason="torch is not installed (run kernels/install-cpu-torch.sh)")
+if importlib.util.find_spec("cutlass") is None:
+    pytest.skip("nvidia-cutlass-dsl is not installed (pip install nvidia-cutlass-dsl)", allow_module_level=True)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _compile(kernel, arch, *extra):
+    env = dict(os.environ, CUTE_DSL_ARCH=arch, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.run([sys.executable, "-m", "kernels.router.compile_check", "--kernel", kernel, "--arch", arch, *extra],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    lines = [line for line in p.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"no result line (rc={p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}"
+    res = json.loads(lines[-1])
+    return p.returncode, res, p.stderr
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90a", "sm_120a"])
+def test_portable_kernel_compiles(arch):
+    # warp-level bf16 mma.sync, no tcgen05/wgmma: the same source builds for Ampere, Hopper and SM12x
+    rc, res, err = _compile("portable", arch, "--topk", "6", "8", "--expect-ptx", "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32")
+    assert rc == 0 and res["ok"], (res, err[-3000:])
+    assert len(res["compiled"]) == 2 * 2 * 2  # k x scoring x tile configs
+    assert "tcgen05" not in err
+
+
+def test_sm100_kernel_compiles_for_sm_100a():
+    rc, res, err = _compile("sm100", "sm_100a", "--topk", "6", "8",
+                            "--expect-ptx", "tcgen05.mma.cta_group::1.kind::mxf4nvf4.block_scale.block16",
+                            "--expect-ptx", "tcgen05.cp", "--expect-ptx", "tcgen05.ld", "--expect-ptx", "cp.async.bulk.tensor")
+    assert rc == 0 and res["ok"], (res, err[-3000:])
+    assert res["compiled"] == ["k=6,softmax", "k=6,sigmoid", "k=8,softmax", "k=8,sigmoid"]
+
+
+def test_compile_check_fails_on_missing_instruction():
+    # the PTX check can fail: the portable kernel has no tcgen05 MMA
+    rc, res, _ = _compile("portable", "sm_80", "--scorings", "sigmoid", "--expect-ptx", "tcgen05.mma")
+    assert rc == 1 and not res["ok"] and res["missing_ptx"] == ["tcgen05.mma"]

@@ -1,0 +1,172 @@
+"""Router semantics on the CPU: the unrolled top-k network the kernels run, the global expert
+index, the scoring, the tie-aware comparison and the wrapper's fallback."""
+
+import logging
+import math
+import random
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed (run kernels/install-cpu-torch.sh)")
+
+from kernels.nvfp4 import Nvfp4Linear  # noqa: E402
+from kernels.router import (  # noqa: E402
+    compare_routing,
+    global_expert_index,
+    reference_router,
+    router_logits_reference,
+    run_nvfp4_fused_router,
+    topk_from_logits,
+    weights_for_ids,
+)
+from kernels.router import topk as tk  # noqa: E402
+
+
+def _expected(values, k):
+    # descending by value, ties to the lower index
+    order = sorted(range(len(values)), key=lambda i: (-values[i], i))[:k]
+    return [values[i] for i in order], order
+
+
+@pytest.mark.parametrize("k", [1, 6, 8])
+def test_sorted_insert_keeps_descending_topk(k):
+    rng = random.Random(k)
+    for _ in range(200):
+        n = rng.randint(1, 40)
+        # few distinct values: many exact ties
+        values = [float(rng.randint(-5, 5)) for _ in range(n)]
+        vals, ids = tk.topk_of(values, k)
+        ev, ei = _expected(values, k)
+        m = min(k, n)
+        assert vals[:m] == ev and ids[:m] == ei
+        assert all(v == -math.inf for v in vals[m:]) and all(i == tk.EMPTY_ID for i in ids[m:])
+
+
+def test_sorted_insert_is_select_network():
+    # every output slot is computed from the old slots with selects only: count the calls
+    calls = {"select": 0, "better": 0}
+
+    def sel(c, a, b):
+        calls["select"] += 1
+        return a if c else b
+
+    def bet(v, i, s, j):
+        calls["better"] += 1
+        return tk._py_better(v, i, s, j)
+
+    ops = tk.SelectOps(sel, bet)
+    tk.sorted_insert([3.0, 2.0, 1.0], [0, 1, 2], 2.5, 7, ops)
+    assert calls == {"better": 3, "select": 2 * 3 + 2 * 2}
+
+
+def test_nan_never_selected():
+    vals, ids = tk.topk_of([1.0, float("nan"), 0.5], 2)
+    assert ids == [0, 2]
+
+
+@pytest.mark.parametrize("tpr", [2, 4, 8])
+@pytest.mark.parametrize("n,k", [(384, 6), (256, 8), (384, 8)])
+def test_tiled_epilogue_model_matches_sort(n, k, tpr):
+    rng = random.Random(n * 10 + k + tpr)
+    values = [float(rng.randint(-20, 20)) / 4 for _ in range(n)]  # many ties, across tiles too
+    # put the maximum in the last tile: the top-k must accumulate over all 3 tiles of E=384
+    values[n - 1] = 100.0
+    vals, ids = tk.tiled_topk_model(values, k, 128, tpr)
+    assert (vals, ids) == tuple(_expected(values, k))
+    assert ids[0] == n - 1
+
+
+def test_global_expert_index_covers_every_expert_once():
+    # E=384 as 3 N-tiles of 128, each written back in 4 epilogue subtiles of 32 columns
+    seen = [global_expert_index(col, tile * 128, sub, 32) for tile in range(3) for sub in range(4) for col in range(32)]
+    assert sorted(seen) == list(range(384))
+    assert global_expert_index(5, 256, 2, 32) == 5 + 256 + 64
+
+
+def test_topk_from_logits_scoring():
+    logits = torch.tensor([[1.0, 3.0, 2.0, -1.0], [0.0, 0.0, 5.0, 1.0]])
+    ids, w = topk_from_logits(logits, 2, "softmax")
+    assert ids.dtype == torch.int32 and w.dtype == torch.float32
+    assert ids.tolist() == [[1, 2], [2, 3]]
+    sm = torch.softmax(logits, -1)
+    assert torch.allclose(w, sm.gather(1, ids.long()))
+    ids, w = topk_from_logits(logits, 2, "sigmoid")
+    sg = torch.sigmoid(logits.gather(1, ids.long()))
+    assert torch.allclose(w, sg / sg.sum(-1, keepdim=True))
+    assert torch.allclose(w.sum(-1), torch.ones(2))
+    _, w = topk_from_logits(logits, 2, "softmax", renormalize=True)
+    assert torch.allclose(w.sum(-1), torch.ones(2))
+    with pytest.raises(ValueError):
+        topk_from_logits(logits, 2, "relu")
+
+
+def test_compare_routing_counts_ties_and_errors():
+    logits = torch.tensor([[5.0, 4.0, 4.0, 1.0, 0.0], [3.0, 2.0, 1.0, 0.5, 0.0]])
+    ref_ids, ref_w = topk_from_logits(logits, 2, "softmax")
+    c = compare_routing(ref_ids, ref_w, logits, 2, "softmax")
+    assert c.ok and c.id_mismatches == 0 and c.max_weight_err == 0
+    # row 0: expert 2 instead of 1 (exact tie at 4.0) is fine
+    ids = ref_ids.clone()
+    ids[0, 1] = 2
+    c = compare_routing(ids, weights_for_ids(logits, ids, "softmax"), logits, 2, "softmax")
+    assert c.ok and c.exact_ties == 1 and c.real_mismatches == 0
+    # row 1: expert 3 instead of 1 is wrong
+    ids[1, 1] = 3
+    c = compare_routing(ids, weights_for_ids(logits, ids, "softmax"), logits, 2, "softmax")
+    assert not c.ok and c.real_mismatches == 1
+    # the same expert twice is wrong even though its logit "ties" with itself
+    dup = ref_ids.clone()
+    dup[1, 1] = dup[1, 0]
+    assert not compare_routing(dup, ref_w, logits, 2, "softmax").ok
+    # weights are checked
+    c = compare_routing(ref_ids, ref_w + 0.01, logits, 2, "softmax")
+    assert abs(c.max_weight_err - 0.01) < 1e-6
+
+
+def test_compare_routing_near_tie_tolerance():
+    logits = torch.tensor([[10.0, 9.0, 9.0 - 5e-5, 0.0]])
+    ids = torch.tensor([[0, 2]], dtype=torch.int32)
+    w = weights_for_ids(logits, ids, "sigmoid")
+    assert compare_routing(ids, w, logits, 2, "sigmoid", tie_rel=1e-5).near_ties == 1
+    assert not compare_routing(ids, w, logits, 2, "sigmoid", tie_rel=1e-7).ok
+
+
+def _layer(e=256, k=128, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return Nvfp4Linear(torch.randn(e, k, generator=g) / k ** 0.5)
+
+
+def test_reference_router_is_nvfp4_gemm_then_topk():
+    layer = _layer()
+    x = torch.randn(5, 128, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    ids, w = reference_router(x, layer, 6, "softmax")
+    logits = layer.nvfp4_gemm_reference(x)
+    assert torch.equal(router_logits_reference(x, layer), logits)
+    assert ids.shape == (5, 6) and w.shape == (5, 6)
+    exp_ids = torch.topk(logits, 6, dim=-1).indices
+    assert torch.equal(ids.long(), exp_ids)
+    assert torch.allclose(w, torch.softmax(logits, -1).gather(1, exp_ids))
+
+
+def test_wrapper_falls_back_to_reference_on_cpu_and_says_so_once(caplog):
+    import kernels.router as router
+
+    router._announced.clear()
+    layer = _layer(e=384)
+    x = torch.randn(3, 128)
+    with caplog.at_level(logging.WARNING, logger="kernels.router"):
+        ids, w = run_nvfp4_fused_router(x, layer, top_k=6, scoring="sigmoid")
+        run_nvfp4_fused_router(x, layer, top_k=6, scoring="sigmoid")
+    assert router.last_path.startswith("reference")
+    msgs = [r.getMessage() for r in caplog.records if r.name == "kernels.router"]
+    assert len(msgs) == 1 and "cpu" in msgs[0]
+    ref_ids, ref_w = reference_router(x, layer, 6, "sigmoid")
+    assert torch.equal(ids, ref_ids) and torch.allclose(w, ref_w)
+
+
+def test_shape_problems_are_named():
+    from kernels.router import shape_problem
+
+    assert shape_problem(_layer(e=256, k=128), 6) is None
+    assert "multiple of 128" in shape_problem(_layer(e=200, k=128), 6)
+    assert "multiple of 64" in shape_problem(_layer(e=256, k=48), 6)
