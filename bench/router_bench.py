@@ -29,28 +29,51 @@ import torch  # noqa: E402
 
 from kernels import router  # noqa: E402
 from kernels.nvfp4 import dequantize_nvfp4  # noqa: E402
-from kernels.router.launch import portable_args  # noqa: E402
-from kernels.router.portable import compile_portable, pick_config  # noqa: E402
+from kernels.router.launch import current_stream, plan_portable, portable_args  # noqa: E402
+from kernels.router.portable import compile_portable  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from router_validate import make_layer, make_tokens  # noqa: E402
 
 
-def time_us(fn, iters: int, reps: int) -> float:
-    for _ in range(3):
-        fn()
+def time_us(fn, iters: int, reps: int):
+    """GPU time per call: ``iters`` calls captured in one CUDA graph, replayed ``reps`` times
+    (median), so Python and launch overhead on the host do not count.  Falls back to timing an
+    eager loop when capture fails.  Returns (microseconds, "graph" | "eager")."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    mode = "graph"
+    try:
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for _ in range(iters):
+                fn()
+        run = g.replay
+    except Exception as exc:  # noqa: BLE001 - report and time eagerly
+        print(f"graph capture failed ({type(exc).__name__}: {exc}); timing eagerly", flush=True)
+        torch.cuda.synchronize()
+        mode = "eager"
+
+        def run():
+            for _ in range(iters):
+                fn()
+    run()
     torch.cuda.synchronize()
     out = []
     for _ in range(reps):
         s = torch.cuda.Event(enable_timing=True)
         e = torch.cuda.Event(enable_timing=True)
         s.record()
-        for _ in range(iters):
-            fn()
+        run()
         e.record()
         e.synchronize()
         out.append(s.elapsed_time(e) * 1000.0 / iters)
-    return statistics.median(out)
+    return statistics.median(out), mode
 
 
 def main(argv=None) -> int:
@@ -78,17 +101,25 @@ def main(argv=None) -> int:
         for t in a.tokens:
             x = make_tokens(t, a.hidden, seed=1000 + t, device=dev)
             act = router.prepare_activation(x, layer)
-            args, _, _ = portable_args(act, layer, a.topk)
-            bm, threads = pick_config(t)
-            fn = compile_portable(a.topk, a.scoring, renorm, bm, threads, args)
+            kernels_ = {}
+            for split in (None, False):
+                bm, threads, splits, per = plan_portable(t, a.hidden, split_k=split)
+                args, _, _ = portable_args(act, layer, a.topk, splits, per, bm)
+                fn = compile_portable(a.topk, a.scoring, renorm, bm, threads, args, split_k=splits > 1)
+                kernels_[split] = (fn, args, splits)
 
-            def fused():
-                fn(*args)
+            def launcher(split):
+                fn, args, _ = kernels_[split]
+
+                def call():  # the stream is taken at call time: graph capture runs on a side stream
+                    fn(*args[:-1], current_stream(dev))
+                return call
+
+            fused, fused_nosplit = launcher(None), launcher(False)
 
             def fused_quant():
                 act2 = router.prepare_activation(x, layer)
-                args2, _, _ = portable_args(act2, layer, a.topk)
-                fn(*args2)
+                router.run_nvfp4_fused_router(x, layer, a.topk, a.scoring, path="portable", activation=act2)
 
             def topk(logits):
                 probs = torch.softmax(logits.float(), dim=-1)
@@ -101,9 +132,10 @@ def main(argv=None) -> int:
                 wd = dequantize_nvfp4(layer._mat_b, scales_rm, layer._global_scale_b, dtype=torch.bfloat16)
                 return topk(x @ wd.t())
 
-            r = {"T": t, "E": e, "k": a.topk}
-            for key, f in (("fused", fused), ("fused+quant", fused_quant), ("bf16", bf16), ("deq", deq)):
-                r[key + "_us"] = time_us(f, a.iters, a.reps)
+            r = {"T": t, "E": e, "k": a.topk, "splits": kernels_[None][2]}
+            for key, f in (("fused", fused), ("fused_nosplit", fused_nosplit), ("fused+quant", fused_quant),
+                           ("bf16", bf16), ("deq", deq)):
+                r[key + "_us"], r[key + "_timing"] = time_us(f, a.iters, a.reps)
             r["bf16/fused"] = r["bf16_us"] / r["fused_us"]
             r["deq/fused"] = r["deq_us"] / r["fused_us"]
             r["fused_GBps"] = fp4_bytes / r["fused_us"] / 1e3
@@ -112,14 +144,16 @@ def main(argv=None) -> int:
             rows.append(r)
             print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}), flush=True)
     lines = [
-        f"device: {name}; hidden={a.hidden}, top_k={a.topk}, {a.scoring}; times in us (median of {a.reps}x{a.iters} calls); "
+        f"device: {name}; hidden={a.hidden}, top_k={a.topk}, {a.scoring}; GPU time per call in us (CUDA graph of "
+        f"{a.iters} calls, median of {a.reps} replays; modes in the json); "
         "GB/s = weight bytes the path reads / time (FP4+scales for fused and deq, bf16 for bf16)",
         "",
-        "| T | E | fused | fused+quant | bf16 GEMM+topk | deq+GEMM+topk | bf16/fused | deq/fused | fused GB/s | bf16 GB/s | deq GB/s |",
-        "|" + "---|" * 11,
+        "| T | E | fused (splits) | fused, no split-K | fused+quant | bf16 GEMM+topk | deq+GEMM+topk | bf16/fused | deq/fused | fused GB/s | bf16 GB/s | deq GB/s |",
+        "|" + "---|" * 12,
     ]
     for r in rows:
-        lines.append(f"| {r['T']} | {r['E']} | {r['fused_us']:.1f} | {r['fused+quant_us']:.1f} | {r['bf16_us']:.1f} | "
+        lines.append(f"| {r['T']} | {r['E']} | {r['fused_us']:.1f} ({r['splits']}) | {r['fused_nosplit_us']:.1f} | "
+                     f"{r['fused+quant_us']:.1f} | {r['bf16_us']:.1f} | "
                      f"{r['deq_us']:.1f} | {r['bf16/fused']:.2f} | {r['deq/fused']:.2f} | {r['fused_GBps']:.0f} | "
                      f"{r['bf16_GBps']:.0f} | {r['deq_GBps']:.0f} |")
     md = "\n".join(lines)

@@ -46,6 +46,8 @@ def main(argv=None) -> int:
     p.add_argument("--scorings", nargs="+", default=["softmax", "sigmoid"])
     p.add_argument("--hidden", type=int, default=7168)
     p.add_argument("--path", default=None, help="force a path (portable, sm100, reference)")
+    p.add_argument("--split-k", choices=["auto", "off", "both"], default="both",
+                   help="portable kernel: split K over CTAs (auto), one CTA per row tile (off), or both")
     p.add_argument("--weight-tol", type=float, default=1e-4)
     p.add_argument("--tie-rel", type=float, default=1e-5)
     a = p.parse_args(argv)
@@ -58,21 +60,27 @@ def main(argv=None) -> int:
         for t in a.tokens:
             x = make_tokens(t, a.hidden, seed=1000 + t, device=dev)
             ref_logits = router.router_logits_reference(x, layer)
-            for k in a.topk:
-                for scoring in a.scorings:
-                    t0 = time.time()
-                    ids, w = router.run_nvfp4_fused_router(x, layer, k, scoring, path=a.path)
-                    torch.cuda.synchronize()
-                    dt = time.time() - t0
-                    c = router.compare_routing(ids, w, ref_logits, k, scoring, tie_rel=a.tie_rel)
-                    ok = c.ok and c.max_weight_err <= a.weight_tol
-                    failed += not ok
-                    row = {"T": t, "E": e, "k": k, "scoring": scoring, "path": router.last_path, **c.as_dict(),
-                           "pass": ok, "first_call_s": round(dt, 2)}
-                    rows.append(row)
-                    print(f"T={t:5d} E={e} k={k} {scoring:8s} path={router.last_path} mism={c.id_mismatches} "
-                          f"exact_ties={c.exact_ties} near_ties={c.near_ties} real={c.real_mismatches} "
-                          f"max_w_err={c.max_weight_err:.2e} {'PASS' if ok else 'FAIL'} ({dt:.1f}s)", flush=True)
+            modes = {"auto": [None], "off": [False], "both": [None, False]}[a.split_k]
+            for k, scoring, split in [(k, s, m) for k in a.topk for s in a.scorings for m in modes]:
+                t0 = time.time()
+                ids, w = router.run_nvfp4_fused_router(x, layer, k, scoring, path=a.path, split_k=split)
+                torch.cuda.synchronize()
+                dt = time.time() - t0
+                c = router.compare_routing(ids, w, ref_logits, k, scoring, tie_rel=a.tie_rel)
+                ok = c.ok and c.max_weight_err <= a.weight_tol
+                failed += not ok
+                path = router.last_path
+                if path == "portable":
+                    from kernels.router.launch import plan_portable
+
+                    bm, _, splits, _ = plan_portable(t, a.hidden, split_k=split)
+                    path = f"portable bm={bm} splits={splits}"
+                row = {"T": t, "E": e, "k": k, "scoring": scoring, "path": path, **c.as_dict(),
+                       "pass": ok, "first_call_s": round(dt, 2)}
+                rows.append(row)
+                print(f"T={t:5d} E={e} k={k} {scoring:8s} path={path} mism={c.id_mismatches} "
+                      f"exact_ties={c.exact_ties} near_ties={c.near_ties} real={c.real_mismatches} "
+                      f"max_w_err={c.max_weight_err:.2e} {'PASS' if ok else 'FAIL'} ({dt:.1f}s)", flush=True)
     head = "| T | E | k | scoring | path | id mismatches | exact ties | near ties | wrong ids | max weight err | result |"
     lines = [head, "|" + "---|" * 11]
     for r in rows:

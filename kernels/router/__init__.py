@@ -100,11 +100,12 @@ def prepare_activation(x: torch.Tensor, linear):
 
 def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str = "softmax",
                            renormalize: Optional[bool] = None, *, path: Optional[str] = None,
-                           activation=None) -> Tuple[torch.Tensor, torch.Tensor]:
+                           activation=None, split_k: Optional[bool] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Route tokens ``x`` [..., hidden] with the router ``linear`` (an ``Nvfp4Linear`` [E, hidden]).
 
     ``path`` forces "portable", "sm100" or "reference".  ``activation`` may pass the already
     quantized activations (the tuple of :func:`prepare_activation`) to time the kernel alone.
+    ``split_k=False`` makes the portable kernel use one CTA per row tile (no K split, no workspace).
     """
     global last_path
     check_scoring(scoring)
@@ -121,7 +122,7 @@ def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str
     if chosen == "portable":
         from .launch import run_portable
 
-        return run_portable(activation, linear, top_k, scoring, renormalize)
+        return run_portable(activation, linear, top_k, scoring, renormalize, split_k=split_k)
     if chosen == "sm100":
         from .launch import run_sm100
 

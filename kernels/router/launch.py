@@ -25,7 +25,9 @@ def _lut(device):
 def _cute(t: torch.Tensor):
     from cutlass.cute.runtime import from_dlpack
 
-    return from_dlpack(t, assumed_align=16).mark_layout_dynamic()
+    # the last dimension is the contiguous one for every tensor here (named: a [1,1,1] dummy or a
+    # [1, k] output would leave it ambiguous)
+    return from_dlpack(t, assumed_align=16).mark_layout_dynamic(leading_dim=t.dim() - 1)
 
 
 def current_stream(device=None):
@@ -36,11 +38,31 @@ def current_stream(device=None):
     return cuda.CUstream(torch.cuda.current_stream(device).cuda_stream)
 
 
-def portable_args(activation, linear, top_k: int):
-    """CuTe arguments of the portable kernel, and the output tensors."""
+_COUNTERS = {}
+
+
+def _counters(device, n: int):
+    """Zeroed int32 semaphores, one per row tile; the kernel's last CTA of a row tile resets its own."""
+    key = str(device)
+    c = _COUNTERS.get(key)
+    if c is None or c.numel() < n:
+        c = torch.zeros(max(n, 256), dtype=torch.int32, device=device)
+        _COUNTERS[key] = c
+    return c
+
+
+def portable_args(activation, linear, top_k: int, splits: int = 1, k_per_split: int = 0, bm: int = 16):
+    """CuTe arguments of the portable kernel, and the output tensors.  ``splits > 1``: split-K with an
+    fp32 workspace ``[splits, T, E]`` and per-row-tile semaphores."""
     a_data, a_scales, g_a = activation
     t = a_data.shape[0]
     dev = a_data.device
+    if splits > 1:
+        ws = torch.empty((splits, t, linear.out_features), dtype=torch.float32, device=dev)
+        cnt = _counters(dev, -(-t // bm))
+    else:
+        ws = torch.empty((1, 1, 1), dtype=torch.float32, device=dev)
+        cnt = _counters(dev, 1)
     alpha = (g_a.to(dev, torch.float32) * linear._global_scale_b.to(dev, torch.float32)).reshape(1)
     ids = torch.empty((t, top_k), dtype=torch.int32, device=dev)
     w = torch.empty((t, top_k), dtype=torch.float32, device=dev)
@@ -53,17 +75,32 @@ def portable_args(activation, linear, top_k: int):
         _cute(_lut(dev)),
         _cute(ids),
         _cute(w),
+        _cute(ws),
+        _cute(cnt),
+        int(k_per_split),
         current_stream(dev),
     )
     return args, ids, w
 
 
-def run_portable(activation, linear, top_k: int, scoring: str, renormalize: bool, config=None) -> Tuple[torch.Tensor, torch.Tensor]:
-    from .portable import compile_portable, pick_config
+def plan_portable(num_tokens: int, hidden: int, config=None, split_k=None):
+    """(bm, threads, splits, k_per_split) for a problem; ``split_k=False`` forces one CTA per row tile."""
+    from .portable import BK, pick_config, pick_splits
 
-    args, ids, w = portable_args(activation, linear, top_k)
-    bm, threads = config or pick_config(activation[0].shape[0])
-    fn = compile_portable(top_k, scoring, renormalize, bm, threads, args)
+    bm, threads = config or pick_config(num_tokens)
+    splits, per = pick_splits(num_tokens, hidden // BK, bm)
+    if split_k is False:
+        splits, per = 1, hidden // BK
+    return bm, threads, splits, per
+
+
+def run_portable(activation, linear, top_k: int, scoring: str, renormalize: bool, config=None,
+                 split_k=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    from .portable import compile_portable
+
+    bm, threads, splits, per = plan_portable(activation[0].shape[0], linear.in_features, config, split_k)
+    args, ids, w = portable_args(activation, linear, top_k, splits, per, bm)
+    fn = compile_portable(top_k, scoring, renormalize, bm, threads, args, split_k=splits > 1)
     fn(*args)
     return ids, w
 

@@ -53,7 +53,8 @@ DSL_OPS = SelectOps(select=_dsl_select, better=_dsl_better)
 class PortableRouterKernel:
     """``bm`` token rows per CTA, ``threads`` threads; top_k / scoring / renormalize are compile-time."""
 
-    def __init__(self, top_k: int, scoring: str, renormalize: bool, bm: int = 16, threads: int = 128):
+    def __init__(self, top_k: int, scoring: str, renormalize: bool, bm: int = 16, threads: int = 128,
+                 split_k: bool = False):
         if threads % 32 or threads % bm or bm % 16:
             raise ValueError(f"bad tile config bm={bm} threads={threads}")
         self.top_k = top_k
@@ -69,6 +70,7 @@ class PortableRouterKernel:
         self.atom_m = min(bm // 16, warps)
         self.atom_n = warps // self.atom_m
         self.need_stats = scoring == "softmax" and not renormalize
+        self.split_k = split_k
         self.units_a = bm * 4  # (row, scale block) units of 16 elements per k-tile
         self.units_b = BN * 4
         self.ua = -(-self.units_a // threads)
@@ -80,19 +82,22 @@ class PortableRouterKernel:
         k, tpr = top_k, self.tpr
         self.smem_bytes = (
             2 * (bm + BN) * self.pitch_ab + 4 * bm * self.pitch_c + 4 * LUT_SIZE
-            + 8 * bm * tpr * k + 8 * bm * k + 4 * bm * tpr * 2 + 4 * bm * 2 + 16 * 12
+            + 8 * bm * tpr * k + 8 * bm * k + 4 * bm * tpr * 2 + 4 * bm * 2 + 16 * 13
         )
 
     # ------------------------------------------------------------------ host
     @cute.jit
     def __call__(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
                  mAlpha: cute.Tensor, mLut: cute.Tensor, mIds: cute.Tensor, mW: cute.Tensor,
-                 stream):
+                 mWs: cute.Tensor, mCnt: cute.Tensor, k_per_split: cutlass.Int32, stream):
         op = cute.nvgpu.warp.MmaF16BF16Op(cutlass.BFloat16, cutlass.Float32, (16, 8, 16))
         tiled_mma = cute.make_tiled_mma(op, cute.make_layout((self.atom_m, self.atom_n, 1)))
         grid_m = (mA.shape[0] + self.bm - 1) // self.bm
-        self.kernel(mA, mSFA, mB, mSFB, mAlpha, mLut, mIds, mW, tiled_mma).launch(
-            grid=[grid_m, 1, 1], block=[self.threads, 1, 1], smem=self.smem_bytes, stream=stream)
+        splits = 1
+        if cutlass.const_expr(self.split_k):
+            splits = mWs.shape[0]
+        self.kernel(mA, mSFA, mB, mSFB, mAlpha, mLut, mIds, mW, mWs, mCnt, k_per_split, tiled_mma).launch(
+            grid=[grid_m, splits, 1], block=[self.threads, 1, 1], smem=self.smem_bytes, stream=stream)
 
     # ---------------------------------------------------------------- device
     @cute.jit
@@ -210,9 +215,9 @@ class PortableRouterKernel:
     @cute.kernel
     def kernel(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
                mAlpha: cute.Tensor, mLut: cute.Tensor, mIds: cute.Tensor, mW: cute.Tensor,
-               tiled_mma: cute.TiledMma):
+               mWs: cute.Tensor, mCnt: cute.Tensor, k_per_split: cutlass.Int32, tiled_mma: cute.TiledMma):
         tidx, _, _ = cute.arch.thread_idx()
-        bidx, _, _ = cute.arch.block_idx()
+        bidx, bidy, _ = cute.arch.block_idx()
         bm, k, tpr = self.bm, self.top_k, self.tpr
         T = mA.shape[0]
         E = mB.shape[0]
@@ -232,6 +237,7 @@ class PortableRouterKernel:
         sRi = smem.allocate_tensor(cutlass.Int32, cute.make_layout((bm, k), stride=(k, 1)), 16)
         sSt = smem.allocate_tensor(cutlass.Float32, cute.make_layout((bm, tpr, 2), stride=(tpr * 2, 2, 1)), 16)
         sRst = smem.allocate_tensor(cutlass.Float32, cute.make_layout((bm, 2), stride=(2, 1)), 16)
+        sFlag = smem.allocate_tensor(cutlass.Int32, cute.make_layout(4), 16)
 
         for u in cutlass.range_constexpr(-(-LUT_SIZE // self.threads)):
             li = cutlass.min(tidx + u * self.threads, LUT_SIZE - 1)
@@ -261,16 +267,22 @@ class PortableRouterKernel:
         rawB = cute.make_rmem_tensor(cute.make_layout((self.ub, 2), stride=(2, 1)), cutlass.Int32)
         sfB = cute.make_rmem_tensor(cute.make_layout(self.ub), cutlass.Int32)
 
+        # K range of this CTA: all of K, or one split of it (split-K: grid.y CTAs per row tile)
+        kt_begin = bidy * k_per_split
+        kt_end = cutlass.min(kt_begin + k_per_split, k_tiles)
+        if cutlass.const_expr(not self.split_k):
+            kt_begin = 0
+            kt_end = k_tiles
         for nt in range(n_tiles):
             n0 = nt * BN
             tCrC.fill(0.0)
-            self._load_raw(mA, mSFA, rawA, sfA, row0, T, 0, tidx, self.units_a, self.ua, False, k_tiles)
-            self._load_raw(mB, mSFB, rawB, sfB, n0, E, 0, tidx, self.units_b, self.ub, True, k_tiles)
+            self._load_raw(mA, mSFA, rawA, sfA, row0, T, kt_begin, tidx, self.units_a, self.ua, False, k_tiles)
+            self._load_raw(mB, mSFB, rawB, sfB, n0, E, kt_begin, tidx, self.units_b, self.ub, True, k_tiles)
             self._dequant(rawA, sfA, sA, sLut, tidx, self.units_a, self.ua)
             self._dequant(rawB, sfB, sB, sLut, tidx, self.units_b, self.ub)
             cute.arch.sync_threads()
-            for kt in range(k_tiles):
-                nk = cutlass.min(kt + 1, k_tiles - 1)  # the last round reloads its own tile, unused
+            for kt in range(kt_begin, kt_end):
+                nk = cutlass.min(kt + 1, kt_end - 1)  # the last round reloads its own tile, unused
                 self._load_raw(mA, mSFA, rawA, sfA, row0, T, nk, tidx, self.units_a, self.ua, False, k_tiles)
                 self._load_raw(mB, mSFB, rawB, sfB, n0, E, nk, tidx, self.units_b, self.ub, True, k_tiles)
                 for kb in cutlass.range_constexpr(num_kb):
@@ -281,17 +293,62 @@ class PortableRouterKernel:
                 self._dequant(rawA, sfA, sA, sLut, tidx, self.units_a, self.ua)
                 self._dequant(rawB, sfB, sB, sLut, tidx, self.units_b, self.ub)
                 cute.arch.sync_threads()
-            # epilogue of this N-tile: scaled logits to SMEM, per-thread top-k, merge
+            # scaled logits of this N-tile (or of this K-split's share of them) to SMEM
             for i in cutlass.range_constexpr(cute.size(tCrC)):
                 tCsC[i] = tCrC[i] * alpha
             cute.arch.sync_threads()
-            self._store_partial(sC, sMs, sMi, sSt, erow, q, n0)
-            cute.arch.sync_threads()
-            if q == 0:
-                self._merge_row(sMs, sMi, sRs, sRi, sSt, sRst, erow)
-            cute.arch.sync_threads()
+            if cutlass.const_expr(self.split_k):
+                # partial sums to the workspace [split, T, E]; the last CTA of the row tile reduces
+                grow_w = row0 + erow
+                if grow_w < T:
+                    for j in cutlass.range_constexpr(self.cols_per_thread):
+                        c = j * tpr + q
+                        mWs[bidy, grow_w, n0 + c] = sC[erow, c]
+                cute.arch.sync_threads()
+            else:
+                self._topk_tile(sC, sMs, sMi, sSt, sRs, sRi, sRst, erow, q, n0)
 
-        grow = row0 + erow
+        if cutlass.const_expr(self.split_k):
+            # semaphore: publish the partials, count the finished splits of this row tile
+            cute.arch.fence_acq_rel_gpu()
+            cute.arch.sync_threads()
+            if tidx == 0:
+                old = cute.arch.atomic_add((mCnt.iterator + bidx).llvm_ptr, cutlass.Int32(1), sem="acq_rel", scope="gpu")
+                sFlag[0] = old
+            cute.arch.sync_threads()
+            splits = mWs.shape[0]
+            if sFlag[0] == splits - 1:
+                cute.arch.fence_acq_rel_gpu()
+                growc = cutlass.min(row0 + erow, T - 1)
+                for nt in range(n_tiles):
+                    n0 = nt * BN
+                    for j in cutlass.range_constexpr(self.cols_per_thread):
+                        c = j * tpr + q
+                        acc = cutlass.Float32(0.0)
+                        for ks in range(splits):  # fixed order: the same sum on every run
+                            acc = acc + mWs[ks, growc, n0 + c]
+                        sC[erow, c] = acc
+                    cute.arch.sync_threads()
+                    self._topk_tile(sC, sMs, sMi, sSt, sRs, sRi, sRst, erow, q, n0)
+                if tidx == 0:
+                    mCnt[bidx] = cutlass.Int32(0)  # ready for the next launch
+                self._write_out(sRs, sRi, sRst, mIds, mW, erow, q, row0 + erow, T)
+        else:
+            self._write_out(sRs, sRi, sRst, mIds, mW, erow, q, row0 + erow, T)
+
+    @cute.jit
+    def _topk_tile(self, sC: cute.Tensor, sMs: cute.Tensor, sMi: cute.Tensor, sSt: cute.Tensor, sRs: cute.Tensor,
+                   sRi: cute.Tensor, sRst: cute.Tensor, erow, q, n0):
+        """Epilogue of one N-tile of logits in SMEM: per-thread top-k, then merge into the running list."""
+        self._store_partial(sC, sMs, sMi, sSt, erow, q, n0)
+        cute.arch.sync_threads()
+        if q == 0:
+            self._merge_row(sMs, sMi, sRs, sRi, sSt, sRst, erow)
+        cute.arch.sync_threads()
+
+    @cute.jit
+    def _write_out(self, sRs: cute.Tensor, sRi: cute.Tensor, sRst: cute.Tensor, mIds: cute.Tensor, mW: cute.Tensor,
+                   erow, q, grow, T):
         if q == 0:
             if grow < T:
                 self._write_row(sRs, sRi, sRst, mIds, mW, erow, grow)
@@ -315,15 +372,23 @@ def pick_config(num_tokens: int):
     return 64, 256
 
 
+def pick_splits(num_tokens: int, k_tiles: int, bm: int, target_ctas: int = 264):
+    """(splits, k_tiles_per_split): split K so that about ``target_ctas`` CTAs run (2 per H100 SM)."""
+    m_tiles = -(-num_tokens // bm)
+    want = max(1, min(k_tiles, -(-target_ctas // m_tiles)))
+    per = -(-k_tiles // want)
+    return -(-k_tiles // per), per
+
+
 _compiled = {}
 
 
-def compile_portable(top_k: int, scoring: str, renormalize: bool, bm: int, threads: int, args):
+def compile_portable(top_k: int, scoring: str, renormalize: bool, bm: int, threads: int, args, split_k: bool = False):
     """Compile (cached by configuration; tensor shapes and strides are dynamic)."""
-    key = (top_k, scoring, renormalize, bm, threads)
+    key = (top_k, scoring, renormalize, bm, threads, split_k)
     fn = _compiled.get(key)
     if fn is None:
-        kern = PortableRouterKernel(top_k, scoring, renormalize, bm, threads)
+        kern = PortableRouterKernel(top_k, scoring, renormalize, bm, threads, split_k)
         fn = cute.compile(kern, *args)
         _compiled[key] = fn
     return fn

@@ -34,14 +34,25 @@ def _sm():
 @pytest.mark.parametrize("t", [1, 7, 130])
 @pytest.mark.parametrize("e,k", [(256, 8), (384, 6)])
 @pytest.mark.parametrize("scoring", ["softmax", "sigmoid"])
-def test_portable_matches_two_kernel_reference(t, e, k, scoring):
+@pytest.mark.parametrize("split_k", [None, False], ids=["splitk", "nosplit"])
+def test_portable_matches_two_kernel_reference(t, e, k, scoring, split_k):
     layer, x = _case(t, e, 1024, seed=t * 1000 + e)
-    ids, w = router.run_nvfp4_fused_router(x, layer, k, scoring, path="portable")
+    ids, w = router.run_nvfp4_fused_router(x, layer, k, scoring, path="portable", split_k=split_k)
     assert router.last_path == "portable"
     assert ids.shape == (t, k) and ids.dtype == torch.int32 and w.dtype == torch.float32
     c = router.compare_routing(ids, w, router.router_logits_reference(x, layer), k, scoring)
     assert c.ok, c
     assert c.max_weight_err < 1e-4, c
+
+
+@pytest.mark.skipif(_sm() < 8, reason="the portable kernel needs SM80 or later")
+def test_portable_split_k_is_repeatable():
+    # the split-K semaphores are reset by the kernel: back-to-back launches give the same bits
+    layer, x = _case(40, 384, 2048, seed=5)
+    first = router.run_nvfp4_fused_router(x, layer, 8, "softmax", path="portable")
+    for _ in range(3):
+        again = router.run_nvfp4_fused_router(x, layer, 8, "softmax", path="portable")
+        assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
 
 
 @pytest.mark.skipif(_sm() < 8, reason="the portable kernel needs SM80 or later")
