@@ -319,15 +319,19 @@ class PortableRouterKernel:
             splits = mWs.shape[0]
             if sFlag[0] == splits - 1:
                 cute.arch.fence_acq_rel_gpu()
-                growc = cutlass.min(row0 + erow, T - 1)
                 for nt in range(n_tiles):
                     n0 = nt * BN
-                    for j in cutlass.range_constexpr(self.cols_per_thread):
-                        c = j * tpr + q
+                    # reduction: thread -> column (coalesced over the workspace row), rows in turn;
+                    # the split order is fixed, so every run gives the same sums
+                    for rr in cutlass.range_constexpr(bm * BN // self.threads):
+                        lin = rr * self.threads + tidx
+                        r = lin // BN
+                        c = lin % BN
                         acc = cutlass.Float32(0.0)
-                        for ks in range(splits):  # fixed order: the same sum on every run
-                            acc = acc + mWs[ks, growc, n0 + c]
-                        sC[erow, c] = acc
+                        if row0 + r < T:
+                            for ks in cutlass.range(splits, unroll=8):
+                                acc = acc + mWs[ks, row0 + r, n0 + c]
+                        sC[r, c] = acc
                     cute.arch.sync_threads()
                     self._topk_tile(sC, sMs, sMi, sSt, sRs, sRi, sRst, erow, q, n0)
                 if tidx == 0:
@@ -367,15 +371,16 @@ def e2m1_e4m3_lut(device=None):
 def pick_config(num_tokens: int):
     """(bm, threads): small M tiles for decode-sized batches, larger ones to amortize the
     per-CTA dequantization of the whole weight when there are many tokens."""
-    if num_tokens <= 16:
+    if num_tokens <= 256:
         return 16, 128
     return 64, 256
 
 
-def pick_splits(num_tokens: int, k_tiles: int, bm: int, target_ctas: int = 264):
-    """(splits, k_tiles_per_split): split K so that about ``target_ctas`` CTAs run (2 per H100 SM)."""
+def pick_splits(num_tokens: int, k_tiles: int, bm: int, target_ctas: int = 264, max_splits: int = 32):
+    """(splits, k_tiles_per_split): split K so that about ``target_ctas`` CTAs run (2 per H100 SM),
+    at most ``max_splits`` (the last CTA of a row tile sums that many partial tiles)."""
     m_tiles = -(-num_tokens // bm)
-    want = max(1, min(k_tiles, -(-target_ctas // m_tiles)))
+    want = max(1, min(k_tiles, max_splits, -(-target_ctas // m_tiles)))
     per = -(-k_tiles // want)
     return -(-k_tiles // per), per
 
