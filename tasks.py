@@ -130,8 +130,28 @@ def kernels_test(c, backend="auto", keyword=None, marker=None, python=None, time
     return app.kernels_test(backend=backend, keyword=keyword, marker=marker, python=python, timeout=timeout or None)
 
 
+@engine_task(name="merge", positional=["run_dirs"], help={
+    "run-dirs": "run or nightly directories, comma-separated (e.g. each CI runner's downloaded artifact)",
+    "out": "where the merged report goes (default: reports/merged/)",
+})
+def report_merge(c, run_dirs=None, out=None):
+    """Merge per-runner run directories into one report: steps x targets, one JUnit suite per target."""
+    return app.report_merge(run_dirs, out=out)
+
+
+@engine_task(iterable=["target"], help={
+    "target": "a target name from the targets file (repeatable; default: all of them)",
+    "targets-file": "the targets file (default: ci/targets.yaml)",
+    "steps": "step ids, comma-separated (default: every step)",
+    "jobs": "parallel compiles per target",
+})
+def nightly(c, target=None, targets_file=None, steps=None, jobs=0):
+    """Every step on every GPU target, concurrently; rerun departures; exit 1 only for what changed."""
+    return app.ci_nightly(target, targets_file=targets_file, steps=steps, jobs=jobs or None)
+
+
 ns = Collection(Collection("repro", run, list_steps, diff), bisect_chain, Collection("layout", layout_diff),
                 Collection("image", base, build, wheels), Collection("toolchain", headers),
                 Collection("kernels", kernels_test),
                 Collection("bundle", bundle_create, bundle_verify, bundle_inspect, bundle_replay),
-                Collection("report", report_write), Collection("reports", prune))
+                Collection("report", report_write, report_merge), Collection("reports", prune), Collection("ci", nightly))

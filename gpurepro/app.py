@@ -288,3 +288,31 @@ def reports_prune(keep=None, *, dry_run=False, config=None, console=None) -> int
         console.info(f"kept {run_id}: {why}")
     console.info(f"{verb} {len(done.removed)} run(s), kept {len(done.kept) + len(done.protected)} under {cfg.reports_dir}")
     return 0
+
+
+def ci_nightly(targets=None, *, targets_file=None, steps=None, jobs=None, config=None, console=None) -> int:
+    """Every step on every target of ci/targets.yaml (or the named ones), concurrently; one merged report."""
+    from .nightly import load_targets, nightly, select_targets
+
+    cfg = load_config(config)
+    path = pathlib.Path(targets_file) if targets_file else cfg.root / "ci" / "targets.yaml"
+    chosen = select_targets(load_targets(path), split_steps(targets))
+    console = console or Console()
+    outcome = nightly(cfg, chosen, steps=split_steps(steps) or None, jobs=jobs,
+                      reports_dir=cfg.reports_dir / "nightly", log=console.info)
+    console.info((outcome.path / "summary.md").read_text())
+    console.info(f"report: {outcome.path}")
+    return outcome.exit_code
+
+
+def report_merge(run_dirs, *, out=None, config=None, console=None) -> int:
+    """Merge per-runner run (or nightly) directories into one report: one JUnit suite per target."""
+    from .nightly import merge_reports
+
+    cfg = load_config(config)
+    dirs = [pathlib.Path(d) for d in split_steps(run_dirs)]
+    path, code = merge_reports(dirs, pathlib.Path(out) if out else cfg.reports_dir / "merged")
+    console = console or Console()
+    console.info((path / "summary.md").read_text())
+    console.info(f"report: {path}")
+    return code

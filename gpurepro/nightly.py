@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 
 import yaml
 from .config import Config
-from .errors import EXIT_DEPARTED, EXIT_INFRA, EXIT_OK, ConfigError, GpuReproError, InterruptedRun, UsageError
+from .errors import (EXIT_DEPARTED, EXIT_INFRA, EXIT_OK, ConfigError, GpuReproError, InfraError,
+                     InterruptedRun, UsageError)
 from .junit import build_suite, visible, write_suites
 from .outcomes import Outcome, StepResult, Verdict
 from .report import RunDirectory, atomic_write, now_utc, write_json
 
-TARGET_KEYS = {"name", "docker", "backend", "arch", "compile_arch", "labels"}
+TARGET_KEYS = {"name", "docker", "backend", "arch", "compile_arch", "labels", "kernels", "image"}
 NIGHTLY_JSON = "nightly.json"
 
 # classification of one step on one target after the rerun; the order is the summary's order
@@ -39,6 +40,8 @@ class Target:
     arch: str | None = None      # device arch the host should have (sm_121); None: not checked
     compile_arch: str | None = None  # the arch to compile for where a step lists it; else its first target
     labels: tuple[str, ...] = ()
+    kernels: bool = True         # also run `kernels.test` there
+    image: str | None = None     # the image for that daemon's container (default: gpurepro.yaml's docker.image)
 
     def reproduce(self, step: str, arch: str) -> str:
         command = f"invoke repro {step} --arch {arch} --backend {self.backend}"
@@ -91,10 +94,16 @@ def load_targets(path: pathlib.Path) -> list[Target]:
         labels = entry.get("labels", [])
         if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
             raise ConfigError(path, f"{where}.labels", "expected a list of strings")
+        image = entry.get("image")
+        if image is not None and (not isinstance(image, str) or not image or backend == "host"):
+            raise ConfigError(path, f"{where}.image", "expected an image reference, on a docker target")
+        kernels = entry.get("kernels", True)
+        if not isinstance(kernels, bool):
+            raise ConfigError(path, f"{where}.kernels", "expected true or false")
         arch = entry.get("arch")
         targets.append(Target(name=name, backend=backend, endpoint=endpoint,
                               arch=arch.rstrip("af") if arch else None, compile_arch=entry.get("compile_arch"),
-                              labels=tuple(labels)))
+                              labels=tuple(labels), kernels=kernels, image=image))
     return targets
 
 
@@ -135,23 +144,27 @@ class TargetReport:
     runs: list[str] = field(default_factory=list)  # run directories, relative to the nightly directory
     error: str | None = None                     # the target could not be run at all (or only in part)
     device: str | None = None
+    kernels: dict | None = None  # kernels.test there: run, exit_code, counts, failed (test ids), error
 
     @property
     def status(self) -> str:
         if self.error or any(e.classification == INFRA for e in self.entries):
             return "infra_error"
+        if self.kernels and self.kernels["exit_code"] not in (EXIT_OK, EXIT_DEPARTED):
+            return "infra_error"
         return "complete"
 
     def to_json(self) -> dict:
         return {"target": dataclasses.asdict(self.target), "status": self.status, "error": self.error,
-                "device": self.device, "runs": self.runs, "entries": [e.to_json() for e in self.entries]}
+                "device": self.device, "runs": self.runs, "kernels": self.kernels,
+                "entries": [e.to_json() for e in self.entries]}
 
     @classmethod
     def from_json(cls, data: dict) -> "TargetReport":
         t = dict(data["target"])
         t["labels"] = tuple(t.get("labels") or ())
         return cls(Target(**t), [Entry.from_json(e) for e in data.get("entries", [])], list(data.get("runs", [])),
-                   data.get("error"), data.get("device"))
+                   data.get("error"), data.get("device"), data.get("kernels"))
 
 
 def classify_pair(first: StepResult, rerun: StepResult | None) -> str:
@@ -165,7 +178,7 @@ def classify_pair(first: StepResult, rerun: StepResult | None) -> str:
 
 
 def run_target(config: Config, target: Target, nightly_dir: pathlib.Path, *, steps=None, jobs=None,
-               make_runner=None, prepare=None, log=print) -> TargetReport:
+               make_runner=None, prepare=None, run_kernels=None, log=print) -> TargetReport:
     """Run every (or the given) step on one target, rerun what departed; never raises for the target's faults."""
     from .console import Console
     from .pipeline import RunRequest, execute
@@ -174,6 +187,8 @@ def run_target(config: Config, target: Target, nightly_dir: pathlib.Path, *, ste
     target_dir = nightly_dir / "targets" / target.name
     target_dir.mkdir(parents=True, exist_ok=True)
     cfg = dataclasses.replace(config, reports_dir=target_dir)
+    if target.image:
+        cfg = dataclasses.replace(cfg, docker=dataclasses.replace(cfg.docker, image=target.image))
     make_runner = make_runner or runner_factory
     with open(target_dir / "console.log", "a", encoding="utf-8") as console_log:
         console = Console(out=console_log, err=console_log)
@@ -195,6 +210,8 @@ def run_target(config: Config, target: Target, nightly_dir: pathlib.Path, *, ste
             if departed:
                 log(f"{target.name}: {len(departed)} departed ({', '.join(departed)}); running them once more")
                 reruns = {r.step: r for r in one_run(departed)}
+            if target.kernels:
+                report.kernels = _kernels(cfg, target, nightly_dir, console, run_kernels or kernels_on_target)
         except InterruptedRun:
             raise
         except GpuReproError as exc:
@@ -215,6 +232,33 @@ def run_target(config: Config, target: Target, nightly_dir: pathlib.Path, *, ste
     if target.arch and report.device and report.device != target.arch:
         report.error = f"expected a {target.arch} device, found {report.device}: the target is misconfigured"
     return report
+
+
+def _kernels(config, target, nightly_dir, console, run_kernels) -> dict:
+    """kernels.test on the target; its faults are recorded (exit 3), never raised into the target's repros."""
+    try:
+        outcome = run_kernels(config, target, console)
+    except InterruptedRun:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one line of evidence, the run goes on
+        error = exc.one_line() if isinstance(exc, GpuReproError) else f"{type(exc).__name__}: {exc}"
+        return {"run": None, "exit_code": EXIT_INFRA, "counts": {}, "failed": [], "error": error[:300]}
+    failed = [c.id for c in outcome.cases if c.outcome in ("failed", "error")]
+    return {"run": outcome.run.path.relative_to(nightly_dir).as_posix(), "exit_code": outcome.exit_code,
+            "counts": dict(outcome.counts), "failed": failed, "error": None}
+
+
+def kernels_on_target(config: Config, target: Target, console):
+    from .kernels_suite import KernelsHostRunner, KernelsRequest, execute
+
+    if target.backend == "host":
+        runner = KernelsHostRunner(config, log=console.info)
+    else:
+        from .runners.docker import DockerRunner, connect
+
+        runner = DockerRunner(connect(target.endpoint), config, log=console.info)
+    request = KernelsRequest(backend=target.backend, argv=["invoke", "ci.nightly", "--target", target.name])
+    return execute(config, request, console=console, runner=runner)
 
 
 def runner_factory(config: Config, target: Target, log):
@@ -239,9 +283,16 @@ def ensure_image(config: Config, target: Target, log) -> None:
         if image_exists(client, config.docker.image):
             log(f"image {config.docker.image} present on {target.endpoint or 'the default daemon'}")
             return
-        wanted = next((name for name, ref in config.docker.images.items() if ref == config.docker.image), "toolchain")
-        build_base(client, config, log=log)
-        build_image(client, config, wanted, log=log)
+        wanted = next((name for name, ref in config.docker.images.items() if ref == config.docker.image), None)
+        if wanted is None:
+            raise InfraError(f"image {config.docker.image} not found on {target.endpoint or 'the default daemon'}",
+                             hint="it is not a docker/Dockerfile target this tool builds; load it there")
+        log(f"image {config.docker.image} missing on {target.endpoint or 'the default daemon'}: building it there")
+        try:
+            build_base(client, config, log=log)
+            build_image(client, config, wanted, log=log)
+        except OSError as exc:
+            raise InfraError(f"building {config.docker.image} for target {target.name} failed: {exc}") from None
     finally:
         client.close()
 
@@ -255,7 +306,7 @@ class NightlyOutcome:
 
 
 def nightly(config: Config, targets: list[Target], *, steps=None, jobs=None, reports_dir=None, make_runner=None,
-            prepare=ensure_image, log=print) -> NightlyOutcome:
+            prepare=ensure_image, run_kernels=None, log=print) -> NightlyOutcome:
     run = RunDirectory.create(pathlib.Path(reports_dir or config.reports_dir))
     started = now_utc().isoformat()
     write_json(run.path / NIGHTLY_JSON, {"nightly_id": run.run_id, "status": "interrupted", "started_at": started,
@@ -271,7 +322,7 @@ def nightly(config: Config, targets: list[Target], *, steps=None, jobs=None, rep
 
         say(f"{target.name}: started ({target.endpoint or target.backend})")
         report = run_target(config, target, run.path, steps=steps, jobs=jobs, make_runner=make_runner,
-                            prepare=prepare, log=say)
+                            prepare=prepare, run_kernels=run_kernels, log=say)
         counts = _counts(report)
         say(f"{target.name}: {report.status}" + (f" — {report.error}" if report.error else "")
             + f" ({', '.join(f'{n} {c}' for c, n in counts.items() if n)})")
@@ -289,6 +340,8 @@ def exit_code_for(reports: list[TargetReport]) -> int:
     if any(r.status == "infra_error" for r in reports):
         return EXIT_INFRA
     if any(e.classification == CHANGED for r in reports for e in r.entries):
+        return EXIT_DEPARTED
+    if any(r.kernels and r.kernels["exit_code"] == EXIT_DEPARTED for r in reports):
         return EXIT_DEPARTED
     return EXIT_OK
 
@@ -336,9 +389,30 @@ def write_junit(path: pathlib.Path, reports: list[TargetReport]) -> None:
         properties = {"target": t.name, "backend": t.backend, "endpoint": t.endpoint or "",
                       "expected_arch": t.arch or "", "device_arch": report.device or "",
                       "labels": ",".join(t.labels), "runs": " ".join(report.runs)}
-        suites.append(build_suite(t.name, target_results(report), timestamp=stamp,
-                                  hostname=t.endpoint or t.name, properties=properties))
+        suite = build_suite(t.name, target_results(report), timestamp=stamp, hostname=t.endpoint or t.name,
+                            properties=properties)
+        for case in _kernel_cases(path.parent, report):
+            suite.add_testcase(case)
+        suite.update_statistics()
+        suites.append(suite)
     write_suites(suites, path)
+
+
+def _kernel_cases(nightly_dir: pathlib.Path, report: TargetReport) -> list:
+    """The target's kernels.test testcases (classname kernels.<module>), or one error when it could not run."""
+    from junitparser import Error, JUnitXml, TestCase
+
+    kernels = report.kernels
+    if not kernels:
+        return []
+    junit = nightly_dir / kernels["run"] / "junit.xml" if kernels.get("run") else None
+    if junit is None or not junit.is_file():
+        case = TestCase("kernels.test", classname="kernels")
+        case.result = [Error(message=visible(kernels.get("error") or "kernels.test wrote no JUnit"),
+                             type_=Outcome.INFRA_ERROR.value)]
+        return [case]
+    loaded = JUnitXml.fromfile(str(junit))
+    return [case for suite in (loaded if isinstance(loaded, JUnitXml) else [loaded]) for case in suite]
 
 
 def _md(text) -> str:
@@ -372,6 +446,16 @@ def render_summary(reports: list[TargetReport], *, title: str) -> str:
             lines.append(f"- **{r.target.name}**: {_md(r.error)}")
         for r, e in by_class[INFRA]:
             lines.append(f"- `{e.result.step}` on **{r.target.name}**: {_md(e.result.reason)}")
+        lines.append("")
+    with_kernels = [r for r in reports if r.kernels]
+    if with_kernels:
+        lines += ["## Kernel tests (`kernels.test`)", ""]
+        for r in with_kernels:
+            k = r.kernels
+            counts = ", ".join(f"{n} {c}" for c, n in sorted(k["counts"].items())) or "no tests"
+            verdict = {EXIT_OK: "ok", EXIT_DEPARTED: "FAILED"}.get(k["exit_code"], "could not run")
+            lines.append(f"- **{r.target.name}**: {verdict} ({counts})" + (f" — {_md(k['error'])}" if k["error"] else ""))
+            lines += [f"  - failed: `{test}`" for test in k["failed"][:20]]
         lines.append("")
     lines += ["## Counts", "", "| target | device | status | " + " | ".join(CLASS_ORDER) + " |",
               "|---|---|---|" + "---|" * len(CLASS_ORDER)]

@@ -46,6 +46,7 @@ class RunRequest:
     compile_only: bool = False
     jobs: int | None = None
     argv: list[str] = field(default_factory=invoked_command)
+    prefer_arch: str | None = None  # compile for this where the step lists it, else the step's first target
 
 
 @dataclass
@@ -80,6 +81,8 @@ def select_steps(manifest: Manifest, request: RunRequest) -> list[Step]:
 def target_arch(step: Step, request: RunRequest, config: Config) -> str:
     if request.arch:
         return request.arch
+    if request.prefer_arch and request.prefer_arch in step.targets:
+        return request.prefer_arch
     return step.targets[0] if step.targets else config.compile.default_arch
 
 

@@ -42,8 +42,29 @@ def runners(*scripts):
     return make
 
 
+def fake_kernels(*cases, exit_code=None):
+    """A run_kernels that records a kernels.test run directory with the given (classname, name, outcome) cases."""
+    from gpurepro.kernels_suite import CaseResult, KernelsOutcome, build_kernels_suite
+    from gpurepro.junit import write_suite
+    from gpurepro.report import RunDirectory
+
+    def run(cfg, target, console):
+        made = [CaseResult(c, n, o, message="assert 1 == 2" if o == "failed" else "") for c, n, o in cases]
+        run_dir = RunDirectory.create(cfg.reports_dir)
+        write_suite(build_kernels_suite("kernels", made, timestamp="2026-11-23T00:00:00", hostname="h",
+                                        properties={}), run_dir.path / "junit.xml")
+        failed = any(c.outcome == "failed" for c in made)
+        return KernelsOutcome(run_dir, made, "complete", exit_code if exit_code is not None else int(failed))
+
+    return run
+
+
+PASSING_KERNELS = fake_kernels(("kernels.test_nvfp4_format", "test_roundtrip[cpu]", "passed"))
+
+
 def run_nightly(config, targets, factories, **kw):
     by_name = dict(zip([t.name for t in targets], factories))
+    kw.setdefault("run_kernels", PASSING_KERNELS)
     return nightly(config, targets, steps=["hello"], reports_dir=config.reports_dir / "nightly",
                    make_runner=lambda cfg, target, log: by_name[target.name](cfg, target, log),
                    prepare=None, log=lambda message: None, **kw)
@@ -202,3 +223,39 @@ def test_targets_file_in_the_repo_loads():
 
     targets = load_targets(ROOT / "ci" / "targets.yaml")
     assert {t.name for t in targets} >= {"sm120", "sm121", "sm90"}
+
+
+def test_kernel_tests_run_on_each_target_and_join_its_suite(config):
+    failing = fake_kernels(("kernels.test_router", "test_ids[cpu]", "failed"),
+                           ("kernels.test_router", "test_weights[cpu]", "passed"))
+    outcome = run_nightly(config, [Target("a", "host", arch="sm_90")], [runners(dict(gpu_smi=H100))],
+                          run_kernels=failing)
+    [report] = outcome.targets
+    assert outcome.exit_code == 1  # a failing kernel test is news like a changed step
+    assert report.kernels["failed"] == ["kernels.test_router::test_ids[cpu]"]
+    assert (outcome.path / report.kernels["run"] / "junit.xml").is_file()
+    suite = next(ET.parse(outcome.path / "junit.xml").getroot().iter("testsuite"))
+    classnames = [c.get("classname") for c in suite.iter("testcase")]
+    assert classnames == ["repros", "kernels.test_router", "kernels.test_router"]
+    assert suite.get("tests") == "3" and suite.get("failures") == "1"
+    summary = (outcome.path / "summary.md").read_text()
+    assert "## Kernel tests" in summary and "`kernels.test_router::test_ids[cpu]`" in summary
+
+
+def test_kernel_tests_that_cannot_run_are_infra(config):
+    def broken(cfg, target, console):
+        raise DockerUnavailableError("connection refused")
+
+    outcome = run_nightly(config, [Target("a", "host", arch="sm_90")], [runners(dict(gpu_smi=H100))],
+                          run_kernels=broken)
+    assert outcome.exit_code == 3 and outcome.targets[0].status == "infra_error"
+    suite = next(ET.parse(outcome.path / "junit.xml").getroot().iter("testsuite"))
+    assert suite.get("errors") == "1" and "connection refused" in suite.find("testcase/error").get("message")
+
+
+def test_kernels_can_be_left_out_per_target(tmp_path):
+    path = write_targets(tmp_path, "targets:\n  - {name: a, kernels: false}\n  - {name: b}")
+    a, b = load_targets(path)
+    assert (a.kernels, b.kernels) == (False, True)
+    with pytest.raises(ConfigError, match="true or false"):
+        load_targets(write_targets(tmp_path, "targets:\n  - {name: a, kernels: maybe}"))

