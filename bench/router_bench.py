@@ -103,7 +103,7 @@ def main(argv=None) -> int:
             act = router.prepare_activation(x, layer)
             kernels_ = {}
             for split in (None, False):
-                bm, threads, splits, per = plan_portable(t, a.hidden, split_k=split)
+                bm, threads, splits, per = plan_portable(t, a.hidden, split_k=split, experts=e)
                 args, _, _ = portable_args(act, layer, a.topk, splits, per, bm)
                 fn = compile_portable(a.topk, a.scoring, renorm, bm, threads, args, split_k=splits > 1)
                 kernels_[split] = (fn, args, splits)

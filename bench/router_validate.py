@@ -73,7 +73,7 @@ def main(argv=None) -> int:
                 if path == "portable":
                     from kernels.router.launch import plan_portable
 
-                    bm, _, splits, _ = plan_portable(t, a.hidden, split_k=split)
+                    bm, _, splits, _ = plan_portable(t, a.hidden, split_k=split, experts=e)
                     path = f"portable bm={bm} splits={splits}"
                 row = {"T": t, "E": e, "k": k, "scoring": scoring, "path": path, **c.as_dict(),
                        "pass": ok, "first_call_s": round(dt, 2)}

@@ -83,12 +83,12 @@ def portable_args(activation, linear, top_k: int, splits: int = 1, k_per_split: 
     return args, ids, w
 
 
-def plan_portable(num_tokens: int, hidden: int, config=None, split_k=None):
+def plan_portable(num_tokens: int, hidden: int, config=None, split_k=None, experts: int = 256):
     """(bm, threads, splits, k_per_split) for a problem; ``split_k=False`` forces one CTA per row tile."""
-    from .portable import BK, pick_config, pick_splits
+    from .portable import BK, BN, pick_config, pick_splits
 
     bm, threads = config or pick_config(num_tokens)
-    splits, per = pick_splits(num_tokens, hidden // BK, bm)
+    splits, per = pick_splits(num_tokens, hidden // BK, bm, experts // BN)
     if split_k is False:
         splits, per = 1, hidden // BK
     return bm, threads, splits, per
@@ -98,7 +98,8 @@ def run_portable(activation, linear, top_k: int, scoring: str, renormalize: bool
                  split_k=None) -> Tuple[torch.Tensor, torch.Tensor]:
     from .portable import compile_portable
 
-    bm, threads, splits, per = plan_portable(activation[0].shape[0], linear.in_features, config, split_k)
+    bm, threads, splits, per = plan_portable(activation[0].shape[0], linear.in_features, config, split_k,
+                                             linear.out_features)
     args, ids, w = portable_args(activation, linear, top_k, splits, per, bm)
     fn = compile_portable(top_k, scoring, renormalize, bm, threads, args, split_k=splits > 1)
     fn(*args)

@@ -94,10 +94,13 @@ class PortableRouterKernel:
         tiled_mma = cute.make_tiled_mma(op, cute.make_layout((self.atom_m, self.atom_n, 1)))
         grid_m = (mA.shape[0] + self.bm - 1) // self.bm
         splits = 1
+        n_split = 1
         if cutlass.const_expr(self.split_k):
+            # split-K also splits N: one CTA per (row tile, K slice, N-tile)
             splits = mWs.shape[0]
+            n_split = mB.shape[0] // BN
         self.kernel(mA, mSFA, mB, mSFB, mAlpha, mLut, mIds, mW, mWs, mCnt, k_per_split, tiled_mma).launch(
-            grid=[grid_m, splits, 1], block=[self.threads, 1, 1], smem=self.smem_bytes, stream=stream)
+            grid=[grid_m, splits, n_split], block=[self.threads, 1, 1], smem=self.smem_bytes, stream=stream)
 
     # ---------------------------------------------------------------- device
     @cute.jit
@@ -217,7 +220,7 @@ class PortableRouterKernel:
                mAlpha: cute.Tensor, mLut: cute.Tensor, mIds: cute.Tensor, mW: cute.Tensor,
                mWs: cute.Tensor, mCnt: cute.Tensor, k_per_split: cutlass.Int32, tiled_mma: cute.TiledMma):
         tidx, _, _ = cute.arch.thread_idx()
-        bidx, bidy, _ = cute.arch.block_idx()
+        bidx, bidy, bidz = cute.arch.block_idx()
         bm, k, tpr = self.bm, self.top_k, self.tpr
         T = mA.shape[0]
         E = mB.shape[0]
@@ -270,10 +273,14 @@ class PortableRouterKernel:
         # K range of this CTA: all of K, or one split of it (split-K: grid.y CTAs per row tile)
         kt_begin = bidy * k_per_split
         kt_end = cutlass.min(kt_begin + k_per_split, k_tiles)
+        nt_begin = bidz
+        nt_end = bidz + 1
         if cutlass.const_expr(not self.split_k):
             kt_begin = 0
             kt_end = k_tiles
-        for nt in range(n_tiles):
+            nt_begin = 0
+            nt_end = n_tiles
+        for nt in range(nt_begin, nt_end):
             n0 = nt * BN
             tCrC.fill(0.0)
             self._load_raw(mA, mSFA, rawA, sfA, row0, T, kt_begin, tidx, self.units_a, self.ua, False, k_tiles)
@@ -317,7 +324,7 @@ class PortableRouterKernel:
                 sFlag[0] = old
             cute.arch.sync_threads()
             splits = mWs.shape[0]
-            if sFlag[0] == splits - 1:
+            if sFlag[0] == splits * n_tiles - 1:  # every (K slice, N-tile) CTA of this row tile is done
                 cute.arch.fence_acq_rel_gpu()
                 for nt in range(n_tiles):
                     n0 = nt * BN
@@ -376,11 +383,13 @@ def pick_config(num_tokens: int):
     return 64, 256
 
 
-def pick_splits(num_tokens: int, k_tiles: int, bm: int, target_ctas: int = 264, max_splits: int = 32):
-    """(splits, k_tiles_per_split): split K so that about ``target_ctas`` CTAs run (2 per H100 SM),
-    at most ``max_splits`` (the last CTA of a row tile sums that many partial tiles)."""
+def pick_splits(num_tokens: int, k_tiles: int, bm: int, n_tiles: int = 1, target_ctas: int = 264,
+                max_splits: int = 56):
+    """(splits, k_tiles_per_split): split K so that about ``target_ctas`` CTAs run (2 per H100 SM;
+    with split-K every N-tile is a CTA too), at most ``max_splits`` (the last CTA of a row tile
+    sums that many partial tiles)."""
     m_tiles = -(-num_tokens // bm)
-    want = max(1, min(k_tiles, max_splits, -(-target_ctas // m_tiles)))
+    want = max(1, min(k_tiles, max_splits, -(-target_ctas // (m_tiles * n_tiles))))
     per = -(-k_tiles // want)
     return -(-k_tiles // per), per
 
