@@ -22,7 +22,8 @@ STATIC_ASSERT = "Incorrect SfVectorSize for MX_F4F6F8 is deduced."
 
 
 def _invoke(project, *args, timeout=1800):
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, env=project.env(),
+    env = {**project.env(), "COLUMNS": "400"}  # wide enough that rich never wraps a layout name
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
