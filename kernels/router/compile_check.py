@@ -15,6 +15,7 @@ import argparse
 import glob
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -87,6 +88,7 @@ def main(argv=None) -> int:
             os.remove(f)
     missing = [s for s in a.expect_ptx if s not in ptx]
     ok = bool(done) and any(c.endswith(f".{a.arch}.cubin") for c in cubins) and not missing
+    shutil.rmtree(dump, ignore_errors=True)
     print(json.dumps({"kernel": a.kernel, "arch": a.arch, "compiled": done, "seconds": round(time.time() - t0, 1),
                       "cubins": [os.path.basename(c)[-60:] for c in cubins], "missing_ptx": missing, "ok": ok}))
     return 0 if ok else 1
