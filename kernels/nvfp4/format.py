@@ -16,6 +16,8 @@ to the HIGH nibble -- the order in which the tensor cores read packed FP4.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 E2M1_MAX = 6.0
@@ -29,7 +31,15 @@ E2M1_VALUES = E2M1_MAGNITUDES + tuple(-v for v in E2M1_MAGNITUDES)
 
 
 def e2m1_lut(device=None, dtype=torch.float32) -> torch.Tensor:
-    """The 16 code values as a tensor, indexable by code."""
+    """The 16 code values as a tensor, indexable by code (shared per device and dtype: do not modify it).
+
+    Cached because building it copies from the host on every call, which CUDA graph capture refuses.
+    """
+    return _e2m1_lut(torch.device(device) if device is not None else torch.device("cpu"), dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _e2m1_lut(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return torch.tensor(E2M1_VALUES, dtype=dtype, device=device)
 
 

@@ -43,7 +43,8 @@ def compute_global_scale(t: torch.Tensor) -> torch.Tensor:
     # Divide by a tensor on the same device: CUDA turns division by a Python scalar into a
     # multiplication by its reciprocal, which can differ from the CPU's result in the last bit.
     # Near rounding ties of x / (s * g) that bit decides the E2M1 code.
-    return amax / torch.tensor(E2M1_MAX * E4M3_MAX, dtype=torch.float32, device=amax.device)
+    # torch.full fills on the device (no host copy, so it works under CUDA graph capture)
+    return amax / torch.full((), E2M1_MAX * E4M3_MAX, dtype=torch.float32, device=amax.device)
 
 
 def _as_scale_tensor(g: ScaleLike, device) -> torch.Tensor:

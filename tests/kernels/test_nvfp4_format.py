@@ -74,3 +74,12 @@ def test_pack_rejects_odd_length():
         pack_fp4(torch.zeros(3, dtype=torch.uint8))
     with pytest.raises(TypeError):
         unpack_fp4(torch.zeros(2, dtype=torch.int32))
+
+
+def test_e2m1_lut_is_built_once_per_device_and_dtype():
+    from kernels.nvfp4.format import E2M1_VALUES, e2m1_lut
+
+    # rebuilding it copies from the host, which CUDA graph capture refuses (bench/router_bench.py)
+    assert e2m1_lut() is e2m1_lut("cpu")
+    assert e2m1_lut(dtype=torch.bfloat16) is not e2m1_lut()
+    assert e2m1_lut().tolist() == list(E2M1_VALUES)
