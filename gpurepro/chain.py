@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import yaml
 
 from .errors import BadInputError, ManifestError
-from .manifest import Manifest, Step, load_manifest
+from .manifest import Manifest, Step, device_arch_of, load_manifest
 from .outcomes import Outcome, StepResult, Verdict
 
 
@@ -126,15 +126,17 @@ def find_layouts(reports_dir: pathlib.Path, step: str) -> tuple[pathlib.Path, li
 
 
 # --- recording observed outcomes -----------------------------------------------------------------
-def recordable(result: StepResult) -> tuple[str, str, str] | None:
-    """(step, manifest key path, value) for a result that says something about the hardware."""
+def recordable(result: StepResult) -> list[tuple[str, str, str]]:
+    """(step, manifest key path, value) items for a result that says something about the hardware."""
     if result.verdict is Verdict.INFRA or result.outcome is Outcome.INFRA_ERROR:
-        return None
+        return []
     if result.outcome is Outcome.COMPILE_ERROR:
-        return result.step, f"compile.{result.arch}", Outcome.COMPILE_ERROR.value
+        # what does not compile for sm_121a is what a sm_121 device will show, whichever device ran it
+        return [(result.step, f"compile.{result.arch}", Outcome.COMPILE_ERROR.value),
+                (result.step, f"expect.{device_arch_of(result.arch)}", Outcome.COMPILE_ERROR.value)]
     if result.device_arch is None:  # no GPU: only the compile outcome is known
-        return result.step, f"compile.{result.arch}", "ok"
-    return result.step, f"expect.{result.device_arch}", result.outcome.value
+        return [(result.step, f"compile.{result.arch}", "ok")]
+    return [(result.step, f"expect.{result.device_arch}", result.outcome.value)]
 
 
 def record_expectations(manifest_path: pathlib.Path, results: list[StepResult]) -> list[str]:
@@ -142,11 +144,7 @@ def record_expectations(manifest_path: pathlib.Path, results: list[StepResult]) 
     path = pathlib.Path(manifest_path)
     lines = path.read_text().splitlines(keepends=True)
     changes = []
-    for result in results:
-        item = recordable(result)
-        if item is None:
-            continue
-        step, keypath, value = item
+    for step, keypath, value in (item for result in results for item in recordable(result)):
         section, arch = keypath.split(".")
         start = next((i for i, line in enumerate(lines) if re.match(rf"\s*-\s+id:\s*{re.escape(step)}\s*$", line)), None)
         if start is None:

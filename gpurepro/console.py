@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 
 from rich.console import Console as RichConsole
@@ -20,10 +21,23 @@ VERDICT_STYLE = {Verdict.MATCH: "green", Verdict.DEPARTED: "bold red", Verdict.I
                  Verdict.NEW: "cyan", Verdict.NOT_RUN: "yellow"}
 
 
+def _width(stream) -> int | None:
+    """A terminal's own width; for logs and CI (no terminal) wide enough that tables do not fold every word."""
+    try:
+        if stream.isatty():
+            return None
+    except (AttributeError, ValueError):
+        pass
+    try:
+        return max(80, int(os.environ["COLUMNS"]))
+    except (KeyError, ValueError):
+        return 160
+
+
 class Console:
     def __init__(self, out=None, err=None):
-        self.out = RichConsole(file=out or sys.stdout, highlight=False, soft_wrap=True)
-        self.err = RichConsole(file=err or sys.stderr, highlight=False, soft_wrap=True)
+        self.out = RichConsole(file=out or sys.stdout, highlight=False, soft_wrap=True, width=_width(out or sys.stdout))
+        self.err = RichConsole(file=err or sys.stderr, highlight=False, soft_wrap=True, width=_width(err or sys.stderr))
 
     def info(self, message: str) -> None:
         self.out.print(message, markup=False)

@@ -109,13 +109,14 @@ def test_record_writes_back_and_keeps_comments(manifest):
                result("c", Outcome.COMPILE_ERROR), result("c", Outcome.INFRA_ERROR, Verdict.INFRA)]
     changes = record_expectations(manifest.path, results)
     assert changes == ["a: expect.sm_121: pass -> init_error", "b: expect.sm_121: unknown -> pass",
-                       "c: compile.sm_120a: unset -> compile_error"]
+                       "c: compile.sm_120a: unset -> compile_error", "c: expect.sm_120: unset -> compile_error"]
     text = manifest.path.read_text()
     assert "# the baseline" in text and "# measured on GB10" in text
     again = load_manifest(manifest.path)
     assert again.get("a").expect == {"sm_121": "init_error", "sm_90": "skipped"}
     assert again.get("b").expect["sm_121"] == "pass"
     assert again.get("c").compile == {"sm_120a": "compile_error"}
+    assert again.get("c").expect["sm_120"] == "compile_error"  # the device of that arch will see it too
 
 
 def test_record_without_gpu_records_compile_outcomes(manifest):
