@@ -26,7 +26,7 @@ from .environment import invoked_command
 from .errors import BadInputError, EXIT_DEPARTED, EXIT_INFRA, EXIT_OK
 from .redaction import REDACTED, redact_record
 from .report import RUN_JSON, atomic_write
-from .safe_tar import DEFAULT_LIMITS, Limits, UnsafeArchiveError, extract, open_archive, read_file, scan
+from .safe_tar import DEFAULT_LIMITS, Limits, UnsafeArchiveError, extract, open_archive, scan
 
 FORMAT = "gpurepro-bundle"
 FORMAT_VERSION = 1

@@ -102,3 +102,22 @@ class InterruptedRun(GpuReproError):
     """Raised on SIGINT/SIGTERM so the run directory is marked `interrupted` before exiting."""
 
     exit_code = 130
+
+
+def sigterm_interrupts():
+    """SIGTERM (CI cancelling a job) ends a run like Ctrl-C: marked interrupted, nothing half-written.
+
+    Returns the function that restores the previous handler. Off the main thread (nightly targets) it
+    does nothing: only the main thread may set handlers.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        raise InterruptedRun("terminated")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)

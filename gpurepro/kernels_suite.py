@@ -16,9 +16,7 @@ import json
 import pathlib
 import re
 import shlex
-import signal
 import sys
-import threading
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,7 +28,7 @@ from .classify import one_line
 from .config import Config
 from .environment import git_state, host_facts
 from .errors import (EXIT_BAD_INPUT, EXIT_DEPARTED, EXIT_INFRA, EXIT_OK, GpuReproError, InfraError, InterruptedRun,
-                     ToolMissingError, UsageError)
+                     ToolMissingError, UsageError, sigterm_interrupts)
 from .junit import SYSTEM_OUT_LIMIT, visible, write_suite
 from .report import STATUS_COMPLETE, STATUS_FAILED, STATUS_INTERRUPTED, RunDirectory, atomic_write, now_utc, write_json
 from .runners import Runner, make_runner
@@ -343,7 +341,7 @@ def execute(config: Config, request: KernelsRequest, *, console=None, runner: Ru
     error_exit = EXIT_INFRA  # an exception that is not a GpuReproError still fails the run
     run_root = f"{runner.work_root().rstrip('/')}/{run.run_id}"
     workdir = f"{run_root}/kernels"
-    restore = _install_sigterm()
+    restore = sigterm_interrupts()
     runner.run_tag = run.run_id
     try:
         runner.start()
@@ -445,16 +443,6 @@ def _last_lines(text: str, count: int = 3) -> str:
     return " / ".join(lines[-count:])
 
 
-def _install_sigterm():
-    """SIGTERM (CI cancelling a job) ends the run like Ctrl-C: marked interrupted, nothing half-written."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def handler(signum, frame):
-        raise InterruptedRun("terminated")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 # --- the record -------------------------------------------------------------------------------------------------

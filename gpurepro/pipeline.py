@@ -13,9 +13,7 @@ import hashlib
 import json
 import os
 import shlex
-import signal
 import sys
-import threading
 from dataclasses import dataclass, field
 
 from . import __version__, runlock
@@ -23,7 +21,8 @@ from .archs import BinaryImages, parse_cuobjdump
 from .classify import Classification, ExecResult, classify_compile, classify_run, one_line
 from .config import Config
 from .environment import git_state, host_facts, invoked_command, memory_gb
-from .errors import EXIT_DEPARTED, EXIT_INFRA, EXIT_OK, GpuReproError, InfraError, InterruptedRun, UsageError
+from .errors import (EXIT_DEPARTED, EXIT_INFRA, EXIT_OK, GpuReproError, InfraError, InterruptedRun, UsageError,
+                     sigterm_interrupts)
 from .junit import build_suite, write_suite
 from .manifest import Manifest, Step, device_arch_of, load_manifest
 from .outcomes import Outcome, StepResult, Verdict, judge
@@ -110,7 +109,7 @@ def execute(config: Config, request: RunRequest, *, console=None, runner: Runner
     run.point_latest()
     results: list[StepResult] = []
     status = STATUS_FAILED
-    restore = _install_sigterm()
+    restore = sigterm_interrupts()
     runner.run_tag = run.run_id  # lets the runner find this run's processes if it is cancelled
     try:
         runner.start()
@@ -435,13 +434,3 @@ def _write_html(run: RunDirectory, manifest: Manifest) -> None:
         print(f"gpurepro: index.html not written: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
-def _install_sigterm():
-    """SIGTERM (CI cancelling a job) ends the run like Ctrl-C: marked interrupted, nothing half-written."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def handler(signum, frame):
-        raise InterruptedRun("terminated")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    return lambda: signal.signal(signal.SIGTERM, previous)

@@ -4,7 +4,6 @@ import hashlib
 import io
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import tarfile

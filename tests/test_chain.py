@@ -1,7 +1,5 @@
-import pathlib
 
 import pytest
-import yaml
 
 from gpurepro.chain import (GIT_BAD, GIT_GOOD, GIT_SKIP, changed_lines, diff_layouts, find_layouts, flip_table,
                             git_bisect_code, record_expectations, step_diff)

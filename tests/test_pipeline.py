@@ -1,6 +1,5 @@
 """The pipeline against an in-memory runner: stage order, outcomes, verdicts, exit codes, the run directory."""
 import json
-import pathlib
 import xml.etree.ElementTree as ET
 
 import pytest

@@ -24,7 +24,6 @@ N-tiles through shared-memory tensors, and the softmax denominator is kept onlin
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import cutlass
 import cutlass.cute as cute

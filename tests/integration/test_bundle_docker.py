@@ -31,7 +31,7 @@ def test_bundle_of_a_container_run_replays_with_the_same_image(project_factory, 
     bundle = tmp_path / f"{run.name}.tar.gz"
     assert made.stdout.strip().splitlines()[-1] == str(bundle)
     readme = subprocess.run(["tar", "-xzOf", str(bundle), f"{run.name}/README.md"], capture_output=True, text=True)
-    assert f"invoke repro hello --arch sm_90a --backend docker --compile-only" in readme.stdout
+    assert "invoke repro hello --arch sm_90a --backend docker --compile-only" in readme.stdout
     assert invoke(project, "bundle.verify", str(bundle)).returncode == 0
 
     replayed = invoke(project, "bundle.replay", str(bundle))

@@ -1,7 +1,5 @@
 """`invoke repro` against the real Docker engine and the toolchain image (no mock of the daemon)."""
 import json
-import os
-import pathlib
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
