@@ -55,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="remove old runs under reports/ (never the newest or one in use)")
     p.add_argument("--keep", type=int, required=True)
     p.add_argument("--dry-run", action="store_true")
+    p = sub.add_parser("nightly", help="every step and kernels.test on every target of ci/targets.yaml")
+    p.add_argument("targets", nargs="*", help="target names (default: all)")
+    p.add_argument("--targets-file")
+    p.add_argument("--steps", help="step ids, comma-separated (default: every step)")
+    p.add_argument("--jobs", type=int)
+    p = sub.add_parser("report-merge", help="merge per-runner run or nightly directories into one report")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--out")
     return parser
 
 
@@ -83,6 +91,11 @@ def dispatch(args: argparse.Namespace) -> int:
         if args.bundle_command == "inspect":
             return app.bundle_inspect(args.file)
         return app.bundle_replay(args.file, backend=args.backend, dest=args.dest, config=args.config)
+    if args.command == "nightly":
+        return app.ci_nightly(args.targets, targets_file=args.targets_file, steps=args.steps, jobs=args.jobs,
+                              config=args.config)
+    if args.command == "report-merge":
+        return app.report_merge(args.run_dirs, out=args.out, config=args.config)
     if args.command == "report":
         return app.report(args.run, config=args.config)
     if args.command == "prune":

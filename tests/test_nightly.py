@@ -259,3 +259,13 @@ def test_kernels_can_be_left_out_per_target(tmp_path):
     assert (a.kernels, b.kernels) == (False, True)
     with pytest.raises(ConfigError, match="true or false"):
         load_targets(write_targets(tmp_path, "targets:\n  - {name: a, kernels: maybe}"))
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    from gpurepro.cli import main
+
+    assert main(["nightly", "no-such-target"]) == 2
+    assert main(["report-merge", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [e for e in err if e.startswith("gpurepro: ")] and len(err) == 2
+    assert "unknown target 'no-such-target'" in err[0] and "not a gpurepro run directory" in err[1]
