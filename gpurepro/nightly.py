@@ -24,7 +24,7 @@ from .junit import build_suite, visible, write_suites
 from .outcomes import Outcome, StepResult, Verdict
 from .report import RunDirectory, atomic_write, now_utc, write_json
 
-TARGET_KEYS = {"name", "docker", "backend", "arch", "compile_arch", "labels", "kernels", "image"}
+TARGET_KEYS = {"name", "docker", "backend", "arch", "compile_arch", "labels", "kernels", "image", "build"}
 NIGHTLY_JSON = "nightly.json"
 
 # classification of one step on one target after the rerun; the order is the summary's order
@@ -42,6 +42,7 @@ class Target:
     labels: tuple[str, ...] = ()
     kernels: bool = True         # also run `kernels.test` there
     image: str | None = None     # the image for that daemon's container (default: gpurepro.yaml's docker.image)
+    build: bool = True           # build the image there first (docker's layer cache: seconds when unchanged)
 
     def reproduce(self, step: str, arch: str) -> str:
         command = f"invoke repro {step} --arch {arch} --backend {self.backend}"
@@ -97,13 +98,14 @@ def load_targets(path: pathlib.Path) -> list[Target]:
         image = entry.get("image")
         if image is not None and (not isinstance(image, str) or not image or backend == "host"):
             raise ConfigError(path, f"{where}.image", "expected an image reference, on a docker target")
-        kernels = entry.get("kernels", True)
-        if not isinstance(kernels, bool):
-            raise ConfigError(path, f"{where}.kernels", "expected true or false")
+        kernels, build = entry.get("kernels", True), entry.get("build", True)
+        for key, value in (("kernels", kernels), ("build", build)):
+            if not isinstance(value, bool):
+                raise ConfigError(path, f"{where}.{key}", "expected true or false")
         arch = entry.get("arch")
         targets.append(Target(name=name, backend=backend, endpoint=endpoint,
                               arch=arch.rstrip("af") if arch else None, compile_arch=entry.get("compile_arch"),
-                              labels=tuple(labels), kernels=kernels, image=image))
+                              labels=tuple(labels), kernels=kernels, image=image, build=build))
     return targets
 
 
@@ -272,22 +274,24 @@ def runner_factory(config: Config, target: Target, log):
 
 
 def ensure_image(config: Config, target: Target, log) -> None:
-    """The image build, cached: a target whose daemon has the image uses it; one without builds it there."""
+    """The image build on the target's daemon, cached by Docker's layers, so a changed Dockerfile or pin
+    reaches the nightly; `build: false` uses the image the daemon has (and says so when it has none)."""
     if target.backend != "docker":
         return
     from .images import build_base, build_image, image_exists
     from .runners.docker import connect
 
+    where = target.endpoint or "the default daemon"
     client = connect(target.endpoint)
     try:
-        if image_exists(client, config.docker.image):
-            log(f"image {config.docker.image} present on {target.endpoint or 'the default daemon'}")
-            return
         wanted = next((name for name, ref in config.docker.images.items() if ref == config.docker.image), None)
-        if wanted is None:
-            raise InfraError(f"image {config.docker.image} not found on {target.endpoint or 'the default daemon'}",
-                             hint="it is not a docker/Dockerfile target this tool builds; load it there")
-        log(f"image {config.docker.image} missing on {target.endpoint or 'the default daemon'}: building it there")
+        if not target.build or wanted is None:
+            if not image_exists(client, config.docker.image):
+                raise InfraError(f"image {config.docker.image} not found on {where}",
+                                 hint="load it there, or let the nightly build it (build: true, a Dockerfile target)")
+            log(f"image {config.docker.image} on {where} used as it is (no build)")
+            return
+        log(f"building {config.docker.image} on {where} (cached)")
         try:
             build_base(client, config, log=log)
             build_image(client, config, wanted, log=log)

@@ -172,6 +172,7 @@ targets:
     ("targets:\n  - {name: a, gpu: 1}", "targets[0].gpu", "unknown key"),
     ("targets:\n  - {name: a, backend: host, docker: 'unix:///x'}", "targets[0].docker", "no Docker endpoint"),
     ("targets:\n  - {name: a, arch: 121}", "targets[0].arch", "arch like"),
+    ("targets:\n  - {name: a, build: 1}", "targets[0].build", "true or false"),
     ("targets: [", None, "not valid YAML"),
 ])
 def test_bad_targets_file_is_one_line_naming_the_key(tmp_path, text, key, problem):

@@ -129,11 +129,12 @@ def test_two_daemons_one_killed_halfway(project_factory, second_daemon, toolchai
     skip_caches = shutil.ignore_patterns("__pycache__", ".hypothesis", ".pytest_cache")
     for part in ("kernels", "tests/kernels"):  # what kernels.test copies into the container
         shutil.copytree(ROOT / part, project.path / part, ignore=skip_caches)
+    (project.path / "docker").symlink_to(ROOT / "docker")  # the build context of the local target's image build
     targets = project.path / "targets.yaml"
     targets.write_text(f"""
 targets:
   - {{name: local, docker: "unix:///var/run/docker.sock", labels: [cpu]}}
-  - {{name: second, docker: "{second_daemon['url']}", image: "{toolchain_ref}", kernels: false, labels: [cpu]}}
+  - {{name: second, docker: "{second_daemon['url']}", image: "{toolchain_ref}", kernels: false, build: false}}
 """)
     env = project.env()
     done, killed = threading.Event(), {}
@@ -175,6 +176,10 @@ targets:
     assert set(suites) == {"local", "second"} and int(suites["second"].get("errors")) >= 1
     assert suites["local"].get("errors") == "0" and suites["local"].get("failures") == "0"
     assert any(c.get("classname", "").startswith("kernels.") for c in suites["local"].iter("testcase"))
+    # the local target's image build ran (Docker's cache makes it quick); the second used its loaded image
+    local_log = (nightly_dir / "targets" / "local" / "console.log").read_text()
+    assert "(cached)" in local_log and "Step 1/" in local_log, local_log[-2000:]
+    assert "used as it is (no build)" in (nightly_dir / "targets" / "second" / "console.log").read_text()
     # each target ran into its own run directory
     assert all((nightly_dir / run / "run.json").is_file() for run in local["runs"] + second["runs"])
     print(f"nightly across two daemons, one killed: {took:.0f} s")
