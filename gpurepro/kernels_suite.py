@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 
 from junitparser import Error, Failure, Skipped, TestCase, TestSuite
 
-from . import __version__
+from . import __version__, runlock
 from .classify import one_line
 from .config import Config
 from .environment import git_state, host_facts
 from .errors import (EXIT_BAD_INPUT, EXIT_DEPARTED, EXIT_INFRA, EXIT_OK, GpuReproError, InfraError, InterruptedRun,
                      ToolMissingError, UsageError, sigterm_interrupts)
 from .junit import SYSTEM_OUT_LIMIT, visible, write_suite
+from .redaction import captured_environment
 from .report import STATUS_COMPLETE, STATUS_FAILED, STATUS_INTERRUPTED, RunDirectory, atomic_write, now_utc, write_json
 from .runners import Runner, make_runner
 from .runners.host import HostRunner
@@ -332,6 +333,7 @@ def execute(config: Config, request: KernelsRequest, *, console=None, runner: Ru
     files = suite_files(config.root)  # bad checkout: exit 2 before anything is created
     runner = runner or choose_runner(config, request.backend, log=console.info)
     run = RunDirectory.create(config.reports_dir)
+    runlock.acquire(run.path)  # in use until it ends: reports.prune and bundle.create leave it alone
     record = _initial_record(config, request, run, runner, files)
     write_json(run.path / "run.json", record)
     run.point_latest()
@@ -417,13 +419,16 @@ def execute(config: Config, request: KernelsRequest, *, console=None, runner: Ru
             exit_code = exit_code_for(record["kernels"].get("pytest_exit_code"), cases, request)
         else:
             exit_code = error_exit if status == STATUS_FAILED else 130
-        _record(run, record, cases, artifacts, status, exit_code, request)
         try:
-            if status != STATUS_INTERRUPTED:
-                runner.remove_dir(run_root)
-            runner.close()
-        except Exception:  # closing must not hide the run's own error
-            pass
+            _record(run, record, cases, artifacts, status, exit_code, request)
+            try:
+                if status != STATUS_INTERRUPTED:
+                    runner.remove_dir(run_root)
+                runner.close()
+            except Exception:  # closing must not hide the run's own error
+                pass
+        finally:
+            runlock.release(run.path)
     outcome = KernelsOutcome(run=run, cases=cases, status=status, exit_code=exit_code)
     _print_results(console, outcome, record)
     return outcome
@@ -461,6 +466,7 @@ def _initial_record(config, request: KernelsRequest, run: RunDirectory, runner: 
         "backend": runner.name,
         "config": str(config.path),
         "environment": {},
+        "env_vars": captured_environment(),  # the tool's environment, secret-looking values redacted
         "kernels": {"paths": list(SUITE_PATHS),
                     "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}},
         "steps": [],

@@ -403,3 +403,32 @@ def test_local_wheels_are_taken_by_hash(tmp_path):
     assert [p["name"] for p in images.missing_wheels(house, pins)] == ["numpy"]
     env = {images.WHEEL_DIRS_ENV: os.pathsep.join([str(local), str(tmp_path / "absent")])}
     assert images.local_wheel_dirs(env) == [local]
+
+
+@needs_torch
+def test_run_is_locked_while_it_runs_and_records_a_redacted_environment(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from gpurepro import runlock
+
+    monkeypatch.setenv("GPUREPRO_TEST_API_TOKEN", "s3cr3t-value")
+    config = make_kernels_project(tmp_path, {"test_planted.py": PLANTED})
+    seen = []
+
+    def watch():  # reports.prune and bundle.create must see the run as in use until it ends
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not seen:
+            for lock in (tmp_path / "reports").glob(f"*/{runlock.LOCK_NAME}"):
+                seen.append(runlock.holder(lock.parent))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    outcome = run_host(config, keyword="test_passes")
+    watcher.join()
+    assert seen and seen[0] is not None and seen[0]["pid"] == __import__("os").getpid()
+    assert runlock.holder(outcome.run.path) is None  # released at the end
+    record = json.loads((outcome.run.path / "run.json").read_text())
+    assert record["env_vars"]["GPUREPRO_TEST_API_TOKEN"] == "<redacted>"
+    assert "s3cr3t-value" not in (outcome.run.path / "run.json").read_text()
