@@ -65,17 +65,21 @@ def build_suite(name: str, results: list[StepResult], *, timestamp: str, hostnam
     return suite
 
 
-def write_suite(suite: TestSuite, path: pathlib.Path) -> None:
-    """Atomically: a reader never sees a half-written file."""
+def _write_atomically(xml, path: pathlib.Path) -> None:
+    """A reader never sees a half-written file."""
     path = pathlib.Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".junit-", suffix=".xml")
     os.close(fd)
     try:
-        suite.write(tmp, pretty=True)
+        xml.write(tmp, pretty=True)
         os.replace(tmp, path)
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_suite(suite: TestSuite, path: pathlib.Path) -> None:
+    _write_atomically(suite, path)
 
 
 def write_suites(suites, out: pathlib.Path) -> JUnitXml:
@@ -86,14 +90,7 @@ def write_suites(suites, out: pathlib.Path) -> JUnitXml:
     merged.update_statistics()
     # junitparser also counts `skipped` on <testsuites>, an attribute the Jenkins schema does not allow there
     merged._elem.attrib.pop("skipped", None)
-    fd, tmp = tempfile.mkstemp(dir=pathlib.Path(out).parent, prefix=".junit-", suffix=".xml")
-    os.close(fd)
-    try:
-        merged.write(tmp, pretty=True)
-        os.replace(tmp, out)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
+    _write_atomically(merged, out)
     return merged
 
 

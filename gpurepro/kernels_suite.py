@@ -26,11 +26,10 @@ from junitparser import Error, Failure, Skipped, TestCase, TestSuite
 from . import __version__, runlock
 from .classify import one_line
 from .config import Config
-from .environment import git_state, host_facts
 from .errors import (EXIT_BAD_INPUT, EXIT_DEPARTED, EXIT_INFRA, EXIT_OK, GpuReproError, InfraError, InterruptedRun,
                      ToolMissingError, UsageError, sigterm_interrupts)
 from .junit import SYSTEM_OUT_LIMIT, visible, write_suite
-from .redaction import captured_environment
+from .pipeline import run_record_header
 from .report import STATUS_COMPLETE, STATUS_FAILED, STATUS_INTERRUPTED, RunDirectory, atomic_write, now_utc, write_json
 from .runners import Runner, make_runner
 from .runners.host import HostRunner
@@ -141,11 +140,7 @@ class KernelsHostRunner(HostRunner):
     """The host runner without its repro prerequisites: the kernel tests need Python, not nvcc or CUTLASS."""
 
     def start(self) -> None:
-        root = pathlib.Path(self.work_root())
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InfraError(f"cannot create host work directory {root}: {exc.strerror}") from None
+        self.make_work_root()
 
 
 def choose_runner(config: Config, backend: str, *, log) -> Runner:
@@ -452,25 +447,11 @@ def _last_lines(text: str, count: int = 3) -> str:
 
 # --- the record -------------------------------------------------------------------------------------------------
 def _initial_record(config, request: KernelsRequest, run: RunDirectory, runner: Runner, files: dict) -> dict:
-    return {
-        "run_id": run.run_id,
-        "kind": "kernels",
-        "status": STATUS_INTERRUPTED,  # until the run ends: a killed run stays marked
-        "tool": {"name": "gpurepro", "version": __version__},
-        "started_at": now_utc().isoformat(),
-        "finished_at": None,
-        "command": list(request.argv),
-        "request": {"suite": "kernels", "backend": runner.name, "keyword": request.keyword, "marker": request.marker},
-        "git": git_state(config.root),
-        "host": host_facts(),
-        "backend": runner.name,
-        "config": str(config.path),
-        "environment": {},
-        "env_vars": captured_environment(),  # the tool's environment, secret-looking values redacted
-        "kernels": {"paths": list(SUITE_PATHS),
-                    "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}},
-        "steps": [],
-    }
+    request_record = {"suite": "kernels", "backend": runner.name, "keyword": request.keyword, "marker": request.marker}
+    record = run_record_header(config, run, runner, request.argv, request_record, kind="kernels")
+    record["kernels"] = {"paths": list(SUITE_PATHS),
+                         "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}}
+    return record
 
 
 def _record(run: RunDirectory, record: dict, cases: list[CaseResult], artifacts: dict, status: str,

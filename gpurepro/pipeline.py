@@ -372,15 +372,23 @@ def _finish_step(runner, run: RunDirectory, ctx: StepContext, manifest: Manifest
 
 # --- the record -------------------------------------------------------------------------------------
 def _initial_record(config, request, run, runner) -> dict:
-    return {
-        "run_id": run.run_id,
+    return run_record_header(config, run, runner, request.argv,
+                             {"steps": request.steps, "all": request.all, "arch": request.arch,
+                              "backend": runner.name, "compile_only": request.compile_only})
+
+
+def run_record_header(config, run, runner, argv, request_record: dict, *, kind: str | None = None) -> dict:
+    """run.json as a run starts (repro steps and kernels.test alike): who, where, what, `interrupted` until done."""
+    record = {"run_id": run.run_id}
+    if kind:
+        record["kind"] = kind
+    record.update({
         "status": STATUS_INTERRUPTED,  # until the run ends: a killed run stays marked
         "tool": {"name": "gpurepro", "version": __version__},
         "started_at": now_utc().isoformat(),
         "finished_at": None,
-        "command": list(request.argv),
-        "request": {"steps": request.steps, "all": request.all, "arch": request.arch,
-                    "backend": runner.name, "compile_only": request.compile_only},
+        "command": list(argv),
+        "request": request_record,
         "git": git_state(config.root),
         "host": host_facts(),
         "backend": runner.name,
@@ -388,7 +396,8 @@ def _initial_record(config, request, run, runner) -> dict:
         "environment": {},
         "env_vars": captured_environment(),  # the tool's environment, secret-looking values redacted
         "steps": [],
-    }
+    })
+    return record
 
 
 def _environment(facts: Facts) -> dict:

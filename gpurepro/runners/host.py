@@ -24,12 +24,15 @@ class HostRunner(Runner):
         self.config = config
         self.log = log
 
-    def start(self) -> None:
+    def make_work_root(self) -> None:
         root = pathlib.Path(self.work_root())
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise InfraError(f"cannot create host work directory {root}: {exc.strerror}") from None
+
+    def start(self) -> None:
+        self.make_work_root()
         if shutil.which(self.config.compile.nvcc) is None:
             raise ToolMissingError(self.config.compile.nvcc, "PATH on this host")
         headers = pathlib.Path(self.flashinfer_root()) / "3rdparty/cutlass/include/cutlass/version.h"
