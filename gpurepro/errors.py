@@ -26,6 +26,10 @@ class GpuReproError(Exception):
         text = self.message.replace("\n", " ").strip()
         return f"{text} ({self.hint})" if self.hint else text
 
+    def lines(self) -> list[str]:
+        """What the front end prints, one line each (several only for multi-problem input errors)."""
+        return [self.one_line()]
+
 
 # --- bad input: exit 2 -------------------------------------------------------------------------
 class BadInputError(GpuReproError):
@@ -33,14 +37,44 @@ class BadInputError(GpuReproError):
 
 
 class ConfigError(BadInputError):
-    """A YAML file (config or manifest) is unreadable or fails validation."""
+    """A YAML file (config or manifest) is unreadable or fails validation.
 
-    def __init__(self, path, key: str | None, problem: str, *, hint: str | None = None):
-        where = f"{path}: {key}" if key else f"{path}"
-        super().__init__(f"{where}: {problem}", hint=hint)
+    One error may carry several problems (`problems`: (key, problem) pairs, the first one also in
+    `key`/`problem`): a file with three mistakes is reported as three lines (`lines()`), not one at a time.
+    """
+
+    def __init__(self, path, key: str | None, problem: str, *, hint: str | None = None,
+                 problems: list[tuple[str | None, str]] | None = None):
+        super().__init__(self._where(path, key, problem), hint=hint)
         self.path = str(path)
         self.key = key
         self.problem = problem
+        self.problems: list[tuple[str | None, str]] = list(problems) if problems else [(key, problem)]
+
+    @staticmethod
+    def _where(path, key, problem) -> str:
+        return f"{path}: {key}: {problem}" if key else f"{path}: {problem}"
+
+    @classmethod
+    def collected(cls, path, problems: list[tuple[str | None, str]], *, hint: str | None = None):
+        """One error for every problem found in a file (at least one), in the order found."""
+        unique = list(dict.fromkeys(problems))
+        key, problem = unique[0]
+        return cls(path, key, problem, hint=hint, problems=unique)
+
+    def lines(self) -> list[str]:
+        out = [self._where(self.path, key, problem).replace("\n", " ") for key, problem in self.problems]
+        if self.hint:
+            out[-1] += f" ({self.hint})"
+        return out
+
+    def one_line(self) -> str:
+        if len(self.problems) == 1:
+            return super().one_line()
+        # where only one line fits (run.json, a JUnit <error>): all problems, the file named once
+        rest = "; ".join(f"{key}: {problem}" if key else problem for key, problem in self.problems[1:])
+        text = f"{self.message}; {rest} ({len(self.problems)} problems)".replace("\n", " ")
+        return f"{text} ({self.hint})" if self.hint else text
 
 
 class ManifestError(ConfigError):
@@ -96,6 +130,40 @@ class ToolMissingError(InfraError):
         super().__init__(f"{tool} not found in {where}", hint="check the toolchain image or PATH")
         self.tool = tool
         self.where = where
+
+
+class NvccMissingError(ToolMissingError):
+    """The compile toolchain is absent where steps compile (a user's own container, a bare host)."""
+
+    def __init__(self, nvcc: str, where: str, *, hint: str | None = None):
+        super().__init__(nvcc, where)
+        self.hint = hint or ("use the tool's image (`invoke image.build`, or GPUREPRO_IMAGE), "
+                             "or set compile.nvcc in gpurepro.yaml to the nvcc path")
+
+
+class ContainerStoppedError(ContainerError):
+    """The container stopped (killed, OOM, daemon restart) while a command ran in it."""
+
+    def __init__(self, container: str, command, state: str):
+        InfraError.__init__(
+            self, f"container {container} stopped during {command} (killed?): {state}",
+            hint=f"see `docker inspect {container}`; start the run again (a stopped container is restarted)",
+        )
+        self.container = container
+        self.command = command
+        self.detail = state
+        self.state = state
+
+
+class DaemonGoneError(InfraError):
+    """The Docker daemon stopped answering while the tool was using it."""
+
+    def __init__(self, endpoint: str, detail: str, *, during: str | None = None):
+        what = f" during {during}" if during else ""
+        super().__init__(f"Docker daemon at {endpoint} stopped answering{what}: {detail}",
+                         hint="check that dockerd is running (`docker info`), then start the run again")
+        self.endpoint = endpoint
+        self.detail = detail
 
 
 class InterruptedRun(GpuReproError):
