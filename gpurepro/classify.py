@@ -33,6 +33,8 @@ class ExecResult:
     seconds: float = 0.0
     timed_out: bool = False
     timeout_s: float | None = None
+    output_bytes: int = 0            # everything the command wrote, though `output` keeps head and tail only
+    output_truncated: bool = False   # True when the middle was dropped (the runner's run.log_cap_bytes)
 
     @property
     def signal(self) -> str | None:
