@@ -93,3 +93,12 @@ def parse_compute_capability(text: str) -> tuple[int, int]:
 def device_arch(major: int, minor: int) -> str:
     """Manifest key for a device: compute capability 12.1 -> sm_121."""
     return f"sm_{major}{minor}"
+
+
+# Compile targets nvcc 13.0 accepts (`nvcc --list-gpu-code` in the toolchain image): every SASS arch, and
+# the arch-specific (a) and family (f) variants that exist from 9.0 (a) and 10.0 (a, f) on. `--arch` is
+# checked against this list (gpurepro.validate.check_arch) before any work.
+_NVCC_SASS = (75, 80, 86, 87, 88, 89, 90, 100, 103, 110, 120, 121)
+KNOWN_ARCHS: tuple[str, ...] = tuple(
+    f"sm_{num}{suffix}" for num in _NVCC_SASS
+    for suffix in ("", *(("a",) if num >= 90 else ()), *(("f",) if num >= 100 else ())))
