@@ -1,6 +1,7 @@
 """The tool's configuration: one YAML file at the project root (gpurepro.yaml), validated strictly.
 
-A bad file is reported as one line naming the file, the key and what is wrong (ConfigError, exit 2).
+Validated against docs/schemas/config.schema.json; every problem is reported, one line each naming the
+file, the key and what is wrong (one ConfigError with `problems`, exit 2).
 Environment variables override the few values that differ per machine (documented in the README).
 """
 from __future__ import annotations
@@ -14,9 +15,12 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .validate import load_schema, schema_problems, string_keys
 
 CONFIG_NAME = "gpurepro.yaml"
 ARCH_RE = re.compile(r"^sm_\d{2,3}[af]?$")
+DEFAULT_LOG_CAP_BYTES = 8 * 1024 * 1024
+MAX_YAML_BYTES = 16 * 1024 * 1024  # a config or manifest is kilobytes; refuse a huge file before parsing it
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class CompileConfig:
 @dataclass(frozen=True)
 class RunConfig:
     timeout_s: int
+    log_cap_bytes: int = DEFAULT_LOG_CAP_BYTES  # output kept per command: a quarter head, three quarters tail
 
 
 @dataclass(frozen=True)
@@ -73,43 +78,6 @@ class Config:
     kernels: KernelsConfig = field(default_factory=KernelsConfig)
 
 
-class _Reader:
-    """Typed access to a nested mapping that names the offending key in every error."""
-
-    def __init__(self, path: pathlib.Path, data: Any):
-        self.path = path
-        if not isinstance(data, dict):
-            raise ConfigError(path, None, f"expected a mapping at the top level, got {type(data).__name__}")
-        self.data = data
-
-    def section(self, name: str, allowed: set[str]) -> dict:
-        value = self.data.get(name)
-        if not isinstance(value, dict):
-            raise ConfigError(self.path, name, "missing or not a mapping")
-        unknown = sorted(set(value) - allowed)
-        if unknown:
-            raise ConfigError(self.path, f"{name}.{unknown[0]}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
-        return value
-
-    def get(self, section: dict, prefix: str, key: str, kind, *, check=None, what: str | None = None):
-        full = f"{prefix}.{key}"
-        if key not in section:
-            raise ConfigError(self.path, full, "missing")
-        value = section[key]
-        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-        if kind is list and ok:
-            ok = all(isinstance(v, str) for v in value)
-        if kind is dict and ok:
-            ok = all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
-        if ok and check is not None:
-            ok = check(value)
-        if not ok:
-            expected = what or {str: "a string", int: "an integer", list: "a list of strings",
-                                dict: "a mapping of strings", float: "a number"}[kind]
-            raise ConfigError(self.path, full, f"expected {expected}, got {value!r}")
-        return value
-
-
 def find_root(start: pathlib.Path | None = None) -> pathlib.Path:
     """The project root: the nearest directory upwards holding gpurepro.yaml."""
     here = (start or pathlib.Path.cwd()).resolve()
@@ -120,12 +88,24 @@ def find_root(start: pathlib.Path | None = None) -> pathlib.Path:
 
 
 def load_yaml(path: pathlib.Path) -> Any:
+    """A YAML file's data; ConfigError (exit 2, one line naming the file) for anything unreadable."""
     try:
-        text = path.read_text()
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_YAML_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(path, None, "file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(path, None, "is a directory, not a file") from None
     except OSError as exc:
         raise ConfigError(path, None, f"cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise ConfigError(path, None, f"larger than {MAX_YAML_BYTES // (1024 * 1024)} MiB: not a configuration file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(path, None, f"not UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start} (line {line})",
+                          hint="save the file as UTF-8") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -133,6 +113,8 @@ def load_yaml(path: pathlib.Path) -> Any:
         where = f"line {mark.line + 1}" if mark else None
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(path, where, f"invalid YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(path, None, "invalid YAML: nested too deeply") from None
 
 
 def load_config(path: str | os.PathLike | None = None, env: dict[str, str] | None = None) -> Config:
@@ -140,66 +122,35 @@ def load_config(path: str | os.PathLike | None = None, env: dict[str, str] | Non
     if path is None:
         path = env.get("GPUREPRO_CONFIG") or find_root() / CONFIG_NAME
     path = pathlib.Path(path).resolve()
-    r = _Reader(path, load_yaml(path))
-    top_allowed = {"version", "docker", "host", "compile", "run", "reports_dir", "manifest", "kernels"}
-    unknown = sorted(set(r.data) - top_allowed)
-    if unknown:
-        raise ConfigError(path, unknown[0], f"unknown key (allowed: {', '.join(sorted(top_allowed))})")
-    if r.data.get("version") != 1:
-        raise ConfigError(path, "version", f"expected 1, got {r.data.get('version')!r}")
+    data = string_keys(load_yaml(path))
+    problems = schema_problems(data, load_schema("config"))
+    if problems:
+        raise ConfigError.collected(path, problems)
 
-    d = r.section("docker", {"container", "image", "base_image", "images", "workdir", "flashinfer", "gpus"})
-    abs_path = lambda v: v.startswith("/")  # noqa: E731
-    name_ok = lambda v: bool(re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", v))  # noqa: E731
+    d, h, c, rn = data["docker"], data["host"], data["compile"], data["run"]
     docker = DockerConfig(
-        container=env.get("GPUREPRO_CONTAINER") or r.get(d, "docker", "container", str, check=name_ok,
-                                                        what="a container name ([a-zA-Z0-9_.-])"),
-        image=env.get("GPUREPRO_IMAGE") or r.get(d, "docker", "image", str, check=bool),
-        base_image=r.get(d, "docker", "base_image", str, check=bool),
-        images=r.get(d, "docker", "images", dict),
-        workdir=r.get(d, "docker", "workdir", str, check=abs_path, what="an absolute path"),
-        flashinfer=r.get(d, "docker", "flashinfer", str, check=abs_path, what="an absolute path"),
-        gpus=r.get(d, "docker", "gpus", str, check=lambda v: v in {"auto", "all", "none"},
-                   what="one of auto, all, none"),
+        container=env.get("GPUREPRO_CONTAINER") or d["container"],
+        image=env.get("GPUREPRO_IMAGE") or d["image"],
+        base_image=d["base_image"], images=dict(d["images"]), workdir=d["workdir"],
+        flashinfer=d["flashinfer"], gpus=d["gpus"],
     )
-    h = r.section("host", {"workdir", "flashinfer"})
     host = HostConfig(
-        workdir=os.path.expanduser(env.get("GPUREPRO_HOST_WORKDIR") or r.get(h, "host", "workdir", str, check=bool)),
-        flashinfer=os.path.expanduser(env.get("GPUREPRO_FLASHINFER") or r.get(h, "host", "flashinfer", str, check=bool)),
+        workdir=os.path.expanduser(env.get("GPUREPRO_HOST_WORKDIR") or h["workdir"]),
+        flashinfer=os.path.expanduser(env.get("GPUREPRO_FLASHINFER") or h["flashinfer"]),
     )
-    c = r.section("compile", {"nvcc", "flags", "include_dirs", "link", "default_arch", "timeout_s", "jobs",
-                              "memory_gb_per_job"})
-    positive = lambda v: v > 0  # noqa: E731
     compile_cfg = CompileConfig(
-        nvcc=r.get(c, "compile", "nvcc", str, check=bool),
-        flags=r.get(c, "compile", "flags", list),
-        include_dirs=r.get(c, "compile", "include_dirs", list),
-        link=r.get(c, "compile", "link", list),
-        default_arch=r.get(c, "compile", "default_arch", str, check=lambda v: bool(ARCH_RE.match(v)),
-                           what="an arch like sm_120a"),
-        timeout_s=r.get(c, "compile", "timeout_s", int, check=positive, what="a positive integer"),
-        jobs=r.get(c, "compile", "jobs", int, check=lambda v: v >= 0, what="an integer >= 0 (0: automatic)"),
-        memory_gb_per_job=float(r.get(c, "compile", "memory_gb_per_job", (int, float), check=positive,
-                                      what="a positive number")),
+        nvcc=c["nvcc"], flags=list(c["flags"]), include_dirs=list(c["include_dirs"]), link=list(c["link"]),
+        default_arch=c["default_arch"], timeout_s=c["timeout_s"], jobs=c["jobs"],
+        memory_gb_per_job=float(c["memory_gb_per_job"]),
     )
-    rn = r.section("run", {"timeout_s"})
-    run = RunConfig(timeout_s=r.get(rn, "run", "timeout_s", int, check=positive, what="a positive integer"))
-
-    kernels = KernelsConfig()
-    if "kernels" in r.data:  # optional section
-        k = r.section("kernels", {"timeout_s"})
-        kernels = KernelsConfig(timeout_s=r.get(k, "kernels", "timeout_s", int, check=positive,
-                                                what="a positive integer"))
+    run = RunConfig(timeout_s=rn["timeout_s"], log_cap_bytes=rn.get("log_cap_bytes", DEFAULT_LOG_CAP_BYTES))
+    kernels = KernelsConfig(**data["kernels"]) if "kernels" in data else KernelsConfig()
 
     root = path.parent
-    reports = env.get("GPUREPRO_REPORTS") or r.data.get("reports_dir", "reports")
-    manifest = r.data.get("manifest", "repros/manifest.yaml")
-    for key, value in (("reports_dir", reports), ("manifest", manifest)):
-        if not isinstance(value, str) or not value:
-            raise ConfigError(path, key, f"expected a path, got {value!r}")
-    manifest_path = (root / manifest).resolve()
+    reports = env.get("GPUREPRO_REPORTS") or data.get("reports_dir", "reports")
+    manifest_path = (root / data.get("manifest", "repros/manifest.yaml")).resolve()
     return Config(
         path=path, root=root, docker=docker, host=host, compile=compile_cfg, run=run,
         reports_dir=(root / reports).resolve(), manifest=manifest_path, repros_dir=manifest_path.parent,
-        raw=r.data, kernels=kernels,
+        raw=data, kernels=kernels,
     )

@@ -1,18 +1,17 @@
-"""repros/manifest.yaml: the bisection chain, one entry per step, validated strictly."""
+"""repros/manifest.yaml: the bisection chain, one entry per step, validated strictly.
+
+Against docs/schemas/manifest.schema.json, then for what a schema cannot say (ids unique, parents listed
+before, files and patches present and inside repros/ and repros/patches/); every problem is reported.
+"""
 from __future__ import annotations
 
 import pathlib
 import re
 from dataclasses import dataclass, field
 
-from .config import ARCH_RE, load_yaml
+from .config import load_yaml
 from .errors import ManifestError, UnknownStepError
-from .outcomes import COMPILE_EXPECTATIONS, EXPECTATIONS
-
-STEP_ID_RE = re.compile(r"^[a-z0-9_]+$")
-DEVICE_ARCH_RE = re.compile(r"^sm_\d{2,3}$")
-STEP_KEYS = {"id", "file", "parent", "change", "targets", "compile", "expect", "notes", "patches"}
-REQUIRED = ("id", "file", "parent", "change", "targets", "expect")
+from .validate import join_key, load_schema, schema_problems, string_keys
 
 
 @dataclass(frozen=True)
@@ -68,72 +67,81 @@ def _fail(path, key, problem):
     raise ManifestError(path, key, problem)
 
 
-def _arch_map(path, key, value, key_re, allowed, what_key) -> dict[str, str]:
-    if not isinstance(value, dict) or not value:
-        _fail(path, key, "expected a non-empty mapping")
-    for arch, outcome in value.items():
-        if not isinstance(arch, str) or not key_re.match(arch):
-            _fail(path, f"{key}.{arch}", f"expected {what_key}")
-        if outcome not in allowed:
-            _fail(path, f"{key}.{arch}", f"unknown outcome {outcome!r} (allowed: {', '.join(allowed)})")
-    return dict(value)
+def _step_key(steps: list):
+    """Schema paths ["steps", 3, "expect"] as the file's reader knows them: steps.step03.expect."""
+    def key_of(parts: list) -> str:
+        if len(parts) >= 2 and parts[0] == "steps" and isinstance(parts[1], int):
+            entry = steps[parts[1]] if parts[1] < len(steps) else None
+            step_id = entry.get("id") if isinstance(entry, dict) else None
+            head = f"steps.{step_id}" if isinstance(step_id, str) else f"steps[{parts[1]}]"
+            rest = join_key(parts[2:])
+            return f"{head}.{rest}" if rest and not rest.startswith("[") else head + rest
+        return join_key(parts)
+    return key_of
+
+
+def _inside(base: pathlib.Path, name: str) -> bool:
+    """Does repros/<name> (links followed) stay inside `base`? A manifest must not reach the host's files."""
+    try:
+        target = (base / name).resolve()
+        return target == base.resolve() or base.resolve() in target.parents
+    except (OSError, RuntimeError):
+        return False
+
+
+def _semantic_problems(path: pathlib.Path, steps: list) -> list[tuple[str, str]]:
+    """What a schema cannot say: ids unique, parents listed before, files and patches present and confined."""
+    problems: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    key_of = _step_key(steps)
+    repros, patches_dir = path.parent, path.parent / "patches"
+    for index, entry in enumerate(steps):
+        if not isinstance(entry, dict):
+            continue
+        where = key_of(["steps", index])
+        step_id = entry.get("id")
+        if isinstance(step_id, str):
+            if step_id in seen:
+                problems.append((f"{where}.id", "duplicate step id"))
+            seen.add(step_id)
+        parent = entry.get("parent")
+        if isinstance(parent, str) and parent not in seen - {step_id}:
+            problems.append((f"{where}.parent", f"{parent!r} is not a step listed before this one"))
+        file = entry.get("file")
+        if isinstance(file, str) and file.endswith(".cu") and "/" not in file:
+            if not _inside(repros, file):
+                problems.append((f"{where}.file", f"{file} leads outside repros/"))
+            elif not (repros / file).is_file():
+                problems.append((f"{where}.file", f"{file} does not exist"))
+        for patch in entry.get("patches") or []:
+            if not isinstance(patch, str):
+                continue
+            if patch.startswith("/") or ".." in patch.split("/") or not _inside(patches_dir, patch):
+                problems.append((f"{where}.patches", f"{patch} is outside repros/patches/ (patches must live there)"))
+            elif not (patches_dir / patch).is_file():
+                problems.append((f"{where}.patches", f"patches/{patch} does not exist"))
+    return problems
 
 
 def load_manifest(path: str | pathlib.Path) -> Manifest:
     path = pathlib.Path(path)
-    data = load_yaml(path)
+    data = string_keys(load_yaml(path))
     if not isinstance(data, dict) or data.get("version") != 1 or not isinstance(data.get("steps"), list):
         _fail(path, None, "expected `version: 1` and a `steps:` list")
+    steps = data["steps"]
+    problems = schema_problems(data, load_schema("manifest"), key_of=_step_key(steps))
+    problems += _semantic_problems(path, steps)
+    if problems:
+        raise ManifestError.collected(path, problems)
     manifest = Manifest(path=path)
-    for index, entry in enumerate(data["steps"]):
-        where = f"steps[{index}]"
-        if not isinstance(entry, dict):
-            _fail(path, where, "expected a mapping")
-        step_id = entry.get("id")
-        if isinstance(step_id, str):
-            where = f"steps.{step_id}"
-        unknown = sorted(set(entry) - STEP_KEYS)
-        if unknown:
-            _fail(path, f"{where}.{unknown[0]}", f"unknown key (allowed: {', '.join(sorted(STEP_KEYS))})")
-        for key in REQUIRED:
-            if key not in entry:
-                _fail(path, f"{where}.{key}", "missing")
-        if not isinstance(step_id, str) or not STEP_ID_RE.match(step_id):
-            _fail(path, f"{where}.id", "expected [a-z0-9_]+")
-        if step_id in manifest.steps:
-            _fail(path, f"{where}.id", "duplicate step id")
-        file = entry["file"]
-        if not isinstance(file, str) or not file.endswith(".cu") or "/" in file:
-            _fail(path, f"{where}.file", "expected a .cu file name in repros/")
-        if not (path.parent / file).is_file():
-            _fail(path, f"{where}.file", f"{file} does not exist")
-        parent = entry["parent"]
-        if parent is not None and (not isinstance(parent, str) or parent not in manifest.steps):
-            _fail(path, f"{where}.parent", f"{parent!r} is not a step listed before this one")
-        if not isinstance(entry["change"], str) or not entry["change"].strip():
-            _fail(path, f"{where}.change", "expected a one-line description")
-        targets = entry["targets"]
-        if not isinstance(targets, list) or not targets or not all(isinstance(t, str) and ARCH_RE.match(t) for t in targets):
-            _fail(path, f"{where}.targets", "expected a list of archs like sm_120a")
-        compile_map = _arch_map(path, f"{where}.compile", entry.get("compile") or {t: "unknown" for t in targets},
-                                ARCH_RE, COMPILE_EXPECTATIONS, "a compile target like sm_120a")
-        expect = _arch_map(path, f"{where}.expect", entry["expect"], DEVICE_ARCH_RE, EXPECTATIONS,
-                           "a device arch like sm_120")
-        patches = entry.get("patches") or []
-        if not isinstance(patches, list) or not all(isinstance(p, str) for p in patches):
-            _fail(path, f"{where}.patches", "expected a list of patch file names")
-        for patch in patches:
-            if not (path.parent / "patches" / patch).is_file():
-                _fail(path, f"{where}.patches", f"patches/{patch} does not exist")
-        notes = entry.get("notes") or ""
-        if not isinstance(notes, str):
-            _fail(path, f"{where}.notes", "expected text")
-        manifest.steps[step_id] = Step(
-            id=step_id, file=file, parent=parent, change=entry["change"].strip(), targets=tuple(targets),
-            compile=compile_map, expect=expect, notes=notes.strip(), patches=tuple(patches),
+    for entry in steps:
+        targets = tuple(entry["targets"])
+        manifest.steps[entry["id"]] = Step(
+            id=entry["id"], file=entry["file"], parent=entry["parent"], change=entry["change"].strip(),
+            targets=targets, compile=dict(entry.get("compile") or {t: "unknown" for t in targets}),
+            expect=dict(entry["expect"]), notes=(entry.get("notes") or "").strip(),
+            patches=tuple(entry.get("patches") or ()),
         )
-    if not manifest.steps:
-        _fail(path, "steps", "no steps listed")
     return manifest
 
 

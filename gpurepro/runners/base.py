@@ -2,11 +2,84 @@
 from __future__ import annotations
 
 import abc
+import collections
 import re
+import shlex
 from dataclasses import dataclass, field
 
 from ..archs import parse_compute_capability
 from ..classify import ExecResult
+from ..config import DEFAULT_LOG_CAP_BYTES  # config run.log_cap_bytes
+from ..errors import NvccMissingError
+
+LINE_SNAP_BYTES = 4096  # cut the kept head and tail at a line break when one is this close
+
+
+class CappedOutput:
+    """A command's output kept in bounded memory: the first quarter of `cap` bytes and the last three quarters.
+
+    A program that prints a gigabyte must not make the tool hold a gigabyte (nor write it to run.log); the
+    end of the output is where errors are, the start is where the configuration is. `total` counts it all.
+    """
+
+    def __init__(self, cap: int = DEFAULT_LOG_CAP_BYTES):
+        self.cap = max(int(cap), 1024)
+        self.head_cap = self.cap // 4
+        self.tail_cap = self.cap - self.head_cap
+        self.head = bytearray()
+        self._tail: collections.deque[bytes] = collections.deque()
+        self._tail_len = 0
+        self.total = 0
+
+    def feed(self, data: bytes) -> None:
+        if not data:
+            return
+        self.total += len(data)
+        room = self.head_cap - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+            if not data:
+                return
+        self._tail.append(bytes(data))
+        self._tail_len += len(data)
+        # drop whole chunks once the rest still covers the tail: memory stays within cap + one chunk
+        while len(self._tail) > 1 and self._tail_len - len(self._tail[0]) >= self.tail_cap:
+            self._tail_len -= len(self._tail.popleft())
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > self.cap
+
+    def value(self) -> bytes:
+        tail = b"".join(self._tail)
+        if not self.truncated:
+            return bytes(self.head) + tail
+        head = bytes(self.head)
+        tail = tail[-self.tail_cap:]
+        cut = head.rfind(b"\n", len(head) - LINE_SNAP_BYTES)
+        if cut >= 0:
+            head = head[:cut + 1]
+        cut = tail.find(b"\n", 0, LINE_SNAP_BYTES)
+        if cut >= 0:
+            tail = tail[cut + 1:]
+        omitted = self.total - len(head) - len(tail)
+        if not head.endswith(b"\n"):
+            head += b"\n"
+        return head + f"[... {omitted} bytes omitted ...]\n".encode() + tail
+
+    def text(self) -> str:
+        return self.value().decode("utf-8", errors="replace")
+
+    def result(self, argv, **fields) -> ExecResult:
+        return ExecResult(argv=list(argv), output=self.text(), output_bytes=self.total,
+                          output_truncated=self.truncated, **fields)
+
+
+def short_command(argv, limit: int = 80) -> str:
+    """A command as a user would recognise it in one line (compile lines run to a kilobyte)."""
+    text = shlex.join(str(a) for a in argv)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -95,7 +168,20 @@ class Runner(abc.ABC):
 
     @abc.abstractmethod
     def exec(self, argv: list[str], *, workdir: str, timeout_s: float, env: dict[str, str] | None = None) -> ExecResult:
-        """Run argv with a wall-clock limit; the result says how it ended (never raises for a failing command)."""
+        """Run argv with a wall-clock limit; the result says how it ended (never raises for a failing command).
+
+        Output (stdout and stderr together) is streamed and capped at `log_cap_bytes()` (head and tail kept,
+        `output_bytes` the full size). Raises InfraError when the place itself fails (container stopped,
+        daemon gone) and ToolMissingError/NvccMissingError when argv[0] does not exist there.
+        """
+
+    def log_cap_bytes(self) -> int:
+        config = getattr(self, "config", None)
+        return getattr(getattr(config, "run", None), "log_cap_bytes", DEFAULT_LOG_CAP_BYTES)
+
+    def where(self) -> str:
+        """Where commands run, for messages ("container vllm-dev (image ...)", "PATH on this host")."""
+        return self.name
 
     @abc.abstractmethod
     def get_files(self, path: str) -> dict[str, bytes]:
@@ -126,9 +212,13 @@ class Runner(abc.ABC):
     def close(self) -> None:
         """Release what this runner holds for the command's duration (not the reusable container)."""
 
-    def probe(self, nvcc: str) -> Facts:
-        script = PROBE_SCRIPT.format(nvcc=nvcc, flashinfer=self.flashinfer_root())
+    def probe(self, nvcc: str, *, require_nvcc: bool = False) -> Facts:
+        """Facts about the toolchain and GPU. With require_nvcc, a missing nvcc is an NvccMissingError
+        (exit 3, with the fix) before anything compiles; kernels.test, which needs no nvcc, leaves it off."""
+        script = PROBE_SCRIPT.format(nvcc=shlex.quote(nvcc), flashinfer=self.flashinfer_root())
         result = self.exec(["bash", "-c", script], workdir="/", timeout_s=60)
         values, gpu = parse_probe(result.output)
+        if require_nvcc and not values.get("nvcc_path"):
+            raise NvccMissingError(nvcc, self.where())
         values.update(self.describe())
         return Facts(backend=self.name, values=values, gpu=gpu)

@@ -7,18 +7,24 @@ only through the copy API (put_archive/get_archive): the container has no bind m
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import shlex
 import time
 
 import docker
 import docker.errors
+import requests.exceptions
+import urllib3.exceptions
 from docker.types import DeviceRequest
 
 from ..archive import build_tar, read_tar
 from ..classify import ExecResult
 from ..config import Config
-from ..errors import ContainerError, DockerUnavailableError, ImageMissingError, InfraError
-from .base import Runner
+from ..errors import (ContainerError, ContainerStoppedError, DaemonGoneError, DockerUnavailableError, ImageMissingError,
+                      InfraError, NvccMissingError, ToolMissingError)
+from .base import CappedOutput, Runner, short_command
 
 LABEL_MANAGED = "gpurepro.managed"
 LABEL_IMAGE = "gpurepro.image-id"
@@ -43,6 +49,41 @@ def _short(exc: BaseException) -> str:
     return text[:200]
 
 
+# How a daemon that died or hangs shows through the SDK: transport errors, not DockerException
+DAEMON_ERRORS = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError)
+# "env: 'nvcc': No such file or directory" (through the run marker) or timeout's own message
+NOT_FOUND_RE = re.compile(r"^(?:env: |timeout: failed to run command )['\u2018](?P<cmd>[^'\u2019]+)['\u2019]: "
+                          r"No such file or directory\s*$")  # coreutils quotes ‘so’ in a UTF-8 locale
+
+
+def _transport_detail(exc: BaseException) -> str:
+    """The innermost reason ("Connection refused"), not the nested repr of requests' wrappers."""
+    seen = exc
+    for _ in range(6):
+        inner = seen.args[0] if getattr(seen, "args", None) and isinstance(seen.args[0], BaseException) else None
+        inner = inner or getattr(seen, "reason", None) or seen.__cause__ or seen.__context__
+        if not isinstance(inner, BaseException):
+            break
+        seen = inner
+    if isinstance(seen, OSError) and seen.strerror:
+        return seen.strerror
+    text = _short(seen)
+    return re.sub(r"^<[^>]*>:\s*", "", text) or type(seen).__name__
+
+
+def daemon_endpoint(client) -> str:
+    """unix:///var/run/docker.sock or tcp://host:port: the daemon as the user configured it."""
+    api = getattr(client, "api", client)
+    for adapter in getattr(api, "adapters", {}).values():
+        path = getattr(adapter, "socket_path", None)
+        if path:
+            return f"unix://{path}"
+    base = getattr(api, "base_url", "") or ""
+    if base.startswith(("http://", "https://")):
+        return "tcp://" + base.split("://", 1)[1]
+    return os.environ.get("DOCKER_HOST") or base or "the Docker daemon"
+
+
 class DockerRunner(Runner):
     name = "docker"
 
@@ -56,6 +97,7 @@ class DockerRunner(Runner):
         self.container = None
         self.created = False  # this command created it (so a failed start removes it)
         self.image = None
+        self.fatal: InfraError | None = None  # set once the container or daemon is gone mid-run
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -64,6 +106,8 @@ class DockerRunner(Runner):
         except docker.errors.DockerException as exc:
             self._remove_if_created()
             raise InfraError(f"docker: {_short(exc)}") from None
+        except DAEMON_ERRORS as exc:
+            raise self._gone(exc, "starting the container") from None
 
     def _start(self) -> None:
         existing = self._find(self.container_name)
@@ -157,7 +201,7 @@ class DockerRunner(Runner):
             facts["image_digest"] = digests[0] if digests else ""
         try:
             facts["docker_server"] = self.client.version().get("Version", "")
-        except docker.errors.DockerException:
+        except (docker.errors.DockerException, *DAEMON_ERRORS):
             pass
         return facts
 
@@ -169,9 +213,58 @@ class DockerRunner(Runner):
         return self.config.docker.flashinfer
 
     def _require(self):
+        if self.fatal is not None:
+            raise self.fatal  # the container or daemon is gone: every later command would fail the same way
         if self.container is None:
             raise InfraError("docker runner used before start()")
         return self.container
+
+    def where(self) -> str:
+        image = self.image_ref
+        if self.image is not None and self.container is not None and self.container.labels.get(LABEL_MANAGED) != "true":
+            image = (self.image.tags or [self.image.short_id])[0]
+        return f"container {self.container_name} (image {image})"
+
+    def _gone(self, exc: BaseException, during: str | None) -> DaemonGoneError:
+        self.fatal = DaemonGoneError(daemon_endpoint(self.client), _transport_detail(exc), during=during)
+        return self.fatal
+
+    @contextlib.contextmanager
+    def _api(self, during: str, *, missing_ok: bool = False):
+        """Docker API calls: API errors name the container, a vanished daemon names the daemon."""
+        try:
+            yield
+        except docker.errors.NotFound:
+            if missing_ok:  # the caller expects it (a path that is not there)
+                raise
+            stopped = self._stopped(during)
+            if stopped is not None:
+                raise stopped from None
+            raise
+        except docker.errors.DockerException as exc:
+            stopped = self._stopped(during)
+            if stopped is not None:
+                raise stopped from None
+            raise ContainerError(self.container_name, during, _short(exc)) from None
+        except DAEMON_ERRORS as exc:
+            raise self._gone(exc, during) from None
+
+    def _stopped(self, during: str) -> ContainerStoppedError | None:
+        """The container's state after a command went wrong: an error if it no longer runs."""
+        try:
+            self.container.reload()
+            state = self.container.attrs.get("State") or {}
+            if self.container.status == "running":
+                return None
+            detail = f"{self.container.status} (exit {state.get('ExitCode')}" + (", OOM killed" if state.get("OOMKilled") else "") + ")"
+        except docker.errors.NotFound:
+            detail = "removed"
+        except docker.errors.DockerException as exc:
+            detail = _short(exc)
+        except DAEMON_ERRORS as exc:
+            return self._gone(exc, during)
+        self.fatal = ContainerStoppedError(self.container_name, during, detail)
+        return self.fatal
 
     def exec(self, argv, *, workdir, timeout_s, env=None) -> ExecResult:
         container = self._require()
@@ -179,27 +272,56 @@ class DockerRunner(Runner):
         # the marker in timeout's own command line lets `cancel` signal it; timeout passes the signal on
         marker = ["env", f"{RUN_MARKER}={self.run_tag}"] if self.run_tag else []
         wrapped = ["timeout", "-k", str(KILL_GRACE_S), str(int(timeout_s)), *marker, *argv]
+        command = short_command(argv)
+        api = self.client.api
+        capture = CappedOutput(self.log_cap_bytes())
         started = time.monotonic()
+        with self._api(command):
+            exec_id = api.exec_create(container.id, wrapped, workdir=workdir, environment=env)["Id"]
+            # streamed, not collected: a program printing a gigabyte must not make the tool hold it
+            stream = api.exec_start(exec_id, stream=True, demux=False)
+        broken = None
         try:
-            code, output = container.exec_run(wrapped, workdir=workdir, environment=env, demux=False)
-        except docker.errors.DockerException as exc:
-            raise ContainerError(self.container_name, shlex.join(argv), _short(exc)) from None
+            for chunk in stream:
+                capture.feed(chunk)
+        except DAEMON_ERRORS as exc:  # the connection broke: the daemon or the container went away
+            broken = exc
+        finally:
+            with contextlib.suppress(Exception):
+                stream.close()
         seconds = time.monotonic() - started
+        with self._api(command):
+            info = api.exec_inspect(exec_id)
+        code = info.get("ExitCode")
+        if broken is not None or info.get("Running") or code is None or code != 0:
+            # a killed container ends its execs with 137, -1 or a cut stream: not the command's fault
+            stopped = self._stopped(command)
+            if stopped is not None:
+                raise stopped
+            if broken is not None or info.get("Running") or code is None:
+                detail = _transport_detail(broken) if broken is not None else "exec ended without an exit code"
+                raise ContainerError(self.container_name, command, f"output stream broke: {detail}")
         timed_out = code in (124, 137) and seconds >= timeout_s - 1
-        text = (output or b"").decode("utf-8", errors="replace")
-        if code in (126, 127) and "timeout: failed to run command" in text:
-            # the command itself could not start: say so rather than blame the repro
-            raise ContainerError(self.container_name, shlex.join(argv), text.strip()[:200])
-        return ExecResult(argv=list(argv), exit_code=code, output=text, seconds=seconds,
-                          timed_out=timed_out, timeout_s=timeout_s)
+        result = capture.result(argv, exit_code=code, seconds=seconds, timed_out=timed_out, timeout_s=timeout_s)
+        if code in (126, 127) and capture.total < 1024:
+            self._raise_if_not_started(argv, command, result.output)
+        return result
+
+    def _raise_if_not_started(self, argv, command: str, text: str) -> None:
+        """The command itself could not start: say so rather than blame the repro."""
+        match = NOT_FOUND_RE.match(text.strip())
+        if match and match.group("cmd") == argv[0]:
+            if argv[0] == self.config.compile.nvcc or argv[0].rsplit("/", 1)[-1] == "nvcc":
+                raise NvccMissingError(argv[0], self.where())
+            raise ToolMissingError(argv[0], self.where())
+        if "timeout: failed to run command" in text:
+            raise ContainerError(self.container_name, command, text.strip()[:200])
 
     def put_files(self, dest, files, *, executable=frozenset()) -> None:
         container = self._require()
         self._mkdir(dest)
-        try:
+        with self._api(f"put_archive {dest}"):
             ok = container.put_archive(dest, build_tar(files, executable=executable))
-        except docker.errors.DockerException as exc:
-            raise ContainerError(self.container_name, f"put_archive {dest}", _short(exc)) from None
         if not ok:
             raise ContainerError(self.container_name, f"put_archive {dest}", "copy into the container failed")
 
@@ -211,16 +333,15 @@ class DockerRunner(Runner):
     def get_files(self, path) -> dict[str, bytes]:
         container = self._require()
         try:
-            stream, _stat = container.get_archive(path)
-            data = b"".join(stream)
+            with self._api(f"get_archive {path}", missing_ok=True):
+                stream, _stat = container.get_archive(path)
+                data = b"".join(stream)
         except docker.errors.NotFound:
             return {}
-        except docker.errors.DockerException as exc:
-            raise ContainerError(self.container_name, f"get_archive {path}", _short(exc)) from None
         return read_tar(data)
 
     def cancel(self, path) -> None:
-        if self.container is None or not self.run_tag:
+        if self.container is None or not self.run_tag or self.fatal is not None:
             return
         tag = self.run_tag
         self.run_tag = ""  # the cleanup itself must not match
@@ -228,5 +349,7 @@ class DockerRunner(Runner):
         self.remove_dir(path)
 
     def remove_dir(self, path) -> None:
+        if self.fatal is not None:
+            return  # nothing to clean in a stopped container or through a dead daemon
         if self.container is not None and path.startswith(self.work_root().rstrip("/") + "/"):
             self.exec(["rm", "-rf", path], workdir="/", timeout_s=120)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import selectors
 import shlex
 import shutil
 import signal
@@ -13,16 +14,46 @@ import time
 from ..archive import _safe_relpath
 from ..classify import ExecResult
 from ..config import Config
-from ..errors import InfraError, ToolMissingError
-from .base import Runner
+from ..errors import InfraError, NvccMissingError, ToolMissingError
+from .base import CappedOutput, Runner
+
+CHUNK = 1 << 16
+DRAIN_AFTER_KILL_S = 5  # a killed group's pipe closes at once, unless a process left the group
+NVCC_HOST_HINT = ("install the CUDA toolkit and put nvcc on PATH, set compile.nvcc in gpurepro.yaml to its path, "
+                  "or use --backend docker")
+
+
+def _pump(proc: subprocess.Popen, capture: CappedOutput, deadline: float) -> bool:
+    """Read proc's output into `capture` until EOF (True) or the deadline (False); never holds more than a chunk."""
+    fd = proc.stdout.fileno()
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if not selector.select(left):
+                continue
+            data = os.read(fd, CHUNK)
+            if not data:
+                return True
+            capture.feed(data)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 class HostRunner(Runner):
     name = "host"
 
-    def __init__(self, config: Config, *, log=lambda message: None):
+    def __init__(self, config: Config, *, log=lambda message: None, require_toolchain: bool = True):
         self.config = config
         self.log = log
+        self.require_toolchain = require_toolchain  # kernels.test needs Python, not nvcc or CUTLASS
 
     def make_work_root(self) -> None:
         root = pathlib.Path(self.work_root())
@@ -33,8 +64,10 @@ class HostRunner(Runner):
 
     def start(self) -> None:
         self.make_work_root()
+        if not self.require_toolchain:
+            return
         if shutil.which(self.config.compile.nvcc) is None:
-            raise ToolMissingError(self.config.compile.nvcc, "PATH on this host")
+            raise NvccMissingError(self.config.compile.nvcc, self.where(), hint=NVCC_HOST_HINT)
         headers = pathlib.Path(self.flashinfer_root()) / "3rdparty/cutlass/include/cutlass/version.h"
         if not headers.is_file():
             raise InfraError(
@@ -72,6 +105,9 @@ class HostRunner(Runner):
         if root in target.parents:
             shutil.rmtree(target, ignore_errors=True)
 
+    def where(self) -> str:
+        return "PATH on this host"
+
     def exec(self, argv, *, workdir, timeout_s, env=None) -> ExecResult:
         full_env = dict(os.environ)
         full_env.update(env or {})
@@ -79,22 +115,26 @@ class HostRunner(Runner):
         try:
             # own process group, so a timeout kills the whole tree (nvcc's children, the repro's)
             proc = subprocess.Popen(argv, cwd=workdir, env=full_env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         except FileNotFoundError:
-            raise ToolMissingError(argv[0], "PATH on this host") from None
+            if argv[0] == self.config.compile.nvcc:
+                raise NvccMissingError(argv[0], self.where(), hint=NVCC_HOST_HINT) from None
+            raise ToolMissingError(argv[0], self.where()) from None
+        capture = CappedOutput(self.log_cap_bytes())
+        timed_out = False
         try:
-            output, _ = proc.communicate(timeout=timeout_s)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            output, _ = proc.communicate()
-            timed_out = True
+            timed_out = not _pump(proc, capture, started + timeout_s)
+            if timed_out:
+                _kill_group(proc)
+                _pump(proc, capture, time.monotonic() + DRAIN_AFTER_KILL_S)  # what it wrote before dying
+            proc.stdout.close()
+            proc.wait()
         except BaseException:  # interrupted: leave no process behind
-            os.killpg(proc.pid, signal.SIGKILL)
+            _kill_group(proc)
             proc.wait()
             raise
-        return ExecResult(argv=list(argv), exit_code=proc.returncode, output=output.decode("utf-8", errors="replace"),
-                          seconds=time.monotonic() - started, timed_out=timed_out, timeout_s=timeout_s)
+        return capture.result(argv, exit_code=proc.returncode, seconds=time.monotonic() - started,
+                              timed_out=timed_out, timeout_s=timeout_s)
 
     def __repr__(self) -> str:
         return f"HostRunner({shlex.quote(self.work_root())})"
