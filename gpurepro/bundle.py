@@ -9,10 +9,13 @@ the same bytes. Every bundle is opened through safe_tar: checked before anything
 from __future__ import annotations
 
 import dataclasses
+import errno
 import gzip
 import hashlib
 import json
+import os
 import pathlib
+import secrets
 import shlex
 import shutil
 import stat
@@ -20,13 +23,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from . import __version__, runlock
+from . import __version__
 from .archive import build_tar
 from .environment import invoked_command
-from .errors import BadInputError, EXIT_DEPARTED, EXIT_INFRA, EXIT_OK
-from .redaction import REDACTED, redact_record
-from .report import RUN_JSON, atomic_write
-from .safe_tar import DEFAULT_LIMITS, Limits, UnsafeArchiveError, extract, open_archive, scan
+from .errors import BadInputError, EXIT_DEPARTED, EXIT_INFRA, EXIT_OK, InfraError, UsageError
+from .redaction import NOT_RECORDED, REDACTED, redact_record
+from .run import lock as runlock
+from .run.directory import RUN_JSON
+from .safe_tar import DEFAULT_LIMITS, READ_ERRORS, Limits, MemberCheck, UnsafeArchiveError, extract, open_archive, why
+from .text import terminal_safe
 
 FORMAT = "gpurepro-bundle"
 FORMAT_VERSION = 1
@@ -135,11 +140,79 @@ def create(run_path: pathlib.Path, output: pathlib.Path | None = None) -> Create
     out = pathlib.Path(output) if output else pathlib.Path.cwd() / f"{run_id}{SUFFIX}"
     if out.is_dir():
         out = out / f"{run_id}{SUFFIX}"
-    atomic_write(out, data)
+    write_bundle(out, data)
     return Created(out, run_id, count, unpacked, len(data), time.monotonic() - started)
 
 
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS}
+
+
+def write_bundle(out: pathlib.Path, data: bytes) -> None:
+    """Write `data` to `out` whole or not at all: a temp file beside it, flushed to disk, then renamed.
+
+    Created with the usual mode (0666 less the umask: 0644 normally): a bundle is made to be shared, and the
+    run directory's redaction, not the file mode, keeps secrets out of it. A full disk is infrastructure
+    (exit 3); an output path that cannot be written is bad input (exit 2). Nothing partial is left.
+    """
+    out = pathlib.Path(out)
+    tmp = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp"
+    shown = terminal_safe(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)  # delayed allocation can report a full disk only here
+        finally:
+            os.close(fd)
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        reason = exc.strerror or str(exc)
+        if exc.errno in _DISK_ERRORS:
+            free = _free_bytes(out.parent)
+            raise InfraError(f"cannot write bundle {shown}: {reason}"
+                             + (f" ({free} bytes free, the bundle needs {len(data)})" if free is not None else ""),
+                             hint="free some space or write it elsewhere with --output") from None
+        raise BadInputError(f"cannot write bundle {shown}: {reason}",
+                            hint="choose a writable --output path") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _free_bytes(directory: pathlib.Path) -> int | None:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
 # --- reading and verifying -------------------------------------------------------------------------
+# Members parsed as JSON (MANIFEST.json, run/run.json, run/steps/*/result.json) and README.md are held in
+# memory: each is refused above MAX_TEXT_BYTES (checked in its tar header, before it is read), all together
+# above MAX_TEXTS_BYTES; JSON with more than MAX_JSON_CONTAINERS objects/arrays is refused before parsing
+# (json.loads of small nested containers takes ~20x the text's size). A real run's are kilobytes.
+MAX_TEXT_BYTES = 8 << 20
+MAX_TEXTS_BYTES = 32 << 20
+MAX_JSON_CONTAINERS = 200_000
+
+
+def parse_json(data: bytes, what: str, *, limit: int = MAX_TEXT_BYTES):
+    """A bundle member's JSON, bounded in memory; BundleError naming it when it is too big or too nested."""
+    if len(data) > limit:
+        raise BundleError(f"{what} is {len(data)} bytes; gpurepro reads at most {limit} bytes of JSON from a bundle")
+    if data.count(b"{") + data.count(b"[") > MAX_JSON_CONTAINERS:
+        raise BundleError(f"{what} holds more than {MAX_JSON_CONTAINERS} JSON objects and arrays; refused")
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise BundleError(f"{what} is not valid JSON ({terminal_safe(str(exc).splitlines()[0])})") from None
+
+
 @dataclass
 class Contents:
     """What a bundle holds, read in memory: never extracted, nothing executed."""
@@ -155,18 +228,21 @@ class Contents:
     @property
     def record(self) -> dict:
         try:
-            return json.loads(self.texts[f"{RUN_DIR}/{RUN_JSON}"])
-        except (KeyError, ValueError):
+            record = parse_json(self.texts[f"{RUN_DIR}/{RUN_JSON}"], RUN_JSON)
+        except (KeyError, BundleError):
             return {}
+        return record if isinstance(record, dict) else {}
 
     def step_results(self) -> dict[str, dict]:
         results = {}
         for name, data in self.texts.items():
             if name.startswith(f"{RUN_DIR}/steps/") and name.endswith("/result.json"):
                 try:
-                    results[name.split("/")[2]] = json.loads(data)
-                except ValueError:
-                    pass
+                    result = parse_json(data, name)
+                except BundleError:
+                    continue
+                if isinstance(result, dict):
+                    results[name.split("/")[2]] = result
         return results
 
 
@@ -176,59 +252,82 @@ def _wanted_text(name: str) -> bool:
 
 
 def read(path: pathlib.Path, *, limits: Limits = DEFAULT_LIMITS) -> Contents:
-    """Scan the bundle safely and hash every file in memory; the verification result is in `.problem`.
+    """Check and hash every member in one pass over the stream; the verification result is in `.problem`.
 
+    Memory stays bounded whatever the members' sizes: files are hashed in chunks as they stream past and
+    only the small text members are kept (size-checked from their tar headers before a byte is read).
     Raises UnsafeArchiveError/BundleError only when the file cannot be read as a bundle at all.
     """
     path = pathlib.Path(path)
-    label = path.name
+    label = terminal_safe(path.name)
+    check = MemberCheck(label, limits)
+    tops: list[str] = []
+    digests: dict[str, tuple[int, str]] = {}
+    texts: dict[str, bytes] = {}
+    kept_bytes = 0
+    others = []
+    rel = ""
     with open_archive(path, label) as tar:
-        members = scan(tar, label, limits)
-        tops = {m.name.strip("/").split("/")[0] for m in members if m.name.strip("/")}
-        if len(tops) != 1:
-            raise BundleError(f"{label}: not a gpurepro bundle (expected one top directory <run-id>/, "
-                              f"found {len(tops)})")
-        top = tops.pop()
-        digests: dict[str, tuple[int, str]] = {}
-        texts: dict[str, bytes] = {}
-        others = []
-        for member in members:
-            rel = member.name.strip("/")[len(top) + 1:]
-            if member.isdir():
-                continue
-            if not member.isreg():
-                others.append(rel)
-                continue
-            handle = tar.extractfile(member)
-            digest = hashlib.sha256()
-            size = 0
-            keep = _wanted_text(rel)
-            kept = []
-            try:
-                while chunk := handle.read(_HASH_CHUNK):
-                    digest.update(chunk)
-                    size += len(chunk)
-                    if keep:
-                        kept.append(chunk)
-            except (OSError, EOFError) as exc:
-                raise UnsafeArchiveError(f"{label}: truncated or corrupt at {rel!r} ({exc})") from None
-            digests[rel] = (size, digest.hexdigest())
-            if keep:
-                texts[rel] = b"".join(kept)
+        try:
+            for member in tar:
+                name = check(member)
+                top, _, rel = name.partition("/")
+                if top not in tops:
+                    tops.append(top)
+                if len(tops) > 1:
+                    raise BundleError(f"{label}: not a gpurepro bundle (expected one top directory <run-id>/, "
+                                      f"found {terminal_safe(tops[0])!r} and {terminal_safe(tops[1])!r})")
+                if member.isdir() or not rel:
+                    continue
+                if not member.isreg():
+                    others.append(rel)
+                    continue
+                keep = _wanted_text(rel)
+                if keep:
+                    if member.size > MAX_TEXT_BYTES:  # from the header: refused before it is read
+                        raise BundleError(f"{label}: {terminal_safe(rel)} is {member.size} bytes; gpurepro reads at "
+                                          f"most {MAX_TEXT_BYTES} bytes of it (refused before reading)")
+                    kept_bytes += member.size
+                    if kept_bytes > MAX_TEXTS_BYTES:
+                        raise BundleError(f"{label}: its JSON and README members exceed {MAX_TEXTS_BYTES} bytes "
+                                          f"together (at {terminal_safe(rel)}); refused")
+                digests[rel], data = _hash_member(tar, member, keep)
+                if keep:
+                    texts[rel] = data
+        except (UnsafeArchiveError, BundleError):
+            raise
+        except READ_ERRORS as exc:
+            where = f" at {terminal_safe(rel)!r}" if rel else ""
+            raise UnsafeArchiveError(f"{label}: truncated or corrupt{where} ({why(exc)})") from None
+    if len(tops) != 1:
+        raise BundleError(f"{label}: not a gpurepro bundle (expected one top directory <run-id>/, found none)")
+    top = tops[0]
     if MANIFEST not in texts:
-        raise BundleError(f"{label}: not a gpurepro bundle (no {top}/{MANIFEST})")
-    try:
-        manifest = json.loads(texts[MANIFEST])
-    except ValueError as exc:
-        raise BundleError(f"{label}: {MANIFEST} is not valid JSON ({exc})") from None
+        raise BundleError(f"{label}: not a gpurepro bundle (no {terminal_safe(top)}/{MANIFEST})")
+    manifest = parse_json(texts[MANIFEST], f"{label}: {MANIFEST}")
     contents = Contents(path, top, manifest if isinstance(manifest, dict) else {}, digests, texts,
                         bundle_bytes=path.stat().st_size)
-    contents.problem = _check(contents, others, manifest)
+    problem = _check(contents, others, manifest)
+    contents.problem = terminal_safe(problem) if problem else None  # names in it came from the bundle
     return contents
 
 
+def _hash_member(tar, member, keep: bool) -> tuple[tuple[int, str], bytes]:
+    """((size, sha256), the bytes when kept) of the member the stream is at, read in chunks."""
+    handle = tar.extractfile(member)
+    digest = hashlib.sha256()
+    size = 0
+    kept = []
+    while chunk := handle.read(_HASH_CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+        if keep:
+            kept.append(chunk)
+    return (size, digest.hexdigest()), b"".join(kept)
+
+
 def _check(contents: Contents, others: list[str], manifest) -> str | None:
-    label = contents.path.name
+    label = terminal_safe(contents.path.name)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         return f"{label}: not a gpurepro bundle ({MANIFEST} has no format {FORMAT!r})"
     version = manifest.get("format_version")
@@ -273,7 +372,8 @@ def step_groups(record: dict) -> list[tuple[str, list[str]]]:
     """The run's steps grouped by compile target, in run order: one `invoke repro` per group."""
     groups: dict[str, list[str]] = {}
     for step in record.get("steps") or []:
-        groups.setdefault(step.get("arch") or "", []).append(step["step"])
+        if isinstance(step, dict) and step.get("step"):
+            groups.setdefault(str(step.get("arch") or ""), []).append(str(step["step"]))
     if not groups:  # the run ended before its steps were known: replay what was asked
         request = record.get("request") or {}
         groups[request.get("arch") or ""] = list(request.get("steps") or [])
@@ -297,7 +397,7 @@ def repro_commands(record: dict, *, image: str | None = None) -> list[str]:
 
 
 def _md(text) -> str:
-    return str(text if text is not None else "").replace("|", "\\|").replace("\n", " ")
+    return terminal_safe(str(text if text is not None else "").replace("|", "\\|").replace("\n", " "))
 
 
 def render_readme(record: dict, bundle_name: str) -> str:
@@ -345,40 +445,67 @@ def render_readme(record: dict, bundle_name: str) -> str:
     lines += [f"| {_md(k)} | {_md(v)} |" for k, v in facts.items()]
     variables = record.get("env_vars") or {}
     redacted = sorted(k for k, v in variables.items() if v == REDACTED)
+    unrecorded = sum(1 for v in variables.values() if v == NOT_RECORDED)
     lines += ["", f"{len(variables)} environment variables are recorded in run/run.json (`env_vars`)"
+              + (f", {unrecorded} by name only (not on the allowlist)" if unrecorded else "")
               + (f"; values redacted: {', '.join(redacted)}." if redacted else "."), ""]
-    return "\n".join(lines)
+    # recorded text cannot add lines or terminal escapes to a file people `cat`
+    return "\n".join(terminal_safe(line) for line in lines)
 
 
 # --- inspect ---------------------------------------------------------------------------------------
 def summary_lines(contents: Contents) -> list[str]:
+    """What `bundle.inspect` prints: one line per fact, every recorded value terminal-safe."""
     record = contents.record
-    env = record.get("environment") or {}
-    git = record.get("git") or {}
-    host = record.get("host") or {}
+    env = _dict(record.get("environment"))
+    git = _dict(record.get("git"))
+    host = _dict(record.get("host"))
     gpu = f"{env.get('gpu_name')} ({env.get('gpu_arch')}, driver {env.get('driver_version')})" \
         if env.get("gpu_name") else "no GPU"
     integrity = "ok" if contents.problem is None else f"FAILED: {contents.problem}"
-    variables = record.get("env_vars") or {}
-    redacted = sorted(k for k, v in variables.items() if v == REDACTED)
-    return [
+    variables = _dict(record.get("env_vars"))
+    redacted = sorted(str(k) for k, v in variables.items() if v == REDACTED)
+    unrecorded = sum(1 for v in variables.values() if v == NOT_RECORDED)
+    command = record.get("command")
+    lines = [
         f"bundle {contents.path.name}: format {contents.manifest.get('format_version')}, made by gpurepro "
-        f"{(contents.manifest.get('tool') or {}).get('version')}, {len(contents.digests)} files, "
+        f"{_dict(contents.manifest.get('tool')).get('version')}, {len(contents.digests)} files, "
         f"{contents.bundle_bytes} bytes",
         f"integrity: {integrity}",
         f"run {record.get('run_id')}: status {record.get('status')}, exit code {record.get('exit_code')}, "
         f"{record.get('started_at')} .. {record.get('finished_at')}",
-        f"command: {' '.join(record.get('command') or [])}",
+        f"command: {' '.join(map(str, command)) if isinstance(command, list) else command or ''}",
         f"git: {git.get('commit') or 'n/a'}{' (dirty)' if git.get('dirty') else ''}"
-        f"{' on ' + git['branch'] if git.get('branch') else ''}",
+        f"{' on ' + str(git['branch']) if git.get('branch') else ''}",
         f"host: {host.get('hostname')} ({host.get('platform')}, Python {host.get('python')}, {host.get('cpus')} CPUs)",
         f"backend: {record.get('backend')}" + (f"; image {env.get('image')} id {env.get('image_id')}"
                                                f" digest {env.get('image_digest') or 'none'}" if env.get("image") else ""),
         f"toolchain: nvcc {env.get('nvcc_version') or '?'}, CUTLASS {env.get('cutlass_version') or '?'}, "
         f"FlashInfer {env.get('flashinfer_version') or '?'}; device: {gpu}",
         f"environment variables: {len(variables)} recorded, {len(redacted)} redacted"
-        + (f" ({', '.join(redacted)})" if redacted else ""),
+        + (f" ({', '.join(redacted)})" if redacted else "")
+        + (f", {unrecorded} by name only" if unrecorded else ""),
     ]
+    # each line is built from recorded fields: escaping the whole line leaves no field a way to add a line
+    return [terminal_safe(line) for line in lines]
+
+
+def inspect_rows(contents: Contents) -> list[tuple[str, ...]]:
+    """The steps table of `bundle.inspect`: (step, arch, expected, observed, verdict, reason), terminal-safe."""
+    results = contents.step_results()
+    rows = []
+    for step in contents.record.get("steps") or []:
+        if not isinstance(step, dict):
+            continue
+        reason = step.get("reason") or _dict(results.get(str(step.get("step")))).get("reason")
+        rows.append(tuple(terminal_safe(v) for v in (step.get("step"), step.get("arch"), step.get("expected") or "unknown",
+                                                     step.get("outcome"), step.get("verdict"), reason)))
+    return rows
+
+
+def _dict(value) -> dict:
+    """A record field that should be an object; a hostile or damaged record may hold anything there."""
+    return value if isinstance(value, dict) else {}
 
 
 # --- replay ----------------------------------------------------------------------------------------
@@ -421,14 +548,15 @@ def differences(old: dict, new: dict) -> list[str]:
               if not (key == "image" and same_image)]
     for name, a, b in pairs:
         if (a or None) != (b or None):
-            out.append(f"{name}: bundle {a if a not in (None, '') else 'none'}, here {b if b not in (None, '') else 'none'}")
+            out.append(terminal_safe(f"{name}: bundle {a if a not in (None, '') else 'none'}, "
+                                     f"here {b if b not in (None, '') else 'none'}"))
     return out
 
 
 def source_differences(bundle_run: pathlib.Path, config, steps: list[str]) -> list[str]:
     """Which of this checkout's step sources differ from the copies the bundled run compiled."""
     from .manifest import load_manifest
-    from .pipeline import source_files
+    from .suites.repro import source_files
 
     manifest = load_manifest(config.manifest)
     out = []
@@ -464,21 +592,25 @@ def _local_image_id(config, record: dict) -> tuple[object, list[str]]:
 def replay(path: pathlib.Path, config, *, backend: str | None = None, dest: pathlib.Path | None = None,
            console=None, runner=None, argv: list[str] | None = None, limits: Limits = DEFAULT_LIMITS) -> Replay:
     from .manifest import load_manifest
-    from .pipeline import RunRequest, execute
+    from .suites.repro import RunRequest, execute
 
+    if dest is not None and pathlib.Path(dest).exists() and not pathlib.Path(dest).is_dir():
+        raise UsageError(f"--dest {terminal_safe(dest)}: is a file, not a directory",
+                         hint="give --dest an empty or new directory")
     contents = verify(path, limits=limits)
     record = contents.record
     groups = step_groups(record)
     if record.get("kind") == "kernels":
-        raise BadInputError(f"{path}: a kernels.test run; replay it with `{record.get('reproduce') or 'invoke kernels.test'}`")
+        raise BadInputError(terminal_safe(f"{path}: a kernels.test run; replay it with "
+                                          f"`{record.get('reproduce') or 'invoke kernels.test'}`"))
     if not groups:
-        raise BadInputError(f"{path}: the bundled run has no steps to replay")
+        raise BadInputError(f"{terminal_safe(path)}: the bundled run has no steps to replay")
     manifest = load_manifest(config.manifest)
     missing = [s for _, steps in groups for s in steps if s not in manifest.steps]
     if missing:
         commit = (record.get("git") or {}).get("commit")
-        raise BadInputError(f"step {missing[0]} of the bundle is not in {config.manifest}",
-                            hint=f"check out the run's commit {commit}" if commit else None)
+        raise BadInputError(f"step {terminal_safe(missing[0])} of the bundle is not in {config.manifest}",
+                            hint=f"check out the run's commit {terminal_safe(commit)}" if commit else None)
     keep = dest is not None
     where = pathlib.Path(dest) if keep else pathlib.Path(tempfile.mkdtemp(prefix="gpurepro-replay-"))
     try:
@@ -503,9 +635,11 @@ def replay(path: pathlib.Path, config, *, backend: str | None = None, dest: path
         codes.append(outcome.exit_code)
         for result in outcome.results:
             before = old.get((result.step, result.arch), {})
-            rows.append(ReplayRow(result.step, result.arch, before.get("outcome", "not run"), result.outcome.value,
-                                  result.reason))
-    diffs = image_notes + differences(record, new_records[0]) + notes
+            # display strings: the old outcome comes from the bundle, the reason from a program's output
+            rows.append(ReplayRow(terminal_safe(result.step), terminal_safe(result.arch),
+                                  terminal_safe(before.get("outcome", "not run")), terminal_safe(result.outcome.value),
+                                  terminal_safe(result.reason)))
+    diffs = [terminal_safe(line) for line in image_notes + differences(record, new_records[0]) + notes]
     if EXIT_INFRA in codes:
         code = EXIT_INFRA
     else:
