@@ -206,21 +206,17 @@ def bundle_inspect(file=None, *, console=None) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from .bundle import BundleError, read, summary_lines
+    from .bundle import BundleError, inspect_rows, read, summary_lines
 
     contents = read(pathlib.Path(_need(file, "bundle file")))  # in memory: nothing extracted, nothing run
     console = console or Console()
     for line in summary_lines(contents):
         console.info(line)
-    results = contents.step_results()
     table = Table(title="steps")
     for column in ("step", "arch", "expected", "observed", "verdict", "reason"):
         table.add_column(column, overflow="fold")
-    for step in contents.record.get("steps") or []:
-        reason = step.get("reason") or (results.get(step.get("step")) or {}).get("reason")
-        table.add_row(*(escape(str(v if v is not None else "")) for v in (
-            step.get("step"), step.get("arch"), step.get("expected") or "unknown", step.get("outcome"),
-            step.get("verdict"), reason)))
+    for row in inspect_rows(contents):  # recorded text, terminal-safe
+        table.add_row(*(escape(v) for v in row))
     console.out.print(table)
     if contents.problem:
         raise BundleError(contents.problem)
