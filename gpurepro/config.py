@@ -87,24 +87,24 @@ def find_root(start: pathlib.Path | None = None) -> pathlib.Path:
     return pathlib.Path(__file__).resolve().parent.parent
 
 
-def load_yaml(path: pathlib.Path) -> Any:
+def load_yaml(path: pathlib.Path, error: type[ConfigError] = ConfigError) -> Any:
     """A YAML file's data; ConfigError (exit 2, one line naming the file) for anything unreadable."""
     try:
         with open(path, "rb") as handle:
             raw = handle.read(MAX_YAML_BYTES + 1)
     except FileNotFoundError:
-        raise ConfigError(path, None, "file not found") from None
+        raise error(path, None, "file not found") from None
     except IsADirectoryError:
-        raise ConfigError(path, None, "is a directory, not a file") from None
+        raise error(path, None, "is a directory, not a file") from None
     except OSError as exc:
-        raise ConfigError(path, None, f"cannot read: {exc.strerror}") from None
+        raise error(path, None, f"cannot read: {exc.strerror}") from None
     if len(raw) > MAX_YAML_BYTES:
-        raise ConfigError(path, None, f"larger than {MAX_YAML_BYTES // (1024 * 1024)} MiB: not a configuration file")
+        raise error(path, None, f"larger than {MAX_YAML_BYTES // (1024 * 1024)} MiB: not a configuration file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
-        raise ConfigError(path, None, f"not UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start} (line {line})",
+        raise error(path, None, f"not UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start} (line {line})",
                           hint="save the file as UTF-8") from None
     try:
         return yaml.safe_load(text)
@@ -112,9 +112,9 @@ def load_yaml(path: pathlib.Path) -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else None
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(path, where, f"invalid YAML: {problem}") from None
+        raise error(path, where, f"invalid YAML: {problem}") from None
     except RecursionError:
-        raise ConfigError(path, None, "invalid YAML: nested too deeply") from None
+        raise error(path, None, "invalid YAML: nested too deeply") from None
 
 
 def load_config(path: str | os.PathLike | None = None, env: dict[str, str] | None = None) -> Config:

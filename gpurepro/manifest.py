@@ -125,7 +125,7 @@ def _semantic_problems(path: pathlib.Path, steps: list) -> list[tuple[str, str]]
 
 def load_manifest(path: str | pathlib.Path) -> Manifest:
     path = pathlib.Path(path)
-    data = string_keys(load_yaml(path))
+    data = string_keys(load_yaml(path, ManifestError))
     if not isinstance(data, dict) or data.get("version") != 1 or not isinstance(data.get("steps"), list):
         _fail(path, None, "expected `version: 1` and a `steps:` list")
     steps = data["steps"]

@@ -78,3 +78,68 @@ def test_unknown_step_suggests(tmp_path):
 def test_device_arch_of():
     assert device_arch_of("sm_121a") == "sm_121" and device_arch_of("sm_120f") == "sm_120"
     assert device_arch_of("sm_90") == "sm_90"
+
+
+# --- schema validation, confinement -----------------------------------------------------------------
+@pytest.mark.parametrize("patch", ["/etc/hostname", "../../x", "../manifest.yaml", "sub/../../x"])
+def test_patches_confined_to_patches_dir(tmp_path, patch):
+    (tmp_path / "patches").mkdir()
+    with pytest.raises(ManifestError) as info:
+        load_manifest(write(tmp_path, [entry(patches=[patch])]))
+    assert info.value.key == "steps.a.patches" and info.value.exit_code == EXIT_BAD_INPUT
+    assert "repros/patches/" in info.value.one_line() and "\n" not in info.value.one_line()
+
+
+def test_patch_link_leading_out_is_refused(tmp_path):
+    (tmp_path / "patches").mkdir()
+    (tmp_path / "patches" / "evil.patch").symlink_to("/etc/hostname")
+    (tmp_path / "patches" / "good.patch").write_text("--- a\n+++ b\n")
+    with pytest.raises(ManifestError) as info:
+        load_manifest(write(tmp_path, [entry(patches=["evil.patch"])]))
+    assert "outside repros/patches/" in info.value.one_line()
+    assert load_manifest(write(tmp_path, [entry(patches=["good.patch"])])).get("a").patches == ("good.patch",)
+
+
+def test_every_problem_is_reported(tmp_path):
+    steps = [entry(expect={"sm_121": "exploded"}, colour="red"),
+             entry(id="b", file="missing.cu", parent="zzz", change="x", targets="sm_120a")]
+    path = write(tmp_path, steps)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    problems = dict(info.value.problems)
+    assert set(problems) == {"steps.a.expect.sm_121", "steps.a.colour", "steps.b.targets", "steps.b.parent",
+                             "steps.b.file"}
+    assert problems["steps.b.file"] == "missing.cu does not exist"
+    lines = info.value.lines()
+    assert len(lines) == 5 and all(line.startswith(f"{path}: steps.") for line in lines)
+
+
+def test_entry_that_is_not_a_mapping_is_named_by_index(tmp_path):
+    with pytest.raises(ManifestError) as info:
+        load_manifest(write(tmp_path, [entry(), "just text"]))
+    assert info.value.key == "steps[1]" and "expected a mapping" in info.value.one_line()
+
+
+def test_non_utf8_byte(tmp_path):
+    path = write(tmp_path, [entry()])
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b"baseline", b"basel\xe9ne"))
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    offset = data.index(b"baseline") + 5
+    assert f"byte 0xe9 at offset {offset}" in info.value.one_line() and info.value.exit_code == EXIT_BAD_INPUT
+
+
+def test_schema_outcomes_match_the_tool():
+    import json
+
+    from gpurepro.outcomes import COMPILE_EXPECTATIONS, EXPECTATIONS
+    from gpurepro.validate import load_schema
+
+    schema = load_schema("manifest")  # also checked against its metaschema
+    step = schema["properties"]["steps"]["items"]["properties"]
+    assert list(step["expect"]["patternProperties"].values())[0]["enum"] == list(EXPECTATIONS)
+    assert list(step["compile"]["patternProperties"].values())[0]["enum"] == list(COMPILE_EXPECTATIONS)
+    published = json.loads((ROOT / "docs" / "schemas" / "manifest.schema.json").read_text())
+    import jsonschema
+    jsonschema.validate(yaml.safe_load((ROOT / "repros" / "manifest.yaml").read_text()), published)
