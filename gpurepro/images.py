@@ -6,6 +6,7 @@ downloaded on the host (where pip reaches PyPI) so builds work where containers 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pathlib
 import re
@@ -165,35 +166,202 @@ def build_base(client, config: Config, *, suite: str = "bookworm", mirror: str |
     return ref
 
 
-def build_image(client, config: Config, target: str = "toolchain", *, log=print) -> str:
-    """docker/Dockerfile --target <target>, tagged as configured, streamed through the SDK."""
+def pool_dir(config: Config) -> pathlib.Path:
+    """Every toolchain's wheels, found by hash (docker/wheelhouse/pool); staged contexts hard-link from here."""
+    return docker_dir(config) / "wheelhouse" / "pool"
+
+
+def _pin_dicts(pins) -> list[dict]:
+    return [{"name": p.name, "version": p.version, "sha": p.sha256} for p in pins]
+
+
+def download_toolchain_wheels(config: Config, toolchain, *, python_version: str = "3.11", log=print) -> pathlib.Path:
+    """Fill docker/wheelhouse/pool with a toolchain's pinned wheels (hash-checked); idempotent, offline when present."""
+    pool = pool_dir(config)
+    pool.mkdir(parents=True, exist_ok=True)
+    pins = _pin_dicts(toolchain.all_pins)
+    if not missing_wheels(pool, pins):
+        return pool
+    dirs = [d for d in [docker_dir(config) / "wheelhouse" / "toolchain", *local_wheel_dirs()] if d.is_dir()]
+    copy_local_wheels(pool, pins, dirs, log=log)
+    still = missing_wheels(pool, pins)
+    if not still:
+        return pool
+    log(f"downloading {len(still)} wheels for toolchain {toolchain.name}")
+    with tempfile.TemporaryDirectory(prefix="gpurepro-req-") as tmp:
+        req = pathlib.Path(tmp) / "requirements.txt"
+        req.write_text("".join(f"{p['name']}=={p['version']} --hash=sha256:{p['sha']}\n" for p in still))
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--require-hashes", "-r", str(req), "-d", str(pool),
+               "--python-version", python_version, *PIP_PLATFORM_ARGS, "--find-links", str(pool)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise InfraError(f"pip download for toolchain {toolchain.name} failed: {last}",
+                         hint="PyPI unreachable? put the wheels in GPUREPRO_WHEEL_DIRS")
+    still = missing_wheels(pool, pins)
+    if still:
+        raise InfraError(f"wheelhouse lacks {', '.join(p['name'] for p in still)} for toolchain {toolchain.name}")
+    return pool
+
+
+def fetch_cutlass_tree(config: Config, toolchain, *, log=print) -> pathlib.Path | None:
+    """A toolchain's CUTLASS git commit, checked out once under docker/wheelhouse/cutlass-git/<commit> (needs network)."""
+    if not toolchain.cutlass_git:
+        return None
+    source = toolchain.cutlass_git
+    dest = docker_dir(config) / "wheelhouse" / "cutlass-git" / source["commit"]
+    if (dest / "include" / "cutlass" / "version.h").is_file():
+        return dest
+    if shutil.which("git") is None:
+        raise ToolMissingError("git", "PATH (a CUTLASS git source needs it)")
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    log(f"fetching CUTLASS {source.get('tag') or ''} {source['commit']} from {source['url']}")
+    steps = [["git", "init", "-q"], ["git", "fetch", "-q", "--depth", "1", source["url"], source["commit"]],
+             ["git", "checkout", "-q", "FETCH_HEAD"], ["git", "rev-parse", "HEAD"]]
+    for step in steps:
+        done = subprocess.run(step, cwd=dest, capture_output=True, text=True)
+        if done.returncode != 0:
+            shutil.rmtree(dest, ignore_errors=True)
+            last = (done.stderr.strip().splitlines() or ["git failed"])[-1]
+            raise InfraError(f"fetching CUTLASS {source['commit']} from {source['url']} failed: {last}")
+    if done.stdout.strip() != source["commit"]:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise InfraError(f"CUTLASS checkout is {done.stdout.strip()}, the toolchain pins {source['commit']}")
+    return dest
+
+
+def _link(src: pathlib.Path, dst: pathlib.Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)  # no copy of a GB of wheels per toolchain; Docker hashes contents, not inodes
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def stage_context(config: Config, toolchain, target: str, *, log=print) -> pathlib.Path:
+    """docker/.build/<toolchain>: the Dockerfile, its scripts, the toolchain's pins and only its wheels."""
+    from .toolchains import find_wheel
+
+    dest = docker_dir(config) / ".build" / toolchain.name
+    shutil.rmtree(dest, ignore_errors=True)
+    (dest / "toolchain").mkdir(parents=True)
+    for name in ("Dockerfile", "layout_cuda.py", "layout_flashinfer.py"):
+        _link(docker_dir(config) / name, dest / name)
+    pool = [pool_dir(config)]
+    (dest / "toolchain" / "cuda.txt").write_text(
+        "# generated from ci/toolchains.yaml: the toolchain's CUDA wheels\n"
+        + "".join(p.requirement() + "\n" for p in toolchain.cuda_wheels))
+    (dest / "toolchain" / "headers.json").write_text(json.dumps(toolchain.headers_spec(), indent=1, sort_keys=True) + "\n")
+    for sub, pins in (("cuda", toolchain.cuda_wheels), ("headers", toolchain.header_wheels)):
+        (dest / "wheelhouse" / sub).mkdir(parents=True)
+        for pin in pins:
+            found = find_wheel(pin, pool)
+            if found is None:
+                raise InfraError(f"no {pin.name}=={pin.version} wheel in {pool[0]}",
+                                 hint=f"run `invoke image.wheels --toolchain {toolchain.name}`")
+            _link(found, dest / "wheelhouse" / sub / found.name)
+    tree = dest / "cutlass-tree"
+    tree.mkdir()
+    checkout = fetch_cutlass_tree(config, toolchain, log=log)
+    if checkout is not None:
+        for sub in ("include", "tools/util/include"):
+            shutil.copytree(checkout / sub, tree / sub)
+    (dest / "requirements").mkdir()
+    (dest / "wheelhouse" / "vllm-dev").mkdir()
+    _link(docker_dir(config) / "requirements" / "vllm-dev.txt", dest / "requirements" / "vllm-dev.txt")
+    if target == "vllm-dev":
+        for wheel in sorted(download_wheels(config, "vllm-dev", log=log).glob("*.whl")):
+            _link(wheel, dest / "wheelhouse" / "vllm-dev" / wheel.name)
+    return dest
+
+
+def _toolchain(config: Config, toolchain):
+    from .toolchains import TOOLCHAINS_FILE, Toolchain, load_toolchains
+
+    if isinstance(toolchain, Toolchain):
+        return toolchain
+    toolchains = load_toolchains(config.root / TOOLCHAINS_FILE)
+    return toolchains.default if toolchain is None else toolchains[toolchain]
+
+
+def build_image(client, config: Config, target: str = "toolchain", *, toolchain=None, tag_latest: bool = True,
+                log=print) -> str:
+    """docker/Dockerfile --target <target> for one toolchain (default: the default one), streamed through the SDK.
+
+    Tagged <repository>:<toolchain>, and also as configured (:latest) for the default toolchain unless tag_latest
+    is False. Returns the toolchain's tag.
+    """
     if target not in config.docker.images:
         raise BadInputError(f"unknown image target '{target}'",
                             hint=f"targets in gpurepro.yaml: {', '.join(config.docker.images)}")
-    base = config.docker.base_image
+    toolchain = _toolchain(config, toolchain)
+    base = toolchain.base_image or config.docker.base_image
     if not image_exists(client, base):
+        if toolchain.base_image:
+            raise InfraError(f"toolchain {toolchain.name} needs base image {base} (its nvcc is not in wheels)",
+                             hint="pull it where a registry is reachable, then build again")
         raise InfraError(f"base image {base} not found",
                          hint="make it with `invoke image.base` (or set docker.base_image to a CUDA devel image)")
-    targets = ["toolchain"] if target == "toolchain" else ["toolchain", target]
-    for needed in targets:
-        download_wheels(config, needed, log=log)
-    tag = config.docker.images[target]
-    log(f"building {tag} (target {target})")
+    download_toolchain_wheels(config, toolchain, log=log)
+    context = stage_context(config, toolchain, target, log=log)
+    configured = config.docker.images[target]
+    tags = toolchain.image_tags(configured)
+    if toolchain.default and tag_latest and configured not in tags:
+        tags.append(configured)
+    if not tag_latest:
+        tags = [t for t in tags if t == toolchain.image(configured)]
+    tag = tags[0]
+    log(f"building {tag} (target {target}, toolchain {toolchain.name})")
     tail: list[str] = []
-    image_id = None
-    stream = client.api.build(path=str(docker_dir(config)), target=target, tag=tag, rm=True, forcerm=True,
-                              buildargs={"BASE_IMAGE": base}, decode=True)
-    for chunk in stream:
-        if "error" in chunk:
-            detail = chunk.get("error", "").strip()
-            raise InfraError(f"image build failed: {detail[:300]}")
-        text = chunk.get("stream", "")
-        if text.strip():
-            tail = (tail + [text.rstrip()])[-20:]
-            if text.startswith("Step "):
-                log(text.rstrip())
-        aux = chunk.get("aux") or {}
-        image_id = aux.get("ID", image_id)
+    try:
+        stream = client.api.build(path=str(context), target=target, tag=tag, rm=True, forcerm=True,
+                                  buildargs={"BASE_IMAGE": base, "TOOLCHAIN": toolchain.name}, decode=True)
+        for chunk in stream:
+            if "error" in chunk:
+                detail = chunk.get("error", "").strip()
+                raise InfraError(f"image build for toolchain {toolchain.name} failed: {detail[:300]}")
+            text = chunk.get("stream", "")
+            if text.strip():
+                tail = (tail + [text.rstrip()])[-20:]
+                if text.startswith("Step "):
+                    log(text.rstrip())
+    finally:
+        shutil.rmtree(context, ignore_errors=True)
     if not image_exists(client, tag):
         raise InfraError(f"image build produced no {tag}: {' / '.join(tail[-3:])}")
+    for extra in tags[1:]:
+        repo, _, name = extra.rpartition(":")
+        client.api.tag(tag, repo, name)
     return tag
+
+
+def build_toolchain_images(client, config: Config, toolchain, target: str = "vllm-dev", *, tag_latest: bool = True,
+                           log=print) -> list[str]:
+    """The toolchain image, and the vllm-dev image on top of it when target is vllm-dev; their tags, in that order."""
+    targets = ["toolchain"] if target == "toolchain" else ["toolchain", target]
+    return [build_image(client, config, t, toolchain=toolchain, tag_latest=tag_latest, log=log) for t in targets]
+
+
+def layout_headers(config: Config, toolchain, dest: str | os.PathLike | None = None, *, log=print) -> pathlib.Path:
+    """Lay out a toolchain's FlashInfer/CUTLASS headers for the host backend; default dest: a directory per toolchain
+    beside host.flashinfer (~/.cache/gpurepro/toolchains/<name>). Checked against the declared CUTLASS version."""
+    import importlib.util
+
+    toolchain = _toolchain(config, toolchain)
+    dest_path = pathlib.Path(dest).expanduser() if dest else \
+        pathlib.Path(config.host.flashinfer).expanduser().parent / "toolchains" / toolchain.name
+    pool = download_toolchain_wheels(config, toolchain, log=log)
+    checkout = fetch_cutlass_tree(config, toolchain, log=log)
+    spec = importlib.util.spec_from_file_location("gpurepro_layout_flashinfer", docker_dir(config) / "layout_flashinfer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    # a fresh tree: files of another release left behind would shadow nothing but would confuse a diff
+    shutil.rmtree(dest_path, ignore_errors=True)
+    try:
+        count = module.layout_toolchain(toolchain.headers_spec(), pool, dest_path, cutlass_tree=checkout)
+    except SystemExit as exc:
+        raise InfraError(str(exc)) from None
+    log(f"laid out {count} headers of toolchain {toolchain.name} (CUTLASS {module.cutlass_version(dest_path)}) "
+        f"under {dest_path}")
+    return dest_path
