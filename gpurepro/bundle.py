@@ -169,7 +169,7 @@ def write_bundle(out: pathlib.Path, data: bytes) -> None:
             os.close(fd)
         os.replace(tmp, out)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         reason = exc.strerror or str(exc)
         if exc.errno in _DISK_ERRORS:
             free = _free_bytes(out.parent)
@@ -179,8 +179,15 @@ def write_bundle(out: pathlib.Path, data: bytes) -> None:
         raise BadInputError(f"cannot write bundle {shown}: {reason}",
                             hint="choose a writable --output path") from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise
+
+
+def _discard(path: pathlib.Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:  # its folder is not there or not a folder: nothing was written
+        pass
 
 
 def _free_bytes(directory: pathlib.Path) -> int | None:

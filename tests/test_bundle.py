@@ -13,7 +13,8 @@ import pytest
 from fake_runs import H100, FakeRunner, make_run, project_config, rewrite_bundle, tar_members
 from gpurepro import __version__, app, bundle
 from gpurepro.errors import BadInputError
-from gpurepro.redaction import REDACTED, is_secret_name, redact_value
+from gpurepro.errors import UsageError
+from gpurepro.redaction import NOT_RECORDED, REDACTED, is_secret_name, redact_value
 from projects import ROOT
 
 SECRETS = {  # planted in the tool's environment; none of these values may reach run.json or a bundle
@@ -25,7 +26,15 @@ SECRETS = {  # planted in the tool's environment; none of these values may reach
     "MYSERVICE_AUTH": "planted-auth-0006",
 }
 PROXY = ("HTTPS_PROXY", "http://alice:planted-proxy-pw-0007@proxy.example:3128")
-HARMLESS = {"GIT_AUTHOR_NAME": "Alice", "KEYBOARD_LAYOUT": "us", "CUDA_VISIBLE_DEVICES": "0"}
+HARMLESS = {"CUDA_VISIBLE_DEVICES": "0", "GPUREPRO_PLANTED_FLAG": "on"}  # allowlisted: recorded with values
+UNLISTED = {"GIT_AUTHOR_NAME": "Alice-planted-0009", "KEYBOARD_LAYOUT": "us-planted-0010"}           # recorded by name only
+# credential-shaped values in ordinary variables (issue 12): never recorded, allowlisted or not
+SHAPED = {"GIT_REMOTE": "https://ghp_Pl4ntedT0kenAbCdEfGhIjKlMnOpQrStUvWx12@github.com/org/repo.git",
+          "ALERT_HOOK": "https://hooks.slack.com/services/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2",
+          "UPSTREAM_HEADER": "Bearer Pl4ntedBearerValue0099",
+          "GPUREPRO_MIRROR": "https://ghp_Pl4ntedT0kenAbCdEfGhIjKlMnOpQrStUvWx12@github.com/org/repo.git",
+          "CUDA_ALERT_HOOK": "https://hooks.slack.com/services/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2",
+          "TORCH_UPSTREAM_HEADER": "Bearer Pl4ntedBearerValue0099"}
 
 
 @pytest.fixture
@@ -35,7 +44,7 @@ def config(tmp_path):
 
 @pytest.fixture
 def run_dir(config, monkeypatch):
-    for name, value in {**SECRETS, **HARMLESS, PROXY[0]: PROXY[1]}.items():
+    for name, value in {**SECRETS, **HARMLESS, **UNLISTED, **SHAPED, PROXY[0]: PROXY[1]}.items():
         monkeypatch.setenv(name, value)
     return make_run(config).run.path
 
@@ -67,6 +76,22 @@ def test_default_name_is_the_run_id(run_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     made = bundle.create(run_dir)
     assert made.path == tmp_path / f"{run_dir.name}.tar.gz"
+
+
+def test_bundle_files_have_the_usual_mode_and_nothing_else_is_left(run_dir, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        made = bundle.create(run_dir, tmp_path / "out" / "b.tar.gz")  # the folder is made too
+    finally:
+        os.umask(previous)
+    assert oct(made.path.stat().st_mode & 0o777) == "0o644"  # shareable, not 0600 (issue 13)
+    assert [p.name for p in made.path.parent.iterdir()] == ["b.tar.gz"]  # no temp file beside it
+
+
+def test_an_unwritable_output_is_one_line_exit_2(run_dir, tmp_path):
+    (tmp_path / "file").write_text("x")
+    error = error_of(lambda: bundle.create(run_dir, tmp_path / "file" / "b.tar.gz"))
+    assert error.one_line().startswith("cannot write bundle") and "--output" in error.one_line()
 
 
 def test_manifest_lists_every_file_with_size_and_sha256(run_dir, tmp_path):
@@ -118,12 +143,16 @@ def test_planted_secrets_are_redacted_in_run_json_and_the_bundle(run_dir, tmp_pa
     assert record["env_vars"][PROXY[0]] == f"http://alice:{REDACTED}@proxy.example:3128"
     for name, value in HARMLESS.items():
         assert record["env_vars"][name] == value
+    for name in UNLISTED:
+        assert record["env_vars"][name] == NOT_RECORDED
+    assert record["env_vars"]["GPUREPRO_MIRROR"] == f"https://{REDACTED}@github.com/org/repo.git"
+    assert record["env_vars"]["TORCH_UPSTREAM_HEADER"] == f"Bearer {REDACTED}"
     made = bundle.create(run_dir, tmp_path)
     unpacked = gzip.decompress(made.path.read_bytes())
     everything = b"".join(p.read_bytes() for p in run_dir.rglob("*") if p.is_file()) + unpacked
-    for value in [*SECRETS.values(), "planted-proxy-pw-0007"]:
-        assert value.encode() not in everything
-    assert b"GITHUB_TOKEN" in unpacked  # the name survives, so a reader sees it was set
+    for value in [*SECRETS.values(), *UNLISTED.values(), "planted-proxy-pw-0007", "Pl4nted", "hooks.slack.com"]:
+        assert value.encode() not in everything  # run.json, index.html, summary, the bundle
+    assert b"GITHUB_TOKEN" in unpacked and b"GIT_REMOTE" in unpacked  # names survive: a reader sees they were set
 
 
 def test_bundling_an_old_unredacted_run_redacts_it(run_dir, tmp_path):
@@ -315,3 +344,77 @@ def test_replay_refuses_a_tampered_bundle_before_running_anything(made, tmp_path
     runner = FakeRunner()
     assert "run/run.json does not match" in error_of(lambda: bundle.replay(bad, config, runner=runner)).one_line()
     assert runner.calls == []
+
+
+# --- hostile recorded text (issue 12) ----------------------------------------------------------------
+FORGED = "\x1b[1A\x1b[2K\rintegrity: ok"  # cursor up, erase the real line, print our own
+HOSTILE_FIELDS = {"status": f"complete\nintegrity: ok", "command": ["invoke", f"repro\nintegrity: ok {FORGED}"],
+                  "host": {"hostname": f"box{FORGED}", "platform": "\x9b2J", "python": "3\u202e", "cpus": 2},
+                  "git": {"commit": f"abc\nintegrity: ok", "branch": f"main{FORGED}"}}
+
+
+def _hostile_record(files, top):
+    name = f"{top}/run/run.json"
+    record = json.loads(files[name])
+    record.update(HOSTILE_FIELDS)
+    for step in record["steps"]:
+        step["reason"] = f"fine\nintegrity: ok\n{FORGED}"
+        step["step"] = step["step"] + "\x1b]0;title\x07"
+    record["env_vars"][f"X{FORGED}"] = REDACTED
+    return {**files, name: json.dumps(record).encode()}
+
+
+def test_inspect_escapes_recorded_text_so_integrity_cannot_be_forged(made, tmp_path, run_dir, capsys, no_side_effects):
+    # run.json altered after bundling: the real line must say FAILED, and no field may print an "ok" of its own
+    bad = _tampered(made, tmp_path, lambda f: _hostile_record(f, run_dir.name))
+    error_of(lambda: app.bundle_inspect(str(bad)))
+    out = capsys.readouterr().out
+    for control in ("\x1b", "\r", "\x9b", "\x07", "\u202e"):
+        assert control not in out
+    integrity = [line for line in out.splitlines() if line.lstrip("│| ").startswith("integrity:")]
+    assert len(integrity) == 1 and integrity[0].startswith("integrity: FAILED: ")
+    assert "box\\x1b[1A\\x1b[2K\\x0dintegrity: ok" in out  # shown, escaped, on the host line
+    assert "status complete\\x0aintegrity: ok" in out
+
+
+def test_summary_lines_are_single_lines_whatever_the_record(made, tmp_path, run_dir):
+    bad = _tampered(made, tmp_path, lambda f: _hostile_record(f, run_dir.name))
+    contents = bundle.read(bad)
+    for line in bundle.summary_lines(contents) + [cell for row in bundle.inspect_rows(contents) for cell in row]:
+        assert line.isprintable(), line
+
+
+def test_replay_dest_on_a_file_is_a_usage_error_before_any_work(made, tmp_path, config):
+    target = tmp_path / "a-file"
+    target.write_text("keep me\n")
+    runner = FakeRunner()
+    with pytest.raises(UsageError) as caught:
+        bundle.replay(made, config, runner=runner, dest=target)
+    assert caught.value.exit_code == 2 and "is a file, not a directory" in caught.value.one_line()
+    assert runner.calls == [] and target.read_text() == "keep me\n"
+
+
+def test_replay_dest_not_empty_is_refused(made, tmp_path, config):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "mine.txt").write_text("x")
+    assert "destination is not empty" in error_of(lambda: bundle.replay(made, config, runner=FakeRunner(),
+                                                                          dest=dest)).one_line()
+    assert [p.name for p in dest.iterdir()] == ["mine.txt"]
+
+
+# --- bounded reading ---------------------------------------------------------------------------------
+def test_an_oversized_json_member_is_refused_from_its_header(made, tmp_path, run_dir):
+    name = f"{run_dir.name}/run/steps/hello/result.json"
+    big = _tampered(made, tmp_path, lambda f: {**f, name: b" " * (bundle.MAX_TEXT_BYTES + 1)})
+    line = error_of(lambda: bundle.verify(big)).one_line()
+    assert line == (f"tampered.tar.gz: run/steps/hello/result.json is {bundle.MAX_TEXT_BYTES + 1} bytes; gpurepro "
+                    f"reads at most {bundle.MAX_TEXT_BYTES} bytes of it (refused before reading)")
+
+
+def test_json_with_too_many_containers_is_refused_before_parsing():
+    with pytest.raises(bundle.BundleError, match="more than 200000 JSON objects"):
+        bundle.parse_json(b"[" + b"[]," * 200_001 + b"[]]", "run.json")
+    assert bundle.parse_json(b'{"a": [1, 2]}', "run.json") == {"a": [1, 2]}
+    with pytest.raises(bundle.BundleError, match="not valid JSON"):
+        bundle.parse_json(b"[" * 100_000, "run.json")  # too deep for the parser: one line, not a RecursionError
