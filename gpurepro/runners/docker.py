@@ -29,6 +29,7 @@ from .base import CappedOutput, Runner, short_command
 LABEL_MANAGED = "gpurepro.managed"
 LABEL_IMAGE = "gpurepro.image-id"
 KILL_GRACE_S = 5
+SETTLE_S = 3  # how long a container that killed its exec may take to show as exited
 RUN_MARKER = "GPUREPRO_RUN"
 
 
@@ -107,7 +108,7 @@ class DockerRunner(Runner):
             self._remove_if_created()
             raise InfraError(f"docker: {_short(exc)}") from None
         except DAEMON_ERRORS as exc:
-            raise self._gone(exc, "starting the container") from None
+            raise self._gone(exc, "container start") from None
 
     def _start(self) -> None:
         existing = self._find(self.container_name)
@@ -249,13 +250,21 @@ class DockerRunner(Runner):
         except DAEMON_ERRORS as exc:
             raise self._gone(exc, during) from None
 
-    def _stopped(self, during: str) -> ContainerStoppedError | None:
-        """The container's state after a command went wrong: an error if it no longer runs."""
+    def _stopped(self, during: str, settle_s: float = 0.0) -> ContainerStoppedError | None:
+        """The container's state after a command went wrong: an error if it no longer runs.
+
+        `docker kill` ends the exec's stream before the daemon marks the container exited, so after an
+        ending that looks like a kill (137, -1, a cut stream) the state is polled for `settle_s`."""
+        deadline = time.monotonic() + settle_s
         try:
-            self.container.reload()
-            state = self.container.attrs.get("State") or {}
-            if self.container.status == "running":
-                return None
+            while True:
+                self.container.reload()
+                state = self.container.attrs.get("State") or {}
+                if self.container.status != "running":
+                    break
+                if time.monotonic() >= deadline:
+                    return None
+                time.sleep(0.1)
             detail = f"{self.container.status} (exit {state.get('ExitCode')}" + (", OOM killed" if state.get("OOMKilled") else "") + ")"
         except docker.errors.NotFound:
             detail = "removed"
@@ -295,7 +304,9 @@ class DockerRunner(Runner):
         code = info.get("ExitCode")
         if broken is not None or info.get("Running") or code is None or code != 0:
             # a killed container ends its execs with 137, -1 or a cut stream: not the command's fault
-            stopped = self._stopped(command)
+            own_timeout = code in (124, 137) and seconds >= timeout_s - 1  # coreutils timeout's own kill
+            killed_like = broken is not None or info.get("Running") or (code in (None, -1, 137) and not own_timeout)
+            stopped = self._stopped(command, SETTLE_S if killed_like else 0.0)
             if stopped is not None:
                 raise stopped
             if broken is not None or info.get("Running") or code is None:

@@ -1,0 +1,251 @@
+"""Runner faults against the real Docker engine (issue 12): a gigabyte of output, a container killed
+mid-compile, a container without nvcc. Each ends as a fault: the right error and exit code, one line,
+bounded memory. The daemon-death row lives in the nightly two-daemon test's style (own dockerd); see
+test_daemon_dies_mid_exec below.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+import yaml
+
+from projects import ROOT, make_project
+
+pytestmark = [pytest.mark.faults, pytest.mark.docker]
+
+TOOLCHAIN = "gpurepro/toolchain:latest"
+BASE = "gpurepro/base:bookworm"
+GIB = 1 << 30
+RSS_LIMIT_MB = 200
+HELLO = {"id": "hello", "file": "hello.cu", "parent": None, "change": "baseline", "targets": ["sm_90a"],
+         "compile": {"sm_90a": "ok"}, "expect": {"sm_90": "pass"}}
+# host code only: prints a gibibyte whatever its arguments (the preflight-only run included)
+GIGABYTE_CU = r"""
+#include <cstdio>
+#include <cstring>
+int main() {
+  static char line[1024];
+  memset(line, 'x', sizeof line - 1);
+  line[sizeof line - 1] = '\n';
+  for (int i = 0; i < 1024 * 1024; ++i) fwrite(line, 1, sizeof line, stdout);
+  return 0;
+}
+"""
+
+
+def _image(docker_client, ref):
+    try:
+        return docker_client.images.get(ref)
+    except Exception:  # noqa: BLE001
+        pytest.skip(f"image {ref} not built (`invoke image.base image.build --target toolchain`)")
+
+
+@pytest.fixture
+def own_container(docker_client):
+    """A container named like a user's own vllm-dev (no gpurepro labels), removed afterwards."""
+    made = []
+
+    def make(image: str):
+        _image(docker_client, image)
+        name = f"h12-faults-{uuid.uuid4().hex[:8]}"
+        container = docker_client.containers.run(image, ["sleep", "infinity"], name=name, detach=True, init=True)
+        made.append(container)
+        return container
+
+    yield make
+    for container in made:
+        try:
+            container.remove(force=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+
+def _runner(docker_client, name: str, **config_env):
+    from gpurepro.config import load_config
+    from gpurepro.runners.docker import DockerRunner
+
+    runner = DockerRunner(docker_client, load_config(ROOT / "gpurepro.yaml", env=config_env), container_name=name)
+    runner.start()
+    return runner
+
+
+def _cli(project, *args, timeout=900, env=None):
+    """`python -m gpurepro ...` in a wrapper that reports the tool's peak RSS (its only child)."""
+    wrapper = ("import json, resource, subprocess, sys\n"
+               "done = subprocess.run(sys.argv[1:])\n"
+               "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
+               "print(json.dumps({'peak_rss_mb': peak}), file=open(sys.argv[0] + '.rss', 'w'))\n"
+               "sys.exit(done.returncode)\n")
+    script = project.path / "rss_wrapper.py"
+    script.write_text(wrapper)
+    full_env = project.env()
+    full_env.update(env or {})
+    done = subprocess.run([sys.executable, str(script), sys.executable, "-m", "gpurepro", *args], cwd=ROOT,
+                          env=full_env, capture_output=True, text=True, timeout=timeout)
+    done.peak_rss_mb = json.loads((project.path / "rss_wrapper.py.rss").read_text())["peak_rss_mb"]
+    return done
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o755
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _one_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+def _record(project) -> dict:
+    return json.loads((project.latest() / "run.json").read_text())
+
+
+# --- a gibibyte of output ----------------------------------------------------------------------------
+def test_gigabyte_exec_through_the_docker_runner_stays_small(docker_client, own_container):
+    container = own_container(TOOLCHAIN)
+    script = f"""
+import json, resource, sys
+sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / 'tests')!r})
+import docker
+from test_runner_faults import _runner
+runner = _runner(docker.from_env(), {container.name!r})
+r = runner.exec(["sh", "-c", "head -c {GIB} /dev/zero | tr '\\\\0' x | fold -w 1023"], workdir="/", timeout_s=600)
+print(json.dumps(dict(bytes=r.output_bytes, truncated=r.output_truncated, kept=len(r.output), code=r.exit_code,
+                      end=r.output[-20:], peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+"""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests" / "faults"))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    facts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert facts["code"] == 0 and facts["truncated"]
+    assert facts["bytes"] == GIB + GIB // 1023  # fold adds a newline per 1023 bytes
+    assert facts["kept"] <= 8 * 1024 * 1024 + 100 and facts["end"].endswith("xx")
+    assert facts["peak_mb"] <= RSS_LIMIT_MB, facts
+
+
+@pytest.mark.slow
+def test_program_printing_a_gigabyte_is_capped_end_to_end(tmp_path, docker_client, own_container):
+    container = own_container(TOOLCHAIN)
+    project = make_project(tmp_path, steps=[dict(HELLO, id="loud", file="loud.cu", change="prints 1 GiB")])
+    (tmp_path / "repros" / "loud.cu").write_text(GIGABYTE_CU)
+    done = _cli(project, "repro", "loud", "--arch", "sm_90a", env={"GPUREPRO_CONTAINER": container.name})
+    record = _record(project)
+    step = record["steps"][0]
+    assert step["outcome"] != "infra_error", step
+    run_log = project.latest() / "steps" / "loud" / "run.log"
+    size = run_log.stat().st_size
+    assert size <= 8 * 1024 * 1024 + 4096, size
+    assert "bytes omitted ...]" in run_log.read_text()
+    assert done.peak_rss_mb <= RSS_LIMIT_MB, (done.peak_rss_mb, done.stderr[-500:])
+    print(f"tool peak RSS {done.peak_rss_mb:.0f} MB, run.log {size} bytes, exit {done.returncode}")
+
+
+# --- the container is killed mid-command ------------------------------------------------------------
+def _kill_when(docker_client, container, needle: str, limit_s: float = 120) -> threading.Thread:
+    """docker kill the container once a process matching `needle` runs in it."""
+    def watch():
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            try:
+                processes = container.top(ps_args="-eo pid,args")["Processes"] or []
+            except Exception:  # noqa: BLE001 - not running (yet or any more)
+                processes = []
+            if any(needle in " ".join(p) for p in processes):
+                container.kill()
+                return
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_container_killed_mid_exec_is_infrastructure(docker_client, own_container):
+    from gpurepro.errors import EXIT_INFRA, ContainerStoppedError
+
+    container = own_container(TOOLCHAIN)
+    runner = _runner(docker_client, container.name)
+    runner.run_tag = "h12kill"
+    watcher = _kill_when(docker_client, container, "sleep 97")
+    with pytest.raises(ContainerStoppedError) as info:
+        runner.exec(["sleep", "97"], workdir="/", timeout_s=300)
+    watcher.join(5)
+    line = info.value.one_line()
+    assert line.startswith(f"container {container.name} stopped during sleep 97 (killed?)"), line
+    assert info.value.exit_code == EXIT_INFRA and "\n" not in line
+    # every later command fails the same way at once, and cleanup does not raise
+    with pytest.raises(ContainerStoppedError):
+        runner.exec(["true"], workdir="/", timeout_s=10)
+    runner.remove_dir(f"{runner.work_root()}/x")
+
+
+@pytest.mark.slow
+def test_container_killed_mid_compile_end_to_end(tmp_path, docker_client, own_container):
+    container = own_container(TOOLCHAIN)
+    # a compile that is still running when the container dies: nvcc behind a long sleep
+    wrapper = '#!/bin/sh\n[ "$1" = --version ] || sleep 293\nexec nvcc "$@"\n'  # the probe's --version is quick
+    container.put_archive("/usr/local/bin", _tar({"slow-nvcc": wrapper.encode()}))
+    project = make_project(tmp_path, steps=[HELLO])
+    raw = yaml.safe_load(project.config_path.read_text())
+    raw["compile"]["nvcc"] = "slow-nvcc"
+    project.config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    watcher = _kill_when(docker_client, container, "sleep 293")
+    done = _cli(project, "repro", "hello", "--arch", "sm_90a", env={"GPUREPRO_CONTAINER": container.name},
+                timeout=300)
+    watcher.join(5)
+    assert done.returncode == 3, done.stdout[-2000:] + done.stderr
+    line = _one_line(done.stderr)
+    assert f"container {container.name} stopped during slow-nvcc" in line and "(killed?)" in line
+    record = _record(project)
+    assert record["status"] == "failed"
+    assert record["steps"][0]["outcome"] == "infra_error" and "stopped during" in record["steps"][0]["reason"]
+
+
+# --- no nvcc in the container --------------------------------------------------------------------
+def test_container_without_nvcc_runner(docker_client, own_container):
+    from gpurepro.errors import EXIT_INFRA, NvccMissingError
+
+    container = own_container(BASE)
+    runner = _runner(docker_client, container.name)
+    facts = runner.probe("nvcc")  # kernels.test asks nothing of nvcc
+    assert facts.values["nvcc_path"] == ""
+    with pytest.raises(NvccMissingError) as info:
+        runner.probe("nvcc", require_nvcc=True)
+    line = info.value.one_line()
+    assert line.startswith(f"nvcc not found in container {container.name} (image {BASE})")
+    assert "invoke image.build" in line and "GPUREPRO_IMAGE" in line and "compile.nvcc" in line
+    assert info.value.exit_code == EXIT_INFRA
+    for tag in ("", "h12tag"):  # with and without the run marker in front of the command
+        runner.run_tag = tag
+        with pytest.raises(NvccMissingError):
+            runner.exec(["nvcc", "-o", "x", "x.cu"], workdir="/", timeout_s=30)
+
+
+def test_container_without_nvcc_end_to_end(tmp_path, docker_client, own_container):
+    container = own_container(BASE)
+    project = make_project(tmp_path, steps=[HELLO])
+    done = _cli(project, "repro", "hello", "--arch", "sm_90a", env={"GPUREPRO_CONTAINER": container.name},
+                timeout=300)
+    assert done.returncode == 3, done.stdout[-2000:] + done.stderr
+    line = _one_line(done.stderr)
+    assert f"nvcc not found in container {container.name} (image {BASE})" in line and "invoke image.build" in line
+    record = _record(project)
+    assert record["status"] == "failed" and record["steps"][0]["outcome"] == "infra_error"
