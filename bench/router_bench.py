@@ -2,17 +2,21 @@
 
     python bench/router_bench.py [--out DIR] [--tokens 1 7 128 4096] [--experts 256 384] [--topk 6]
 
-Per (T, E) it times, with CUDA events (median of ``--reps`` runs of ``--iters`` calls each):
+One harness for every path.  Each path is captured in one CUDA graph of ``--layers`` calls, call i
+using layer copy i (``--layers`` >= 64 copies of the weights, so the weights stream from HBM and
+not from the 60 MB L2), replayed ``--reps`` times; the time per call is the median replay / layers.
 
-* ``fused``       the fused kernel alone, activations already quantized to NVFP4;
-* ``fused+quant`` the same plus the activation quantization (the PyTorch quantizer of
-  ``kernels.nvfp4``, several elementwise kernels) -- what ``run_nvfp4_fused_router`` does;
-* ``bf16``        cuBLAS bf16 GEMM (x @ W^T, W in bf16) + softmax + ``torch.topk``;
-* ``deq``         NVFP4 weight dequantization (PyTorch, to bf16) + cuBLAS bf16 GEMM + softmax + topk.
+* ``fused``        the kernel the router picks (GEMV for small T, portable mma.sync otherwise),
+  activations already quantized to NVFP4;
+* ``gemv`` / ``mma`` / ``mma_nosplit`` the two kernels forced (where they take the shape);
+* ``fused+quant``  ``run_nvfp4_fused_router`` from bf16 activations (the PyTorch quantizer of
+  ``kernels.nvfp4``, several elementwise kernels, then the kernel);
+* ``bf16``         cuBLAS bf16 GEMM (x @ W^T, W in bf16) + softmax + ``torch.topk``;
+* ``deq``          NVFP4 weight dequantization (PyTorch, to bf16) + cuBLAS bf16 GEMM + softmax + topk.
 
-It reports each time, the ratio baseline / fused, and the achieved bandwidth against the weight
-bytes each path reads: FP4 codes + E4M3 scales for ``fused`` and ``deq``, bf16 for ``bf16``.
-Writes ``router_bench.{md,json}`` to ``--out``.
+GB/s = the bytes the fused kernel must read (FP4 codes + E4M3 scales of the weight, the NVFP4
+activation) / time, next to a measured device-to-device copy (bytes read + written / time);
+TFLOP/s = 2 T E K / time.  Writes ``router_bench.{md,json}`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import json
 import os
 import statistics
 import sys
+import types
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -29,29 +34,32 @@ import torch  # noqa: E402
 
 from kernels import router  # noqa: E402
 from kernels.nvfp4 import dequantize_nvfp4  # noqa: E402
-from kernels.router.launch import current_stream, plan_portable, portable_args  # noqa: E402
+from kernels.router.gemv import compile_gemv, pick_gemv  # noqa: E402
+from kernels.router.launch import current_stream, gemv_args, plan_portable, portable_args  # noqa: E402
 from kernels.router.portable import compile_portable  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from router_validate import make_layer, make_tokens  # noqa: E402
 
 
-def time_us(fn, iters: int, reps: int):
-    """GPU time per call: ``iters`` calls captured in one CUDA graph, replayed ``reps`` times
-    (median), so Python and launch overhead on the host do not count.  Falls back to timing an
-    eager loop when capture fails.  Returns (microseconds, "graph" | "eager")."""
+def time_us(fns, reps: int):
+    """GPU time per call: the calls ``fns`` (one per layer copy) captured in one CUDA graph,
+    replayed ``reps`` times (median), so Python and launch overhead on the host do not count.
+    Falls back to timing an eager loop when capture fails.  Returns (microseconds, "graph" | "eager")."""
+    iters = len(fns)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
+        for _ in range(2):
+            for fn in fns:
+                fn()
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
     mode = "graph"
     try:
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
-            for _ in range(iters):
+            for fn in fns:
                 fn()
         run = g.replay
     except Exception as exc:  # noqa: BLE001 - report and time eagerly
@@ -60,7 +68,7 @@ def time_us(fn, iters: int, reps: int):
         mode = "eager"
 
         def run():
-            for _ in range(iters):
+            for fn in fns:
                 fn()
     run()
     torch.cuda.synchronize()
@@ -76,6 +84,22 @@ def time_us(fn, iters: int, reps: int):
     return statistics.median(out), mode
 
 
+def copy_GBps(dev) -> float:
+    """Device-to-device copy of 2 GiB, bytes read + written per second (median of 10)."""
+    src = torch.empty(1 << 30, dtype=torch.uint8, device=dev).random_(0, 255)
+    dst = torch.empty_like(src)
+    us, _ = time_us([lambda: dst.copy_(src)] * 4, 10)
+    del src, dst
+    return 2 * (1 << 30) / us / 1e3
+
+
+def layer_copy(layer):
+    """A layer object the launchers accept, with its own copy of the weight buffers."""
+    return types.SimpleNamespace(_mat_b=layer._mat_b.clone(), _scale_b=layer._scale_b.clone(),
+                                 _global_scale_b=layer._global_scale_b, out_features=layer.out_features,
+                                 in_features=layer.in_features, finalize_weights=lambda: None)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -84,85 +108,117 @@ def main(argv=None) -> int:
     p.add_argument("--topk", type=int, default=6)
     p.add_argument("--scoring", default="softmax")
     p.add_argument("--hidden", type=int, default=7168)
-    p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--layers", type=int, default=64, help="weight copies rotated through (>= 64 keeps them out of L2)")
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--skip", nargs="*", default=[], help="paths not to time (mma_nosplit, fused+quant, ...)")
     a = p.parse_args(argv)
     dev = torch.device("cuda")
     name = torch.cuda.get_device_name(dev)
-    print(f"device: {name}; hidden={a.hidden} top_k={a.topk} scoring={a.scoring}")
+    copy = copy_GBps(dev)
+    print(f"device: {name}; hidden={a.hidden} top_k={a.topk} scoring={a.scoring}; device copy {copy:.0f} GB/s", flush=True)
     renorm = router.default_renormalize(a.scoring)
     rows = []
     for e in a.experts:
-        layer = make_layer(e, a.hidden, seed=e, device=dev)
-        w_bf16 = layer.weight.detach()
-        scales_rm = layer.weight_scales()  # row-major scales, as a dequant kernel would read them
-        fp4_bytes = layer._mat_b.numel() + layer._scale_b.numel()
-        bf16_bytes = w_bf16.numel() * 2
+        base = make_layer(e, a.hidden, seed=e, device=dev)
+        layers = [layer_copy(base) for _ in range(a.layers)]
+        w_bf16 = [base.weight.detach().to(torch.bfloat16).clone() for _ in range(a.layers)]
+        scales_rm = base.weight_scales()  # row-major scales, as a dequant kernel would read them
+        deq_w = [(lay._mat_b, scales_rm.clone()) for lay in layers]
+        fp4_bytes = base._mat_b.numel() + base._scale_b.numel()
         for t in a.tokens:
             x = make_tokens(t, a.hidden, seed=1000 + t, device=dev)
-            act = router.prepare_activation(x, layer)
-            kernels_ = {}
-            for split in (None, False):
-                bm, threads, splits, per = plan_portable(t, a.hidden, split_k=split, experts=e)
-                args, _, _ = portable_args(act, layer, a.topk, splits, per, bm)
-                fn = compile_portable(a.topk, a.scoring, renorm, bm, threads, args, split_k=splits > 1)
-                kernels_[split] = (fn, args, splits)
+            act = router.prepare_activation(x, base)
+            act_bytes = act[0].numel() + act[1].numel()
+            paths = {}
 
-            def launcher(split):
-                fn, args, _ = kernels_[split]
+            def launchers(make):
+                out = []
+                for lay in layers:
+                    fn, args = make(lay)
+                    out.append(lambda fn=fn, args=args: fn(*args[:-1], current_stream(dev)))
+                return out
 
-                def call():  # the stream is taken at call time: graph capture runs on a side stream
-                    fn(*args[:-1], current_stream(dev))
-                return call
+            def gemv_make(lay):
+                tm, rb = pick_gemv(t, e)
+                args, _, _ = gemv_args(act, lay, a.topk, tm)
+                return compile_gemv(a.topk, a.scoring, renorm, e, tm, rb, args), args
 
-            fused, fused_nosplit = launcher(None), launcher(False)
+            def mma_make(split):
+                def make(lay):
+                    bm, threads, splits, per = plan_portable(t, a.hidden, split_k=split, experts=e)
+                    args, _, _ = portable_args(act, lay, a.topk, splits, per, bm)
+                    return compile_portable(a.topk, a.scoring, renorm, bm, threads, args, split_k=splits > 1), args
+                return make
 
-            def fused_quant():
-                act2 = router.prepare_activation(x, layer)
-                router.run_nvfp4_fused_router(x, layer, a.topk, a.scoring, path="portable", activation=act2)
+            chosen = router.choose_kernel(t, e)
+            if t <= 512:
+                paths["gemv"] = launchers(gemv_make)
+            paths["mma"] = launchers(mma_make(None))
+            if "mma_nosplit" not in a.skip:
+                paths["mma_nosplit"] = launchers(mma_make(False))
+            paths["fused"] = paths[chosen]  # timed again: the table's "fused" column, one more sample
+
+            def quant_route(lay):
+                return lambda: router.run_nvfp4_fused_router(x, lay, a.topk, a.scoring, path="portable")
+
+            if "fused+quant" not in a.skip:
+                paths["fused+quant"] = [quant_route(lay) for lay in layers]
 
             def topk(logits):
                 probs = torch.softmax(logits.float(), dim=-1)
                 return torch.topk(probs, a.topk, dim=-1)
 
-            def bf16():
-                return topk(x @ w_bf16.t())
+            paths["bf16"] = [lambda w=w: topk(x @ w.t()) for w in w_bf16]
 
-            def deq():
-                wd = dequantize_nvfp4(layer._mat_b, scales_rm, layer._global_scale_b, dtype=torch.bfloat16)
+            def deq(mat, sc):
+                wd = dequantize_nvfp4(mat, sc, base._global_scale_b, dtype=torch.bfloat16)
                 return topk(x @ wd.t())
 
-            r = {"T": t, "E": e, "k": a.topk, "splits": kernels_[None][2]}
-            for key, f in (("fused", fused), ("fused_nosplit", fused_nosplit), ("fused+quant", fused_quant),
-                           ("bf16", bf16), ("deq", deq)):
-                r[key + "_us"], r[key + "_timing"] = time_us(f, a.iters, a.reps)
-            r["bf16/fused"] = r["bf16_us"] / r["fused_us"]
-            r["deq/fused"] = r["deq_us"] / r["fused_us"]
-            r["fused_GBps"] = fp4_bytes / r["fused_us"] / 1e3
-            r["bf16_GBps"] = bf16_bytes / r["bf16_us"] / 1e3
-            r["deq_GBps"] = fp4_bytes / r["deq_us"] / 1e3
+            paths["deq"] = [lambda m=m, sc=sc: deq(m, sc) for m, sc in deq_w]
+            r = {"T": t, "E": e, "k": a.topk, "kernel": chosen, "layers": a.layers,
+                 "splits": plan_portable(t, a.hidden, experts=e)[2]}
+            for key, fns in paths.items():
+                r[key + "_us"], r[key + "_timing"] = time_us(fns, a.reps)
+            fus = r["fused_us"]
+            r["bf16/fused"] = r["bf16_us"] / fus
+            r["deq/fused"] = r["deq_us"] / fus
+            if "fused+quant_us" in r:
+                r["quant+route/route"] = r["fused+quant_us"] / fus
+            r["fused_GBps"] = (fp4_bytes + act_bytes) / fus / 1e3
+            r["copy_GBps"] = copy
+            r["fused_TFLOPs"] = 2 * t * e * a.hidden / fus / 1e6
+            r["bf16_GBps"] = (w_bf16[0].numel() * 2 + x.numel() * 2) / r["bf16_us"] / 1e3
             rows.append(r)
             print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}), flush=True)
+            del paths
+    def f(r, key):
+        v = r.get(key + "_us")
+        return "-" if v is None else f"{v:.1f}"
+
     lines = [
-        f"device: {name}; hidden={a.hidden}, top_k={a.topk}, {a.scoring}; GPU time per call in us (CUDA graph of "
-        f"{a.iters} calls, median of {a.reps} replays; modes in the json); "
-        "GB/s = weight bytes the path reads / time (FP4+scales for fused and deq, bf16 for bf16)",
+        f"device: {name}; hidden={a.hidden}, top_k={a.topk}, {a.scoring}; GPU time per call in us: one CUDA graph "
+        f"of {a.layers} calls over {a.layers} weight copies (weights from HBM), median of {a.reps} replays / "
+        f"{a.layers}; device copy {copy:.0f} GB/s (read + write); fused GB/s = FP4 weight + scales + NVFP4 "
+        "activation bytes / time",
         "",
-        "| T | E | fused (splits) | fused, no split-K | fused+quant | bf16 GEMM+topk | deq+GEMM+topk | bf16/fused | deq/fused | fused GB/s | bf16 GB/s | deq GB/s |",
-        "|" + "---|" * 12,
+        "| T | E | kernel | fused | gemv | mma (split-K) | mma, no split | fused+quant | bf16 GEMM+topk | deq+GEMM+topk "
+        "| bf16/fused | deq/fused | quant+route/route | fused GB/s | % of copy | TFLOP/s |",
+        "|" + "---|" * 16,
     ]
     for r in rows:
-        lines.append(f"| {r['T']} | {r['E']} | {r['fused_us']:.1f} ({r['splits']}) | {r['fused_nosplit_us']:.1f} | "
-                     f"{r['fused+quant_us']:.1f} | {r['bf16_us']:.1f} | "
-                     f"{r['deq_us']:.1f} | {r['bf16/fused']:.2f} | {r['deq/fused']:.2f} | {r['fused_GBps']:.0f} | "
-                     f"{r['bf16_GBps']:.0f} | {r['deq_GBps']:.0f} |")
+        qr = r.get("quant+route/route")
+        lines.append(f"| {r['T']} | {r['E']} | {r['kernel']} | {f(r, 'fused')} | {f(r, 'gemv')} | {f(r, 'mma')} "
+                     f"({r['splits']}) | {f(r, 'mma_nosplit')} | {f(r, 'fused+quant')} | {f(r, 'bf16')} | "
+                     f"{f(r, 'deq')} | {r['bf16/fused']:.2f} | {r['deq/fused']:.2f} | "
+                     f"{'-' if qr is None else f'{qr:.2f}'} | {r['fused_GBps']:.0f} | "
+                     f"{100 * r['fused_GBps'] / copy:.0f} | {r['fused_TFLOPs']:.1f} |")
     md = "\n".join(lines)
     print(md)
     os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "router_bench.md"), "w") as f:
-        f.write(md + "\n")
-    with open(os.path.join(a.out, "router_bench.json"), "w") as f:
-        json.dump({"device": name, "rows": rows}, f, indent=1)
+    with open(os.path.join(a.out, "router_bench.md"), "w") as fh:
+        fh.write(md + "\n")
+    with open(os.path.join(a.out, "router_bench.json"), "w") as fh:
+        json.dump({"device": name, "copy_GBps": copy, "rows": rows}, fh, indent=1)
     return 0
 
 

@@ -47,7 +47,8 @@ def main(argv=None) -> int:
     p.add_argument("--hidden", type=int, default=7168)
     p.add_argument("--path", default=None, help="force a path (portable, sm100, reference)")
     p.add_argument("--split-k", choices=["auto", "off", "both"], default="both",
-                   help="portable kernel: split K over CTAs (auto), one CTA per row tile (off), or both")
+                   help="portable path: the kernel the router picks (auto), the mma.sync kernel without split-K "
+                        "(off), or both")
     p.add_argument("--weight-tol", type=float, default=1e-4)
     p.add_argument("--tie-rel", type=float, default=1e-5)
     a = p.parse_args(argv)
@@ -70,11 +71,16 @@ def main(argv=None) -> int:
                 ok = c.ok and c.max_weight_err <= a.weight_tol
                 failed += not ok
                 path = router.last_path
-                if path == "portable":
+                if path == "portable" and router.last_kernel == "gemv":
+                    from kernels.router.gemv import pick_gemv
+
+                    tm, rb = pick_gemv(t, e)
+                    path = f"gemv tm={tm} rb={rb}"
+                elif path == "portable":
                     from kernels.router.launch import plan_portable
 
                     bm, _, splits, _ = plan_portable(t, a.hidden, split_k=split, experts=e)
-                    path = f"portable bm={bm} splits={splits}"
+                    path = f"mma bm={bm} splits={splits}"
                 row = {"T": t, "E": e, "k": k, "scoring": scoring, "path": path, **c.as_dict(),
                        "pass": ok, "first_call_s": round(dt, 2)}
                 rows.append(row)

@@ -7,8 +7,10 @@ selection fused into the epilogue.
 * SM100/SM103 (``kernels.router.sm100``): tcgen05 block-scaled MMA.  Compiles for ``sm_100a``;
   never run here (no SM100 GPU), so the wrapper does not select it unless
   ``GPUREPRO_ROUTER_SM100=1``.
-* SM80 and later, SM90 and SM120/SM121 included (``kernels.router.portable``): ``mma.sync``
-  in bf16 after in-register NVFP4 dequantization.
+* SM80 and later, SM90 and SM120/SM121 included, two portable kernels: up to
+  ``GEMV_MAX_TOKENS`` tokens ``kernels.router.gemv`` (a bandwidth-bound GEMV on the CUDA cores,
+  N-partitioned, the top-k in the same launch), above that ``kernels.router.portable``
+  (``mma.sync`` in bf16 after in-register NVFP4 dequantization, optional split-K).
 * anything else (CPU, no ``nvidia-cutlass-dsl``, shapes a kernel does not take): the
   two-kernel reference (``kernels.router.reference``), announced once on logger
   ``kernels.router``.
@@ -40,6 +42,18 @@ from .topk import global_expert_index, merge_topk, sorted_insert, topk_of
 logger = logging.getLogger("kernels.router")
 _announced: set = set()
 last_path: Optional[str] = None  #: "portable", "sm100" or "reference: <why>" of the latest call
+last_kernel: Optional[str] = None  #: "gemv" or "mma" when the latest call took the portable path
+
+#: the GEMV kernel routes up to this many tokens; the mma.sync kernel above (measured crossover on
+#: the H200: bench/results/h200/router_bench.md)
+GEMV_MAX_TOKENS = 64
+
+
+def choose_kernel(num_tokens: int, experts: int) -> str:
+    """The portable kernel for a problem: "gemv" (decode sizes) or "mma"."""
+    if num_tokens <= GEMV_MAX_TOKENS and experts % 32 == 0 and experts <= 2048:
+        return "gemv"
+    return "mma"
 
 
 def _announce(path: str) -> None:
@@ -100,14 +114,16 @@ def prepare_activation(x: torch.Tensor, linear):
 
 def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str = "softmax",
                            renormalize: Optional[bool] = None, *, path: Optional[str] = None,
-                           activation=None, split_k: Optional[bool] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                           activation=None, split_k: Optional[bool] = None,
+                           kernel: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Route tokens ``x`` [..., hidden] with the router ``linear`` (an ``Nvfp4Linear`` [E, hidden]).
 
     ``path`` forces "portable", "sm100" or "reference".  ``activation`` may pass the already
     quantized activations (the tuple of :func:`prepare_activation`) to time the kernel alone.
-    ``split_k=False`` makes the portable kernel use one CTA per row tile (no K split, no workspace).
+    ``split_k`` (True / False) forces the mma.sync kernel with / without its K split (False: one
+    CTA per row tile, no workspace); ``kernel`` forces "gemv" or "mma" on the portable path.
     """
-    global last_path
+    global last_path, last_kernel
     check_scoring(scoring)
     if renormalize is None:
         renormalize = default_renormalize(scoring)
@@ -120,9 +136,14 @@ def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str
     if activation is None:
         activation = prepare_activation(x, linear)
     if chosen == "portable":
-        from .launch import run_portable
+        from .launch import run_gemv, run_portable
 
-        return run_portable(activation, linear, top_k, scoring, renormalize, split_k=split_k)
+        t = activation[0].shape[0]
+        last_kernel = kernel or ("mma" if split_k is not None else choose_kernel(t, linear.out_features))
+        if last_kernel == "gemv":
+            return run_gemv(activation, linear, top_k, scoring, renormalize)
+        return run_portable(activation, linear, top_k, scoring, renormalize,
+                            split_k=None if split_k is True else split_k)
     if chosen == "sm100":
         from .launch import run_sm100
 
@@ -131,7 +152,7 @@ def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str
 
 
 __all__ = [
-    "SCORINGS", "RoutingComparison", "check_scoring", "choose_path", "compare_routing", "cutlass_dsl_available",
+    "GEMV_MAX_TOKENS", "SCORINGS", "RoutingComparison", "check_scoring", "choose_kernel", "choose_path", "compare_routing", "cutlass_dsl_available",
     "default_renormalize", "global_expert_index", "merge_topk", "prepare_activation", "reference_router",
     "router_logits_reference", "run_nvfp4_fused_router", "shape_problem", "sorted_insert", "topk_from_logits",
     "topk_of", "weights_for_ids",

@@ -2,6 +2,7 @@
 
     CUTE_DSL_ARCH is set from --arch before cutlass is imported:
     python -m kernels.router.compile_check --kernel portable --arch sm_80
+    python -m kernels.router.compile_check --kernel gemv --arch sm_120a
     python -m kernels.router.compile_check --kernel sm100 --arch sm_100a
 
 Prints one JSON line: kernel, arch, configurations compiled, seconds, and the cubin files that
@@ -36,6 +37,10 @@ def _fake_args(kernel: str, top_k: int):
         from kernels.router.launch import portable_args
 
         return portable_args(act, layer, top_k)[0]
+    if kernel == "gemv":
+        from kernels.router.launch import gemv_args
+
+        return gemv_args(act, layer, top_k, tm=8)[0]
     from kernels.router.sm100 import sm100_args
 
     return sm100_args(act, layer, top_k)[0]
@@ -43,7 +48,7 @@ def _fake_args(kernel: str, top_k: int):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--kernel", choices=["portable", "sm100"], required=True)
+    p.add_argument("--kernel", choices=["portable", "gemv", "sm100"], required=True)
     p.add_argument("--arch", required=True, help="e.g. sm_80, sm_90a, sm_120a, sm_100a")
     p.add_argument("--topk", type=int, nargs="+", default=[6])
     p.add_argument("--scorings", nargs="+", default=["softmax", "sigmoid"])
@@ -71,6 +76,12 @@ def main(argv=None) -> int:
                 for bm, threads in configs:
                     cute.compile(PortableRouterKernel(k, scoring, renorm, bm, threads), *args)
                     done.append(f"k={k},{scoring},bm={bm},threads={threads}")
+            elif a.kernel == "gemv":
+                from kernels.router.gemv import GemvRouterKernel
+
+                for tm, rb in ((1, 2), (8, 4)):  # decode and the largest token group
+                    cute.compile(GemvRouterKernel(k, scoring, renorm, 256, tm, rb), *args)
+                    done.append(f"k={k},{scoring},tm={tm},rb={rb}")
             else:
                 from kernels.router.sm100 import Sm100RouterKernel
 

@@ -10,45 +10,11 @@ from typing import Tuple
 
 import torch
 
-_LUTS = {}
+from .runtime import counters as _counters
+from .runtime import current_stream, lut as _lut
+from .runtime import to_cute as _cute
 
-
-def _lut(device):
-    key = str(device)
-    if key not in _LUTS:
-        from .portable import e2m1_e4m3_lut
-
-        _LUTS[key] = e2m1_e4m3_lut(device)
-    return _LUTS[key]
-
-
-def _cute(t: torch.Tensor):
-    from cutlass.cute.runtime import from_dlpack
-
-    # the last dimension is the contiguous one for every tensor here (named: a [1,1,1] dummy or a
-    # [1, k] output would leave it ambiguous)
-    return from_dlpack(t, assumed_align=16).mark_layout_dynamic(leading_dim=t.dim() - 1)
-
-
-def current_stream(device=None):
-    import cuda.bindings.driver as cuda
-
-    if device is None or torch.device(device).type != "cuda":
-        return cuda.CUstream(0)
-    return cuda.CUstream(torch.cuda.current_stream(device).cuda_stream)
-
-
-_COUNTERS = {}
-
-
-def _counters(device, n: int):
-    """Zeroed int32 semaphores, one per row tile; the kernel's last CTA of a row tile resets its own."""
-    key = str(device)
-    c = _COUNTERS.get(key)
-    if c is None or c.numel() < n:
-        c = torch.zeros(max(n, 256), dtype=torch.int32, device=device)
-        _COUNTERS[key] = c
-    return c
+__all__ = ["current_stream", "gemv_args", "plan_portable", "portable_args", "run_gemv", "run_portable", "run_sm100"]
 
 
 def portable_args(activation, linear, top_k: int, splits: int = 1, k_per_split: int = 0, bm: int = 16):
@@ -110,3 +76,41 @@ def run_sm100(activation, linear, top_k: int, scoring: str, renormalize: bool):
     from .sm100 import run_sm100_router
 
     return run_sm100_router(activation, linear, top_k, scoring, renormalize)
+
+
+def gemv_args(activation, linear, top_k: int, tm: int = 1):
+    """CuTe arguments of the GEMV (decode) kernel, and the output tensors.  Workspace: the float32
+    logits [T, E]; one semaphore per group of ``tm`` tokens."""
+    a_data, a_scales, g_a = activation
+    t = a_data.shape[0]
+    dev = a_data.device
+    logits = torch.empty((t, linear.out_features), dtype=torch.float32, device=dev)
+    cnt = _counters(dev, -(-t // tm))
+    alpha = (g_a.to(dev, torch.float32) * linear._global_scale_b.to(dev, torch.float32)).reshape(1)
+    ids = torch.empty((t, top_k), dtype=torch.int32, device=dev)
+    w = torch.empty((t, top_k), dtype=torch.float32, device=dev)
+    args = (
+        _cute(a_data.contiguous().view(torch.int32)),
+        _cute(a_scales.contiguous()),
+        _cute(linear._mat_b.contiguous().view(torch.int32)),
+        _cute(linear._scale_b.contiguous().view(torch.uint8).reshape(-1)),
+        _cute(alpha),
+        _cute(_lut(dev)),
+        _cute(logits),
+        _cute(ids),
+        _cute(w),
+        _cute(cnt),
+        current_stream(dev),
+    )
+    return args, ids, w
+
+
+def run_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool, config=None):
+    from .gemv import compile_gemv, pick_gemv
+
+    t = activation[0].shape[0]
+    tm, rb = config or pick_gemv(t, linear.out_features)
+    args, ids, w = gemv_args(activation, linear, top_k, tm)
+    fn = compile_gemv(top_k, scoring, renormalize, linear.out_features, tm, rb, args)
+    fn(*args)
+    return ids, w

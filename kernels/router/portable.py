@@ -28,6 +28,7 @@ import math
 import cutlass
 import cutlass.cute as cute
 
+from .runtime import e2m1_e4m3_lut  # noqa: F401  (kept importable from here)
 from .topk import EMPTY_ID, SelectOps, global_expert_index, sorted_insert
 
 BN = 128  # experts per N-tile
@@ -362,16 +363,6 @@ class PortableRouterKernel:
         if q == 0:
             if grow < T:
                 self._write_row(sRs, sRi, sRst, mIds, mW, erow, grow)
-
-
-def e2m1_e4m3_lut(device=None):
-    """float32 [272]: the 16 E2M1 code values, then the 256 E4M3 byte values (NaN bytes stay NaN)."""
-    import torch
-
-    from kernels.nvfp4.format import e2m1_lut
-
-    e4m3 = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(torch.float8_e4m3fn).float()
-    return torch.cat([e2m1_lut(dtype=torch.float32), e4m3]).to(device)
 
 
 def pick_config(num_tokens: int):

@@ -391,7 +391,8 @@ def sm100_args(activation, linear, top_k: int):
 
     from kernels.nvfp4 import swizzle_scales
 
-    from .launch import _cute, current_stream
+    from .runtime import current_stream
+    from .runtime import to_cute as _cute
 
     a_data, a_scales, g_a = activation
     t = a_data.shape[0]

@@ -36,6 +36,15 @@ def test_portable_kernel_compiles(arch):
     assert "tcgen05" not in err
 
 
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90a", "sm_120a"])
+def test_gemv_kernel_compiles(arch):
+    # the decode kernel: 16-byte loads, warp shuffles and one atomic, no MMA at all
+    rc, res, err = _compile("gemv", arch, "--topk", "6", "--expect-ptx", "shfl.sync.bfly", "--expect-ptx", "atom")
+    assert rc == 0 and res["ok"], (res, err[-3000:])
+    assert len(res["compiled"]) == 2 * 2  # scoring x tile configs
+    assert "mma" not in res and "tcgen05" not in err
+
+
 def test_sm100_kernel_compiles_for_sm_100a():
     rc, res, err = _compile("sm100", "sm_100a", "--topk", "6", "8",
                             "--expect-ptx", "tcgen05.mma.cta_group::1.kind::mxf4nvf4.block_scale.block16",

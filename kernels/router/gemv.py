@@ -1,0 +1,260 @@
+"""Decode-sized fused NVFP4 router in CuTe DSL: a bandwidth-bound GEMV on the CUDA cores with the
+top-k in the same launch.  Portable: plain loads, shuffles and one atomic (SM80 and later).
+
+At T <= a few dozen tokens the router is a weight stream (E x K/2 bytes of FP4 codes plus E x K/16
+scale bytes) and a latency problem, not an MMA problem.  So:
+
+* one CTA per ``rb`` experts and per group of ``tm`` tokens (grid ``[E/rb, ceil(T/tm)]``), the whole
+  K in one CTA: no split-K workspace, no cross-CTA sum, nothing to make non-deterministic;
+* each thread owns 16-byte chunks of a weight row (32 FP4 codes, two E4M3 scale blocks) and
+  issues all of its weight and activation loads before it decodes any of them, straight into
+  registers (no shared-memory staging of tiles);
+* decode through a 272-entry E2M1/E4M3 table in shared memory; a 16-element block is summed in
+  code values (exact in float32) and scaled once by ``s_w * s_a``;
+* the CTA's partial dot products are reduced by warp butterflies and a fixed-order sum over the
+  warps (the same bits on every run), scaled by ``alpha = g_a * g_b``, and written as logits
+  ``[T, E]`` to a small workspace;
+* the last CTA of a token group (one atomic counter per group, reset by that CTA) routes the group:
+  one warp per token, each lane keeps a sorted top-k of its E/32 logits in registers
+  (:func:`kernels.router.topk.sorted_insert`), then k rounds of a warp arg-max pick the global
+  top-k, and a second pass sums the softmax denominator with a butterfly (deterministic).
+"""
+
+from __future__ import annotations
+
+import math
+
+import cutlass
+import cutlass.cute as cute
+
+from .portable import DSL_OPS, LUT_E2M1, LUT_E4M3, LUT_SIZE
+from .topk import EMPTY_ID, sorted_insert
+
+THREADS = 256
+WARPS = THREADS // 32
+
+
+class GemvRouterKernel:
+    """``experts`` (E, compile-time: the top-k scan is unrolled over E/32 columns per lane),
+    ``tm`` tokens and ``rb`` experts per CTA; top_k / scoring / renormalize are compile-time."""
+
+    def __init__(self, top_k: int, scoring: str, renormalize: bool, experts: int, tm: int = 1, rb: int = 2):
+        if experts % 32 or experts // 32 > 64:
+            raise ValueError(f"E={experts}: the GEMV router needs a multiple of 32 up to 2048")
+        if experts % rb or tm > WARPS or rb * tm > THREADS:
+            raise ValueError(f"bad GEMV config tm={tm} rb={rb} for E={experts}")
+        self.top_k = top_k
+        self.scoring = scoring
+        self.renormalize = renormalize
+        self.experts = experts
+        self.tm = tm
+        self.rb = rb
+        self.need_stats = scoring == "softmax" and not renormalize
+        self.smem_bytes = 4 * LUT_SIZE + 4 * WARPS * rb * tm + 16 + 64
+
+    @cute.jit
+    def __call__(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
+                 mAlpha: cute.Tensor, mLut: cute.Tensor, mLog: cute.Tensor, mIds: cute.Tensor,
+                 mW: cute.Tensor, mCnt: cute.Tensor, stream):
+        groups = (mA.shape[0] + self.tm - 1) // self.tm
+        self.kernel(mA, mSFA, mB, mSFB, mAlpha, mLut, mLog, mIds, mW, mCnt).launch(
+            grid=[self.experts // self.rb, groups, 1], block=[THREADS, 1, 1], smem=self.smem_bytes, stream=stream)
+
+    @cute.jit
+    def _load16(self, mX: cute.Tensor, row, kw, c, dst: cute.Tensor):
+        """Four int32 words (32 FP4 codes) of row ``row`` at chunk ``c``: one 16-byte load."""
+        off = cute.assume(row * kw + c * 4, divby=4)
+        src = cute.make_tensor(mX.iterator + off, cute.make_layout(4))
+        cute.autovec_copy(src, dst)
+
+    @cute.kernel
+    def kernel(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
+               mAlpha: cute.Tensor, mLut: cute.Tensor, mLog: cute.Tensor, mIds: cute.Tensor,
+               mW: cute.Tensor, mCnt: cute.Tensor):
+        tidx, _, _ = cute.arch.thread_idx()
+        bx, by, _ = cute.arch.block_idx()
+        tm, rb = self.tm, self.rb
+        warp = tidx // 32
+        lane = tidx % 32
+        T = mA.shape[0]
+        kw = mA.shape[1]  # int32 words per row (K / 8)
+        nchunk = kw // 4  # 16-byte chunks per row (K / 32)
+        k_tiles = kw // 8  # 64-element scale atoms per row (K / 64)
+        n0 = bx * rb
+        t0 = by * tm
+
+        smem = cutlass.utils.SmemAllocator()
+        sLut = smem.allocate_tensor(cutlass.Float32, cute.make_layout(LUT_SIZE), 16)
+        sRed = smem.allocate_tensor(cutlass.Float32, cute.make_layout((WARPS, rb * tm), stride=(rb * tm, 1)), 16)
+        sFlag = smem.allocate_tensor(cutlass.Int32, cute.make_layout(4), 16)
+        for u in cutlass.range_constexpr(-(-LUT_SIZE // THREADS)):
+            li = cutlass.min(tidx + u * THREADS, LUT_SIZE - 1)
+            sLut[li] = mLut[li]
+        cute.arch.sync_threads()
+
+        acc = cute.make_rmem_tensor(cute.make_layout(rb * tm), cutlass.Float32)
+        acc.fill(0.0)
+        rawB = cute.make_rmem_tensor(cute.make_layout((4, rb), stride=(1, 4)), cutlass.Int32)
+        rawA = cute.make_rmem_tensor(cute.make_layout((4, tm), stride=(1, 4)), cutlass.Int32)
+        sfB = cute.make_rmem_tensor(cute.make_layout((2, rb), stride=(1, 2)), cutlass.Int32)
+        sfA = cute.make_rmem_tensor(cute.make_layout((2, tm), stride=(1, 2)), cutlass.Int32)
+        wv = cute.make_rmem_tensor(cute.make_layout((32, rb), stride=(1, 32)), cutlass.Float32)
+        av = cute.make_rmem_tensor(cute.make_layout(32), cutlass.Float32)
+
+        for c in range(tidx, nchunk, THREADS):
+            kt = c // 2
+            blk = (c % 2) * 2  # chunk c holds scale blocks 2c, 2c+1 of K-tile c // 2
+            # every global load of this chunk first, then the decodes
+            for r in cutlass.range_constexpr(rb):
+                row = n0 + r
+                self._load16(mB, row, kw, c, rawB[None, r])
+                # 128x4 scale atoms (kernels.nvfp4.swizzle), K-tile inner
+                off = ((row // 128) * k_tiles + kt) * 512 + (row % 32) * 16 + ((row % 128) // 32) * 4 + blk
+                sfB[0, r] = cutlass.Int32(mSFB[off])
+                sfB[1, r] = cutlass.Int32(mSFB[off + 1])
+            for t in cutlass.range_constexpr(tm):
+                tok = cutlass.min(t0 + t, T - 1)  # rows past T re-read row T-1, never stored
+                self._load16(mA, tok, kw, c, rawA[None, t])
+                sfA[0, t] = cutlass.Int32(mSFA[tok, 2 * c])
+                sfA[1, t] = cutlass.Int32(mSFA[tok, 2 * c + 1])
+            for r in cutlass.range_constexpr(rb):
+                for w in cutlass.range_constexpr(4):
+                    word = rawB[w, r]
+                    for e in cutlass.range_constexpr(8):
+                        wv[w * 8 + e, r] = sLut[LUT_E2M1 + ((word >> (4 * e)) & 15)]
+            for t in cutlass.range_constexpr(tm):
+                for w in cutlass.range_constexpr(4):
+                    word = rawA[w, t]
+                    for e in cutlass.range_constexpr(8):
+                        av[w * 8 + e] = sLut[LUT_E2M1 + ((word >> (4 * e)) & 15)]
+                sa0 = sLut[LUT_E4M3 + sfA[0, t]]
+                sa1 = sLut[LUT_E4M3 + sfA[1, t]]
+                for r in cutlass.range_constexpr(rb):
+                    # code-value sums of a 16-block are exact in float32; scaled once per block
+                    b0 = wv[0, r] * av[0]
+                    b1 = wv[16, r] * av[16]
+                    for e in cutlass.range_constexpr(1, 16):
+                        b0 = b0 + wv[e, r] * av[e]
+                        b1 = b1 + wv[16 + e, r] * av[16 + e]
+                    sw0 = sLut[LUT_E4M3 + sfB[0, r]]
+                    sw1 = sLut[LUT_E4M3 + sfB[1, r]]
+                    acc[r * tm + t] = acc[r * tm + t] + b0 * (sw0 * sa0) + b1 * (sw1 * sa1)
+
+        # CTA sum: butterflies inside each warp, then the warps in a fixed order
+        for i in cutlass.range_constexpr(rb * tm):
+            v = acc[i]
+            for sh in cutlass.range_constexpr(5):
+                v = v + cute.arch.shuffle_sync_bfly(v, offset=16 >> sh)
+            if lane == 0:
+                sRed[warp, i] = v
+        cute.arch.sync_threads()
+        alpha = mAlpha[0]
+        if tidx < rb * tm:
+            s = sRed[0, tidx]
+            for w in cutlass.range_constexpr(1, WARPS):
+                s = s + sRed[w, tidx]
+            r = tidx // tm
+            t = tidx % tm
+            if t0 + t < T:
+                mLog[t0 + t, n0 + r] = s * alpha
+
+        # publish the logits; the last CTA of this token group routes it
+        cute.arch.fence_acq_rel_gpu()
+        cute.arch.sync_threads()
+        if tidx == 0:
+            old = cute.arch.atomic_add((mCnt.iterator + by).llvm_ptr, cutlass.Int32(1), sem="acq_rel", scope="gpu")
+            sFlag[0] = old
+        cute.arch.sync_threads()
+        if sFlag[0] == self.experts // rb - 1:
+            cute.arch.fence_acq_rel_gpu()
+            if warp < tm:
+                if t0 + warp < T:
+                    self._route(mLog, mIds, mW, t0 + warp, lane)
+            if tidx == 0:
+                mCnt[by] = cutlass.Int32(0)  # ready for the next launch
+
+    @cute.jit
+    def _route(self, mLog: cute.Tensor, mIds: cute.Tensor, mW: cute.Tensor, tok, lane):
+        """One warp: the top-k of logits row ``tok`` and its weights."""
+        k = self.top_k
+        per_lane = self.experts // 32
+        vals = [cutlass.Float32(-math.inf)] * k
+        ids = [cutlass.Int32(EMPTY_ID)] * k
+        for j in cutlass.range_constexpr(per_lane):
+            col = lane + 32 * j
+            vals, ids = sorted_insert(vals, ids, mLog[tok, col], col, DSL_OPS)
+        top_v = []
+        top_i = []
+        for _ in cutlass.range_constexpr(k):
+            bv = vals[0]
+            bi = ids[0]
+            for sh in cutlass.range_constexpr(5):
+                ov = cute.arch.shuffle_sync_bfly(bv, offset=16 >> sh)
+                oi = cute.arch.shuffle_sync_bfly(bi, offset=16 >> sh)
+                take = DSL_OPS.better(ov, oi, bv, bi)
+                bv = DSL_OPS.select(take, ov, bv)
+                bi = DSL_OPS.select(take, oi, bi)
+            top_v.append(bv)
+            top_i.append(bi)
+            mine = ids[0] == bi  # expert ids are unique: one lane pops its head
+            nv = []
+            ni = []
+            for j in cutlass.range_constexpr(k):
+                nxt_v = vals[j + 1] if j + 1 < k else cutlass.Float32(-math.inf)
+                nxt_i = ids[j + 1] if j + 1 < k else cutlass.Int32(EMPTY_ID)
+                nv.append(DSL_OPS.select(mine, nxt_v, vals[j]))
+                ni.append(DSL_OPS.select(mine, nxt_i, ids[j]))
+            vals = nv
+            ids = ni
+        ws = []
+        if cutlass.const_expr(self.scoring == "softmax"):
+            m = top_v[0]
+            if cutlass.const_expr(self.renormalize):
+                ws = [cute.math.exp(v - m) for v in top_v]
+            else:
+                ssum = cutlass.Float32(0.0)
+                for j in cutlass.range_constexpr(per_lane):
+                    ssum = ssum + cute.math.exp(mLog[tok, lane + 32 * j] - m)
+                for sh in cutlass.range_constexpr(5):
+                    ssum = ssum + cute.arch.shuffle_sync_bfly(ssum, offset=16 >> sh)
+                inv = cutlass.Float32(1.0) / ssum
+                ws = [cute.math.exp(v - m) * inv for v in top_v]
+        else:
+            ws = [cutlass.Float32(1.0) / (cutlass.Float32(1.0) + cute.math.exp(-v)) for v in top_v]
+        if cutlass.const_expr(self.renormalize):
+            tot = ws[0]
+            for j in cutlass.range_constexpr(1, k):
+                tot = tot + ws[j]
+            inv = cutlass.Float32(1.0) / tot
+            ws = [w * inv for w in ws]
+        if lane == 0:
+            for j in cutlass.range_constexpr(k):
+                mIds[tok, j] = top_i[j]
+                mW[tok, j] = ws[j]
+
+
+def pick_gemv(num_tokens: int, experts: int):
+    """(tm, rb): tokens per CTA (1, 2, 4 or 8) and experts per CTA.  Two experts per CTA give
+    E/2 CTAs of 256 threads (one wave on an H100/H200); with more token groups each CTA takes
+    more experts so the activation decode is shared by more rows."""
+    tm = 1
+    while tm < min(num_tokens, WARPS):
+        tm *= 2
+    groups = -(-num_tokens // tm)
+    rb = 2 if groups <= 2 else 4
+    while experts % rb:
+        rb //= 2
+    return tm, rb
+
+
+_compiled = {}
+
+
+def compile_gemv(top_k: int, scoring: str, renormalize: bool, experts: int, tm: int, rb: int, args):
+    """Compile (cached by configuration; tensor shapes and strides are dynamic, E is not)."""
+    key = (top_k, scoring, renormalize, experts, tm, rb)
+    fn = _compiled.get(key)
+    if fn is None:
+        fn = cute.compile(GemvRouterKernel(top_k, scoring, renormalize, experts, tm, rb), *args)
+        _compiled[key] = fn
+    return fn

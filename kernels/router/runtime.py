@@ -1,0 +1,55 @@
+"""What the launchers of every router kernel share: torch tensor -> CuTe tensor, the CUDA stream,
+the per-device E2M1/E4M3 decode table and the zeroed cross-CTA semaphores.
+
+``launch`` (portable and GEMV kernels) and ``sm100`` both import this module; neither imports
+the other, so the two can be loaded in either order.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_LUTS = {}
+_COUNTERS = {}
+
+
+def to_cute(t: torch.Tensor):
+    from cutlass.cute.runtime import from_dlpack
+
+    # the last dimension is the contiguous one for every tensor here (named: a [1,1,1] dummy or a
+    # [1, k] output would leave it ambiguous)
+    return from_dlpack(t, assumed_align=16).mark_layout_dynamic(leading_dim=t.dim() - 1)
+
+
+def current_stream(device=None):
+    import cuda.bindings.driver as cuda
+
+    if device is None or torch.device(device).type != "cuda":
+        return cuda.CUstream(0)
+    return cuda.CUstream(torch.cuda.current_stream(device).cuda_stream)
+
+
+def e2m1_e4m3_lut(device=None):
+    """float32 [272]: the 16 E2M1 code values, then the 256 E4M3 byte values (NaN bytes stay NaN)."""
+    from kernels.nvfp4.format import e2m1_lut
+
+    e4m3 = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(torch.float8_e4m3fn).float()
+    return torch.cat([e2m1_lut(dtype=torch.float32), e4m3]).to(device)
+
+
+def lut(device):
+    """The decode table on ``device``, made once per device (a launch inside a CUDA graph may not copy)."""
+    key = str(device)
+    if key not in _LUTS:
+        _LUTS[key] = e2m1_e4m3_lut(device)
+    return _LUTS[key]
+
+
+def counters(device, n: int):
+    """Zeroed int32 semaphores; the last CTA of a group resets its own to 0 for the next launch."""
+    key = str(device)
+    c = _COUNTERS.get(key)
+    if c is None or c.numel() < n:
+        c = torch.zeros(max(n, 256), dtype=torch.int32, device=device)
+        _COUNTERS[key] = c
+    return c
