@@ -286,8 +286,9 @@ def test_inspect_shows_the_run_without_extracting_or_running(made, tmp_path, mon
     out = capsys.readouterr().out
     assert "integrity: ok" in out and f"run {made.name[:-7]}: status complete" in out
     assert "CUTLASS 4.5.0" in out and "device: no GPU" in out
-    assert "redacted (AWS_SECRET_ACCESS_KEY, DOCKER_PASSWORD, GITHUB_TOKEN, HF_API_KEY, MYSERVICE_AUTH, " \
-           "NETRC_CREDENTIALS)" in out
+    # secret names, and an allowlisted variable whose whole value is a credential (a Slack webhook URL)
+    assert "redacted (AWS_SECRET_ACCESS_KEY, CUDA_ALERT_HOOK, DOCKER_PASSWORD, GITHUB_TOKEN, HF_API_KEY, " \
+           "MYSERVICE_AUTH, NETRC_CREDENTIALS)" in out and " by name only" in out
     assert "hello" in out and "broken" in out and "departed" in out and "no GPU" in out
     assert list(work.iterdir()) == []
 
@@ -335,7 +336,7 @@ def test_replay_keeps_flags_and_reports_changed_sources(config, tmp_path):
     assert new["request"]["compile_only"] is True and new["request"]["arch"] == "sm_90a"
     assert "source hello/hello.cu: differs from the bundled copy" in done.differences
     assert (tmp_path / "unpacked" / old.name / "run" / "run.json").is_file()  # --dest keeps the extraction
-    assert [(r.old, r.new) for r in done.rows] == [("skipped", "skipped")] and done.exit_code == 0
+    assert [(r.old, r.new) for r in done.rows] == [("compiled", "compiled")] and done.exit_code == 0
 
 
 def test_replay_refuses_a_tampered_bundle_before_running_anything(made, tmp_path, run_dir, config):
