@@ -1,5 +1,6 @@
 """Hostile archives of each kind: refused with a clear one-line message, nothing written anywhere."""
 import gzip
+import io
 import os
 import tarfile
 
@@ -7,6 +8,7 @@ import pytest
 
 from fake_runs import make_run, project_config, raw_tar_gz
 from gpurepro import app, bundle, safe_tar
+from gpurepro.errors import UsageError
 from gpurepro.safe_tar import Limits, UnsafeArchiveError, extract
 
 FILE = b"harmless\n"
@@ -151,3 +153,53 @@ def test_gzip_of_garbage_inside_is_refused(tmp_path):
     path.write_bytes(gzip.compress(b"not a tar at all" * 100))
     with pytest.raises(UnsafeArchiveError):
         bundle.verify(path)
+
+
+# --- reading in one bounded pass -----------------------------------------------------------------------
+def test_oversized_tar_metadata_is_refused_before_it_is_inflated(tmp_path):
+    # tarfile reads a pax header whole: one larger than tar metadata ever is must not reach memory
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type = tarfile.XHDTYPE
+    header.size = safe_tar.MAX_READ + 1
+    path = tmp_path / "pax.tar.gz"
+    path.write_bytes(gzip.compress(header.tobuf(format=tarfile.USTAR_FORMAT) + bytes(safe_tar.MAX_READ + 1024)))
+    for call in (lambda: extract(path, tmp_path / "dest"), lambda: bundle.verify(path)):
+        with pytest.raises(UnsafeArchiveError, match=r"asks to read \d+ bytes at once \(metadata larger than"):
+            call()
+    assert not (tmp_path / "dest").exists()
+
+
+@pytest.mark.parametrize("compression", ["", "gz", "bz2", "xz"])
+def test_every_tar_compression_opens(tmp_path, compression):
+    path = tmp_path / f"a.tar.{compression or 'plain'}"
+    with tarfile.open(path, f"w:{compression}") as tar:
+        info = member("d/a")
+        info.size = len(FILE)
+        tar.addfile(info, io.BytesIO(FILE))
+    assert extract(path, tmp_path / "dest") == ["d/a"]
+    assert (tmp_path / "dest" / "d" / "a").read_bytes() == FILE
+
+
+def test_open_archive_closes_the_file(tmp_path):
+    path = archive(tmp_path, (member("a"), FILE))
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        with safe_tar.open_archive(path) as tar:
+            safe_tar.scan(tar, "a")
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_destination_that_is_a_file_is_a_usage_error(tmp_path):
+    path = archive(tmp_path, (member("a"), FILE))
+    (tmp_path / "dest").write_text("keep")
+    with pytest.raises(UsageError, match="is a file, not a directory"):
+        extract(path, tmp_path / "dest")
+    assert (tmp_path / "dest").read_text() == "keep"
+
+
+def test_a_file_name_with_control_characters_is_shown_escaped(tmp_path):
+    path = tmp_path / "evil\x1b[2J\nname.tar.gz"
+    path.write_bytes(b"junk")
+    with pytest.raises(UnsafeArchiveError) as caught:
+        bundle.verify(path)
+    assert caught.value.one_line().startswith("evil\\x1b[2J\\x0aname.tar.gz: not a readable tar archive")
