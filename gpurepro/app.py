@@ -1,6 +1,6 @@
 """Entry points shared by the Invoke tasks and `python -m gpurepro`.
 
-Each returns an exit code (DESIGN.md) or raises a GpuReproError, which the front ends turn into one
+Each returns an exit code (docs/contracts.md) or raises a GpuReproError, which the front ends turn into one
 line on stderr and that error's exit code.
 """
 from __future__ import annotations
@@ -10,11 +10,12 @@ import re
 import sys
 
 from .config import load_config
-from .console import Console
 from .environment import invoked_command
-from .errors import BadInputError, UsageError
+from .errors import BadInputError, InfraError, UsageError
 from .manifest import load_manifest
-from .pipeline import RunRequest, execute
+from .render.console import Console
+from .suites.repro import RunRequest, execute
+from .validate import check_arch, parse_jobs
 
 
 def split_steps(steps) -> list[str]:
@@ -26,20 +27,30 @@ def split_steps(steps) -> list[str]:
 
 
 def repro(steps=None, *, all=False, arch=None, backend="auto", compile_only=False, jobs=None, record=False,
-          config=None, argv=None, console=None) -> int:
+          no_cache=False, config=None, argv=None, console=None) -> int:
     cfg = load_config(config)
-    if arch is not None and not re.fullmatch(r"sm_\d{2,3}[af]?", arch):
-        raise UsageError(f"--arch {arch!r} is not an arch like sm_120a")
+    if arch is not None:
+        check_arch(arch)
     steps = split_steps(steps)
     if steps == ["all"]:  # `invoke repro all`: Invoke cannot take --all without a positional
         steps, all = [], True
-    request = RunRequest(steps=steps, all=all, arch=arch, backend=backend,
-                         compile_only=compile_only, jobs=jobs, argv=invoked_command(argv))
+    request = RunRequest(steps=steps, all=all, arch=arch, backend=backend, compile_only=compile_only,
+                         jobs=parse_jobs(jobs), no_cache=no_cache, argv=invoked_command(argv))
     console = console or Console()
     outcome = execute(cfg, request, console=console)
     if record:
         _record(cfg, outcome.results, console)
+    _raise_if_failed(outcome)
     return outcome.exit_code
+
+
+def _raise_if_failed(outcome) -> None:
+    """A run whose evidence is incomplete (infrastructure) ends with one line on stderr and exit 3."""
+    from .run import RunRecord, STATUS_FAILED
+
+    if outcome.status == STATUS_FAILED:
+        record = RunRecord.read(outcome.run.path)
+        raise InfraError(f"{record.error or 'the run failed'} (run: {outcome.run.path})")
 
 
 def _record(cfg, results, console) -> None:
@@ -63,16 +74,18 @@ def diff(step, *, config=None) -> int:
     return 0
 
 
-def bisect(*, from_step=None, to_step=None, arch=None, backend="auto", git=False, jobs=None, config=None,
-           argv=None, console=None) -> int:
+def bisect(*, from_step=None, to_step=None, arch=None, backend="auto", git=False, jobs=None, no_cache=False,
+           config=None, argv=None, console=None) -> int:
     from .chain import flip_table, git_bisect_code
 
     cfg = load_config(config)
     manifest = load_manifest(cfg.manifest)
     chain = manifest.chain(from_step, to_step)
     console = console or Console()
-    request = RunRequest(steps=[s.id for s in chain], arch=arch, backend=backend, jobs=jobs,
-                         argv=invoked_command(argv))
+    if arch is not None:
+        check_arch(arch)
+    request = RunRequest(steps=[s.id for s in chain], arch=arch, backend=backend, jobs=parse_jobs(jobs),
+                         no_cache=no_cache, argv=invoked_command(argv))
     outcome = execute(cfg, request, console=console)
     rows, first = flip_table(chain, outcome.results)
     console.flip_table(rows, first, outcome.results)
@@ -109,7 +122,7 @@ def list_steps(*, config=None, console=None) -> int:
 def kernels_test(*, backend="auto", keyword=None, marker=None, python=None, timeout=None, config=None, argv=None,
                  console=None) -> int:
     """Run tests/kernels where the kernels run (the container, or this host) and record it like a repro run."""
-    from .kernels_suite import KernelsRequest, execute as run_kernels
+    from .suites.kernels import KernelsRequest, execute as run_kernels
     from .runners import BACKENDS
 
     cfg = load_config(config)
@@ -223,7 +236,8 @@ def bundle_inspect(file=None, *, console=None) -> int:
     return 0
 
 
-def bundle_replay(file=None, *, backend=None, dest=None, config=None, argv=None, console=None, runner=None) -> int:
+def bundle_replay(file=None, *, backend=None, dest=None, no_cache=False, config=None, argv=None, console=None,
+                  runner=None) -> int:
     from rich.markup import escape
     from rich.table import Table
 
@@ -254,7 +268,7 @@ def bundle_replay(file=None, *, backend=None, dest=None, config=None, argv=None,
 
 def report(run=None, *, config=None) -> int:
     from .bundle import resolve_run
-    from .html_report import write_report
+    from .render.html import write_report
 
     cfg = load_config(config)
     try:
@@ -286,7 +300,8 @@ def reports_prune(keep=None, *, dry_run=False, config=None, console=None) -> int
     return 0
 
 
-def ci_nightly(targets=None, *, targets_file=None, steps=None, jobs=None, config=None, console=None) -> int:
+def ci_nightly(targets=None, *, targets_file=None, steps=None, jobs=None, no_cache=False, config=None,
+               console=None) -> int:
     """Every step on every target of ci/targets.yaml (or the named ones), concurrently; one merged report."""
     from .nightly import load_targets, nightly, select_targets
 
@@ -294,7 +309,7 @@ def ci_nightly(targets=None, *, targets_file=None, steps=None, jobs=None, config
     path = pathlib.Path(targets_file) if targets_file else cfg.root / "ci" / "targets.yaml"
     chosen = select_targets(load_targets(path), split_steps(targets))
     console = console or Console()
-    outcome = nightly(cfg, chosen, steps=split_steps(steps) or None, jobs=jobs,
+    outcome = nightly(cfg, chosen, steps=split_steps(steps) or None, jobs=parse_jobs(jobs), no_cache=no_cache,
                       reports_dir=cfg.reports_dir / "nightly", log=console.info)
     console.info((outcome.path / "summary.md").read_text())
     console.info(f"report: {outcome.path}")
@@ -312,3 +327,40 @@ def report_merge(run_dirs, *, out=None, config=None, console=None) -> int:
     console.info((path / "summary.md").read_text())
     console.info(f"report: {path}")
     return code
+
+
+# --- the compile cache --------------------------------------------------------------------------------
+def cache_stats(*, config=None, console=None) -> int:
+    from rich.table import Table
+
+    from .cache import cache_stats as stats
+
+    cfg = load_config(config)
+    console = console or Console()
+    table = Table(title="compile cache")
+    table.add_column("")
+    table.add_column("")
+    for name, value in stats(cfg.cache.dir, cfg.cache.max_bytes):
+        table.add_row(name, str(value))
+    console.out.print(table)
+    return 0
+
+
+def cache_prune(*, max_gb=None, older_than_days=None, all=False, config=None, console=None) -> int:
+    from .cache import cache_prune as prune
+
+    cfg = load_config(config)
+    if max_gb is None and older_than_days is None and not all:
+        raise UsageError("say what to remove", hint="--max-gb N, --older-than-days N or --all")
+    try:
+        to_bytes = None if max_gb is None else int(float(max_gb) * 2**30)
+        days = None if older_than_days is None else float(older_than_days)
+    except ValueError:
+        raise UsageError(f"--max-gb / --older-than-days: expected numbers, got {max_gb!r} / {older_than_days!r}") from None
+    if (to_bytes is not None and to_bytes < 0) or (days is not None and days < 0):
+        raise UsageError("--max-gb and --older-than-days must not be negative")
+    done = prune(cfg.cache.dir, cfg.cache.max_bytes, to_bytes=to_bytes, older_than_days=days, all=all)
+    console = console or Console()
+    console.info(f"removed {done['removed']} entries ({done['bytes']} bytes); {done['entries']} left "
+                 f"({done['bytes_left']} bytes) in {cfg.cache.dir}")
+    return 0

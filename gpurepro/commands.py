@@ -1,8 +1,13 @@
-"""gpurepro tasks. `invoke --list` shows them; `invoke --help TASK` shows a task's options."""
+"""The command table: every gpurepro command, as an Invoke task.
+
+tasks.py (the `invoke` front end) exports `ns`; `python -m gpurepro` builds its parser from the same tasks
+(gpurepro/cli.py), so both take the same names, options and help. Each task's docstring is its help and its
+body one call into the engine (gpurepro/app.py); engine errors become one line and the contract's exit code.
+"""
 from invoke import Collection
 
-from gpurepro import app
-from gpurepro.invoke_support import engine_task
+from . import app
+from .invoke_support import engine_task
 
 
 @engine_task(positional=["steps"], default=True, help={
@@ -12,10 +17,12 @@ from gpurepro.invoke_support import engine_task
     "compile-only": "compile and record, never run on a device",
     "jobs": "parallel compiles (default: bounded by cores and memory)",
     "record": "write the observed outcomes back into repros/manifest.yaml as expectations",
+    "no-cache": "compile every step (the compile cache is written, not read)",
 })
-def run(c, steps=None, arch=None, backend="auto", compile_only=False, jobs=0, record=False):
+def run(c, steps=None, arch=None, backend="auto", compile_only=False, jobs=0, record=False, no_cache=False):
     """Compile, arch-check, run and classify repro steps; write reports/<run-id>/ and JUnit."""
-    return app.repro(steps, arch=arch, backend=backend, compile_only=compile_only, jobs=jobs or None, record=record)
+    return app.repro(steps, arch=arch, backend=backend, compile_only=compile_only, jobs=jobs or None, record=record,
+                     no_cache=no_cache)
 
 
 @engine_task(name="list")
@@ -37,10 +44,12 @@ def diff(c, step=None):
     "backend": "docker | host | auto",
     "git": "exit like `git bisect run` wants: 0 good, 1 bad, 125 cannot test",
     "jobs": "parallel compiles",
+    "no-cache": "compile every step (the compile cache is written, not read)",
 })
-def bisect_chain(c, from_=None, to=None, arch=None, backend="auto", git=False, jobs=0):
+def bisect_chain(c, from_=None, to=None, arch=None, backend="auto", git=False, jobs=0, no_cache=False):
     """Run a parent chain, print the flip table and the first step whose outcome differs from its parent's."""
-    return app.bisect(from_step=from_, to_step=to, arch=arch, backend=backend, git=git, jobs=jobs or None)
+    return app.bisect(from_step=from_, to_step=to, arch=arch, backend=backend, git=git, jobs=jobs or None,
+                      no_cache=no_cache)
 
 
 @engine_task(name="diff", positional=["step_a", "step_b"])
@@ -99,10 +108,11 @@ def bundle_inspect(c, file=None):
     "file": "a bundle (.tar.gz)",
     "backend": "docker | host | auto (default: the bundled run's backend)",
     "dest": "keep the extracted bundle in this (empty) directory",
+    "no-cache": "compile every step (the compile cache is written, not read)",
 })
-def bundle_replay(c, file=None, backend=None, dest=None):
+def bundle_replay(c, file=None, backend=None, dest=None, no_cache=False):
     """Run a bundle's steps again here with the same flags; print old vs new outcome per step."""
-    return app.bundle_replay(file, backend=backend, dest=dest)
+    return app.bundle_replay(file, backend=backend, dest=dest, no_cache=no_cache)
 
 
 @engine_task(name="write", default=True, help={
@@ -144,14 +154,32 @@ def report_merge(c, run_dirs=None, out=None):
     "targets-file": "the targets file (default: ci/targets.yaml)",
     "steps": "step ids, comma-separated (default: every step)",
     "jobs": "parallel compiles per target",
+    "no-cache": "compile every step (the compile cache is written, not read)",
 })
-def nightly(c, target=None, targets_file=None, steps=None, jobs=0):
+def nightly(c, target=None, targets_file=None, steps=None, jobs=0, no_cache=False):
     """Every step on every GPU target, concurrently; rerun departures; exit 1 only for what changed."""
-    return app.ci_nightly(target, targets_file=targets_file, steps=steps, jobs=jobs or None)
+    return app.ci_nightly(target, targets_file=targets_file, steps=steps, jobs=jobs or None, no_cache=no_cache)
+
+
+@engine_task(name="stats")
+def cache_stats(c):
+    """Show the compile cache: where it is, entries, size against its cap, hits and misses."""
+    return app.cache_stats()
+
+
+@engine_task(name="prune", help={
+    "max-gb": "shrink to at most this many GB (least recently used go first)",
+    "older-than-days": "remove entries not used for this many days",
+    "all": "remove every entry",
+})
+def cache_prune(c, max_gb=None, older_than_days=None, all=False):
+    """Remove compile-cache entries: by size (least recently used first), by age, or all."""
+    return app.cache_prune(max_gb=max_gb, older_than_days=older_than_days, all=all)
 
 
 ns = Collection(Collection("repro", run, list_steps, diff), bisect_chain, Collection("layout", layout_diff),
                 Collection("image", base, build, wheels), Collection("toolchain", headers),
                 Collection("kernels", kernels_test),
                 Collection("bundle", bundle_create, bundle_verify, bundle_inspect, bundle_replay),
-                Collection("report", report_write, report_merge), Collection("reports", prune), Collection("ci", nightly))
+                Collection("report", report_write, report_merge), Collection("reports", prune), Collection("ci", nightly),
+                Collection("cache", cache_stats, cache_prune))

@@ -20,9 +20,10 @@ import yaml
 from .config import Config
 from .errors import (EXIT_DEPARTED, EXIT_INFRA, EXIT_OK, ConfigError, GpuReproError, InfraError,
                      InterruptedRun, UsageError)
-from .junit import build_suite, visible, write_suites
-from .outcomes import Outcome, StepResult, Verdict
-from .report import RunDirectory, atomic_write, now_utc, write_json
+from .outcomes import CaseResult, Outcome, StepResult, Verdict
+from .render.escape import md_cell
+from .render.junit import build_suite, kernel_testcase, step_testcase, write_suites
+from .run import RunDirectory, RunRecord, atomic_write, now_utc, write_json
 
 TARGET_KEYS = {"name", "docker", "backend", "arch", "compile_arch", "labels", "kernels", "image", "build"}
 NIGHTLY_JSON = "nightly.json"
@@ -182,8 +183,8 @@ def classify_pair(first: StepResult, rerun: StepResult | None) -> str:
 def run_target(config: Config, target: Target, nightly_dir: pathlib.Path, *, steps=None, jobs=None,
                make_runner=None, prepare=None, run_kernels=None, log=print) -> TargetReport:
     """Run every (or the given) step on one target, rerun what departed; never raises for the target's faults."""
-    from .console import Console
-    from .pipeline import RunRequest, execute
+    from .render.console import Console
+    from .suites.repro import RunRequest, execute
 
     report = TargetReport(target)
     target_dir = nightly_dir / "targets" / target.name
@@ -247,30 +248,22 @@ def _kernels(config, target, nightly_dir, console, run_kernels) -> dict:
         return {"run": None, "exit_code": EXIT_INFRA, "counts": {}, "failed": [], "error": error[:300]}
     failed = [c.id for c in outcome.cases if c.outcome in ("failed", "error")]
     return {"run": outcome.run.path.relative_to(nightly_dir).as_posix(), "exit_code": outcome.exit_code,
-            "counts": dict(outcome.counts), "failed": failed, "error": None}
+            "counts": dict(outcome.counts), "failed": failed, "error": None,
+            "cases": [dataclasses.asdict(c) for c in outcome.cases]}
 
 
 def kernels_on_target(config: Config, target: Target, console):
-    from .kernels_suite import KernelsHostRunner, KernelsRequest, execute
+    from .suites.kernels import KernelsRequest, execute
 
-    if target.backend == "host":
-        runner = KernelsHostRunner(config, log=console.info)
-    else:
-        from .runners.docker import DockerRunner, connect
-
-        runner = DockerRunner(connect(target.endpoint), config, log=console.info)
+    runner = runner_factory(config, target, console.info, purpose="kernels")
     request = KernelsRequest(backend=target.backend, argv=["invoke", "ci.nightly", "--target", target.name])
     return execute(config, request, console=console, runner=runner)
 
 
-def runner_factory(config: Config, target: Target, log):
-    from .runners import HostRunner
+def runner_factory(config: Config, target: Target, log, *, purpose: str = "repro"):
+    from .runners import make_runner
 
-    if target.backend == "host":
-        return HostRunner(config, log=log)
-    from .runners.docker import DockerRunner, connect
-
-    return DockerRunner(connect(target.endpoint), config, log=log)
+    return make_runner(config, target.backend, log=log, purpose=purpose, endpoint=target.endpoint)
 
 
 def ensure_image(config: Config, target: Target, log) -> None:
@@ -393,34 +386,23 @@ def write_junit(path: pathlib.Path, reports: list[TargetReport]) -> None:
         properties = {"target": t.name, "backend": t.backend, "endpoint": t.endpoint or "",
                       "expected_arch": t.arch or "", "device_arch": report.device or "",
                       "labels": ",".join(t.labels), "runs": " ".join(report.runs)}
-        suite = build_suite(t.name, target_results(report), timestamp=stamp, hostname=t.endpoint or t.name,
-                            properties=properties)
-        for case in _kernel_cases(path.parent, report):
-            suite.add_testcase(case)
-        suite.update_statistics()
-        suites.append(suite)
+        cases = [step_testcase(r) for r in target_results(report)] + _kernel_cases(report)
+        suites.append(build_suite(t.name, cases, timestamp=stamp, hostname=t.endpoint or t.name,
+                                  properties=properties))
     write_suites(suites, path)
 
 
-def _kernel_cases(nightly_dir: pathlib.Path, report: TargetReport) -> list:
+def _kernel_cases(report: TargetReport) -> list:
     """The target's kernels.test testcases (classname kernels.<module>), or one error when it could not run."""
-    from junitparser import Error, JUnitXml, TestCase
-
     kernels = report.kernels
     if not kernels:
         return []
-    junit = nightly_dir / kernels["run"] / "junit.xml" if kernels.get("run") else None
-    if junit is None or not junit.is_file():
-        case = TestCase("kernels.test", classname="kernels")
-        case.result = [Error(message=visible(kernels.get("error") or "kernels.test wrote no JUnit"),
-                             type_=Outcome.INFRA_ERROR.value)]
-        return [case]
-    loaded = JUnitXml.fromfile(str(junit))
-    return [case for suite in (loaded if isinstance(loaded, JUnitXml) else [loaded]) for case in suite]
-
-
-def _md(text) -> str:
-    return visible(str(text)).replace("|", "\\|").replace("\n", " ")
+    cases = kernels.get("cases")
+    if not cases:
+        message = kernels.get("error") or "kernels.test recorded no test cases"
+        return [kernel_testcase(CaseResult("kernels", "kernels.test", "error", message, infra=True))]
+    names = {f.name for f in dataclasses.fields(CaseResult)}
+    return [kernel_testcase(CaseResult(**{k: v for k, v in c.items() if k in names})) for c in cases]
 
 
 def render_summary(reports: list[TargetReport], *, title: str) -> str:
@@ -435,21 +417,21 @@ def render_summary(reports: list[TargetReport], *, title: str) -> str:
         for r, e in by_class[CHANGED]:
             x = e.result
             lines.append(f"- `{x.step}` on **{r.target.name}** ({x.arch}): expected {x.expected}, observed "
-                         f"{x.outcome.value} — {_md(x.reason)}  \n  reproduce: `{x.reproduce}`")
+                         f"{x.outcome.value} — {md_cell(x.reason)}  \n  reproduce: `{x.reproduce}`")
         lines.append("")
     if by_class[FLAKY]:
         lines += ["## Flaky (departed, then matched on the rerun)", ""]
         for r, e in by_class[FLAKY]:
             first = e.first or e.result
             lines.append(f"- `{e.result.step}` on **{r.target.name}** ({e.result.arch}): first {first.outcome.value} "
-                         f"— {_md(first.reason)}; rerun {e.result.outcome.value}  \n  reproduce: `{e.result.reproduce}`")
+                         f"— {md_cell(first.reason)}; rerun {e.result.outcome.value}  \n  reproduce: `{e.result.reproduce}`")
         lines.append("")
     if dead or by_class[INFRA]:
         lines += ["## Infrastructure errors (no verdict on the steps)", ""]
         for r in dead:
-            lines.append(f"- **{r.target.name}**: {_md(r.error)}")
+            lines.append(f"- **{r.target.name}**: {md_cell(r.error)}")
         for r, e in by_class[INFRA]:
-            lines.append(f"- `{e.result.step}` on **{r.target.name}**: {_md(e.result.reason)}")
+            lines.append(f"- `{e.result.step}` on **{r.target.name}**: {md_cell(e.result.reason)}")
         lines.append("")
     with_kernels = [r for r in reports if r.kernels]
     if with_kernels:
@@ -458,7 +440,7 @@ def render_summary(reports: list[TargetReport], *, title: str) -> str:
             k = r.kernels
             counts = ", ".join(f"{n} {c}" for c, n in sorted(k["counts"].items())) or "no tests"
             verdict = {EXIT_OK: "ok", EXIT_DEPARTED: "FAILED"}.get(k["exit_code"], "could not run")
-            lines.append(f"- **{r.target.name}**: {verdict} ({counts})" + (f" — {_md(k['error'])}" if k["error"] else ""))
+            lines.append(f"- **{r.target.name}**: {verdict} ({counts})" + (f" — {md_cell(k['error'])}" if k["error"] else ""))
             lines += [f"  - failed: `{test}`" for test in k["failed"][:20]]
         lines.append("")
     lines += ["## Counts", "", "| target | device | status | " + " | ".join(CLASS_ORDER) + " |",
@@ -492,12 +474,12 @@ def load_reports(path: pathlib.Path) -> list[TargetReport]:
                 return [TargetReport.from_json(t) for t in data["targets"]]
             raise UsageError(f"{path}: the nightly run did not finish (no results in {NIGHTLY_JSON})")
         if run_json.is_file():
-            record = json.loads(run_json.read_text())
-            results = [_step_result(path, s) for s in record.get("steps", [])]
-            host = (record.get("host") or {}).get("hostname") or path.name
-            target = Target(name=f"{host}-{record.get('backend', 'run')}", backend=record.get("backend", "docker"))
+            record = RunRecord.read(path)
+            results = [_step_result(path, dataclasses.asdict(s)) for s in record.steps]
+            target = Target(name=f"{record.hostname or path.name}-{record.backend or 'run'}",
+                            backend=record.backend or "docker")
             report = TargetReport(target, [Entry(r, classify_pair(r, r)) for r in results], [path.name],
-                                  None if record.get("status") == "complete" else f"run {record.get('status')}")
+                                  None if record.status == "complete" else f"run {record.status}")
             report.device = next((r.device_arch for r in results if r.device_arch), None)
             return [report]
     except (KeyError, TypeError, ValueError) as exc:

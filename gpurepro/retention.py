@@ -14,7 +14,7 @@ import secrets
 import shutil
 from dataclasses import dataclass, field
 
-from . import runlock
+from .run import lock as runlock
 from .errors import UsageError
 
 RUN_ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")

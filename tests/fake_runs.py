@@ -8,10 +8,10 @@ import tarfile
 
 from gpurepro.archive import build_tar
 from gpurepro.config import load_config
-from gpurepro.console import Console
-from gpurepro.pipeline import RunRequest, execute
+from gpurepro.render.console import Console
+from gpurepro.suites.repro import RunRequest, execute
 from projects import make_project
-from test_pipeline import STEPS, FakeRunner  # noqa: F401 - re-exported for the bundle/report tests
+from fake_runner import STEPS, FakeRunner  # noqa: F401 - re-exported for the bundle/report tests
 
 H100 = "NVIDIA H100 80GB HBM3, 9.0, 580.1"
 

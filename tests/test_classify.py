@@ -98,8 +98,9 @@ def test_markers_anywhere_on_a_line_and_invalid_ones_kept():
 def test_every_outcome_is_reachable():
     seen = {case[2] for case in CASES.values()} | {Outcome.TIMEOUT}
     seen |= {classify_compile(ExecResult(["nvcc"], 1, "x.cu(1): error: boom")).outcome}
-    # infra_error comes from exceptions (pipeline.outcome_from_exception), tested in test_pipeline
-    assert seen | {Outcome.INFRA_ERROR} == set(Outcome)
+    # infra_error comes from exceptions (suites.repro.outcome_from_exception); compiled and interrupted are the
+    # repro suite's own words (--compile-only, an interrupt), tested in tests/suites/test_repro.py
+    assert seen | {Outcome.INFRA_ERROR, Outcome.COMPILED, Outcome.INTERRUPTED} == set(Outcome)
 
 
 # --- compile --------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from projects import make_project
-from test_pipeline import STEPS, FakeRunner
+from fake_runner import STEPS, FakeRunner
 from gpurepro import app
 from gpurepro.config import load_config
 from gpurepro.errors import ConfigError, DockerUnavailableError, UsageError
@@ -44,15 +44,13 @@ def runners(*scripts):
 
 def fake_kernels(*cases, exit_code=None):
     """A run_kernels that records a kernels.test run directory with the given (classname, name, outcome) cases."""
-    from gpurepro.kernels_suite import CaseResult, KernelsOutcome, build_kernels_suite
-    from gpurepro.junit import write_suite
-    from gpurepro.report import RunDirectory
+    from gpurepro.outcomes import CaseResult
+    from gpurepro.run import RunDirectory
+    from gpurepro.suites.kernels import KernelsOutcome
 
     def run(cfg, target, console):
         made = [CaseResult(c, n, o, message="assert 1 == 2" if o == "failed" else "") for c, n, o in cases]
         run_dir = RunDirectory.create(cfg.reports_dir)
-        write_suite(build_kernels_suite("kernels", made, timestamp="2026-11-23T00:00:00", hostname="h",
-                                        properties={}), run_dir.path / "junit.xml")
         failed = any(c.outcome == "failed" for c in made)
         return KernelsOutcome(run_dir, made, "complete", exit_code if exit_code is not None else int(failed))
 
@@ -198,8 +196,8 @@ def test_merge_per_runner_directories(config, tmp_path):
 
 
 def test_merge_takes_plain_run_directories_too(config, tmp_path):
-    from gpurepro.pipeline import RunRequest, execute
-    from gpurepro.console import Console
+    from gpurepro.suites.repro import RunRequest, execute
+    from gpurepro.render.console import Console
 
     run = execute(config, RunRequest(steps=["hello"], argv=["invoke"]), console=Console(),
                   runner=FakeRunner(gpu_smi=H100)).run
@@ -210,7 +208,7 @@ def test_merge_takes_plain_run_directories_too(config, tmp_path):
 
 def test_compile_arch_applies_only_to_steps_that_list_it(config):
     from gpurepro.manifest import load_manifest
-    from gpurepro.pipeline import RunRequest, target_arch
+    from gpurepro.suites.repro import RunRequest, target_arch
 
     steps = load_manifest(config.manifest).steps
     request = RunRequest(all=True, prefer_arch="sm_120a", argv=[])
@@ -234,7 +232,7 @@ def test_kernel_tests_run_on_each_target_and_join_its_suite(config):
     [report] = outcome.targets
     assert outcome.exit_code == 1  # a failing kernel test is news like a changed step
     assert report.kernels["failed"] == ["kernels.test_router::test_ids[cpu]"]
-    assert (outcome.path / report.kernels["run"] / "junit.xml").is_file()
+    assert (outcome.path / report.kernels["run"]).is_dir()
     suite = next(ET.parse(outcome.path / "junit.xml").getroot().iter("testsuite"))
     classnames = [c.get("classname") for c in suite.iter("testcase")]
     assert classnames == ["repros", "kernels.test_router", "kernels.test_router"]
@@ -265,7 +263,7 @@ def test_kernels_can_be_left_out_per_target(tmp_path):
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     from gpurepro.cli import main
 
-    assert main(["nightly", "no-such-target"]) == 2
+    assert main(["ci.nightly", "--target", "no-such-target"]) == 2
     assert main(["report-merge", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [e for e in err if e.startswith("gpurepro: ")] and len(err) == 2

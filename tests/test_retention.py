@@ -9,7 +9,8 @@ import textwrap
 import pytest
 
 from fake_runs import FakeRunner, make_run, project_config
-from gpurepro import app, runlock
+from gpurepro import app
+from gpurepro.run import lock as runlock
 from gpurepro.errors import UsageError
 from gpurepro.retention import prune, runs
 from projects import ROOT
@@ -97,7 +98,7 @@ def test_a_live_process_holding_a_run_keeps_it_until_it_exits(reports):
     script = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(ROOT)!r})
-        from gpurepro import runlock
+        from gpurepro.run import lock as runlock
         runlock.acquire({str(held)!r})
         print("locked", flush=True)
         time.sleep(60)

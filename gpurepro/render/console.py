@@ -1,21 +1,20 @@
-"""Terminal output with rich: progress while compiling, a short table at the end."""
+"""Terminal output with rich: each stage as it starts, each step the moment it is done, a table at the end."""
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 
 from rich.console import Console as RichConsole
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .outcomes import Outcome, StepResult, Verdict
+from ..outcomes import Outcome, StepResult, Verdict
 
 STYLE = {
     Outcome.PASS: "green", Outcome.SKIPPED: "yellow", Outcome.INFRA_ERROR: "magenta",
     Outcome.COMPILE_ERROR: "red", Outcome.MISMATCH: "red", Outcome.INIT_ERROR: "red",
     Outcome.CAN_IMPLEMENT_ERROR: "red", Outcome.RUNTIME_ERROR: "red", Outcome.TIMEOUT: "red",
+    Outcome.COMPILED: "green", Outcome.INTERRUPTED: "magenta",
 }
 VERDICT_STYLE = {Verdict.MATCH: "green", Verdict.DEPARTED: "bold red", Verdict.INFRA: "magenta",
                  Verdict.NEW: "cyan", Verdict.NOT_RUN: "yellow"}
@@ -32,6 +31,11 @@ def _width(stream) -> int | None:
         return max(80, int(os.environ["COLUMNS"]))
     except (KeyError, ValueError):
         return 160
+
+
+def styled(text: str, style: str | None) -> str:
+    """Rich markup for `text` in `style`; recorded text is escaped, and no style means no tag."""
+    return f"[{style}]{escape(text)}[/]" if style else escape(text)
 
 
 class Console:
@@ -51,21 +55,13 @@ class Console:
         self.info(f"{facts.backend}: {gpu}; nvcc {values.get('nvcc_version') or '?'}; "
                   f"CUTLASS {values.get('cutlass_version') or '?'}; FlashInfer {values.get('flashinfer_version') or '?'}")
 
-    @contextlib.contextmanager
-    def progress(self, label: str, total: int):
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-        with Progress(*columns, console=self.out, transient=True, disable=not self.out.is_terminal) as progress:
-            task = progress.add_task(label, total=total)
-
-            def advance(ctx) -> None:
-                progress.update(task, advance=1, description=f"{label} (last: {ctx.step.id})")
-
-            yield advance
+    def stage(self, step: str, arch: str, stage: str) -> None:
+        """A step entered a stage (copy in, compile, run, ...)."""
+        self.out.print(f"  {step}[{arch}]: {stage}", markup=False, style="dim")
 
     def step_done(self, result: StepResult) -> None:
-        style = STYLE.get(result.outcome, "")
-        self.out.print(f"  {escape(result.testcase_name)}: [{style}]{result.outcome.value}[/] — {escape(result.reason)}",
-                       markup=True, highlight=False)
+        self.out.print(f"  {escape(result.testcase_name)}: {styled(result.outcome.value, STYLE.get(result.outcome))} "
+                       f"— {escape(result.reason)}", markup=True, highlight=False)
 
     def results(self, results: list[StepResult], run) -> None:
         table = Table(title=f"run {run.run_id}", show_lines=False)
@@ -73,13 +69,16 @@ class Console:
             table.add_column(column, overflow="fold")
         for r in results:
             table.add_row(escape(r.step), escape(r.arch), escape(r.expected or "unknown"),
-                          f"[{STYLE.get(r.outcome, '')}]{r.outcome.value}[/]",
-                          f"[{VERDICT_STYLE.get(r.verdict, '')}]{r.verdict.value}[/]", escape(r.reason))
+                          styled(r.outcome.value, STYLE.get(r.outcome)),
+                          styled(r.verdict.value, VERDICT_STYLE.get(r.verdict)), escape(r.reason))
         self.out.print(table)
         for r in results:
             if r.verdict in (Verdict.DEPARTED, Verdict.INFRA):
                 self.out.print(f"reproduce {r.testcase_name}: {r.reproduce}", markup=False)
-        self.out.print(f"report: {run.path}", markup=False)
+        from .markdown import counts_line
+
+        self.out.print(counts_line(results), markup=False)
+        self.out.print(f"report: {(run.path / 'index.html').resolve().as_uri()}", markup=False)
 
     def flip_table(self, rows, first, results) -> None:
         archs = sorted({arch for row in rows for arch in row.expected})

@@ -12,8 +12,9 @@ import html
 import json
 import pathlib
 
-from .chain import diff_layouts
-from .report import RUN_JSON, atomic_write, read_run
+from ..chain import diff_layouts
+from ..run.directory import RUN_JSON, atomic_write
+from ..run.record import RunRecord
 
 INDEX = "index.html"
 LOG_LIMIT = 256 * 1024  # per log shown; the whole file stays in the run directory, linked
@@ -56,12 +57,14 @@ def _log(path: pathlib.Path) -> tuple[str, bool]:
     return text, cut
 
 
-def _step_rows(run_path: pathlib.Path, record: dict) -> list[dict]:
+def _step_rows(run_path: pathlib.Path, record: RunRecord) -> list[dict]:
     """One dict per step: run.json's summary merged with the step's result.json when it is there."""
+    import dataclasses
+
     rows = []
-    for entry in record.get("steps") or []:
-        result = _read_json(run_path / "steps" / entry["step"] / "result.json") or {}
-        rows.append({**result, **{k: v for k, v in entry.items() if v is not None}})
+    for entry in record.steps:
+        result = _read_json(run_path / "steps" / entry.step / "result.json") or {}
+        rows.append({**result, **{k: v for k, v in dataclasses.asdict(entry).items() if v is not None}})
     return rows
 
 
@@ -164,38 +167,33 @@ def _facts_table(facts: dict) -> str:
 
 def render(run_path: pathlib.Path, manifest=None) -> str:
     run_path = pathlib.Path(run_path)
-    record = read_run(run_path)
+    record = RunRecord.read(run_path)
     rows = _step_rows(run_path, record)
     partners = _parents(rows, manifest)
-    env = record.get("environment") or {}
-    git = record.get("git") or {}
-    host = record.get("host") or {}
-    status = record.get("status", "?")
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.get("verdict", "?")] = counts.get(r.get("verdict", "?"), 0) + 1
-    where = f"{env.get('gpu_name')} ({env.get('gpu_arch')})" if env.get("gpu_name") else "no GPU"
-    variables = record.get("env_vars") or {}
+    where = f"{record.env('gpu_name')} ({record.env('gpu_arch')})" if record.env("gpu_name") else "no GPU"
     page = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">",
-        f"<title>gpurepro run {_e(record.get('run_id'))}</title><style>{STYLE}</style></head><body>",
-        f"<h1>gpurepro run {_e(record.get('run_id'))}</h1>",
-        f'<p>status <b class="status-{_e(status)}">{_e(status)}</b>, exit code {_e(record.get("exit_code"))}; '
-        f"backend {_e(record.get('backend'))}; device {_e(where)}; started {_e(record.get('started_at'))}, "
-        f"finished {_e(record.get('finished_at'))}</p>",
-        f"<p>command: <code>{_e(' '.join(record.get('command') or []))}</code></p>",
-        f"<p>git {_e(git.get('commit') or 'n/a')}{' (dirty)' if git.get('dirty') else ''}; "
-        f"gpurepro {_e((record.get('tool') or {}).get('version'))}</p>",
+        f"<title>gpurepro run {_e(record.run_id)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>gpurepro run {_e(record.run_id)}</h1>",
+        f'<p>status <b class="status-{_e(record.status)}">{_e(record.status)}</b>, exit code {_e(record.exit_code)}; '
+        f"backend {_e(record.backend)}; device {_e(where)}; started {_e(record.started_at)}, "
+        f"finished {_e(record.finished_at)}</p>",
+        f"<p>command: <code>{_e(' '.join(record.command))}</code></p>",
+        f"<p>git {_e(record.git_commit or 'n/a')}{' (dirty)' if record.git_dirty else ''}; "
+        f"gpurepro {_e(record.tool.get('version'))}</p>",
     ]
-    if record.get("error"):
-        page.append(f"<p><b>error:</b> {_e(record['error'])}</p>")
-    kernels = record.get("kernels") if isinstance(record.get("kernels"), dict) else None
-    if kernels and kernels.get("counts"):  # a kernels.test run: pytest counts and failures, no steps
-        page += ["<h2>Kernel tests</h2>", _facts_table(kernels["counts"]),
+    if record.error:
+        page.append(f"<p><b>error:</b> {_e(record.error)}</p>")
+    kernels = record.kernels
+    if kernels and kernels.counts:  # a kernels.test run: pytest counts and failures, no steps
+        page += ["<h2>Kernel tests</h2>", _facts_table(kernels.counts),
                  "".join(f"<details><summary>{_e(f.get('test'))}: {_e(f.get('outcome'))}</summary>"
-                         f"<pre>{_e(f.get('message'))}</pre></details>" for f in kernels.get("failed") or [])]
+                         f"<pre>{_e(f.get('message'))}</pre></details>" for f in kernels.failed)]
     page += ["<h2>Results</h2>",
              "<p>" + ", ".join(f"{_e(v)}: {n}" for v, n in sorted(counts.items())) + "</p>" if counts else
              "<p>no steps recorded</p>",
@@ -203,11 +201,11 @@ def render(run_path: pathlib.Path, manifest=None) -> str:
              "<h2>Steps</h2>",
              *[_step_section(run_path, r, partners.get(r["step"])) for r in rows],
              "<h2>Environment</h2>",
-             _facts_table({"backend": record.get("backend"), "git commit": git.get("commit"),
-                           "git dirty": git.get("dirty"), "git branch": git.get("branch"), **env}),
-             "<h3>Host</h3>", _facts_table(host),
-             f"<details><summary>environment variables ({len(variables)}, secret-looking values redacted)</summary>"
-             + _facts_table(variables) + "</details>",
+             _facts_table({"backend": record.backend, "git commit": record.git_commit,
+                           "git dirty": record.git_dirty, "git branch": record.git.get("branch"), **record.environment}),
+             "<h3>Host</h3>", _facts_table(record.host),
+             f"<details><summary>environment variables ({len(record.env_vars)}, secret-looking values redacted)</summary>"
+             + _facts_table(record.env_vars) + "</details>",
              f'<p class="muted">files: <a href="{RUN_JSON}">run.json</a>, <a href="junit.xml">junit.xml</a>, '
              f'<a href="summary.md">summary.md</a></p>',
              "</body></html>", ""]

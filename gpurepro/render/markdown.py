@@ -1,36 +1,91 @@
-"""summary.md: the run in a page of Markdown (usable as a GitHub step summary)."""
+"""summary.md: a run in a page of Markdown (usable as a GitHub step summary), for each kind of run."""
 from __future__ import annotations
 
-from .outcomes import StepResult, Verdict
+from collections import Counter
+
+from ..outcomes import CASE_ERROR, CASE_FAILED, CASE_PASSED, CASE_SKIPPED, CaseResult, StepResult, Verdict
+from ..run.record import RunRecord
+from .escape import md_cell
 
 
-def _cell(text) -> str:
-    return str(text if text is not None else "").replace("|", "\\|").replace("\n", " ")
+def _git(record: RunRecord) -> str:
+    return f"- git: {record.git_commit or 'n/a'}" + (" (dirty)" if record.git_dirty else "")
 
 
-def render_summary(record: dict, results: list[StepResult]) -> str:
-    env = record.get("environment") or {}
-    gpu = env.get("gpu_name")
-    where = f"{gpu} ({env.get('gpu_arch')})" if gpu else "no GPU"
+def counts_line(results: list[StepResult]) -> str:
+    """`3 match, 1 departed, ...` over verdicts: the line a run ends with, in the summary and the console."""
+    counts = Counter(r.verdict for r in results)
+    return ", ".join(f"{counts[v]} {v.value}" for v in Verdict if counts[v]) or "no steps"
+
+
+def repro_summary(record: RunRecord, results: list[StepResult]) -> str:
+    gpu = record.env("gpu_name")
+    where = f"{gpu} ({record.env('gpu_arch')})" if gpu else "no GPU"
+    image = record.env("image")
     lines = [
-        f"# gpurepro run {record['run_id']}",
+        f"# gpurepro run {record.run_id}",
         "",
-        f"- status: **{record['status']}**, backend: {record['backend']}, device: {where}",
-        f"- git: {(record.get('git') or {}).get('commit') or 'n/a'}"
-        + (" (dirty)" if (record.get("git") or {}).get("dirty") else ""),
-        f"- toolchain: nvcc {env.get('nvcc_version') or '?'}, CUTLASS {env.get('cutlass_version') or '?'}, "
-        f"FlashInfer {env.get('flashinfer_version') or '?'}"
-        + (f", image {env.get('image')} ({env.get('image_id', '')[:19]})" if env.get("image") else ""),
-        f"- command: `{' '.join(record.get('command') or [])}`",
+        f"- status: **{record.status}**, backend: {record.backend}, device: {where}",
+        _git(record),
+        f"- toolchain: nvcc {record.env('nvcc_version', '?')}, CUTLASS {record.env('cutlass_version', '?')}, "
+        f"FlashInfer {record.env('flashinfer_version', '?')}"
+        + (f", image {image} ({str(record.env('image_id', ''))[:19]})" if image else ""),
+        f"- command: `{md_cell(' '.join(record.command))}`",
+        f"- result: {counts_line(results)}",
     ]
-    if record.get("error"):
-        lines.append(f"- error: {record['error']}")
-    lines += ["", "| step | arch | expected | observed | verdict | reason |", "|---|---|---|---|---|---|"]
+    if record.error:
+        lines.append(f"- error: {md_cell(record.error)}")
+    lines += ["", "| step | arch | expected | observed | verdict | compile | cache | reason |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {_cell(r.step)} | {_cell(r.arch)} | {_cell(r.expected or 'unknown')} | "
-                     f"{_cell(r.outcome.value)} | {_cell(r.verdict.value)} | {_cell(r.reason)} |")
+        compile_s = f"{r.compile_seconds:.1f} s" if r.compile_seconds is not None else ""
+        cache = (r.cache or {}).get("status", "")
+        lines.append(f"| {md_cell(r.step)} | {md_cell(r.arch + (f' ({r.toolchain})' if r.toolchain else ''))} | "
+                     f"{md_cell(r.expected or 'unknown')} | {md_cell(r.outcome.value)} | {md_cell(r.verdict.value)} | "
+                     f"{compile_s} | {md_cell(cache)} | {md_cell(r.reason)} |")
     departed = [r for r in results if r.verdict in (Verdict.DEPARTED, Verdict.INFRA)]
     if departed:
         lines += ["", "## Reproduce", ""]
-        lines += [f"- {r.testcase_name}: `{r.reproduce}`" for r in departed]
+        lines += [f"- {md_cell(r.testcase_name)}: `{r.reproduce}`" for r in departed]
+    return "\n".join(lines) + "\n"
+
+
+def kernels_summary(record: RunRecord, cases: list[CaseResult]) -> str:
+    info = record.kernels
+    probe = (info.probe if info else None) or {}
+    counts = Counter(c.outcome for c in cases)
+    device = (f"{probe.get('gpu_name')} (cc {probe.get('gpu_compute_capability')})" if probe.get("cuda_available")
+              else "no CUDA device (GPU tests skipped)")
+    image = record.env("image")
+    where = f"image {image} ({str(record.env('image_id', ''))[:19]})" if image else record.backend
+    seconds = f" in {info.seconds} s" if info and info.seconds is not None else ""
+    lines = [
+        f"# gpurepro kernels run {record.run_id}",
+        "",
+        f"- status: **{record.status}**, exit code {record.exit_code}, backend: {record.backend}, "
+        f"where: {where}, device: {device}",
+        f"- python {probe.get('python', '?')}, torch {probe.get('torch', '?')}, pytest {probe.get('pytest', '?')}, "
+        f"hypothesis {probe.get('hypothesis', '?')}",
+        _git(record),
+        f"- command: `{md_cell(' '.join(record.command))}`",
+        f"- result: {counts[CASE_PASSED]} passed, {counts[CASE_FAILED]} failed, {counts[CASE_ERROR]} errors, "
+        f"{counts[CASE_SKIPPED]} skipped{seconds}",
+    ]
+    if record.error:
+        lines.append(f"- error: {md_cell(record.error)}")
+    modules: dict[str, Counter] = {}
+    for c in cases:
+        modules.setdefault(c.classname, Counter())[c.outcome] += 1
+    lines += ["", "| module | passed | failed | errors | skipped |", "|---|---|---|---|---|"]
+    for module, n in sorted(modules.items()):
+        lines.append(f"| {md_cell(module)} | {n[CASE_PASSED]} | {n[CASE_FAILED]} | {n[CASE_ERROR]} | {n[CASE_SKIPPED]} |")
+    bad = [c for c in cases if c.outcome in (CASE_FAILED, CASE_ERROR)]
+    if bad:
+        lines += ["", "## Failures", ""]
+        lines += [f"- `{c.id}` ({c.outcome}): {md_cell(' '.join(c.message.split())[:300])}" for c in bad]
+        lines += ["", f"Reproduce: `{record.reproduce}`"]
+    reasons = Counter(" ".join(c.message.split())[:200] for c in cases if c.outcome == CASE_SKIPPED)
+    if reasons:
+        lines += ["", "## Skipped", "", "| reason | tests |", "|---|---|"]
+        lines += [f"| {md_cell(reason)} | {n} |" for reason, n in reasons.most_common()]
     return "\n".join(lines) + "\n"

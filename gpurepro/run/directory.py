@@ -1,4 +1,4 @@
-"""The run directory (DESIGN.md's report layout), written atomically.
+"""The run directory (docs/contracts.md, "Report layout"), written atomically.
 
 reports/<run-id>/{run.json, junit.xml, summary.md, steps/<step>/...} and reports/latest -> newest run.
 run.json is written first with status `interrupted`, so a run killed outright is marked as such; it is
@@ -13,7 +13,7 @@ import pathlib
 import secrets
 import tempfile
 
-from .archive import _safe_relpath
+from ..archive import _safe_relpath
 
 RUN_JSON = "run.json"
 STATUS_COMPLETE = "complete"
@@ -80,6 +80,3 @@ class RunDirectory:
         os.symlink(self.run_id, tmp)
         os.replace(tmp, latest)
 
-
-def read_run(path: pathlib.Path) -> dict:
-    return json.loads((pathlib.Path(path) / RUN_JSON).read_text())

@@ -1,10 +1,14 @@
-"""The repro pipeline, top to bottom in one place.
+"""The repro suite: each step through named stages, in one place.
 
-    load -> start runner -> for each step: copy in -> compile -> check arch -> run -> classify
-         -> copy out -> record (run.json, junit.xml, summary.md, steps/<step>/)
+    select steps -> [open_run: directory, lock, record, runner start + probe]
+      per step, compiles in parallel:   copy in -> patch -> compile
+      per step, one at a time:          check arch -> run (classify)
+      per step, as soon as it is done:  copy out -> judge -> write steps/<step>/
+    -> [finish: junit.xml, summary.md, index.html, run.json]
 
-Compiles may run in parallel (bounded by cores and memory); device runs are serial. Any exception
-inside a step becomes an outcome with evidence in `outcome_from_exception`, never a traceback.
+A stage that decides the step's outcome ends its stages; any exception inside a stage becomes an outcome
+with evidence in `outcome_from_exception`, never a traceback. An error that means the runner itself is gone
+(`fatal`) ends the whole run.
 """
 from __future__ import annotations
 
@@ -13,27 +17,25 @@ import hashlib
 import json
 import os
 import shlex
-import sys
+import threading
 from dataclasses import dataclass, field
+from typing import Callable
 
-from . import __version__, runlock
-from .archs import BinaryImages, parse_cuobjdump
-from .classify import Classification, ExecResult, classify_compile, classify_run, one_line
-from .config import Config
-from .environment import git_state, host_facts, invoked_command, memory_gb
-from .errors import (EXIT_DEPARTED, EXIT_INFRA, EXIT_OK, GpuReproError, InfraError, InterruptedRun, UsageError,
-                     sigterm_interrupts)
-from .junit import build_suite, write_suite
-from .manifest import Manifest, Step, device_arch_of, load_manifest
-from .outcomes import Outcome, StepResult, Verdict, judge
-from .redaction import captured_environment
-from .report import (STATUS_COMPLETE, STATUS_FAILED, STATUS_INTERRUPTED, RunDirectory, atomic_write, now_utc,
-                     write_json)
-from .summary import render_summary
-from .runners import Facts, Runner, make_runner
+from ..archs import BinaryImages, parse_cuobjdump
+from ..classify import Classification, ExecResult, classify_compile, classify_run, one_line
+from ..config import Config
+from ..environment import invoked_command, memory_gb
+from ..errors import GpuReproError, InfraError, InterruptedRun, UsageError
+from ..manifest import Manifest, Step, device_arch_of, load_manifest
+from ..outcomes import Outcome, StepResult, Verdict, exit_code_for, judge
+from ..run import STATUS_FAILED, STATUS_INTERRUPTED, ActiveRun, RunDirectory, StepSummary, atomic_write, open_run
+from ..run.record import KIND_REPRO
+from ..runners import Facts, Runner, make_runner
 
 LOG_TAIL_CHARS = 8000
 PREFLIGHT_FLAG = "--preflight-only"
+PATCHED_CUTLASS = "cutlass-patched"
+KIND = KIND_REPRO
 
 
 @dataclass
@@ -44,8 +46,13 @@ class RunRequest:
     backend: str = "auto"
     compile_only: bool = False
     jobs: int | None = None
+    no_cache: bool = False  # compile every step; the cache is written, not read
     argv: list[str] = field(default_factory=invoked_command)
     prefer_arch: str | None = None  # compile for this where the step lists it, else the step's first target
+
+    def to_record(self, backend: str) -> dict:
+        return {"steps": self.steps, "all": self.all, "arch": self.arch, "backend": backend,
+                "compile_only": self.compile_only, "no_cache": self.no_cache}
 
 
 @dataclass
@@ -65,7 +72,24 @@ class StepContext:
     files_in: dict[str, bytes] = field(default_factory=dict)
     compiled: ExecResult | None = None
     logs: dict[str, str] = field(default_factory=dict)
-    done: bool = False  # outcome decided (compile failed, infra error)
+    stage: str = "queued"
+    done: bool = False  # outcome decided: the remaining stages are skipped
+    finished: bool = False  # copied out and written
+
+
+@dataclass
+class Env:
+    """What every stage may use."""
+
+    config: Config
+    request: RunRequest
+    runner: Runner
+    facts: Facts
+    console: object
+    interrupted: threading.Event = field(default_factory=threading.Event)
+
+
+Stage = Callable[[Env, StepContext], None]
 
 
 # --- selection -------------------------------------------------------------------------------------
@@ -93,113 +117,100 @@ def compile_jobs(config: Config, request: RunRequest, count: int) -> int:
     return max(1, min(wanted, count))
 
 
-# --- the pipeline ----------------------------------------------------------------------------------
+def reproduce_command(step: str, arch: str, backend: str, compile_only: bool = False) -> str:
+    return f"invoke repro {step} --arch {arch} --backend {backend}" + (" --compile-only" if compile_only else "")
+
+
+# --- the suite ---------------------------------------------------------------------------------------
 def execute(config: Config, request: RunRequest, *, console=None, runner: Runner | None = None) -> RunOutcome:
-    from .console import Console
+    from ..render.console import Console
 
     console = console or Console()
     manifest = load_manifest(config.manifest)
-    steps = select_steps(manifest, request)
+    steps = select_steps(manifest, request)  # bad input: exit 2 before anything is created
     runner = runner or make_runner(config, request.backend, log=console.info)
+    contexts: list[StepContext] = []
 
-    run = RunDirectory.create(config.reports_dir)
-    runlock.acquire(run.path)  # marks the run in use (reports.prune, bundle.create) until it ends
-    record = _initial_record(config, request, run, runner)
-    write_json(run.path / "run.json", record)
-    run.point_latest()
-    results: list[StepResult] = []
-    status = STATUS_FAILED
-    restore = sigterm_interrupts()
-    runner.run_tag = run.run_id  # lets the runner find this run's processes if it is cancelled
-    try:
-        runner.start()
-        facts = runner.probe(config.compile.nvcc)
-        record["environment"] = _environment(facts)
-        write_json(run.path / "run.json", record)
-        console.environment(facts)
-        contexts = [_new_context(config, request, runner, run, step, facts) for step in steps]
-        results = [ctx.result for ctx in contexts]
+    def finish(run: ActiveRun) -> None:
+        _finish_run(run, contexts, manifest)
 
-        _compile_all(config, request, runner, contexts, facts, console)
+    with open_run(config, kind=KIND, request=request.to_record(runner.name), runner=runner,
+                  argv=request.argv, console=console, finish=finish) as run:
+        env = Env(config, request, runner, run.facts, console)
+        run.state["env"] = env
+        contexts.extend(_new_context(env, run, step) for step in steps)
+        _compile_all(env, run, contexts, manifest)
         for ctx in contexts:
-            if not ctx.done:
-                _guard(ctx, lambda: _check_and_run(config, request, runner, ctx, facts))
-            _finish_step(runner, run, ctx, manifest, facts, console)
-        status = STATUS_COMPLETE
-    except (KeyboardInterrupt, InterruptedRun):
-        status = STATUS_INTERRUPTED
-        console.error("interrupted: stopping the run's commands; run marked interrupted")
-        try:
-            runner.cancel(f"{runner.work_root().rstrip('/')}/{run.run_id}")
-        except Exception:  # best effort: the record must still be written
-            pass
-        raise InterruptedRun("interrupted") from None
-    except GpuReproError as exc:
-        record["error"] = exc.one_line()
+            _run_stages(env, ctx, DEVICE_STAGES)
+            _finish_step(env, run, ctx, manifest)
+    results = [ctx.result for ctx in contexts]
+    outcome = RunOutcome(run=run.directory, results=results, status=run.status, exit_code=exit_code_for(
+        r.verdict for r in results))
+    console.results(results, run.directory)
+    return outcome
+
+
+def _new_context(env: Env, run: ActiveRun, step: Step) -> StepContext:
+    arch = target_arch(step, env.request, env.config)
+    result = StepResult(step=step.id, arch=arch, outcome=Outcome.INFRA_ERROR, reason="not run",
+                        device_arch=env.facts.gpu.arch if env.facts.gpu else None)
+    result.reproduce = reproduce_command(step.id, arch, env.runner.name, env.request.compile_only)
+    return StepContext(step=step, arch=arch, workdir=f"{run.work_root}/{step.id}", result=result)
+
+
+def _compile_all(env: Env, run: ActiveRun, contexts: list[StepContext], manifest: Manifest) -> None:
+    jobs = compile_jobs(env.config, env.request, len(contexts))
+    if jobs == 1:
+        for ctx in contexts:
+            _run_stages(env, ctx, COMPILE_STAGES)
+        return
+    # not a `with` block: on Ctrl-C it would wait for every compile before the run is marked
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="compile")
+    try:
+        futures = [pool.submit(_run_stages, env, ctx, COMPILE_STAGES) for ctx in contexts]
+        for future in concurrent.futures.as_completed(futures):
+            future.result()
+    except BaseException:
+        env.interrupted.set()  # compiles still running end as `interrupted`, not as their killed selves
         raise
     finally:
-        restore()
-        try:
-            _record_run(config, run, record, results, status)
-            _write_html(run, manifest)
-            try:
-                if status != STATUS_INTERRUPTED:  # cancel() already cleaned up
-                    runner.remove_dir(f"{runner.work_root().rstrip('/')}/{run.run_id}")
-                runner.close()
-            except Exception:  # closing must not hide the run's own error
-                pass
-        finally:
-            runlock.release(run.path)
-    exit_code = exit_code_for(results)
-    console.results(results, run)
-    return RunOutcome(run=run, results=results, status=status, exit_code=exit_code)
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
-def exit_code_for(results: list[StepResult]) -> int:
-    if any(r.verdict is Verdict.INFRA for r in results):
-        return EXIT_INFRA
-    if any(r.verdict is Verdict.DEPARTED for r in results):
-        return EXIT_DEPARTED
-    return EXIT_OK
-
-
-def _new_context(config, request, runner, run, step, facts) -> StepContext:
-    arch = target_arch(step, request, config)
-    result = StepResult(step=step.id, arch=arch, outcome=Outcome.INFRA_ERROR, reason="not run",
-                        device_arch=facts.gpu.arch if facts.gpu else None)
-    result.reproduce = reproduce_command(step.id, arch, runner.name)
-    workdir = f"{runner.work_root().rstrip('/')}/{run.run_id}/{step.id}"
-    return StepContext(step=step, arch=arch, workdir=workdir, result=result)
-
-
-def reproduce_command(step: str, arch: str, backend: str) -> str:
-    return f"invoke repro {step} --arch {arch} --backend {backend}"
-
-
-# --- stages ------------------------------------------------------------------------------------------
-def _compile_all(config, request, runner, contexts, facts, console) -> None:
-    jobs = compile_jobs(config, request, len(contexts))
-    with console.progress("compiling", total=len(contexts)) as advance:
-        if jobs == 1:
-            for ctx in contexts:
-                _guard(ctx, lambda ctx=ctx: _copy_in_and_compile(config, runner, ctx, facts))
-                advance(ctx)
+def _run_stages(env: Env, ctx: StepContext, stages: tuple[tuple[str, Stage], ...]) -> None:
+    for name, stage in stages:
+        if ctx.done:
             return
-        # not a `with` block: on Ctrl-C it would wait for every compile before the run is marked
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
+        ctx.stage = name
+        env.console.stage(ctx.step.id, ctx.arch, name)
         try:
-            futures = {pool.submit(_guard, ctx, lambda ctx=ctx: _copy_in_and_compile(config, runner, ctx, facts)): ctx
-                       for ctx in contexts}
-            for future in concurrent.futures.as_completed(futures):
-                future.result()
-                advance(futures[future])
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            stage(env, ctx)
+        except (KeyboardInterrupt, InterruptedRun):
+            env.interrupted.set()
+            raise
+        except Exception as exc:
+            _decide(env, ctx, outcome_from_exception(exc))
+            if getattr(exc, "fatal", False):  # the runner is gone: no other step can run either
+                raise
 
 
-PATCHED_CUTLASS = "cutlass-patched"
+def outcome_from_exception(exc: BaseException) -> Classification:
+    """The one place an exception becomes an outcome: infra_error, with the error itself as evidence."""
+    if isinstance(exc, GpuReproError):
+        return Classification(Outcome.INFRA_ERROR, exc.one_line())
+    return Classification(Outcome.INFRA_ERROR, one_line(f"{type(exc).__name__}: {exc}"))
 
 
+def _decide(env: Env, ctx: StepContext, classification: Classification) -> None:
+    if env.interrupted.is_set() and not ctx.done:  # killed by the interrupt: its end says nothing about the step
+        classification = Classification(Outcome.INTERRUPTED, f"interrupted during {ctx.stage}")
+    ctx.result.outcome = classification.outcome
+    ctx.result.reason = classification.reason
+    ctx.result.events = classification.events
+    ctx.done = True
+
+
+# --- compile stages ------------------------------------------------------------------------------------
 def source_files(manifest_root, step: Step) -> dict[str, bytes]:
     """The step's .cu file, repros/common/ and the step's CUTLASS patches, as copied into the runner."""
     files = {step.file: (manifest_root / step.file).read_bytes()}
@@ -225,68 +236,75 @@ def compile_argv(config: Config, step: Step, arch: str, flashinfer: str, cuda_ho
     return argv
 
 
-def _copy_in_and_compile(config, runner, ctx: StepContext, facts: Facts) -> None:
-    ctx.files_in = source_files(config.repros_dir, ctx.step)
-    runner.put_files(ctx.workdir, ctx.files_in)
-    if ctx.step.patches and not _apply_patches(runner, ctx):
-        return
-    argv = compile_argv(config, ctx.step, ctx.arch, runner.flashinfer_root(), facts.cuda_home)
-    ctx.compiled = runner.exec(argv, workdir=ctx.workdir, timeout_s=config.compile.timeout_s)
-    ctx.result.compile_seconds = round(ctx.compiled.seconds, 3)
-    ctx.logs["compile.log"] = f"$ {shlex.join(argv)}\n{ctx.compiled.output}"
-    failed = classify_compile(ctx.compiled)
-    if failed is not None:
-        _decide(ctx, failed)
+def copy_in(env: Env, ctx: StepContext) -> None:
+    ctx.files_in = source_files(env.config.repros_dir, ctx.step)
+    env.runner.put_files(ctx.workdir, ctx.files_in)
 
 
-def _apply_patches(runner, ctx: StepContext) -> bool:
+def apply_patches(env: Env, ctx: StepContext) -> None:
     """Copy the runner's CUTLASS headers into the step's directory and patch the copy (never the original)."""
-    cutlass = f"{runner.flashinfer_root()}/3rdparty/cutlass/include"
+    if not ctx.step.patches:
+        return
+    cutlass = f"{env.runner.flashinfer_root()}/3rdparty/cutlass/include"
     script = (f'set -e; rm -rf {PATCHED_CUTLASS}; mkdir -p {PATCHED_CUTLASS}; cp -r "$1" {PATCHED_CUTLASS}/include; '
               f'shift; for p in "$@"; do echo "applying $p"; patch -p1 --forward --batch -d {PATCHED_CUTLASS} < "$p"; done')
     argv = ["bash", "-c", script, "apply-patches", cutlass, *(f"patches/{p}" for p in ctx.step.patches)]
-    applied = runner.exec(argv, workdir=ctx.workdir, timeout_s=300)
+    applied = env.runner.exec(argv, workdir=ctx.workdir, timeout_s=300)
     ctx.logs["patch.log"] = applied.output
     ctx.result.patches = [{"name": p, "sha256": hashlib.sha256(ctx.files_in[f"patches/{p}"]).hexdigest()}
                           for p in ctx.step.patches]
     if applied.exit_code != 0:
         failing = next((line for line in reversed(applied.output.splitlines()) if line.startswith("applying ")), "")
-        _decide(ctx, Classification(Outcome.COMPILE_ERROR, one_line(
+        _decide(env, ctx, Classification(Outcome.COMPILE_ERROR, one_line(
             f"CUTLASS patch does not apply ({failing.removeprefix('applying ') or 'patch'}): "
             f"{applied.output.strip().splitlines()[-1] if applied.output.strip() else 'no output'}")))
-        return False
-    return True
 
 
-def _check_and_run(config, request, runner, ctx: StepContext, facts: Facts) -> None:
-    skip_reason = None
-    if request.compile_only:
-        skip_reason = "compile only (--compile-only)"
-    elif facts.gpu is None:
-        skip_reason = "no GPU"
-    else:
-        images = binary_images(runner, ctx)
-        major, minor = facts.gpu.cc
-        if not images.runnable_on(major, minor):
-            skip_reason = f"no image for {facts.gpu.arch} (binary has {images.describe()})"
-    if skip_reason:
-        # host-side records (config, preflight, layout dumps) are still produced, with no CUDA call
-        preflight = runner.exec([f"./{ctx.step.binary}", PREFLIGHT_FLAG], workdir=ctx.workdir,
-                                timeout_s=config.run.timeout_s)
-        ctx.logs["run.log"] = f"$ ./{ctx.step.binary} {PREFLIGHT_FLAG}\n{preflight.output}"
-        classified = classify_run(preflight)
-        note = "" if preflight.exit_code == 0 else f"; preflight-only run: {classified.outcome.value}: {classified.reason}"
-        _decide(ctx, Classification(Outcome.SKIPPED, skip_reason + note, classified.events))
-        return
-    ran = runner.exec([f"./{ctx.step.binary}"], workdir=ctx.workdir, timeout_s=config.run.timeout_s)
-    ctx.result.run_seconds = round(ran.seconds, 3)
-    ctx.result.exit_code = ran.exit_code
-    ctx.result.signal = ran.signal
-    ctx.logs["run.log"] = f"$ ./{ctx.step.binary}\n{ran.output}"
-    _decide(ctx, classify_run(ran))
+def compile_step(env: Env, ctx: StepContext) -> None:
+    argv = compile_argv(env.config, ctx.step, ctx.arch, env.runner.flashinfer_root(), env.facts.cuda_home)
+    ctx.compiled = env.runner.exec(argv, workdir=ctx.workdir, timeout_s=env.config.compile.timeout_s)
+    ctx.result.compile_seconds = round(ctx.compiled.seconds, 3)
+    ctx.logs["compile.log"] = f"$ {shlex.join(argv)}\n{ctx.compiled.output}"
+    failed = classify_compile(ctx.compiled)
+    if failed is not None:
+        _decide(env, ctx, failed)
 
 
-def binary_images(runner, ctx: StepContext) -> BinaryImages:
+COMPILE_STAGES: tuple[tuple[str, Stage], ...] = (("copy in", copy_in), ("patch", apply_patches),
+                                                  ("compile", compile_step))
+
+
+# --- device stages -------------------------------------------------------------------------------------
+def check_arch(env: Env, ctx: StepContext) -> None:
+    """Where the device part cannot run, the program still runs `--preflight-only` for its host-side records."""
+    facts = env.facts
+    if env.request.compile_only:
+        return _preflight(env, ctx, None)
+    if facts.gpu is None:
+        return _preflight(env, ctx, "no GPU")
+    images = binary_images(env.runner, ctx)
+    major, minor = facts.gpu.cc
+    if not images.runnable_on(major, minor):
+        _preflight(env, ctx, f"no image for {facts.gpu.arch} (binary has {images.describe()})")
+
+
+def _preflight(env: Env, ctx: StepContext, skip_reason: str | None) -> None:
+    preflight = env.runner.exec([f"./{ctx.step.binary}", PREFLIGHT_FLAG], workdir=ctx.workdir,
+                                timeout_s=env.config.run.timeout_s)
+    ctx.logs["run.log"] = f"$ ./{ctx.step.binary} {PREFLIGHT_FLAG}\n{preflight.output}"
+    classified = classify_run(preflight)
+    if classified.outcome is Outcome.TIMEOUT:  # a hang is a hang, preflight or not
+        ctx.result.run_seconds = round(preflight.seconds, 3)
+        return _decide(env, ctx, Classification(Outcome.TIMEOUT, f"preflight-only run: {classified.reason}",
+                                                classified.events))
+    note = "" if preflight.exit_code == 0 else f"; preflight-only run: {classified.outcome.value}: {classified.reason}"
+    if skip_reason is None:  # --compile-only: the compile is what is judged
+        return _decide(env, ctx, Classification(Outcome.COMPILED, "compiled (--compile-only: not run)" + note,
+                                                classified.events))
+    _decide(env, ctx, Classification(Outcome.SKIPPED, skip_reason + note, classified.events))
+
+
+def binary_images(runner: Runner, ctx: StepContext) -> BinaryImages:
     listed = runner.exec(["cuobjdump", "--list-elf", "--list-ptx", ctx.step.binary], workdir=ctx.workdir,
                          timeout_s=120)
     ctx.logs["cuobjdump.log"] = listed.output
@@ -296,40 +314,30 @@ def binary_images(runner, ctx: StepContext) -> BinaryImages:
     return images
 
 
-def _decide(ctx: StepContext, classification: Classification) -> None:
-    ctx.result.outcome = classification.outcome
-    ctx.result.reason = classification.reason
-    ctx.result.events = classification.events
-    ctx.done = True
+def run_binary(env: Env, ctx: StepContext) -> None:
+    ran = env.runner.exec([f"./{ctx.step.binary}"], workdir=ctx.workdir, timeout_s=env.config.run.timeout_s)
+    ctx.result.run_seconds = round(ran.seconds, 3)
+    ctx.result.exit_code = ran.exit_code
+    ctx.result.signal = ran.signal
+    ctx.logs["run.log"] = f"$ ./{ctx.step.binary}\n{ran.output}"
+    _decide(env, ctx, classify_run(ran))
 
 
-def _guard(ctx: StepContext, stage) -> None:
-    try:
-        stage()
-    except (KeyboardInterrupt, InterruptedRun):
-        raise
-    except Exception as exc:
-        _decide(ctx, outcome_from_exception(exc))
+DEVICE_STAGES: tuple[tuple[str, Stage], ...] = (("check arch", check_arch), ("run", run_binary))
 
 
-def outcome_from_exception(exc: BaseException) -> Classification:
-    """The one place an exception becomes an outcome: infra_error, with the error itself as evidence."""
-    if isinstance(exc, GpuReproError):
-        return Classification(Outcome.INFRA_ERROR, exc.one_line())
-    return Classification(Outcome.INFRA_ERROR, one_line(f"{type(exc).__name__}: {exc}"))
-
-
+# --- judge and write ----------------------------------------------------------------------------------
 def judge_step(step: Step, arch: str, result: StepResult, facts: Facts | None) -> None:
     """Attach the manifest's expectation and the verdict to a finished result."""
     compile_expect = step.compile.get(arch, "unknown")
     compile_key = f"compile.{arch}"
-    compiled = result.outcome not in (Outcome.COMPILE_ERROR,) and not (
-        result.outcome is Outcome.TIMEOUT and result.run_seconds is None)
-    if result.outcome is Outcome.INFRA_ERROR:
+    if result.outcome in (Outcome.INFRA_ERROR, Outcome.INTERRUPTED):
         result.expected, result.expected_key, result.verdict = None, None, Verdict.INFRA
         return
-    if not compiled:
-        expected = {"ok": "compiles", "compile_error": "compile_error"}.get(compile_expect, "unknown")
+    compiled = result.outcome is not Outcome.COMPILE_ERROR and not (
+        result.outcome is Outcome.TIMEOUT and result.run_seconds is None)
+    if not compiled or result.outcome is Outcome.COMPILED:
+        expected = {"ok": Outcome.COMPILED.value, "compile_error": "compile_error"}.get(compile_expect, "unknown")
         result.expected, result.expected_key = expected, compile_key
         result.verdict = judge(result.outcome, expected)
         return
@@ -343,21 +351,32 @@ def judge_step(step: Step, arch: str, result: StepResult, facts: Facts | None) -
     result.verdict = judge(result.outcome, result.expected)
 
 
-def _finish_step(runner, run: RunDirectory, ctx: StepContext, manifest: Manifest, facts, console) -> None:
+def _finish_step(env: Env, run: ActiveRun, ctx: StepContext, manifest: Manifest) -> None:
+    """Copy out, judge, write steps/<step>/ and say the result at once."""
+    if ctx.finished:
+        return
+    ctx.finished = True
     result = ctx.result
-    judge_step(ctx.step, ctx.arch, result, facts)
+    judge_step(ctx.step, ctx.arch, result, env.facts)
     files = dict(ctx.files_in)
+    ctx.stage = "collecting"
     try:
         if ctx.step.patches:  # the patched headers are reproducible from the patch; keep only that
-            runner.exec(["rm", "-rf", PATCHED_CUTLASS], workdir=ctx.workdir, timeout_s=120)
-        files.update(runner.get_files(ctx.workdir))  # every artifact the step left, the binary included
+            env.runner.exec(["rm", "-rf", PATCHED_CUTLASS], workdir=ctx.workdir, timeout_s=120)
+        files.update(env.runner.get_files(ctx.workdir))  # every artifact the step left, the binary included
     except GpuReproError as exc:
         result.reason += f" (artifacts not copied out: {exc.one_line()})"
     finally:
         try:
-            runner.remove_dir(ctx.workdir)
+            env.runner.remove_dir(ctx.workdir)
         except GpuReproError:
             pass
+    _write_step(run.directory, ctx, files)
+    env.console.step_done(result)
+
+
+def _write_step(directory: RunDirectory, ctx: StepContext, files: dict[str, bytes]) -> None:
+    result = ctx.result
     for name, text in ctx.logs.items():
         files[name] = text.encode()
     layouts = [e for e in result.events if e.get("event") == "layout"]
@@ -366,80 +385,53 @@ def _finish_step(runner, run: RunDirectory, ctx: StepContext, manifest: Manifest
     log = ctx.logs.get("run.log") or ctx.logs.get("compile.log") or ""
     result.log_tail = log[-LOG_TAIL_CHARS:]
     files["result.json"] = (json.dumps(result.to_json(), indent=2) + "\n").encode()
-    run.write_step_files(ctx.step.id, files)
-    console.step_done(result)
+    try:
+        directory.write_step_files(ctx.step.id, files)
+    except OSError as exc:
+        raise InfraError(f"cannot write {ctx.step.id}'s results under {directory.path}: {exc.strerror or exc}",
+                         hint="free disk space under the reports directory") from None
 
 
-# --- the record -------------------------------------------------------------------------------------
-def _initial_record(config, request, run, runner) -> dict:
-    return run_record_header(config, run, runner, request.argv,
-                             {"steps": request.steps, "all": request.all, "arch": request.arch,
-                              "backend": runner.name, "compile_only": request.compile_only})
+def _finish_run(run: ActiveRun, contexts: list[StepContext], manifest: Manifest) -> None:
+    """On every way out: unfinished steps are marked, then JUnit, summary.md, index.html and the record."""
+    from ..render.html import write_report
+    from ..render.junit import build_suite, run_properties, step_testcase, write_suite
+    from ..render.markdown import repro_summary
 
-
-def run_record_header(config, run, runner, argv, request_record: dict, *, kind: str | None = None) -> dict:
-    """run.json as a run starts (repro steps and kernels.test alike): who, where, what, `interrupted` until done."""
-    record = {"run_id": run.run_id}
-    if kind:
-        record["kind"] = kind
-    record.update({
-        "status": STATUS_INTERRUPTED,  # until the run ends: a killed run stays marked
-        "tool": {"name": "gpurepro", "version": __version__},
-        "started_at": now_utc().isoformat(),
-        "finished_at": None,
-        "command": list(argv),
-        "request": request_record,
-        "git": git_state(config.root),
-        "host": host_facts(),
-        "backend": runner.name,
-        "config": str(config.path),
-        "environment": {},
-        "env_vars": captured_environment(),  # the tool's environment, secret-looking values redacted
-        "steps": [],
-    })
-    return record
-
-
-def _environment(facts: Facts) -> dict:
-    env = dict(facts.values)
-    if facts.gpu:
-        env.update(gpu_name=facts.gpu.name, gpu_compute_capability=facts.gpu.compute_capability,
-                   gpu_arch=facts.gpu.arch, driver_version=facts.gpu.driver)
-    else:
-        env.update(gpu_name=None, gpu_compute_capability=None, gpu_arch=None)
-    return env
-
-
-def _record_run(config, run: RunDirectory, record: dict, results: list[StepResult], status: str) -> None:
-    record["status"] = status
-    record["finished_at"] = now_utc().isoformat()
-    record["steps"] = [{"step": r.step, "arch": r.arch, "outcome": r.outcome.value, "reason": r.reason,
-                        "expected": r.expected, "verdict": r.verdict.value, "patches": r.patches} for r in results]
-    record["patches"] = sorted({(p["name"], p["sha256"]) for r in results for p in r.patches})
-    record["patches"] = [{"name": name, "sha256": sha} for name, sha in record["patches"]]
-    record["exit_code"] = exit_code_for(results) if status == STATUS_COMPLETE else None
-    env = record.get("environment") or {}
-    properties = {k: v for k, v in {
-        "run_id": run.run_id, "backend": record["backend"], "status": status,
-        "git_commit": (record["git"] or {}).get("commit"), "git_dirty": (record["git"] or {}).get("dirty"),
-        "tool_version": __version__, **{k: env.get(k) for k in (
-            "image", "image_id", "image_digest", "nvcc_version", "cutlass_version", "flashinfer_version",
-            "gpu_name", "gpu_compute_capability", "driver_version")},
-    }.items() if v not in (None, "")}
-    suite = build_suite(f"repros@{record['host']['hostname']}", results, timestamp=record["started_at"][:19],
-                        hostname=record["host"]["hostname"], properties=properties)
+    env: Env | None = run.state.get("env")
+    for ctx in contexts:
+        if ctx.finished:
+            continue
+        if run.status == STATUS_INTERRUPTED or (env and env.interrupted.is_set()):
+            ctx.result.outcome, ctx.result.reason = Outcome.INTERRUPTED, f"interrupted during {ctx.stage}"
+        elif not ctx.done:
+            ctx.result.outcome = Outcome.INFRA_ERROR
+            ctx.result.reason = f"not finished: {run.record.error or 'the run ended early'}"
+        ctx.done = ctx.finished = True
+        judge_step(ctx.step, ctx.arch, ctx.result, env.facts if env else None)
+        try:
+            _write_step(run.directory, ctx, dict(ctx.files_in))
+        except GpuReproError:
+            pass
+    results = [ctx.result for ctx in contexts]
+    record = run.record
+    record.steps = [StepSummary(step=r.step, arch=r.arch, outcome=r.outcome.value, reason=r.reason,
+                                expected=r.expected, verdict=r.verdict.value, patches=r.patches, cache=r.cache,
+                                toolchain=r.toolchain) for r in results]
+    record.patches = [{"name": n, "sha256": s} for n, s in sorted({(p["name"], p["sha256"])
+                                                                   for r in results for p in r.patches})]
+    infra = [r for r in results if r.verdict is Verdict.INFRA and r.outcome is Outcome.INFRA_ERROR]
+    if infra and record.status != STATUS_INTERRUPTED:
+        run.status = record.status = STATUS_FAILED  # evidence is missing: the run did not do what it was asked
+        record.error = record.error or f"{infra[0].testcase_name}: {infra[0].reason}"
+    record.exit_code = 130 if record.status == STATUS_INTERRUPTED else exit_code_for(r.verdict for r in results)
+    suite = build_suite(f"repros@{record.hostname}", [step_testcase(r) for r in results],
+                        timestamp=(record.started_at or "")[:19], hostname=record.hostname,
+                        properties=run_properties(record))
     write_suite(suite, run.path / "junit.xml")
-    atomic_write(run.path / "summary.md", render_summary(record, results))
-    write_json(run.path / "run.json", record)
-
-
-def _write_html(run: RunDirectory, manifest: Manifest) -> None:
-    """index.html beside run.json; a failure to render never costs the run its record."""
-    from .html_report import write_report
-
+    atomic_write(run.path / "summary.md", repro_summary(record, results))
+    record.write(run.path)  # index.html reads it
     try:
         write_report(run.path, manifest=manifest)
     except Exception as exc:  # noqa: BLE001 - `invoke report` can rewrite it later
-        print(f"gpurepro: index.html not written: {type(exc).__name__}: {exc}", file=sys.stderr)
-
-
+        run.console.error(f"gpurepro: index.html not written: {type(exc).__name__}: {exc}")

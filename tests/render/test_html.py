@@ -12,7 +12,7 @@ import pytest
 from fake_runs import H100, FakeRunner, make_run, project_config
 from gpurepro import app
 from gpurepro.classify import ExecResult
-from gpurepro.html_report import COLOURS, render
+from gpurepro.render.html import COLOURS, render
 
 LAYOUT = '@@repro {{"event":"layout","name":"sf","type":"int","bytes_hex":"{}"}}'
 

@@ -3,11 +3,11 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from gpurepro.junit import build_suite, merge, visible, write_suite
-from gpurepro.outcomes import Outcome, StepResult, Verdict
+from gpurepro.outcomes import CaseResult, Outcome, StepResult, Verdict
+from gpurepro.render.junit import build_suite, kernel_testcase, step_testcase, visible, write_suite, write_suites
 
 xmlschema = pytest.importorskip("xmlschema", reason="xmlschema validates JUnit against the Jenkins schema")
-SCHEMA = xmlschema.XMLSchema(str(pathlib.Path(__file__).parent / "data" / "junit-10.xsd"))
+SCHEMA = xmlschema.XMLSchema(str(pathlib.Path(__file__).parents[1] / "data" / "junit-10.xsd"))
 
 
 def results() -> list[StepResult]:
@@ -25,7 +25,8 @@ def results() -> list[StepResult]:
 
 
 def write(tmp_path, items=None, host="host") -> pathlib.Path:
-    suite = build_suite(f"repros@{host}", items if items is not None else results(), timestamp="2026-11-22T09:00:00",
+    cases = [step_testcase(r) for r in (items if items is not None else results())]
+    suite = build_suite(f"repros@{host}", cases, timestamp="2026-11-22T09:00:00",
                         hostname=host, properties={"gpu_name": "NVIDIA H100", "nvcc_version": "13.0"})
     path = tmp_path / "junit.xml"
     write_suite(suite, path)
@@ -68,13 +69,34 @@ def test_empty_run_is_valid(tmp_path):
     SCHEMA.validate(str(write(tmp_path, [])))
 
 
-def test_merge_keeps_one_suite_per_host(tmp_path):
-    a = tmp_path / "a"
-    b = tmp_path / "b"
-    a.mkdir()
-    b.mkdir()
-    merged = merge([write(a, host="sm120-box"), write(b, host="sm121-box")], tmp_path / "merged.xml")
+def test_several_suites_under_one_testsuites(tmp_path):
+    suites = [build_suite(host, [step_testcase(r) for r in results()], timestamp="2026-11-22T09:00:00", hostname=host,
+                          properties={}) for host in ("sm120-box", "sm121-box")]
+    merged = write_suites(suites, tmp_path / "merged.xml")
     root = ET.parse(tmp_path / "merged.xml").getroot()
     assert root.tag == "testsuites" and len(root.findall("testsuite")) == 2
-    assert merged.tests == 10
-    SCHEMA.validate(str(tmp_path / "merged.xml"))  # junitparser's own <testsuites skipped=...> is not allowed
+    assert merged.tests == 10 and root.get("failures") == "2" and root.get("errors") == "2"
+    assert "skipped" not in root.attrib  # the Jenkins schema has no `skipped` on <testsuites>
+    SCHEMA.validate(str(tmp_path / "merged.xml"))
+
+
+def test_interrupted_step_is_an_error_not_a_failure(tmp_path):
+    interrupted = StepResult("step05", "sm_120a", Outcome.INTERRUPTED, "interrupted during compile",
+                             verdict=Verdict.INFRA)
+    root = ET.parse(write(tmp_path, [interrupted])).getroot()
+    error = root.find("testcase/error")
+    assert error is not None and error.get("message") == "interrupted during compile"
+    assert root.get("errors") == "1" and root.get("failures") == "0"
+
+
+def test_kernel_cases_and_step_results_share_one_suite_builder(tmp_path):
+    cases = [kernel_testcase(CaseResult("kernels.test_a", "test_ok", "passed", seconds=0.25)),
+             kernel_testcase(CaseResult("kernels.test_a", "test_bad", "failed", "assert 1 == 2", "tb")),
+             kernel_testcase(CaseResult("kernels.session", "pytest", "error", "torch missing", infra=True)),
+             kernel_testcase(CaseResult("kernels.test_b", "test_gpu", "skipped", "no CUDA device"))]
+    suite = build_suite("kernels@host", cases, timestamp="2026-11-22T09:00:00", hostname="host", properties={})
+    write_suite(suite, tmp_path / "k.xml")
+    SCHEMA.validate(str(tmp_path / "k.xml"))
+    root = ET.parse(tmp_path / "k.xml").getroot()
+    assert (root.get("tests"), root.get("failures"), root.get("errors"), root.get("skipped")) == ("4", "1", "1", "1")
+    assert root.find("testcase[@name='pytest']/error").get("type") == "infra_error"

@@ -20,7 +20,9 @@ import yaml
 from gpurepro import images
 from gpurepro.config import load_config
 from gpurepro.errors import ConfigError, InfraError
-from gpurepro.kernels_suite import (CaseResult, KernelsRequest, build_kernels_suite, check_probe, exit_code_for,
+from gpurepro.outcomes import CaseResult
+from gpurepro.render.junit import build_suite, kernel_testcase
+from gpurepro.suites.kernels import (KernelsRequest, check_probe, exit_code_for,
                                     parse_probe, parse_pytest_junit, suite_files)
 from projects import ROOT
 
@@ -86,7 +88,7 @@ def make_kernels_project(tmp_path: pathlib.Path, tests: dict[str, str]) -> pathl
 
 
 def run_host(config_path, **kwargs):
-    from gpurepro.kernels_suite import execute
+    from gpurepro.suites.kernels import execute
 
     request = KernelsRequest(backend="host", argv=["test"], **kwargs)
     return execute(load_config(config_path, env={}), request)
@@ -288,12 +290,12 @@ def test_skip_reasons_paths_and_empty_captures():
 
 
 def test_written_suite_is_valid_and_shows_control_characters(tmp_path):
-    from gpurepro.junit import write_suite
+    from gpurepro.render.junit import write_suite
 
     cases = parse_pytest_junit(PYTEST_JUNIT) + [
         CaseResult("kernels.test_x", "test_ctrl", "failed", "bell \x07 here", "trace \x1b[0m", 0.25, "out \x00 nul")]
-    suite = build_kernels_suite("kernels@h", cases, timestamp="2026-01-01T00:00:00", hostname="h",
-                                properties={"torch_version": "2.13.0+cpu", "odd": "a\x01b"})
+    suite = build_suite("kernels@h", [kernel_testcase(c) for c in cases], timestamp="2026-01-01T00:00:00",
+                        hostname="h", properties={"torch_version": "2.13.0+cpu", "odd": "a\x01b"})
     write_suite(suite, tmp_path / "junit.xml")
     root, parsed = junit_of(tmp_path)
     assert (root.get("tests"), root.get("failures"), root.get("errors"), root.get("skipped")) == ("5", "2", "1", "1")
@@ -375,8 +377,8 @@ def test_task_and_cli_are_wired():
     assert tasks.ns.collections["image"].tasks["build"].body.__wrapped__.__defaults__ == ("vllm-dev",)
     from gpurepro.cli import build_parser
 
-    args = build_parser().parse_args(["kernels-test", "--backend", "host", "-k", "swizzle", "-m", "not gpu"])
-    assert (args.command, args.backend, args.keyword, args.marker) == ("kernels-test", "host", "swizzle", "not gpu")
+    args = build_parser().parse_args(["kernels.test", "--backend", "host", "-k", "swizzle", "-m", "not gpu"])
+    assert (args.command, args.backend, args.keyword, args.marker) == ("kernels.test", "host", "swizzle", "not gpu")
 
 
 def test_vllm_dev_pins():
@@ -410,7 +412,7 @@ def test_run_is_locked_while_it_runs_and_records_a_redacted_environment(tmp_path
     import threading
     import time
 
-    from gpurepro import runlock
+    from gpurepro.run import lock as runlock
 
     monkeypatch.setenv("GPUREPRO_TEST_API_TOKEN", "s3cr3t-value")
     config = make_kernels_project(tmp_path, {"test_planted.py": PLANTED})

@@ -7,82 +7,12 @@ import pytest
 from projects import make_project
 from gpurepro.classify import ExecResult
 from gpurepro.config import load_config
-from gpurepro.console import Console
+from gpurepro.render.console import Console
 from gpurepro.errors import ContainerError, InterruptedRun
 from gpurepro.outcomes import Outcome, Verdict
-from gpurepro.pipeline import RunRequest, execute, outcome_from_exception
-from gpurepro.runners.base import Runner
+from gpurepro.suites.repro import RunRequest, execute, outcome_from_exception
 
-HELLO_RUN = "\n".join([
-    '@@repro {"event":"config","step":"hello"}',
-    '@@repro {"event":"status","stage":"run","status":"kSuccess","cuda_error":"cudaSuccess"}',
-    '@@repro {"event":"check","max_abs_err":0,"mismatches":0,"checked":1}',
-    '@@repro {"event":"result","outcome":"pass"}',
-])
-PREFLIGHT = '@@repro {"event":"config","step":"hello"}\n@@repro {"event":"layout","name":"sf","type":"int","bytes_hex":"00"}'
-
-
-class FakeRunner(Runner):
-    """Runs nothing: answers each command from a script, records what was asked."""
-
-    name = "fake"
-
-    def __init__(self, *, gpu_smi="", cuobjdump="ELF file 1: hello.1.sm_90a.cubin", compile_code=0,
-                 compile_output="", run_output=HELLO_RUN, run_code=0, fail_on=None):
-        self.files = {}
-        self.calls = []
-        self.gpu_smi = gpu_smi
-        self.cuobjdump = cuobjdump
-        self.compile = (compile_code, compile_output)
-        self.run = (run_code, run_output)
-        self.fail_on = fail_on
-        self.removed = []
-
-    def start(self):
-        self.calls.append(["start"])
-
-    def put_files(self, dest, files, *, executable=frozenset()):
-        for name, data in files.items():
-            self.files[f"{dest}/{name}"] = data
-
-    def exec(self, argv, *, workdir, timeout_s, env=None):
-        self.calls.append(list(argv))
-        if self.fail_on and self.fail_on(argv):
-            raise self.fail_on.exc
-        if argv[0] == "bash":
-            return ExecResult(argv, 0, f"nvcc_path=/opt/cuda/bin/nvcc\ncutlass_version=4.5.0\ngpu_smi={self.gpu_smi}\n")
-        if argv[0] == "nvcc":
-            code, output = self.compile
-            if code == 0:
-                self.files[f"{workdir}/{argv[argv.index('-o') + 1]}"] = b"\x7fELF"
-            return ExecResult(argv, code, output, seconds=2.0)
-        if argv[0] == "cuobjdump":
-            return ExecResult(argv, 0, self.cuobjdump)
-        if argv[-1] == "--preflight-only":
-            return ExecResult(argv, 0, PREFLIGHT)
-        code, output = self.run
-        return ExecResult(argv, code, output, seconds=0.5)
-
-    def get_files(self, path):
-        prefix = path.rstrip("/") + "/"
-        return {k[len(prefix):]: v for k, v in self.files.items() if k.startswith(prefix)}
-
-    def remove_dir(self, path):
-        self.removed.append(path)
-
-    def work_root(self):
-        return "/work"
-
-    def flashinfer_root(self):
-        return "/workspace/flashinfer"
-
-
-STEPS = [
-    {"id": "hello", "file": "hello.cu", "parent": None, "change": "baseline", "targets": ["sm_90a"],
-     "compile": {"sm_90a": "ok"}, "expect": {"sm_90": "pass", "sm_120": "skipped"}},
-    {"id": "broken", "file": "broken.cu", "parent": "hello", "change": "bad SF vector size", "targets": ["sm_120a"],
-     "compile": {"sm_120a": "compile_error"}, "expect": {"sm_90": "skipped"}},
-]
+from fake_runner import HELLO_RUN, PREFLIGHT, STEPS, FakeRunner  # noqa: F401
 
 
 @pytest.fixture
