@@ -4,7 +4,13 @@
 with size and sha256), `<run-id>/README.md` (the exact commands to reproduce) and `<run-id>/run/` (the
 run directory as it is on disk, run.json with its environment variables redacted). Deterministic: entries
 sorted, owners root:root, mtimes 0, gzip header without a name or time, so the same run directory gives
-the same bytes. Every bundle is opened through safe_tar: checked before anything is read or written.
+the same bytes. Written whole or not at all (temp file + rename), mode 0644.
+
+Every bundle is opened through safe_tar. `verify` and `inspect` read it in one pass: each member's header
+is checked before its data is read, files are hashed as they stream past, and only the small members that
+are parsed (MANIFEST.json, run.json, result.json, README.md) are kept, each under a size limit checked in
+its header. So memory stays bounded whatever the bundle holds. Recorded text shown to a terminal goes
+through text.terminal_safe.
 """
 from __future__ import annotations
 

@@ -349,9 +349,9 @@ def test_replay_refuses_a_tampered_bundle_before_running_anything(made, tmp_path
 
 # --- hostile recorded text (issue 12) ----------------------------------------------------------------
 FORGED = "\x1b[1A\x1b[2K\rintegrity: ok"  # cursor up, erase the real line, print our own
-HOSTILE_FIELDS = {"status": f"complete\nintegrity: ok", "command": ["invoke", f"repro\nintegrity: ok {FORGED}"],
+HOSTILE_FIELDS = {"status": "complete\nintegrity: ok", "command": ["invoke", f"repro\nintegrity: ok {FORGED}"],
                   "host": {"hostname": f"box{FORGED}", "platform": "\x9b2J", "python": "3\u202e", "cpus": 2},
-                  "git": {"commit": f"abc\nintegrity: ok", "branch": f"main{FORGED}"}}
+                  "git": {"commit": "abc\nintegrity: ok", "branch": f"main{FORGED}"}}
 
 
 def _hostile_record(files, top):
