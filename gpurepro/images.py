@@ -240,11 +240,12 @@ def _link(src: pathlib.Path, dst: pathlib.Path) -> None:
 
 
 def stage_context(config: Config, toolchain, target: str, *, log=print) -> pathlib.Path:
-    """docker/.build/<toolchain>: the Dockerfile, its scripts, the toolchain's pins and only its wheels."""
+    """docker/.build/<toolchain>-XXXX: the Dockerfile, its scripts, the toolchain's pins and only its wheels."""
     from .toolchains import find_wheel
 
-    dest = docker_dir(config) / ".build" / toolchain.name
-    shutil.rmtree(dest, ignore_errors=True)
+    # a fresh directory per build: two builds of one toolchain at once must not share it (the cache keys on contents)
+    (docker_dir(config) / ".build").mkdir(parents=True, exist_ok=True)
+    dest = pathlib.Path(tempfile.mkdtemp(prefix=f"{toolchain.name}-", dir=docker_dir(config) / ".build"))
     (dest / "toolchain").mkdir(parents=True)
     for name in ("Dockerfile", "layout_cuda.py", "layout_flashinfer.py"):
         _link(docker_dir(config) / name, dest / name)
