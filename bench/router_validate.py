@@ -49,6 +49,7 @@ def main(argv=None) -> int:
     p.add_argument("--split-k", choices=["auto", "off", "both"], default="both",
                    help="portable path: the kernel the router picks (auto), the mma.sync kernel without split-K "
                         "(off), or both")
+    p.add_argument("--kernel", default=None, help="portable path: force gemv, swapab or mma")
     p.add_argument("--weight-tol", type=float, default=1e-4)
     p.add_argument("--tie-rel", type=float, default=1e-5)
     a = p.parse_args(argv)
@@ -64,14 +65,20 @@ def main(argv=None) -> int:
             modes = {"auto": [None], "off": [False], "both": [None, False]}[a.split_k]
             for k, scoring, split in [(k, s, m) for k in a.topk for s in a.scorings for m in modes]:
                 t0 = time.time()
-                ids, w = router.run_nvfp4_fused_router(x, layer, k, scoring, path=a.path, split_k=split)
+                ids, w = router.run_nvfp4_fused_router(x, layer, k, scoring, path=a.path, split_k=split,
+                                                      kernel=None if split is False else a.kernel)
                 torch.cuda.synchronize()
                 dt = time.time() - t0
                 c = router.compare_routing(ids, w, ref_logits, k, scoring, tie_rel=a.tie_rel)
                 ok = c.ok and c.max_weight_err <= a.weight_tol
                 failed += not ok
                 path = router.last_path
-                if path == "portable" and router.last_kernel == "gemv":
+                if path == "portable" and router.last_kernel == "swapab":
+                    from kernels.router.gemv import pick_mma_gemv
+
+                    nt, ks = pick_mma_gemv(t, e, a.hidden)
+                    path = f"swapab nt={nt} ksplit={ks}"
+                elif path == "portable" and router.last_kernel == "gemv":
                     from kernels.router.gemv import pick_gemv
 
                     tm, rb = pick_gemv(t, e)

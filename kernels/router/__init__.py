@@ -42,17 +42,25 @@ from .topk import global_expert_index, merge_topk, sorted_insert, topk_of
 logger = logging.getLogger("kernels.router")
 _announced: set = set()
 last_path: Optional[str] = None  #: "portable", "sm100" or "reference: <why>" of the latest call
-last_kernel: Optional[str] = None  #: "gemv" or "mma" when the latest call took the portable path
+last_kernel: Optional[str] = None  #: "gemv", "swapab" or "mma" when the latest call took the portable path
 
 #: the GEMV kernel routes up to this many tokens; the mma.sync kernel above (measured crossover on
 #: the H200: bench/results/h200/router_bench.md)
 GEMV_MAX_TOKENS = 64
+#: the tensor-core decode kernel routes up to this many tokens
+SWAPAB_MAX_TOKENS = 256
+#: the decode kernel below the crossovers: "swapab" (tensor cores) or "gemv" (CUDA cores)
+DECODE_KERNEL = os.environ.get("GPUREPRO_ROUTER_DECODE", "swapab")
 
 
 def choose_kernel(num_tokens: int, experts: int) -> str:
-    """The portable kernel for a problem: "gemv" (decode sizes) or "mma"."""
-    if num_tokens <= GEMV_MAX_TOKENS and experts % 32 == 0 and experts <= 2048:
+    """The portable kernel for a problem: "swapab" / "gemv" (decode sizes) or "mma"."""
+    if experts % 32 or experts > 2048:
+        return "mma"
+    if DECODE_KERNEL == "gemv" and num_tokens <= GEMV_MAX_TOKENS:
         return "gemv"
+    if DECODE_KERNEL == "swapab" and num_tokens <= SWAPAB_MAX_TOKENS:
+        return "swapab"
     return "mma"
 
 
@@ -136,12 +144,14 @@ def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str
     if activation is None:
         activation = prepare_activation(x, linear)
     if chosen == "portable":
-        from .launch import run_gemv, run_portable
+        from .launch import run_gemv, run_mma_gemv, run_portable
 
         t = activation[0].shape[0]
         last_kernel = kernel or ("mma" if split_k is not None else choose_kernel(t, linear.out_features))
         if last_kernel == "gemv":
             return run_gemv(activation, linear, top_k, scoring, renormalize)
+        if last_kernel == "swapab":
+            return run_mma_gemv(activation, linear, top_k, scoring, renormalize)
         return run_portable(activation, linear, top_k, scoring, renormalize,
                             split_k=None if split_k is True else split_k)
     if chosen == "sm100":

@@ -258,3 +258,211 @@ def compile_gemv(top_k: int, scoring: str, renormalize: bool, experts: int, tm: 
         fn = cute.compile(GemvRouterKernel(top_k, scoring, renormalize, experts, tm, rb), *args)
         _compiled[key] = fn
     return fn
+
+
+class MmaGemvRouterKernel:
+    """Decode-sized router on the tensor cores, "swap AB": experts are the M side of
+    ``mma.sync.m16n8k16`` (16 experts per warp), tokens the N side (8 per n-tile, ``nt`` n-tiles per
+    CTA).  The 16 K-slots of an MMA are a permutation of K shared by both operands (the dot
+    product does not care about the order): lane ``q = lane % 4`` owns slots {2q, 2q+1, 2q+8, 2q+9},
+    and over the 8 MMAs of a 128-wide K step those are the 32 codes of one 16-byte chunk.  So every
+    operand register comes from one 16-byte load per row or token, decoded in registers
+    (``value(code) * scale``, exact in bf16), with no shared-memory tile.
+
+    Grid ``[E/16, ksplit, ceil(T / (8 nt))]``; warp w of CTA y takes the K steps ``y*8 + w``,
+    ``+ 8*ksplit``, ...; the 8 warps' accumulators are summed in a fixed order, each CTA writes its
+    K-split's partial logits to ``ws [ksplit, T, E]``, and the last CTA of a token group (atomic
+    counter, reset by it) sums the splits in split order, scales by ``alpha``, stores the logits
+    and routes the group's tokens (one warp per token, as the GEMV kernel).  Deterministic.
+    """
+
+    def __init__(self, top_k: int, scoring: str, renormalize: bool, experts: int, nt: int = 1):
+        if experts % 32 or experts // 32 > 64:
+            raise ValueError(f"E={experts}: the decode router needs a multiple of 32 up to 2048")
+        self.top_k = top_k
+        self.scoring = scoring
+        self.renormalize = renormalize
+        self.experts = experts
+        self.nt = nt
+        self.need_stats = scoring == "softmax" and not renormalize
+        self.tn = 8 * nt  # tokens per CTA
+        self.smem_bytes = (4 * LUT_SIZE + 2 * 16 * 128 + 2 * self.tn * 128 + 4 * 16 * self.tn
+                           + 4 * WARPS * 16 * self.tn + 16 + 128)
+
+    @cute.jit
+    def __call__(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
+                 mAlpha: cute.Tensor, mLut: cute.Tensor, mWs: cute.Tensor, mLog: cute.Tensor,
+                 mIds: cute.Tensor, mW: cute.Tensor, mCnt: cute.Tensor, stream):
+        op = cute.nvgpu.warp.MmaF16BF16Op(cutlass.BFloat16, cutlass.Float32, (16, 8, 16))
+        tiled_mma = cute.make_tiled_mma(op, cute.make_layout((1, 1, 1)))
+        groups = (mA.shape[0] + self.tn - 1) // self.tn
+        self.kernel(mA, mSFA, mB, mSFB, mAlpha, mLut, mWs, mLog, mIds, mW, mCnt, tiled_mma).launch(
+            grid=[self.experts // 16, mWs.shape[0], groups], block=[THREADS, 1, 1], smem=self.smem_bytes,
+            stream=stream)
+
+    @cute.jit
+    def _load16(self, mX: cute.Tensor, row, kw, c, dst: cute.Tensor):
+        off = cute.assume(row * kw + c * 4, divby=4)
+        src = cute.make_tensor(mX.iterator + off, cute.make_layout(4))
+        cute.autovec_copy(src, dst)
+
+    @cute.jit
+    def _load_step(self, mA, mSFA, mB, mSFB, s, n0, t0, g, q, T, kw, k_tiles,
+                   rawW: cute.Tensor, sfW: cute.Tensor, rawX: cute.Tensor, sfX: cute.Tensor):
+        """Raw words and scale bytes of K step ``s`` for this lane: weight rows g, g+8 and the
+        tokens g of every n-tile, chunk ``c = 4 s + q``."""
+        c = s * 4 + q
+        kt = c // 2
+        blk = (c % 2) * 2
+        for h in cutlass.range_constexpr(2):
+            row = n0 + g + 8 * h
+            self._load16(mB, row, kw, c, rawW[None, h])
+            off = ((row // 128) * k_tiles + kt) * 512 + (row % 32) * 16 + ((row % 128) // 32) * 4 + blk
+            sfW[0, h] = cutlass.Int32(mSFB[off])
+            sfW[1, h] = cutlass.Int32(mSFB[off + 1])
+        for n in cutlass.range_constexpr(self.nt):
+            tok = cutlass.min(t0 + n * 8 + g, T - 1)  # tokens past T re-read token T-1, never stored
+            self._load16(mA, tok, kw, c, rawX[None, n])
+            sfX[0, n] = cutlass.Int32(mSFA[tok, 2 * c])
+            sfX[1, n] = cutlass.Int32(mSFA[tok, 2 * c + 1])
+
+    @cute.kernel
+    def kernel(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
+               mAlpha: cute.Tensor, mLut: cute.Tensor, mWs: cute.Tensor, mLog: cute.Tensor,
+               mIds: cute.Tensor, mW: cute.Tensor, mCnt: cute.Tensor, tiled_mma: cute.TiledMma):
+        tidx, _, _ = cute.arch.thread_idx()
+        bx, by, bz = cute.arch.block_idx()
+        nt, tn = self.nt, self.tn
+        warp = tidx // 32
+        lane = tidx % 32
+        g = lane // 4
+        q = lane % 4
+        T = mA.shape[0]
+        E = self.experts
+        kw = mA.shape[1]
+        steps = kw // 16  # K steps of 128
+        k_tiles = kw // 8
+        ksplit = mWs.shape[0]
+        n0 = bx * 16
+        t0 = bz * tn
+
+        smem = cutlass.utils.SmemAllocator()
+        sLut = smem.allocate_tensor(cutlass.Float32, cute.make_layout(LUT_SIZE), 16)
+        # shapes only: the MMA fragments are partitioned from these, nothing is stored in them
+        sA = smem.allocate_tensor(cutlass.BFloat16, cute.make_layout((16, 128), stride=(128, 1)), 16)
+        sB = smem.allocate_tensor(cutlass.BFloat16, cute.make_layout((tn, 128), stride=(128, 1)), 16)
+        sC = smem.allocate_tensor(cutlass.Float32, cute.make_layout((16, tn), stride=(tn, 1)), 16)
+        sRed = smem.allocate_tensor(cutlass.Float32, cute.make_layout((WARPS, 16, tn), stride=(16 * tn, tn, 1)), 16)
+        sFlag = smem.allocate_tensor(cutlass.Int32, cute.make_layout(4), 16)
+
+        thr_mma = tiled_mma.get_slice(lane)
+        tCrA = tiled_mma.make_fragment_A(thr_mma.partition_A(sA))  # ((2,2,2), 1, 8)
+        tCrB = tiled_mma.make_fragment_B(thr_mma.partition_B(sB))  # ((2,2), nt, 8)
+        tCsC = thr_mma.partition_C(sC)
+        tCrC = tiled_mma.make_fragment_C(tCsC)  # ((2,2), 1, nt)
+        tCrC.fill(0.0)
+
+        rawW = cute.make_rmem_tensor(cute.make_layout((4, 2), stride=(1, 4)), cutlass.Int32)
+        sfW = cute.make_rmem_tensor(cute.make_layout((2, 2), stride=(1, 2)), cutlass.Int32)
+        rawX = cute.make_rmem_tensor(cute.make_layout((4, nt), stride=(1, 4)), cutlass.Int32)
+        sfX = cute.make_rmem_tensor(cute.make_layout((2, nt), stride=(1, 2)), cutlass.Int32)
+
+        s0 = by * WARPS + warp
+        stride = WARPS * ksplit
+        # the first step's loads go out before the table load and its barrier
+        if s0 < steps:
+            self._load_step(mA, mSFA, mB, mSFB, s0, n0, t0, g, q, T, kw, k_tiles, rawW, sfW, rawX, sfX)
+        for u in cutlass.range_constexpr(-(-LUT_SIZE // THREADS)):
+            li = cutlass.min(tidx + u * THREADS, LUT_SIZE - 1)
+            sLut[li] = mLut[li]
+        cute.arch.sync_threads()
+
+        for s in range(s0, steps, stride):
+            if s != s0:
+                self._load_step(mA, mSFA, mB, mSFB, s, n0, t0, g, q, T, kw, k_tiles, rawW, sfW, rawX, sfX)
+            # weights: MMA j takes codes 4j..4j+3 of the lane's chunk; A value (v0, v1, v2) is
+            # row g + 8 v1, code 4j + 2 v2 + v0
+            for h in cutlass.range_constexpr(2):
+                sc0 = sLut[LUT_E4M3 + sfW[0, h]]
+                sc1 = sLut[LUT_E4M3 + sfW[1, h]]
+                for j in cutlass.range_constexpr(8):
+                    word = rawW[j // 2, h]
+                    sc = sc0 if j < 4 else sc1
+                    for v2 in cutlass.range_constexpr(2):
+                        for v0 in cutlass.range_constexpr(2):
+                            code = (word >> (4 * ((j % 2) * 4 + 2 * v2 + v0))) & 15
+                            tCrA[v0 + 2 * h + 4 * v2, 0, j] = (sLut[LUT_E2M1 + code] * sc).to(cutlass.BFloat16)
+            # tokens: B value (v0, v1) of n-tile n is token 8n + g, code 4j + 2 v1 + v0
+            for n in cutlass.range_constexpr(nt):
+                sx0 = sLut[LUT_E4M3 + sfX[0, n]]
+                sx1 = sLut[LUT_E4M3 + sfX[1, n]]
+                for j in cutlass.range_constexpr(8):
+                    word = rawX[j // 2, n]
+                    sc = sx0 if j < 4 else sx1
+                    for v1 in cutlass.range_constexpr(2):
+                        for v0 in cutlass.range_constexpr(2):
+                            code = (word >> (4 * ((j % 2) * 4 + 2 * v1 + v0))) & 15
+                            tCrB[v0 + 2 * v1, n, j] = (sLut[LUT_E2M1 + code] * sc).to(cutlass.BFloat16)
+            for j in cutlass.range_constexpr(8):
+                cute.gemm(tiled_mma, tCrC, tCrA[None, None, j], tCrB[None, None, j], tCrC)
+
+        # the warps' accumulators, summed in warp order
+        sW = sRed[warp, None, None]
+        tCsW = thr_mma.partition_C(sW)
+        for i in cutlass.range_constexpr(cute.size(tCrC)):
+            tCsW[i] = tCrC[i]
+        cute.arch.sync_threads()
+        for u in cutlass.range_constexpr(-(-(16 * tn) // THREADS)):
+            idx = tidx + u * THREADS
+            if idx < 16 * tn:
+                r = idx // tn
+                t = idx % tn
+                acc = sRed[0, r, t]
+                for w in cutlass.range_constexpr(1, WARPS):
+                    acc = acc + sRed[w, r, t]
+                if t0 + t < T:
+                    mWs[by, t0 + t, n0 + r] = acc
+
+        cute.arch.fence_acq_rel_gpu()
+        cute.arch.sync_threads()
+        if tidx == 0:
+            old = cute.arch.atomic_add((mCnt.iterator + bz).llvm_ptr, cutlass.Int32(1), sem="acq_rel", scope="gpu")
+            sFlag[0] = old
+        cute.arch.sync_threads()
+        if sFlag[0] == (E // 16) * ksplit - 1:
+            cute.arch.fence_acq_rel_gpu()
+            alpha = mAlpha[0]
+            for idx in range(tidx, tn * E, THREADS):
+                t = idx // E
+                e = idx % E
+                if t0 + t < T:
+                    acc = mWs[0, t0 + t, e]
+                    for y in range(1, ksplit):
+                        acc = acc + mWs[y, t0 + t, e]
+                    mLog[t0 + t, e] = acc * alpha
+            cute.arch.sync_threads()
+            for tt in cutlass.range_constexpr(-(-tn // WARPS)):
+                t = tt * WARPS + warp
+                if t < tn:
+                    if t0 + t < T:
+                        GemvRouterKernel._route(self, mLog, mIds, mW, t0 + t, lane)
+            if tidx == 0:
+                mCnt[bz] = cutlass.Int32(0)  # ready for the next launch
+
+
+def pick_mma_gemv(num_tokens: int, experts: int, hidden: int, target_ctas: int = 160):
+    """(nt, ksplit): 8-token n-tiles per CTA and K splits, so that about ``target_ctas`` CTAs run."""
+    nt = 1 if num_tokens <= 8 else 2
+    groups = -(-num_tokens // (8 * nt))
+    steps = hidden // 128
+    ksplit = max(1, min(-(-steps // WARPS), -(-target_ctas // ((experts // 16) * groups))))
+    return nt, ksplit
+
+
+def compile_mma_gemv(top_k: int, scoring: str, renormalize: bool, experts: int, nt: int, args):
+    key = ("mma", top_k, scoring, renormalize, experts, nt)
+    fn = _compiled.get(key)
+    if fn is None:
+        fn = cute.compile(MmaGemvRouterKernel(top_k, scoring, renormalize, experts, nt), *args)
+        _compiled[key] = fn
+    return fn
