@@ -74,8 +74,8 @@ def diff(step, *, config=None) -> int:
     return 0
 
 
-def bisect(*, from_step=None, to_step=None, arch=None, backend="auto", git=False, jobs=None, no_cache=False,
-           config=None, argv=None, console=None) -> int:
+def bisect(*, from_step=None, to_step=None, arch=None, backend="auto", git=False, jobs=None, compile_only=False,
+           no_cache=False, config=None, argv=None, console=None) -> int:
     from .chain import flip_table, git_bisect_code
 
     cfg = load_config(config)
@@ -85,7 +85,7 @@ def bisect(*, from_step=None, to_step=None, arch=None, backend="auto", git=False
     if arch is not None:
         check_arch(arch)
     request = RunRequest(steps=[s.id for s in chain], arch=arch, backend=backend, jobs=parse_jobs(jobs),
-                         no_cache=no_cache, argv=invoked_command(argv))
+                         compile_only=compile_only, no_cache=no_cache, argv=invoked_command(argv))
     outcome = execute(cfg, request, console=console)
     rows, first = flip_table(chain, outcome.results)
     console.flip_table(rows, first, outcome.results)
@@ -128,8 +128,13 @@ def kernels_test(*, backend="auto", keyword=None, marker=None, python=None, time
     cfg = load_config(config)
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend '{backend}'", hint=f"use one of: {', '.join(BACKENDS)}")
-    if timeout is not None and timeout <= 0:
-        raise UsageError(f"--timeout must be a positive number of seconds, got {timeout}")
+    if timeout is not None:
+        try:
+            timeout = float(timeout)
+        except (TypeError, ValueError):
+            raise UsageError(f"--timeout {timeout!r}: expected a number of seconds") from None
+        if timeout <= 0:
+            raise UsageError(f"--timeout must be a positive number of seconds, got {timeout:g}")
     request = KernelsRequest(backend=backend, keyword=keyword or None, marker=marker or None, python=python or None,
                              timeout_s=timeout or None, argv=list(argv or sys.argv))
     return run_kernels(cfg, request, console=console or Console()).exit_code
@@ -241,11 +246,11 @@ def bundle_replay(file=None, *, backend=None, dest=None, no_cache=False, config=
     from rich.markup import escape
     from rich.table import Table
 
-    from .bundle import replay
+    from .replay import replay
 
     cfg = load_config(config)
     console = console or Console()
-    done = replay(pathlib.Path(_need(file, "bundle file")), cfg, backend=backend,
+    done = replay(pathlib.Path(_need(file, "bundle file")), cfg, backend=backend, no_cache=no_cache,
                   dest=pathlib.Path(dest) if dest else None, console=console, runner=runner,
                   argv=invoked_command(argv))
     table = Table(title=f"replay of {pathlib.Path(file).name}")

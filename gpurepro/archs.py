@@ -1,6 +1,6 @@
 """Can this binary run on this GPU? Decided from `cuobjdump --list-elf --list-ptx` before running it.
 
-DESIGN.md: an SM120 binary run on an H100 passes can_implement and then aborts inside initialize(),
+Measured on an H100: an SM120 binary passes can_implement and then aborts inside initialize(),
 which looks like a bug in the repro. Checking the binary's images against the device first turns that
 into `skipped: no image for sm_90`, and rules the arch cause of `initialize(): Error Internal` in or out.
 

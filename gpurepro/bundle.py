@@ -14,7 +14,6 @@ through text.terminal_safe.
 """
 from __future__ import annotations
 
-import dataclasses
 import errno
 import gzip
 import hashlib
@@ -23,20 +22,19 @@ import os
 import pathlib
 import secrets
 import shlex
-import shutil
 import stat
-import tempfile
 import time
 from dataclasses import dataclass, field
 
 from . import __version__
 from .archive import build_tar
-from .environment import invoked_command
-from .errors import BadInputError, EXIT_DEPARTED, EXIT_INFRA, EXIT_OK, InfraError, UsageError
+from .errors import BadInputError, InfraError
 from .redaction import NOT_RECORDED, REDACTED, redact_record
 from .run import lock as runlock
+from .render.escape import md_cell
 from .run.directory import RUN_JSON
-from .safe_tar import DEFAULT_LIMITS, READ_ERRORS, Limits, MemberCheck, UnsafeArchiveError, extract, open_archive, why
+from .run.record import RunRecord
+from .safe_tar import DEFAULT_LIMITS, READ_ERRORS, Limits, MemberCheck, UnsafeArchiveError, open_archive, why
 from .text import terminal_safe
 
 FORMAT = "gpurepro-bundle"
@@ -120,8 +118,8 @@ def build(run_path: pathlib.Path) -> tuple[str, bytes, int, int]:
         raise BadInputError(f"run {run_path.name} is still in progress ({runlock.describe(lock)})",
                             hint="bundle it when it has finished")
     files, executable = run_files(run_path)
-    record = json.loads(files[RUN_JSON])
-    run_id = str(record.get("run_id") or run_path.name)
+    record = _record_of(json.loads(files[RUN_JSON]), run_path.name)
+    run_id = record.run_id
     top = run_id
     payload = {f"{RUN_DIR}/{rel}": data for rel, data in files.items()}
     payload[README] = render_readme(record, f"{run_id}{SUFFIX}").encode()
@@ -130,7 +128,7 @@ def build(run_path: pathlib.Path) -> tuple[str, bytes, int, int]:
         "format_version": FORMAT_VERSION,
         "tool": {"name": "gpurepro", "version": __version__},
         "run_id": run_id,
-        "run_status": record.get("status"),
+        "run_status": record.status,
         "files": [{"path": name, "size": len(data), "sha256": _sha256(data)} for name, data in sorted(payload.items())],
     }
     payload[MANIFEST] = (json.dumps(manifest, indent=2) + "\n").encode()
@@ -239,12 +237,13 @@ class Contents:
     bundle_bytes: int = 0
 
     @property
-    def record(self) -> dict:
+    def record(self) -> RunRecord:
+        """The bundled run.json, typed; a missing or damaged one reads as an empty record named after the bundle."""
         try:
-            record = parse_json(self.texts[f"{RUN_DIR}/{RUN_JSON}"], RUN_JSON)
+            data = parse_json(self.texts[f"{RUN_DIR}/{RUN_JSON}"], RUN_JSON)
         except (KeyError, BundleError):
-            return {}
-        return record if isinstance(record, dict) else {}
+            data = None
+        return _record_of(data, self.top)
 
     def step_results(self) -> dict[str, dict]:
         results = {}
@@ -381,21 +380,20 @@ def verify(path: pathlib.Path, *, limits: Limits = DEFAULT_LIMITS) -> Contents:
 
 
 # --- README ----------------------------------------------------------------------------------------
-def step_groups(record: dict) -> list[tuple[str, list[str]]]:
+def step_groups(record: RunRecord) -> list[tuple[str, list[str]]]:
     """The run's steps grouped by compile target, in run order: one `invoke repro` per group."""
     groups: dict[str, list[str]] = {}
-    for step in record.get("steps") or []:
-        if isinstance(step, dict) and step.get("step"):
-            groups.setdefault(str(step.get("arch") or ""), []).append(str(step["step"]))
+    for step in record.steps:
+        groups.setdefault(step.arch, []).append(step.step)
     if not groups:  # the run ended before its steps were known: replay what was asked
-        request = record.get("request") or {}
-        groups[request.get("arch") or ""] = list(request.get("steps") or [])
+        asked = record.request.get("steps")
+        arch = record.request.get("arch")
+        groups[arch if isinstance(arch, str) else ""] = [str(s) for s in asked] if isinstance(asked, list) else []
     return [(arch, steps) for arch, steps in groups.items() if steps]
 
 
-def repro_commands(record: dict, *, image: str | None = None) -> list[str]:
-    request = record.get("request") or {}
-    backend = record.get("backend") or request.get("backend") or "auto"
+def repro_commands(record: RunRecord, *, image: str | None = None) -> list[str]:
+    backend = record.backend or str(record.request.get("backend") or "auto")
     prefix = f"GPUREPRO_IMAGE={shlex.quote(image)} " if image else ""
     commands = []
     for arch, steps in step_groups(record):
@@ -403,27 +401,25 @@ def repro_commands(record: dict, *, image: str | None = None) -> list[str]:
         if arch:
             parts.append(f"--arch {arch}")
         parts.append(f"--backend {backend}")
-        if request.get("compile_only"):
+        if record.compile_only:
             parts.append("--compile-only")
         commands.append(" ".join(parts))
     return commands
 
 
 def _md(text) -> str:
-    return terminal_safe(str(text if text is not None else "").replace("|", "\\|").replace("\n", " "))
+    return terminal_safe(md_cell(text))
 
 
-def render_readme(record: dict, bundle_name: str) -> str:
-    env = record.get("environment") or {}
-    git = record.get("git") or {}
-    host = record.get("host") or {}
-    image_ref = env.get("image_digest") or env.get("image_id") or None
+def render_readme(record: RunRecord, bundle_name: str) -> str:
+    image_ref = record.env("image_digest") or record.env("image_id")
+    host = record.host
     lines = [
-        f"# gpurepro run {record.get('run_id')}",
+        f"# gpurepro run {record.run_id}",
         "",
-        f"Status **{record.get('status')}** (exit code {record.get('exit_code')}), started {record.get('started_at')}, "
-        f"finished {record.get('finished_at')}, on {host.get('hostname')} ({host.get('platform')}) with the "
-        f"{record.get('backend')} backend, gpurepro {(record.get('tool') or {}).get('version')}.",
+        f"Status **{record.status}** (exit code {record.exit_code}), started {record.started_at}, "
+        f"finished {record.finished_at}, on {host.get('hostname')} ({host.get('platform')}) with the "
+        f"{record.backend} backend, gpurepro {record.tool.get('version')}.",
         "",
         "## Check it, read it, run it again",
         "",
@@ -436,27 +432,28 @@ def render_readme(record: dict, bundle_name: str) -> str:
         "## By hand, exactly as it ran",
         "",
         "```bash",
-        f"git checkout {git.get('commit') or '<commit not recorded>'}"
+        f"git checkout {record.git_commit or '<commit not recorded>'}"
         + ("   # the run's checkout had uncommitted changes: the sources as compiled are in run/steps/<step>/"
-           if git.get("dirty") else ""),
+           if record.git_dirty else ""),
     ]
-    if record.get("backend") == "docker" and env.get("image_digest"):
-        lines.append(f"docker pull {env['image_digest']}   # or build it: invoke image.base image.build")
-    elif record.get("backend") == "docker":
-        lines.append(f"invoke image.base image.build   # the run used {env.get('image')} (id {env.get('image_id')})")
-    lines += repro_commands(record, image=image_ref if record.get("backend") == "docker" else None)
-    if record.get("kind") == "kernels" and record.get("reproduce"):  # a kernels.test run records its own command
-        lines.append(record["reproduce"])
-    lines += ["```", "", f"Recorded command: `{' '.join(record.get('command') or [])}`", "",
+    docker = record.backend == "docker"
+    if docker and record.env("image_digest"):
+        lines.append(f"docker pull {record.env('image_digest')}   # or build it: invoke image.base image.build")
+    elif docker:
+        lines.append(f"invoke image.base image.build   # the run used {record.env('image')} (id {record.env('image_id')})")
+    lines += repro_commands(record, image=image_ref if docker else None)
+    if record.kind == "kernels" and record.reproduce:  # a kernels.test run records its own command
+        lines.append(record.reproduce)
+    lines += ["```", "", f"Recorded command: `{' '.join(record.command)}`", "",
               "## Steps", "", "| step | arch | expected | observed | verdict | reason |", "|---|---|---|---|---|---|"]
-    for step in record.get("steps") or []:
-        lines.append(f"| {_md(step.get('step'))} | {_md(step.get('arch'))} | {_md(step.get('expected') or 'unknown')} | "
-                     f"{_md(step.get('outcome'))} | {_md(step.get('verdict'))} | {_md(step.get('reason'))} |")
+    for step in record.steps:
+        lines.append(f"| {_md(step.step)} | {_md(step.arch)} | {_md(step.expected or 'unknown')} | "
+                     f"{_md(step.outcome)} | {_md(step.verdict)} | {_md(step.reason)} |")
     lines += ["", "## Where and with what", "", "| fact | value |", "|---|---|"]
-    facts = {"git commit": git.get("commit"), "git dirty": git.get("dirty"), "backend": record.get("backend"),
-             **{k: v for k, v in env.items() if v not in (None, "")}}
+    facts = {"git commit": record.git_commit, "git dirty": record.git_dirty, "backend": record.backend,
+             **{k: v for k, v in record.environment.items() if v not in (None, "")}}
     lines += [f"| {_md(k)} | {_md(v)} |" for k, v in facts.items()]
-    variables = record.get("env_vars") or {}
+    variables = record.env_vars
     redacted = sorted(k for k, v in variables.items() if v == REDACTED)
     unrecorded = sum(1 for v in variables.values() if v == NOT_RECORDED)
     lines += ["", f"{len(variables)} environment variables are recorded in run/run.json (`env_vars`)"
@@ -470,31 +467,28 @@ def render_readme(record: dict, bundle_name: str) -> str:
 def summary_lines(contents: Contents) -> list[str]:
     """What `bundle.inspect` prints: one line per fact, every recorded value terminal-safe."""
     record = contents.record
-    env = _dict(record.get("environment"))
-    git = _dict(record.get("git"))
-    host = _dict(record.get("host"))
-    gpu = f"{env.get('gpu_name')} ({env.get('gpu_arch')}, driver {env.get('driver_version')})" \
-        if env.get("gpu_name") else "no GPU"
+    gpu = (f"{record.env('gpu_name')} ({record.env('gpu_arch')}, driver {record.env('driver_version')})"
+           if record.env("gpu_name") else "no GPU")
     integrity = "ok" if contents.problem is None else f"FAILED: {contents.problem}"
-    variables = _dict(record.get("env_vars"))
+    variables = record.env_vars
     redacted = sorted(str(k) for k, v in variables.items() if v == REDACTED)
     unrecorded = sum(1 for v in variables.values() if v == NOT_RECORDED)
-    command = record.get("command")
+    host, tool = record.host, contents.manifest.get("tool")
     lines = [
         f"bundle {contents.path.name}: format {contents.manifest.get('format_version')}, made by gpurepro "
-        f"{_dict(contents.manifest.get('tool')).get('version')}, {len(contents.digests)} files, "
+        f"{tool.get('version') if isinstance(tool, dict) else None}, {len(contents.digests)} files, "
         f"{contents.bundle_bytes} bytes",
         f"integrity: {integrity}",
-        f"run {record.get('run_id')}: status {record.get('status')}, exit code {record.get('exit_code')}, "
-        f"{record.get('started_at')} .. {record.get('finished_at')}",
-        f"command: {' '.join(map(str, command)) if isinstance(command, list) else command or ''}",
-        f"git: {git.get('commit') or 'n/a'}{' (dirty)' if git.get('dirty') else ''}"
-        f"{' on ' + str(git['branch']) if git.get('branch') else ''}",
+        f"run {record.run_id}: status {record.status}, exit code {record.exit_code}, "
+        f"{record.started_at} .. {record.finished_at}",
+        f"command: {' '.join(record.command)}",
+        f"git: {record.git_commit or 'n/a'}{' (dirty)' if record.git_dirty else ''}"
+        f"{' on ' + str(record.git['branch']) if record.git.get('branch') else ''}",
         f"host: {host.get('hostname')} ({host.get('platform')}, Python {host.get('python')}, {host.get('cpus')} CPUs)",
-        f"backend: {record.get('backend')}" + (f"; image {env.get('image')} id {env.get('image_id')}"
-                                               f" digest {env.get('image_digest') or 'none'}" if env.get("image") else ""),
-        f"toolchain: nvcc {env.get('nvcc_version') or '?'}, CUTLASS {env.get('cutlass_version') or '?'}, "
-        f"FlashInfer {env.get('flashinfer_version') or '?'}; device: {gpu}",
+        f"backend: {record.backend}" + (f"; image {record.env('image')} id {record.env('image_id')}"
+                                        f" digest {record.env('image_digest') or 'none'}" if record.env("image") else ""),
+        f"toolchain: nvcc {record.env('nvcc_version', '?')}, CUTLASS {record.env('cutlass_version', '?')}, "
+        f"FlashInfer {record.env('flashinfer_version', '?')}; device: {gpu}",
         f"environment variables: {len(variables)} recorded, {len(redacted)} redacted"
         + (f" ({', '.join(redacted)})" if redacted else "")
         + (f", {unrecorded} by name only" if unrecorded else ""),
@@ -507,154 +501,17 @@ def inspect_rows(contents: Contents) -> list[tuple[str, ...]]:
     """The steps table of `bundle.inspect`: (step, arch, expected, observed, verdict, reason), terminal-safe."""
     results = contents.step_results()
     rows = []
-    for step in contents.record.get("steps") or []:
-        if not isinstance(step, dict):
-            continue
-        reason = step.get("reason") or _dict(results.get(str(step.get("step")))).get("reason")
-        rows.append(tuple(terminal_safe(v) for v in (step.get("step"), step.get("arch"), step.get("expected") or "unknown",
-                                                     step.get("outcome"), step.get("verdict"), reason)))
+    for step in contents.record.steps:
+        full = results.get(step.step)
+        reason = step.reason or (full.get("reason") if isinstance(full, dict) else None)
+        rows.append(tuple(terminal_safe(v) for v in (step.step, step.arch, step.expected or "unknown", step.outcome,
+                                                     step.verdict, reason)))
     return rows
 
 
-def _dict(value) -> dict:
-    """A record field that should be an object; a hostile or damaged record may hold anything there."""
-    return value if isinstance(value, dict) else {}
-
-
-# --- replay ----------------------------------------------------------------------------------------
-COMPARED_FACTS = ("image", "image_id", "image_digest", "nvcc_version", "cutlass_version", "flashinfer_version",
-                  "gpu_name", "gpu_arch", "driver_version")
-
-
-@dataclass
-class ReplayRow:
-    step: str
-    arch: str
-    old: str
-    new: str
-    new_reason: str
-
-    @property
-    def same(self) -> bool:
-        return self.old == self.new
-
-
-@dataclass
-class Replay:
-    rows: list[ReplayRow]
-    differences: list[str]
-    runs: list[pathlib.Path]
-    exit_code: int
-
-
-def differences(old: dict, new: dict) -> list[str]:
-    """What differs between where the bundle ran and where it was replayed, one line each."""
-    out = []
-    pairs = [("git commit", (old.get("git") or {}).get("commit"), (new.get("git") or {}).get("commit")),
-             ("git dirty", (old.get("git") or {}).get("dirty"), (new.get("git") or {}).get("dirty")),
-             ("tool version", (old.get("tool") or {}).get("version"), (new.get("tool") or {}).get("version")),
-             ("backend", old.get("backend"), new.get("backend"))]
-    old_env, new_env = old.get("environment") or {}, new.get("environment") or {}
-    same_image = bool(old_env.get("image_id")) and old_env.get("image_id") == new_env.get("image_id")
-    # replaying by image id renames the reference (tag -> id): the same id is the same image
-    pairs += [(key, old_env.get(key), new_env.get(key)) for key in COMPARED_FACTS
-              if not (key == "image" and same_image)]
-    for name, a, b in pairs:
-        if (a or None) != (b or None):
-            out.append(terminal_safe(f"{name}: bundle {a if a not in (None, '') else 'none'}, "
-                                     f"here {b if b not in (None, '') else 'none'}"))
-    return out
-
-
-def source_differences(bundle_run: pathlib.Path, config, steps: list[str]) -> list[str]:
-    """Which of this checkout's step sources differ from the copies the bundled run compiled."""
-    from .manifest import load_manifest
-    from .suites.repro import source_files
-
-    manifest = load_manifest(config.manifest)
-    out = []
-    for step_id in steps:
-        local = source_files(config.repros_dir, manifest.get(step_id))
-        bundled = bundle_run / "steps" / step_id
-        for name, data in sorted(local.items()):
-            old = bundled / name
-            if not old.is_file():
-                out.append(f"source {step_id}/{name}: not in the bundle")
-            elif old.read_bytes() != data:
-                out.append(f"source {step_id}/{name}: differs from the bundled copy")
-    return out
-
-
-def _local_image_id(config, record: dict) -> tuple[object, list[str]]:
-    """The config to replay with: the recorded image when this engine has it (by id), else the configured one."""
-    env = record.get("environment") or {}
-    wanted = env.get("image_id")
-    if record.get("backend") != "docker" or not wanted:
-        return config, []
+def _record_of(data, fallback_id: str) -> RunRecord:
+    """A bundled run.json as a typed record; anything unreadable reads as an empty record."""
     try:
-        from .runners.docker import connect
-
-        client = connect(timeout=30)
-        client.images.get(wanted)
-    except Exception:  # noqa: BLE001 - no engine or no such image: replay with the configured image, and say so
-        return config, [f"image {wanted} (digest {env.get('image_digest') or 'none'}) is not here; "
-                        f"replaying with {config.docker.image}"]
-    return dataclasses.replace(config, docker=dataclasses.replace(config.docker, image=wanted)), []
-
-
-def replay(path: pathlib.Path, config, *, backend: str | None = None, dest: pathlib.Path | None = None,
-           console=None, runner=None, argv: list[str] | None = None, limits: Limits = DEFAULT_LIMITS) -> Replay:
-    from .manifest import load_manifest
-    from .suites.repro import RunRequest, execute
-
-    if dest is not None and pathlib.Path(dest).exists() and not pathlib.Path(dest).is_dir():
-        raise UsageError(f"--dest {terminal_safe(dest)}: is a file, not a directory",
-                         hint="give --dest an empty or new directory")
-    contents = verify(path, limits=limits)
-    record = contents.record
-    groups = step_groups(record)
-    if record.get("kind") == "kernels":
-        raise BadInputError(terminal_safe(f"{path}: a kernels.test run; replay it with "
-                                          f"`{record.get('reproduce') or 'invoke kernels.test'}`"))
-    if not groups:
-        raise BadInputError(f"{terminal_safe(path)}: the bundled run has no steps to replay")
-    manifest = load_manifest(config.manifest)
-    missing = [s for _, steps in groups for s in steps if s not in manifest.steps]
-    if missing:
-        commit = (record.get("git") or {}).get("commit")
-        raise BadInputError(f"step {terminal_safe(missing[0])} of the bundle is not in {config.manifest}",
-                            hint=f"check out the run's commit {terminal_safe(commit)}" if commit else None)
-    keep = dest is not None
-    where = pathlib.Path(dest) if keep else pathlib.Path(tempfile.mkdtemp(prefix="gpurepro-replay-"))
-    try:
-        extract(path, where, label=pathlib.Path(path).name, limits=limits)
-        bundle_run = where / contents.top / RUN_DIR
-        notes = source_differences(bundle_run, config, [s for _, steps in groups for s in steps])
-    finally:
-        if not keep:
-            shutil.rmtree(where, ignore_errors=True)
-    run_config, image_notes = _local_image_id(config, record)
-    request_flags = record.get("request") or {}
-    chosen_backend = backend or record.get("backend") or "auto"
-    old = {(s["step"], s.get("arch")): s for s in record.get("steps") or []}
-    rows, runs, new_records, codes = [], [], [], []
-    for arch, steps in groups:
-        request = RunRequest(steps=steps, arch=arch or None, backend=chosen_backend,
-                             compile_only=bool(request_flags.get("compile_only")),
-                             argv=list(argv) if argv else invoked_command())
-        outcome = execute(run_config, request, console=console, runner=runner)
-        runs.append(outcome.run.path)
-        new_records.append(json.loads((outcome.run.path / RUN_JSON).read_text()))
-        codes.append(outcome.exit_code)
-        for result in outcome.results:
-            before = old.get((result.step, result.arch), {})
-            # display strings: the old outcome comes from the bundle, the reason from a program's output
-            rows.append(ReplayRow(terminal_safe(result.step), terminal_safe(result.arch),
-                                  terminal_safe(before.get("outcome", "not run")), terminal_safe(result.outcome.value),
-                                  terminal_safe(result.reason)))
-    diffs = [terminal_safe(line) for line in image_notes + differences(record, new_records[0]) + notes]
-    if EXIT_INFRA in codes:
-        code = EXIT_INFRA
-    else:
-        code = EXIT_OK if all(r.same for r in rows) else EXIT_DEPARTED
-    return Replay(rows, diffs, runs, code)
+        return RunRecord.from_json(data)
+    except ValueError:
+        return RunRecord(run_id=str(fallback_id))

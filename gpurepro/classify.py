@@ -1,6 +1,6 @@
 """Turn what a compile and a run produced into one outcome and a one-line reason taken from evidence.
 
-Evidence, strongest first: the program's `@@repro` records (DESIGN.md's output protocol), then the way
+Evidence, strongest first: the program's `@@repro` records (docs/contracts.md, "Output protocol"), then the way
 the process ended (timeout, signal, exit code), then its plain text. Programs that print no markers are
 still classified, from exit codes and text alone.
 """

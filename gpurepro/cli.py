@@ -35,6 +35,16 @@ def commands() -> dict[str, object]:
     return out
 
 
+def task_arguments(task) -> list:
+    """Invoke's view of a task's options. Invoke consumes the task's help dict as it builds them; put it back so
+    the next caller (another parser, a test) sees the same help."""
+    saved = dict(task.help)
+    try:
+        return task.get_arguments(ignore_unknown_help=True)
+    finally:
+        task.help = saved
+
+
 def _flag_names(arg) -> list[str]:
     return [("-" if len(n) == 1 else "--") + n for n in arg.names]
 
@@ -42,7 +52,7 @@ def _flag_names(arg) -> list[str]:
 def _add_task(sub, name: str, task) -> None:
     doc = (task.__doc__ or task.body.__doc__ or "").strip()
     parser = sub.add_parser(name, help=doc.splitlines()[0] if doc else None, description=doc)
-    for arg in task.get_arguments():
+    for arg in task_arguments(task):
         dest = arg.name.replace("-", "_")
         if arg.positional:
             nargs = "*" if dest in MULTI else "?"

@@ -7,7 +7,9 @@ body one call into the engine (gpurepro/app.py); engine errors become one line a
 from invoke import Collection
 
 from . import app
-from .invoke_support import engine_task
+from .invoke_support import engine_task, install_usage_errors
+
+install_usage_errors()
 
 
 @engine_task(positional=["steps"], default=True, help={
@@ -19,9 +21,9 @@ from .invoke_support import engine_task
     "record": "write the observed outcomes back into repros/manifest.yaml as expectations",
     "no-cache": "compile every step (the compile cache is written, not read)",
 })
-def run(c, steps=None, arch=None, backend="auto", compile_only=False, jobs=0, record=False, no_cache=False):
+def run(c, steps=None, arch=None, backend="auto", compile_only=False, jobs=None, record=False, no_cache=False):
     """Compile, arch-check, run and classify repro steps; write reports/<run-id>/ and JUnit."""
-    return app.repro(steps, arch=arch, backend=backend, compile_only=compile_only, jobs=jobs or None, record=record,
+    return app.repro(steps, arch=arch, backend=backend, compile_only=compile_only, jobs=jobs, record=record,
                      no_cache=no_cache)
 
 
@@ -44,12 +46,14 @@ def diff(c, step=None):
     "backend": "docker | host | auto",
     "git": "exit like `git bisect run` wants: 0 good, 1 bad, 125 cannot test",
     "jobs": "parallel compiles",
+    "compile-only": "bisect compile outcomes only: nothing runs on a device",
     "no-cache": "compile every step (the compile cache is written, not read)",
 })
-def bisect_chain(c, from_=None, to=None, arch=None, backend="auto", git=False, jobs=0, no_cache=False):
+def bisect_chain(c, from_=None, to=None, arch=None, backend="auto", git=False, jobs=None, compile_only=False,
+                 no_cache=False):
     """Run a parent chain, print the flip table and the first step whose outcome differs from its parent's."""
-    return app.bisect(from_step=from_, to_step=to, arch=arch, backend=backend, git=git, jobs=jobs or None,
-                      no_cache=no_cache)
+    return app.bisect(from_step=from_, to_step=to, arch=arch, backend=backend, git=git, jobs=jobs,
+                      compile_only=compile_only, no_cache=no_cache)
 
 
 @engine_task(name="diff", positional=["step_a", "step_b"])
@@ -135,9 +139,9 @@ def prune(c, keep=None, dry_run=False):
     "python": "host backend: the interpreter to run the tests with (default: this one)",
     "timeout": "seconds for the whole test session (default: gpurepro.yaml kernels.timeout_s)",
 })
-def kernels_test(c, backend="auto", keyword=None, marker=None, python=None, timeout=0):
+def kernels_test(c, backend="auto", keyword=None, marker=None, python=None, timeout=None):
     """Run tests/kernels in the vllm-dev container (or on this host); write reports/<run-id>/ and JUnit."""
-    return app.kernels_test(backend=backend, keyword=keyword, marker=marker, python=python, timeout=timeout or None)
+    return app.kernels_test(backend=backend, keyword=keyword, marker=marker, python=python, timeout=timeout)
 
 
 @engine_task(name="merge", positional=["run_dirs"], help={
@@ -156,9 +160,9 @@ def report_merge(c, run_dirs=None, out=None):
     "jobs": "parallel compiles per target",
     "no-cache": "compile every step (the compile cache is written, not read)",
 })
-def nightly(c, target=None, targets_file=None, steps=None, jobs=0, no_cache=False):
+def nightly(c, target=None, targets_file=None, steps=None, jobs=None, no_cache=False):
     """Every step on every GPU target, concurrently; rerun departures; exit 1 only for what changed."""
-    return app.ci_nightly(target, targets_file=targets_file, steps=steps, jobs=jobs or None, no_cache=no_cache)
+    return app.ci_nightly(target, targets_file=targets_file, steps=steps, jobs=jobs, no_cache=no_cache)
 
 
 @engine_task(name="stats")

@@ -1,6 +1,6 @@
 """One error tree for everything the tool reports to a user.
 
-Every error carries the exit code of DESIGN.md's contract and renders as one line: what failed, and
+Every error carries the exit code of docs/contracts.md and renders as one line: what failed, and
 what to do about it. Fields stay on the exception (as docker-py's ContainerError keeps its exit status
 and stderr) so callers and tests can inspect them without parsing text.
 """

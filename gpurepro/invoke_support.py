@@ -1,11 +1,13 @@
-"""Glue that keeps tasks.py thin: engine errors become invoke.Exit with the contract's exit code."""
+"""Glue that keeps tasks.py thin: engine errors become invoke.Exit with the contract's exit code, and Invoke's
+own command-line errors become usage errors (exit 2, one line, a hint) instead of its exit 1 (which the
+contract reserves for "some outcome departed")."""
 from __future__ import annotations
 
 import functools
 
 from invoke import Exit, task
 
-from .errors import GpuReproError
+from .errors import EXIT_BAD_INPUT, GpuReproError
 
 
 def engine_task(*task_args, **task_kwargs):
@@ -29,3 +31,35 @@ def engine_task(*task_args, **task_kwargs):
         body, task_args = task_args[0], ()
         return decorate(body)
     return decorate
+
+
+def usage_line(message: str) -> str:
+    """Invoke's parse error as our one line, with what to do about it."""
+    message = " ".join(str(message).split())
+    hint = "`invoke --help TASK` lists a task's options"
+    if message.startswith("No idea what '") and not message.startswith("No idea what '-"):
+        hint = "several steps go in one argument, comma-separated (invoke repro step06,step13)"
+    elif "did not receive required positional arguments" in message:
+        hint = "name one or more steps, comma-separated, or `all`; `invoke repro.list` shows them"
+    return f"gpurepro: usage: {message} ({hint})"
+
+
+def install_usage_errors() -> None:
+    """Invoke exits 1 on a parse error and offers no hook for it; the parse runs after tasks.py is imported, so
+    wrapping the Program's two parse steps here is the one place to give them the contract's exit code 2."""
+    from invoke.exceptions import ParseError
+    from invoke.program import Program
+
+    if getattr(Program, "_gpurepro_usage_errors", False):
+        return
+    for name in ("parse_tasks", "parse_cleanup"):
+        original = getattr(Program, name)
+
+        def wrapped(self, _original=original):
+            try:
+                return _original(self)
+            except ParseError as exc:
+                raise Exit(usage_line(str(exc)), code=EXIT_BAD_INPUT) from None
+
+        setattr(Program, name, functools.wraps(original)(wrapped))
+    Program._gpurepro_usage_errors = True

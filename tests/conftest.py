@@ -1,10 +1,15 @@
 """Shared fixtures: a throwaway project (config + manifest + tiny CUDA programs), Docker and GPU gates."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
 import pytest
+
+# every run.json and result.json a test run writes (in this process or a CLI it starts) is checked against
+# docs/schemas/ before it is written: a record that drifts from its schema fails the test that wrote it
+os.environ["GPUREPRO_VALIDATE_RECORDS"] = "1"
 
 from projects import ROOT, Project, make_project  # noqa: F401 - re-exported for fixtures
 

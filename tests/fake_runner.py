@@ -74,3 +74,40 @@ STEPS = [
     {"id": "broken", "file": "broken.cu", "parent": "hello", "change": "bad SF vector size", "targets": ["sm_120a"],
      "compile": {"sm_120a": "compile_error"}, "expect": {"sm_90": "skipped"}},
 ]
+
+
+KERNELS_PROBE = ('@@kernels-probe {"python": "3.11.2", "executable": "/usr/bin/python3", "torch": "2.13.0+cpu", '
+                 '"pytest": "9.0", "hypothesis": "6.1", "numpy": "2.0", "rich": "14", "missing": {}}')
+KERNELS_JUNIT = b"""<?xml version="1.0" encoding="utf-8"?>
+<testsuites><testsuite name="pytest" tests="3">
+<testcase classname="tests.kernels.test_nvfp4_format" name="test_roundtrip[cpu]" time="0.1"/>
+<testcase classname="tests.kernels.test_nvfp4_format" name="test_scales[cpu]" time="0.2">
+<failure message="AssertionError: 3 != 4">trace</failure></testcase>
+<testcase classname="tests.kernels.test_router_gpu" name="test_gpu" time="0.0">
+<skipped message="no CUDA device"/></testcase>
+</testsuite></testsuites>
+"""
+
+
+class FakeKernelsRunner(FakeRunner):
+    """kernels.test's commands answered from a script: the Python probe, then pytest writing its JUnit."""
+
+    def __init__(self, *, probe=KERNELS_PROBE, junit=KERNELS_JUNIT, pytest_code=1, during_pytest=None, **kw):
+        super().__init__(**kw)
+        self.probe_output = probe
+        self.junit = junit
+        self.pytest_code = pytest_code
+        self.during_pytest = during_pytest  # called while "pytest runs": look at the run from outside
+
+    def exec(self, argv, *, workdir, timeout_s, env=None):
+        if argv[:2] == ["python3", "-c"] or (len(argv) > 1 and argv[1] == "-c"):
+            self.calls.append(list(argv))
+            return ExecResult(argv, 0, self.probe_output)
+        if "pytest" in argv:
+            self.calls.append(list(argv))
+            if self.during_pytest:
+                self.during_pytest()
+            if self.junit is not None:
+                self.files[f"{workdir}/out/pytest-junit.xml"] = self.junit
+            return ExecResult(argv, self.pytest_code, "== 1 failed, 1 passed, 1 skipped ==", seconds=1.5)
+        return super().exec(argv, workdir=workdir, timeout_s=timeout_s, env=env)

@@ -11,6 +11,7 @@ import tarfile
 import pytest
 
 from fake_runs import H100, FakeRunner, make_run, project_config, rewrite_bundle, tar_members
+from gpurepro import replay as replaying
 from gpurepro import __version__, app, bundle
 from gpurepro.errors import BadInputError
 from gpurepro.errors import UsageError
@@ -161,7 +162,7 @@ def test_bundling_an_old_unredacted_run_redacts_it(run_dir, tmp_path):
     (run_dir / "run.json").write_text(json.dumps(record))
     made = bundle.create(run_dir, tmp_path)
     assert b"planted-old-npm-0008" not in gzip.decompress(made.path.read_bytes())
-    assert bundle.verify(made.path).record["env_vars"]["NPM_TOKEN"] == REDACTED
+    assert bundle.verify(made.path).record.env_vars["NPM_TOKEN"] == REDACTED
 
 
 @pytest.mark.parametrize("name", ["GITHUB_TOKEN", "gh_token", "AWS_SECRET_ACCESS_KEY", "DB_PASSWORD", "PGPASSWORD",
@@ -313,7 +314,7 @@ def test_replay_compares_old_and_new_outcomes(config, tmp_path, capsys):
     assert "gpu_name: bundle none, here NVIDIA H100 80GB HBM3" in out
     replayed = sorted(p for p in config.reports_dir.iterdir() if p.name != "latest" and p != old)
     assert len(replayed) == 2  # one `repro` per compile target: sm_90a, sm_120a
-    rows = {(r.step, r.old, r.new) for r in bundle.replay(made, config, runner=FakeRunner(gpu_smi=H100)).rows}
+    rows = {(r.step, r.old, r.new) for r in replaying.replay(made, config, runner=FakeRunner(gpu_smi=H100)).rows}
     assert rows == {("hello", "skipped", "pass"), ("broken", "skipped", "pass")}  # the fake binary has sm_90a
     assert "CHANGED" in out
 
@@ -330,7 +331,7 @@ def test_replay_keeps_flags_and_reports_changed_sources(config, tmp_path):
     made = bundle.create(old, tmp_path).path
     (config.repros_dir / "hello.cu").write_text("// changed since the bundle was made\n")
     runner = FakeRunner(gpu_smi=H100)
-    done = bundle.replay(made, config, runner=runner, dest=tmp_path / "unpacked")
+    done = replaying.replay(made, config, runner=runner, dest=tmp_path / "unpacked")
     assert ["./hello"] not in runner.calls  # --compile-only replayed as such
     new = json.loads((done.runs[0] / "run.json").read_text())
     assert new["request"]["compile_only"] is True and new["request"]["arch"] == "sm_90a"
@@ -343,7 +344,7 @@ def test_replay_refuses_a_tampered_bundle_before_running_anything(made, tmp_path
     name = f"{run_dir.name}/run/run.json"
     bad = _tampered(made, tmp_path, lambda f: {**f, name: f[name].replace(b"hello", b"hellp")})
     runner = FakeRunner()
-    assert "run/run.json does not match" in error_of(lambda: bundle.replay(bad, config, runner=runner)).one_line()
+    assert "run/run.json does not match" in error_of(lambda: replaying.replay(bad, config, runner=runner)).one_line()
     assert runner.calls == []
 
 
@@ -390,7 +391,7 @@ def test_replay_dest_on_a_file_is_a_usage_error_before_any_work(made, tmp_path, 
     target.write_text("keep me\n")
     runner = FakeRunner()
     with pytest.raises(UsageError) as caught:
-        bundle.replay(made, config, runner=runner, dest=target)
+        replaying.replay(made, config, runner=runner, dest=target)
     assert caught.value.exit_code == 2 and "is a file, not a directory" in caught.value.one_line()
     assert runner.calls == [] and target.read_text() == "keep me\n"
 
@@ -399,7 +400,7 @@ def test_replay_dest_not_empty_is_refused(made, tmp_path, config):
     dest = tmp_path / "dest"
     dest.mkdir()
     (dest / "mine.txt").write_text("x")
-    assert "destination is not empty" in error_of(lambda: bundle.replay(made, config, runner=FakeRunner(),
+    assert "destination is not empty" in error_of(lambda: replaying.replay(made, config, runner=FakeRunner(),
                                                                           dest=dest)).one_line()
     assert [p.name for p in dest.iterdir()] == ["mine.txt"]
 

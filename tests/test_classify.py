@@ -41,7 +41,7 @@ CASES = {
         "\n".join([CONFIG, OK("can_implement"), OK("initialize"),
                    marker(event="status", stage="run", status="Error Internal", cuda_error="cudaErrorIllegalAddress")]), 3,
         Outcome.RUNTIME_ERROR, "run(): Error Internal; cudaGetLastError: cudaErrorIllegalAddress"),
-    # DESIGN.md: an SM120 binary on the H100 passes can_implement, then aborts inside initialize()
+    # measured on an H100: an SM120 binary on the H100 passes can_implement, then aborts inside initialize()
     "abort via docker's timeout wrapper (128+6)": (
         "\n".join([CONFIG, OK("can_implement"), "Failed to initialize the TMA descriptor 1"]), 134,
         Outcome.RUNTIME_ERROR, "killed by SIGABRT: Failed to initialize the TMA descriptor 1"),

@@ -7,6 +7,7 @@ import tarfile
 import pytest
 
 from fake_runs import make_run, project_config, raw_tar_gz
+from gpurepro import replay as replaying
 from gpurepro import app, bundle, safe_tar
 from gpurepro.errors import UsageError
 from gpurepro.safe_tar import Limits, UnsafeArchiveError, extract
@@ -129,7 +130,7 @@ def test_bundle_commands_refuse_hostile_bundles(tmp_path, capsys):
                                                    "/root/.ssh/id_rsa"), None)]))
     expected = f"evil.tar.gz: refused member '{top}/run/steps/hello/key': symlink to '/root/.ssh/id_rsa' leaves the tree"
     for call in (lambda: app.bundle_verify(str(evil)), lambda: app.bundle_inspect(str(evil)),
-                 lambda: bundle.replay(evil, config, dest=tmp_path / "replay")):
+                 lambda: replaying.replay(evil, config, dest=tmp_path / "replay")):
         with pytest.raises(UnsafeArchiveError) as caught:
             call()
         assert caught.value.one_line() == expected + "; nothing was extracted"

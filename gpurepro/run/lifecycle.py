@@ -23,7 +23,7 @@ from ..redaction import captured_environment
 from ..runners import Facts, Runner
 from . import lock
 from .directory import STATUS_COMPLETE, STATUS_FAILED, STATUS_INTERRUPTED, RunDirectory, now_utc
-from .record import RunRecord
+from .record import KIND_REPRO, RunRecord
 
 
 @dataclass
@@ -93,7 +93,8 @@ def open_run(config: Config, *, kind: str, request: dict, runner: Runner, argv: 
         runner.run_tag = run.run_id  # lets the runner find this run's processes if it is cancelled
         try:
             runner.start()
-            run.facts = runner.probe(nvcc or config.compile.nvcc)
+            # a repro cannot compile without nvcc: say so (exit 3, with the fix) before any step starts
+            run.facts = runner.probe(nvcc or config.compile.nvcc, require_nvcc=kind == KIND_REPRO)
             run.record.environment = environment_of(run.facts)
             run.save()
             console.environment(run.facts)

@@ -122,19 +122,21 @@ class RunRecord:
 
     @classmethod
     def from_json(cls, data: dict) -> "RunRecord":
+        """A record as written by any version of the tool, or a damaged or hostile one (from a bundle): each field
+        is kept only when it has its declared type, else it takes its default. ValueError without a run_id."""
         if not isinstance(data, dict) or not isinstance(data.get("run_id"), str):
             raise ValueError("not a run record (no run_id)")
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        values = {k: v for k, v in data.items() if k in known and v is not None}
+        values = _typed(cls, data)
         values.setdefault("format_version", 1)
-        values.setdefault("kind", "kernels" if isinstance(data.get("kernels"), dict) else KIND_REPRO)
-        values["steps"] = [_dataclass_from(StepSummary, s) for s in data.get("steps") or [] if isinstance(s, dict)]
+        values.setdefault("kind", KIND_KERNELS if isinstance(data.get("kernels"), dict) else KIND_REPRO)
+        values["steps"] = [StepSummary(**_typed(StepSummary, s)) for s in data.get("steps") or []
+                           if isinstance(s, dict) and isinstance(s.get("step"), str)
+                           and isinstance(s.get("arch", ""), str) and isinstance(s.get("outcome", ""), str)
+                           for s in [{"arch": "", "outcome": "", **s}]]
         if isinstance(data.get("kernels"), dict):
-            values["kernels"] = _dataclass_from(KernelsInfo, data["kernels"])
-        for key in ("tool", "request", "git", "host", "environment", "env_vars"):
-            if not isinstance(values.get(key), dict):
-                values.pop(key, None)
+            values["kernels"] = KernelsInfo(**_typed(KernelsInfo, data["kernels"]))
         record = cls(**values)
+        known = {f.name for f in dataclasses.fields(cls)}
         record.extra = {k: v for k, v in data.items() if k not in known}
         return record
 
@@ -157,9 +159,37 @@ class RunRecord:
         self.finished_at = now_utc().isoformat()
 
 
-def _dataclass_from(cls, data: dict):
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names and v is not None})
+_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "list": list}
+
+
+def _accepts(annotation: str, value) -> bool:
+    """Whether `value` fits a field's annotation (as written in this module: `str | None`, `list[str]`, ...)."""
+    for option in (a.strip() for a in annotation.split("|")):
+        if option == "None":
+            if value is None:
+                return True
+            continue
+        base, _, inner = option.partition("[")
+        kind = _TYPES.get(base)
+        if kind is None or not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            continue
+        if base == "list" and inner.startswith("str") and not all(isinstance(v, str) for v in value):
+            continue
+        if base == "list" and inner.startswith("dict") and not all(isinstance(v, dict) for v in value):
+            continue
+        return True
+    return False
+
+
+def _typed(cls, data: dict) -> dict:
+    """The fields of `cls` found in `data` with their declared types; the rest fall back to their defaults."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name in ("steps", "kernels", "extra") and cls is RunRecord:
+            continue
+        if f.name in data and data[f.name] is not None and _accepts(str(f.type), data[f.name]):
+            out[f.name] = data[f.name]
+    return out
 
 
 def validate(kind: str, data: dict) -> None:

@@ -29,7 +29,7 @@ from ..errors import GpuReproError, InfraError, InterruptedRun, UsageError
 from ..manifest import Manifest, Step, device_arch_of, load_manifest
 from ..outcomes import Outcome, StepResult, Verdict, exit_code_for, judge
 from ..run import STATUS_FAILED, STATUS_INTERRUPTED, ActiveRun, RunDirectory, StepSummary, atomic_write, open_run
-from ..run.record import KIND_REPRO
+from ..run.record import KIND_REPRO, VALIDATE_ENV, validate
 from ..runners import Facts, Runner, make_runner
 
 LOG_TAIL_CHARS = 8000
@@ -170,7 +170,7 @@ def _compile_all(env: Env, run: ActiveRun, contexts: list[StepContext], manifest
         futures = [pool.submit(_run_stages, env, ctx, COMPILE_STAGES) for ctx in contexts]
         for future in concurrent.futures.as_completed(futures):
             future.result()
-    except BaseException:
+    except (KeyboardInterrupt, InterruptedRun):
         env.interrupted.set()  # compiles still running end as `interrupted`, not as their killed selves
         raise
     finally:
@@ -384,7 +384,10 @@ def _write_step(directory: RunDirectory, ctx: StepContext, files: dict[str, byte
         files["layout.json"] = (json.dumps(layouts, indent=2) + "\n").encode()
     log = ctx.logs.get("run.log") or ctx.logs.get("compile.log") or ""
     result.log_tail = log[-LOG_TAIL_CHARS:]
-    files["result.json"] = (json.dumps(result.to_json(), indent=2) + "\n").encode()
+    data = result.to_json()
+    if os.environ.get(VALIDATE_ENV):
+        validate("result", data)
+    files["result.json"] = (json.dumps(data, indent=2) + "\n").encode()
     try:
         directory.write_step_files(ctx.step.id, files)
     except OSError as exc:

@@ -1,4 +1,4 @@
-"""`invoke kernels.test`'s engine (gpurepro/kernels_suite.py) without a Docker daemon.
+"""`invoke kernels.test`'s engine (gpurepro/suites/kernels.py) without a Docker daemon.
 
 The host backend runs the real pipeline end to end (copy in, probe, pytest, JUnit back, run directory) on a
 throwaway project whose tests/kernels holds planted tests; the pieces (JUnit mapping, exit codes, probe
