@@ -69,7 +69,7 @@ def test_the_page_holds_matrix_expectations_reasons_logs_and_environment(run_dir
     assert '<span class="outcome o-compile_error">compile_error</span>' in page
     assert "expected: pass (expect.sm_90)" in page and "expected: compile_error (compile.sm_120a)" in page
     assert "static_assert: bad SF &lt;vector&gt;" in page  # reasons, escaped
-    assert "<details><summary>compile.log</summary><pre>$ nvcc" in page  # logs folded
+    assert '<details class="log"><summary>compile.log' in page and "<pre>$ nvcc" in page  # logs folded
     assert "layout diff vs hello: 1 of 1 differ" in page  # plain's sf bytes against its parent's
     assert "<th>cutlass_version</th><td>4.5.0</td>" in page
     assert "<th>GITLAB_TOKEN</th><td>&lt;redacted&gt;</td>" in page
@@ -159,7 +159,7 @@ def test_chromium_renders_the_report(run_dir, tmp_path):
     text = re.sub(r"<[^>]+>", " ", dom)
     text = html.unescape(re.sub(r"\s+", " ", text))
     assert f"gpurepro run {run_dir.name}" in text
-    assert "hello skipped not_run expected: pass (expect.sm_90) no GPU" in text
+    assert "hello baseline skipped not_run expected: pass (expect.sm_90) no GPU" in text
     assert "compile_error match expected: compile_error (compile.sm_120a) static_assert: bad SF <vector>" in text
     assert "layout diff vs hello: 1 of 1 differ" in text
     shot = tmp_path / "report.png"
