@@ -145,3 +145,12 @@ def test_published_schema_is_valid_and_accepts_the_project_config():
     schema = json.loads((ROOT / "docs" / "schemas" / "config.schema.json").read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     jsonschema.validate(raw(), schema)
+
+
+def test_unknown_key_is_reported_before_the_missing_one(tmp_path):
+    data = raw()
+    data["kernels"] = {"timeot_s": 5}  # a typo: the first line says so, the second that timeout_s is missing
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, data), env={})
+    assert info.value.problems[0] == ("kernels.timeot_s", "unknown key (allowed: timeout_s)")
+    assert info.value.problems[1] == ("kernels.timeout_s", "missing")
