@@ -13,7 +13,7 @@ scale bytes) and a latency problem, not an MMA problem.  So:
   code values (exact in float32) and scaled once by ``s_w * s_a``;
 * the CTA's partial dot products are reduced by warp butterflies and a fixed-order sum over the
   warps (the same bits on every run), scaled by ``alpha = g_a * g_b``, and written as logits
-  ``[T, E]`` to a small workspace;
+  ``[1, T, E]`` to a small workspace;
 * the last CTA of a token group (one atomic counter per group, reset by that CTA) routes the group:
   one warp per token, each lane keeps a sorted top-k of its E/32 logits in registers
   (:func:`kernels.router.topk.sorted_insert`), then k rounds of a warp arg-max pick the global
@@ -34,7 +34,83 @@ THREADS = 256
 WARPS = THREADS // 32
 
 
-class GemvRouterKernel:
+class _WarpRouter:
+    """The last CTA's routing step, shared by the decode kernels."""
+
+    @cute.jit
+    def _route_warp(self, mSrc: cute.Tensor, splits: cutlass.Constexpr, alpha, mIds: cute.Tensor,
+                    mW: cute.Tensor, tok, lane):
+        """One warp routes token ``tok``.  The logit of expert ``col`` is
+        ``alpha * sum(mSrc[y, tok, col] for y in range(splits))``, the splits added in split order
+        (every load independent: one round trip).  Each lane keeps a sorted top-k of its E/32
+        columns and an online softmax (max, sum); k rounds of a warp arg-max pick the top-k; the denominator is
+        combined with a butterfly (the same bits in every lane and on every run)."""
+        k = self.top_k
+        per_lane = self.experts // 32
+        vals = [cutlass.Float32(-math.inf)] * k
+        ids = [cutlass.Int32(EMPTY_ID)] * k
+        m = cutlass.Float32(-math.inf)
+        ssum = cutlass.Float32(0.0)
+        for j in cutlass.range_constexpr(per_lane):
+            col = lane + 32 * j
+            v = mSrc[0, tok, col]
+            for y in cutlass.range_constexpr(1, splits):
+                v = v + mSrc[y, tok, col]
+            v = v * alpha
+            vals, ids = sorted_insert(vals, ids, v, col, DSL_OPS)
+            if cutlass.const_expr(self.need_stats):
+                mn = cute.arch.fmax(m, v)
+                ssum = ssum * cute.math.exp(m - mn) + cute.math.exp(v - mn)
+                m = mn
+        top_v = []
+        top_i = []
+        for _ in cutlass.range_constexpr(k):
+            bv = vals[0]
+            bi = ids[0]
+            for sh in cutlass.range_constexpr(5):
+                ov = cute.arch.shuffle_sync_bfly(bv, offset=16 >> sh)
+                oi = cute.arch.shuffle_sync_bfly(bi, offset=16 >> sh)
+                take = DSL_OPS.better(ov, oi, bv, bi)
+                bv = DSL_OPS.select(take, ov, bv)
+                bi = DSL_OPS.select(take, oi, bi)
+            top_v.append(bv)
+            top_i.append(bi)
+            mine = ids[0] == bi  # expert ids are unique: one lane pops its head
+            nv = []
+            ni = []
+            for j in cutlass.range_constexpr(k):
+                nxt_v = vals[j + 1] if j + 1 < k else cutlass.Float32(-math.inf)
+                nxt_i = ids[j + 1] if j + 1 < k else cutlass.Int32(EMPTY_ID)
+                nv.append(DSL_OPS.select(mine, nxt_v, vals[j]))
+                ni.append(DSL_OPS.select(mine, nxt_i, ids[j]))
+            vals = nv
+            ids = ni
+        ws = []
+        if cutlass.const_expr(self.scoring == "softmax"):
+            gm = top_v[0]
+            if cutlass.const_expr(self.renormalize):
+                ws = [cute.math.exp(v - gm) for v in top_v]
+            else:
+                tot = ssum * cute.math.exp(m - gm)
+                for sh in cutlass.range_constexpr(5):
+                    tot = tot + cute.arch.shuffle_sync_bfly(tot, offset=16 >> sh)
+                inv = cutlass.Float32(1.0) / tot
+                ws = [cute.math.exp(v - gm) * inv for v in top_v]
+        else:
+            ws = [cutlass.Float32(1.0) / (cutlass.Float32(1.0) + cute.math.exp(-v)) for v in top_v]
+        if cutlass.const_expr(self.renormalize):
+            tot = ws[0]
+            for j in cutlass.range_constexpr(1, k):
+                tot = tot + ws[j]
+            inv = cutlass.Float32(1.0) / tot
+            ws = [w * inv for w in ws]
+        if lane == 0:
+            for j in cutlass.range_constexpr(k):
+                mIds[tok, j] = top_i[j]
+                mW[tok, j] = ws[j]
+
+
+class GemvRouterKernel(_WarpRouter):
     """``experts`` (E, compile-time: the top-k scan is unrolled over E/32 columns per lane),
     ``tm`` tokens and ``rb`` experts per CTA; top_k / scoring / renormalize are compile-time."""
 
@@ -67,6 +143,25 @@ class GemvRouterKernel:
         src = cute.make_tensor(mX.iterator + off, cute.make_layout(4))
         cute.autovec_copy(src, dst)
 
+    @cute.jit
+    def _load_chunk(self, mA, mSFA, mB, mSFB, c, n0, t0, T, kw, k_tiles,
+                    rawB: cute.Tensor, sfB: cute.Tensor, rawA: cute.Tensor, sfA: cute.Tensor):
+        """Every global load of chunk ``c`` (words and scale bytes of the rb rows and tm tokens)."""
+        kt = c // 2
+        blk = (c % 2) * 2  # chunk c holds scale blocks 2c, 2c+1 of K-tile c // 2
+        for r in cutlass.range_constexpr(self.rb):
+            row = n0 + r
+            self._load16(mB, row, kw, c, rawB[None, r])
+            # 128x4 scale atoms (kernels.nvfp4.swizzle), K-tile inner
+            off = ((row // 128) * k_tiles + kt) * 512 + (row % 32) * 16 + ((row % 128) // 32) * 4 + blk
+            sfB[0, r] = cutlass.Int32(mSFB[off])
+            sfB[1, r] = cutlass.Int32(mSFB[off + 1])
+        for t in cutlass.range_constexpr(self.tm):
+            tok = cutlass.min(t0 + t, T - 1)  # rows past T re-read row T-1, never stored
+            self._load16(mA, tok, kw, c, rawA[None, t])
+            sfA[0, t] = cutlass.Int32(mSFA[tok, 2 * c])
+            sfA[1, t] = cutlass.Int32(mSFA[tok, 2 * c + 1])
+
     @cute.kernel
     def kernel(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
                mAlpha: cute.Tensor, mLut: cute.Tensor, mLog: cute.Tensor, mIds: cute.Tensor,
@@ -87,11 +182,6 @@ class GemvRouterKernel:
         sLut = smem.allocate_tensor(cutlass.Float32, cute.make_layout(LUT_SIZE), 16)
         sRed = smem.allocate_tensor(cutlass.Float32, cute.make_layout((WARPS, rb * tm), stride=(rb * tm, 1)), 16)
         sFlag = smem.allocate_tensor(cutlass.Int32, cute.make_layout(4), 16)
-        for u in cutlass.range_constexpr(-(-LUT_SIZE // THREADS)):
-            li = cutlass.min(tidx + u * THREADS, LUT_SIZE - 1)
-            sLut[li] = mLut[li]
-        cute.arch.sync_threads()
-
         acc = cute.make_rmem_tensor(cute.make_layout(rb * tm), cutlass.Float32)
         acc.fill(0.0)
         rawB = cute.make_rmem_tensor(cute.make_layout((4, rb), stride=(1, 4)), cutlass.Int32)
@@ -101,22 +191,16 @@ class GemvRouterKernel:
         wv = cute.make_rmem_tensor(cute.make_layout((32, rb), stride=(1, 32)), cutlass.Float32)
         av = cute.make_rmem_tensor(cute.make_layout(32), cutlass.Float32)
 
+        # the first chunk's loads go out before the table load and its barrier
+        if tidx < nchunk:
+            self._load_chunk(mA, mSFA, mB, mSFB, tidx, n0, t0, T, kw, k_tiles, rawB, sfB, rawA, sfA)
+        for u in cutlass.range_constexpr(-(-LUT_SIZE // THREADS)):
+            li = cutlass.min(tidx + u * THREADS, LUT_SIZE - 1)
+            sLut[li] = mLut[li]
+        cute.arch.sync_threads()
         for c in range(tidx, nchunk, THREADS):
-            kt = c // 2
-            blk = (c % 2) * 2  # chunk c holds scale blocks 2c, 2c+1 of K-tile c // 2
-            # every global load of this chunk first, then the decodes
-            for r in cutlass.range_constexpr(rb):
-                row = n0 + r
-                self._load16(mB, row, kw, c, rawB[None, r])
-                # 128x4 scale atoms (kernels.nvfp4.swizzle), K-tile inner
-                off = ((row // 128) * k_tiles + kt) * 512 + (row % 32) * 16 + ((row % 128) // 32) * 4 + blk
-                sfB[0, r] = cutlass.Int32(mSFB[off])
-                sfB[1, r] = cutlass.Int32(mSFB[off + 1])
-            for t in cutlass.range_constexpr(tm):
-                tok = cutlass.min(t0 + t, T - 1)  # rows past T re-read row T-1, never stored
-                self._load16(mA, tok, kw, c, rawA[None, t])
-                sfA[0, t] = cutlass.Int32(mSFA[tok, 2 * c])
-                sfA[1, t] = cutlass.Int32(mSFA[tok, 2 * c + 1])
+            if c != tidx:
+                self._load_chunk(mA, mSFA, mB, mSFB, c, n0, t0, T, kw, k_tiles, rawB, sfB, rawA, sfA)
             for r in cutlass.range_constexpr(rb):
                 for w in cutlass.range_constexpr(4):
                     word = rawB[w, r]
@@ -156,10 +240,9 @@ class GemvRouterKernel:
             r = tidx // tm
             t = tidx % tm
             if t0 + t < T:
-                mLog[t0 + t, n0 + r] = s * alpha
-
-        # publish the logits; the last CTA of this token group routes it
-        cute.arch.fence_acq_rel_gpu()
+                mLog[0, t0 + t, n0 + r] = s * alpha
+            cute.arch.fence_acq_rel_gpu()  # publish the logits (only the threads that wrote them)
+        # the last CTA of this token group routes it
         cute.arch.sync_threads()
         if tidx == 0:
             old = cute.arch.atomic_add((mCnt.iterator + by).llvm_ptr, cutlass.Int32(1), sem="acq_rel", scope="gpu")
@@ -169,69 +252,9 @@ class GemvRouterKernel:
             cute.arch.fence_acq_rel_gpu()
             if warp < tm:
                 if t0 + warp < T:
-                    self._route(mLog, mIds, mW, t0 + warp, lane)
+                    self._route_warp(mLog, 1, cutlass.Float32(1.0), mIds, mW, t0 + warp, lane)
             if tidx == 0:
                 mCnt[by] = cutlass.Int32(0)  # ready for the next launch
-
-    @cute.jit
-    def _route(self, mLog: cute.Tensor, mIds: cute.Tensor, mW: cute.Tensor, tok, lane):
-        """One warp: the top-k of logits row ``tok`` and its weights."""
-        k = self.top_k
-        per_lane = self.experts // 32
-        vals = [cutlass.Float32(-math.inf)] * k
-        ids = [cutlass.Int32(EMPTY_ID)] * k
-        for j in cutlass.range_constexpr(per_lane):
-            col = lane + 32 * j
-            vals, ids = sorted_insert(vals, ids, mLog[tok, col], col, DSL_OPS)
-        top_v = []
-        top_i = []
-        for _ in cutlass.range_constexpr(k):
-            bv = vals[0]
-            bi = ids[0]
-            for sh in cutlass.range_constexpr(5):
-                ov = cute.arch.shuffle_sync_bfly(bv, offset=16 >> sh)
-                oi = cute.arch.shuffle_sync_bfly(bi, offset=16 >> sh)
-                take = DSL_OPS.better(ov, oi, bv, bi)
-                bv = DSL_OPS.select(take, ov, bv)
-                bi = DSL_OPS.select(take, oi, bi)
-            top_v.append(bv)
-            top_i.append(bi)
-            mine = ids[0] == bi  # expert ids are unique: one lane pops its head
-            nv = []
-            ni = []
-            for j in cutlass.range_constexpr(k):
-                nxt_v = vals[j + 1] if j + 1 < k else cutlass.Float32(-math.inf)
-                nxt_i = ids[j + 1] if j + 1 < k else cutlass.Int32(EMPTY_ID)
-                nv.append(DSL_OPS.select(mine, nxt_v, vals[j]))
-                ni.append(DSL_OPS.select(mine, nxt_i, ids[j]))
-            vals = nv
-            ids = ni
-        ws = []
-        if cutlass.const_expr(self.scoring == "softmax"):
-            m = top_v[0]
-            if cutlass.const_expr(self.renormalize):
-                ws = [cute.math.exp(v - m) for v in top_v]
-            else:
-                ssum = cutlass.Float32(0.0)
-                for j in cutlass.range_constexpr(per_lane):
-                    ssum = ssum + cute.math.exp(mLog[tok, lane + 32 * j] - m)
-                for sh in cutlass.range_constexpr(5):
-                    ssum = ssum + cute.arch.shuffle_sync_bfly(ssum, offset=16 >> sh)
-                inv = cutlass.Float32(1.0) / ssum
-                ws = [cute.math.exp(v - m) * inv for v in top_v]
-        else:
-            ws = [cutlass.Float32(1.0) / (cutlass.Float32(1.0) + cute.math.exp(-v)) for v in top_v]
-        if cutlass.const_expr(self.renormalize):
-            tot = ws[0]
-            for j in cutlass.range_constexpr(1, k):
-                tot = tot + ws[j]
-            inv = cutlass.Float32(1.0) / tot
-            ws = [w * inv for w in ws]
-        if lane == 0:
-            for j in cutlass.range_constexpr(k):
-                mIds[tok, j] = top_i[j]
-                mW[tok, j] = ws[j]
-
 
 def pick_gemv(num_tokens: int, experts: int):
     """(tm, rb): tokens per CTA (1, 2, 4 or 8) and experts per CTA.  Two experts per CTA give
@@ -260,7 +283,7 @@ def compile_gemv(top_k: int, scoring: str, renormalize: bool, experts: int, tm: 
     return fn
 
 
-class MmaGemvRouterKernel:
+class MmaGemvRouterKernel(_WarpRouter):
     """Decode-sized router on the tensor cores, "swap AB": experts are the M side of
     ``mma.sync.m16n8k16`` (16 experts per warp), tokens the N side (8 per n-tile, ``nt`` n-tiles per
     CTA).  The 16 K-slots of an MMA are a permutation of K shared by both operands (the dot
@@ -272,13 +295,14 @@ class MmaGemvRouterKernel:
     Grid ``[E/16, ksplit, ceil(T / (8 nt))]``; warp w of CTA y takes the K steps ``y*8 + w``,
     ``+ 8*ksplit``, ...; the 8 warps' accumulators are summed in a fixed order, each CTA writes its
     K-split's partial logits to ``ws [ksplit, T, E]``, and the last CTA of a token group (atomic
-    counter, reset by it) sums the splits in split order, scales by ``alpha``, stores the logits
-    and routes the group's tokens (one warp per token, as the GEMV kernel).  Deterministic.
+    counter, reset by it) routes the group's tokens, one warp per token, reading each logit as the
+    sum of its splits in split order times ``alpha`` (all loads independent).  Deterministic.
     """
 
-    def __init__(self, top_k: int, scoring: str, renormalize: bool, experts: int, nt: int = 1):
+    def __init__(self, top_k: int, scoring: str, renormalize: bool, experts: int, nt: int = 1, ksplit: int = 1):
         if experts % 32 or experts // 32 > 64:
             raise ValueError(f"E={experts}: the decode router needs a multiple of 32 up to 2048")
+        self.ksplit = ksplit
         self.top_k = top_k
         self.scoring = scoring
         self.renormalize = renormalize
@@ -291,13 +315,13 @@ class MmaGemvRouterKernel:
 
     @cute.jit
     def __call__(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
-                 mAlpha: cute.Tensor, mLut: cute.Tensor, mWs: cute.Tensor, mLog: cute.Tensor,
+                 mAlpha: cute.Tensor, mLut: cute.Tensor, mWs: cute.Tensor,
                  mIds: cute.Tensor, mW: cute.Tensor, mCnt: cute.Tensor, stream):
         op = cute.nvgpu.warp.MmaF16BF16Op(cutlass.BFloat16, cutlass.Float32, (16, 8, 16))
         tiled_mma = cute.make_tiled_mma(op, cute.make_layout((1, 1, 1)))
         groups = (mA.shape[0] + self.tn - 1) // self.tn
-        self.kernel(mA, mSFA, mB, mSFB, mAlpha, mLut, mWs, mLog, mIds, mW, mCnt, tiled_mma).launch(
-            grid=[self.experts // 16, mWs.shape[0], groups], block=[THREADS, 1, 1], smem=self.smem_bytes,
+        self.kernel(mA, mSFA, mB, mSFB, mAlpha, mLut, mWs, mIds, mW, mCnt, tiled_mma).launch(
+            grid=[self.experts // 16, self.ksplit, groups], block=[THREADS, 1, 1], smem=self.smem_bytes,
             stream=stream)
 
     @cute.jit
@@ -328,7 +352,7 @@ class MmaGemvRouterKernel:
 
     @cute.kernel
     def kernel(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
-               mAlpha: cute.Tensor, mLut: cute.Tensor, mWs: cute.Tensor, mLog: cute.Tensor,
+               mAlpha: cute.Tensor, mLut: cute.Tensor, mWs: cute.Tensor,
                mIds: cute.Tensor, mW: cute.Tensor, mCnt: cute.Tensor, tiled_mma: cute.TiledMma):
         tidx, _, _ = cute.arch.thread_idx()
         bx, by, bz = cute.arch.block_idx()
@@ -342,7 +366,7 @@ class MmaGemvRouterKernel:
         kw = mA.shape[1]
         steps = kw // 16  # K steps of 128
         k_tiles = kw // 8
-        ksplit = mWs.shape[0]
+        ksplit = self.ksplit
         n0 = bx * 16
         t0 = bz * tn
 
@@ -366,6 +390,11 @@ class MmaGemvRouterKernel:
         sfW = cute.make_rmem_tensor(cute.make_layout((2, 2), stride=(1, 2)), cutlass.Int32)
         rawX = cute.make_rmem_tensor(cute.make_layout((4, nt), stride=(1, 4)), cutlass.Int32)
         sfX = cute.make_rmem_tensor(cute.make_layout((2, nt), stride=(1, 2)), cutlass.Int32)
+        # the next step's raw registers: its loads are in flight while this step decodes
+        nW = cute.make_rmem_tensor(cute.make_layout((4, 2), stride=(1, 4)), cutlass.Int32)
+        nsW = cute.make_rmem_tensor(cute.make_layout((2, 2), stride=(1, 2)), cutlass.Int32)
+        nX = cute.make_rmem_tensor(cute.make_layout((4, nt), stride=(1, 4)), cutlass.Int32)
+        nsX = cute.make_rmem_tensor(cute.make_layout((2, nt), stride=(1, 2)), cutlass.Int32)
 
         s0 = by * WARPS + warp
         stride = WARPS * ksplit
@@ -378,8 +407,8 @@ class MmaGemvRouterKernel:
         cute.arch.sync_threads()
 
         for s in range(s0, steps, stride):
-            if s != s0:
-                self._load_step(mA, mSFA, mB, mSFB, s, n0, t0, g, q, T, kw, k_tiles, rawW, sfW, rawX, sfX)
+            if s + stride < steps:
+                self._load_step(mA, mSFA, mB, mSFB, s + stride, n0, t0, g, q, T, kw, k_tiles, nW, nsW, nX, nsX)
             # weights: MMA j takes codes 4j..4j+3 of the lane's chunk; A value (v0, v1, v2) is
             # row g + 8 v1, code 4j + 2 v2 + v0
             for h in cutlass.range_constexpr(2):
@@ -405,6 +434,11 @@ class MmaGemvRouterKernel:
                             tCrB[v0 + 2 * v1, n, j] = (sLut[LUT_E2M1 + code] * sc).to(cutlass.BFloat16)
             for j in cutlass.range_constexpr(8):
                 cute.gemm(tiled_mma, tCrC, tCrA[None, None, j], tCrB[None, None, j], tCrC)
+            if s + stride < steps:
+                rawW.store(nW.load())
+                sfW.store(nsW.load())
+                rawX.store(nX.load())
+                sfX.store(nsX.load())
 
         # the warps' accumulators, summed in warp order
         sW = sRed[warp, None, None]
@@ -432,37 +466,29 @@ class MmaGemvRouterKernel:
         if sFlag[0] == (E // 16) * ksplit - 1:
             cute.arch.fence_acq_rel_gpu()
             alpha = mAlpha[0]
-            for idx in range(tidx, tn * E, THREADS):
-                t = idx // E
-                e = idx % E
-                if t0 + t < T:
-                    acc = mWs[0, t0 + t, e]
-                    for y in range(1, ksplit):
-                        acc = acc + mWs[y, t0 + t, e]
-                    mLog[t0 + t, e] = acc * alpha
-            cute.arch.sync_threads()
             for tt in cutlass.range_constexpr(-(-tn // WARPS)):
                 t = tt * WARPS + warp
                 if t < tn:
                     if t0 + t < T:
-                        GemvRouterKernel._route(self, mLog, mIds, mW, t0 + t, lane)
+                        self._route_warp(mWs, ksplit, alpha, mIds, mW, t0 + t, lane)
             if tidx == 0:
                 mCnt[bz] = cutlass.Int32(0)  # ready for the next launch
 
 
-def pick_mma_gemv(num_tokens: int, experts: int, hidden: int, target_ctas: int = 160):
-    """(nt, ksplit): 8-token n-tiles per CTA and K splits, so that about ``target_ctas`` CTAs run."""
+def pick_mma_gemv(num_tokens: int, experts: int, hidden: int, target_ctas: int = 264):
+    """(nt, ksplit): 8-token n-tiles per CTA and K splits (at most one K step per warp, at most 8),
+    so that about ``target_ctas`` CTAs (two per H200 SM) run."""
     nt = 1 if num_tokens <= 8 else 2
     groups = -(-num_tokens // (8 * nt))
     steps = hidden // 128
-    ksplit = max(1, min(-(-steps // WARPS), -(-target_ctas // ((experts // 16) * groups))))
+    ksplit = max(1, min(-(-steps // WARPS), 8, -(-target_ctas // ((experts // 16) * groups))))
     return nt, ksplit
 
 
-def compile_mma_gemv(top_k: int, scoring: str, renormalize: bool, experts: int, nt: int, args):
-    key = ("mma", top_k, scoring, renormalize, experts, nt)
+def compile_mma_gemv(top_k: int, scoring: str, renormalize: bool, experts: int, nt: int, ksplit: int, args):
+    key = ("mma", top_k, scoring, renormalize, experts, nt, ksplit)
     fn = _compiled.get(key)
     if fn is None:
-        fn = cute.compile(MmaGemvRouterKernel(top_k, scoring, renormalize, experts, nt), *args)
+        fn = cute.compile(MmaGemvRouterKernel(top_k, scoring, renormalize, experts, nt, ksplit), *args)
         _compiled[key] = fn
     return fn

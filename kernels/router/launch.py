@@ -84,7 +84,7 @@ def gemv_args(activation, linear, top_k: int, tm: int = 1):
     a_data, a_scales, g_a = activation
     t = a_data.shape[0]
     dev = a_data.device
-    logits = torch.empty((t, linear.out_features), dtype=torch.float32, device=dev)
+    logits = torch.empty((1, t, linear.out_features), dtype=torch.float32, device=dev)
     cnt = _counters(dev, -(-t // tm))
     alpha = (g_a.to(dev, torch.float32) * linear._global_scale_b.to(dev, torch.float32)).reshape(1)
     ids = torch.empty((t, top_k), dtype=torch.int32, device=dev)
@@ -117,14 +117,13 @@ def run_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool, co
 
 
 def mma_gemv_args(activation, linear, top_k: int, nt: int = 1, ksplit: int = 1):
-    """CuTe arguments of the tensor-core decode kernel: partial logits ``[ksplit, T, E]``, logits
-    ``[T, E]``, one semaphore per group of ``8 nt`` tokens."""
+    """CuTe arguments of the tensor-core decode kernel: partial logits ``[ksplit, T, E]``, one
+    semaphore per group of ``8 nt`` tokens."""
     a_data, a_scales, g_a = activation
     t = a_data.shape[0]
     dev = a_data.device
     e = linear.out_features
     ws = torch.empty((ksplit, t, e), dtype=torch.float32, device=dev)
-    logits = torch.empty((t, e), dtype=torch.float32, device=dev)
     cnt = _counters(dev, -(-t // (8 * nt)))
     alpha = (g_a.to(dev, torch.float32) * linear._global_scale_b.to(dev, torch.float32)).reshape(1)
     ids = torch.empty((t, top_k), dtype=torch.int32, device=dev)
@@ -137,7 +136,6 @@ def mma_gemv_args(activation, linear, top_k: int, nt: int = 1, ksplit: int = 1):
         _cute(alpha),
         _cute(_lut(dev)),
         _cute(ws),
-        _cute(logits),
         _cute(ids),
         _cute(w),
         _cute(cnt),
@@ -152,6 +150,6 @@ def run_mma_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool
     t = activation[0].shape[0]
     nt, ksplit = config or pick_mma_gemv(t, linear.out_features, linear.in_features)
     args, ids, w = mma_gemv_args(activation, linear, top_k, nt, ksplit)
-    fn = compile_mma_gemv(top_k, scoring, renormalize, linear.out_features, nt, args)
+    fn = compile_mma_gemv(top_k, scoring, renormalize, linear.out_features, nt, ksplit, args)
     fn(*args)
     return ids, w
