@@ -13,9 +13,11 @@ EXIT_INFRA = 3
 
 
 class GpuReproError(Exception):
-    """Base of every error the tool reports; `exit_code` follows the contract."""
+    """Base of every error the tool reports; `exit_code` follows the contract. `fatal`: the runner itself is gone
+    (container stopped, daemon down), so a run stops at once instead of failing each remaining step."""
 
     exit_code = EXIT_INFRA
+    fatal = False
 
     def __init__(self, message: str, *, hint: str | None = None):
         super().__init__(message)
@@ -144,6 +146,8 @@ class NvccMissingError(ToolMissingError):
 class ContainerStoppedError(ContainerError):
     """The container stopped (killed, OOM, daemon restart) while a command ran in it."""
 
+    fatal = True
+
     def __init__(self, container: str, command, state: str):
         InfraError.__init__(
             self, f"container {container} stopped during {command} (killed?): {state}",
@@ -157,6 +161,8 @@ class ContainerStoppedError(ContainerError):
 
 class DaemonGoneError(InfraError):
     """The Docker daemon stopped answering while the tool was using it."""
+
+    fatal = True
 
     def __init__(self, endpoint: str, detail: str, *, during: str | None = None):
         what = f" during {during}" if during else ""

@@ -18,8 +18,8 @@ def engine_task(*task_args, **task_kwargs):
         def wrapper(c, *args, **kwargs):
             try:
                 code = body(c, *args, **kwargs)
-            except GpuReproError as exc:
-                raise Exit(f"gpurepro: {exc.one_line()}", code=exc.exit_code) from None
+            except GpuReproError as exc:  # one line each: a config with three problems prints three
+                raise Exit("\n".join(f"gpurepro: {line}" for line in exc.lines()), code=exc.exit_code) from None
             except KeyboardInterrupt:
                 raise Exit("gpurepro: interrupted", code=130) from None
             if code:

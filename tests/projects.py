@@ -49,3 +49,24 @@ def make_project(tmp_path: pathlib.Path, *, steps: list[dict] | None = None, rep
         raw["manifest"] = str(target / "manifest.yaml")
     (tmp_path / "gpurepro.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     return Project(tmp_path, container)
+
+
+def device_part(gpu_arch: str | None, compile_arch: str) -> str:
+    """What a step that compiled for `compile_arch` does on the device a run saw (run.json's gpu_arch):
+    "no GPU" (skipped), "no image" (skipped: the binary has nothing for that GPU) or "runs".
+    Integration tests use it so they hold on a GPU host as well as here."""
+    if not gpu_arch:
+        return "no GPU"
+    # SASS runs on its own major.minor only: an sm_90a binary runs on sm_90, not on sm_120 (and the reverse)
+    return "runs" if compile_arch.rstrip("af") == gpu_arch else "no image"
+
+
+def assert_device_part(step: dict, gpu_arch: str | None, compile_arch: str) -> None:
+    """A built step's outcome is the one its device part allows (see device_part)."""
+    part = device_part(gpu_arch, compile_arch)
+    if part == "no GPU":
+        assert (step["outcome"], step["reason"]) == ("skipped", "no GPU"), step
+    elif part == "no image":
+        assert step["outcome"] == "skipped" and step["reason"].startswith(f"no image for {gpu_arch}"), step
+    else:
+        assert step["outcome"] != "skipped", step

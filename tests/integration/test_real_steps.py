@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from gpurepro.chain import diff_layouts
-from projects import ROOT, make_project
+from projects import ROOT, assert_device_part, make_project
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -35,7 +35,10 @@ def batch(tmp_path_factory, toolchain_image, docker_client):
         done = _invoke(project, "repro", ",".join(STEPS), "--arch", "sm_120a", "--jobs", "2")
         run_dir = project.latest()
         record = json.loads((run_dir / "run.json").read_text())
-        yield project, done, run_dir, {s["step"]: s for s in record["steps"]}
+        steps = {s["step"]: s for s in record["steps"]}
+        for step in steps.values():  # the GPU the run saw, for assert_device_part
+            step["gpu_arch"] = record["environment"].get("gpu_arch")
+        yield project, done, run_dir, steps
     finally:
         try:
             docker_client.containers.get(project.container).remove(force=True)
@@ -62,7 +65,8 @@ def test_batch_matches_the_manifest(batch):
 def test_step01_compiles_for_sm120a_and_is_skipped_without_gpu(batch, docker_client):
     project, _, run_dir, steps = batch
     step = steps["step01"]
-    assert (step["arch"], step["outcome"], step["reason"]) == ("sm_120a", "skipped", "no GPU")
+    assert step["arch"] == "sm_120a"
+    assert_device_part(step, step["gpu_arch"], "sm_120a")
     result = json.loads((run_dir / "steps/step01/result.json").read_text())
     preflight = _one(result["events"], "preflight")
     # the host-side preflight ran in the container: SharedStorage against SM120's opt-in capacity
@@ -89,7 +93,7 @@ def test_step13_step14_differ_only_in_the_problem_shape_index(batch):
     _, _, run_dir, steps = batch
     configs = {}
     for step in ("step13", "step14"):
-        assert (steps[step]["outcome"], steps[step]["reason"]) == ("skipped", "no GPU")
+        assert_device_part(steps[step], steps[step]["gpu_arch"], "sm_120a")
         events = _events(run_dir, step)
         configs[step] = {k: v for k, v in _one(events, "config").items() if k != "step"}
         assert _one(events, "preflight")["fits"] is True
@@ -103,7 +107,7 @@ def test_step20_step21_layout_dumps_and_their_diff(batch):
     project, _, run_dir, steps = batch
     layouts = {}
     for step in ("step20", "step21"):
-        assert (steps[step]["outcome"], steps[step]["reason"]) == ("skipped", "no GPU")
+        assert_device_part(steps[step], steps[step]["gpu_arch"], "sm_120a")
         path = run_dir / "steps" / step / "layout.json"
         layouts[step] = json.loads(path.read_text())
         # per group: SFA, SFB, strides A/B/D, problem shape; every record with its bytes
