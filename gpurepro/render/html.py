@@ -296,7 +296,7 @@ def source_diff(run_path: pathlib.Path, manifest, step_id: str) -> SourceDiff | 
         text = step_diff(manifest, step)
     except (OSError, GpuReproError, KeyError):
         return None
-    return SourceDiff(parent.id, text, f"{manifest.root}/ in this checkout (the run directory lacks "
+    return SourceDiff(parent.id, text, f"{manifest.root.name}/ in this checkout (the run directory lacks "
                                        f"{'both copies' if not mine.is_file() and not theirs.is_file() else 'a copy'}; "
                                        "it may differ from what ran)")
 
@@ -395,9 +395,9 @@ def fold_compile_log(text: str) -> FoldedLog:
         if isinstance(block, str):
             plain.append(block)
             continue
-        if plain:
+        if any(line.strip() for line in plain):  # blank lines between folded repeats say nothing
             items.append("\n".join(plain))
-            plain = []
+        plain = []
         if block.severity in ERROR_SEVERITIES and first_error is None:
             first_error = block
         if block.code and block.severity in ("warning", "remark"):
@@ -411,7 +411,7 @@ def fold_compile_log(text: str) -> FoldedLog:
         else:
             folded += 1
         fold.variants[block.text] = fold.variants.get(block.text, 0) + 1
-    if plain:
+    if any(line.strip() for line in plain):
         items.append("\n".join(plain))
     return FoldedLog(items, first_error, first_compile_error(text), text.count("\n") + 1, folded)
 
@@ -521,9 +521,10 @@ def _step_section(run_path: pathlib.Path, r: dict, partner: str | None, manifest
         parts.append(f"<p><b>change:</b> {_e(info.change)}{parent}</p>")
     if r.get("reproduce"):
         parts.append(f"<p>reproduce: <code>{_e(r['reproduce'])}</code></p>")
-    if r.get("patches"):
+    patches = [p for p in r.get("patches") or [] if isinstance(p, dict)]
+    if patches:
         parts.append("<p>CUTLASS patches: " + ", ".join(
-            f"<code>{_e(p.get('name'))}</code> ({_e(str(p.get('sha256'))[:12])})" for p in r["patches"]) + "</p>")
+            f"<code>{_e(p.get('name'))}</code> ({_e(str(p.get('sha256'))[:12])})" for p in patches) + "</p>")
     if diffs is not None:
         if step not in diffs:
             diffs[step] = source_diff(run_path, manifest, step)
@@ -688,7 +689,7 @@ def _first_error(run: pathlib.Path, step: str) -> str:
 def render_comparison(old_run_path: pathlib.Path, new_run_path: pathlib.Path) -> str:
     """An old run (e.g. extracted from a bundle) beside a new one (its replay): environment, then each step's
     outcome old | new, changed first and open with records, first errors and source changes side by side."""
-    from ..bundle import COMPARED_FACTS
+    from ..replay import COMPARED_FACTS
 
     old_path, new_path = pathlib.Path(old_run_path), pathlib.Path(new_run_path)
     old, new = RunRecord.read(old_path), RunRecord.read(new_path)
@@ -784,15 +785,17 @@ def render_nightly(nightly_dir: pathlib.Path) -> str:
     for r in reports:
         links = ", ".join(f'<a href="{_e(run)}/{INDEX}">{"first run" if i == 0 else "rerun" if i == 1 else run}</a>'
                           for i, run in enumerate(r.runs) if (nightly_dir / run / INDEX).is_file())
-        kernels = ""
+        kernels = None if not any(t.kernels for t in reports) else ""
         if r.kernels:
             counts = ", ".join(f"{n} {c}" for c, n in sorted((r.kernels.get("counts") or {}).items()))
             kernels = _e(counts or r.kernels.get("error") or "no tests")
         rows.append(f"<tr><th>{_e(r.target.name)}</th><td>{_e(r.target.endpoint or r.target.backend)}</td>"
                     f"<td>{_e(r.device or '—')}</td><td class=\"status-{'complete' if r.status == 'complete' else 'failed'}\">"
-                    f"{_e(r.status)}{' — ' + _e(r.error) if r.error else ''}</td><td>{kernels}</td><td>{links}</td></tr>")
+                    f"{_e(r.status)}{' — ' + _e(r.error) if r.error else ''}</td>"
+                    f"{'' if kernels is None else f'<td>{kernels}</td>'}<td>{links}</td></tr>")
+    with_kernels = any(t.kernels for t in reports)
     body += ["<h2>Targets</h2>", "<table><tr><th>target</th><th>where</th><th>device</th><th>status</th>"
-             f"<th>kernel tests</th><th>runs</th></tr>{''.join(rows)}</table>"]
+             f"{'<th>kernel tests</th>' if with_kernels else ''}<th>runs</th></tr>{''.join(rows)}</table>"]
 
     steps = list(dict.fromkeys(e.result.step for r in reports for e in r.entries))
     body.append("<h2>Steps × targets</h2>")
