@@ -244,8 +244,10 @@ def _kv_table(data: dict, title: str | None = None) -> str:
 
 def records_html(events: list) -> str:
     """config, preflight, device, status and check records, one table each (not raw JSON)."""
+    if not isinstance(events, list):  # a damaged or foreign result.json: nothing to show, nothing to crash on
+        return ""
     tables, seen = [], {}
-    for event in events or []:
+    for event in events:
         if not isinstance(event, dict):
             continue
         kind = event.get("event")
@@ -636,7 +638,7 @@ def _side_by_side_records(old: list, new: list) -> str:
     """Each config/preflight record key with its old and new value; differing values marked."""
     def firsts(events):
         out = {}
-        for e in events or []:
+        for e in events if isinstance(events, list) else []:
             if isinstance(e, dict) and e.get("event") in RECORD_EVENTS and e["event"] not in out:
                 out[e["event"]] = {k: v for k, v in e.items() if k != "event"}
         return out
@@ -761,10 +763,13 @@ def render_nightly(nightly_dir: pathlib.Path) -> str:
     and its rerun side by side; then what changed, what was flaky, infrastructure errors and kernel tests."""
     from ..nightly import CLASS_ORDER, NIGHTLY_JSON, TargetReport
 
+    from ..errors import BadInputError
+
     nightly_dir = pathlib.Path(nightly_dir)
     data = _read_json(nightly_dir / NIGHTLY_JSON)
     if not isinstance(data, dict):
-        raise ValueError(f"{nightly_dir / NIGHTLY_JSON}: missing or not JSON")
+        raise BadInputError(f"{nightly_dir / NIGHTLY_JSON}: missing or not JSON",
+                            hint="name a directory written by `invoke ci.nightly` or `invoke report.merge`")
     title = f"gpurepro nightly {data.get('nightly_id') or nightly_dir.name}"
     head = _joined(f'status <b class="status-{_e(data.get("status"))}">{_e(data.get("status"))}</b>'
                    + (f", exit code {_e(data['exit_code'])}" if data.get("exit_code") is not None else ""),

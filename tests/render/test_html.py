@@ -14,6 +14,7 @@ import pytest
 from fake_runs import H100, FakeRunner, make_run, project_config
 from gpurepro import app
 from gpurepro.classify import ExecResult
+from gpurepro.errors import BadInputError
 from gpurepro.render.html import COLOURS, DIFF_ADD_BG, DIFF_DEL_BG, render
 
 LAYOUT = '@@repro {{"event":"layout","name":"sf","type":"int","bytes_hex":"{}"}}'
@@ -360,8 +361,7 @@ def test_a_departed_step_is_open_with_its_change_diff_and_records(showcase):
     assert "<tr><th>status</th><td class=bad>kErrorInternal</td></tr>" in departed
     assert '"event":"config"' not in departed.split("run.log")[0]  # raw JSON only inside the log itself
     # the calm steps stay folded
-    assert 'class="step s-calm">' in section(page, "step-step00-sm_120a").join(["", ""]) or \
-        '<details id="step-step00-sm_120a" class="step s-calm">' in page
+    assert '<details id="step-step00-sm_120a" class="step s-calm">' in page
     assert '<details id="step-step02-sm_120a" class="step s-calm">' in page
     assert "needs a look: <a href=\"#step-step01-sm_120a\">step01[sm_120a]</a> (init_error, departed)" in page
 
@@ -374,7 +374,20 @@ def test_facts_leave_out_what_is_absent(showcase):
                        "compile_seconds": 92.0, "run_seconds": 0.25, "exit_code": 0, "signal": None})
     assert full == "expected <b>pass</b> (expect.sm_120); device sm_120; compile 92.0 s; run 0.25 s; exit 0"
     page = (showcase_run(showcase, steps=("step03",)) / "index.html").read_text()
-    assert not re.search(r"run\s+s\b|exit\s*[;<]|exit $|compile\s+s\b|None", page)
+    facts = re.search(r'<p class="facts">(.*?)</p>', section(page, "step-step03-sm_120a")).group(1)
+    assert facts.startswith("expected <b>compiled</b> (compile.sm_120a); device sm_120; compile 23.4 s")
+    assert "run " not in facts and "exit" not in facts  # a compile error has neither
+    assert not re.search(r"\brun\s+s\b|\bexit\s*[;<]|\bNone\b", page)
+
+
+def test_a_damaged_result_json_still_renders(run_dir):
+    (run_dir / "steps" / "hello" / "result.json").write_text(json.dumps({
+        "step": "hello", "arch": "sm_90a", "events": 5, "compile_seconds": "soon", "patches": [1, "x"],
+        "cache": "hit", "exit_code": None, "reason": "<b>bold</b>"}))
+    (run_dir / "steps" / "plain" / "result.json").write_text("{not json")
+    page = render(run_dir)
+    hello = section(page, "step-hello-sm_90a")
+    assert "soon" not in hello and "CUTLASS patches" not in hello and "<b>bold</b>" not in page
 
 
 def test_compile_log_folds_repeated_warnings_and_puts_the_first_error_on_top(showcase):
@@ -496,6 +509,9 @@ def test_nightly_page_of_an_unfinished_nightly(tmp_path):
     (tmp_path / "nightly.json").write_text(json.dumps({"nightly_id": "x", "status": "interrupted",
                                                       "targets": ["a", "b"]}))
     assert "the nightly did not finish (targets: a, b)" in render_nightly(tmp_path)
+    (tmp_path / "nightly.json").unlink()
+    with pytest.raises(BadInputError, match="nightly.json: missing or not JSON"):
+        render_nightly(tmp_path)
 
 
 # --- screenshots -----------------------------------------------------------------------------------------------
