@@ -32,6 +32,7 @@ import re
 import secrets
 import shutil
 import stat
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
@@ -642,3 +643,45 @@ def cache_prune(root: str | pathlib.Path | None = None, max_bytes: int = DEFAULT
                 to_bytes: int | None = None, older_than_days: float | None = None, all: bool = False) -> dict:
     """Prune the cache at `root` (see ActionCache.prune); `to_bytes` defaults to the cap `max_bytes`."""
     return ActionCache(root, max_bytes).prune(max_bytes=to_bytes, older_than_days=older_than_days, all=all)
+
+
+# --- what each step cost last time ------------------------------------------------------------------------
+class StepHistory:
+    """The last measured compile time and peak RSS per step and arch (`<root>/history.json`).
+
+    What the progress display shows as "expected", and what the compile scheduler reserves in memory, before
+    the cache has an entry for the exact key (an edited step has a new key but costs about the same).
+    """
+
+    NAME = "history.json"
+
+    def __init__(self, root: str | pathlib.Path | None = None):
+        self.root = pathlib.Path(root) if root is not None else default_cache_dir()
+        self.path = self.root / self.NAME
+        self._lock = threading.Lock()
+
+    def _read(self) -> dict:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def get(self, step: str, arch: str) -> dict:
+        """{"seconds": float, "peak_rss_bytes": int | None} or {} where nothing was measured."""
+        value = self._read().get(f"{step}@{arch}")
+        return value if isinstance(value, dict) else {}
+
+    def record(self, step: str, arch: str, seconds: float, peak_rss_bytes: int | None) -> None:
+        """Best effort: a history that cannot be written costs a less accurate estimate, nothing else."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with self._lock, open(self.root / "lock", "a+") as lock:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+                data = self._read()
+                data[f"{step}@{arch}"] = {"seconds": round(seconds, 3), "peak_rss_bytes": peak_rss_bytes}
+                tmp = self.path.with_name(f".{self.NAME}.{os.getpid()}.{threading.get_ident()}.tmp")
+                tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+                os.replace(tmp, self.path)
+        except OSError:
+            pass

@@ -59,6 +59,25 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class CacheConfig:
+    """The compile action cache (docs/cache.md): where, how large, and whether runs read it."""
+
+    dir: pathlib.Path
+    max_gb: float = 10.0
+    enabled: bool = True
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_gb * 2**30)
+
+
+def _default_cache_dir(env) -> pathlib.Path:
+    from .cache import default_cache_dir
+
+    return default_cache_dir(env)
+
+
+@dataclass(frozen=True)
 class KernelsConfig:
     timeout_s: int = 1800  # the whole kernel test session (`invoke kernels.test`)
 
@@ -76,6 +95,7 @@ class Config:
     repros_dir: pathlib.Path
     raw: dict = field(repr=False, default_factory=dict)
     kernels: KernelsConfig = field(default_factory=KernelsConfig)
+    cache: CacheConfig = field(default_factory=lambda: CacheConfig(_default_cache_dir(None)))
 
 
 def find_root(start: pathlib.Path | None = None) -> pathlib.Path:
@@ -145,6 +165,10 @@ def load_config(path: str | os.PathLike | None = None, env: dict[str, str] | Non
     )
     run = RunConfig(timeout_s=rn["timeout_s"], log_cap_bytes=rn.get("log_cap_bytes", DEFAULT_LOG_CAP_BYTES))
     kernels = KernelsConfig(**data["kernels"]) if "kernels" in data else KernelsConfig()
+    cache_raw = data.get("cache") or {}
+    cache_dir = env.get("GPUREPRO_CACHE_DIR") or cache_raw.get("dir")
+    cache = CacheConfig(dir=pathlib.Path(os.path.expanduser(cache_dir)) if cache_dir else _default_cache_dir(env),
+                        max_gb=float(cache_raw.get("max_gb", 10.0)), enabled=bool(cache_raw.get("enabled", True)))
 
     root = path.parent
     reports = env.get("GPUREPRO_REPORTS") or data.get("reports_dir", "reports")
@@ -152,5 +176,5 @@ def load_config(path: str | os.PathLike | None = None, env: dict[str, str] | Non
     return Config(
         path=path, root=root, docker=docker, host=host, compile=compile_cfg, run=run,
         reports_dir=(root / reports).resolve(), manifest=manifest_path, repros_dir=manifest_path.parent,
-        raw=data, kernels=kernels,
+        raw=data, kernels=kernels, cache=cache,
     )

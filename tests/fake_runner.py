@@ -19,7 +19,7 @@ class FakeRunner(Runner):
     name = "fake"
 
     def __init__(self, *, gpu_smi="", cuobjdump="ELF file 1: hello.1.sm_90a.cubin", compile_code=0,
-                 compile_output="", run_output=HELLO_RUN, run_code=0, fail_on=None):
+                 compile_output="", run_output=HELLO_RUN, run_code=0, fail_on=None, image_id=None):
         self.files = {}
         self.calls = []
         self.gpu_smi = gpu_smi
@@ -28,6 +28,10 @@ class FakeRunner(Runner):
         self.run = (run_code, run_output)
         self.fail_on = fail_on
         self.removed = []
+        self.image_id = image_id  # with one, compiles are keyed and cached like the docker backend's
+
+    def describe(self):
+        return {"image_id": self.image_id} if self.image_id else {}
 
     def start(self):
         self.calls.append(["start"])

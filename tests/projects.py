@@ -26,6 +26,7 @@ class Project:
         env.update(GPUREPRO_CONFIG=str(self.config_path), GPUREPRO_CONTAINER=self.container,
                    PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
         env.pop("GPUREPRO_REPORTS", None)
+        env.pop("GPUREPRO_CACHE_DIR", None)
         return env
 
     def latest(self) -> pathlib.Path:
@@ -40,6 +41,7 @@ def make_project(tmp_path: pathlib.Path, *, steps: list[dict] | None = None, rep
     raw["docker"]["container"] = container
     raw["host"]["workdir"] = str(host_workdir or tmp_path / "hostwork")
     raw["reports_dir"] = str(tmp_path / "reports")
+    raw["cache"] = {"dir": str(tmp_path / "cache"), "max_gb": 10, "enabled": True}  # never the user's own cache
     if repros is not None:
         raw["manifest"] = str(repros / "manifest.yaml")
     else:

@@ -13,15 +13,21 @@ with evidence in `outcome_from_exception`, never a traceback. An error that mean
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import dataclasses
 import hashlib
 import json
 import os
+import pathlib
+import re
 import shlex
 import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
 from ..archs import BinaryImages, parse_cuobjdump
+from ..cache import (HIT, MISS, OFF, ActionCache, Entry as CacheEntry, StepHistory, cache_record, compile_key,
+                     docker_toolchain, header_tree_hash, host_toolchain, parse_peak_rss, peak_rss_wrapper)
 from ..classify import Classification, ExecResult, classify_compile, classify_run, one_line
 from ..config import Config
 from ..environment import invoked_command, memory_gb
@@ -29,6 +35,7 @@ from ..errors import GpuReproError, InfraError, InterruptedRun, UsageError
 from ..manifest import Manifest, Step, device_arch_of, load_manifest
 from ..outcomes import Outcome, StepResult, Verdict, exit_code_for, judge
 from ..run import STATUS_FAILED, STATUS_INTERRUPTED, ActiveRun, RunDirectory, StepSummary, atomic_write, open_run
+from ..render.console import StepLine
 from ..run.record import KIND_REPRO, VALIDATE_ENV, validate
 from ..runners import Facts, Runner, make_runner
 
@@ -71,10 +78,37 @@ class StepContext:
     result: StepResult
     files_in: dict[str, bytes] = field(default_factory=dict)
     compiled: ExecResult | None = None
+    compile_classification: Classification | None = None  # the compile's own end, for the cache entry
+    cache_key: str | None = None  # the entry to write once the step's files are out (a miss, or --no-cache)
     logs: dict[str, str] = field(default_factory=dict)
     stage: str = "queued"
     done: bool = False  # outcome decided: the remaining stages are skipped
     finished: bool = False  # copied out and written
+
+
+class MemoryBudget:
+    """Compiles reserve the memory they are expected to peak at (last measured, else compile.memory_gb_per_job);
+    one that does not fit waits. A single compile larger than the budget still runs, alone."""
+
+    def __init__(self, total_bytes: int):
+        self.total = total_bytes
+        self.used = 0
+        self.running = 0
+        self.ready = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, nbytes: int):
+        with self.ready:
+            self.ready.wait_for(lambda: self.running == 0 or self.used + nbytes <= self.total)
+            self.used += nbytes
+            self.running += 1
+        try:
+            yield
+        finally:
+            with self.ready:
+                self.used -= nbytes
+                self.running -= 1
+                self.ready.notify_all()
 
 
 @dataclass
@@ -87,6 +121,10 @@ class Env:
     facts: Facts
     console: object
     interrupted: threading.Event = field(default_factory=threading.Event)
+    cache: ActionCache | None = None  # None: cache.enabled is false
+    history: StepHistory | None = None
+    memory: MemoryBudget | None = None
+    toolchain: dict | None = None  # the cache key's toolchain part; None: nothing to key on, compile every time
 
 
 Stage = Callable[[Env, StepContext], None]
@@ -110,10 +148,9 @@ def target_arch(step: Step, request: RunRequest, config: Config) -> str:
 
 
 def compile_jobs(config: Config, request: RunRequest, count: int) -> int:
-    wanted = request.jobs or config.compile.jobs
-    if not wanted:
-        by_memory = int(memory_gb() // config.compile.memory_gb_per_job)
-        wanted = max(1, min(os.cpu_count() or 1, by_memory))
+    """Threads for the compile stages: --jobs, else compile.jobs, else one per core. Memory is not divided up
+    front: each compile reserves what it is expected to use from the MemoryBudget (cache hits use none)."""
+    wanted = request.jobs or config.compile.jobs or (os.cpu_count() or 1)
     return max(1, min(wanted, count))
 
 
@@ -136,18 +173,41 @@ def execute(config: Config, request: RunRequest, *, console=None, runner: Runner
 
     with open_run(config, kind=KIND, request=request.to_record(runner.name), runner=runner,
                   argv=request.argv, console=console, finish=finish) as run:
-        env = Env(config, request, runner, run.facts, console)
+        env = Env(config, request, runner, run.facts, console, memory=MemoryBudget(int(memory_gb() * 0.85 * 2**30)))
+        if config.cache.enabled:
+            env.cache = ActionCache(config.cache.dir, config.cache.max_bytes)
+            env.history = StepHistory(config.cache.dir)
+        env.toolchain = toolchain_identity(runner, run.facts) if env.cache is not None else None
         run.state["env"] = env
         contexts.extend(_new_context(env, run, step) for step in steps)
-        _compile_all(env, run, contexts, manifest)
-        for ctx in contexts:
-            _run_stages(env, ctx, DEVICE_STAGES)
-            _finish_step(env, run, ctx, manifest)
+        with console.steps([StepLine(ctx.step.id, ctx.arch, expected=_expected_seconds(env, ctx)) for ctx in contexts]):
+            _compile_all(env, run, contexts, manifest)
+            for ctx in contexts:
+                _run_stages(env, ctx, DEVICE_STAGES)
+                _finish_step(env, run, ctx, manifest)
     results = [ctx.result for ctx in contexts]
     outcome = RunOutcome(run=run.directory, results=results, status=run.status, exit_code=exit_code_for(
         r.verdict for r in results))
     console.results(results, run.directory)
     return outcome
+
+
+NOTES_SECONDS_RE = re.compile(r"[Cc]ompiles?\b[^.;]*?~?(\d+(?:\.\d+)?)(?:\s*-\s*(\d+(?:\.\d+)?))?\s*s\b|"
+                              r"\b(?:ok|compile_error) in (\d+(?:\.\d+)?) s\b")
+
+
+def expected_from_notes(notes: str) -> float | None:
+    """A compile time the manifest's notes give ("Compile ~92-129 s", "ok in 168 s"): the upper figure."""
+    found = NOTES_SECONDS_RE.search(notes or "")
+    if not found:
+        return None
+    low, high, single = found.groups()
+    return float(high or low or single)
+
+
+def _expected_seconds(env: Env, ctx: StepContext) -> float | None:
+    measured = env.history.get(ctx.step.id, ctx.arch).get("seconds") if env.history else None
+    return measured or expected_from_notes(ctx.step.notes)
 
 
 def _new_context(env: Env, run: ActiveRun, step: Step) -> StepContext:
@@ -182,7 +242,8 @@ def _run_stages(env: Env, ctx: StepContext, stages: tuple[tuple[str, Stage], ...
         if ctx.done:
             return
         ctx.stage = name
-        env.console.stage(ctx.step.id, ctx.arch, name)
+        if name != "compiling":  # the compile stage says itself whether it is a cache hit
+            env.console.stage(ctx.step.id, ctx.arch, name)
         try:
             stage(env, ctx)
         except (KeyboardInterrupt, InterruptedRun):
@@ -260,18 +321,100 @@ def apply_patches(env: Env, ctx: StepContext) -> None:
             f"{applied.output.strip().splitlines()[-1] if applied.output.strip() else 'no output'}")))
 
 
+# the variables of the tool's own environment that reach nvcc on the host backend (in a container, the image's
+# environment is part of the image id)
+NVCC_ENV_PREFIXES = ("NVCC_",)
+NVCC_ENV_NAMES = ("CUDA_HOME", "CUDA_PATH", "CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH", "LIBRARY_PATH", "CC",
+                  "CXX", "CCBIN")
+
+
+def toolchain_identity(runner: Runner, facts: Facts) -> dict | None:
+    """What decides the compiler's output besides the inputs: the image, or nvcc + host compiler + headers."""
+    values = facts.values
+    if values.get("image_id"):
+        return docker_toolchain(values["image_id"])
+    if runner.name == "host" and values.get("nvcc_version"):
+        headers = header_tree_hash(pathlib.Path(runner.flashinfer_root()))
+        return host_toolchain(values["nvcc_version"], values.get("host_compiler") or "unknown", headers)
+    return None  # nothing to key on: compile every time
+
+
+def nvcc_environment(runner: Runner) -> dict[str, str]:
+    if runner.name != "host":
+        return {}
+    return {k: v for k, v in os.environ.items() if k.startswith(NVCC_ENV_PREFIXES) or k in NVCC_ENV_NAMES}
+
+
 def compile_step(env: Env, ctx: StepContext) -> None:
+    """A cache hit runs no compiler: the cached binary (or compile error) stands in for the compile."""
     argv = compile_argv(env.config, ctx.step, ctx.arch, env.runner.flashinfer_root(), env.facts.cuda_home)
-    ctx.compiled = env.runner.exec(argv, workdir=ctx.workdir, timeout_s=env.config.compile.timeout_s)
+    key = None
+    if env.cache is not None and env.toolchain is not None:
+        key = compile_key(toolchain=env.toolchain, files=ctx.files_in,
+                          patches=[p["sha256"] for p in ctx.result.patches], argv=argv,
+                          env=nvcc_environment(env.runner), workdir=ctx.workdir)
+    if key is not None and not env.request.no_cache:
+        entry = env.cache.get(key)
+        if entry is not None and (entry.binary is not None or entry.outcome == Outcome.COMPILE_ERROR.value):
+            return _from_cache(env, ctx, entry, key)
+    status = MISS if key is not None and not env.request.no_cache else OFF
+    ctx.result.cache = cache_record(status, key)
+    ctx.cache_key = key
+    expected = (env.history.get(ctx.step.id, ctx.arch) if env.history else {}) or {}
+    need = expected.get("peak_rss_bytes") or int(env.config.compile.memory_gb_per_job * 2**30)
+    measured = argv if not env.facts.values.get("python3_path") else peak_rss_wrapper(argv)
+    env.console.stage(ctx.step.id, ctx.arch, "compiling", expected.get("seconds"))
+    with env.memory.reserve(int(need * 1.1)) if env.memory else contextlib.nullcontext():
+        ran = env.runner.exec(measured, workdir=ctx.workdir, timeout_s=env.config.compile.timeout_s)
+    output, rss = parse_peak_rss(ran.output)
+    ctx.compiled = dataclasses.replace(ran, argv=argv, output=output)
     ctx.result.compile_seconds = round(ctx.compiled.seconds, 3)
+    ctx.result.compile_rss_bytes = rss
     ctx.logs["compile.log"] = f"$ {shlex.join(argv)}\n{ctx.compiled.output}"
     failed = classify_compile(ctx.compiled)
+    ctx.compile_classification = failed or Classification(Outcome.COMPILED, "compiled")
+    if env.history is not None and not ctx.compiled.timed_out:
+        env.history.record(ctx.step.id, ctx.arch, ctx.compiled.seconds, rss)
     if failed is not None:
         _decide(env, ctx, failed)
 
 
-COMPILE_STAGES: tuple[tuple[str, Stage], ...] = (("copy in", copy_in), ("patch", apply_patches),
-                                                  ("compile", compile_step))
+def _from_cache(env: Env, ctx: StepContext, entry, key: str) -> None:
+    env.console.stage(ctx.step.id, ctx.arch, "compiling: cache hit")
+    ctx.result.cache = cache_record(HIT, key)
+    ctx.result.compile_seconds = round(entry.compile_seconds, 3)
+    ctx.result.compile_rss_bytes = entry.peak_rss_bytes
+    ctx.logs["compile.log"] = entry.compile_log
+    if entry.binary is not None:
+        env.runner.put_files(ctx.workdir, {ctx.step.binary: entry.binary}, executable=frozenset({ctx.step.binary}))
+        return
+    _decide(env, ctx, Classification(Outcome.COMPILE_ERROR, entry.reason, list(entry.events)))
+
+
+def _store_compile(env: Env, ctx: StepContext, files: dict[str, bytes]) -> None:
+    """After copy-out: a finished compile (a binary, or a compile error) becomes a cache entry. Timeouts, infra
+    errors and interrupted compiles are never cached."""
+    done = ctx.compile_classification
+    if env.cache is None or ctx.cache_key is None or done is None or ctx.compiled is None:
+        return
+    if ctx.result.outcome is Outcome.INTERRUPTED or ctx.compiled.timed_out:
+        return
+    binary = files.get(ctx.step.binary) if done.outcome is Outcome.COMPILED else None
+    if done.outcome is Outcome.COMPILED and binary is None:
+        return  # the binary did not come out: nothing trustworthy to keep
+    entry = CacheEntry(binary=binary, compile_log=ctx.logs.get("compile.log", ""),
+                       outcome=Outcome.COMPILE_ERROR.value if binary is None else "ok", reason=done.reason,
+                       events=list(done.events), compile_seconds=ctx.compiled.seconds,
+                       peak_rss_bytes=ctx.result.compile_rss_bytes,
+                       extra={"step": ctx.step.id, "arch": ctx.arch, "binary": ctx.step.binary})
+    try:
+        env.cache.put(ctx.cache_key, entry, replace=env.request.no_cache)
+    except GpuReproError as exc:  # a cache that cannot be written costs the next run a compile, nothing else
+        env.console.error(f"gpurepro: compile cache not written: {exc.one_line()}")
+
+
+COMPILE_STAGES: tuple[tuple[str, Stage], ...] = (("copying in", copy_in), ("patching", apply_patches),
+                                                  ("compiling", compile_step))
 
 
 # --- device stages -------------------------------------------------------------------------------------
@@ -323,7 +466,7 @@ def run_binary(env: Env, ctx: StepContext) -> None:
     _decide(env, ctx, classify_run(ran))
 
 
-DEVICE_STAGES: tuple[tuple[str, Stage], ...] = (("check arch", check_arch), ("run", run_binary))
+DEVICE_STAGES: tuple[tuple[str, Stage], ...] = (("checking arch", check_arch), ("running", run_binary))
 
 
 # --- judge and write ----------------------------------------------------------------------------------
@@ -360,6 +503,7 @@ def _finish_step(env: Env, run: ActiveRun, ctx: StepContext, manifest: Manifest)
     judge_step(ctx.step, ctx.arch, result, env.facts)
     files = dict(ctx.files_in)
     ctx.stage = "collecting"
+    env.console.stage(ctx.step.id, ctx.arch, "collecting")
     try:
         if ctx.step.patches:  # the patched headers are reproducible from the patch; keep only that
             env.runner.exec(["rm", "-rf", PATCHED_CUTLASS], workdir=ctx.workdir, timeout_s=120)
@@ -371,6 +515,7 @@ def _finish_step(env: Env, run: ActiveRun, ctx: StepContext, manifest: Manifest)
             env.runner.remove_dir(ctx.workdir)
         except GpuReproError:
             pass
+    _store_compile(env, ctx, files)
     _write_step(run.directory, ctx, files)
     env.console.step_done(result)
 
