@@ -40,8 +40,42 @@ def repro(steps=None, *, all=False, arch=None, backend="auto", compile_only=Fals
     outcome = execute(cfg, request, console=console)
     if record:
         _record(cfg, outcome.results, console)
+    publish_to_ci(cfg, outcome.run.path / "summary.md", _annotation_rows(cfg, outcome.results), console)
     _raise_if_failed(outcome)
     return outcome.exit_code
+
+
+def _annotation_rows(cfg, results, target: str | None = None) -> list[dict]:
+    """What GitHub annotates: each departed step, pointing at its source file."""
+    try:
+        manifest = load_manifest(cfg.manifest)
+    except BadInputError:
+        manifest = None
+    rows = []
+    for r in results:
+        step = manifest.steps.get(r.step) if manifest else None
+        source = (cfg.repros_dir / step.file).relative_to(cfg.root) if step and cfg.repros_dir.is_relative_to(cfg.root) \
+            else None
+        rows.append({"step": r.step, "file": str(source) if source else None, "verdict": r.verdict.value,
+                     "reason": r.reason, "expected": r.expected, "observed": r.outcome.value, "target": target})
+    return rows
+
+
+def publish_to_ci(cfg, summary: pathlib.Path, rows: list[dict], console) -> None:
+    """On GitHub Actions: the run's summary.md on the job page ($GITHUB_STEP_SUMMARY) and `::error`/`::warning`
+    annotations at the steps' sources. A summary that cannot be written is a warning, never the run's verdict."""
+    import os
+
+    from .ci_output import github_annotations, github_step_summary
+
+    if summary.is_file():
+        try:
+            github_step_summary(summary)
+        except InfraError as exc:
+            console.error(f"gpurepro: warning: {exc.one_line()}")
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        for line in github_annotations(rows, root=cfg.root):
+            console.out.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _raise_if_failed(outcome) -> None:
@@ -89,6 +123,7 @@ def bisect(*, from_step=None, to_step=None, arch=None, backend="auto", git=False
     outcome = execute(cfg, request, console=console)
     rows, first = flip_table(chain, outcome.results)
     console.flip_table(rows, first, outcome.results)
+    publish_to_ci(cfg, outcome.run.path / "summary.md", _annotation_rows(cfg, outcome.results), console)
     return git_bisect_code(outcome.results) if git else outcome.exit_code
 
 
@@ -317,7 +352,11 @@ def ci_nightly(targets=None, *, targets_file=None, steps=None, jobs=None, no_cac
     outcome = nightly(cfg, chosen, steps=split_steps(steps) or None, jobs=parse_jobs(jobs), no_cache=no_cache,
                       reports_dir=cfg.reports_dir / "nightly", log=console.info)
     console.info((outcome.path / "summary.md").read_text())
-    console.info(f"report: {outcome.path}")
+    console.info(f"report: {(outcome.path / 'index.html').resolve().as_uri()}")
+    rows = [{**row, "verdict": entry.classification}
+            for report in outcome.targets for entry in report.entries
+            for row in _annotation_rows(cfg, [entry.result], target=report.target.name)]
+    publish_to_ci(cfg, outcome.path / "summary.md", rows, console)
     return outcome.exit_code
 
 
@@ -330,7 +369,8 @@ def report_merge(run_dirs, *, out=None, config=None, console=None) -> int:
     path, code = merge_reports(dirs, pathlib.Path(out) if out else cfg.reports_dir / "merged")
     console = console or Console()
     console.info((path / "summary.md").read_text())
-    console.info(f"report: {path}")
+    console.info(f"report: {(path / 'index.html').resolve().as_uri()}")
+    publish_to_ci(cfg, path / "summary.md", [], console)
     return code
 
 

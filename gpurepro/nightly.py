@@ -359,6 +359,9 @@ def write_merged(path: pathlib.Path, reports: list[TargetReport], *, title: str,
         "finished_at": now_utc().isoformat(), "exit_code": code, "targets": [r.to_json() for r in reports]})
     write_junit(path / "junit.xml", reports)
     atomic_write(path / "summary.md", render_summary(reports, title=title))
+    from .render.html import write_nightly_report
+
+    write_nightly_report(path)  # index.html: steps x targets, first run beside rerun
     return code
 
 

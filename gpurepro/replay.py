@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 
@@ -98,6 +99,16 @@ def _local_image(config, record: RunRecord) -> tuple[object, list[str]]:
     return dataclasses.replace(config, docker=dataclasses.replace(config.docker, image=wanted)), []
 
 
+def _compare_page(bundle_run: pathlib.Path, new_run: pathlib.Path, manifest) -> None:
+    """compare.html in the new run: the bundled run beside the replay, step by step."""
+    from .render.html import write_comparison
+
+    try:
+        write_comparison(bundle_run, new_run, manifest)
+    except Exception as exc:  # noqa: BLE001 - the replay's verdict does not depend on its page
+        print(f"gpurepro: compare.html not written: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
 def replay(path: pathlib.Path, config, *, backend: str | None = None, dest: pathlib.Path | None = None,
            console=None, runner=None, argv: list[str] | None = None, no_cache: bool = False,
            limits: Limits = DEFAULT_LIMITS) -> Replay:
@@ -127,26 +138,28 @@ def replay(path: pathlib.Path, config, *, backend: str | None = None, dest: path
         extract(path, where, label=pathlib.Path(path).name, limits=limits)
         bundle_run = where / contents.top / RUN_DIR
         notes = source_differences(bundle_run, config, [s for _, steps in groups for s in steps])
+        run_config, image_notes = _local_image(config, record)
+        chosen_backend = backend or record.backend or "auto"
+        old = {(s.step, s.arch): s for s in record.steps}
+        rows, runs, new_records, codes = [], [], [], []
+        for arch, steps in groups:
+            request = RunRequest(steps=steps, arch=arch or None, backend=chosen_backend,
+                                 compile_only=record.compile_only, no_cache=no_cache,
+                                 argv=list(argv) if argv else invoked_command())
+            outcome = execute(run_config, request, console=console, runner=runner)
+            runs.append(outcome.run.path)
+            new_records.append(RunRecord.read(outcome.run.path))
+            codes.append(outcome.exit_code)
+            _compare_page(bundle_run, outcome.run.path, manifest)
+            for result in outcome.results:
+                before = old.get((result.step, result.arch))
+                # display strings: the old outcome comes from the bundle, the reason from a program's output
+                rows.append(ReplayRow(terminal_safe(result.step), terminal_safe(result.arch),
+                                      terminal_safe(before.outcome if before else "not run"),
+                                      terminal_safe(result.outcome.value), terminal_safe(result.reason)))
     finally:
         if not keep:
             shutil.rmtree(where, ignore_errors=True)
-    run_config, image_notes = _local_image(config, record)
-    chosen_backend = backend or record.backend or "auto"
-    old = {(s.step, s.arch): s for s in record.steps}
-    rows, runs, new_records, codes = [], [], [], []
-    for arch, steps in groups:
-        request = RunRequest(steps=steps, arch=arch or None, backend=chosen_backend, compile_only=record.compile_only,
-                             no_cache=no_cache, argv=list(argv) if argv else invoked_command())
-        outcome = execute(run_config, request, console=console, runner=runner)
-        runs.append(outcome.run.path)
-        new_records.append(RunRecord.read(outcome.run.path))
-        codes.append(outcome.exit_code)
-        for result in outcome.results:
-            before = old.get((result.step, result.arch))
-            # display strings: the old outcome comes from the bundle, the reason from a program's output
-            rows.append(ReplayRow(terminal_safe(result.step), terminal_safe(result.arch),
-                                  terminal_safe(before.outcome if before else "not run"),
-                                  terminal_safe(result.outcome.value), terminal_safe(result.reason)))
     diffs = [terminal_safe(line) for line in image_notes + differences(record, new_records[0]) + notes]
     if EXIT_INFRA in codes:
         code = EXIT_INFRA
