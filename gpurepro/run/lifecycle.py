@@ -38,6 +38,7 @@ class ActiveRun:
     status: str = STATUS_FAILED
     error: GpuReproError | None = None  # why the run failed, when it did
     state: dict = field(default_factory=dict)  # the suite's own bookkeeping for its finish()
+    extra_runners: list[Runner] = field(default_factory=list)  # a toolchain matrix runs one runner per toolchain
 
     @property
     def path(self) -> pathlib.Path:
@@ -54,6 +55,17 @@ class ActiveRun:
 
     def save(self) -> None:
         self.record.write(self.path)
+
+    def attach(self, runner: Runner, *, nvcc: str, require_nvcc: bool = True) -> Facts:
+        """Another runner for this run (a toolchain matrix): started and probed now, cancelled, cleaned up and
+        closed with the run's own."""
+        self.extra_runners.append(runner)
+        runner.run_tag = self.run_id
+        runner.start()
+        return runner.probe(nvcc, require_nvcc=require_nvcc)
+
+    def runners(self) -> list[Runner]:
+        return [self.runner, *self.extra_runners]
 
 
 def environment_of(facts: Facts) -> dict:
@@ -103,8 +115,9 @@ def open_run(config: Config, *, kind: str, request: dict, runner: Runner, argv: 
         except (KeyboardInterrupt, InterruptedRun):
             run.status = STATUS_INTERRUPTED
             console.error("interrupted: stopping the run's commands; run marked interrupted")
-            with contextlib.suppress(Exception):  # best effort: the record must still be written
-                runner.cancel(run.work_root)
+            for each in run.runners():
+                with contextlib.suppress(Exception):  # best effort: the record must still be written
+                    each.cancel(f"{each.work_root().rstrip('/')}/{run.run_id}")
             raise InterruptedRun("interrupted") from None
         except GpuReproError as exc:
             run.status, run.error = STATUS_FAILED, exc
@@ -135,8 +148,9 @@ def _end(run: ActiveRun, finish) -> None:
         run.save()
     except GpuReproError as exc:
         print(f"gpurepro: {exc.one_line()}", file=sys.stderr)
-    with contextlib.suppress(Exception):
-        if run.status != STATUS_INTERRUPTED:  # cancel() already cleaned up
-            run.runner.remove_dir(run.work_root)
-    with contextlib.suppress(Exception):
-        run.runner.close()
+    for runner in run.runners():
+        with contextlib.suppress(Exception):
+            if run.status != STATUS_INTERRUPTED:  # cancel() already cleaned up
+                runner.remove_dir(f"{runner.work_root().rstrip('/')}/{run.run_id}")
+        with contextlib.suppress(Exception):
+            runner.close()
