@@ -142,7 +142,7 @@ def parse_probe(text: str) -> tuple[dict[str, str], GpuInfo | None]:
     values = {}
     for line in text.splitlines():
         key, sep, value = line.partition("=")
-        if sep and re.fullmatch(r"[a-z_]+", key):
+        if sep and re.fullmatch(r"[a-z][a-z0-9_]*", key):
             values[key] = value.strip()
     gpu = None
     smi = values.get("gpu_smi", "")
