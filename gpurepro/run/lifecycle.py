@@ -11,18 +11,19 @@ an interrupt or an infrastructure error included, before run.json is rewritten a
 from __future__ import annotations
 
 import contextlib
+import os
 import pathlib
-import sys
+import shutil
 from dataclasses import dataclass, field
 from typing import Callable
 
 from ..config import Config
 from ..environment import git_state, host_facts
-from ..errors import GpuReproError, InfraError, InterruptedRun, sigterm_interrupts
+from ..errors import EXIT_INFRA, GpuReproError, InfraError, InterruptedRun, sigterm_interrupts
 from ..redaction import captured_environment
 from ..runners import Facts, Runner
 from . import lock
-from .directory import STATUS_COMPLETE, STATUS_FAILED, STATUS_INTERRUPTED, RunDirectory, now_utc
+from .directory import RUN_JSON, STATUS_COMPLETE, STATUS_FAILED, STATUS_INTERRUPTED, RunDirectory, now_utc
 from .record import KIND_REPRO, RunRecord
 
 
@@ -90,19 +91,12 @@ def new_record(config: Config, run: RunDirectory, runner: Runner, *, kind: str, 
 @contextlib.contextmanager
 def open_run(config: Config, *, kind: str, request: dict, runner: Runner, argv: list[str], console,
              finish: Callable[[ActiveRun], None] | None = None, nvcc: str | None = None):
+    run = _begin(config, runner, kind=kind, argv=argv, request=request, console=console)
+    directory = run.directory
     try:
-        directory = RunDirectory.create(config.reports_dir)
-        lock.acquire(directory.path)  # in use until it ends: reports.prune and bundle.create leave it alone
-    except OSError as exc:
-        raise InfraError(f"cannot create a run directory under {config.reports_dir}: {exc.strerror or exc}",
-                         hint="check the disk and GPUREPRO_REPORTS") from None
-    run = ActiveRun(directory, new_record(config, directory, runner, kind=kind, argv=argv, request=request),
-                    runner, console)
-    try:
-        run.save()
-        directory.point_latest()
         restore = sigterm_interrupts()
         runner.run_tag = run.run_id  # lets the runner find this run's processes if it is cancelled
+        problem = None
         try:
             runner.start()
             # a repro cannot compile without nvcc: say so (exit 3, with the fix) before any step starts
@@ -114,11 +108,12 @@ def open_run(config: Config, *, kind: str, request: dict, runner: Runner, argv: 
             run.status = STATUS_COMPLETE
         except (KeyboardInterrupt, InterruptedRun):
             run.status = STATUS_INTERRUPTED
-            console.error("interrupted: stopping the run's commands; run marked interrupted")
             for each in run.runners():
                 with contextlib.suppress(Exception):  # best effort: the record must still be written
                     each.cancel(f"{each.work_root().rstrip('/')}/{run.run_id}")
-            raise InterruptedRun("interrupted") from None
+            # the front end prints this as the run's one line on stderr
+            raise InterruptedRun(f"interrupted: the run's commands were stopped; run {run.path} marked "
+                                 "interrupted") from None
         except GpuReproError as exc:
             run.status, run.error = STATUS_FAILED, exc
             run.record.error = exc.one_line()
@@ -129,28 +124,101 @@ def open_run(config: Config, *, kind: str, request: dict, runner: Runner, argv: 
             raise
         finally:
             restore()
-            _end(run, finish)
+            problem = _end(run, finish)
+        if problem is not None:  # the run itself went well, its outputs could not be written: exit 3
+            raise problem
     finally:
         lock.release(directory.path)
 
 
-def _end(run: ActiveRun, finish) -> None:
-    """Outputs, the final record and the runner's clean-up; none of them may hide the run's own error."""
+def _begin(config: Config, runner: Runner, *, kind: str, argv: list[str], request: dict, console) -> ActiveRun:
+    """Directory, lock, run.json's header and reports/latest, or none of them: a run that cannot be recorded
+    (a full or read-only disk) leaves no directory and no lock behind, only one line (exit 3)."""
+    directory = None
+    try:
+        directory = RunDirectory.create(config.reports_dir)
+        lock.acquire(directory.path)  # in use until it ends: reports.prune and bundle.create leave it alone
+        run = ActiveRun(directory, new_record(config, directory, runner, kind=kind, argv=argv, request=request),
+                        runner, console)
+        run.save()
+        directory.point_latest()
+        return run
+    except (OSError, InfraError) as exc:
+        if directory is not None:
+            shutil.rmtree(directory.path, ignore_errors=True)
+        cause = exc if isinstance(exc, OSError) else exc.__context__
+        detail = getattr(cause, "strerror", None) or (exc.one_line() if isinstance(exc, InfraError) else str(exc))
+        raise InfraError(f"cannot start a run under {config.reports_dir}: {detail}",
+                         hint="free disk space there, or point GPUREPRO_REPORTS at another directory") from None
+
+
+def _end(run: ActiveRun, finish) -> GpuReproError | None:
+    """Outputs, the final record and the runner's clean-up; none of them may hide the run's own error.
+
+    Returns the error to raise when the run itself ended well but its outputs or record could not be written.
+    When the run already failed or was interrupted, its own error is the one line the user sees: a later
+    write failure (the same full disk, usually) is not printed as a second one."""
     run.record.finish(run.status)
+    problem = None
     try:
         if finish is not None:
             finish(run)
     except GpuReproError as exc:
-        print(f"gpurepro: {exc.one_line()}", file=sys.stderr)
+        problem = exc
     except Exception as exc:  # noqa: BLE001 - the record below must still be written
-        print(f"gpurepro: writing the run's outputs failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-    try:
-        run.save()
-    except GpuReproError as exc:
-        print(f"gpurepro: {exc.one_line()}", file=sys.stderr)
+        problem = InfraError(f"writing the run's outputs failed: {type(exc).__name__}: {exc}")
+    if problem is not None:
+        _fail(run, problem)
+    saved = _save_final(run)
+    if saved is not None:
+        problem = problem or saved
     for runner in run.runners():
         with contextlib.suppress(Exception):
             if run.status != STATUS_INTERRUPTED:  # cancel() already cleaned up
                 runner.remove_dir(f"{runner.work_root().rstrip('/')}/{run.run_id}")
         with contextlib.suppress(Exception):
             runner.close()
+    return problem if run.error is problem else None
+
+
+def _fail(run: ActiveRun, problem: GpuReproError) -> None:
+    """A run that went well until its outputs could not be written has failed (its evidence is incomplete)."""
+    if run.status != STATUS_COMPLETE:
+        return
+    run.status, run.error = STATUS_FAILED, problem
+    run.record.status = STATUS_FAILED
+    run.record.error = problem.one_line()
+
+
+def _save_final(run: ActiveRun) -> GpuReproError | None:
+    """The final run.json. If it cannot be written (a full disk), this run's partial outputs are dropped to make
+    room and the record written again, marked failed; if even that fails, the run directory is removed (and
+    reports/latest with it where it points there), so no run is left looking complete or in progress."""
+    if run.status == STATUS_FAILED:
+        run.record.exit_code = run.error.exit_code if run.error is not None else EXIT_INFRA
+    elif run.status == STATUS_INTERRUPTED:
+        run.record.exit_code = InterruptedRun.exit_code
+    try:
+        run.save()
+        return None
+    except GpuReproError as exc:
+        first = exc
+    _fail(run, first)
+    if run.status == STATUS_FAILED and run.record.exit_code in (None, 0, 1):
+        run.record.exit_code = EXIT_INFRA
+    for path in run.path.iterdir():
+        if path.name in (RUN_JSON, lock.LOCK_NAME):
+            continue
+        with contextlib.suppress(OSError):
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    try:
+        run.save()
+        return first
+    except GpuReproError:
+        pass
+    latest = run.path.parent / "latest"
+    with contextlib.suppress(OSError):
+        if latest.is_symlink() and os.readlink(latest) == run.run_id:
+            latest.unlink()
+    shutil.rmtree(run.path, ignore_errors=True)
+    return first

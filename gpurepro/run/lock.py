@@ -39,8 +39,12 @@ def acquire(run_path: pathlib.Path) -> pathlib.Path:
     path = pathlib.Path(run_path) / LOCK_NAME
     data = {"pid": os.getpid(), "hostname": socket.gethostname(), "process_start": _process_start(os.getpid())}
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh)
+    except BaseException:  # a full disk: no empty lock left behind (it would read as "in use" forever)
+        path.unlink(missing_ok=True)
+        raise
     return path
 
 

