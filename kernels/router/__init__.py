@@ -7,10 +7,12 @@ selection fused into the epilogue.
 * SM100/SM103 (``kernels.router.sm100``): tcgen05 block-scaled MMA.  Compiles for ``sm_100a``;
   never run here (no SM100 GPU), so the wrapper does not select it unless
   ``GPUREPRO_ROUTER_SM100=1``.
-* SM80 and later, SM90 and SM120/SM121 included, two portable kernels: up to
-  ``GEMV_MAX_TOKENS`` tokens ``kernels.router.gemv`` (a bandwidth-bound GEMV on the CUDA cores,
-  N-partitioned, the top-k in the same launch), above that ``kernels.router.portable``
-  (``mma.sync`` in bf16 after in-register NVFP4 dequantization, optional split-K).
+* SM80 and later, SM90 and SM120/SM121 included, three portable kernels (``choose_kernel``):
+  ``GemvRouterKernel`` (``kernels.router.gemv``, CUDA cores) for one token,
+  ``MmaGemvRouterKernel`` (same module, ``mma.sync`` with experts as M) up to
+  ``SWAPAB_MAX_TOKENS``, both with the top-k in the same launch; above that
+  ``kernels.router.portable`` (``mma.sync`` tiles in bf16 after in-register NVFP4 dequantization,
+  optional split-K).
 * anything else (CPU, no ``nvidia-cutlass-dsl``, shapes a kernel does not take): the
   two-kernel reference (``kernels.router.reference``), announced once on logger
   ``kernels.router``.
@@ -44,22 +46,21 @@ _announced: set = set()
 last_path: Optional[str] = None  #: "portable", "sm100" or "reference: <why>" of the latest call
 last_kernel: Optional[str] = None  #: "gemv", "swapab" or "mma" when the latest call took the portable path
 
-#: the GEMV kernel routes up to this many tokens; the mma.sync kernel above (measured crossover on
-#: the H200: bench/results/h200/router_bench.md)
-GEMV_MAX_TOKENS = 64
-#: the tensor-core decode kernel routes up to this many tokens
+#: crossovers measured on the H200 (bench/results/h200/router_bench.md): the CUDA-core GEMV kernel
+#: is the fastest for one token (0.2-0.5 us ahead), the tensor-core "swap-AB" decode kernel from
+#: 2 tokens up to SWAPAB_MAX_TOKENS (3-4x ahead of the mma.sync tile kernel at T=128), the tile
+#: kernel above
+GEMV_MAX_TOKENS = 1
 SWAPAB_MAX_TOKENS = 256
-#: the decode kernel below the crossovers: "swapab" (tensor cores) or "gemv" (CUDA cores)
-DECODE_KERNEL = os.environ.get("GPUREPRO_ROUTER_DECODE", "swapab")
 
 
 def choose_kernel(num_tokens: int, experts: int) -> str:
-    """The portable kernel for a problem: "swapab" / "gemv" (decode sizes) or "mma"."""
+    """The portable kernel for a problem: "gemv" / "swapab" (decode sizes) or "mma"."""
     if experts % 32 or experts > 2048:
         return "mma"
-    if DECODE_KERNEL == "gemv" and num_tokens <= GEMV_MAX_TOKENS:
+    if num_tokens <= GEMV_MAX_TOKENS:
         return "gemv"
-    if DECODE_KERNEL == "swapab" and num_tokens <= SWAPAB_MAX_TOKENS:
+    if num_tokens <= SWAPAB_MAX_TOKENS:
         return "swapab"
     return "mma"
 

@@ -118,13 +118,13 @@ def run_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool, co
 
 def mma_gemv_args(activation, linear, top_k: int, nt: int = 1, ksplit: int = 1):
     """CuTe arguments of the tensor-core decode kernel: partial logits ``[ksplit, T, E]``, one
-    semaphore per group of ``8 nt`` tokens."""
+    semaphore per 8 tokens."""
     a_data, a_scales, g_a = activation
     t = a_data.shape[0]
     dev = a_data.device
     e = linear.out_features
     ws = torch.empty((ksplit, t, e), dtype=torch.float32, device=dev)
-    cnt = _counters(dev, -(-t // (8 * nt)))
+    cnt = _counters(dev, -(-t // (8 * nt)) * nt)
     alpha = (g_a.to(dev, torch.float32) * linear._global_scale_b.to(dev, torch.float32)).reshape(1)
     ids = torch.empty((t, top_k), dtype=torch.int32, device=dev)
     w = torch.empty((t, top_k), dtype=torch.float32, device=dev)
