@@ -192,3 +192,98 @@ def test_reports_full_mid_run_marks_the_run_failed(project, tiny_reports):
     assert not (runs[0] / LOCK).exists()
     assert not [p for p in runs[0].rglob(".*.tmp")]  # no half-written file
     assert (reports / "latest").resolve() == runs[0]
+
+
+# --- Ctrl-C with two compiles running -------------------------------------------------------------------
+SLOW_NVCC = "h12-slow-nvcc"
+
+
+def slow_compiles(docker_client, own_container, project, sleep_s: int):
+    """The test's own container whose nvcc takes `sleep_s` longer (the probe's --version stays quick)."""
+    container = own_container()
+    wrapper = f'#!/bin/sh\n[ "$1" = --version ] || sleep {sleep_s}\nexec nvcc "$@"\n'
+    container.put_archive("/usr/local/bin", _tar({SLOW_NVCC: wrapper.encode()}))
+    set_config(project, compile={"nvcc": SLOW_NVCC, "memory_gb_per_job": 1})
+    return container
+
+
+def processes(container) -> list[str]:
+    container.reload()
+    if container.status != "running":
+        return []
+    return [" ".join(p) for p in container.top(ps_args="-eo pid,args")["Processes"] or []]
+
+
+def wait_for(predicate, limit_s: float, what: str) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def test_interrupt_with_two_compiles_running(project, docker_client, own_container):
+    manifest = yaml.safe_load((project.path / "repros" / "manifest.yaml").read_text())
+    manifest["steps"] = [step("first"), step("second", "plain.cu")]
+    (project.path / "repros" / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    container = slow_compiles(docker_client, own_container, project, 271)
+    env = {**project.env(), "GPUREPRO_CONTAINER": container.name}
+    tool = subprocess.Popen([sys.executable, "-m", "invoke", "repro", "first,second", "--arch", "sm_90a", "--jobs", "2"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: sum("sleep 271" in p for p in processes(container)) == 2, 120, "two compiles")
+        tool.send_signal(signal.SIGINT)
+        out, err = tool.communicate(timeout=120)
+    finally:
+        if tool.poll() is None:
+            tool.kill()
+    print(f"exit {tool.returncode}, stderr {err.strip()!r}")
+    assert tool.returncode == 130, out[-2000:] + err
+    run = project.latest()
+    assert one_line(err) == f"gpurepro: interrupted: the run's commands were stopped; run {run} marked interrupted"
+    record = record_of(run)
+    assert record["status"] == "interrupted" and record["exit_code"] == 130
+    assert [(s["step"], s["outcome"]) for s in record["steps"]] == [("first", "interrupted"), ("second", "interrupted")]
+    assert all(s["reason"] == "interrupted during compiling" for s in record["steps"]), record["steps"]
+    cases = junit_cases(run)
+    assert sorted(cases) == ["first[sm_90a]", "second[sm_90a]"]
+    for case in cases.values():
+        assert case.find("error") is not None, ET.tostring(case)
+    assert not (run / LOCK).exists()
+    # nothing of the run left in the container: no compile, no marked process, no work directory
+    left = [p for p in processes(container) if "sleep 271" in p or record["run_id"] in p]
+    assert left == [], left
+    workdir = f"/workspace/gpurepro/{record['run_id']}"
+    assert container_exec(docker_client, container.name, f"test -e {workdir} && echo left || echo gone").strip() == "gone"
+
+
+# --- a program that hangs in its preflight-only run -----------------------------------------------------
+HANG_CU = r"""
+#include <unistd.h>
+// hangs whatever its arguments, --preflight-only included (host code only)
+int main() { for (;;) pause(); }
+"""
+
+
+def test_program_hanging_in_preflight_is_a_timeout(project, docker_client):
+    manifest = {"version": 1, "steps": [step("hang", "hang.cu")]}
+    (project.path / "repros" / "hang.cu").write_text(HANG_CU)
+    (project.path / "repros" / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    set_config(project, run={"timeout_s": 4})
+    done = invoke(project, "repro", "hang", "--arch", "sm_90a")
+    run = project.latest()
+    record = record_of(run)
+    result = record["steps"][0]
+    assert result["outcome"] == "timeout", result
+    if device_part(record["environment"].get("gpu_arch"), "sm_90a") != "runs":
+        assert result["reason"].startswith("preflight-only run: "), result
+    seconds = json.loads((run / "steps" / "hang" / "result.json").read_text())["run_seconds"]
+    assert 4 <= seconds < 30, seconds
+    # a timeout is an outcome judged like any other: `pass` was expected, so the step departed (exit 1)
+    assert (result["verdict"], result["expected"]) == ("departed", "pass")
+    assert done.returncode == 1 and record["status"] == "complete" and record["exit_code"] == 1
+    assert junit_cases(run)["hang[sm_90a]"].find("failure") is not None
+    assert "timeout" in (run / "summary.md").read_text()
+    left = [p for p in processes(docker_client.containers.get(project.container)) if "./hang" in p]
+    assert left == [], left
