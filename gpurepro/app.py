@@ -27,7 +27,7 @@ def split_steps(steps) -> list[str]:
 
 
 def repro(steps=None, *, all=False, arch=None, backend="auto", compile_only=False, jobs=None, record=False,
-          no_cache=False, config=None, argv=None, console=None) -> int:
+          no_cache=False, toolchain=None, config=None, argv=None, console=None) -> int:
     cfg = load_config(config)
     if arch is not None:
         check_arch(arch)
@@ -35,7 +35,8 @@ def repro(steps=None, *, all=False, arch=None, backend="auto", compile_only=Fals
     if steps == ["all"]:  # `invoke repro all`: Invoke cannot take --all without a positional
         steps, all = [], True
     request = RunRequest(steps=steps, all=all, arch=arch, backend=backend, compile_only=compile_only,
-                         jobs=parse_jobs(jobs), no_cache=no_cache, argv=invoked_command(argv))
+                         jobs=parse_jobs(jobs), no_cache=no_cache, argv=invoked_command(argv),
+                         toolchains=_toolchain_names(cfg, toolchain))
     console = console or Console()
     outcome = execute(cfg, request, console=console)
     if record:
@@ -78,6 +79,17 @@ def publish_to_ci(cfg, summary: pathlib.Path, rows: list[dict], console) -> None
             console.out.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
+def _toolchain_names(cfg, value) -> list[str] | None:
+    """--toolchain a,b | all -> names, checked against ci/toolchains.yaml before any work (exit 2)."""
+    names = split_steps(value)
+    if not names:
+        return None
+    from .toolchains import load_toolchains
+
+    chosen = load_toolchains(cfg.root / "ci" / "toolchains.yaml").select(names)
+    return [t.name for t in chosen]
+
+
 def _raise_if_failed(outcome) -> None:
     """A run whose evidence is incomplete (infrastructure) ends with one line on stderr and exit 3."""
     from .run import RunRecord, STATUS_FAILED
@@ -109,11 +121,15 @@ def diff(step, *, config=None) -> int:
 
 
 def bisect(*, from_step=None, to_step=None, arch=None, backend="auto", git=False, jobs=None, compile_only=False,
-           no_cache=False, config=None, argv=None, console=None) -> int:
+           no_cache=False, toolchains=None, config=None, argv=None, console=None) -> int:
     from .chain import flip_table, git_bisect_code
 
     cfg = load_config(config)
     manifest = load_manifest(cfg.manifest)
+    if toolchains:
+        return _bisect_toolchains(cfg, manifest, from_step, to_step, arch=arch, backend=backend, git=git, jobs=jobs,
+                                  compile_only=compile_only, no_cache=no_cache, toolchains=toolchains, argv=argv,
+                                  console=console or Console())
     chain = manifest.chain(from_step, to_step)
     console = console or Console()
     if arch is not None:
@@ -125,6 +141,61 @@ def bisect(*, from_step=None, to_step=None, arch=None, backend="auto", git=False
     console.flip_table(rows, first, outcome.results)
     publish_to_ci(cfg, outcome.run.path / "summary.md", _annotation_rows(cfg, outcome.results), console)
     return git_bisect_code(outcome.results) if git else outcome.exit_code
+
+
+def _bisect_toolchains(cfg, manifest, from_step, to_step, *, arch, backend, git, jobs, compile_only, no_cache,
+                       toolchains, argv, console) -> int:
+    """One step on each toolchain in order: the first toolchain whose outcome differs from the first one's, with
+    both compile logs' first errors side by side."""
+    from .chain import GIT_BAD, GIT_GOOD, GIT_SKIP
+    from .classify import first_compile_error
+
+    if not from_step or (to_step and to_step != from_step):
+        raise UsageError("--toolchains bisects one step", hint="name it with --from STEP")
+    step = manifest.get(from_step)
+    if arch is not None:
+        check_arch(arch)
+    names = _toolchain_names(cfg, toolchains)
+    if len(names) < 2:
+        raise UsageError("--toolchains needs at least two toolchains to compare")
+    request = RunRequest(steps=[step.id], arch=arch, backend=backend, jobs=parse_jobs(jobs), compile_only=compile_only,
+                         no_cache=no_cache, toolchains=names, argv=invoked_command(argv))
+    outcome = execute(cfg, request, console=console)
+    by_toolchain = {r.toolchain: r for r in outcome.results}
+    ordered = [by_toolchain[n] for n in names if n in by_toolchain]
+    base = ordered[0]
+    flip = next((r for r in ordered[1:] if r.outcome != base.outcome), None)
+
+    def first_error(result) -> str:
+        log = outcome.run.path / "steps" / result.dirname / "compile.log"
+        text = log.read_text(errors="replace") if log.is_file() else ""
+        return first_compile_error(text) or result.reason
+
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"{step.id} across toolchains")
+    for column in ("toolchain", "observed", "reason"):
+        table.add_column(column, overflow="fold")
+    for r in ordered:
+        table.add_row(escape(r.toolchain or ""), escape(r.outcome.value), escape(r.reason))
+    console.out.print(table)
+    if flip is None:
+        console.info(f"no flip: {step.id} is {base.outcome.value} on every toolchain")
+    else:
+        side = Table(title=f"first flip: {flip.toolchain} ({base.outcome.value} -> {flip.outcome.value})")
+        side.add_column(base.toolchain or "", overflow="fold")
+        side.add_column(flip.toolchain or "", overflow="fold")
+        side.add_row(escape(first_error(base)), escape(first_error(flip)))
+        console.out.print(side)
+        console.info(f"first flip: {flip.toolchain} ({flip.outcome.value}, was {base.outcome.value} on "
+                     f"{base.toolchain})")
+    publish_to_ci(cfg, outcome.run.path / "summary.md", _annotation_rows(cfg, outcome.results), console)
+    if git:
+        if any(r.verdict.value == "infra" for r in ordered):
+            return GIT_SKIP
+        return GIT_GOOD if flip is None else GIT_BAD
+    return 1 if flip is not None else outcome.exit_code
 
 
 def layout_diff(step_a, step_b, *, config=None, console=None) -> int:
@@ -184,32 +255,60 @@ def image_base(*, force=False, suite="bookworm", mirror=None, config=None) -> in
     return 0
 
 
-def image_build(*, target="vllm-dev", config=None) -> int:
-    from .images import build_image
+def _toolchains(cfg, value):
+    from .toolchains import load_toolchains
+
+    return load_toolchains(cfg.root / "ci" / "toolchains.yaml").select(split_steps(value))
+
+
+def image_build(*, target="vllm-dev", toolchain=None, config=None) -> int:
+    from .images import build_image, build_toolchain_images
     from .runners.docker import connect
 
     cfg = load_config(config)
-    tag = build_image(connect(timeout=1800), cfg, target)
+    if target not in cfg.docker.images:
+        raise UsageError(f"unknown image target {target!r}", hint=f"one of: {', '.join(cfg.docker.images)}")
+    client = connect(timeout=1800)
+    if toolchain:
+        for chosen in _toolchains(cfg, toolchain):
+            started = __import__("time").monotonic()
+            tags = build_toolchain_images(client, cfg, chosen, target=target, tag_latest=chosen.default)
+            print(f"built {', '.join(tags)} in {__import__('time').monotonic() - started:.0f} s")
+        return 0
+    tag = build_image(client, cfg, target)
     print(f"built {tag}")
     return 0
 
 
-def image_wheels(*, target="toolchain", config=None) -> int:
-    from .images import download_wheels
+def image_wheels(*, target="toolchain", toolchain=None, config=None) -> int:
+    from .images import download_toolchain_wheels, download_wheels
 
     cfg = load_config(config)
+    if toolchain:
+        for chosen in _toolchains(cfg, toolchain):
+            print(f"wheelhouse ready for {chosen.name}: {download_toolchain_wheels(cfg, chosen)}")
+        return 0
     path = download_wheels(cfg, target)
     print(f"wheelhouse ready: {path}")
     return 0
 
 
-def toolchain_headers(*, wheel=None, dest=None, config=None) -> int:
+def toolchain_headers(*, wheel=None, dest=None, toolchain=None, config=None) -> int:
     """Lay out FlashInfer/CUTLASS headers from the pinned wheel for the host backend."""
     import importlib.util
 
     from .images import download_wheels
 
     cfg = load_config(config)
+    if toolchain:
+        from .images import layout_headers
+
+        chosen = _toolchains(cfg, toolchain)
+        if dest and len(chosen) > 1:
+            raise UsageError("--dest takes one toolchain", hint="leave --dest out: each goes to its own directory")
+        for each in chosen:
+            print(f"laid out {each.name}'s headers in {layout_headers(cfg, each, dest)}")
+        return 0
     dest_path = pathlib.Path(dest or cfg.host.flashinfer).expanduser()
     if wheel is None:
         wheelhouse = download_wheels(cfg, "toolchain")

@@ -20,11 +20,13 @@ install_usage_errors()
     "jobs": "parallel compiles (default: bounded by cores and memory)",
     "record": "write the observed outcomes back into repros/manifest.yaml as expectations",
     "no-cache": "compile every step (the compile cache is written, not read)",
+    "toolchain": "named toolchains from ci/toolchains.yaml, comma-separated, or `all`: every step with each",
 })
-def run(c, steps=None, arch=None, backend="auto", compile_only=False, jobs=None, record=False, no_cache=False):
+def run(c, steps=None, arch=None, backend="auto", compile_only=False, jobs=None, record=False, no_cache=False,
+        toolchain=None):
     """Compile, arch-check, run and classify repro steps; write reports/<run-id>/ and JUnit."""
     return app.repro(steps, arch=arch, backend=backend, compile_only=compile_only, jobs=jobs, record=record,
-                     no_cache=no_cache)
+                     no_cache=no_cache, toolchain=toolchain)
 
 
 @engine_task(name="list")
@@ -48,12 +50,15 @@ def diff(c, step=None):
     "jobs": "parallel compiles",
     "compile-only": "bisect compile outcomes only: nothing runs on a device",
     "no-cache": "compile every step (the compile cache is written, not read)",
+    "toolchains": "walk these toolchains (comma-separated, or `all`, in ci/toolchains.yaml's order) for one step "
+                  "(--from) instead of the step chain",
 })
 def bisect_chain(c, from_=None, to=None, arch=None, backend="auto", git=False, jobs=None, compile_only=False,
-                 no_cache=False):
-    """Run a parent chain, print the flip table and the first step whose outcome differs from its parent's."""
+                 no_cache=False, toolchains=None):
+    """Run a parent chain, print the flip table and the first step whose outcome differs from its parent's;
+    with --toolchains, run one step on each toolchain and print the first toolchain whose outcome differs."""
     return app.bisect(from_step=from_, to_step=to, arch=arch, backend=backend, git=git, jobs=jobs,
-                      compile_only=compile_only, no_cache=no_cache)
+                      compile_only=compile_only, no_cache=no_cache, toolchains=toolchains)
 
 
 @engine_task(name="diff", positional=["step_a", "step_b"])
@@ -68,22 +73,25 @@ def base(c, force=False, mirror=None):
     return app.image_base(force=force, mirror=mirror)
 
 
-@engine_task(help={"target": "vllm-dev (default: toolchain + torch) | toolchain"})
-def build(c, target="vllm-dev"):
+@engine_task(help={"target": "vllm-dev (default: toolchain + torch) | toolchain",
+                   "toolchain": "named toolchains from ci/toolchains.yaml, comma-separated, or `all` "
+                                "(tags gpurepro/<target>:<name>; default: the configured image)"})
+def build(c, target="vllm-dev", toolchain=None):
     """Build docker/Dockerfile's target offline from the pinned wheelhouse."""
-    return app.image_build(target=target)
+    return app.image_build(target=target, toolchain=toolchain)
 
 
-@engine_task(help={"target": "toolchain | vllm-dev"})
-def wheels(c, target="toolchain"):
+@engine_task(help={"target": "toolchain | vllm-dev", "toolchain": "a named toolchain's wheels instead"})
+def wheels(c, target="toolchain", toolchain=None):
     """Download the pinned, hash-checked wheels an image target needs into docker/wheelhouse/."""
-    return app.image_wheels(target=target)
+    return app.image_wheels(target=target, toolchain=toolchain)
 
 
-@engine_task(help={"wheel": "a flashinfer-python wheel (default: the pinned one)", "dest": "target directory"})
-def headers(c, wheel=None, dest=None):
+@engine_task(help={"wheel": "a flashinfer-python wheel (default: the pinned one)", "dest": "target directory",
+                   "toolchain": "a named toolchain's headers (default dest: ~/.cache/gpurepro/toolchains/<name>)"})
+def headers(c, wheel=None, dest=None, toolchain=None):
     """Lay out FlashInfer/CUTLASS headers for the host backend (as /workspace/flashinfer in the image)."""
-    return app.toolchain_headers(wheel=wheel, dest=dest)
+    return app.toolchain_headers(wheel=wheel, dest=dest, toolchain=toolchain)
 
 
 # RUN is a flag, not a positional: Invoke cannot leave a positional out (docs/contracts.md, Commands)

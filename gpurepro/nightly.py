@@ -492,7 +492,8 @@ def load_reports(path: pathlib.Path) -> list[TargetReport]:
 
 def _step_result(run_dir: pathlib.Path, summary: dict) -> StepResult:
     """The step's full result.json (device arch, reproduce command); run.json keeps only a summary."""
-    full = run_dir / "steps" / summary["step"] / "result.json"
+    dirname = summary["step"] + (f"@{summary['toolchain']}" if summary.get("toolchain") else "")
+    full = run_dir / "steps" / dirname / "result.json"
     return StepResult.from_json(json.loads(full.read_text()) if full.is_file() else summary)
 
 

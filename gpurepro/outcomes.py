@@ -86,6 +86,11 @@ class StepResult:
     toolchain: str | None = None  # the named toolchain it was compiled with (None: the configured image)
 
     @property
+    def dirname(self) -> str:
+        """Its directory under the run's steps/: one per step, or per step and toolchain in a matrix run."""
+        return self.step if not self.toolchain else f"{self.step}@{self.toolchain}"
+
+    @property
     def testcase_name(self) -> str:
         return f"{self.step}[{self.arch}]" if not self.toolchain else f"{self.step}[{self.arch},{self.toolchain}]"
 

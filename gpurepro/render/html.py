@@ -126,10 +126,11 @@ def _step_rows(run_path: pathlib.Path, record: RunRecord) -> list[dict]:
     """One dict per step: run.json's summary merged with the step's result.json when it is there."""
     rows = []
     for entry in record.steps:
-        result = _read_json(run_path / "steps" / entry.step / "result.json") or {}
+        result = _read_json(run_path / "steps" / entry.dirname / "result.json") or {}
         if result.get("arch") not in (None, entry.arch):
             result = {}  # the same step at another arch: only run.json's summary is this row's
-        rows.append({**result, **{k: v for k, v in dataclasses.asdict(entry).items() if v is not None}})
+        rows.append({**result, **{k: v for k, v in dataclasses.asdict(entry).items() if v is not None},
+                     "dir": entry.dirname})
     return rows
 
 
@@ -508,7 +509,7 @@ RUN_LOG_OPEN = ("runtime_error", "init_error", "can_implement_error", "mismatch"
 def _step_section(run_path: pathlib.Path, r: dict, partner: str | None, manifest=None,
                   diffs: dict | None = None) -> str:
     step = r["step"]
-    base = run_path / "steps" / step
+    base = run_path / "steps" / r.get("dir", step)
     expanded = is_expanded(r)
     state = ("departed" if r.get("verdict") == "departed" else "infra" if r.get("verdict") == "infra"
              else "failed" if expanded else "calm")
@@ -547,7 +548,8 @@ def _step_section(run_path: pathlib.Path, r: dict, partner: str | None, manifest
         open_ = expanded and name == "run.log" and r.get("outcome") in RUN_LOG_OPEN
         parts.append(f'<details{" open" if open_ else ""}><summary>{_e(name)}{_e(note)}</summary>'
                      f"<pre>{_e(text)}</pre></details>")
-    parts.append(_layout_section(run_path, step, partner))
+    suffix = f"@{r['toolchain']}" if r.get("toolchain") else ""  # a matrix run: the parent in the same toolchain
+    parts.append(_layout_section(run_path, r.get("dir", step), f"{partner}{suffix}" if partner else None))
     if base.is_dir():
         files = sorted(p for p in base.rglob("*") if p.is_file() and not p.is_symlink())
         links = ", ".join(f'<a href="{_e(p.relative_to(run_path).as_posix())}">'

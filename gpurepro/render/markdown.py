@@ -43,6 +43,20 @@ def repro_summary(record: RunRecord, results: list[StepResult]) -> str:
         lines.append(f"| {md_cell(r.step)} | {md_cell(r.arch + (f' ({r.toolchain})' if r.toolchain else ''))} | "
                      f"{md_cell(r.expected or 'unknown')} | {md_cell(r.outcome.value)} | {md_cell(r.verdict.value)} | "
                      f"{compile_s} | {md_cell(cache)} | {md_cell(r.reason)} |")
+    toolchains = list(dict.fromkeys(r.toolchain for r in results if r.toolchain))
+    if toolchains:
+        lines += ["", "## Steps × toolchains", "", "| step | arch | " + " | ".join(map(md_cell, toolchains)) + " |",
+                  "|---|---|" + "---|" * len(toolchains)]
+        cells = {(r.step, r.arch, r.toolchain): r for r in results}
+        for step, arch in dict.fromkeys((r.step, r.arch) for r in results):
+            row = [cells.get((step, arch, t)) for t in toolchains]
+            lines.append(f"| {md_cell(step)} | {md_cell(arch)} | "
+                         + " | ".join(md_cell(c.outcome.value) if c else "-" for c in row) + " |")
+        versions = {t.get("name"): t for t in record.toolchains}
+        lines += ["", "| toolchain | nvcc | CUTLASS | FlashInfer |", "|---|---|---|---|"]
+        lines += [f"| {md_cell(t)} | {md_cell(versions.get(t, {}).get('nvcc', '?'))} | "
+                  f"{md_cell(versions.get(t, {}).get('cutlass', '?'))} | "
+                  f"{md_cell(versions.get(t, {}).get('flashinfer', '?'))} |" for t in toolchains]
     departed = [r for r in results if r.verdict in (Verdict.DEPARTED, Verdict.INFRA)]
     if departed:
         lines += ["", "## Reproduce", ""]

@@ -40,6 +40,11 @@ class StepSummary:
     cache: dict | None = None  # {"status": "hit"|"miss"|"off", "key": sha256}
     toolchain: str | None = None
 
+    @property
+    def dirname(self) -> str:
+        """Its directory under steps/ (see StepResult.dirname)."""
+        return self.step if not self.toolchain else f"{self.step}@{self.toolchain}"
+
 
 @dataclass
 class KernelsInfo:
@@ -79,6 +84,7 @@ class RunRecord:
     error: str | None = None
     reproduce: str | None = None
     kernels: KernelsInfo | None = None
+    toolchains: list[dict] = field(default_factory=list)  # a matrix run: each named toolchain's exact versions
     extra: dict = field(default_factory=dict)  # keys written by another version of the tool, kept as they are
 
     # --- typed views readers need ---------------------------------------------------------------------

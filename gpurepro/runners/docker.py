@@ -24,6 +24,7 @@ from ..classify import ExecResult
 from ..config import Config
 from ..errors import (ContainerError, ContainerStoppedError, DaemonGoneError, DockerUnavailableError, ImageMissingError,
                       InfraError, NvccMissingError, ToolMissingError)
+from ..run.lock import ContainerLock
 from .base import CappedOutput, Runner, short_command
 
 LABEL_MANAGED = "gpurepro.managed"
@@ -99,11 +100,15 @@ class DockerRunner(Runner):
         self.created = False  # this command created it (so a failed start removes it)
         self.image = None
         self.fatal: InfraError | None = None  # set once the container or daemon is gone mid-run
+        self.users: ContainerLock | None = None  # runs sharing this container (docs/contracts.md, Faults)
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
+        if self.users is None:
+            self.users = ContainerLock(f"{daemon_endpoint(self.client)} {self.container_name}")
         try:
-            self._start()
+            with self.users.starting():  # one run starts or creates it at a time; then shared until close()
+                self._start()
         except docker.errors.DockerException as exc:
             self._remove_if_created()
             raise InfraError(f"docker: {_short(exc)}") from None
@@ -122,6 +127,7 @@ class DockerRunner(Runner):
             return
         image = self._image()
         if existing is not None and existing.labels.get(LABEL_IMAGE) != image.id:
+            self.users.wait_alone(self.log, "recreating it: its image changed")  # never under a running run
             self.log(f"recreating container {self.container_name}: its image changed")
             existing.remove(force=True)
             existing = None
@@ -138,6 +144,10 @@ class DockerRunner(Runner):
         self.image = image
         if self.container.status != "running":
             raise InfraError(f"container {self.container_name} is {self.container.status}, not running")
+
+    def close(self) -> None:
+        if self.users is not None:
+            self.users.release()
 
     def _find(self, name: str):
         try:

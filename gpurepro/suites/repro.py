@@ -56,10 +56,11 @@ class RunRequest:
     no_cache: bool = False  # compile every step; the cache is written, not read
     argv: list[str] = field(default_factory=invoked_command)
     prefer_arch: str | None = None  # compile for this where the step lists it, else the step's first target
+    toolchains: list[str] | None = None  # named toolchains (ci/toolchains.yaml) to run every step with
 
     def to_record(self, backend: str) -> dict:
         return {"steps": self.steps, "all": self.all, "arch": self.arch, "backend": backend,
-                "compile_only": self.compile_only, "no_cache": self.no_cache}
+                "compile_only": self.compile_only, "no_cache": self.no_cache, "toolchains": self.toolchains}
 
 
 @dataclass
@@ -82,6 +83,7 @@ class StepContext:
     cache_key: str | None = None  # the entry to write once the step's files are out (a miss, or --no-cache)
     logs: dict[str, str] = field(default_factory=dict)
     stage: str = "queued"
+    env: "Env | None" = None  # its toolchain's runner and facts (one Env per toolchain lane)
     done: bool = False  # outcome decided: the remaining stages are skipped
     finished: bool = False  # copied out and written
 
@@ -125,6 +127,7 @@ class Env:
     history: StepHistory | None = None
     memory: MemoryBudget | None = None
     toolchain: dict | None = None  # the cache key's toolchain part; None: nothing to key on, compile every time
+    lane: "Lane | None" = None  # the named toolchain this Env compiles with (a matrix run), else None
 
 
 Stage = Callable[[Env, StepContext], None]
@@ -154,8 +157,10 @@ def compile_jobs(config: Config, request: RunRequest, count: int) -> int:
     return max(1, min(wanted, count))
 
 
-def reproduce_command(step: str, arch: str, backend: str, compile_only: bool = False) -> str:
-    return f"invoke repro {step} --arch {arch} --backend {backend}" + (" --compile-only" if compile_only else "")
+def reproduce_command(step: str, arch: str, backend: str, compile_only: bool = False,
+                      toolchain: str | None = None) -> str:
+    return (f"invoke repro {step} --arch {arch} --backend {backend}" + (" --compile-only" if compile_only else "")
+            + (f" --toolchain {toolchain}" if toolchain else ""))
 
 
 # --- the suite ---------------------------------------------------------------------------------------
@@ -165,7 +170,12 @@ def execute(config: Config, request: RunRequest, *, console=None, runner: Runner
     console = console or Console()
     manifest = load_manifest(config.manifest)
     steps = select_steps(manifest, request)  # bad input: exit 2 before anything is created
-    runner = runner or make_runner(config, request.backend, log=console.info)
+    lanes = plan_lanes(config, request, log=console.info) if request.toolchains else [Lane()]
+    usable = [lane for lane in lanes if lane.equivalent_to is None and lane.problem is None]
+    if not usable:
+        raise InfraError(f"no toolchain can run here: {lanes[0].problem}")
+    if runner is None:
+        runner = usable[0].make_runner(config, request.backend, console.info)
     contexts: list[StepContext] = []
 
     def finish(run: ActiveRun) -> None:
@@ -173,23 +183,150 @@ def execute(config: Config, request: RunRequest, *, console=None, runner: Runner
 
     with open_run(config, kind=KIND, request=request.to_record(runner.name), runner=runner,
                   argv=request.argv, console=console, finish=finish) as run:
-        env = Env(config, request, runner, run.facts, console, memory=MemoryBudget(int(memory_gb() * 0.85 * 2**30)))
+        shared = dict(memory=MemoryBudget(int(memory_gb() * 0.85 * 2**30)))
         if config.cache.enabled:
-            env.cache = ActionCache(config.cache.dir, config.cache.max_bytes)
-            env.history = StepHistory(config.cache.dir)
-        env.toolchain = toolchain_identity(runner, run.facts) if env.cache is not None else None
-        run.state["env"] = env
-        contexts.extend(_new_context(env, run, step) for step in steps)
-        with console.steps([StepLine(ctx.step.id, ctx.arch, expected=_expected_seconds(env, ctx)) for ctx in contexts]):
-            _compile_all(env, run, contexts, manifest)
+            shared.update(cache=ActionCache(config.cache.dir, config.cache.max_bytes),
+                          history=StepHistory(config.cache.dir))
+        run.record.toolchains = [lane.toolchain.record() for lane in lanes if lane.toolchain is not None]
+        envs = []
+        for lane in lanes:
+            if lane.equivalent_to is not None:
+                continue  # its results are its representative's (see _finish_run)
+            if lane is usable[0]:
+                lane_runner, facts = runner, run.facts
+            elif lane.problem is not None:  # cannot start here: its cells say why, nothing runs
+                lane_runner, facts = runner, run.facts
+            else:
+                lane_runner = lane.make_runner(config, request.backend, console.info)
+                facts = run.attach(lane_runner, nvcc=config.compile.nvcc)
+            env = Env(config, request, lane_runner, facts, console, lane=lane, **shared)
+            env.interrupted = envs[0].interrupted if envs else env.interrupted  # one interrupt for every lane
+            env.toolchain = toolchain_identity(lane_runner, facts) if env.cache is not None else None
+            if lane.problem is None:
+                lane.check_facts(facts)
+            envs.append(env)
+        run.state["env"] = envs[0]
+        run.state["lanes"] = lanes
+        contexts.extend(_new_context(env, run, step) for env in envs for step in steps)
+        with console.steps([StepLine(ctx.result.step, _label(ctx), expected=_expected_seconds(ctx.env, ctx))
+                            for ctx in contexts]):
+            _compile_all(envs[0], run, contexts, manifest)
             for ctx in contexts:
-                _run_stages(env, ctx, DEVICE_STAGES)
-                _finish_step(env, run, ctx, manifest)
-    results = [ctx.result for ctx in contexts]
+                _run_stages(ctx.env, ctx, DEVICE_STAGES)
+                _finish_step(ctx.env, run, ctx, manifest)
+    results = _with_equivalents([ctx.result for ctx in contexts], lanes)
     outcome = RunOutcome(run=run.directory, results=results, status=run.status, exit_code=exit_code_for(
         r.verdict for r in results))
     console.results(results, run.directory)
     return outcome
+
+
+def _label(ctx: StepContext) -> str:
+    return ctx.arch if ctx.result.toolchain is None else f"{ctx.arch},{ctx.result.toolchain}"
+
+
+# --- toolchain lanes -------------------------------------------------------------------------------------
+@dataclass
+class Lane:
+    """One toolchain of a matrix run: its image (docker) or header tree (host), and whether it only repeats
+    another (equivalent: same headers and compiler, so not run twice). Lane() is the configured toolchain."""
+
+    toolchain: object = None  # gpurepro.toolchains.Toolchain
+    equivalent_to: str | None = None
+    problem: str | None = None  # why this lane cannot compile here (an infra_error for each of its cells)
+
+    @property
+    def name(self) -> str | None:
+        return getattr(self.toolchain, "name", None)
+
+    def config_for(self, config: Config) -> Config:
+        if self.toolchain is None:
+            return config
+        docker = dataclasses.replace(config.docker, image=self.toolchain.image(config.docker.images["toolchain"]),
+                                     container=f"{config.docker.container}-{self.name}")
+        host = dataclasses.replace(config.host, flashinfer=str(_toolchain_headers_dir(config, self.toolchain)))
+        return dataclasses.replace(config, docker=docker, host=host)
+
+    def make_runner(self, config: Config, backend: str, log) -> Runner:
+        return make_runner(self.config_for(config), backend, log=log)
+
+    def check_facts(self, facts: Facts) -> None:
+        """The toolchain the runner really has: on the host, nvcc is the host's own, whatever the lane says."""
+        if self.toolchain is None:
+            return
+        found = facts.values.get("nvcc_version") or ""
+        wanted = self.toolchain.nvcc_version
+        if wanted and found and wanted.split(".")[:2] != _release(found).split(".")[:2]:
+            self.problem = (f"toolchain {self.name} needs nvcc {wanted}; the runner has {_release(found)} "
+                            f"(the host backend uses the host's nvcc; use --backend docker)")
+
+
+def _release(nvcc_version: str) -> str:
+    found = re.search(r"V(\d+\.\d+\.\d+)", nvcc_version) or re.search(r"(\d+\.\d+)", nvcc_version)
+    return found.group(1) if found else nvcc_version
+
+
+def _toolchain_headers_dir(config: Config, toolchain) -> pathlib.Path:
+    return pathlib.Path(config.host.flashinfer).expanduser().parent / "toolchains" / toolchain.name
+
+
+def plan_lanes(config: Config, request: RunRequest, *, log) -> list[Lane]:
+    """The toolchains asked for, each with what it needs here: its image built (docker) or its headers laid out
+    (host), offline from the pinned wheels. Equivalent toolchains are run once."""
+    from ..toolchains import equivalence_groups, load_toolchains
+
+    chosen = load_toolchains(config.root / "ci" / "toolchains.yaml").select(request.toolchains)
+    from ..images import local_wheel_dirs, pool_dir
+
+    lanes = []
+    for group in equivalence_groups(chosen, [pool_dir(config), *local_wheel_dirs()]):
+        first, *rest = group
+        lanes.append(Lane(first))
+        lanes += [Lane(other, equivalent_to=first.name) for other in rest]
+    order = {t.name: i for i, t in enumerate(chosen)}
+    lanes.sort(key=lambda lane: order[lane.name])
+    for lane in lanes:
+        if lane.equivalent_to is None:
+            try:
+                _prepare_lane(config, request, lane, log)
+            except GpuReproError as exc:  # e.g. a CUDA 12.9 toolchain that needs a registry: its cells say so
+                lane.problem = f"toolchain {lane.name} cannot be built here: {exc.one_line()}"
+                log(lane.problem)
+    return lanes
+
+
+def _prepare_lane(config: Config, request: RunRequest, lane: Lane, log) -> None:
+    from ..images import build_image, image_exists, layout_headers
+
+    if request.backend == "host":
+        target = _toolchain_headers_dir(config, lane.toolchain)
+        if not (target / "3rdparty" / "cutlass" / "include" / "cutlass" / "version.h").is_file():
+            log(f"toolchain {lane.name}: laying out its headers in {target}")
+            layout_headers(config, lane.toolchain, target, log=log)
+        return
+    from ..runners.docker import connect
+
+    image = lane.toolchain.image(config.docker.images["toolchain"])
+    client = connect()
+    try:
+        if not image_exists(client, image):
+            log(f"toolchain {lane.name}: building {image} (offline, from its pinned wheels)")
+            build_image(client, config, "toolchain", toolchain=lane.toolchain, tag_latest=False, log=log)
+    finally:
+        client.close()
+
+
+def _with_equivalents(results: list[StepResult], lanes: list[Lane]) -> list[StepResult]:
+    """An equivalent toolchain's cells: its representative's results, saying so (never run twice)."""
+    out = list(results)
+    for lane in lanes:
+        if lane.equivalent_to is None:
+            continue
+        for r in results:
+            if r.toolchain == lane.equivalent_to:
+                out.append(dataclasses.replace(r, toolchain=lane.name, cache=None,
+                                               reason=f"same as {lane.equivalent_to} (equivalent toolchain): {r.reason}"))
+    return out
 
 
 NOTES_SECONDS_RE = re.compile(r"[Cc]ompiles?\b[^.;]*?~?(\d+(?:\.\d+)?)(?:\s*-\s*(\d+(?:\.\d+)?))?\s*s\b|"
@@ -212,22 +349,27 @@ def _expected_seconds(env: Env, ctx: StepContext) -> float | None:
 
 def _new_context(env: Env, run: ActiveRun, step: Step) -> StepContext:
     arch = target_arch(step, env.request, env.config)
+    toolchain = env.lane.name if env.lane else None
     result = StepResult(step=step.id, arch=arch, outcome=Outcome.INFRA_ERROR, reason="not run",
-                        device_arch=env.facts.gpu.arch if env.facts.gpu else None)
-    result.reproduce = reproduce_command(step.id, arch, env.runner.name, env.request.compile_only)
-    return StepContext(step=step, arch=arch, workdir=f"{run.work_root}/{step.id}", result=result)
+                        device_arch=env.facts.gpu.arch if env.facts.gpu else None, toolchain=toolchain)
+    result.reproduce = reproduce_command(step.id, arch, env.runner.name, env.request.compile_only, toolchain)
+    work_root = f"{env.runner.work_root().rstrip('/')}/{run.run_id}"
+    ctx = StepContext(step=step, arch=arch, workdir=f"{work_root}/{result.dirname}", result=result, env=env)
+    if env.lane and env.lane.problem:
+        ctx.result.reason, ctx.done = env.lane.problem, True
+    return ctx
 
 
 def _compile_all(env: Env, run: ActiveRun, contexts: list[StepContext], manifest: Manifest) -> None:
     jobs = compile_jobs(env.config, env.request, len(contexts))
     if jobs == 1:
         for ctx in contexts:
-            _run_stages(env, ctx, COMPILE_STAGES)
+            _run_stages(ctx.env, ctx, COMPILE_STAGES)
         return
     # not a `with` block: on Ctrl-C it would wait for every compile before the run is marked
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="compile")
     try:
-        futures = [pool.submit(_run_stages, env, ctx, COMPILE_STAGES) for ctx in contexts]
+        futures = [pool.submit(_run_stages, ctx.env, ctx, COMPILE_STAGES) for ctx in contexts]
         for future in concurrent.futures.as_completed(futures):
             future.result()
     except (KeyboardInterrupt, InterruptedRun):
@@ -243,7 +385,7 @@ def _run_stages(env: Env, ctx: StepContext, stages: tuple[tuple[str, Stage], ...
             return
         ctx.stage = name
         if name != "compiling":  # the compile stage says itself whether it is a cache hit
-            env.console.stage(ctx.step.id, ctx.arch, name)
+            env.console.stage(ctx.step.id, _label(ctx), name)
         try:
             stage(env, ctx)
         except (KeyboardInterrupt, InterruptedRun):
@@ -306,6 +448,13 @@ def apply_patches(env: Env, ctx: StepContext) -> None:
     """Copy the runner's CUTLASS headers into the step's directory and patch the copy (never the original)."""
     if not ctx.step.patches:
         return
+    if env.lane and env.lane.toolchain is not None:
+        from ..toolchains import patch_applies
+
+        for patch in ctx.step.patches:
+            verdict = patch_applies(patch, env.lane.toolchain.cutlass_version, env.config.repros_dir / "patches")
+            if verdict is not True:
+                raise InfraError(verdict)  # this cell cannot be built as the step means: no verdict on it
     cutlass = f"{env.runner.flashinfer_root()}/3rdparty/cutlass/include"
     script = (f'set -e; rm -rf {PATCHED_CUTLASS}; mkdir -p {PATCHED_CUTLASS}; cp -r "$1" {PATCHED_CUTLASS}/include; '
               f'shift; for p in "$@"; do echo "applying $p"; patch -p1 --forward --batch -d {PATCHED_CUTLASS} < "$p"; done')
@@ -363,7 +512,7 @@ def compile_step(env: Env, ctx: StepContext) -> None:
     expected = (env.history.get(ctx.step.id, ctx.arch) if env.history else {}) or {}
     need = expected.get("peak_rss_bytes") or int(env.config.compile.memory_gb_per_job * 2**30)
     measured = argv if not env.facts.values.get("python3_path") else peak_rss_wrapper(argv)
-    env.console.stage(ctx.step.id, ctx.arch, "compiling", expected.get("seconds"))
+    env.console.stage(ctx.step.id, _label(ctx), "compiling", expected.get("seconds"))
     with env.memory.reserve(int(need * 1.1)) if env.memory else contextlib.nullcontext():
         ran = env.runner.exec(measured, workdir=ctx.workdir, timeout_s=env.config.compile.timeout_s)
     output, rss = parse_peak_rss(ran.output)
@@ -380,7 +529,7 @@ def compile_step(env: Env, ctx: StepContext) -> None:
 
 
 def _from_cache(env: Env, ctx: StepContext, entry, key: str) -> None:
-    env.console.stage(ctx.step.id, ctx.arch, "compiling: cache hit")
+    env.console.stage(ctx.step.id, _label(ctx), "compiling: cache hit")
     ctx.result.cache = cache_record(HIT, key)
     ctx.result.compile_seconds = round(entry.compile_seconds, 3)
     ctx.result.compile_rss_bytes = entry.peak_rss_bytes
@@ -503,7 +652,7 @@ def _finish_step(env: Env, run: ActiveRun, ctx: StepContext, manifest: Manifest)
     judge_step(ctx.step, ctx.arch, result, env.facts)
     files = dict(ctx.files_in)
     ctx.stage = "collecting"
-    env.console.stage(ctx.step.id, ctx.arch, "collecting")
+    env.console.stage(ctx.step.id, _label(ctx), "collecting")
     try:
         if ctx.step.patches:  # the patched headers are reproducible from the patch; keep only that
             env.runner.exec(["rm", "-rf", PATCHED_CUTLASS], workdir=ctx.workdir, timeout_s=120)
@@ -534,7 +683,7 @@ def _write_step(directory: RunDirectory, ctx: StepContext, files: dict[str, byte
         validate("result", data)
     files["result.json"] = (json.dumps(data, indent=2) + "\n").encode()
     try:
-        directory.write_step_files(ctx.step.id, files)
+        directory.write_step_files(result.dirname, files)
     except OSError as exc:
         raise InfraError(f"cannot write {ctx.step.id}'s results under {directory.path}: {exc.strerror or exc}",
                          hint="free disk space under the reports directory") from None
@@ -556,7 +705,7 @@ def _finish_run(run: ActiveRun, contexts: list[StepContext], manifest: Manifest)
             ctx.result.outcome = Outcome.INFRA_ERROR
             ctx.result.reason = f"not finished: {run.record.error or 'the run ended early'}"
         ctx.done = ctx.finished = True
-        judge_step(ctx.step, ctx.arch, ctx.result, env.facts if env else None)
+        judge_step(ctx.step, ctx.arch, ctx.result, ctx.env.facts if ctx.env else None)
         try:
             _write_step(run.directory, ctx, dict(ctx.files_in))
         except GpuReproError:
