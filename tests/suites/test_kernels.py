@@ -374,7 +374,7 @@ def test_task_and_cli_are_wired():
     finally:
         sys.path.remove(str(ROOT))
     assert "kernels.test" in tasks.ns.task_names
-    assert tasks.ns.collections["image"].tasks["build"].body.__wrapped__.__defaults__ == ("vllm-dev",)
+    assert tasks.ns.collections["image"].tasks["build"].body.__wrapped__.__defaults__ == ("vllm-dev", None)
     from gpurepro.cli import build_parser
 
     args = build_parser().parse_args(["kernels.test", "--backend", "host", "-k", "swizzle", "-m", "not gpu"])
