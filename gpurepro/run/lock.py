@@ -109,6 +109,7 @@ class ContainerLock:
                             pathlib.Path(tempfile.gettempdir()) / "gpurepro-locks")
         name = hashlib.sha256(key.encode()).hexdigest()[:20]
         self.key = key
+        self.container = key.rsplit(" ", 1)[-1]  # the key is "<daemon endpoint> <container name>"
         self.base = base
         self.start_path = base / f"{name}.start"
         self.users_path = base / f"{name}.users"
@@ -135,8 +136,9 @@ class ContainerLock:
                 yield self
                 # EX -> SH is not atomic, but only a holder of the start lock (this run) asks for EX
                 fcntl.flock(self._users, fcntl.LOCK_SH)
-                _HELD[self.key] = _HELD.get(self.key, 0) + 1
-                self._shared = True
+                if not self._shared:
+                    _HELD[self.key] = _HELD.get(self.key, 0) + 1
+                    self._shared = True
             except BaseException:
                 self.release()
                 raise
@@ -151,10 +153,10 @@ class ContainerLock:
             if _HELD.get(self.key):
                 from ..errors import InfraError
 
-                raise InfraError(f"container {self.key.rsplit(' ', 1)[-1]} is in use by this same command and "
+                raise InfraError(f"container {self.container} is in use by this same command and "
                                  f"would have to be recreated ({why or 'its image changed'})",
                                  hint="give each toolchain or target its own container name") from None
-            say(f"waiting for the other run(s) using container {self.key.rsplit(' ', 1)[-1]} to finish"
+            say(f"waiting for the other run(s) using container {self.container} to finish"
                 f"{' before ' + why if why else ''} (Ctrl-C to stop)")
             fcntl.flock(self._users, fcntl.LOCK_EX)
 

@@ -198,11 +198,18 @@ def test_reports_full_mid_run_marks_the_run_failed(project, tiny_reports):
 SLOW_NVCC = "h12-slow-nvcc"
 
 
+def install_slow_nvcc(container, sleep_s: int) -> None:
+    """An nvcc `sleep_s` slower (its --version, the probe's, stays quick), beside the real one so that the
+    toolchain's CUDA home, found from nvcc's path, stays the same."""
+    bindir = container.exec_run(["sh", "-c", "dirname $(command -v nvcc)"]).output.decode().strip()
+    wrapper = f'#!/bin/sh\n[ "$1" = --version ] || sleep {sleep_s}\nexec {bindir}/nvcc "$@"\n'
+    container.put_archive(bindir, _tar({SLOW_NVCC: wrapper.encode()}))
+
+
 def slow_compiles(docker_client, own_container, project, sleep_s: int):
-    """The test's own container whose nvcc takes `sleep_s` longer (the probe's --version stays quick)."""
+    """The test's own container whose compiles take `sleep_s` longer."""
     container = own_container()
-    wrapper = f'#!/bin/sh\n[ "$1" = --version ] || sleep {sleep_s}\nexec nvcc "$@"\n'
-    container.put_archive("/usr/local/bin", _tar({SLOW_NVCC: wrapper.encode()}))
+    install_slow_nvcc(container, sleep_s)
     set_config(project, compile={"nvcc": SLOW_NVCC, "memory_gb_per_job": 1})
     return container
 
@@ -287,3 +294,76 @@ def test_program_hanging_in_preflight_is_a_timeout(project, docker_client):
     assert "timeout" in (run / "summary.md").read_text()
     left = [p for p in processes(docker_client.containers.get(project.container)) if "./hang" in p]
     assert left == [], left
+
+
+# --- two runs at once from one checkout -----------------------------------------------------------------
+def start_tool(project, *args, env=None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=ROOT, env={**project.env(), **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish_tool(tool: subprocess.Popen, timeout: float = 600):
+    try:
+        out, err = tool.communicate(timeout=timeout)
+    finally:
+        if tool.poll() is None:
+            tool.kill()
+    return tool.returncode, out, err
+
+
+def test_two_runs_at_once_create_one_container_and_both_complete(project, docker_client):
+    """Side by side: separate run directories and work directories; the container is created once."""
+    manifest = {"version": 1, "steps": [step("hello"), step("plain", "plain.cu")]}
+    (project.path / "repros" / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    lock_dir = project.path / "locks"
+    env = {"GPUREPRO_LOCK_DIR": str(lock_dir)}
+    tools = [start_tool(project, "repro", name, "--arch", "sm_90a", env=env) for name in ("hello", "plain")]
+    ends = [finish_tool(tool) for tool in tools]
+    for code, out, err in ends:
+        assert code == 0 and err.strip() == "", out[-2000:] + err
+    runs = run_dirs(project.reports)
+    assert len(runs) == 2
+    records = {record_of(run)["steps"][0]["step"]: record_of(run) for run in runs}
+    assert sorted(records) == ["hello", "plain"]
+    for name, record in records.items():
+        assert record["status"] == "complete" and record["exit_code"] == 0, record
+        assert record["steps"][0]["outcome"] not in ("infra_error", "interrupted"), record["steps"]
+        assert not (project.reports / record["run_id"] / LOCK).exists()
+    # one container, made once: both runs saw the same one
+    assert len({r["environment"]["container_id"] for r in records.values()}) == 1
+    assert project.latest() in runs
+    assert len(docker_client.containers.list(all=True, filters={"name": f"^/{project.container}$"})) == 1
+
+
+def test_recreating_the_container_waits_for_the_run_using_it(project, docker_client, tmp_path):
+    """A run that must recreate the shared container (its image changed) waits, with one line on stdout, until
+    the run using the old one has ended; that run is never cut off."""
+    env = {"GPUREPRO_LOCK_DIR": str(project.path / "locks")}
+    first = invoke(project, "repro", "hello", "--arch", "sm_90a", env=env)  # creates the container
+    assert first.returncode == 0, first.stderr
+    container = docker_client.containers.get(project.container)
+    install_slow_nvcc(container, 23)
+    slow_config = project.path / "slow.yaml"
+    raw = yaml.safe_load(project.config_path.read_text())
+    raw["compile"]["nvcc"] = SLOW_NVCC
+    slow_config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    # the slow run compiles `plain` (not in the cache yet); the other wants the container from another image
+    manifest = {"version": 1, "steps": [step("hello"), step("plain", "plain.cu")]}
+    (project.path / "repros" / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    slow = start_tool(project, "repro", "plain", "--arch", "sm_90a", env={**env, "GPUREPRO_CONFIG": str(slow_config)})
+    wait_for(lambda: any("sleep 23" in p for p in processes(container)), 120, "the slow compile")
+    other = start_tool(project, "repro", "hello", "--arch", "sm_90a", env={**env, "GPUREPRO_IMAGE": TOOLCHAIN})
+    slow_code, slow_out, slow_err = finish_tool(slow)
+    other_code, other_out, other_err = finish_tool(other)
+    assert slow_code == 0 and slow_err.strip() == "", slow_out[-2000:] + slow_err
+    assert other_code == 0 and other_err.strip() == "", other_out[-2000:] + other_err
+    waited = [line for line in other_out.splitlines() if line.startswith("waiting for")]
+    assert waited == [f"waiting for the other run(s) using container {project.container} to finish before "
+                      "recreating it: its image changed (Ctrl-C to stop)"], other_out
+    records = sorted((record_of(run) for run in run_dirs(project.reports)), key=lambda r: r["started_at"])
+    assert [r["status"] for r in records] == ["complete"] * 3
+    slow_record = next(r for r in records if r["steps"][0]["step"] == "plain")
+    assert slow_record["steps"][0]["outcome"] not in ("infra_error", "interrupted"), slow_record["steps"]
+    assert records[-1]["environment"]["image"] == TOOLCHAIN
+    assert records[-1]["environment"]["container_id"] != slow_record["environment"]["container_id"]
+    assert docker_client.containers.get(project.container).labels["gpurepro.image-ref"] == TOOLCHAIN
