@@ -27,7 +27,7 @@ def split_steps(steps) -> list[str]:
 
 
 def repro(steps=None, *, all=False, arch=None, backend="auto", compile_only=False, jobs=None, record=False,
-          no_cache=False, toolchain=None, config=None, argv=None, console=None) -> int:
+          no_cache=False, toolchain=None, force_arch=False, config=None, argv=None, console=None) -> int:
     cfg = load_config(config)
     if arch is not None:
         check_arch(arch)
@@ -36,7 +36,7 @@ def repro(steps=None, *, all=False, arch=None, backend="auto", compile_only=Fals
         steps, all = [], True
     request = RunRequest(steps=steps, all=all, arch=arch, backend=backend, compile_only=compile_only,
                          jobs=parse_jobs(jobs), no_cache=no_cache, argv=invoked_command(argv),
-                         toolchains=_toolchain_names(cfg, toolchain))
+                         toolchains=_toolchain_names(cfg, toolchain), force_arch=force_arch)
     console = console or Console()
     outcome = execute(cfg, request, console=console)
     if record:

@@ -21,12 +21,14 @@ install_usage_errors()
     "record": "write the observed outcomes back into repros/manifest.yaml as expectations",
     "no-cache": "compile every step (the compile cache is written, not read)",
     "toolchain": "named toolchains from ci/toolchains.yaml, comma-separated, or `all`: every step with each",
+    "force-arch": "compile for --arch even where the manifest does not list it as the step's target",
 })
 def run(c, steps=None, arch=None, backend="auto", compile_only=False, jobs=None, record=False, no_cache=False,
-        toolchain=None):
-    """Compile, arch-check, run and classify repro steps; write reports/<run-id>/ and JUnit."""
+        toolchain=None, force_arch=False):
+    """Compile, arch-check, run and classify repro steps; write reports/<run-id>/ and JUnit.
+    Steps: ids comma-separated; `step1` is taken for `step01`, a typo gets the closest names."""
     return app.repro(steps, arch=arch, backend=backend, compile_only=compile_only, jobs=jobs, record=record,
-                     no_cache=no_cache, toolchain=toolchain)
+                     no_cache=no_cache, toolchain=toolchain, force_arch=force_arch)
 
 
 @engine_task(name="list")

@@ -85,12 +85,13 @@ class ManifestError(ConfigError):
 
 class UnknownStepError(BadInputError):
     def __init__(self, step: str, known: list[str]):
-        close = [k for k in known if k.startswith(step[:6])][:5] or known[:5]
-        super().__init__(
-            f"unknown step '{step}'",
-            hint=f"known steps include: {', '.join(close)}; `invoke repro.list` shows all",
-        )
+        import difflib
+
+        close = difflib.get_close_matches(step, known, n=5, cutoff=0.6)
+        hint = (f"did you mean {', '.join(close)}?" if close else f"known steps include: {', '.join(known[:5])};")
+        super().__init__(f"unknown step '{step}'", hint=f"{hint} `invoke repro.list` shows all")
         self.step = step
+        self.suggestions = close
 
 
 class UsageError(BadInputError):

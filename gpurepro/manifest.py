@@ -41,10 +41,16 @@ class Manifest:
         return self.path.parent
 
     def get(self, step_id: str) -> Step:
-        try:
+        """A step by id; `step1` is accepted for `step01` (the number without its zero padding), nothing looser."""
+        if step_id in self.steps:
             return self.steps[step_id]
-        except KeyError:
-            raise UnknownStepError(step_id, list(self.steps)) from None
+        found = re.fullmatch(r"(?P<prefix>[A-Za-z_]+?)0*(?P<number>\d+)", step_id or "")
+        if found:
+            padded = [sid for sid in self.steps
+                      if re.fullmatch(rf"{re.escape(found['prefix'])}0*{int(found['number'])}", sid)]
+            if len(padded) == 1:
+                return self.steps[padded[0]]
+        raise UnknownStepError(step_id, list(self.steps))
 
     def select(self, ids: list[str]) -> list[Step]:
         return [self.get(i) for i in ids]

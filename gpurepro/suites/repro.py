@@ -57,10 +57,12 @@ class RunRequest:
     argv: list[str] = field(default_factory=invoked_command)
     prefer_arch: str | None = None  # compile for this where the step lists it, else the step's first target
     toolchains: list[str] | None = None  # named toolchains (ci/toolchains.yaml) to run every step with
+    force_arch: bool = False  # compile for --arch even where a step does not list it as a target
 
     def to_record(self, backend: str) -> dict:
         return {"steps": self.steps, "all": self.all, "arch": self.arch, "backend": backend,
-                "compile_only": self.compile_only, "no_cache": self.no_cache, "toolchains": self.toolchains}
+                "compile_only": self.compile_only, "no_cache": self.no_cache, "toolchains": self.toolchains,
+                "force_arch": self.force_arch}
 
 
 @dataclass
@@ -134,12 +136,24 @@ Stage = Callable[[Env, StepContext], None]
 
 
 # --- selection -------------------------------------------------------------------------------------
-def select_steps(manifest: Manifest, request: RunRequest) -> list[Step]:
+def select_steps(manifest: Manifest, request: RunRequest, log=None) -> list[Step]:
+    """The steps asked for; with --arch, only those that list it as a compile target (unless --force-arch)."""
     if request.all:
-        return list(manifest.steps.values())
-    if not request.steps:
+        steps = list(manifest.steps.values())
+    elif not request.steps:
         raise UsageError("no step given", hint="name one or more steps, or `all`; `invoke repro.list` shows them")
-    return manifest.select(request.steps)
+    else:
+        steps = manifest.select(request.steps)
+    if not request.arch or request.force_arch:
+        return steps
+    other = [s for s in steps if s.targets and request.arch not in s.targets]
+    if other and not request.all:
+        names = ", ".join(f"{s.id} ({' '.join(s.targets)})" for s in other[:4])
+        raise UsageError(f"--arch {request.arch} is not a compile target of {names}",
+                         hint="add --force-arch to compile it anyway")
+    if other and log is not None:
+        log(f"left out (no {request.arch} target): {', '.join(s.id for s in other)}")
+    return [s for s in steps if s not in other]
 
 
 def target_arch(step: Step, request: RunRequest, config: Config) -> str:
@@ -158,9 +172,9 @@ def compile_jobs(config: Config, request: RunRequest, count: int) -> int:
 
 
 def reproduce_command(step: str, arch: str, backend: str, compile_only: bool = False,
-                      toolchain: str | None = None) -> str:
+                      toolchain: str | None = None, force_arch: bool = False) -> str:
     return (f"invoke repro {step} --arch {arch} --backend {backend}" + (" --compile-only" if compile_only else "")
-            + (f" --toolchain {toolchain}" if toolchain else ""))
+            + (f" --toolchain {toolchain}" if toolchain else "") + (" --force-arch" if force_arch else ""))
 
 
 # --- the suite ---------------------------------------------------------------------------------------
@@ -169,7 +183,7 @@ def execute(config: Config, request: RunRequest, *, console=None, runner: Runner
 
     console = console or Console()
     manifest = load_manifest(config.manifest)
-    steps = select_steps(manifest, request)  # bad input: exit 2 before anything is created
+    steps = select_steps(manifest, request, console.info)  # bad input: exit 2 before anything is created
     lanes = plan_lanes(config, request, log=console.info) if request.toolchains else [Lane()]
     usable = [lane for lane in lanes if lane.equivalent_to is None and lane.problem is None]
     if not usable:
@@ -352,7 +366,8 @@ def _new_context(env: Env, run: ActiveRun, step: Step) -> StepContext:
     toolchain = env.lane.name if env.lane else None
     result = StepResult(step=step.id, arch=arch, outcome=Outcome.INFRA_ERROR, reason="not run",
                         device_arch=env.facts.gpu.arch if env.facts.gpu else None, toolchain=toolchain)
-    result.reproduce = reproduce_command(step.id, arch, env.runner.name, env.request.compile_only, toolchain)
+    result.reproduce = reproduce_command(step.id, arch, env.runner.name, env.request.compile_only, toolchain,
+                                         env.request.force_arch and bool(step.targets) and arch not in step.targets)
     work_root = f"{env.runner.work_root().rstrip('/')}/{run.run_id}"
     ctx = StepContext(step=step, arch=arch, workdir=f"{work_root}/{result.dirname}", result=result, env=env)
     if env.lane and env.lane.problem:

@@ -4,7 +4,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from projects import make_project
+from projects import ROOT, make_project
 from gpurepro.classify import ExecResult
 from gpurepro.config import load_config
 from gpurepro.render.console import Console
@@ -134,3 +134,32 @@ def test_recorded_command_is_one_a_user_can_retype(argv, expected):
     from gpurepro.environment import invoked_command
 
     assert invoked_command(argv) == expected
+
+
+def test_step_names_short_forms_and_suggestions(config):
+    from gpurepro.errors import UnknownStepError
+    from gpurepro.manifest import load_manifest
+
+    manifest = load_manifest(config.manifest)
+    assert manifest.get("hello").id == "hello"
+    with pytest.raises(UnknownStepError) as caught:
+        manifest.get("helo")
+    assert caught.value.suggestions == ["hello"] and "did you mean hello?" in caught.value.one_line()
+    real = load_manifest(ROOT / "repros" / "manifest.yaml")
+    assert real.get("step1").id == "step01" and real.get("step6").id == "step06"
+    with pytest.raises(UnknownStepError) as caught:
+        real.get("stepp14")
+    assert caught.value.suggestions[0] == "step14"
+
+
+def test_arch_must_be_a_target_of_the_step_unless_forced(config):
+    from gpurepro.errors import UsageError
+
+    with pytest.raises(UsageError, match="--arch sm_120a is not a compile target of hello .sm_90a.*--force-arch"):
+        run(config, FakeRunner(), steps=("hello",), arch="sm_120a")
+    assert not config.reports_dir.exists()  # refused before any work
+    outcome = run(config, FakeRunner(), steps=("hello",), arch="sm_120a", force_arch=True)
+    assert outcome.results[0].arch == "sm_120a" and outcome.results[0].reproduce.endswith("--force-arch")
+    everything = execute(config, RunRequest(all=True, arch="sm_120a", argv=["invoke", "repro", "all"]),
+                         console=Console(), runner=FakeRunner())
+    assert [r.step for r in everything.results] == ["broken"]  # `all` leaves out what has no such target
