@@ -439,8 +439,8 @@ def reports_prune(keep=None, *, dry_run=False, config=None, console=None) -> int
     return 0
 
 
-def ci_nightly(targets=None, *, targets_file=None, steps=None, jobs=None, no_cache=False, config=None,
-               console=None) -> int:
+def ci_nightly(targets=None, *, targets_file=None, steps=None, jobs=None, no_cache=False, next_toolchain=None,
+               config=None, console=None) -> int:
     """Every step on every target of ci/targets.yaml (or the named ones), concurrently; one merged report."""
     from .nightly import load_targets, nightly, select_targets
 
@@ -448,7 +448,11 @@ def ci_nightly(targets=None, *, targets_file=None, steps=None, jobs=None, no_cac
     path = pathlib.Path(targets_file) if targets_file else cfg.root / "ci" / "targets.yaml"
     chosen = select_targets(load_targets(path), split_steps(targets))
     console = console or Console()
+    next_names = _toolchain_names(cfg, next_toolchain)
+    if next_names and len(next_names) != 1:
+        raise UsageError("--next-toolchain takes one toolchain")
     outcome = nightly(cfg, chosen, steps=split_steps(steps) or None, jobs=parse_jobs(jobs), no_cache=no_cache,
+                      next_toolchain=next_names[0] if next_names else None,
                       reports_dir=cfg.reports_dir / "nightly", log=console.info)
     console.info((outcome.path / "summary.md").read_text())
     console.info(f"report: {(outcome.path / 'index.html').resolve().as_uri()}")

@@ -169,10 +169,13 @@ def report_merge(c, run_dirs=None, out=None):
     "steps": "step ids, comma-separated (default: every step)",
     "jobs": "parallel compiles per target",
     "no-cache": "compile every step (the compile cache is written, not read)",
+    "next-toolchain": "also run every step with this toolchain of ci/toolchains.yaml and report, apart, the steps "
+                      "whose outcome would change on upgrade",
 })
-def nightly(c, target=None, targets_file=None, steps=None, jobs=None, no_cache=False):
+def nightly(c, target=None, targets_file=None, steps=None, jobs=None, no_cache=False, next_toolchain=None):
     """Every step on every GPU target, concurrently; rerun departures; exit 1 only for what changed."""
-    return app.ci_nightly(target, targets_file=targets_file, steps=steps, jobs=jobs, no_cache=no_cache)
+    return app.ci_nightly(target, targets_file=targets_file, steps=steps, jobs=jobs, no_cache=no_cache,
+                          next_toolchain=next_toolchain)
 
 
 @engine_task(name="stats")

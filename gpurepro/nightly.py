@@ -148,6 +148,7 @@ class TargetReport:
     error: str | None = None                     # the target could not be run at all (or only in part)
     device: str | None = None
     kernels: dict | None = None  # kernels.test there: run, exit_code, counts, failed (test ids), error
+    upgrade: dict | None = None  # --next-toolchain: the steps whose outcome would change (toolchain, changes)
 
     @property
     def status(self) -> str:
@@ -159,7 +160,7 @@ class TargetReport:
 
     def to_json(self) -> dict:
         return {"target": dataclasses.asdict(self.target), "status": self.status, "error": self.error,
-                "device": self.device, "runs": self.runs, "kernels": self.kernels,
+                "device": self.device, "runs": self.runs, "kernels": self.kernels, "upgrade": self.upgrade,
                 "entries": [e.to_json() for e in self.entries]}
 
     @classmethod
@@ -167,7 +168,7 @@ class TargetReport:
         t = dict(data["target"])
         t["labels"] = tuple(t.get("labels") or ())
         return cls(Target(**t), [Entry.from_json(e) for e in data.get("entries", [])], list(data.get("runs", [])),
-                   data.get("error"), data.get("device"), data.get("kernels"))
+                   data.get("error"), data.get("device"), data.get("kernels"), data.get("upgrade"))
 
 
 def classify_pair(first: StepResult, rerun: StepResult | None) -> str:
@@ -181,7 +182,8 @@ def classify_pair(first: StepResult, rerun: StepResult | None) -> str:
 
 
 def run_target(config: Config, target: Target, nightly_dir: pathlib.Path, *, steps=None, jobs=None,
-               make_runner=None, prepare=None, run_kernels=None, log=print) -> TargetReport:
+               make_runner=None, prepare=None, run_kernels=None, log=print, no_cache=False,
+               next_toolchain: str | None = None) -> TargetReport:
     """Run every (or the given) step on one target, rerun what departed; never raises for the target's faults."""
     from .render.console import Console
     from .suites.repro import RunRequest, execute
@@ -196,11 +198,14 @@ def run_target(config: Config, target: Target, nightly_dir: pathlib.Path, *, ste
     with open(target_dir / "console.log", "a", encoding="utf-8") as console_log:
         console = Console(out=console_log, err=console_log)
 
-        def one_run(step_ids):
+        def one_run(step_ids, toolchain=None):
             request = RunRequest(steps=list(step_ids or []), all=not step_ids, prefer_arch=target.compile_arch,
-                                 backend=target.backend, jobs=jobs,
+                                 backend=target.backend, jobs=jobs, no_cache=no_cache, endpoint=target.endpoint,
+                                 toolchains=[toolchain] if toolchain else None,
                                  argv=["invoke", "ci.nightly", "--target", target.name])
-            outcome = execute(cfg, request, console=console, runner=make_runner(cfg, target, console.info))
+            # a toolchain lane makes its own runner (its image, on the target's endpoint)
+            runner = None if toolchain else make_runner(cfg, target, console.info)
+            outcome = execute(cfg, request, console=console, runner=runner)
             report.runs.append(outcome.run.path.relative_to(nightly_dir).as_posix())
             return outcome.results
 
@@ -215,6 +220,8 @@ def run_target(config: Config, target: Target, nightly_dir: pathlib.Path, *, ste
                 reruns = {r.step: r for r in one_run(departed)}
             if target.kernels:
                 report.kernels = _kernels(cfg, target, nightly_dir, console, run_kernels or kernels_on_target)
+            if next_toolchain:
+                report.upgrade = _upgrade(first, reruns, one_run(steps, next_toolchain), next_toolchain)
         except InterruptedRun:
             raise
         except GpuReproError as exc:
@@ -235,6 +242,18 @@ def run_target(config: Config, target: Target, nightly_dir: pathlib.Path, *, ste
     if target.arch and report.device and report.device != target.arch:
         report.error = f"expected a {target.arch} device, found {report.device}: the target is misconfigured"
     return report
+
+
+def _upgrade(first, reruns, upgraded, toolchain: str) -> dict:
+    """The steps whose outcome would change with the next toolchain: informational, never the exit code."""
+    now = {r.step: (reruns.get(r.step) or r) for r in first}
+    changes = []
+    for r in upgraded:
+        before = now.get(r.step)
+        if before is not None and before.outcome != r.outcome:
+            changes.append({"step": r.step, "arch": r.arch, "now": before.outcome.value, "next": r.outcome.value,
+                            "reason": r.reason})
+    return {"toolchain": toolchain, "steps": len(upgraded), "changes": changes}
 
 
 def _kernels(config, target, nightly_dir, console, run_kernels) -> dict:
@@ -303,7 +322,8 @@ class NightlyOutcome:
 
 
 def nightly(config: Config, targets: list[Target], *, steps=None, jobs=None, reports_dir=None, make_runner=None,
-            prepare=ensure_image, run_kernels=None, log=print) -> NightlyOutcome:
+            prepare=ensure_image, run_kernels=None, log=print, no_cache=False,
+            next_toolchain: str | None = None) -> NightlyOutcome:
     run = RunDirectory.create(pathlib.Path(reports_dir or config.reports_dir))
     started = now_utc().isoformat()
     write_json(run.path / NIGHTLY_JSON, {"nightly_id": run.run_id, "status": "interrupted", "started_at": started,
@@ -319,7 +339,8 @@ def nightly(config: Config, targets: list[Target], *, steps=None, jobs=None, rep
 
         say(f"{target.name}: started ({target.endpoint or target.backend})")
         report = run_target(config, target, run.path, steps=steps, jobs=jobs, make_runner=make_runner,
-                            prepare=prepare, run_kernels=run_kernels, log=say)
+                            prepare=prepare, run_kernels=run_kernels, log=say, no_cache=no_cache,
+                            next_toolchain=next_toolchain)
         counts = _counts(report)
         say(f"{target.name}: {report.status}" + (f" — {report.error}" if report.error else "")
             + f" ({', '.join(f'{n} {c}' for c, n in counts.items() if n)})")
@@ -435,6 +456,17 @@ def render_summary(reports: list[TargetReport], *, title: str) -> str:
             lines.append(f"- **{r.target.name}**: {md_cell(r.error)}")
         for r, e in by_class[INFRA]:
             lines.append(f"- `{e.result.step}` on **{r.target.name}**: {md_cell(e.result.reason)}")
+        lines.append("")
+    upgrades = [r for r in reports if r.upgrade]
+    if upgrades:
+        lines += [f"## On upgrade to {md_cell(upgrades[0].upgrade['toolchain'])} (would change; not counted)", ""]
+        for r in upgrades:
+            changes = r.upgrade["changes"]
+            if not changes:
+                lines.append(f"- **{r.target.name}**: no step changes ({r.upgrade['steps']} steps)")
+            for c in changes:
+                lines.append(f"- `{c['step']}` on **{r.target.name}** ({c['arch']}): {c['now']} now, {c['next']} with "
+                             f"{md_cell(r.upgrade['toolchain'])} — {md_cell(c['reason'])}")
         lines.append("")
     with_kernels = [r for r in reports if r.kernels]
     if with_kernels:

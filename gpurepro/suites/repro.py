@@ -58,6 +58,7 @@ class RunRequest:
     prefer_arch: str | None = None  # compile for this where the step lists it, else the step's first target
     toolchains: list[str] | None = None  # named toolchains (ci/toolchains.yaml) to run every step with
     force_arch: bool = False  # compile for --arch even where a step does not list it as a target
+    endpoint: str | None = None  # the Docker daemon toolchain lanes use (a nightly target's); None: the default
 
     def to_record(self, backend: str) -> dict:
         return {"steps": self.steps, "all": self.all, "arch": self.arch, "backend": backend,
@@ -189,7 +190,7 @@ def execute(config: Config, request: RunRequest, *, console=None, runner: Runner
     if not usable:
         raise InfraError(f"no toolchain can run here: {lanes[0].problem}")
     if runner is None:
-        runner = usable[0].make_runner(config, request.backend, console.info)
+        runner = usable[0].make_runner(config, request, console.info)
     contexts: list[StepContext] = []
 
     def finish(run: ActiveRun) -> None:
@@ -211,7 +212,7 @@ def execute(config: Config, request: RunRequest, *, console=None, runner: Runner
             elif lane.problem is not None:  # cannot start here: its cells say why, nothing runs
                 lane_runner, facts = runner, run.facts
             else:
-                lane_runner = lane.make_runner(config, request.backend, console.info)
+                lane_runner = lane.make_runner(config, request, console.info)
                 facts = run.attach(lane_runner, nvcc=config.compile.nvcc)
             env = Env(config, request, lane_runner, facts, console, lane=lane, **shared)
             env.interrupted = envs[0].interrupted if envs else env.interrupted  # one interrupt for every lane
@@ -261,8 +262,8 @@ class Lane:
         host = dataclasses.replace(config.host, flashinfer=str(_toolchain_headers_dir(config, self.toolchain)))
         return dataclasses.replace(config, docker=docker, host=host)
 
-    def make_runner(self, config: Config, backend: str, log) -> Runner:
-        return make_runner(self.config_for(config), backend, log=log)
+    def make_runner(self, config: Config, request: RunRequest, log) -> Runner:
+        return make_runner(self.config_for(config), request.backend, log=log, endpoint=request.endpoint)
 
     def check_facts(self, facts: Facts) -> None:
         """The toolchain the runner really has: on the host, nvcc is the host's own, whatever the lane says."""
@@ -321,7 +322,7 @@ def _prepare_lane(config: Config, request: RunRequest, lane: Lane, log) -> None:
     from ..runners.docker import connect
 
     image = lane.toolchain.image(config.docker.images["toolchain"])
-    client = connect()
+    client = connect(request.endpoint)
     try:
         if not image_exists(client, image):
             log(f"toolchain {lane.name}: building {image} (offline, from its pinned wheels)")

@@ -38,7 +38,7 @@ def matrix_run(config, monkeypatch, names, steps=("hello", "broken", "patched"))
     def lanes(cfg, request, *, log):  # every toolchain its own lane: no images to build, no wheels to hash
         return [repro.Lane(toolchains[n]) for n in request.toolchains]
 
-    def runner_for(lane, cfg, backend, log):
+    def runner_for(lane, cfg, request, log):
         runner = FakeRunner(image_id="sha256:" + str(abs(hash(lane.name)))[:12].ljust(64, "0"))
         made.append((lane.name, runner))
         return runner
@@ -75,3 +75,24 @@ def test_unknown_toolchain_is_bad_input(config):
 
     with pytest.raises(BadInputError, match="no-such"):
         app.repro("hello", toolchain="default,no-such", config=str(config.path), backend="host")
+
+
+def test_nightly_reports_what_the_next_toolchain_would_change(config, monkeypatch):
+    from gpurepro.nightly import Target, nightly
+
+    toolchains = load_toolchains(config.root / "ci" / "toolchains.yaml")
+    monkeypatch.setattr(repro, "plan_lanes", lambda cfg, request, *, log: [repro.Lane(toolchains[n])
+                                                                            for n in request.toolchains])
+    # with the next toolchain, hello no longer compiles
+    monkeypatch.setattr(repro.Lane, "make_runner", lambda lane, cfg, request, log: FakeRunner(
+        compile_code=1, compile_output="x.cu(1): error: identifier undefined"))
+    done = nightly(config, [Target("a", "host", kernels=False)], steps=["hello"],
+                   reports_dir=config.reports_dir / "nightly", make_runner=lambda cfg, target, log: FakeRunner(),
+                   prepare=None, log=lambda m: None, next_toolchain="nvcc-13.5")
+    [report] = done.targets
+    assert report.upgrade["toolchain"] == "nvcc-13.5"
+    assert [(c["step"], c["now"], c["next"]) for c in report.upgrade["changes"]] == [("hello", "skipped",
+                                                                                      "compile_error")]
+    assert done.exit_code == 0  # what an upgrade would change is news, not today's verdict
+    summary = (done.path / "summary.md").read_text()
+    assert "## On upgrade to nvcc-13.5" in summary and "`hello` on **a**" in summary
