@@ -78,6 +78,10 @@ class CappedOutput:
 
 def short_command(argv, limit: int = 80) -> str:
     """A command as a user would recognise it in one line (compile lines run to a kilobyte)."""
+    from ..cache import _RSS_SCRIPT
+
+    if len(argv) > 3 and list(argv[1:3]) == ["-c", _RSS_SCRIPT]:  # the peak-RSS wrapper: name what it measures
+        argv = argv[3:]
     text = shlex.join(str(a) for a in argv)
     return text if len(text) <= limit else text[:limit - 1] + "…"
 

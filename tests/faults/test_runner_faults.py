@@ -118,6 +118,17 @@ def _record(project) -> dict:
     return json.loads((project.latest() / "run.json").read_text())
 
 
+def _assert_junit_error(run: pathlib.Path, case: str, text: str) -> None:
+    """junit.xml is valid against the schema and the step is an <error> carrying `text`."""
+    import xml.etree.ElementTree as ET
+
+    xmlschema = pytest.importorskip("xmlschema", reason="xmlschema not installed")
+    xmlschema.XMLSchema(str(ROOT / "tests" / "data" / "junit-10.xsd")).validate(str(run / "junit.xml"))
+    cases = {c.get("name"): c for c in ET.parse(run / "junit.xml").iter("testcase")}
+    error = cases[case].find("error")
+    assert error is not None and text in (error.get("message") or "") + (error.text or ""), ET.tostring(cases[case])
+
+
 # --- a gibibyte of output ----------------------------------------------------------------------------
 def test_gigabyte_exec_through_the_docker_runner_stays_small(docker_client, own_container):
     container = own_container(TOOLCHAIN)
@@ -215,8 +226,10 @@ def test_container_killed_mid_compile_end_to_end(tmp_path, docker_client, own_co
     line = _one_line(done.stderr)
     assert f"container {container.name} stopped during slow-nvcc" in line and "(killed?)" in line
     record = _record(project)
-    assert record["status"] == "failed"
+    assert record["status"] == "failed" and record["exit_code"] == 3
+    assert record["error"].startswith(f"container {container.name} stopped during slow-nvcc"), record["error"]
     assert record["steps"][0]["outcome"] == "infra_error" and "stopped during" in record["steps"][0]["reason"]
+    _assert_junit_error(project.latest(), "hello[sm_90a]", "stopped during")
 
 
 # --- no nvcc in the container --------------------------------------------------------------------
@@ -336,4 +349,47 @@ def test_daemon_dies_mid_exec(own_daemon):
     line = info.value.one_line()
     assert line.startswith(f"Docker daemon at unix://{own_daemon['socket']} stopped answering during sleep 89: "), line
     assert "ConnectionError(" not in line and "\n" not in line and info.value.exit_code == EXIT_INFRA
+    print(line)
+
+
+@pytest.mark.slow
+def test_daemon_dies_mid_compile_end_to_end(own_daemon, tmp_path):
+    """The whole tool against the test's own daemon: the run is marked failed, its step an infra <error>."""
+    import signal
+
+    client = own_daemon["client"]
+    name = f"h12-daemon-e2e-{uuid.uuid4().hex[:6]}"
+    container = client.containers.run(BASE, ["sleep", "infinity"], name=name, detach=True, init=True)
+    # the base image has no compiler: an nvcc that answers the probe, then compiles "forever"
+    fake = '#!/bin/sh\n[ "$1" = --version ] && { echo "Cuda compilation tools, release 13.0, V13.0.88"; exit 0; }\nsleep 281\n'
+    container.put_archive("/usr/local/bin", _tar({"nvcc": fake.encode()}))
+    project = make_project(tmp_path, steps=[HELLO])
+    process = own_daemon["process"]
+
+    def kill_daemon_mid_compile():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if any("sleep 281" in " ".join(p) for p in container.top(ps_args="-eo pid,args")["Processes"] or []):
+                    os.kill(process.pid, signal.SIGTERM)
+                    return
+            except Exception:  # noqa: BLE001 - not there yet
+                pass
+            time.sleep(0.3)
+
+    killer = threading.Thread(target=kill_daemon_mid_compile, daemon=True)
+    killer.start()
+    endpoint = f"unix://{own_daemon['socket']}"
+    done = _cli(project, "repro", "hello", "--arch", "sm_90a", timeout=300,
+                env={"GPUREPRO_CONTAINER": name, "DOCKER_HOST": endpoint})
+    killer.join(5)
+    assert done.returncode == 3, done.stdout[-2000:] + done.stderr
+    line = _one_line(done.stderr)
+    assert line.startswith(f"gpurepro: Docker daemon at {endpoint} stopped answering during "), line
+    assert "ConnectionError(" not in line
+    record = _record(project)
+    assert record["status"] == "failed" and record["exit_code"] == 3
+    assert record["error"].startswith(f"Docker daemon at {endpoint} stopped answering"), record["error"]
+    assert record["steps"][0]["outcome"] == "infra_error"
+    _assert_junit_error(project.latest(), "hello[sm_90a]", "stopped answering")
     print(line)
