@@ -26,7 +26,8 @@ import yaml
 
 from projects import ROOT, assert_device_part, device_part, make_project
 
-pytestmark = [pytest.mark.faults, pytest.mark.docker]
+pytestmark = pytest.mark.faults
+docker = pytest.mark.docker
 
 TOOLCHAIN = "gpurepro/toolchain:latest"
 XSD = ROOT / "tests" / "data" / "junit-10.xsd"
@@ -165,6 +166,7 @@ def fill(directory: pathlib.Path) -> None:
             pass
 
 
+@docker
 def test_reports_full_before_the_run_removes_its_directory(project, tiny_reports):
     reports = tiny_reports("64k")
     fill(reports)
@@ -176,6 +178,7 @@ def test_reports_full_before_the_run_removes_its_directory(project, tiny_reports
     assert sorted(p.name for p in reports.iterdir()) == ["filler"]  # no run directory, no lock, no latest
 
 
+@docker
 def test_reports_full_mid_run_marks_the_run_failed(project, tiny_reports):
     # room for run.json and the step's sources, not for its binary (an sm_90a hello is ~1 MB)
     reports = tiny_reports("256k")
@@ -230,6 +233,7 @@ def wait_for(predicate, limit_s: float, what: str) -> None:
     pytest.fail(f"timed out waiting for {what}")
 
 
+@docker
 def test_interrupt_with_two_compiles_running(project, docker_client, own_container):
     manifest = yaml.safe_load((project.path / "repros" / "manifest.yaml").read_text())
     manifest["steps"] = [step("first"), step("second", "plain.cu")]
@@ -273,6 +277,7 @@ int main() { for (;;) pause(); }
 """
 
 
+@docker
 def test_program_hanging_in_preflight_is_a_timeout(project, docker_client):
     manifest = {"version": 1, "steps": [step("hang", "hang.cu")]}
     (project.path / "repros" / "hang.cu").write_text(HANG_CU)
@@ -311,6 +316,7 @@ def finish_tool(tool: subprocess.Popen, timeout: float = 600):
     return tool.returncode, out, err
 
 
+@docker
 def test_two_runs_at_once_create_one_container_and_both_complete(project, docker_client):
     """Side by side: separate run directories and work directories; the container is created once."""
     manifest = {"version": 1, "steps": [step("hello"), step("plain", "plain.cu")]}
@@ -335,6 +341,7 @@ def test_two_runs_at_once_create_one_container_and_both_complete(project, docker
     assert len(docker_client.containers.list(all=True, filters={"name": f"^/{project.container}$"})) == 1
 
 
+@docker
 def test_recreating_the_container_waits_for_the_run_using_it(project, docker_client, tmp_path):
     """A run that must recreate the shared container (its image changed) waits, with one line on stdout, until
     the run using the old one has ended; that run is never cut off."""
@@ -367,3 +374,32 @@ def test_recreating_the_container_waits_for_the_run_using_it(project, docker_cli
     assert records[-1]["environment"]["image"] == TOOLCHAIN
     assert records[-1]["environment"]["container_id"] != slow_record["environment"]["container_id"]
     assert docker_client.containers.get(project.container).labels["gpurepro.image-ref"] == TOOLCHAIN
+
+
+# --- bad input: exit 2 before any work (no run directory, no container) -----------------------------------
+def _bad_manifest(path: pathlib.Path, raw: str) -> None:
+    data = yaml.safe_load(raw)
+    data["steps"][0]["patches"] = ["/etc/hostname"]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+@pytest.mark.parametrize("args, spoil, expected", [
+    (["--arch", "sm_999"], None, "gpurepro: unknown arch sm_999; known: "),
+    (["--jobs", "-1"], None, "gpurepro: --jobs -1: expected a whole number >= 1 ("),
+    (["--jobs", "abc"], None, "gpurepro: --jobs abc: expected a whole number >= 1 ("),
+    ([], lambda m: m.write_bytes(m.read_bytes() + b"# caf\xe9\n"), "manifest.yaml: not UTF-8: byte 0xe9 at offset "),
+    ([], lambda m: _bad_manifest(m, m.read_text()), "manifest.yaml: steps.hello.patches: "),
+], ids=["arch-sm_999", "jobs-negative", "jobs-abc", "manifest-not-utf8", "patch-outside-patches"])
+def test_bad_input_is_exit_2_before_any_work(tmp_path, args, spoil, expected):
+    project = make_project(tmp_path, steps=[step("hello")])
+    if spoil is not None:
+        spoil(project.path / "repros" / "manifest.yaml")
+    done = subprocess.run([sys.executable, "-m", "invoke", "repro", "hello", *args], cwd=ROOT, env=project.env(),
+                          capture_output=True, text=True, timeout=120)
+    print(f"exit {done.returncode}, stderr {done.stderr.strip()!r}")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    # a manifest with two problems in one key prints a line for each (docs/contracts.md, Exit codes)
+    assert 1 <= len(lines) <= 2 and all(line.startswith("gpurepro: ") for line in lines), lines
+    assert expected in lines[0], lines
+    assert not project.reports.exists()  # nothing was started
