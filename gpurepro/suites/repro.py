@@ -396,6 +396,15 @@ def _compile_all(env: Env, run: ActiveRun, contexts: list[StepContext], manifest
 
 
 def _run_stages(env: Env, ctx: StepContext, stages: tuple[tuple[str, Stage], ...]) -> None:
+    try:
+        _stages(env, ctx, stages)
+    finally:
+        if stages is COMPILE_STAGES:  # between its compile and its turn on the device: not busy, no heartbeat
+            env.console.stage(ctx.step.id, _label(ctx), f"waiting ({ctx.result.outcome.value})" if ctx.done
+                              else "compiled, waiting for the device")
+
+
+def _stages(env: Env, ctx: StepContext, stages: tuple[tuple[str, Stage], ...]) -> None:
     for name, stage in stages:
         if ctx.done:
             return
