@@ -272,7 +272,12 @@ def main() -> int:
     parser.add_argument("--image", default=None, help="image to pin (default: gpurepro.yaml's docker.image)")
     parser.add_argument("--out", type=pathlib.Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the temporary project (logs, reports, cache)")
+    parser.add_argument("--render", type=pathlib.Path, default=None,
+                        help="only rewrite pipeline.md from this pipeline.json (no measurement)")
     args = parser.parse_args()
+    if args.render:
+        args.render.with_suffix(".md").write_text(render(json.loads(args.render.read_text())))
+        return 0
     out = args.out or ROOT / "bench" / "results" / args.machine
     out.mkdir(parents=True, exist_ok=True)
 
@@ -369,7 +374,8 @@ def render(r: dict) -> str:
         "",
         "## How each figure was taken",
         "",
-        "- **(b) cold chain**: `invoke repro all --arch sm_120a --compile-only --jobs 2` on an empty cache, as a "
+        f"- **(b) cold chain**: `invoke repro {r['steps']} --arch {r['arch']} --compile-only --jobs {r['jobs']}` on an "
+        "empty cache, as a "
         "subprocess; wall is the subprocess's wall clock (interpreter start, container creation, environment "
         "probe, every compile, copy-out, report). Sum of compile is the sum of `compile_seconds` in each step's "
         "`result.json` (nvcc under the RSS wrapper, measured by the engine).",
@@ -394,6 +400,8 @@ def render(r: dict) -> str:
     for step, s in cold["steps"].items():
         lines.append(f"| {step} | {s['outcome']} | {s['compile_seconds']} | {_mb(s['compile_rss_bytes'])} | "
                      f"{warm['steps'].get(step, {}).get('cache')} | {edit['steps'].get(step, {}).get('cache')} |")
+    if r.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in r["notes"]]
     return "\n".join(lines) + "\n"
 
 

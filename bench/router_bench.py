@@ -86,11 +86,10 @@ def time_us(fns, reps: int):
 
 
 def copy_GBps(dev) -> float:
-    """Device-to-device copy of 2 GiB, bytes read + written per second (median of 10)."""
+    """Device-to-device copy of 1 GiB (float32), bytes read + written per second (median of 10)."""
     src = torch.empty(1 << 28, dtype=torch.float32, device=dev).uniform_()
     dst = torch.empty_like(src)
     us, _ = time_us([lambda: dst.copy_(src)] * 4, 10)
-    del src, dst
     return 2 * (1 << 30) / us / 1e3
 
 
@@ -98,7 +97,8 @@ def layer_copy(layer):
     """A layer object the launchers accept, with its own copy of the weight buffers."""
     return types.SimpleNamespace(_mat_b=layer._mat_b.clone(), _scale_b=layer._scale_b.clone(),
                                  _global_scale_b=layer._global_scale_b, out_features=layer.out_features,
-                                 in_features=layer.in_features, finalize_weights=lambda: None)
+                                 in_features=layer.in_features, finalize_weights=lambda: None,
+                                 activation_global_scale=layer.activation_global_scale)
 
 
 def main(argv=None) -> int:

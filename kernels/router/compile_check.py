@@ -22,7 +22,7 @@ import tempfile
 import time
 
 
-def _fake_args(kernel: str, top_k: int):
+def _act_layer():
     import torch
 
     from kernels.nvfp4 import Nvfp4Linear
@@ -33,6 +33,11 @@ def _fake_args(kernel: str, top_k: int):
     # ranks and alignment matter here
     layer = Nvfp4Linear(torch.randn(256, 256, generator=g)).finalize_weights()
     act = prepare_activation(torch.randn(8, 256, generator=g), layer)
+    return act, layer
+
+
+def _fake_args(kernel: str, top_k: int):
+    act, layer = _act_layer()
     if kernel == "portable":
         from kernels.router.launch import portable_args
 
@@ -79,9 +84,16 @@ def main(argv=None) -> int:
             elif a.kernel == "gemv":
                 from kernels.router.gemv import GemvRouterKernel
 
+                from kernels.router.gemv import MmaGemvRouterKernel
+                from kernels.router.launch import mma_gemv_args
+
                 for tm, rb in ((1, 2), (8, 4)):  # decode and the largest token group
                     cute.compile(GemvRouterKernel(k, scoring, renorm, 256, tm, rb), *args)
                     done.append(f"k={k},{scoring},tm={tm},rb={rb}")
+                for nt, ks in ((1, 7), (2, 2)):  # the tensor-core decode kernel (swap-AB)
+                    margs = mma_gemv_args(*_act_layer(), k, nt, ks)[0]
+                    cute.compile(MmaGemvRouterKernel(k, scoring, renorm, 256, nt, ks), *margs)
+                    done.append(f"k={k},{scoring},swapab nt={nt},ksplit={ks}")
             else:
                 from kernels.router.sm100 import Sm100RouterKernel
 

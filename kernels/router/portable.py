@@ -28,7 +28,6 @@ import math
 import cutlass
 import cutlass.cute as cute
 
-from .runtime import e2m1_e4m3_lut  # noqa: F401  (kept importable from here)
 from .topk import EMPTY_ID, SelectOps, global_expert_index, sorted_insert
 
 BN = 128  # experts per N-tile

@@ -1,4 +1,4 @@
-"""The fused router against an independent float reference on a GPU (``-m gpu``).
+"""The fused router against an independent float64 reference on a GPU (``-m gpu``).
 
 Nothing of ``kernels.nvfp4``'s decode is used here: the E2M1 codes, the E4M3 scales (bit fields)
 and the 128x4 scale swizzle are decoded by this file, the GEMM is a float64 matmul on the CPU,
@@ -110,9 +110,7 @@ def test_router_matches_independent_fp64_reference(t, kernel, split_k, scoring):
     tol = 1e-5 * logits.abs().amax(dim=1, keepdim=True)
     gap = (logits.gather(1, ids) - logits.gather(1, ref_ids)).abs()
     assert not bool((differ & (gap > tol)).any()), f"{int(differ.sum())} id mismatches beyond ties"
-    assert int(differ.sum()) == 0 or bool((gap[differ] <= tol.expand_as(gap)[differ]).all())
-    ref_w_chosen = ref_w if not differ.any() else None
-    if ref_w_chosen is not None:
+    if not differ.any():  # on a tie swap the weights are the other expert's; the ids were checked
         assert float((w.cpu().double() - ref_w).abs().max()) < 1e-4
     # deterministic: the same bits on every run
     for _ in range(2):

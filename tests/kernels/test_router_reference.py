@@ -170,3 +170,24 @@ def test_shape_problems_are_named():
     assert shape_problem(_layer(e=256, k=128), 6) is None
     assert "multiple of 128" in shape_problem(_layer(e=200, k=128), 6)
     assert "multiple of 64" in shape_problem(_layer(e=256, k=48), 6)
+
+
+def test_launch_and_sm100_do_not_import_each_other():
+    # what both launchers need lives in kernels.router.runtime (issue 10: no import cycle)
+    import ast
+    import os
+
+    import kernels.router as pkg
+
+    def imported(mod):
+        tree = ast.parse(open(os.path.join(os.path.dirname(pkg.__file__), mod + ".py")).read())
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                names.add((node.module or "").split(".")[-1])
+            elif isinstance(node, ast.Import):
+                names.update(a.name.split(".")[-1] for a in node.names)
+        return names
+
+    assert "sm100" not in imported("launch") and "launch" not in imported("sm100")
+    assert "runtime" in imported("launch") and "runtime" in imported("sm100")
