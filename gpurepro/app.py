@@ -171,23 +171,13 @@ def _bisect_toolchains(cfg, manifest, from_step, to_step, *, arch, backend, git,
         text = log.read_text(errors="replace") if log.is_file() else ""
         return first_compile_error(text) or result.reason
 
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table(title=f"{step.id} across toolchains")
-    for column in ("toolchain", "observed", "reason"):
-        table.add_column(column, overflow="fold")
-    for r in ordered:
-        table.add_row(escape(r.toolchain or ""), escape(r.outcome.value), escape(r.reason))
-    console.out.print(table)
+    console.table(f"{step.id} across toolchains", ("toolchain", "observed", "reason"),
+                  [(r.toolchain, r.outcome.value, r.reason) for r in ordered])
     if flip is None:
         console.info(f"no flip: {step.id} is {base.outcome.value} on every toolchain")
     else:
-        side = Table(title=f"first flip: {flip.toolchain} ({base.outcome.value} -> {flip.outcome.value})")
-        side.add_column(base.toolchain or "", overflow="fold")
-        side.add_column(flip.toolchain or "", overflow="fold")
-        side.add_row(escape(first_error(base)), escape(first_error(flip)))
-        console.out.print(side)
+        console.table(f"first flip: {flip.toolchain} ({base.outcome.value} -> {flip.outcome.value})",
+                      (base.toolchain or "", flip.toolchain or ""), [(first_error(base), first_error(flip))])
         console.info(f"first flip: {flip.toolchain} ({flip.outcome.value}, was {base.outcome.value} on "
                      f"{base.toolchain})")
     publish_to_ci(cfg, outcome.run.path / "summary.md", _annotation_rows(cfg, outcome.results), console)
@@ -213,15 +203,10 @@ def list_steps(*, config=None, console=None) -> int:
     cfg = load_config(config)
     manifest = load_manifest(cfg.manifest)
     console = console or Console()
-    from rich.table import Table
-
-    table = Table(title=str(manifest.path.relative_to(cfg.root)))
-    for column in ("step", "parent", "targets", "expect", "change"):
-        table.add_column(column, overflow="fold")
-    for step in manifest.steps.values():
-        expect = ", ".join(f"{k}: {v}" for k, v in step.expect.items())
-        table.add_row(step.id, step.parent or "-", " ".join(step.targets), expect, step.change)
-    console.out.print(table)
+    console.table(str(manifest.path.relative_to(cfg.root)), ("step", "parent", "targets", "expect", "change"),
+                  [(step.id, step.parent or "-", " ".join(step.targets),
+                    ", ".join(f"{k}: {v}" for k, v in step.expect.items()), step.change)
+                   for step in manifest.steps.values()])
     return 0
 
 
@@ -355,21 +340,14 @@ def bundle_verify(file=None, *, console=None) -> int:
 
 
 def bundle_inspect(file=None, *, console=None) -> int:
-    from rich.markup import escape
-    from rich.table import Table
-
     from .bundle import BundleError, inspect_rows, read, summary_lines
 
     contents = read(pathlib.Path(_need(file, "bundle file")))  # in memory: nothing extracted, nothing run
     console = console or Console()
     for line in summary_lines(contents):
         console.info(line)
-    table = Table(title="steps")
-    for column in ("step", "arch", "expected", "observed", "verdict", "reason"):
-        table.add_column(column, overflow="fold")
-    for row in inspect_rows(contents):  # recorded text, terminal-safe
-        table.add_row(*(escape(v) for v in row))
-    console.out.print(table)
+    # recorded text, terminal-safe
+    console.table("steps", ("step", "arch", "expected", "observed", "verdict", "reason"), inspect_rows(contents))
     if contents.problem:
         raise BundleError(contents.problem)
     return 0
@@ -377,9 +355,6 @@ def bundle_inspect(file=None, *, console=None) -> int:
 
 def bundle_replay(file=None, *, backend=None, dest=None, no_cache=False, config=None, argv=None, console=None,
                   runner=None) -> int:
-    from rich.markup import escape
-    from rich.table import Table
-
     from .replay import replay
 
     cfg = load_config(config)
@@ -387,13 +362,9 @@ def bundle_replay(file=None, *, backend=None, dest=None, no_cache=False, config=
     done = replay(pathlib.Path(_need(file, "bundle file")), cfg, backend=backend, no_cache=no_cache,
                   dest=pathlib.Path(dest) if dest else None, console=console, runner=runner,
                   argv=invoked_command(argv))
-    table = Table(title=f"replay of {pathlib.Path(file).name}")
-    for column in ("step", "arch", "bundle", "here", "", "reason here"):
-        table.add_column(column, overflow="fold")
-    for row in done.rows:
-        table.add_row(escape(row.step), escape(row.arch), escape(row.old), escape(row.new),
-                      "same" if row.same else "[bold red]CHANGED[/]", escape(row.new_reason))
-    console.out.print(table)
+    console.table(f"replay of {pathlib.Path(file).name}", ("step", "arch", "bundle", "here", "changed", "reason here"),
+                  [(row.step, row.arch, row.old, row.new, "" if row.same else "CHANGED", row.new_reason)
+                   for row in done.rows], flag=4)
     if done.differences:
         console.info("differs from where the bundle ran:")
         for line in done.differences:
@@ -479,18 +450,11 @@ def report_merge(run_dirs, *, out=None, config=None, console=None) -> int:
 
 # --- the compile cache --------------------------------------------------------------------------------
 def cache_stats(*, config=None, console=None) -> int:
-    from rich.table import Table
-
     from .cache import cache_stats as stats
 
     cfg = load_config(config)
     console = console or Console()
-    table = Table(title="compile cache")
-    table.add_column("")
-    table.add_column("")
-    for name, value in stats(cfg.cache.dir, cfg.cache.max_bytes):
-        table.add_row(name, str(value))
-    console.out.print(table)
+    console.table("compile cache", ("", ""), stats(cfg.cache.dir, cfg.cache.max_bytes))
     return 0
 
 

@@ -58,3 +58,21 @@ def test_nightly_and_replay_write_their_pages(tmp_path):
     again = replay.replay(made, config, runner=FakeRunner())
     page = again.runs[0] / "compare.html"
     assert page.is_file() and old.name in page.read_text()
+
+
+def test_cache_commands(tmp_path):
+    project = make_project(tmp_path, steps=STEPS)
+    config = load_config(project.config_path, env={})
+    make_run(config, FakeRunner(image_id="sha256:" + "3" * 64), steps=("hello", "broken"))
+    out = io.StringIO()
+    assert app.cache_stats(config=str(config.path), console=Console(out=out, err=io.StringIO())) == 0
+    assert "entries" in out.getvalue() and str(config.cache.dir) in out.getvalue()
+    import pytest
+
+    from gpurepro.errors import UsageError
+
+    with pytest.raises(UsageError, match="say what to remove"):
+        app.cache_prune(config=str(config.path), console=Console(out=io.StringIO(), err=io.StringIO()))
+    out = io.StringIO()
+    assert app.cache_prune(all=True, config=str(config.path), console=Console(out=out, err=io.StringIO())) == 0
+    assert "removed 2 entries" in out.getvalue() and "0 left" in out.getvalue()  # both steps compiled

@@ -167,6 +167,19 @@ class Console:
                        f"({styled(result.verdict.value, VERDICT_STYLE.get(result.verdict))}) — {escape(result.reason)}"
                        + (f" [dim]\\[{escape(facts_text)}][/]" if facts_text else ""), markup=True, highlight=False)
 
+    def table(self, title: str, columns, rows, *, flag: int | None = None) -> None:
+        """Every table of the tool's commands: cells are text (escaped, never markup); a row whose `flag`
+        column holds something is shown in bold red."""
+        table = Table(title=escape(title))
+        for column in columns:
+            table.add_column(escape(column), overflow="fold")
+        for row in rows:
+            cells = [escape("" if cell is None else str(cell)) for cell in row]
+            if flag is not None and row[flag]:
+                cells[flag] = f"[bold red]{cells[flag]}[/]"
+            table.add_row(*cells)
+        self.out.print(table)
+
     def results(self, results: list[StepResult], run) -> None:
         table = Table(title=f"run {run.run_id}", show_lines=False)
         for column in ("step", "arch", "expected", "observed", "verdict", "reason"):
