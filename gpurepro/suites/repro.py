@@ -194,6 +194,10 @@ def execute(config: Config, request: RunRequest, *, console=None, runner: Runner
     contexts: list[StepContext] = []
 
     def finish(run: ActiveRun) -> None:
+        if not contexts:  # the runner never started (no nvcc, no daemon, Ctrl-C): each step still gets its <error>
+            contexts.extend(StepContext(step=s, arch=a, workdir="", result=StepResult(
+                step=s.id, arch=a, outcome=Outcome.INFRA_ERROR, reason="not run"))
+                for s in steps for a in [target_arch(s, request, config)])
         _finish_run(run, contexts, manifest)
 
     with open_run(config, kind=KIND, request=request.to_record(runner.name), runner=runner,

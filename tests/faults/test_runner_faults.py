@@ -262,6 +262,8 @@ def test_container_without_nvcc_end_to_end(tmp_path, docker_client, own_containe
     assert f"nvcc not found in container {container.name} (image {BASE})" in line and "invoke image.build" in line
     record = _record(project)
     assert record["status"] == "failed" and record["steps"][0]["outcome"] == "infra_error"
+    assert record["exit_code"] == 3 and record["error"].startswith(f"nvcc not found in container {container.name}")
+    _assert_junit_error(project.latest(), "hello[sm_90a]", "nvcc not found")
 
 
 # --- the Docker daemon dies mid-command (a dockerd of the test's own; never the shared one) ---------
