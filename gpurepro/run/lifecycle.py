@@ -11,6 +11,7 @@ an interrupt or an infrastructure error included, before run.json is rewritten a
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pathlib
 import shutil
@@ -215,6 +216,14 @@ def _save_final(run: ActiveRun) -> GpuReproError | None:
         run.save()
         return first
     except GpuReproError:
+        pass
+    try:  # last resort, not atomic: the header's own blocks, freed by the truncate, take the final record
+        data = (json.dumps(run.record.to_json(), indent=2, default=str) + "\n").encode()
+        with open(run.path / RUN_JSON, "r+b") as fh:
+            fh.truncate(0)
+            fh.write(data)
+        return first
+    except OSError:
         pass
     latest = run.path.parent / "latest"
     with contextlib.suppress(OSError):

@@ -403,3 +403,45 @@ def test_bad_input_is_exit_2_before_any_work(tmp_path, args, spoil, expected):
     assert 1 <= len(lines) <= 2 and all(line.startswith("gpurepro: ") for line in lines), lines
     assert expected in lines[0], lines
     assert not project.reports.exists()  # nothing was started
+
+
+def test_disk_full_for_the_final_record_leaves_no_run_looking_complete_or_in_progress(tmp_path):
+    """The disk fills up during the run (another process): the final run.json still says `failed`, or the run
+    directory is gone; never a lock, never the header's `interrupted` of a run that is over."""
+    from fake_runner import FakeRunner
+    from gpurepro.config import load_config
+    from gpurepro.errors import InfraError
+    from gpurepro.render.console import Console
+    from gpurepro.run import open_run
+
+    if os.geteuid() != 0:
+        pytest.skip("a tiny tmpfs needs root (mount -t tmpfs)")
+    project = make_project(tmp_path, steps=[step("hello")])
+    project.reports.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(project.reports)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        config = load_config(project.config_path, env={})
+
+        def finish(run):
+            (run.path / "summary.md").write_text("x" * 8192)  # the suite's outputs, on the nearly full disk
+
+        with pytest.raises(InfraError) as info:
+            with open_run(config, kind="repro", request={}, runner=FakeRunner(), argv=["invoke", "repro"],
+                          console=Console(), finish=finish) as run:
+                fill(project.reports)
+        assert "No space left on device" in info.value.one_line()
+        runs = run_dirs(project.reports)
+        if runs:
+            record = record_of(runs[0])
+            assert record["status"] == "failed" and record["exit_code"] == 3, record
+            assert "No space left on device" in record["error"]
+            assert not (runs[0] / LOCK).exists()
+            print("run.json rewritten failed:", record["error"])
+        else:
+            assert not (project.reports / "latest").is_symlink()
+            print("run directory removed")
+    finally:
+        subprocess.run(["umount", str(project.reports)], check=False)
