@@ -4,6 +4,7 @@
     python -m kernels.router.compile_check --kernel portable --arch sm_80
     python -m kernels.router.compile_check --kernel gemv --arch sm_120a
     python -m kernels.router.compile_check --kernel sm100 --arch sm_100a
+    python -m kernels.router.compile_check --kernel quant --arch sm_90a   # the activation quantizer
 
 Prints one JSON line: kernel, arch, configurations compiled, seconds, and the cubin files that
 ``CUTE_DSL_KEEP=cubin`` left (their names carry the architecture).  Exit 0 when every
@@ -36,7 +37,21 @@ def _act_layer():
     return act, layer
 
 
+def _quant_args():
+    import torch
+
+    from kernels.router.quant import quant_args
+
+    x = torch.randn(8, 256).to(torch.bfloat16)
+    data = torch.empty(8, 128, dtype=torch.uint8)
+    scales = torch.empty(8, 16, dtype=torch.uint8)
+    one = torch.ones(1)
+    return quant_args(x, data, scales, one, one, torch.empty(1), 1)
+
+
 def _fake_args(kernel: str, top_k: int):
+    if kernel == "quant":
+        return _quant_args()
     act, layer = _act_layer()
     if kernel == "portable":
         from kernels.router.launch import portable_args
@@ -53,7 +68,7 @@ def _fake_args(kernel: str, top_k: int):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--kernel", choices=["portable", "gemv", "sm100"], required=True)
+    p.add_argument("--kernel", choices=["portable", "gemv", "sm100", "quant"], required=True)
     p.add_argument("--arch", required=True, help="e.g. sm_80, sm_90a, sm_120a, sm_100a")
     p.add_argument("--topk", type=int, nargs="+", default=[6])
     p.add_argument("--scorings", nargs="+", default=["softmax", "sigmoid"])
@@ -70,7 +85,14 @@ def main(argv=None) -> int:
 
     done = []
     t0 = time.time()
-    for k in a.topk:
+    if a.kernel == "quant":
+        from kernels.router.quant import Nvfp4ActQuantKernel
+
+        args = _fake_args("quant", 0)
+        for dynamic in (True, False):  # on-device global scale (grid barrier) / calibrated scale
+            cute.compile(Nvfp4ActQuantKernel(dynamic), *args)
+            done.append(f"quant dynamic={dynamic}")
+    for k in ([] if a.kernel == "quant" else a.topk):
         args = _fake_args(a.kernel, k)
         for scoring in a.scorings:
             renorm = default_renormalize(scoring)

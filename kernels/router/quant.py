@@ -1,0 +1,389 @@
+"""Fused NVFP4 activation quantizer in CuTe DSL: bf16 ``[T, K]`` -> packed E2M1 ``[T, K/2]`` + E4M3
+block scales ``[T, K/16]`` (row-major, the layout the router kernels read) in ONE launch, bit for bit
+what ``kernels.nvfp4.quantize_activation_nvfp4`` returns.
+
+The PyTorch quantizer is ~20 elementwise kernels; at decode sizes each costs a graph node (~1 µs),
+so quantize-and-route was 7-20x slower than route alone.  Here:
+
+* the tensor is flat: block ``b`` (16 elements) is words ``[8b, 8b+8)`` of the bf16 input (read as
+  int32, two 16-byte loads), words ``[2b, 2b+2)`` of the packed output and byte ``b`` of the scales;
+  thread ``i`` of the grid takes blocks ``i, i + n, ...`` and keeps the first ``PER_THREAD`` in
+  registers across the global-scale step (all of them at T <= 128 on an H200);
+* dynamic global scale (``g = amax(|x|) / 2688``, the layer has no ``input_global_scale``): CTA max
+  (integer max of the |x| bit patterns: the same order as the floats, NaN propagates), then one
+  ``atom.max`` per CTA and a grid barrier (counter + generation word in a 4-int workspace, reset
+  by the last CTA to arrive, so the kernel is graph-capturable and needs no host memset; the grid
+  is at most ``2 x SMs`` CTAs of 256 threads so every CTA is resident).  One CTA skips the
+  barrier.  Static scale: read from a 1-element tensor, no barrier;
+* every floating-point step PyTorch takes is done with the same IEEE operation through inline PTX
+  (``div.rn.f32``, ``mul.rn.f32``, ``add.rn.f32``: no fast-math, no FMA contraction, no flush of
+  subnormals): ``s = e4m3(min(amax_b / (6 g), 448))`` with c10's float->e4m3fn rounding (also for
+  E4M3 subnormals), ``y = x / (s g)``, E2M1 by the same round-to-nearest-even thresholds as
+  ``kernels.nvfp4.format.encode_e2m1``, a zero or NaN ``s g`` gives code 0;
+* optionally ``alpha = g * g_b`` (the router's fp32 epilogue factor) is written too, saving the
+  router launchers their own multiply kernel.
+
+No ``cvt.*e2m1``/``e4m3`` hardware conversions (SM89+/SM100+): the same source builds for sm_80,
+sm_90a and sm_120a.  NaN/Inf inputs follow PyTorch only where noted (a NaN makes the dynamic scale
+NaN and every code 0, as in PyTorch); the tests use finite inputs.
+"""
+
+from __future__ import annotations
+
+import cutlass
+import cutlass.cute as cute
+from cutlass._mlir.dialects import llvm
+
+THREADS = 256
+WARPS = THREADS // 32
+PER_THREAD = 2  # 16-element blocks per thread held in registers across the global-scale barrier
+CTAS_PER_SM = 2  # grid cap: 2 CTAs of 256 threads always fit on one SM (co-residency for the barrier)
+
+# workspace words
+WS_COUNT = 0
+WS_AMAX = 1
+WS_GEN = 2
+
+
+def _asm(ret, ptx: str, cons: str, *vals):
+    res = llvm.inline_asm(ret.mlir_type, [v.ir_value() for v in vals], ptx, cons)
+    return ret(res)
+
+
+def _div_rn(a, b):
+    return _asm(cutlass.Float32, "div.rn.f32 $0, $1, $2;", "=f,f,f", cutlass.Float32(a), cutlass.Float32(b))
+
+
+def _mul_rn(a, b):
+    return _asm(cutlass.Float32, "mul.rn.f32 $0, $1, $2;", "=f,f,f", cutlass.Float32(a), cutlass.Float32(b))
+
+
+def _add_rn(a, b):
+    return _asm(cutlass.Float32, "add.rn.f32 $0, $1, $2;", "=f,f,f", cutlass.Float32(a), cutlass.Float32(b))
+
+
+def _f2i(a):
+    return _asm(cutlass.Int32, "mov.b32 $0, $1;", "=r,f", cutlass.Float32(a))
+
+
+def _i2f(a):
+    return _asm(cutlass.Float32, "mov.b32 $0, $1;", "=f,r", cutlass.Int32(a))
+
+
+# Two bf16 (one int32 word: element 2j in the low half) -> one byte of two E2M1 codes (element 2j
+# in the low nibble), y = x / d with div.rn; |y| against the rounding thresholds of encode_e2m1
+# (> 0.25, >= 0.75, > 1.25, >= 1.75, > 2.5, >= 3.5, > 5.0: ties to the even mantissa); set.*.u32
+# gives 0xffffffff for true, so subtracting counts the thresholds passed; NaN passes none.
+_ENCODE_PAIR = """{
+.reg .b32 w0, w1, m0, m1, t;
+.reg .f32 x0, x1, y0, y1, a0, a1;
+shl.b32 w0, $1, 16;
+and.b32 w1, $1, 0xffff0000;
+mov.b32 x0, w0;
+mov.b32 x1, w1;
+div.rn.f32 y0, x0, $2;
+div.rn.f32 y1, x1, $2;
+abs.f32 a0, y0;
+abs.f32 a1, y1;
+mov.b32 m0, 0;
+mov.b32 m1, 0;
+set.gt.u32.f32 t, a0, 0f3E800000; sub.s32 m0, m0, t;
+set.ge.u32.f32 t, a0, 0f3F400000; sub.s32 m0, m0, t;
+set.gt.u32.f32 t, a0, 0f3FA00000; sub.s32 m0, m0, t;
+set.ge.u32.f32 t, a0, 0f3FE00000; sub.s32 m0, m0, t;
+set.gt.u32.f32 t, a0, 0f40200000; sub.s32 m0, m0, t;
+set.ge.u32.f32 t, a0, 0f40600000; sub.s32 m0, m0, t;
+set.gt.u32.f32 t, a0, 0f40A00000; sub.s32 m0, m0, t;
+set.gt.u32.f32 t, a1, 0f3E800000; sub.s32 m1, m1, t;
+set.ge.u32.f32 t, a1, 0f3F400000; sub.s32 m1, m1, t;
+set.gt.u32.f32 t, a1, 0f3FA00000; sub.s32 m1, m1, t;
+set.ge.u32.f32 t, a1, 0f3FE00000; sub.s32 m1, m1, t;
+set.gt.u32.f32 t, a1, 0f40200000; sub.s32 m1, m1, t;
+set.ge.u32.f32 t, a1, 0f40600000; sub.s32 m1, m1, t;
+set.gt.u32.f32 t, a1, 0f40A00000; sub.s32 m1, m1, t;
+mov.b32 w0, y0;
+mov.b32 w1, y1;
+shr.u32 w0, w0, 28;
+shr.u32 w1, w1, 28;
+and.b32 w0, w0, 8;
+and.b32 w1, w1, 8;
+or.b32 m0, m0, w0;
+or.b32 m1, m1, w1;
+shl.b32 m1, m1, 4;
+or.b32 $0, m0, m1;
+}"""
+
+
+def _sel(c, a, b):
+    t = type(a) if isinstance(a, cutlass.Numeric) else type(b)
+    return t(cutlass.select_(c, a, b))
+
+
+def _encode_pair(word, d):
+    return _asm(cutlass.Int32, _ENCODE_PAIR, "=r,r,f", cutlass.Int32(word), cutlass.Float32(d))
+
+
+def _e4m3_code(s_bits):
+    """c10's fp8e4m3fn_from_fp32_value for a non-negative float (bits), <= 448 or NaN: NaN -> 0x7f;
+    below 2^-6 round to a multiple of 2^-9 by adding 2^14 (RNE); else round the mantissa to 3 bits
+    (RNE by the +0x7ffff + odd trick)."""
+    sub = _f2i(_add_rn(_i2f(s_bits), cutlass.Float32(16384.0))) - cutlass.Int32(141 << 23)
+    nrm = (s_bits + cutlass.Int32(-(120 << 23) + 0x7FFFF) + ((s_bits >> 20) & 1)) >> 20
+    code = _sel(s_bits < cutlass.Int32(121 << 23), sub, nrm)
+    return _sel(s_bits > cutlass.Int32(0x7F800000), cutlass.Int32(0x7F), code & 0xFF)
+
+
+def _e4m3_value(code):
+    """The float value of an E4M3 code 0..0x7e (exact); 0x7f (NaN) is handled by the caller."""
+    e = code >> 3
+    m = code & 7
+    normal = _i2f(((e + 120) << 23) | (m << 20))
+    sub = _mul_rn(cutlass.Float32(m), cutlass.Float32(0.001953125))  # m * 2^-9, exact
+    return _sel(e > 0, normal, sub)
+
+
+class Nvfp4ActQuantKernel:
+    """``dynamic``: compute the global scale on device (else read it from ``mG``);
+    ``with_alpha``: also write ``mAlpha[0] = g * mGb[0]``."""
+
+    def __init__(self, dynamic: bool, with_alpha: bool = True, per_thread: int = PER_THREAD):
+        self.dynamic = dynamic
+        self.with_alpha = with_alpha
+        self.per_thread = per_thread
+        self.smem_bytes = 4 * WARPS + 64
+
+    @cute.jit
+    def __call__(self, mX: cute.Tensor, mQ: cute.Tensor, mS: cute.Tensor, mG: cute.Tensor,
+                 mGb: cute.Tensor, mAlpha: cute.Tensor, mWs: cute.Tensor, ctas: cutlass.Int32, stream):
+        self.kernel(mX, mQ, mS, mG, mGb, mAlpha, mWs).launch(
+            grid=[ctas, 1, 1], block=[THREADS, 1, 1], smem=self.smem_bytes, stream=stream)
+
+    @cute.jit
+    def _load_block(self, mX: cute.Tensor, b, dst: cute.Tensor):
+        off = cute.assume(b * 8, divby=8)
+        src = cute.make_tensor(mX.iterator + off, cute.make_layout(8))
+        cute.autovec_copy(src, dst)
+
+    @cute.jit
+    def _block_amax(self, raw: cute.Tensor):
+        """max |x| of the block as float bits (int order = float order for non-negative floats)."""
+        m = cutlass.Int32(0)
+        for w in cutlass.range_constexpr(8):
+            word = raw[w]
+            m = cutlass.max(m, (word << 16) & 0x7FFFFFFF)
+            m = cutlass.max(m, word & 0x7FFF0000)
+        return m
+
+    @cute.jit
+    def _quant_block(self, mQ: cute.Tensor, mS: cute.Tensor, b, raw: cute.Tensor, bam, g_safe, d6):
+        s = _div_rn(_i2f(bam), d6)
+        s = _sel(s == s, cute.arch.fmin(s, cutlass.Float32(448.0)), s)  # clamp(max=448), NaN kept
+        code = _e4m3_code(_f2i(s))
+        denom = _mul_rn(_e4m3_value(code), g_safe)
+        ok = (denom > cutlass.Float32(0.0)) & (code != 0x7F)
+        d = _sel(ok, denom, cutlass.Float32(1.0))
+        out = cute.make_rmem_tensor(cute.make_layout(2), cutlass.Int32)
+        for h in cutlass.range_constexpr(2):
+            v = cutlass.Int32(0)
+            for j in cutlass.range_constexpr(4):
+                v = v | (_encode_pair(raw[4 * h + j], d) << (8 * j))
+            out[h] = _sel(ok, v, cutlass.Int32(0))
+        dst = cute.make_tensor(mQ.iterator + cute.assume(b * 2, divby=2), cute.make_layout(2))
+        cute.autovec_copy(out, dst)
+        mS[b] = cutlass.Uint8(code)
+
+    @cute.kernel
+    def kernel(self, mX: cute.Tensor, mQ: cute.Tensor, mS: cute.Tensor, mG: cute.Tensor,
+               mGb: cute.Tensor, mAlpha: cute.Tensor, mWs: cute.Tensor):
+        tidx, _, _ = cute.arch.thread_idx()
+        bx, _, _ = cute.arch.block_idx()
+        nctas, _, _ = cute.arch.grid_dim()
+        warp = tidx // 32
+        lane = tidx % 32
+        R = self.per_thread
+        nb = mS.shape[0]
+        stride = nctas * THREADS
+        first = bx * THREADS + tidx
+
+        smem = cutlass.utils.SmemAllocator()
+        sRed = smem.allocate_tensor(cutlass.Int32, cute.make_layout(WARPS), 16)
+        sG = smem.allocate_tensor(cutlass.Float32, cute.make_layout(4), 16)
+
+        raw = cute.make_rmem_tensor(cute.make_layout((8, R), stride=(1, 8)), cutlass.Int32)
+        raw.fill(0)
+        bam = cute.make_rmem_tensor(cute.make_layout(R), cutlass.Int32)
+        tmp = cute.make_rmem_tensor(cute.make_layout(8), cutlass.Int32)
+        # every register-held block's loads go out before any is used
+        for i in cutlass.range_constexpr(R):
+            b = first + i * stride
+            if b < nb:
+                self._load_block(mX, b, raw[None, i])
+        amax = cutlass.Int32(0)
+        for i in cutlass.range_constexpr(R):
+            bam[i] = self._block_amax(raw[None, i])
+            amax = cutlass.max(amax, bam[i])
+
+        g = cutlass.Float32(0.0)
+        if cutlass.const_expr(self.dynamic):
+            # blocks beyond the registers: read once for the max now, again to quantize below
+            for b in range(first + R * stride, nb, stride):
+                self._load_block(mX, b, tmp)
+                amax = cutlass.max(amax, self._block_amax(tmp))
+            for sh in cutlass.range_constexpr(5):
+                amax = cutlass.max(amax, cute.arch.shuffle_sync_bfly(amax, offset=16 >> sh))
+            if lane == 0:
+                sRed[warp] = amax
+            cute.arch.sync_threads()
+            if tidx == 0:
+                m = sRed[0]
+                for w in cutlass.range_constexpr(1, WARPS):
+                    m = cutlass.max(m, sRed[w])
+                if nctas == 1:
+                    gg = _div_rn(_i2f(m), cutlass.Float32(2688.0))
+                    sG[0] = gg
+                    mG[0] = gg
+                else:
+                    # grid barrier: read the generation, publish the max, arrive (acq_rel orders
+                    # the max before the count); the last to arrive computes g, resets the
+                    # count and max for the next launch, then bumps the generation (release)
+                    gen = cute.arch.load((mWs.iterator + WS_GEN).llvm_ptr, cutlass.Int32, sem="relaxed", scope="gpu")
+                    cute.arch.atomic_max((mWs.iterator + WS_AMAX).llvm_ptr, m, sem="relaxed", scope="gpu")
+                    old = cute.arch.atomic_add((mWs.iterator + WS_COUNT).llvm_ptr, cutlass.Int32(1),
+                                               sem="acq_rel", scope="gpu")
+                    if old == nctas - 1:
+                        tot = cute.arch.load((mWs.iterator + WS_AMAX).llvm_ptr, cutlass.Int32, sem="relaxed", scope="gpu")
+                        gg = _div_rn(_i2f(tot), cutlass.Float32(2688.0))
+                        mG[0] = gg
+                        sG[0] = gg
+                        mWs[WS_AMAX] = cutlass.Int32(0)
+                        mWs[WS_COUNT] = cutlass.Int32(0)
+                        cute.arch.store((mWs.iterator + WS_GEN).llvm_ptr, gen + 1, sem="release", scope="gpu")
+                    else:
+                        cur = gen
+                        while cur == gen:
+                            cur = cute.arch.load((mWs.iterator + WS_GEN).llvm_ptr, cutlass.Int32,
+                                                 sem="acquire", scope="gpu")
+                        sG[0] = cute.arch.load((mG.iterator).llvm_ptr, cutlass.Float32, sem="relaxed", scope="gpu")
+            cute.arch.sync_threads()
+            g = sG[0]
+        else:
+            g = mG[0]
+        if cutlass.const_expr(self.with_alpha):
+            if bx == 0:
+                if tidx == 0:
+                    mAlpha[0] = _mul_rn(g, mGb[0])
+
+        g_safe = _sel(g > cutlass.Float32(0.0), g, cutlass.Float32(1.0))
+        d6 = _mul_rn(cutlass.Float32(6.0), g_safe)
+        for i in cutlass.range_constexpr(R):
+            b = first + i * stride
+            if b < nb:
+                self._quant_block(mQ, mS, b, raw[None, i], bam[i], g_safe, d6)
+        for b in range(first + R * stride, nb, stride):
+            self._load_block(mX, b, tmp)
+            self._quant_block(mQ, mS, b, tmp, self._block_amax(tmp), g_safe, d6)
+
+
+_compiled = {}
+_WORKSPACES = {}
+
+
+def workspace(device):
+    """The zeroed 4-int barrier workspace of a device (the last CTA leaves it zeroed again)."""
+    import torch
+
+    key = str(device)
+    if key not in _WORKSPACES:
+        _WORKSPACES[key] = torch.zeros(4, dtype=torch.int32, device=device)
+    return _WORKSPACES[key]
+
+
+def grid_ctas(num_blocks: int, sms: int, per_thread: int = PER_THREAD) -> int:
+    """CTAs for ``num_blocks`` 16-element blocks: enough to hold them all in registers, at most
+    ``CTAS_PER_SM`` per SM (so every CTA is resident for the grid barrier)."""
+    need = -(-num_blocks // (THREADS * per_thread))
+    return max(1, min(need, CTAS_PER_SM * sms))
+
+
+def quant_args(x, data, scales, g, g_b, alpha, ctas: int):
+    """CuTe arguments: bf16 ``x`` as int32 words (flat), packed codes as int32 words (flat),
+    scales as bytes (flat), ``g`` / ``g_b`` / ``alpha`` 1-element float32."""
+    import torch
+
+    from .runtime import current_stream, to_cute
+
+    dev = x.device
+    return (
+        to_cute(x.reshape(-1).view(torch.int32)),
+        to_cute(data.reshape(-1).view(torch.int32)),
+        to_cute(scales.reshape(-1)),
+        to_cute(g.reshape(1)),
+        to_cute(g_b.reshape(1)),
+        to_cute(alpha.reshape(1)),
+        to_cute(workspace(dev)),
+        int(ctas),
+        current_stream(dev),
+    )
+
+
+def compile_quant(dynamic: bool, args):
+    key = (bool(dynamic),)
+    fn = _compiled.get(key)
+    if fn is None:
+        fn = cute.compile(Nvfp4ActQuantKernel(dynamic), *args)
+        _compiled[key] = fn
+    return fn
+
+
+def fused_quant_problem(x) -> str | None:
+    """Why the fused quantizer cannot take ``x`` (None when it can)."""
+    import torch
+
+    if x.device.type != "cuda":
+        return "input not on CUDA"
+    if x.dtype != torch.bfloat16:
+        return f"input dtype {x.dtype} (the fused quantizer reads bf16)"
+    if x.numel() == 0 or x.shape[-1] % 16:
+        return "empty input or K not a multiple of 16"
+    if not x.is_contiguous() or x.data_ptr() % 16:
+        return "input not contiguous and 16-byte aligned"
+    return None
+
+
+def quantize_activation_fused(x, global_scale=None, g_b=None):
+    """``(packed uint8 [T, K/2], scales uint8 [T, K/16], g_a float32 0-dim, alpha float32 [1])``
+    from bf16 ``x [..., K]`` in one launch.  ``global_scale``: the layer's calibrated scale
+    (a tensor on the device or a float), or None for the dynamic one (computed on the device).
+    ``alpha = g_a * g_b`` when ``g_b`` is given, else ``g_a``'s copy."""
+    import torch
+
+    x2 = x.reshape(-1, x.shape[-1])
+    t, k = x2.shape
+    dev = x2.device
+    data = torch.empty((t, k // 2), dtype=torch.uint8, device=dev)
+    scales = torch.empty((t, k // 16), dtype=torch.uint8, device=dev)
+    dynamic = global_scale is None
+    if dynamic:
+        g = torch.empty((), dtype=torch.float32, device=dev)
+    elif isinstance(global_scale, torch.Tensor):
+        g = global_scale.detach().to(dev, torch.float32).reshape(())
+    else:
+        g = torch.tensor(float(global_scale), dtype=torch.float32, device=dev)
+    gb = g_b.detach().to(dev, torch.float32).reshape(1) if g_b is not None else _one(dev)
+    alpha = torch.empty(1, dtype=torch.float32, device=dev)
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    args = quant_args(x2, data, scales, g, gb, alpha, grid_ctas(t * k // 16, sms))
+    compile_quant(dynamic, args)(*args)
+    return data, scales, g, alpha
+
+
+_ONES = {}
+
+
+def _one(dev):
+    import torch
+
+    key = str(dev)
+    if key not in _ONES:
+        _ONES[key] = torch.ones(1, dtype=torch.float32, device=dev)
+    return _ONES[key]
