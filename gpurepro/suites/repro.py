@@ -84,6 +84,7 @@ class StepContext:
     compiled: ExecResult | None = None
     compile_classification: Classification | None = None  # the compile's own end, for the cache entry
     cache_key: str | None = None  # the entry to write once the step's files are out (a miss, or --no-cache)
+    hit: bool = False  # the compile came from the cache
     logs: dict[str, str] = field(default_factory=dict)
     stage: str = "queued"
     env: "Env | None" = None  # its toolchain's runner and facts (one Env per toolchain lane)
@@ -469,13 +470,24 @@ def compile_argv(config: Config, step: Step, arch: str, flashinfer: str, cuda_ho
 
 
 def copy_in(env: Env, ctx: StepContext) -> None:
+    """The step's files into the runner; on a cache hit the cached binary goes in with them, in the same copy,
+    and the patch and compile stages have nothing left to do."""
     ctx.files_in = source_files(env.config.repros_dir, ctx.step)
-    env.runner.put_files(ctx.workdir, ctx.files_in)
+    ctx.result.patches = [{"name": p, "sha256": hashlib.sha256(ctx.files_in[f"patches/{p}"]).hexdigest()}
+                          for p in ctx.step.patches]
+    entry = _look_up(env, ctx)
+    if entry is None or entry.binary is None:
+        env.runner.put_files(ctx.workdir, ctx.files_in)
+    else:
+        env.runner.put_files(ctx.workdir, {**ctx.files_in, ctx.step.binary: entry.binary},
+                             executable=frozenset({ctx.step.binary}))
+    if entry is not None:
+        _from_cache(env, ctx, entry)
 
 
 def apply_patches(env: Env, ctx: StepContext) -> None:
     """Copy the runner's CUTLASS headers into the step's directory and patch the copy (never the original)."""
-    if not ctx.step.patches:
+    if not ctx.step.patches or ctx.hit:
         return
     if env.lane and env.lane.toolchain is not None:
         from ..toolchains import patch_applies
@@ -490,8 +502,6 @@ def apply_patches(env: Env, ctx: StepContext) -> None:
     argv = ["bash", "-c", script, "apply-patches", cutlass, *(f"patches/{p}" for p in ctx.step.patches)]
     applied = env.runner.exec(argv, workdir=ctx.workdir, timeout_s=300)
     ctx.logs["patch.log"] = applied.output
-    ctx.result.patches = [{"name": p, "sha256": hashlib.sha256(ctx.files_in[f"patches/{p}"]).hexdigest()}
-                          for p in ctx.step.patches]
     if applied.exit_code != 0:
         failing = next((line for line in reversed(applied.output.splitlines()) if line.startswith("applying ")), "")
         _decide(env, ctx, Classification(Outcome.COMPILE_ERROR, one_line(
@@ -523,21 +533,29 @@ def nvcc_environment(runner: Runner) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(NVCC_ENV_PREFIXES) or k in NVCC_ENV_NAMES}
 
 
-def compile_step(env: Env, ctx: StepContext) -> None:
-    """A cache hit runs no compiler: the cached binary (or compile error) stands in for the compile."""
+def _look_up(env: Env, ctx: StepContext):
+    """The step's cache key (kept for the entry written after a miss) and its entry, when a run may read one."""
     argv = compile_argv(env.config, ctx.step, ctx.arch, env.runner.flashinfer_root(), env.facts.cuda_home)
     key = None
     if env.cache is not None and env.toolchain is not None:
         key = compile_key(toolchain=env.toolchain, files=ctx.files_in,
                           patches=[p["sha256"] for p in ctx.result.patches], argv=argv,
                           env=nvcc_environment(env.runner), workdir=ctx.workdir)
-    if key is not None and not env.request.no_cache:
-        entry = env.cache.get(key)
-        if entry is not None and (entry.binary is not None or entry.outcome == Outcome.COMPILE_ERROR.value):
-            return _from_cache(env, ctx, entry, key)
-    status = MISS if key is not None and not env.request.no_cache else OFF
-    ctx.result.cache = cache_record(status, key)
     ctx.cache_key = key
+    ctx.result.cache = cache_record(MISS if key is not None and not env.request.no_cache else OFF, key)
+    if key is None or env.request.no_cache:
+        return None
+    entry = env.cache.get(key)
+    if entry is not None and (entry.binary is not None or entry.outcome == Outcome.COMPILE_ERROR.value):
+        return entry
+    return None
+
+
+def compile_step(env: Env, ctx: StepContext) -> None:
+    """A cache hit ran no compiler (see copy_in); otherwise nvcc, under the peak-RSS wrapper where python3 is."""
+    if ctx.hit:
+        return
+    argv = compile_argv(env.config, ctx.step, ctx.arch, env.runner.flashinfer_root(), env.facts.cuda_home)
     expected = (env.history.get(ctx.step.id, ctx.arch) if env.history else {}) or {}
     need = expected.get("peak_rss_bytes") or int(env.config.compile.memory_gb_per_job * 2**30)
     measured = argv if not env.facts.values.get("python3_path") else peak_rss_wrapper(argv)
@@ -557,16 +575,16 @@ def compile_step(env: Env, ctx: StepContext) -> None:
         _decide(env, ctx, failed)
 
 
-def _from_cache(env: Env, ctx: StepContext, entry, key: str) -> None:
+def _from_cache(env: Env, ctx: StepContext, entry) -> None:
     env.console.stage(ctx.step.id, _label(ctx), "compiling: cache hit")
-    ctx.result.cache = cache_record(HIT, key)
+    ctx.hit = True
+    ctx.cache_key = None  # nothing to write back
+    ctx.result.cache = cache_record(HIT, entry.key)
     ctx.result.compile_seconds = round(entry.compile_seconds, 3)
     ctx.result.compile_rss_bytes = entry.peak_rss_bytes
     ctx.logs["compile.log"] = entry.compile_log
-    if entry.binary is not None:
-        env.runner.put_files(ctx.workdir, {ctx.step.binary: entry.binary}, executable=frozenset({ctx.step.binary}))
-        return
-    _decide(env, ctx, Classification(Outcome.COMPILE_ERROR, entry.reason, list(entry.events)))
+    if entry.binary is None:
+        _decide(env, ctx, Classification(Outcome.COMPILE_ERROR, entry.reason, list(entry.events)))
 
 
 def _store_compile(env: Env, ctx: StepContext, files: dict[str, bytes]) -> None:
