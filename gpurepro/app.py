@@ -454,7 +454,7 @@ def cache_stats(*, config=None, console=None) -> int:
 
     cfg = load_config(config)
     console = console or Console()
-    console.table("compile cache", ("", ""), stats(cfg.cache.dir, cfg.cache.max_bytes))
+    console.table("compile cache", ("fact", "value"), stats(cfg.cache.dir, cfg.cache.max_bytes))
     return 0
 
 
