@@ -128,13 +128,15 @@ def find_layouts(reports_dir: pathlib.Path, step: str) -> tuple[pathlib.Path, li
 # --- recording observed outcomes -----------------------------------------------------------------
 def recordable(result: StepResult) -> list[tuple[str, str, str]]:
     """(step, manifest key path, value) items for a result that says something about the hardware."""
-    if result.verdict is Verdict.INFRA or result.outcome is Outcome.INFRA_ERROR:
+    if result.verdict is Verdict.INFRA or result.outcome in (Outcome.INFRA_ERROR, Outcome.INTERRUPTED):
+        return []
+    if result.toolchain is not None:  # the manifest's expectations are the configured toolchain's
         return []
     if result.outcome is Outcome.COMPILE_ERROR:
         # what does not compile for sm_121a is what a sm_121 device will show, whichever device ran it
         return [(result.step, f"compile.{result.arch}", Outcome.COMPILE_ERROR.value),
                 (result.step, f"expect.{device_arch_of(result.arch)}", Outcome.COMPILE_ERROR.value)]
-    if result.device_arch is None:  # no GPU: only the compile outcome is known
+    if result.device_arch is None or result.outcome is Outcome.COMPILED:  # only the compile outcome is known
         return [(result.step, f"compile.{result.arch}", "ok")]
     return [(result.step, f"expect.{result.device_arch}", result.outcome.value)]
 

@@ -131,3 +131,15 @@ def test_record_refuses_block_mappings(tmp_path, manifest):
     with pytest.raises(ManifestError, match="one-line"):
         record_expectations(manifest.path, [result("b", Outcome.PASS)])
     assert manifest.path.read_text() == before
+
+
+def test_compile_only_interrupted_and_matrix_results_record_only_what_they_show():
+    from gpurepro.chain import recordable
+    from gpurepro.outcomes import Outcome, StepResult, Verdict
+
+    compiled = StepResult("s", "sm_120a", Outcome.COMPILED, "compiled", device_arch="sm_90", verdict=Verdict.MATCH)
+    assert recordable(compiled) == [("s", "compile.sm_120a", "ok")]  # never expect.sm_90: compiled
+    interrupted = StepResult("s", "sm_120a", Outcome.INTERRUPTED, "interrupted", verdict=Verdict.INFRA)
+    assert recordable(interrupted) == []
+    other = StepResult("s", "sm_120a", Outcome.COMPILE_ERROR, "x", toolchain="cutlass-4.2", verdict=Verdict.NEW)
+    assert recordable(other) == []
