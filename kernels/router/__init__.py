@@ -45,6 +45,7 @@ logger = logging.getLogger("kernels.router")
 _announced: set = set()
 last_path: Optional[str] = None  #: "portable", "sm100" or "reference: <why>" of the latest call
 last_kernel: Optional[str] = None  #: "gemv", "swapab" or "mma" when the latest call took the portable path
+last_quantizer: Optional[str] = None  #: "fused" (one-kernel quantizer) or "torch" of the latest prepare_activation
 
 #: crossovers measured on the H200 (bench/results/h200/router_bench.md): the CUDA-core GEMV kernel
 #: is the fastest for one token (0.2-0.5 us ahead), the tensor-core "swap-AB" decode kernel from
@@ -112,10 +113,32 @@ def choose_path(x: torch.Tensor, linear, top_k: int) -> str:
     return f"reference: compute capability {major}.{minor} is below 8.0"
 
 
-def prepare_activation(x: torch.Tensor, linear):
-    """NVFP4 activations as the kernels read them: ``(packed uint8 [T, K/2], scales uint8 [T, K/16], g_a)``."""
+def fused_quant_enabled() -> bool:
+    """The fused activation quantizer is the default; ``GPUREPRO_ROUTER_FUSED_QUANT=0`` turns it off."""
+    return os.environ.get("GPUREPRO_ROUTER_FUSED_QUANT", "1") != "0"
+
+
+def prepare_activation(x: torch.Tensor, linear, fused: Optional[bool] = None):
+    """NVFP4 activations as the kernels read them: ``(packed uint8 [T, K/2], scales uint8 [T, K/16], g_a)``,
+    plus ``alpha = g_a * g_b`` as a 4th element when the fused quantizer made them.
+
+    ``fused`` (default: :func:`fused_quant_enabled`): bf16 CUDA input is quantized by the one-launch
+    CuTe DSL kernel (``kernels.router.quant``, bit-identical to the PyTorch quantizer, global scale
+    computed on the device); anything else, or ``fused=False``, by ``quantize_activation_nvfp4``
+    (the reference, ~20 elementwise kernels)."""
+    global last_quantizer
     from kernels.nvfp4 import quantize_activation_nvfp4
 
+    if fused is None:
+        fused = fused_quant_enabled()
+    if fused and cutlass_dsl_available():
+        from .quant import fused_quant_problem, quantize_activation_fused
+
+        x2 = x.reshape(-1, x.shape[-1])
+        if fused_quant_problem(x2) is None and torch.cuda.get_device_capability(x2.device)[0] >= 8:
+            last_quantizer = "fused"
+            return quantize_activation_fused(x2, getattr(linear, "input_global_scale", None), linear._global_scale_b)
+    last_quantizer = "torch"
     xf = x.reshape(-1, x.shape[-1]).float()
     q = quantize_activation_nvfp4(xf, linear.activation_global_scale(xf), check_finite=False)
     return q.data.contiguous(), q.scales.view(torch.uint8).contiguous(), q.global_scale
@@ -164,7 +187,7 @@ def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str
 
 __all__ = [
     "GEMV_MAX_TOKENS", "SCORINGS", "RoutingComparison", "check_scoring", "choose_kernel", "choose_path", "compare_routing", "cutlass_dsl_available",
-    "default_renormalize", "global_expert_index", "merge_topk", "prepare_activation", "reference_router",
+    "default_renormalize", "fused_quant_enabled", "global_expert_index", "merge_topk", "prepare_activation", "reference_router",
     "router_logits_reference", "run_nvfp4_fused_router", "shape_problem", "sorted_insert", "topk_from_logits",
     "topk_of", "weights_for_ids",
 ]

@@ -89,7 +89,9 @@ def main(argv=None) -> int:
         from kernels.router.quant import Nvfp4ActQuantKernel
 
         args = _fake_args("quant", 0)
-        for dynamic in (True, False):  # on-device global scale (grid barrier) / calibrated scale
+        # calibrated scale, then the on-device one (grid barrier): both leave the same file name,
+        # the PTX checked is the last one's
+        for dynamic in (False, True):
             cute.compile(Nvfp4ActQuantKernel(dynamic), *args)
             done.append(f"quant dynamic={dynamic}")
     for k in ([] if a.kernel == "quant" else a.topk):

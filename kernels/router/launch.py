@@ -10,6 +10,7 @@ from typing import Tuple
 
 import torch
 
+from .runtime import alpha_of as _alpha
 from .runtime import counters as _counters
 from .runtime import current_stream, lut as _lut
 from .runtime import to_cute as _cute
@@ -20,7 +21,7 @@ __all__ = ["current_stream", "gemv_args", "plan_portable", "portable_args", "run
 def portable_args(activation, linear, top_k: int, splits: int = 1, k_per_split: int = 0, bm: int = 16):
     """CuTe arguments of the portable kernel, and the output tensors.  ``splits > 1``: split-K with an
     fp32 workspace ``[splits, T, E]`` and per-row-tile semaphores."""
-    a_data, a_scales, g_a = activation
+    a_data, a_scales = activation[0], activation[1]
     t = a_data.shape[0]
     dev = a_data.device
     if splits > 1:
@@ -29,7 +30,7 @@ def portable_args(activation, linear, top_k: int, splits: int = 1, k_per_split: 
     else:
         ws = torch.empty((1, 1, 1), dtype=torch.float32, device=dev)
         cnt = _counters(dev, 1)
-    alpha = (g_a.to(dev, torch.float32) * linear._global_scale_b.to(dev, torch.float32)).reshape(1)
+    alpha = _alpha(activation, linear, dev)
     ids = torch.empty((t, top_k), dtype=torch.int32, device=dev)
     w = torch.empty((t, top_k), dtype=torch.float32, device=dev)
     args = (
@@ -81,12 +82,12 @@ def run_sm100(activation, linear, top_k: int, scoring: str, renormalize: bool):
 def gemv_args(activation, linear, top_k: int, tm: int = 1):
     """CuTe arguments of the GEMV (decode) kernel, and the output tensors.  Workspace: the float32
     logits [T, E]; one semaphore per group of ``tm`` tokens."""
-    a_data, a_scales, g_a = activation
+    a_data, a_scales = activation[0], activation[1]
     t = a_data.shape[0]
     dev = a_data.device
     logits = torch.empty((1, t, linear.out_features), dtype=torch.float32, device=dev)
     cnt = _counters(dev, -(-t // tm))
-    alpha = (g_a.to(dev, torch.float32) * linear._global_scale_b.to(dev, torch.float32)).reshape(1)
+    alpha = _alpha(activation, linear, dev)
     ids = torch.empty((t, top_k), dtype=torch.int32, device=dev)
     w = torch.empty((t, top_k), dtype=torch.float32, device=dev)
     args = (
@@ -119,13 +120,13 @@ def run_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool, co
 def mma_gemv_args(activation, linear, top_k: int, nt: int = 1, ksplit: int = 1):
     """CuTe arguments of the tensor-core decode kernel: partial logits ``[ksplit, T, E]``, one
     semaphore per 8 tokens."""
-    a_data, a_scales, g_a = activation
+    a_data, a_scales = activation[0], activation[1]
     t = a_data.shape[0]
     dev = a_data.device
     e = linear.out_features
     ws = torch.empty((ksplit, t, e), dtype=torch.float32, device=dev)
     cnt = _counters(dev, -(-t // (8 * nt)) * nt)
-    alpha = (g_a.to(dev, torch.float32) * linear._global_scale_b.to(dev, torch.float32)).reshape(1)
+    alpha = _alpha(activation, linear, dev)
     ids = torch.empty((t, top_k), dtype=torch.int32, device=dev)
     w = torch.empty((t, top_k), dtype=torch.float32, device=dev)
     args = (

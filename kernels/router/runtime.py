@@ -45,6 +45,15 @@ def lut(device):
     return _LUTS[key]
 
 
+def alpha_of(activation, linear, dev):
+    """The epilogue factor ``g_a * g_b`` as float32 [1]: the fused quantizer's 4th element when the
+    activation came from it (no extra kernel), else one multiply."""
+    if len(activation) > 3 and activation[3] is not None:
+        return activation[3].reshape(1)
+    g_a = activation[2]
+    return (g_a.to(dev, torch.float32) * linear._global_scale_b.to(dev, torch.float32)).reshape(1)
+
+
 def counters(device, n: int):
     """Zeroed int32 semaphores; the last CTA of a group resets its own to 0 for the next launch."""
     key = str(device)

@@ -391,14 +391,14 @@ def sm100_args(activation, linear, top_k: int):
 
     from kernels.nvfp4 import swizzle_scales
 
-    from .runtime import current_stream
+    from .runtime import alpha_of, current_stream
     from .runtime import to_cute as _cute
 
-    a_data, a_scales, g_a = activation
+    a_data, a_scales = activation[0], activation[1]
     t = a_data.shape[0]
     dev = a_data.device
     sfa = swizzle_scales(a_scales.view(torch.float8_e4m3fn)).view(torch.uint8).reshape(-1)
-    alpha = (g_a.to(dev, torch.float32) * linear._global_scale_b.to(dev, torch.float32)).reshape(1)
+    alpha = alpha_of(activation, linear, dev)
     ids = torch.empty((t, top_k), dtype=torch.int32, device=dev)
     w = torch.empty((t, top_k), dtype=torch.float32, device=dev)
     args = (

@@ -47,6 +47,17 @@ def test_decode_kernels_compile(arch):
     assert "mma" not in res and "tcgen05" not in err
 
 
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90a", "sm_120a"])
+def test_activation_quantizer_compiles(arch):
+    # the fused NVFP4 activation quantizer: IEEE div/mul/add through PTX (bit-identical to PyTorch),
+    # 16-byte loads, grid barrier (atom.max, acq_rel arrive, ld.acquire spin), no fp8/fp4 cvt
+    rc, res, err = _compile("quant", arch, "--expect-ptx", "div.rn.f32", "--expect-ptx", "ld.global.v4",
+                            "--expect-ptx", "atom.global.max.s32", "--expect-ptx", "atom.global.acq_rel.add",
+                            "--expect-ptx", "ld.acquire.gpu", "--expect-ptx", "st.release.gpu")
+    assert rc == 0 and res["ok"], (res, err[-3000:])
+    assert res["compiled"] == ["quant dynamic=False", "quant dynamic=True"]
+
+
 def test_sm100_kernel_compiles_for_sm_100a():
     rc, res, err = _compile("sm100", "sm_100a", "--topk", "6", "8",
                             "--expect-ptx", "tcgen05.mma.cta_group::1.kind::mxf4nvf4.block_scale.block16",

@@ -158,3 +158,22 @@ def test_fused_quantizer_in_cuda_graph(t):
         assert torch.equal(out[0], ref.data) and torch.equal(out[1], ref.scales.view(torch.uint8))
         assert torch.equal(out[2].reshape(()), ref.global_scale.reshape(()))
 
+
+
+@gpu_test
+@pytest.mark.parametrize("t", [1, 7, 130])
+def test_quantize_and_route_same_answer_as_pytorch_quantizer(t):
+    # same activation bytes and the same alpha bits: the router's output must not change at all
+    from kernels import router
+    from kernels.nvfp4 import Nvfp4Linear
+
+    g = torch.Generator().manual_seed(t)
+    layer = Nvfp4Linear((torch.randn(256, 7168, generator=g) / 7168 ** 0.5).cuda()).finalize_weights()
+    x = _tokens(t, 7168, seed=200 + t)
+    act_t = router.prepare_activation(x, layer, fused=False)
+    act_f = router.prepare_activation(x, layer, fused=True)
+    assert router.last_quantizer == "fused" and len(act_f) == 4
+    ids_t, w_t = router.run_nvfp4_fused_router(x, layer, 6, "softmax", activation=act_t)
+    ids_f, w_f = router.run_nvfp4_fused_router(x, layer, 6, "softmax")  # default path: fused quantizer
+    assert router.last_quantizer == "fused"
+    assert torch.equal(ids_t, ids_f) and torch.equal(w_t, w_f)
