@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# One device call: install the carried CuTe DSL, then the router validation, the GPU tests
-# (two-kernel reference and the independent float64 reference) and the bench, logs to $OUT.
-#   carried: .whl/ (the small cutlass-dsl wheels), .cu13/cu13.tar.xz* (the cu13 libs wheel,
+# One device call: install the carried CuTe DSL, then the fused activation quantizer's tests, the
+# router validation and the bench (validate + bench in ONE Python process, so the bench reuses the
+# kernels the validation compiled), logs and results to $OUT.
+#   carried: .whl/ (the small cutlass-dsl wheels), .cu13a/cu13.tar.xz.* (the cu13 libs wheel,
 #   unpacked and xz-packed because the wheel is over the 64 MiB carry limit)
-# Usage: bash bench/device_session.sh [validate] [tests] [bench]   (all three by default)
+# Usage: bash bench/device_session.sh [quant] [tests] [validate] [bench] [both]   (default: quant both)
+#   quant: tests/kernels/test_router_quant.py; if it fails, the later steps run with
+#          GPUREPRO_ROUTER_FUSED_QUANT=0 (the PyTorch quantizer) and say so
+#   both:  validate then bench in one process; BENCH_ARGS adds bench options (default --skip mma_nosplit)
+# Every step runs under `timeout` (QUANT_S, TESTS_S, BOTH_S seconds) so one hang cannot eat the call.
 set -u
 OUT=${OUT:-/tmp/out}
-steps=${*:-validate tests bench}
+steps=${*:-quant both}
+t0=$(date +%s)
 if [ ! -d /tmp/site/nvidia_cutlass_dsl/dsl_packages/cutlass/_mlir ] || [ ! -e /tmp/site/.cu13-done ]; then
   mkdir -p /tmp/stage && cp .cu13a/* .cu13b/* /tmp/stage/ 2>/dev/null
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
@@ -18,13 +24,36 @@ export PYTHONPATH=/tmp/site/nvidia_cutlass_dsl/dsl_packages:/tmp/site:$PWD
 export PYTHONUNBUFFERED=1
 python3 -c "import torch, cutlass; print(torch.cuda.get_device_name(), torch.__version__, cutlass.__version__)" || exit 3
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv
+echo "setup: $(( $(date +%s) - t0 )) s"
 rc=0
 for s in $steps; do
+  ts=$(date +%s)
   case $s in
+    quant)
+      timeout "${QUANT_S:-80}" python3 -m pytest -q -p no:cacheprovider -rs tests/kernels/test_router_quant.py 2>&1 | tee "$OUT/pytest_quant.log" | tail -12
+      r=${PIPESTATUS[0]}
+      if [ "$r" != 0 ]; then
+        export GPUREPRO_ROUTER_FUSED_QUANT=0
+        echo "fused quantizer tests failed (rc=$r): the later steps use the PyTorch quantizer"
+      fi
+      rc=$((rc | r)) ;;
+    tests) timeout "${TESTS_S:-120}" python3 -m pytest -q -p no:cacheprovider tests/kernels/test_router_gpu.py tests/kernels/test_router_fp32_reference.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -15 ; rc=$((rc | ${PIPESTATUS[0]})) ;;
     validate) python3 bench/router_validate.py --out "$OUT" 2>&1 | tee "$OUT/validate.log" | grep -E "FAIL|passed|Error|error" ; rc=$((rc | ${PIPESTATUS[0]})) ;;
-    tests) python3 -m pytest -q -p no:cacheprovider tests/kernels/test_router_gpu.py tests/kernels/test_router_fp32_reference.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -15 ; rc=$((rc | ${PIPESTATUS[0]})) ;;
-    bench) python3 bench/router_bench.py --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -14 ; rc=$((rc | ${PIPESTATUS[0]})) ;;
-    quick) python3 bench/router_bench.py --out "$OUT" --tokens 1 7 128 --experts 256 384 --skip mma_nosplit fused+quant 2>&1 | tee "$OUT/bench_quick.log" | tail -8 ; rc=$((rc | ${PIPESTATUS[0]})) ;;
+    bench) python3 bench/router_bench.py --out "$OUT" ${BENCH_ARGS:---skip mma_nosplit} 2>&1 | tee "$OUT/bench.log" | tail -14 ; rc=$((rc | ${PIPESTATUS[0]})) ;;
+    both)
+      timeout "${BOTH_S:-220}" python3 - "$OUT" ${BENCH_ARGS:---skip mma_nosplit} <<'EOF' 2>&1 | tee "$OUT/validate_bench.log" | grep -E "FAIL|passed|Error|error|^\{|^\|" | cut -c1-400
+import sys
+sys.path.insert(0, "bench")
+import router_bench
+import router_validate
+
+out, extra = sys.argv[1], sys.argv[2:]
+rv = router_validate.main(["--out", out])
+rb = router_bench.main(["--out", out, *extra])
+sys.exit(rv | rb)
+EOF
+      rc=$((rc | ${PIPESTATUS[0]})) ;;
   esac
+  echo "step $s: $(( $(date +%s) - ts )) s (rc so far $rc)"
 done
 exit $rc

@@ -10,8 +10,11 @@ not from the 60 MB L2), replayed ``--reps`` times; the time per call is the medi
   activations already quantized to NVFP4;
 * ``swapab`` / ``gemv`` / ``mma`` / ``mma_nosplit`` each kernel forced (where it takes the shape):
   tensor-core decode, CUDA-core decode, mma.sync tiles with and without split-K;
-* ``fused+quant``  ``run_nvfp4_fused_router`` from bf16 activations (the PyTorch quantizer of
-  ``kernels.nvfp4``, several elementwise kernels, then the kernel);
+* ``fused+quant``  ``run_nvfp4_fused_router`` from bf16 activations, its default path: the fused
+  one-kernel quantizer (``kernels.router.quant``; the PyTorch one when
+  ``GPUREPRO_ROUTER_FUSED_QUANT=0``), then the kernel;
+* ``torchq+route`` the same with the PyTorch quantizer of ``kernels.nvfp4`` (~20 elementwise kernels);
+* ``quant``        the fused quantizer alone;
 * ``bf16``         cuBLAS bf16 GEMM (x @ W^T, W in bf16) + softmax + ``torch.topk``;
 * ``deq``          NVFP4 weight dequantization (PyTorch, to bf16) + cuBLAS bf16 GEMM + softmax + topk.
 
@@ -98,7 +101,46 @@ def layer_copy(layer):
     return types.SimpleNamespace(_mat_b=layer._mat_b.clone(), _scale_b=layer._scale_b.clone(),
                                  _global_scale_b=layer._global_scale_b, out_features=layer.out_features,
                                  in_features=layer.in_features, finalize_weights=lambda: None,
+                                 input_global_scale=layer.input_global_scale,
                                  activation_global_scale=layer.activation_global_scale)
+
+
+def write_results(rows, name, a, copy, floor) -> str:
+    """router_bench.{md,json} in ``a.out`` from the rows so far (called after every row: a run cut
+    short still leaves its rows)."""
+    def f(r, key):
+        v = r.get(key + "_us")
+        return "-" if v is None else f"{v:.1f}"
+
+    lines = [
+        f"device: {name}; hidden={a.hidden}, top_k={a.topk}, {a.scoring}; GPU time per call in us: one CUDA graph "
+        f"of {a.layers} calls over {a.layers} weight copies (weights from HBM), median of {a.reps} replays / "
+        f"{a.layers}; device copy {copy:.0f} GB/s (read + write); a one-element elementwise kernel in the same "
+        f"harness: {floor:.2f} us; fused GB/s = FP4 weight + scales + NVFP4 "
+        "activation bytes / time; quant = the fused activation quantizer alone (quantizer of fused+quant: "
+        f"{rows[0].get('quantizer') if rows else '-'}), torchq+route = the PyTorch quantizer + the kernel",
+        "",
+        "| T | E | kernel | fused | swapab | gemv | mma (split-K) | mma, no split | quant | fused+quant | torchq+route "
+        "| bf16 GEMM+topk | deq+GEMM+topk | bf16/fused | deq/fused | quant+route/route | torchq+route/route "
+        "| fused GB/s | % of copy | TFLOP/s |",
+        "|" + "---|" * 20,
+    ]
+    for r in rows:
+        qr = r.get("quant+route/route")
+        tq = r.get("torchq+route/route")
+        lines.append(f"| {r['T']} | {r['E']} | {r['kernel']} | {f(r, 'fused')} | {f(r, 'swapab')} | {f(r, 'gemv')} | {f(r, 'mma')} "
+                     f"({r['splits']}) | {f(r, 'mma_nosplit')} | {f(r, 'quant')} | {f(r, 'fused+quant')} | "
+                     f"{f(r, 'torchq+route')} | {f(r, 'bf16')} | "
+                     f"{f(r, 'deq')} | {r['bf16/fused']:.2f} | {r['deq/fused']:.2f} | "
+                     f"{'-' if qr is None else f'{qr:.2f}'} | {'-' if tq is None else f'{tq:.2f}'} | {r['fused_GBps']:.0f} | "
+                     f"{100 * r['fused_GBps'] / copy:.0f} | {r['fused_TFLOPs']:.1f} |")
+    md = "\n".join(lines)
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "router_bench.md"), "w") as fh:
+        fh.write(md + "\n")
+    with open(os.path.join(a.out, "router_bench.json"), "w") as fh:
+        json.dump({"device": name, "copy_GBps": copy, "graph_kernel_floor_us": floor, "rows": rows}, fh, indent=1)
+    return md
 
 
 def main(argv=None) -> int:
@@ -172,8 +214,17 @@ def main(argv=None) -> int:
             def quant_route(lay):
                 return lambda: router.run_nvfp4_fused_router(x, lay, a.topk, a.scoring, path="portable")
 
+            def torch_quant_route(lay):
+                return lambda: router.run_nvfp4_fused_router(
+                    x, lay, a.topk, a.scoring, path="portable", activation=router.prepare_activation(x, lay, fused=False))
+
             if "fused+quant" not in a.skip:
                 paths["fused+quant"] = [quant_route(lay) for lay in layers]
+            if "torchq+route" not in a.skip:
+                paths["torchq+route"] = [torch_quant_route(lay) for lay in layers]
+            if "quant" not in a.skip:
+                paths["quant"] = [lambda: router.prepare_activation(x, base)] * a.layers
+            quantizer = router.last_quantizer
 
             def topk(logits):
                 probs = torch.softmax(logits.float(), dim=-1)
@@ -186,52 +237,29 @@ def main(argv=None) -> int:
                 return topk(x @ wd.t())
 
             paths["deq"] = [lambda m=m, sc=sc: deq(m, sc) for m, sc in deq_w]
-            r = {"T": t, "E": e, "k": a.topk, "kernel": chosen, "layers": a.layers,
+            paths = {key: fns for key, fns in paths.items() if key == "fused" or key not in a.skip}
+            r = {"T": t, "E": e, "k": a.topk, "kernel": chosen, "layers": a.layers, "quantizer": quantizer,
                  "splits": plan_portable(t, a.hidden, experts=e)[2]}
             for key, fns in paths.items():
                 r[key + "_us"], r[key + "_timing"] = time_us(fns, a.reps)
             fus = r["fused_us"]
-            r["bf16/fused"] = r["bf16_us"] / fus
-            r["deq/fused"] = r["deq_us"] / fus
+            r["bf16/fused"] = r["bf16_us"] / fus if "bf16_us" in r else float("nan")
+            r["deq/fused"] = r["deq_us"] / fus if "deq_us" in r else float("nan")
             if "fused+quant_us" in r:
                 r["quant+route/route"] = r["fused+quant_us"] / fus
+            if "torchq+route_us" in r:
+                r["torchq+route/route"] = r["torchq+route_us"] / fus
             r["fused_GBps"] = (fp4_bytes + act_bytes) / fus / 1e3
             r["copy_GBps"] = copy
             r["graph_kernel_floor_us"] = floor
             r["fused_TFLOPs"] = 2 * t * e * a.hidden / fus / 1e6
-            r["bf16_GBps"] = (w_bf16[0].numel() * 2 + x.numel() * 2) / r["bf16_us"] / 1e3
+            if "bf16_us" in r:
+                r["bf16_GBps"] = (w_bf16[0].numel() * 2 + x.numel() * 2) / r["bf16_us"] / 1e3
             rows.append(r)
             print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}), flush=True)
             del paths
-    def f(r, key):
-        v = r.get(key + "_us")
-        return "-" if v is None else f"{v:.1f}"
-
-    lines = [
-        f"device: {name}; hidden={a.hidden}, top_k={a.topk}, {a.scoring}; GPU time per call in us: one CUDA graph "
-        f"of {a.layers} calls over {a.layers} weight copies (weights from HBM), median of {a.reps} replays / "
-        f"{a.layers}; device copy {copy:.0f} GB/s (read + write); a one-element elementwise kernel in the same "
-        f"harness: {floor:.2f} us; fused GB/s = FP4 weight + scales + NVFP4 "
-        "activation bytes / time",
-        "",
-        "| T | E | kernel | fused | swapab | gemv | mma (split-K) | mma, no split | fused+quant | bf16 GEMM+topk | deq+GEMM+topk "
-        "| bf16/fused | deq/fused | quant+route/route | fused GB/s | % of copy | TFLOP/s |",
-        "|" + "---|" * 17,
-    ]
-    for r in rows:
-        qr = r.get("quant+route/route")
-        lines.append(f"| {r['T']} | {r['E']} | {r['kernel']} | {f(r, 'fused')} | {f(r, 'swapab')} | {f(r, 'gemv')} | {f(r, 'mma')} "
-                     f"({r['splits']}) | {f(r, 'mma_nosplit')} | {f(r, 'fused+quant')} | {f(r, 'bf16')} | "
-                     f"{f(r, 'deq')} | {r['bf16/fused']:.2f} | {r['deq/fused']:.2f} | "
-                     f"{'-' if qr is None else f'{qr:.2f}'} | {r['fused_GBps']:.0f} | "
-                     f"{100 * r['fused_GBps'] / copy:.0f} | {r['fused_TFLOPs']:.1f} |")
-    md = "\n".join(lines)
+            md = write_results(rows, name, a, copy, floor)
     print(md)
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "router_bench.md"), "w") as fh:
-        fh.write(md + "\n")
-    with open(os.path.join(a.out, "router_bench.json"), "w") as fh:
-        json.dump({"device": name, "copy_GBps": copy, "graph_kernel_floor_us": floor, "rows": rows}, fh, indent=1)
     return 0
 
 

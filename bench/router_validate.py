@@ -88,16 +88,18 @@ def main(argv=None) -> int:
 
                     bm, _, splits, _ = plan_portable(t, a.hidden, split_k=split, experts=e)
                     path = f"mma bm={bm} splits={splits}"
-                row = {"T": t, "E": e, "k": k, "scoring": scoring, "path": path, **c.as_dict(),
+                row = {"T": t, "E": e, "k": k, "scoring": scoring, "path": path, "quantizer": router.last_quantizer,
+                       **c.as_dict(),
                        "pass": ok, "first_call_s": round(dt, 2)}
                 rows.append(row)
-                print(f"T={t:5d} E={e} k={k} {scoring:8s} path={path} mism={c.id_mismatches} "
+                print(f"T={t:5d} E={e} k={k} {scoring:8s} path={path} quant={router.last_quantizer} mism={c.id_mismatches} "
                       f"exact_ties={c.exact_ties} near_ties={c.near_ties} real={c.real_mismatches} "
                       f"max_w_err={c.max_weight_err:.2e} {'PASS' if ok else 'FAIL'} ({dt:.1f}s)", flush=True)
-    head = "| T | E | k | scoring | path | id mismatches | exact ties | near ties | wrong ids | max weight err | result |"
-    lines = [head, "|" + "---|" * 11]
+    head = ("| T | E | k | scoring | path | quantizer | id mismatches | exact ties | near ties | wrong ids "
+            "| max weight err | result |")
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
-        lines.append(f"| {r['T']} | {r['E']} | {r['k']} | {r['scoring']} | {r['path']} | {r['id_mismatches']} | "
+        lines.append(f"| {r['T']} | {r['E']} | {r['k']} | {r['scoring']} | {r['path']} | {r['quantizer']} | {r['id_mismatches']} | "
                      f"{r['exact_ties']} | {r['near_ties']} | {r['real_mismatches']} | {r['max_weight_err']:.2e} | "
                      f"{'pass' if r['pass'] else 'FAIL'} |")
     md = "\n".join(lines)

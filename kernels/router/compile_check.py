@@ -23,6 +23,34 @@ import tempfile
 import time
 
 
+def cubin_registers(path: str) -> list:
+    """Registers per thread of each kernel in a cubin (EIATTR_REGCOUNT records of its .nv.info
+    sections): the occupancy a grid barrier relies on is checked without a GPU."""
+    import struct
+
+    with open(path, "rb") as fh:
+        d = fh.read()
+    shoff = struct.unpack_from("<Q", d, 0x28)[0]
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", d, 0x3A)
+    secs = [struct.unpack_from("<IIQQQQIIQQ", d, shoff + i * shentsize) for i in range(shnum)]
+    names = secs[shstrndx][4]
+    regs = []
+    for sec in secs:
+        name = d[names + sec[0]:d.index(b"\0", names + sec[0])]
+        if not name.startswith(b".nv.info"):
+            continue
+        p, end = sec[4], sec[4] + sec[5]
+        while p < end:
+            fmt, attr, size = struct.unpack_from("<BBH", d, p)
+            if fmt == 4:  # EIFMT_SVAL: a payload of `size` bytes follows
+                if attr == 0x2F and size == 8:  # EIATTR_REGCOUNT: (function symbol, registers)
+                    regs.append(struct.unpack_from("<II", d, p + 4)[1])
+                p += 4 + size
+            else:
+                p += 4
+    return regs
+
+
 def _act_layer():
     import torch
 
@@ -135,9 +163,11 @@ def main(argv=None) -> int:
             os.remove(f)
     missing = [s for s in a.expect_ptx if s not in ptx]
     ok = bool(done) and any(c.endswith(f".{a.arch}.cubin") for c in cubins) and not missing
+    regs = sorted({r for c in cubins if os.path.exists(c) for r in cubin_registers(c)})
     shutil.rmtree(dump, ignore_errors=True)
     print(json.dumps({"kernel": a.kernel, "arch": a.arch, "compiled": done, "seconds": round(time.time() - t0, 1),
-                      "cubins": [os.path.basename(c)[-60:] for c in cubins], "missing_ptx": missing, "ok": ok}))
+                      "cubins": [os.path.basename(c)[-60:] for c in cubins], "registers": regs, "missing_ptx": missing,
+                      "ok": ok}))
     return 0 if ok else 1
 
 

@@ -13,7 +13,7 @@ so quantize-and-route was 7-20x slower than route alone.  Here:
   (integer max of the |x| bit patterns: the same order as the floats, NaN propagates), then one
   ``atom.max`` per CTA and a grid barrier (counter + generation word in a 4-int workspace, reset
   by the last CTA to arrive, so the kernel is graph-capturable and needs no host memset; the grid
-  is at most ``2 x SMs`` CTAs of 256 threads so every CTA is resident).  One CTA skips the
+  is at most ``4 x SMs`` CTAs of 256 threads so every CTA is resident).  One CTA skips the
   barrier.  Static scale: read from a 1-element tensor, no barrier;
 * every floating-point step PyTorch takes is done with the same IEEE operation through inline PTX
   (``div.rn.f32``, ``mul.rn.f32``, ``add.rn.f32``: no fast-math, no FMA contraction, no flush of
@@ -37,7 +37,9 @@ from cutlass._mlir.dialects import llvm
 THREADS = 256
 WARPS = THREADS // 32
 PER_THREAD = 2  # 16-element blocks per thread held in registers across the global-scale barrier
-CTAS_PER_SM = 2  # grid cap: 2 CTAs of 256 threads always fit on one SM (co-residency for the barrier)
+# grid cap: 4 CTAs of 256 threads (<= 64 registers a thread, checked in the compile test) fit on
+# one SM of SM80/SM90/SM120, so every CTA is resident for the grid barrier
+CTAS_PER_SM = 4
 
 # workspace words
 WS_COUNT = 0
@@ -212,7 +214,7 @@ class Nvfp4ActQuantKernel:
         raw = cute.make_rmem_tensor(cute.make_layout((8, R), stride=(1, 8)), cutlass.Int32)
         raw.fill(0)
         bam = cute.make_rmem_tensor(cute.make_layout(R), cutlass.Int32)
-        tmp = cute.make_rmem_tensor(cute.make_layout(8), cutlass.Int32)
+        tmp = cute.make_rmem_tensor(cute.make_layout((8, 2), stride=(1, 8)), cutlass.Int32)
         # every register-held block's loads go out before any is used
         for i in cutlass.range_constexpr(R):
             b = first + i * stride
@@ -226,9 +228,13 @@ class Nvfp4ActQuantKernel:
         g = cutlass.Float32(0.0)
         if cutlass.const_expr(self.dynamic):
             # blocks beyond the registers: read once for the max now, again to quantize below
-            for b in range(first + R * stride, nb, stride):
-                self._load_block(mX, b, tmp)
-                amax = cutlass.max(amax, self._block_amax(tmp))
+            for b in range(first + R * stride, nb, 2 * stride):
+                # two blocks' loads in flight per thread
+                self._load_block(mX, b, tmp[None, 0])
+                if b + stride < nb:
+                    self._load_block(mX, b + stride, tmp[None, 1])
+                amax = cutlass.max(amax, self._block_amax(tmp[None, 0]))
+                amax = cutlass.max(amax, _sel(b + stride < nb, self._block_amax(tmp[None, 1]), cutlass.Int32(0)))
             for sh in cutlass.range_constexpr(5):
                 amax = cutlass.max(amax, cute.arch.shuffle_sync_bfly(amax, offset=16 >> sh))
             if lane == 0:
@@ -279,9 +285,13 @@ class Nvfp4ActQuantKernel:
             b = first + i * stride
             if b < nb:
                 self._quant_block(mQ, mS, b, raw[None, i], bam[i], g_safe, d6)
-        for b in range(first + R * stride, nb, stride):
-            self._load_block(mX, b, tmp)
-            self._quant_block(mQ, mS, b, tmp, self._block_amax(tmp), g_safe, d6)
+        for b in range(first + R * stride, nb, 2 * stride):
+            self._load_block(mX, b, tmp[None, 0])
+            if b + stride < nb:
+                self._load_block(mX, b + stride, tmp[None, 1])
+            self._quant_block(mQ, mS, b, tmp[None, 0], self._block_amax(tmp[None, 0]), g_safe, d6)
+            if b + stride < nb:
+                self._quant_block(mQ, mS, b + stride, tmp[None, 1], self._block_amax(tmp[None, 1]), g_safe, d6)
 
 
 _compiled = {}
@@ -345,6 +355,8 @@ def fused_quant_problem(x) -> str | None:
         return f"input dtype {x.dtype} (the fused quantizer reads bf16)"
     if x.numel() == 0 or x.shape[-1] % 16:
         return "empty input or K not a multiple of 16"
+    if x.numel() >= 2 ** 31:
+        return "more than 2^31 elements (int32 word offsets)"
     if not x.is_contiguous() or x.data_ptr() % 16:
         return "input not contiguous and 16-byte aligned"
     return None

@@ -56,6 +56,8 @@ def test_activation_quantizer_compiles(arch):
                             "--expect-ptx", "ld.acquire.gpu", "--expect-ptx", "st.release.gpu")
     assert rc == 0 and res["ok"], (res, err[-3000:])
     assert res["compiled"] == ["quant dynamic=False", "quant dynamic=True"]
+    # the grid barrier needs quant.CTAS_PER_SM CTAs of 256 threads resident on one SM: <= 64 registers
+    assert res["registers"] and max(res["registers"]) <= 64, res["registers"]
 
 
 def test_sm100_kernel_compiles_for_sm_100a():
