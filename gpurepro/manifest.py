@@ -122,7 +122,9 @@ def _semantic_problems(path: pathlib.Path, steps: list) -> list[tuple[str, str]]
         for patch in entry.get("patches") or []:
             if not isinstance(patch, str):
                 continue
-            if patch.startswith("/") or ".." in patch.split("/") or not _inside(patches_dir, patch):
+            if patch.startswith("/") or ".." in patch.split("/"):
+                continue  # the schema's pattern has said so already: one line per problem
+            if not _inside(patches_dir, patch):  # a link leading out
                 problems.append((f"{where}.patches", f"{patch} is outside repros/patches/ (patches must live there)"))
             elif not (patches_dir / patch).is_file():
                 problems.append((f"{where}.patches", f"patches/{patch} does not exist"))
