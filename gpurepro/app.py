@@ -84,9 +84,9 @@ def _toolchain_names(cfg, value) -> list[str] | None:
     names = split_steps(value)
     if not names:
         return None
-    from .toolchains import load_toolchains
+    from .toolchains import load_toolchains, toolchains_file
 
-    chosen = load_toolchains(cfg.root / "ci" / "toolchains.yaml").select(names)
+    chosen = load_toolchains(toolchains_file(cfg)).select(names)
     return [t.name for t in chosen]
 
 
@@ -241,9 +241,9 @@ def image_base(*, force=False, suite="bookworm", mirror=None, config=None) -> in
 
 
 def _toolchains(cfg, value):
-    from .toolchains import load_toolchains
+    from .toolchains import load_toolchains, toolchains_file
 
-    return load_toolchains(cfg.root / "ci" / "toolchains.yaml").select(split_steps(value))
+    return load_toolchains(toolchains_file(cfg)).select(split_steps(value))
 
 
 def image_build(*, target="vllm-dev", toolchain=None, config=None) -> int:

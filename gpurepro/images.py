@@ -278,11 +278,11 @@ def stage_context(config: Config, toolchain, target: str, *, log=print) -> pathl
 
 
 def _toolchain(config: Config, toolchain):
-    from .toolchains import TOOLCHAINS_FILE, Toolchain, load_toolchains
+    from .toolchains import Toolchain, load_toolchains, toolchains_file
 
     if isinstance(toolchain, Toolchain):
         return toolchain
-    toolchains = load_toolchains(config.root / TOOLCHAINS_FILE)
+    toolchains = load_toolchains(toolchains_file(config))
     return toolchains.default if toolchain is None else toolchains[toolchain]
 
 

@@ -287,6 +287,12 @@ def parse_toolchains(data, path) -> Toolchains:
     return Toolchains(pathlib.Path(path), items)
 
 
+def toolchains_file(config) -> pathlib.Path:
+    """The project's ci/toolchains.yaml; a configuration kept elsewhere (GPUREPRO_CONFIG) uses the tool's own."""
+    own = pathlib.Path(config.root) / TOOLCHAINS_FILE
+    return own if own.is_file() else ROOT / TOOLCHAINS_FILE
+
+
 def load_toolchains(path: str | pathlib.Path | None = None) -> Toolchains:
     """Read and validate a toolchain file (default: ci/toolchains.yaml at the project root)."""
     path = pathlib.Path(path) if path is not None else ROOT / TOOLCHAINS_FILE

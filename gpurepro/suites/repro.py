@@ -293,9 +293,9 @@ def _toolchain_headers_dir(config: Config, toolchain) -> pathlib.Path:
 def plan_lanes(config: Config, request: RunRequest, *, log) -> list[Lane]:
     """The toolchains asked for, each with what it needs here: its image built (docker) or its headers laid out
     (host), offline from the pinned wheels. Equivalent toolchains are run once."""
-    from ..toolchains import equivalence_groups, load_toolchains
+    from ..toolchains import equivalence_groups, load_toolchains, toolchains_file
 
-    chosen = load_toolchains(config.root / "ci" / "toolchains.yaml").select(request.toolchains)
+    chosen = load_toolchains(toolchains_file(config)).select(request.toolchains)
     from ..images import local_wheel_dirs, pool_dir
 
     lanes = []

@@ -15,6 +15,7 @@ import time
 import uuid
 
 import pytest
+from second_dockerd import second_dockerd
 import yaml
 
 from projects import ROOT, make_project
@@ -274,59 +275,10 @@ H12_BRIDGE_CIDR = "172.31.251.1/24"
 @pytest.fixture
 def own_daemon(tmp_path_factory, docker_client):
     """A second dockerd (own socket, data root, exec root, pidfile, bridge) holding the base image."""
-    import shutil
-    import signal
-
-    import docker
-
     _image(docker_client, BASE)
-    if os.geteuid() != 0:
-        pytest.skip("starting a second Docker daemon needs root")
-    if not shutil.which("dockerd") or not shutil.which("ip"):
-        pytest.skip("dockerd or ip (iproute2) not installed")
-    base = tmp_path_factory.mktemp("h12d")
-    socket = base / "docker.sock"
-    subprocess.run(["ip", "link", "del", H12_BRIDGE], capture_output=True)
-    subprocess.run(["ip", "link", "add", H12_BRIDGE, "type", "bridge"], check=True)
-    subprocess.run(["ip", "addr", "add", H12_BRIDGE_CIDR, "dev", H12_BRIDGE], check=True)
-    subprocess.run(["ip", "link", "set", H12_BRIDGE, "up"], check=True)
-    log = open(base / "dockerd.log", "wb")
-    daemon = subprocess.Popen(
-        ["dockerd", "--host", f"unix://{socket}", "--data-root", str(base / "data"), "--exec-root",
-         str(base / "exec"), "--pidfile", str(base / "docker.pid"), "--bridge", H12_BRIDGE, "--iptables=false",
-         "--shutdown-timeout", "5"], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        client = None
-        for _ in range(60):
-            try:
-                client = docker.DockerClient(base_url=f"unix://{socket}", timeout=120)
-                client.ping()
-                break
-            except Exception:  # noqa: BLE001 - not up yet
-                client = None
-                time.sleep(1)
-        if client is None:
-            pytest.fail(f"second dockerd did not start: {(base / 'dockerd.log').read_text()[-500:]}")
-        archive = base / "image.tar"
-        with open(archive, "wb") as fh:
-            for chunk in docker_client.images.get(BASE).save(chunk_size=8 << 20, named=True):
-                fh.write(chunk)
-        with open(archive, "rb") as fh:
-            client.images.load(fh)
-        archive.unlink()
-        yield {"client": client, "socket": socket, "process": daemon}
-    finally:
-        if daemon.poll() is None:
-            os.kill(daemon.pid, signal.SIGTERM)
-            try:
-                daemon.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.kill(daemon.pid, signal.SIGKILL)
-                daemon.wait(timeout=30)
-        log.close()
-        subprocess.run(["ip", "link", "del", H12_BRIDGE], capture_output=True)
-        subprocess.run(["umount", "-R", str(base / "data")], capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+    with second_dockerd(tmp_path_factory.mktemp("h12d"), bridge=H12_BRIDGE, cidr=H12_BRIDGE_CIDR,
+                        docker_client=docker_client, images=(BASE,), client_timeout=120) as daemon:
+        yield daemon
 
 
 @pytest.mark.slow

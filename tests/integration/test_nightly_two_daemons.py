@@ -17,6 +17,7 @@ import time
 import pytest
 
 from projects import ROOT, device_part
+from second_dockerd import second_dockerd
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -51,59 +52,10 @@ def toolchain_ref(docker_client):
 @pytest.fixture(scope="module")
 def second_daemon(tmp_path_factory, docker_client, toolchain_ref):
     """A second dockerd of our own, holding the toolchain image; stopped by its pid afterwards."""
-    import docker
-
-    if os.geteuid() != 0:
-        pytest.skip("starting a second Docker daemon needs root")
-    if not shutil.which("dockerd") or not shutil.which("ip"):
-        pytest.skip("dockerd or ip (iproute2) not installed")
-    base = tmp_path_factory.mktemp("dockerd2")
-    socket = base / "docker.sock"
-    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)  # a leftover of an aborted run
-    subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
-    subprocess.run(["ip", "addr", "add", BRIDGE_CIDR, "dev", BRIDGE], check=True)
-    subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True)
-    log = open(base / "dockerd.log", "wb")
-    daemon = subprocess.Popen(
-        ["dockerd", "--host", f"unix://{socket}", "--data-root", str(base / "data"), "--exec-root",
-         str(base / "exec"), "--pidfile", str(base / "docker.pid"), "--bridge", BRIDGE, "--iptables=false",
-         "--shutdown-timeout", "5"],
-        stdout=log, stderr=subprocess.STDOUT)
-    try:
-        client = None
-        for _ in range(60):
-            try:
-                client = docker.DockerClient(base_url=f"unix://{socket}", timeout=600)
-                client.ping()
-                break
-            except Exception:  # noqa: BLE001 - not up yet
-                client = None
-                time.sleep(1)
-        if client is None:
-            pytest.fail(f"second dockerd did not start: {(base / 'dockerd.log').read_text()[-500:]}")
-        # the image travels daemon to daemon through the SDK (no registry here)
-        archive = base / "image.tar"
-        with open(archive, "wb") as fh:
-            for chunk in docker_client.images.get(toolchain_ref).save(chunk_size=8 << 20, named=True):
-                fh.write(chunk)
-        with open(archive, "rb") as fh:
-            client.images.load(fh)
-        archive.unlink()
-        assert client.images.get(toolchain_ref)
-        client.close()
-        yield {"url": f"unix://{socket}", "pid": daemon.pid, "process": daemon}
-    finally:
-        if daemon.poll() is None:
-            os.kill(daemon.pid, signal.SIGTERM)
-            try:
-                daemon.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.kill(daemon.pid, signal.SIGKILL)
-                daemon.wait(timeout=30)
-        log.close()
-        subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
-        subprocess.run(["umount", "-R", str(base / "data")], capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+    with second_dockerd(tmp_path_factory.mktemp("dockerd2"), bridge=BRIDGE, cidr=BRIDGE_CIDR,
+                        docker_client=docker_client, images=(toolchain_ref,)) as daemon:
+        daemon["client"].close()
+        yield daemon
 
 
 def _kill_when_busy(url: str, pid: int, container: str, done: threading.Event, killed: dict) -> None:
