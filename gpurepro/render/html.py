@@ -155,7 +155,8 @@ def is_expanded(row: dict) -> bool:
 
 
 def _anchor(row: dict) -> str:
-    return f"step-{row.get('step')}-{row.get('arch')}"
+    suffix = f"-{row['toolchain']}" if row.get("toolchain") else ""
+    return f"step-{row.get('step')}-{row.get('arch')}{suffix}"
 
 
 def _manifest_step(manifest, step_id: str):
@@ -164,10 +165,15 @@ def _manifest_step(manifest, step_id: str):
     return manifest.steps.get(step_id)
 
 
+def _column(r: dict) -> str:
+    """A matrix column: the compile target, and the toolchain in a toolchain matrix run."""
+    return f"{r.get('arch')} · {r['toolchain']}" if r.get("toolchain") else str(r.get("arch"))
+
+
 def _matrix(rows: list[dict], manifest=None) -> str:
-    archs = list(dict.fromkeys(r.get("arch") for r in rows))
+    archs = list(dict.fromkeys(_column(r) for r in rows))
     steps = list(dict.fromkeys(r["step"] for r in rows))
-    by_key = {(r["step"], r.get("arch")): r for r in rows}
+    by_key = {(r["step"], _column(r)): r for r in rows}
     out = ['<table class="matrix"><tr><th>step</th>', *[f"<th>{_e(a)}</th>" for a in archs], "</tr>"]
     for step in steps:
         info = _manifest_step(manifest, step)
@@ -514,7 +520,7 @@ def _step_section(run_path: pathlib.Path, r: dict, partner: str | None, manifest
     state = ("departed" if r.get("verdict") == "departed" else "infra" if r.get("verdict") == "infra"
              else "failed" if expanded else "calm")
     parts = [f'<details id="{_e(_anchor(r))}" class="step s-{state}"{" open" if expanded else ""}>'
-             f'<summary><b>{_e(step)}[{_e(r.get("arch"))}]</b> {_badge(r.get("outcome"))} '
+             f'<summary><b>{_e(step)}[{_e(_column(r))}]</b> {_badge(r.get("outcome"))} '
              f'{_verdict(r.get("verdict"))} &mdash; {_e(r.get("reason"))}</summary><div class="body">',
              f'<p class="facts">{facts_line(r)}</p>']
     info = _manifest_step(manifest, step)

@@ -96,3 +96,10 @@ def test_nightly_reports_what_the_next_toolchain_would_change(config, monkeypatc
     assert done.exit_code == 0  # what an upgrade would change is news, not today's verdict
     summary = (done.path / "summary.md").read_text()
     assert "## On upgrade to nvcc-13.5" in summary and "`hello` on **a**" in summary
+
+
+def test_the_page_has_a_column_per_toolchain(config, monkeypatch):
+    outcome, _ = matrix_run(config, monkeypatch, ["default", "cutlass-4.2"], steps=("hello",))
+    page = (outcome.run.path / "index.html").read_text()
+    assert "<th>sm_90a · default</th>" in page and "<th>sm_90a · cutlass-4.2</th>" in page
+    assert 'id="step-hello-sm_90a-cutlass-4.2"' in page
