@@ -147,7 +147,7 @@ def _bisect_toolchains(cfg, manifest, from_step, to_step, *, arch, backend, git,
                        toolchains, argv, console) -> int:
     """One step on each toolchain in order: the first toolchain whose outcome differs from the first one's, with
     both compile logs' first errors side by side."""
-    from .chain import GIT_BAD, GIT_GOOD, GIT_SKIP
+    from .chain import GIT_BAD, GIT_GOOD
     from .classify import first_compile_error
 
     if not from_step or (to_step and to_step != from_step):
@@ -163,18 +163,26 @@ def _bisect_toolchains(cfg, manifest, from_step, to_step, *, arch, backend, git,
     outcome = execute(cfg, request, console=console)
     by_toolchain = {r.toolchain: r for r in outcome.results}
     ordered = [by_toolchain[n] for n in names if n in by_toolchain]
-    base = ordered[0]
-    flip = next((r for r in ordered[1:] if r.outcome != base.outcome), None)
+    judged = [r for r in ordered if r.verdict.value != "infra"]  # an infra cell says nothing: skipped, as git does
+    if not judged:
+        raise InfraError(f"no toolchain could build {step.id}: {ordered[0].reason}")
+    base = judged[0]
+    flip = next((r for r in judged[1:] if r.outcome != base.outcome), None)
 
     def first_error(result) -> str:
+        if result.outcome.value != "compile_error":
+            return f"{result.outcome.value}: {result.reason}"
         log = outcome.run.path / "steps" / result.dirname / "compile.log"
         text = log.read_text(errors="replace") if log.is_file() else ""
-        return first_compile_error(text) or result.reason
+        return first_compile_error(text) if text else result.reason
 
     console.table(f"{step.id} across toolchains", ("toolchain", "observed", "reason"),
                   [(r.toolchain, r.outcome.value, r.reason) for r in ordered])
+    skipped = [r.toolchain for r in ordered if r not in judged]
+    if skipped:
+        console.info(f"skipped (infrastructure, no verdict): {', '.join(skipped)}")
     if flip is None:
-        console.info(f"no flip: {step.id} is {base.outcome.value} on every toolchain")
+        console.info(f"no flip: {step.id} is {base.outcome.value} on every toolchain that could build it")
     else:
         console.table(f"first flip: {flip.toolchain} ({base.outcome.value} -> {flip.outcome.value})",
                       (base.toolchain or "", flip.toolchain or ""), [(first_error(base), first_error(flip))])
@@ -182,8 +190,6 @@ def _bisect_toolchains(cfg, manifest, from_step, to_step, *, arch, backend, git,
                      f"{base.toolchain})")
     publish_to_ci(cfg, outcome.run.path / "summary.md", _annotation_rows(cfg, outcome.results), console)
     if git:
-        if any(r.verdict.value == "infra" for r in ordered):
-            return GIT_SKIP
         return GIT_GOOD if flip is None else GIT_BAD
     return 1 if flip is not None else outcome.exit_code
 

@@ -103,3 +103,24 @@ def test_the_page_has_a_column_per_toolchain(config, monkeypatch):
     page = (outcome.run.path / "index.html").read_text()
     assert "<th>sm_90a · default</th>" in page and "<th>sm_90a · cutlass-4.2</th>" in page
     assert 'id="step-hello-sm_90a-cutlass-4.2"' in page
+
+
+def test_bisect_toolchains_finds_the_first_flip_with_both_first_errors(config, monkeypatch, capsys):
+    from gpurepro import app
+
+    toolchains = load_toolchains(config.root / "ci" / "toolchains.yaml")
+    monkeypatch.setattr(repro, "plan_lanes", lambda cfg, request, *, log: [repro.Lane(toolchains[n])
+                                                                            for n in request.toolchains])
+
+    def runner_for(lane, cfg, request, log):  # hello stops compiling from nvcc-13.5 on
+        if lane.name == "nvcc-13.5":
+            return FakeRunner(compile_code=1, compile_output='x.cu(7): error: "cute::foo" is undefined\n')
+        return FakeRunner()
+
+    monkeypatch.setattr(repro.Lane, "make_runner", runner_for)
+    code = app.bisect(from_step="hello", toolchains="default,cutlass-4.2,nvcc-13.5", compile_only=True,
+                      config=str(config.path), argv=["invoke", "bisect"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "first flip: nvcc-13.5 (compile_error, was compiled on default)" in out
+    assert 'error: "cute::foo" is undefined' in out  # the flip's first error beside the base's outcome
