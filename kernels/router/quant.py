@@ -382,6 +382,9 @@ def quantize_activation_fused(x, global_scale=None, g_b=None):
     else:
         g = torch.tensor(float(global_scale), dtype=torch.float32, device=dev)
     gb = g_b.detach().to(dev, torch.float32).reshape(1) if g_b is not None else _one(dev)
+    # the CuTe tensors are made with a 16-byte alignment assumption: copy a scalar that is a view
+    g = g if g.data_ptr() % 16 == 0 else g.clone()
+    gb = gb if gb.data_ptr() % 16 == 0 else gb.clone()
     alpha = torch.empty(1, dtype=torch.float32, device=dev)
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
     args = quant_args(x2, data, scales, g, gb, alpha, grid_ctas(t * k // 16, sms))

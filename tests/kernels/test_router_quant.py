@@ -139,7 +139,6 @@ def test_fused_quantizer_bit_identical(t, static):
         assert torch.equal(data, ref.data), (data != ref.data).sum()
 
 
-
 @gpu_test
 @pytest.mark.parametrize("t", [7, 4096])
 def test_fused_quantizer_in_cuda_graph(t):
@@ -157,7 +156,6 @@ def test_fused_quantizer_in_cuda_graph(t):
         torch.cuda.synchronize()
         assert torch.equal(out[0], ref.data) and torch.equal(out[1], ref.scales.view(torch.uint8))
         assert torch.equal(out[2].reshape(()), ref.global_scale.reshape(()))
-
 
 
 @gpu_test
