@@ -131,6 +131,7 @@ class Env:
     history: StepHistory | None = None
     memory: MemoryBudget | None = None
     toolchain: dict | None = None  # the cache key's toolchain part; None: nothing to key on, compile every time
+    compile_slots: threading.BoundedSemaphore | None = None  # compilers running at once (--jobs)
     lane: "Lane | None" = None  # the named toolchain this Env compiles with (a matrix run), else None
 
 
@@ -230,7 +231,10 @@ def execute(config: Config, request: RunRequest, *, console=None, runner: Runner
         contexts.extend(_new_context(env, run, step) for env in envs for step in steps)
         with console.steps([StepLine(ctx.result.step, _label(ctx), expected=_expected_seconds(ctx.env, ctx))
                             for ctx in contexts]):
-            _compile_all(envs[0], run, contexts, manifest)
+            # with no device in use (compile-only, or no GPU anywhere) each step goes start to finish in the pool;
+            # a GPU runs one step at a time, after the compiles
+            on_device = not request.compile_only and any(env.facts.gpu is not None for env in envs)
+            _compile_all(envs[0], run, contexts, manifest, through=not on_device)
             for ctx in contexts:
                 _run_stages(ctx.env, ctx, DEVICE_STAGES)
                 _finish_step(ctx.env, run, ctx, manifest)
@@ -381,16 +385,34 @@ def _new_context(env: Env, run: ActiveRun, step: Step) -> StepContext:
     return ctx
 
 
-def _compile_all(env: Env, run: ActiveRun, contexts: list[StepContext], manifest: Manifest) -> None:
+IO_WORKERS = 8  # steps in flight at once: most of a cache hit's time is waiting on the Docker API
+
+
+def _compile_all(env: Env, run: ActiveRun, contexts: list[StepContext], manifest: Manifest, *,
+                 through: bool = False) -> None:
+    """Every step's compile stages in a pool (and, `through`, the rest of the step too). Compilers themselves
+    run at most `jobs` at a time (and within the memory budget); the pool is wider so that cache hits, copies
+    and preflight runs overlap while compiles take the cores."""
     jobs = compile_jobs(env.config, env.request, len(contexts))
-    if jobs == 1:
+    slots = threading.BoundedSemaphore(jobs)
+    for ctx in contexts:
+        ctx.env.compile_slots = slots
+
+    def one(ctx: StepContext) -> None:
+        _run_stages(ctx.env, ctx, COMPILE_STAGES)
+        if through:
+            _run_stages(ctx.env, ctx, DEVICE_STAGES)
+            _finish_step(ctx.env, run, ctx, manifest)
+
+    workers = min(len(contexts), max(jobs, IO_WORKERS))
+    if workers <= 1:
         for ctx in contexts:
-            _run_stages(ctx.env, ctx, COMPILE_STAGES)
+            one(ctx)
         return
     # not a `with` block: on Ctrl-C it would wait for every compile before the run is marked
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="compile")
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="step")
     try:
-        futures = [pool.submit(_run_stages, ctx.env, ctx, COMPILE_STAGES) for ctx in contexts]
+        futures = [pool.submit(one, ctx) for ctx in contexts]
         for future in concurrent.futures.as_completed(futures):
             future.result()
     except (KeyboardInterrupt, InterruptedRun):
@@ -414,7 +436,8 @@ def _stages(env: Env, ctx: StepContext, stages: tuple[tuple[str, Stage], ...]) -
         if ctx.done:
             return
         ctx.stage = name
-        if name != "compiling":  # the compile stage says itself whether it is a cache hit
+        quiet = name == "compiling" or (name == "patching" and (ctx.hit or not ctx.step.patches))
+        if not quiet:  # the compile stage says itself whether it is a cache hit
             env.console.stage(ctx.step.id, _label(ctx), name)
         try:
             stage(env, ctx)
@@ -559,8 +582,10 @@ def compile_step(env: Env, ctx: StepContext) -> None:
     expected = (env.history.get(ctx.step.id, ctx.arch) if env.history else {}) or {}
     need = expected.get("peak_rss_bytes") or int(env.config.compile.memory_gb_per_job * 2**30)
     measured = argv if not env.facts.values.get("python3_path") else peak_rss_wrapper(argv)
-    env.console.stage(ctx.step.id, _label(ctx), "compiling", expected.get("seconds"))
-    with env.memory.reserve(int(need * 1.1)) if env.memory else contextlib.nullcontext():
+    env.console.stage(ctx.step.id, _label(ctx), "waiting for a compile slot")
+    with env.compile_slots or contextlib.nullcontext(), \
+            env.memory.reserve(int(need * 1.1)) if env.memory else contextlib.nullcontext():
+        env.console.stage(ctx.step.id, _label(ctx), "compiling", expected.get("seconds"))
         ran = env.runner.exec(measured, workdir=ctx.workdir, timeout_s=env.config.compile.timeout_s)
     output, rss = parse_peak_rss(ran.output)
     ctx.compiled = dataclasses.replace(ran, argv=argv, output=output)
