@@ -64,6 +64,14 @@ class Project:
         self.config = base / "gpurepro.yaml"
         self.config.write_text(yaml.safe_dump(raw, sort_keys=False))
 
+    @classmethod
+    def reuse(cls, base: pathlib.Path) -> "Project":
+        self = cls.__new__(cls)
+        raw = yaml.safe_load((base / "gpurepro.yaml").read_text())
+        self.base, self.config, self.repros = base, base / "gpurepro.yaml", base / "repros"
+        self.container = raw["docker"]["container"]
+        return self
+
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(GPUREPRO_CONFIG=str(self.config), GPUREPRO_CONTAINER=self.container,
@@ -86,6 +94,13 @@ class Project:
         return (self.base / "reports" / "latest").resolve()
 
 
+def run_dir_of(stdout: str) -> pathlib.Path | None:
+    """The run directory this invocation wrote (its `report: file://.../index.html` line): `latest` may
+    already name another run made with the same config."""
+    found = re.findall(r"^report: file://(/\S+)/index\.html$", stdout, re.M)
+    return pathlib.Path(found[-1]) if found else None
+
+
 def run_steps(run_dir: pathlib.Path) -> dict[str, dict]:
     """step id -> its result.json."""
     return {p.parent.name: json.loads(p.read_text()) for p in sorted((run_dir / "steps").glob("*/result.json"))}
@@ -106,7 +121,7 @@ def chain(project: Project, label: str, steps: str, arch: str, jobs: int, logs: 
     log(f"{label}: invoke repro {steps} --arch {arch} --compile-only --jobs {jobs}")
     wall, done = project.invoke("repro", steps, "--arch", arch, "--compile-only", "--jobs", str(jobs),
                                 log_to=logs / f"{label}.log")
-    run_dir = project.latest()
+    run_dir = run_dir_of(done.stdout) or project.latest()
     results = run_steps(run_dir)
     per_step = {}
     for step, r in results.items():
@@ -192,7 +207,7 @@ def by_hand_cli(container_name: str, workdir: str, staging: pathlib.Path, binary
 
 def hit_loop(project: Project, client, step_id: str, arch: str, reps: int, logs: pathlib.Path) -> dict:
     step, files = step_inputs(project, step_id)
-    binary = pathlib.Path(step["file"]).stem
+    binary = step_id  # the manifest's binary is named after the step
     # the binary (b) built: from the cache-hit run's report we would get the same bytes; take the cold run's
     built = next((project.base / "reports").glob(f"*/steps/{step_id}/{binary}"))
     files[binary] = built.read_bytes()
@@ -200,11 +215,11 @@ def hit_loop(project: Project, client, step_id: str, arch: str, reps: int, logs:
     tool = []
     for i in range(reps):
         wall, done = project.invoke("repro", step_id, "--arch", arch, log_to=logs / f"a-hit-{i}.log")
-        r = run_steps(project.latest())[step_id]
+        r = run_steps(run_dir_of(done.stdout) or project.latest())[step_id]
         if (r.get("cache") or {}).get("status") != "hit":
             raise SystemExit(f"(a) {step_id} was not a cache hit: {r.get('cache')}")
         tool.append(wall)
-    last = run_steps(project.latest())[step_id]
+    last = run_steps(run_dir_of(done.stdout) or project.latest())[step_id]
     sdk = [by_hand_sdk(container, f"/tmp/bench-by-hand-{i}", files, binary) for i in range(reps)]
     staging = pathlib.Path(tempfile.mkdtemp(prefix="bench-by-hand-")) / "in"
     for name, data in files.items():
@@ -272,6 +287,8 @@ def main() -> int:
     parser.add_argument("--image", default=None, help="image to pin (default: gpurepro.yaml's docker.image)")
     parser.add_argument("--out", type=pathlib.Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the temporary project (logs, reports, cache)")
+    parser.add_argument("--resume", type=pathlib.Path, default=None,
+                        help="a project kept by --keep: redo only the phases its pipeline.json (in --out) lacks")
     parser.add_argument("--render", type=pathlib.Path, default=None,
                         help="only rewrite pipeline.md from this pipeline.json (no measurement)")
     args = parser.parse_args()
@@ -284,10 +301,15 @@ def main() -> int:
     client = docker.from_env()
     image_name = args.image or yaml.safe_load((ROOT / "gpurepro.yaml").read_text())["docker"]["image"]
     image = client.images.get(image_name)
-    base = pathlib.Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
-    logs = base / "logs"
-    logs.mkdir()
-    project = Project(base, image.id, args.repros.resolve())
+    if args.resume:  # same cache, same repros copy, a fresh container (the old one was removed)
+        base = args.resume.resolve()
+        logs = base / "logs"
+        project = Project.reuse(base)
+    else:
+        base = pathlib.Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
+        logs = base / "logs"
+        logs.mkdir()
+        project = Project(base, image.id, args.repros.resolve())
     log(f"project {base}, container {project.container}, image {image_name} ({image.id[:19]})")
     record: dict = {"machine": args.machine, "date": datetime.datetime.now().isoformat(timespec="seconds"),
                     "host": {"cpus": os.cpu_count(), "mem_gib": round(os.sysconf("SC_PAGE_SIZE") *
@@ -295,8 +317,17 @@ def main() -> int:
                              "python": platform.python_version(), "kernel": platform.release()},
                     "image": {"name": image_name, "id": image.id}, "arch": args.arch, "jobs": args.jobs,
                     "steps": args.steps, "source": source_commit()}
+    if args.resume:
+        record = json.loads((out / "pipeline.json").read_text())
+        record.setdefault("notes", []).append(
+            f"Resumed with --resume after a benchmark bug (binary name) stopped the first run after (c): "
+            f"(a) and (d) ran at {datetime.datetime.now():%H:%M} on the same cache, repros copy and pinned image, "
+            "in a fresh container.")
     try:
-        cold = chain(project, "b-cold", args.steps, args.arch, args.jobs, logs)
+        if "cold" in record:
+            cold = record["cold"]
+        else:
+            cold = chain(project, "b-cold", args.steps, args.arch, args.jobs, logs)
         compiled = [s for s in cold["steps"].values() if s["compile_seconds"] and s["cache"] == "miss"]
         total = sum(s["compile_seconds"] for s in compiled)
         cold["sum_compile_s"] = round(total, 1)
@@ -308,9 +339,12 @@ def main() -> int:
         log(f"(b) cold: wall {cold['wall_s']:.1f} s vs sum/jobs {cold['ideal_s']} s: {cold['ratio']}x; "
             f"oom: {cold['oom'] or 'none'}")
 
-        warm = chain(project, "c-warm", args.steps, args.arch, args.jobs, logs)
-        warm["misses"] = sorted(k for k, s in warm["steps"].items() if s["cache"] != "hit")
-        record["warm"] = warm
+        if "warm" not in record:
+            warm = chain(project, "c-warm", args.steps, args.arch, args.jobs, logs)
+            warm["misses"] = sorted(k for k, s in warm["steps"].items() if s["cache"] != "hit")
+            record["warm"] = warm
+        if args.resume:  # untimed: the fresh container is created here, not inside (a)'s first repetition
+            project.invoke("repro", args.hit_step, "--arch", args.arch, log_to=logs / "resume-warmup.log")
 
         record["hit"] = hit_loop(project, client, args.hit_step, args.arch, args.reps, logs)
 
@@ -370,7 +404,7 @@ def render(r: dict) -> str:
         "",
         f"Peak compiler RSS (largest single process) in the cold chain: {_mb(cold['peak_rss_max_bytes'])} MiB; "
         f"OOM-killed compiles: {', '.join(cold['oom']) or 'none'}. The run's own duration (run.json) was "
-        f"{cold['run_s']} s cold, {warm['run_s']} s warm.",
+        f"{cold['run_s']:.1f} s cold, {warm['run_s']:.1f} s warm.",
         "",
         "## How each figure was taken",
         "",
