@@ -340,7 +340,19 @@ class DockerRunner(Runner):
 
     def put_files(self, dest, files, *, executable=frozenset()) -> None:
         container = self._require()
-        self._mkdir(dest)
+        root = self.work_root().rstrip("/")
+        if dest.rstrip("/").startswith(root + "/"):
+            # under the work root: one put_archive at the root (the engine makes the missing directories while it
+            # unpacks), no `mkdir -p` exec per step; the root itself is made once per runner
+            if not getattr(self, "_root_made", False):
+                self._mkdir(root)
+                self._root_made = True
+            rel = dest.rstrip("/")[len(root) + 1:]
+            files = {f"{rel}/{name}": data for name, data in files.items()}
+            executable = frozenset(f"{rel}/{name}" for name in executable)
+            dest = root
+        else:
+            self._mkdir(dest)
         with self._api(f"put_archive {dest}"):
             ok = container.put_archive(dest, build_tar(files, executable=executable))
         if not ok:

@@ -726,16 +726,13 @@ def _finish_step(env: Env, run: ActiveRun, ctx: StepContext, manifest: Manifest)
     ctx.stage = "collecting"
     env.console.stage(ctx.step.id, _label(ctx), "collecting")
     try:
-        if ctx.step.patches:  # the patched headers are reproducible from the patch; keep only that
+        if ctx.step.patches and not ctx.hit:  # the patched headers are reproducible from the patch: only that stays
             env.runner.exec(["rm", "-rf", PATCHED_CUTLASS], workdir=ctx.workdir, timeout_s=120)
         files.update(env.runner.get_files(ctx.workdir))  # every artifact the step left, the binary included
     except GpuReproError as exc:
         result.reason += f" (artifacts not copied out: {exc.one_line()})"
-    finally:
-        try:
-            env.runner.remove_dir(ctx.workdir)
-        except GpuReproError:
-            pass
+    # the step's directory in the runner goes with the run's (open_run removes it): its heavy part, the patched
+    # CUTLASS copy, is gone already, and an exec per step would cost a warm rerun most of its time
     _store_compile(env, ctx, files)
     _write_step(run.directory, ctx, files)
     env.console.step_done(result)
