@@ -141,11 +141,13 @@ def replay(path: pathlib.Path, config, *, backend: str | None = None, dest: path
         run_config, image_notes = _local_image(config, record)
         chosen_backend = backend or record.backend or "auto"
         old = {(s.step, s.arch): s for s in record.steps}
-        rows, runs, new_records, codes = [], [], [], []
+        rows, runs, new_records, codes, same_inputs = [], [], [], [], []
         for arch, steps in groups:
             request = RunRequest(steps=steps, arch=arch or None, backend=chosen_backend,
                                  compile_only=record.compile_only, no_cache=no_cache,
-                                 argv=list(argv) if argv else invoked_command())
+                                 argv=list(argv) if argv else invoked_command(),
+                                 recorded_keys={(s.step, s.arch): s.cache.get("key") for s in record.steps
+                                                if isinstance(s.cache, dict) and s.cache.get("key")})
             outcome = execute(run_config, request, console=console, runner=runner)
             runs.append(outcome.run.path)
             new_records.append(RunRecord.read(outcome.run.path))
@@ -154,6 +156,8 @@ def replay(path: pathlib.Path, config, *, backend: str | None = None, dest: path
             for result in outcome.results:
                 before = old.get((result.step, result.arch))
                 # display strings: the old outcome comes from the bundle, the reason from a program's output
+                if result.cache and "same_as_recorded" in result.cache:
+                    same_inputs.append(result.cache["same_as_recorded"])
                 rows.append(ReplayRow(terminal_safe(result.step), terminal_safe(result.arch),
                                       terminal_safe(before.outcome if before else "not run"),
                                       terminal_safe(result.outcome.value), terminal_safe(result.reason)))
@@ -161,6 +165,9 @@ def replay(path: pathlib.Path, config, *, backend: str | None = None, dest: path
         if not keep:
             shutil.rmtree(where, ignore_errors=True)
     diffs = [terminal_safe(line) for line in image_notes + differences(record, new_records[0]) + notes]
+    if same_inputs and not all(same_inputs):
+        diffs.append(f"compile inputs: {same_inputs.count(False)} of {len(same_inputs)} steps' cache keys differ "
+                     "from the bundled run's (another image, source, patch or flag)")
     if EXIT_INFRA in codes:
         code = EXIT_INFRA
     else:

@@ -59,6 +59,7 @@ class RunRequest:
     toolchains: list[str] | None = None  # named toolchains (ci/toolchains.yaml) to run every step with
     force_arch: bool = False  # compile for --arch even where a step does not list it as a target
     endpoint: str | None = None  # the Docker daemon toolchain lanes use (a nightly target's); None: the default
+    recorded_keys: dict | None = None  # a replay: (step, arch) -> the compile key the bundled run recorded
 
     def to_record(self, backend: str) -> dict:
         return {"steps": self.steps, "all": self.all, "arch": self.arch, "backend": backend,
@@ -566,6 +567,13 @@ def _look_up(env: Env, ctx: StepContext):
                           env=nvcc_environment(env.runner), workdir=ctx.workdir)
     ctx.cache_key = key
     ctx.result.cache = cache_record(MISS if key is not None and not env.request.no_cache else OFF, key)
+    recorded = (env.request.recorded_keys or {}).get((ctx.step.id, ctx.arch))
+    if recorded:  # a replay says, before the step compiles or runs, whether its inputs are the bundled run's
+        same = recorded == key
+        ctx.result.cache["same_as_recorded"] = same
+        env.console.info(f"  {ctx.step.id}[{_label(ctx)}]: compile inputs "
+                         + ("the same as the bundled run's" if same else
+                            f"differ from the bundled run's (key {str(key)[:12]} here, {recorded[:12]} there)"))
     if key is None or env.request.no_cache:
         return None
     entry = env.cache.get(key)
