@@ -48,7 +48,8 @@ def second_dockerd(base, *, bridge: str, cidr: str, docker_client, images: tuple
         for ref in images:
             archive = base / "image.tar"
             with open(archive, "wb") as fh:
-                for chunk in docker_client.images.get(ref).save(chunk_size=8 << 20, named=True):
+                # named=ref: an image with several tags (toolchain:latest is also :default) is saved under this one
+                for chunk in docker_client.images.get(ref).save(chunk_size=8 << 20, named=ref):
                     fh.write(chunk)
             with open(archive, "rb") as fh:
                 client.images.load(fh)
