@@ -21,7 +21,6 @@ from .config import Config
 from .errors import (EXIT_DEPARTED, EXIT_INFRA, EXIT_OK, ConfigError, GpuReproError, InfraError,
                      InterruptedRun, UsageError)
 from .outcomes import CaseResult, Outcome, StepResult, Verdict
-from .render.escape import md_cell
 from .render.junit import build_suite, kernel_testcase, step_testcase, write_suites
 from .run import RunDirectory, RunRecord, atomic_write, now_utc, write_json
 
@@ -341,7 +340,7 @@ def nightly(config: Config, targets: list[Target], *, steps=None, jobs=None, rep
         report = run_target(config, target, run.path, steps=steps, jobs=jobs, make_runner=make_runner,
                             prepare=prepare, run_kernels=run_kernels, log=say, no_cache=no_cache,
                             next_toolchain=next_toolchain)
-        counts = _counts(report)
+        counts = counts_of(report)
         say(f"{target.name}: {report.status}" + (f" — {report.error}" if report.error else "")
             + f" ({', '.join(f'{n} {c}' for c, n in counts.items() if n)})")
         return report
@@ -364,7 +363,7 @@ def exit_code_for(reports: list[TargetReport]) -> int:
     return EXIT_OK
 
 
-def _counts(report: TargetReport) -> dict[str, int]:
+def counts_of(report: TargetReport) -> dict[str, int]:
     counts = {c: 0 for c in CLASS_ORDER}
     for entry in report.entries:
         counts[entry.classification] += 1
@@ -379,7 +378,9 @@ def write_merged(path: pathlib.Path, reports: list[TargetReport], *, title: str,
         "nightly_id": path.name, "status": "complete", "started_at": started_at,
         "finished_at": now_utc().isoformat(), "exit_code": code, "targets": [r.to_json() for r in reports]})
     write_junit(path / "junit.xml", reports)
-    atomic_write(path / "summary.md", render_summary(reports, title=title))
+    from .render.markdown import nightly_summary
+
+    atomic_write(path / "summary.md", nightly_summary(reports, title=title))
     from .render.html import write_nightly_report
 
     write_nightly_report(path)  # index.html: steps x targets, first run beside rerun
@@ -427,74 +428,6 @@ def _kernel_cases(report: TargetReport) -> list:
         return [kernel_testcase(CaseResult("kernels", "kernels.test", "error", message, infra=True))]
     names = {f.name for f in dataclasses.fields(CaseResult)}
     return [kernel_testcase(CaseResult(**{k: v for k, v in c.items() if k in names})) for c in cases]
-
-
-def render_summary(reports: list[TargetReport], *, title: str) -> str:
-    """Markdown for $GITHUB_STEP_SUMMARY: changed first, then flaky, infrastructure, counts, the matrix."""
-    by_class = {c: [(r, e) for r in reports for e in r.entries if e.classification == c] for c in CLASS_ORDER}
-    dead = [r for r in reports if r.error]
-    head = (f"**{len(by_class[CHANGED])} changed, {len(by_class[FLAKY])} flaky**, "
-            f"{len(dead) + len({r.target.name for r, _ in by_class[INFRA]})} target(s) with infrastructure errors")
-    lines = [f"# {title}", "", head, ""]
-    if by_class[CHANGED]:
-        lines += ["## Changed (departed from the expectation twice)", ""]
-        for r, e in by_class[CHANGED]:
-            x = e.result
-            lines.append(f"- `{x.step}` on **{r.target.name}** ({x.arch}): expected {x.expected}, observed "
-                         f"{x.outcome.value} — {md_cell(x.reason)}  \n  reproduce: `{x.reproduce}`")
-        lines.append("")
-    if by_class[FLAKY]:
-        lines += ["## Flaky (departed, then matched on the rerun)", ""]
-        for r, e in by_class[FLAKY]:
-            first = e.first or e.result
-            lines.append(f"- `{e.result.step}` on **{r.target.name}** ({e.result.arch}): first {first.outcome.value} "
-                         f"— {md_cell(first.reason)}; rerun {e.result.outcome.value}  \n  reproduce: `{e.result.reproduce}`")
-        lines.append("")
-    if dead or by_class[INFRA]:
-        lines += ["## Infrastructure errors (no verdict on the steps)", ""]
-        for r in dead:
-            lines.append(f"- **{r.target.name}**: {md_cell(r.error)}")
-        for r, e in by_class[INFRA]:
-            lines.append(f"- `{e.result.step}` on **{r.target.name}**: {md_cell(e.result.reason)}")
-        lines.append("")
-    upgrades = [r for r in reports if r.upgrade]
-    if upgrades:
-        lines += [f"## On upgrade to {md_cell(upgrades[0].upgrade['toolchain'])} (would change; not counted)", ""]
-        for r in upgrades:
-            changes = r.upgrade["changes"]
-            if not changes:
-                lines.append(f"- **{r.target.name}**: no step changes ({r.upgrade['steps']} steps)")
-            for c in changes:
-                lines.append(f"- `{c['step']}` on **{r.target.name}** ({c['arch']}): {c['now']} now, {c['next']} with "
-                             f"{md_cell(r.upgrade['toolchain'])} — {md_cell(c['reason'])}")
-        lines.append("")
-    with_kernels = [r for r in reports if r.kernels]
-    if with_kernels:
-        lines += ["## Kernel tests (`kernels.test`)", ""]
-        for r in with_kernels:
-            k = r.kernels
-            counts = ", ".join(f"{n} {c}" for c, n in sorted(k["counts"].items())) or "no tests"
-            verdict = {EXIT_OK: "ok", EXIT_DEPARTED: "FAILED"}.get(k["exit_code"], "could not run")
-            lines.append(f"- **{r.target.name}**: {verdict} ({counts})" + (f" — {md_cell(k['error'])}" if k["error"] else ""))
-            lines += [f"  - failed: `{test}`" for test in k["failed"][:20]]
-        lines.append("")
-    lines += ["## Counts", "", "| target | device | status | " + " | ".join(CLASS_ORDER) + " |",
-              "|---|---|---|" + "---|" * len(CLASS_ORDER)]
-    for r in reports:
-        counts = _counts(r)
-        lines.append(f"| {r.target.name} | {r.device or '-'} | {r.status} | "
-                     + " | ".join(str(counts[c]) for c in CLASS_ORDER) + " |")
-    steps = list(dict.fromkeys(e.result.step for r in reports for e in r.entries))
-    if steps:
-        lines += ["", "## Steps × targets", "", "| step | " + " | ".join(r.target.name for r in reports) + " |",
-                  "|---|" + "---|" * len(reports)]
-        for step in steps:
-            cells = []
-            for r in reports:
-                entry = next((e for e in r.entries if e.result.step == step), None)
-                cells.append("-" if entry is None else f"{entry.result.outcome.value} ({entry.classification})")
-            lines.append(f"| {step} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 # --- report.merge: per-runner directories into one ---------------------------------------------------------

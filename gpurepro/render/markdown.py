@@ -103,3 +103,74 @@ def kernels_summary(record: RunRecord, cases: list[CaseResult]) -> str:
         lines += ["", "## Skipped", "", "| reason | tests |", "|---|---|"]
         lines += [f"| {md_cell(reason)} | {n} |" for reason, n in reasons.most_common()]
     return "\n".join(lines) + "\n"
+
+
+def nightly_summary(reports: list, *, title: str) -> str:
+    """A nightly's summary.md (and $GITHUB_STEP_SUMMARY): changed first, then flaky, infrastructure, what an
+    upgrade would change, kernel tests, counts, the steps x targets matrix."""
+    from ..errors import EXIT_DEPARTED, EXIT_OK
+    from ..nightly import CHANGED, CLASS_ORDER, FLAKY, INFRA, counts_of
+    by_class = {c: [(r, e) for r in reports for e in r.entries if e.classification == c] for c in CLASS_ORDER}
+    dead = [r for r in reports if r.error]
+    head = (f"**{len(by_class[CHANGED])} changed, {len(by_class[FLAKY])} flaky**, "
+            f"{len(dead) + len({r.target.name for r, _ in by_class[INFRA]})} target(s) with infrastructure errors")
+    lines = [f"# {title}", "", head, ""]
+    if by_class[CHANGED]:
+        lines += ["## Changed (departed from the expectation twice)", ""]
+        for r, e in by_class[CHANGED]:
+            x = e.result
+            lines.append(f"- `{x.step}` on **{r.target.name}** ({x.arch}): expected {x.expected}, observed "
+                         f"{x.outcome.value} — {md_cell(x.reason)}  \n  reproduce: `{x.reproduce}`")
+        lines.append("")
+    if by_class[FLAKY]:
+        lines += ["## Flaky (departed, then matched on the rerun)", ""]
+        for r, e in by_class[FLAKY]:
+            first = e.first or e.result
+            lines.append(f"- `{e.result.step}` on **{r.target.name}** ({e.result.arch}): first {first.outcome.value} "
+                         f"— {md_cell(first.reason)}; rerun {e.result.outcome.value}  \n  reproduce: `{e.result.reproduce}`")
+        lines.append("")
+    if dead or by_class[INFRA]:
+        lines += ["## Infrastructure errors (no verdict on the steps)", ""]
+        for r in dead:
+            lines.append(f"- **{r.target.name}**: {md_cell(r.error)}")
+        for r, e in by_class[INFRA]:
+            lines.append(f"- `{e.result.step}` on **{r.target.name}**: {md_cell(e.result.reason)}")
+        lines.append("")
+    upgrades = [r for r in reports if r.upgrade]
+    if upgrades:
+        lines += [f"## On upgrade to {md_cell(upgrades[0].upgrade['toolchain'])} (would change; not counted)", ""]
+        for r in upgrades:
+            changes = r.upgrade["changes"]
+            if not changes:
+                lines.append(f"- **{r.target.name}**: no step changes ({r.upgrade['steps']} steps)")
+            for c in changes:
+                lines.append(f"- `{c['step']}` on **{r.target.name}** ({c['arch']}): {c['now']} now, {c['next']} with "
+                             f"{md_cell(r.upgrade['toolchain'])} — {md_cell(c['reason'])}")
+        lines.append("")
+    with_kernels = [r for r in reports if r.kernels]
+    if with_kernels:
+        lines += ["## Kernel tests (`kernels.test`)", ""]
+        for r in with_kernels:
+            k = r.kernels
+            counts = ", ".join(f"{n} {c}" for c, n in sorted(k["counts"].items())) or "no tests"
+            verdict = {EXIT_OK: "ok", EXIT_DEPARTED: "FAILED"}.get(k["exit_code"], "could not run")
+            lines.append(f"- **{r.target.name}**: {verdict} ({counts})" + (f" — {md_cell(k['error'])}" if k["error"] else ""))
+            lines += [f"  - failed: `{test}`" for test in k["failed"][:20]]
+        lines.append("")
+    lines += ["## Counts", "", "| target | device | status | " + " | ".join(CLASS_ORDER) + " |",
+              "|---|---|---|" + "---|" * len(CLASS_ORDER)]
+    for r in reports:
+        counts = counts_of(r)
+        lines.append(f"| {r.target.name} | {r.device or '-'} | {r.status} | "
+                     + " | ".join(str(counts[c]) for c in CLASS_ORDER) + " |")
+    steps = list(dict.fromkeys(e.result.step for r in reports for e in r.entries))
+    if steps:
+        lines += ["", "## Steps × targets", "", "| step | " + " | ".join(r.target.name for r in reports) + " |",
+                  "|---|" + "---|" * len(reports)]
+        for step in steps:
+            cells = []
+            for r in reports:
+                entry = next((e for e in r.entries if e.result.step == step), None)
+                cells.append("-" if entry is None else f"{entry.result.outcome.value} ({entry.classification})")
+            lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
