@@ -36,7 +36,10 @@ PIP_PLATFORM_ARGS = ["--only-binary=:all:", "--no-deps", "--implementation", "cp
 
 
 def docker_dir(config: Config) -> pathlib.Path:
-    return config.root / "docker"
+    """The project's docker/ (Dockerfile, pins, wheelhouse); a configuration kept elsewhere (GPUREPRO_CONFIG, a
+    test's project) uses the tool's own, as it does the toolchains file."""
+    own = config.root / "docker"
+    return own if (own / "Dockerfile").is_file() else pathlib.Path(__file__).resolve().parent.parent / "docker"
 
 
 def pinned_requirements(path: pathlib.Path) -> list[dict]:

@@ -301,8 +301,11 @@ def plan_lanes(config: Config, request: RunRequest, *, log) -> list[Lane]:
     from ..toolchains import equivalence_groups, load_toolchains, toolchains_file
 
     chosen = load_toolchains(toolchains_file(config)).select(request.toolchains)
-    from ..images import local_wheel_dirs, pool_dir
+    from ..images import download_toolchain_wheels, local_wheel_dirs, pool_dir
 
+    for toolchain in chosen:  # equivalence is decided from the wheels' contents: have them (hash-checked, offline
+        if toolchain.offline:  # when present)
+            download_toolchain_wheels(config, toolchain, log=log)
     lanes = []
     for group in equivalence_groups(chosen, [pool_dir(config), *local_wheel_dirs()]):
         first, *rest = group
