@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
@@ -24,7 +23,7 @@ import xml.etree.ElementTree as ET
 import pytest
 import yaml
 
-from projects import ROOT, assert_device_part, device_part, make_project
+from projects import ROOT, device_part, make_project
 
 pytestmark = pytest.mark.faults
 docker = pytest.mark.docker
@@ -111,29 +110,6 @@ def project(tmp_path, docker_client, toolchain_image):
         pass
 
 
-@pytest.fixture
-def own_container(docker_client):
-    """A container of the test's own (the toolchain image; no gpurepro labels), removed afterwards."""
-    made = []
-
-    def make(image: str = TOOLCHAIN):
-        try:
-            docker_client.images.get(image)
-        except Exception:  # noqa: BLE001
-            pytest.skip(f"image {image} not built (`invoke image.build --target toolchain`)")
-        container = docker_client.containers.run(image, ["sleep", "infinity"], name=f"h12-run-{uuid.uuid4().hex[:8]}",
-                                                 detach=True, init=True)
-        made.append(container)
-        return container
-
-    yield make
-    for container in made:
-        try:
-            container.remove(force=True)
-        except Exception:  # noqa: BLE001 - already gone
-            pass
-
-
 # --- reports on a full disk -------------------------------------------------------------------------------
 @pytest.fixture
 def tiny_reports(project):
@@ -211,7 +187,7 @@ def install_slow_nvcc(container, sleep_s: int) -> None:
 
 def slow_compiles(docker_client, own_container, project, sleep_s: int):
     """The test's own container whose compiles take `sleep_s` longer."""
-    container = own_container()
+    container = own_container(TOOLCHAIN)
     install_slow_nvcc(container, sleep_s)
     set_config(project, compile={"nvcc": SLOW_NVCC, "memory_gb_per_job": 1})
     return container
@@ -430,7 +406,7 @@ def test_disk_full_for_the_final_record_leaves_no_run_looking_complete_or_in_pro
 
         with pytest.raises(InfraError) as info:
             with open_run(config, kind="repro", request={}, runner=FakeRunner(), argv=["invoke", "repro"],
-                          console=Console(), finish=finish) as run:
+                          console=Console(), finish=finish):
                 fill(project.reports)
         assert "No space left on device" in info.value.one_line()
         runs = run_dirs(project.reports)

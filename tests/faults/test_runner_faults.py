@@ -49,26 +49,6 @@ def _image(docker_client, ref):
         pytest.skip(f"image {ref} not built (`invoke image.base image.build --target toolchain`)")
 
 
-@pytest.fixture
-def own_container(docker_client):
-    """A container named like a user's own vllm-dev (no gpurepro labels), removed afterwards."""
-    made = []
-
-    def make(image: str):
-        _image(docker_client, image)
-        name = f"h12-faults-{uuid.uuid4().hex[:8]}"
-        container = docker_client.containers.run(image, ["sleep", "infinity"], name=name, detach=True, init=True)
-        made.append(container)
-        return container
-
-    yield make
-    for container in made:
-        try:
-            container.remove(force=True)
-        except Exception:  # noqa: BLE001 - already gone
-            pass
-
-
 def _runner(docker_client, name: str, **config_env):
     from gpurepro.config import load_config
     from gpurepro.runners.docker import DockerRunner
