@@ -31,7 +31,6 @@ import pathlib
 import re
 import secrets
 import shutil
-import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -201,11 +200,8 @@ def header_tree_hash(path: str | pathlib.Path, *, memo_dir: str | pathlib.Path |
 
 
 def _file_sha256(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 # --- peak RSS of a compile ---------------------------------------------------------------------------------

@@ -56,11 +56,8 @@ def pinned_requirements(path: pathlib.Path) -> list[dict]:
 
 
 def sha256_file(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def missing_wheels(wheelhouse: pathlib.Path, pins: list[dict]) -> list[dict]:

@@ -8,19 +8,19 @@ work directory left in the container.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import pathlib
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 import uuid
 import xml.etree.ElementTree as ET
 
 import pytest
+
+from gpurepro.archive import build_tar
 import yaml
 
 from projects import ROOT, device_part, make_project
@@ -36,6 +36,7 @@ _RSS_WRAPPER = ("import json, resource, subprocess, sys\n"
                 "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
                 "open(sys.argv[1], 'w').write(json.dumps({'peak_rss_mb': peak}))\n"
                 "sys.exit(done.returncode)\n")
+
 
 
 def step(step_id: str, file: str = "hello.cu", **over) -> dict:
@@ -89,14 +90,6 @@ def container_exec(docker_client, name: str, command: str) -> str:
     return docker_client.containers.get(name).exec_run(["sh", "-c", command]).output.decode(errors="replace")
 
 
-def _tar(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o755
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -182,7 +175,7 @@ def install_slow_nvcc(container, sleep_s: int) -> None:
     toolchain's CUDA home, found from nvcc's path, stays the same."""
     bindir = container.exec_run(["sh", "-c", "dirname $(command -v nvcc)"]).output.decode().strip()
     wrapper = f'#!/bin/sh\n[ "$1" = --version ] || sleep {sleep_s}\nexec {bindir}/nvcc "$@"\n'
-    container.put_archive(bindir, _tar({SLOW_NVCC: wrapper.encode()}))
+    container.put_archive(bindir, build_tar({SLOW_NVCC: wrapper.encode()}, executable=frozenset({SLOW_NVCC})))
 
 
 def slow_compiles(docker_client, own_container, project, sleep_s: int):

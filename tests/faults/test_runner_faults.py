@@ -15,6 +15,8 @@ import time
 import uuid
 
 import pytest
+
+from gpurepro.archive import build_tar
 from second_dockerd import second_dockerd
 import yaml
 
@@ -40,6 +42,7 @@ int main() {
   return 0;
 }
 """
+
 
 
 def _image(docker_client, ref):
@@ -75,17 +78,6 @@ def _cli(project, *args, timeout=900, env=None):
     return done
 
 
-def _tar(files: dict[str, bytes]) -> bytes:
-    import io
-    import tarfile
-
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o755
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def _one_line(stderr: str) -> str:
@@ -197,7 +189,7 @@ def test_container_killed_mid_compile_end_to_end(tmp_path, docker_client, own_co
     container = own_container(TOOLCHAIN)
     # a compile that is still running when the container dies: nvcc behind a long sleep
     wrapper = '#!/bin/sh\n[ "$1" = --version ] || sleep 293\nexec nvcc "$@"\n'  # the probe's --version is quick
-    container.put_archive("/usr/local/bin", _tar({"slow-nvcc": wrapper.encode()}))
+    container.put_archive("/usr/local/bin", build_tar({"slow-nvcc": wrapper.encode()}, executable=frozenset({"slow-nvcc"})))
     project = make_project(tmp_path, steps=[HELLO])
     raw = yaml.safe_load(project.config_path.read_text())
     raw["compile"]["nvcc"] = "slow-nvcc"
@@ -299,7 +291,7 @@ def test_daemon_dies_mid_compile_end_to_end(own_daemon, tmp_path):
     container = client.containers.run(BASE, ["sleep", "infinity"], name=name, detach=True, init=True)
     # the base image has no compiler: an nvcc that answers the probe, then compiles "forever"
     fake = '#!/bin/sh\n[ "$1" = --version ] && { echo "Cuda compilation tools, release 13.0, V13.0.88"; exit 0; }\nsleep 281\n'
-    container.put_archive("/usr/local/bin", _tar({"nvcc": fake.encode()}))
+    container.put_archive("/usr/local/bin", build_tar({"nvcc": fake.encode()}, executable=frozenset({"nvcc"})))
     project = make_project(tmp_path, steps=[HELLO])
     process = own_daemon["process"]
 
