@@ -16,9 +16,18 @@ FIXED_MTIME = 0  # deterministic archives: identical inputs give identical bytes
 
 
 def build_tar(files: Mapping[str, bytes], *, executable: frozenset[str] = frozenset(), prefix: str = "") -> bytes:
-    """A tar of `files` (relative POSIX path -> content), sorted, with parent directories listed."""
+    """A tar of `files` (relative POSIX path -> content), sorted, with parent directories listed.
+
+    prefix: a directory path every name is put under. Its own directories get no entries: an extractor makes
+    the missing ones with its defaults and leaves existing ones as they are (a tar unpacked at / must not
+    reset the mode of /tmp)."""
     buffer = io.BytesIO()
     dirs: set[str] = set()
+    base = prefix.strip("/")
+    if base:
+        _safe_relpath(base)
+        parts = base.split("/")
+        dirs.update("/".join(parts[:depth]) for depth in range(1, len(parts) + 1))
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in sorted(files):
             rel = _safe_relpath(name)

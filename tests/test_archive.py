@@ -42,3 +42,26 @@ def test_read_tar_strips_get_archive_top_dir_and_skips_links():
         link.linkname = "/etc/shadow"
         tar.addfile(link)
     assert read_tar(buffer.getvalue()) == {"run.log": b"ok", "sub/x.bin": b"\x00"}
+
+
+def test_a_prefix_gets_no_directory_entries_of_its_own():
+    # unpacked at /, entries for `tmp` or `workspace` would reset the modes of directories that exist
+    import io
+    import tarfile
+
+    from gpurepro.archive import build_tar
+
+    data = build_tar({"a/x.txt": b"x", "y.bin": b"y"}, executable=frozenset({"y.bin"}), prefix="/tmp/run/step")
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    assert sorted(members) == ["tmp/run/step/a", "tmp/run/step/a/x.txt", "tmp/run/step/y.bin"]
+    assert members["tmp/run/step/y.bin"].mode == 0o755 and members["tmp/run/step/a"].isdir()
+
+
+def test_an_unsafe_prefix_is_refused():
+    import pytest
+
+    from gpurepro.archive import build_tar
+
+    with pytest.raises(ValueError):
+        build_tar({"x": b"x"}, prefix="/workspace/../etc")

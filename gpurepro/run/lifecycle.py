@@ -15,6 +15,7 @@ import json
 import os
 import pathlib
 import shutil
+import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -161,6 +162,10 @@ def _end(run: ActiveRun, finish) -> GpuReproError | None:
     write failure (the same full disk, usually) is not printed as a second one."""
     run.record.finish(run.status)
     problem = None
+    # the runners' work directories go while the outputs are written: a removal is a wait on the runner (an
+    # exec in the container), the outputs are work here. Every step is copied out or marked by now.
+    cleanup = threading.Thread(target=_remove_work_dirs, args=(run,), name="cleanup", daemon=True)
+    cleanup.start()
     try:
         if finish is not None:
             finish(run)
@@ -173,13 +178,22 @@ def _end(run: ActiveRun, finish) -> GpuReproError | None:
     saved = _save_final(run)
     if saved is not None:
         problem = problem or saved
+    cleanup.join(CLEANUP_WAIT_S)
     for runner in run.runners():
-        with contextlib.suppress(Exception):
-            if run.status != STATUS_INTERRUPTED:  # cancel() already cleaned up
-                runner.remove_dir(f"{runner.work_root().rstrip('/')}/{run.run_id}")
         with contextlib.suppress(Exception):
             runner.close()
     return problem if run.error is problem else None
+
+
+CLEANUP_WAIT_S = 150  # longer than the removal's own limit (120 s): it ends first
+
+
+def _remove_work_dirs(run: ActiveRun) -> None:
+    if run.status == STATUS_INTERRUPTED:  # cancel() already cleaned up
+        return
+    for runner in run.runners():
+        with contextlib.suppress(Exception):
+            runner.remove_dir(f"{runner.work_root().rstrip('/')}/{run.run_id}")
 
 
 def _fail(run: ActiveRun, problem: GpuReproError) -> None:

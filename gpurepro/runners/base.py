@@ -5,6 +5,7 @@ import abc
 import collections
 import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..archs import parse_compute_capability
@@ -159,6 +160,15 @@ def parse_probe(text: str) -> tuple[dict[str, str], GpuInfo | None]:
     return values, gpu
 
 
+@dataclass(frozen=True)
+class Command:
+    """One command of an `exec_many` batch."""
+
+    argv: tuple[str, ...]
+    workdir: str
+    timeout_s: float
+
+
 class Runner(abc.ABC):
     """Where steps are compiled and run. Paths are in the runner's own filesystem."""
 
@@ -180,6 +190,12 @@ class Runner(abc.ABC):
         `output_bytes` the full size). Raises InfraError when the place itself fails (container stopped,
         daemon gone) and ToolMissingError/NvccMissingError when argv[0] does not exist there.
         """
+
+    def exec_many(self, commands: Sequence[Command]) -> list[ExecResult]:
+        """Run `commands` one after another, each as `exec` would (own time limit, own capped output); the
+        results in the same order. Raises like `exec` when the place itself fails. Backends where every command
+        is a round trip through an API (docker) override this to pay that trip once for the whole batch."""
+        return [self.exec(list(c.argv), workdir=c.workdir, timeout_s=c.timeout_s) for c in commands]
 
     def log_cap_bytes(self) -> int:
         config = getattr(self, "config", None)
@@ -218,12 +234,17 @@ class Runner(abc.ABC):
     def close(self) -> None:
         """Release what this runner holds for the command's duration (not the reusable container)."""
 
+    def probe_script(self, nvcc: str) -> str:
+        return PROBE_SCRIPT.format(nvcc=shlex.quote(nvcc), flashinfer=self.flashinfer_root())
+
+    def probe_text(self, script: str) -> str:
+        """What the probe script prints here (a backend may remember it: see DockerRunner)."""
+        return self.exec(["bash", "-c", script], workdir="/", timeout_s=60).output
+
     def probe(self, nvcc: str, *, require_nvcc: bool = False) -> Facts:
         """Facts about the toolchain and GPU. With require_nvcc, a missing nvcc is an NvccMissingError
         (exit 3, with the fix) before anything compiles; kernels.test, which needs no nvcc, leaves it off."""
-        script = PROBE_SCRIPT.format(nvcc=shlex.quote(nvcc), flashinfer=self.flashinfer_root())
-        result = self.exec(["bash", "-c", script], workdir="/", timeout_s=60)
-        values, gpu = parse_probe(result.output)
+        values, gpu = parse_probe(self.probe_text(self.probe_script(nvcc)))
         if require_nvcc and not values.get("nvcc_path"):
             raise NvccMissingError(nvcc, self.where())
         values.update(self.describe())

@@ -8,7 +8,10 @@ only through the copy API (put_archive/get_archive): the container has no bind m
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
+import pathlib
 import re
 import shlex
 import time
@@ -24,8 +27,10 @@ from ..classify import ExecResult
 from ..config import Config
 from ..errors import (ContainerError, ContainerStoppedError, DaemonGoneError, DockerUnavailableError, ImageMissingError,
                       InfraError, NvccMissingError, ToolMissingError)
+from ..run.directory import atomic_write
 from ..run.lock import ContainerLock
 from .base import CappedOutput, Runner, short_command
+from .batch import BatchFrames, batch_script
 
 LABEL_MANAGED = "gpurepro.managed"
 LABEL_IMAGE = "gpurepro.image-id"
@@ -216,6 +221,38 @@ class DockerRunner(Runner):
             pass
         return facts
 
+    # --- the probe, remembered per container start ----------------------------------------------------
+    def probe_text(self, script: str) -> str:
+        """The probe's output; for a container this tool created, remembered until the container is started
+        again or recreated. Such a container only ever changes under the run directories (its toolchain is its
+        image's), so the same start answers the same; a container the user made is probed every run."""
+        path, key = self._probe_memo(script)
+        if path is not None:
+            with contextlib.suppress(OSError, ValueError):
+                memo = json.loads(path.read_text())
+                if memo.get("key") == key and isinstance(memo.get("output"), str):
+                    return memo["output"]
+        output = super().probe_text(script)
+        if path is not None:
+            with contextlib.suppress(OSError):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(path, json.dumps({"key": key, "container": self.container_name, "output": output}))
+        return output
+
+    def _probe_memo(self, script: str):
+        """(file, key) of the probe's memo, or (None, None) when this container's probe is not remembered."""
+        container, cache = self.container, getattr(self.config, "cache", None)
+        if container is None or cache is None or not cache.enabled or container.labels.get(LABEL_MANAGED) != "true":
+            return None, None
+        started = (container.attrs.get("State") or {}).get("StartedAt")
+        if not started:
+            return None, None
+        endpoint = daemon_endpoint(self.client)
+        key = hashlib.sha256(json.dumps([endpoint, container.id, started, container.labels.get(LABEL_IMAGE),
+                                         script]).encode()).hexdigest()
+        name = hashlib.sha256(f"{endpoint} {self.container_name}".encode()).hexdigest()[:32]
+        return pathlib.Path(cache.dir) / "probes" / f"{name}.json", key
+
     # --- files and commands -----------------------------------------------------------------------
     def work_root(self) -> str:
         return self.config.docker.workdir
@@ -286,14 +323,47 @@ class DockerRunner(Runner):
         return self.fatal
 
     def exec(self, argv, *, workdir, timeout_s, env=None) -> ExecResult:
+        capture = CappedOutput(self.log_cap_bytes())
+        code, seconds = self._exec_streamed(argv, workdir=workdir, timeout_s=timeout_s, env=env, sink=capture.feed)
+        timed_out = code in (124, 137) and seconds >= timeout_s - 1
+        result = capture.result(argv, exit_code=code, seconds=seconds, timed_out=timed_out, timeout_s=timeout_s)
+        if code in (126, 127) and capture.total < 1024:
+            self._raise_if_not_started(argv, short_command(argv), result.output)
+        return result
+
+    def exec_many(self, commands) -> list[ExecResult]:
+        """One exec for the whole batch: a script runs each command under its own `timeout` (and the run
+        marker, so `cancel` finds it), then writes a frame header and the command's output to the stream;
+        each frame is capped here as `exec` caps one command's output (see BatchFrames)."""
+        commands = list(commands)
+        if len(commands) <= 1:
+            return super().exec_many(commands)
+        frames = BatchFrames(len(commands), self.log_cap_bytes())
+        script = batch_script(commands, self.run_tag)
+        total_s = sum(c.timeout_s + KILL_GRACE_S + 5 for c in commands)
+        label = f"{len(commands)} commands ({short_command(list(commands[0].argv), 40)}, ...)"
+        code, _seconds = self._exec_streamed(["bash", "-c", script, "gpurepro-batch"], workdir="/",
+                                             timeout_s=total_s, env=None, sink=frames.feed, label=label)
+        results = frames.results(commands)
+        if code != 0 or results is None:
+            raise ContainerError(self.container_name, label,
+                                 f"batch ended with exit {code} after {frames.complete} of {len(commands)} commands"
+                                 + (f": {frames.problem}" if frames.problem else ""))
+        for command, result in zip(commands, results):
+            if result.exit_code in (126, 127) and result.output_bytes < 1024:
+                self._raise_if_not_started(list(command.argv), short_command(list(command.argv)), result.output)
+        return results
+
+    def _exec_streamed(self, argv, *, workdir, timeout_s, env, sink, label: str | None = None) -> tuple[int, float]:
+        """Run argv in the container under coreutils timeout, feeding its output to `sink`; (exit code, seconds).
+        Raises when the container or the daemon fails, not when the command does."""
         container = self._require()
         # exec has no timeout of its own: coreutils timeout ends the command inside the container
         # the marker in timeout's own command line lets `cancel` signal it; timeout passes the signal on
         marker = ["env", f"{RUN_MARKER}={self.run_tag}"] if self.run_tag else []
         wrapped = ["timeout", "-k", str(KILL_GRACE_S), str(int(timeout_s)), *marker, *argv]
-        command = short_command(argv)
+        command = label or short_command(argv)
         api = self.client.api
-        capture = CappedOutput(self.log_cap_bytes())
         started = time.monotonic()
         with self._api(command):
             exec_id = api.exec_create(container.id, wrapped, workdir=workdir, environment=env)["Id"]
@@ -302,7 +372,7 @@ class DockerRunner(Runner):
         broken = None
         try:
             for chunk in stream:
-                capture.feed(chunk)
+                sink(chunk)
         except DAEMON_ERRORS as exc:  # the connection broke: the daemon or the container went away
             broken = exc
         finally:
@@ -322,11 +392,7 @@ class DockerRunner(Runner):
             if broken is not None or info.get("Running") or code is None:
                 detail = _transport_detail(broken) if broken is not None else "exec ended without an exit code"
                 raise ContainerError(self.container_name, command, f"output stream broke: {detail}")
-        timed_out = code in (124, 137) and seconds >= timeout_s - 1
-        result = capture.result(argv, exit_code=code, seconds=seconds, timed_out=timed_out, timeout_s=timeout_s)
-        if code in (126, 127) and capture.total < 1024:
-            self._raise_if_not_started(argv, command, result.output)
-        return result
+        return code, seconds
 
     def _raise_if_not_started(self, argv, command: str, text: str) -> None:
         """The command itself could not start: say so rather than blame the repro."""
@@ -340,28 +406,12 @@ class DockerRunner(Runner):
 
     def put_files(self, dest, files, *, executable=frozenset()) -> None:
         container = self._require()
-        root = self.work_root().rstrip("/")
-        if dest.rstrip("/").startswith(root + "/"):
-            # under the work root: one put_archive at the root (the engine makes the missing directories while it
-            # unpacks), no `mkdir -p` exec per step; the root itself is made once per runner
-            if not getattr(self, "_root_made", False):
-                self._mkdir(root)
-                self._root_made = True
-            rel = dest.rstrip("/")[len(root) + 1:]
-            files = {f"{rel}/{name}": data for name, data in files.items()}
-            executable = frozenset(f"{rel}/{name}" for name in executable)
-            dest = root
-        else:
-            self._mkdir(dest)
+        # one put_archive at / with the whole path in each name: the engine makes the missing directories
+        # while it unpacks, so no `mkdir -p` exec (a process spawn in the container) comes first
         with self._api(f"put_archive {dest}"):
-            ok = container.put_archive(dest, build_tar(files, executable=executable))
+            ok = container.put_archive("/", build_tar(files, executable=executable, prefix=dest))
         if not ok:
             raise ContainerError(self.container_name, f"put_archive {dest}", "copy into the container failed")
-
-    def _mkdir(self, path: str) -> None:
-        result = self.exec(["mkdir", "-p", path], workdir="/", timeout_s=60)
-        if result.exit_code != 0:
-            raise ContainerError(self.container_name, f"mkdir -p {path}", result.output.strip()[:200])
 
     def get_files(self, path) -> dict[str, bytes]:
         container = self._require()

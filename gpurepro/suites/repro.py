@@ -38,6 +38,7 @@ from ..run import STATUS_FAILED, STATUS_INTERRUPTED, ActiveRun, RunDirectory, St
 from ..render.console import StepLine
 from ..run.record import KIND_REPRO, VALIDATE_ENV, validate
 from ..runners import Facts, Runner, make_runner
+from ..runners.base import Command
 
 LOG_TAIL_CHARS = 8000
 PREFLIGHT_FLAG = "--preflight-only"
@@ -88,6 +89,8 @@ class StepContext:
     hit: bool = False  # the compile came from the cache
     logs: dict[str, str] = field(default_factory=dict)
     stage: str = "queued"
+    looked_up: bool = False  # files_in, patches and the cache entry are known (see _prepare_in)
+    entry: "CacheEntry | None" = None  # the cache entry to use instead of compiling (a hit)
     env: "Env | None" = None  # its toolchain's runner and facts (one Env per toolchain lane)
     done: bool = False  # outcome decided: the remaining stages are skipped
     finished: bool = False  # copied out and written
@@ -408,15 +411,21 @@ def _compile_all(env: Env, run: ActiveRun, contexts: list[StepContext], manifest
             _run_stages(ctx.env, ctx, DEVICE_STAGES)
             _finish_step(ctx.env, run, ctx, manifest)
 
-    workers = min(len(contexts), max(jobs, IO_WORKERS))
+    batches = _hit_batches(contexts) if through else {}
+    rest = [ctx for ctx in contexts if not any(ctx in batch for batch in batches.values())]
+    workers = min(len(rest), max(jobs, IO_WORKERS))
     if workers <= 1:
-        for ctx in contexts:
+        for batch in batches.values():
+            _run_hit_batch(batch[0].env, run, batch, manifest)
+        for ctx in rest:
             one(ctx)
         return
     # not a `with` block: on Ctrl-C it would wait for every compile before the run is marked
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="step")
     try:
-        futures = [pool.submit(one, ctx) for ctx in contexts]
+        futures = [pool.submit(one, ctx) for ctx in rest]  # the compiles start first: they take longest
+        for batch in batches.values():
+            _run_hit_batch(batch[0].env, run, batch, manifest)
         for future in concurrent.futures.as_completed(futures):
             future.result()
     except (KeyboardInterrupt, InterruptedRun):
@@ -424,6 +433,81 @@ def _compile_all(env: Env, run: ActiveRun, contexts: list[StepContext], manifest
         raise
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+HITS_DIR = "hits"  # under the run's work directory: the batched cache hits, copied out in one piece
+
+
+def _hit_batches(contexts: list[StepContext]) -> dict[int, list[StepContext]]:
+    """Cache hits that need no device, by runner (a toolchain matrix has one per lane): each group goes through
+    its runner in one copy in, one exec for all the preflight runs and one copy out, where a step on its own
+    costs three round trips (see _run_hit_batch). A lookup that fails is left to the step's own stages."""
+    batches: dict[int, list[StepContext]] = {}
+    for ctx in contexts:
+        env = ctx.env
+        if ctx.done or env is None or env.cache is None or not (env.request.compile_only or env.facts.gpu is None):
+            continue
+        try:
+            _prepare_in(env, ctx)
+        except Exception:  # noqa: BLE001 - copy_in meets it again and makes it the step's outcome
+            continue
+        if ctx.entry is not None:
+            batches.setdefault(id(env), []).append(ctx)
+    return batches
+
+
+def _run_hit_batch(env: Env, run: ActiveRun, batch: list[StepContext], manifest: Manifest) -> None:
+    """Cache hits with no device to wait for: the stages each would go through alone (copy in, the cached
+    compile, the `--preflight-only` run, copy out), each done once for the whole batch."""
+    root = f"{env.runner.work_root().rstrip('/')}/{run.run_id}/{HITS_DIR}"
+    files: dict[str, bytes] = {}
+    executable = set()
+    for ctx in batch:
+        ctx.workdir = f"{root}/{ctx.result.dirname}"
+        ctx.stage = "copying in"
+        env.console.stage(ctx.step.id, _label(ctx), "copying in")
+        if ctx.entry.binary is not None:  # a cached compile error has nothing to run: nothing goes in
+            files.update({f"{ctx.result.dirname}/{name}": data for name, data in ctx.files_in.items()})
+            files[f"{ctx.result.dirname}/{ctx.step.binary}"] = ctx.entry.binary
+            executable.add(f"{ctx.result.dirname}/{ctx.step.binary}")
+    collected: dict[str, dict[str, bytes]] = {ctx.result.dirname: {} for ctx in batch}
+    fatal = None
+    try:
+        if files:
+            env.runner.put_files(root, files, executable=frozenset(executable))
+        for ctx in batch:
+            _from_cache(env, ctx, ctx.entry)
+        runnable = [ctx for ctx in batch if not ctx.done]
+        for ctx in runnable:
+            ctx.stage = "checking arch"
+            env.console.stage(ctx.step.id, _label(ctx), "checking arch")
+        skip_reason = None if env.request.compile_only else "no GPU"
+        ran = env.runner.exec_many([Command((f"./{ctx.step.binary}", PREFLIGHT_FLAG), ctx.workdir,
+                                            env.config.run.timeout_s) for ctx in runnable])
+        for ctx, preflight in zip(runnable, ran):
+            _judge_preflight(env, ctx, preflight, skip_reason)
+        if runnable:
+            try:
+                for name, data in env.runner.get_files(root).items():
+                    dirname, _, rest = name.partition("/")
+                    if dirname in collected and rest:
+                        collected[dirname][rest] = data
+            except GpuReproError as exc:
+                for ctx in runnable:
+                    ctx.result.reason += f" (artifacts not copied out: {exc.one_line()})"
+    except (KeyboardInterrupt, InterruptedRun):
+        env.interrupted.set()
+        raise
+    except Exception as exc:
+        for ctx in batch:
+            if not ctx.done:
+                _decide(env, ctx, outcome_from_exception(exc))
+        if getattr(exc, "fatal", False):  # the runner is gone: no other step can run either
+            fatal = exc
+    for ctx in batch:
+        _finish_step(env, run, ctx, manifest, collected=collected[ctx.result.dirname])
+    if fatal is not None:
+        raise fatal
 
 
 def _run_stages(env: Env, ctx: StepContext, stages: tuple[tuple[str, Stage], ...]) -> None:
@@ -496,13 +580,22 @@ def compile_argv(config: Config, step: Step, arch: str, flashinfer: str, cuda_ho
     return argv
 
 
-def copy_in(env: Env, ctx: StepContext) -> None:
-    """The step's files into the runner; on a cache hit the cached binary goes in with them, in the same copy,
-    and the patch and compile stages have nothing left to do."""
+def _prepare_in(env: Env, ctx: StepContext) -> None:
+    """What goes in (the step's files, its patches' digests) and whether the cache holds its compile."""
+    if ctx.looked_up:
+        return
     ctx.files_in = source_files(env.config.repros_dir, ctx.step)
     ctx.result.patches = [{"name": p, "sha256": hashlib.sha256(ctx.files_in[f"patches/{p}"]).hexdigest()}
                           for p in ctx.step.patches]
-    entry = _look_up(env, ctx)
+    ctx.entry = _look_up(env, ctx)
+    ctx.looked_up = True
+
+
+def copy_in(env: Env, ctx: StepContext) -> None:
+    """The step's files into the runner; on a cache hit the cached binary goes in with them, in the same copy,
+    and the patch and compile stages have nothing left to do."""
+    _prepare_in(env, ctx)
+    entry = ctx.entry
     if entry is None or entry.binary is None:
         env.runner.put_files(ctx.workdir, ctx.files_in)
     else:
@@ -666,6 +759,10 @@ def check_arch(env: Env, ctx: StepContext) -> None:
 def _preflight(env: Env, ctx: StepContext, skip_reason: str | None) -> None:
     preflight = env.runner.exec([f"./{ctx.step.binary}", PREFLIGHT_FLAG], workdir=ctx.workdir,
                                 timeout_s=env.config.run.timeout_s)
+    _judge_preflight(env, ctx, preflight, skip_reason)
+
+
+def _judge_preflight(env: Env, ctx: StepContext, preflight: ExecResult, skip_reason: str | None) -> None:
     ctx.logs["run.log"] = f"$ ./{ctx.step.binary} {PREFLIGHT_FLAG}\n{preflight.output}"
     classified = classify_run(preflight)
     if classified.outcome is Outcome.TIMEOUT:  # a hang is a hang, preflight or not
@@ -726,8 +823,10 @@ def judge_step(step: Step, arch: str, result: StepResult, facts: Facts | None) -
     result.verdict = judge(result.outcome, result.expected)
 
 
-def _finish_step(env: Env, run: ActiveRun, ctx: StepContext, manifest: Manifest) -> None:
-    """Copy out, judge, write steps/<step>/ and say the result at once."""
+def _finish_step(env: Env, run: ActiveRun, ctx: StepContext, manifest: Manifest, *,
+                 collected: dict[str, bytes] | None = None) -> None:
+    """Copy out (unless `collected` holds what a batch copied out already), judge, write steps/<step>/ and say
+    the result at once."""
     if ctx.finished:
         return
     ctx.finished = True
@@ -736,12 +835,15 @@ def _finish_step(env: Env, run: ActiveRun, ctx: StepContext, manifest: Manifest)
     files = dict(ctx.files_in)
     ctx.stage = "collecting"
     env.console.stage(ctx.step.id, _label(ctx), "collecting")
-    try:
-        if ctx.step.patches and not ctx.hit:  # the patched headers are reproducible from the patch: only that stays
-            env.runner.exec(["rm", "-rf", PATCHED_CUTLASS], workdir=ctx.workdir, timeout_s=120)
-        files.update(env.runner.get_files(ctx.workdir))  # every artifact the step left, the binary included
-    except GpuReproError as exc:
-        result.reason += f" (artifacts not copied out: {exc.one_line()})"
+    if collected is not None:
+        files.update(collected)
+    else:
+        try:
+            if ctx.step.patches and not ctx.hit:  # the patched headers are reproducible from the patch: only that stays
+                env.runner.exec(["rm", "-rf", PATCHED_CUTLASS], workdir=ctx.workdir, timeout_s=120)
+            files.update(env.runner.get_files(ctx.workdir))  # every artifact the step left, the binary included
+        except GpuReproError as exc:
+            result.reason += f" (artifacts not copied out: {exc.one_line()})"
     # the step's directory in the runner goes with the run's (open_run removes it): its heavy part, the patched
     # CUTLASS copy, is gone already, and an exec per step would cost a warm rerun most of its time
     _store_compile(env, ctx, files)

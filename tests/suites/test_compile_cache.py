@@ -45,8 +45,8 @@ def test_second_run_is_all_hits_and_runs_no_compiler(config):
     assert cache_of(two) == {"hello": "hit", "broken": "hit"}
     assert nvcc_calls(again) == 0
     assert [r.outcome for r in two.results] == [r.outcome for r in one.results]
-    # the cached binary went into the runner and was checked and run as usual
-    assert again.files["/work/" + two.run.run_id + "/hello/hello"] == b"\x7fELF"
+    # the cached binary went into the runner (with the batch of hits) and was checked and run as usual
+    assert again.files["/work/" + two.run.run_id + "/hits/hello/hello"] == b"\x7fELF"
     record = RunRecord.read(two.run.path)
     assert [s.cache["status"] for s in record.steps] == ["hit", "hit"]
     assert "| hit |" in (two.run.path / "summary.md").read_text()
