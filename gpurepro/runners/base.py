@@ -209,6 +209,11 @@ class Runner(abc.ABC):
     def get_files(self, path: str) -> dict[str, bytes]:
         """Every regular file under `path`, relative path -> bytes."""
 
+    def read_file(self, path: str) -> bytes | None:
+        """One regular file's bytes; None when it is not there."""
+        parent, _, name = path.rstrip("/").rpartition("/")
+        return self.get_files(parent or "/").get(name)
+
     @abc.abstractmethod
     def remove_dir(self, path: str) -> None:
         """Delete a work directory this tool created."""

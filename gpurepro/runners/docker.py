@@ -423,6 +423,10 @@ class DockerRunner(Runner):
             return {}
         return read_tar(data)
 
+    def read_file(self, path) -> bytes | None:
+        found = self.get_files(path)  # get_archive of a file: a tar of that one file, under its own name
+        return found.get(path.rstrip("/").rsplit("/", 1)[-1])
+
     def cancel(self, path) -> None:
         if self.container is None or not self.run_tag or self.fatal is not None:
             return

@@ -99,6 +99,10 @@ class HostRunner(Runner):
         return {p.relative_to(base).as_posix(): p.read_bytes()
                 for p in sorted(base.rglob("*")) if p.is_file() and not p.is_symlink()}
 
+    def read_file(self, path) -> bytes | None:
+        target = pathlib.Path(path)
+        return target.read_bytes() if target.is_file() and not target.is_symlink() else None
+
     def remove_dir(self, path) -> None:
         root = pathlib.Path(self.work_root()).resolve()
         target = pathlib.Path(path).resolve()

@@ -702,6 +702,7 @@ def compile_step(env: Env, ctx: StepContext) -> None:
         env.history.record(ctx.step.id, ctx.arch, ctx.compiled.seconds, rss)
     if failed is not None:
         _decide(env, ctx, failed)
+    _store_compile(env, ctx)
 
 
 def _from_cache(env: Env, ctx: StepContext, entry) -> None:
@@ -716,17 +717,23 @@ def _from_cache(env: Env, ctx: StepContext, entry) -> None:
         _decide(env, ctx, Classification(Outcome.COMPILE_ERROR, entry.reason, list(entry.events)))
 
 
-def _store_compile(env: Env, ctx: StepContext, files: dict[str, bytes]) -> None:
-    """After copy-out: a finished compile (a binary, or a compile error) becomes a cache entry. Timeouts, infra
-    errors and interrupted compiles are never cached."""
+def _store_compile(env: Env, ctx: StepContext) -> None:
+    """Right after the compile, before anything runs: a finished compile (a binary, or a compile error) becomes a
+    cache entry, so a run interrupted on the device keeps its compiles. Timeouts, infra errors and interrupted
+    compiles are never cached."""
     done = ctx.compile_classification
     if env.cache is None or ctx.cache_key is None or done is None or ctx.compiled is None:
         return
-    if ctx.result.outcome is Outcome.INTERRUPTED or ctx.compiled.timed_out:
+    if env.interrupted.is_set() or ctx.compiled.timed_out:
         return
-    binary = files.get(ctx.step.binary) if done.outcome is Outcome.COMPILED else None
-    if done.outcome is Outcome.COMPILED and binary is None:
-        return  # the binary did not come out: nothing trustworthy to keep
+    binary = None
+    if done.outcome is Outcome.COMPILED:
+        try:
+            binary = env.runner.read_file(f"{ctx.workdir}/{ctx.step.binary}")
+        except GpuReproError:
+            binary = None
+        if binary is None:
+            return  # the binary did not come out: nothing trustworthy to keep
     entry = CacheEntry(binary=binary, compile_log=ctx.logs.get("compile.log", ""),
                        outcome=Outcome.COMPILE_ERROR.value if binary is None else "ok", reason=done.reason,
                        events=list(done.events), compile_seconds=ctx.compiled.seconds,
@@ -846,7 +853,6 @@ def _finish_step(env: Env, run: ActiveRun, ctx: StepContext, manifest: Manifest,
             result.reason += f" (artifacts not copied out: {exc.one_line()})"
     # the step's directory in the runner goes with the run's (open_run removes it): its heavy part, the patched
     # CUTLASS copy, is gone already, and an exec per step would cost a warm rerun most of its time
-    _store_compile(env, ctx, files)
     _write_step(run.directory, ctx, files)
     env.console.step_done(result)
 

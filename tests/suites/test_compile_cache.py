@@ -130,6 +130,22 @@ def test_interrupted_or_timed_out_compiles_are_not_cached(config):
     assert ActionCache(config.cache.dir).stats().entries == 0
 
 
+def test_a_run_interrupted_on_the_device_keeps_its_compiles(config):
+    # with a GPU the device runs come after every compile: Ctrl-C there must not throw the compiles away
+    def interrupt(argv):
+        return argv[0] == "./hello" and "--preflight-only" not in argv
+
+    interrupt.exc = KeyboardInterrupt()
+    gpu = "NVIDIA H200, 9.0, 580.00"
+    with pytest.raises(InterruptedRun):
+        run(config, FakeRunner(image_id=IMAGE, gpu_smi=gpu, fail_on=interrupt), steps=("hello",))
+    assert ActionCache(config.cache.dir).stats().entries == 1
+    again = FakeRunner(image_id=IMAGE, gpu_smi=gpu)
+    outcome = run(config, again, steps=("hello",))
+    assert cache_of(outcome) == {"hello": "hit"} and nvcc_calls(again) == 0
+    assert outcome.results[0].outcome.value == "pass"
+
+
 def test_compile_only_judges_the_compile(config):
     outcome = run(config, FakeRunner(image_id=IMAGE), steps=("hello", "broken"), compile_only=True)
     hello, broken = outcome.results
