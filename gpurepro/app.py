@@ -41,7 +41,7 @@ def repro(steps=None, *, all=False, arch=None, backend="auto", compile_only=Fals
     outcome = execute(cfg, request, console=console)
     if record:
         _record(cfg, outcome.results, console)
-    publish_to_ci(cfg, outcome.run.path / "summary.md", _annotation_rows(cfg, outcome.results), console)
+    publish_to_ci(cfg, outcome.run.path / "summary.md", lambda: _annotation_rows(cfg, outcome.results), console)
     _raise_if_failed(outcome)
     return outcome.exit_code
 
@@ -62,9 +62,11 @@ def _annotation_rows(cfg, results, target: str | None = None) -> list[dict]:
     return rows
 
 
-def publish_to_ci(cfg, summary: pathlib.Path, rows: list[dict], console) -> None:
+def publish_to_ci(cfg, summary: pathlib.Path, rows, console) -> None:
     """On GitHub Actions: the run's summary.md on the job page ($GITHUB_STEP_SUMMARY) and `::error`/`::warning`
-    annotations at the steps' sources. A summary that cannot be written is a warning, never the run's verdict."""
+    annotations at the steps' sources. A summary that cannot be written is a warning, never the run's verdict.
+    `rows`: the annotation rows, or a function making them (only called on GitHub Actions: it reads the
+    manifest again)."""
     import os
 
     from .ci_output import github_annotations, github_step_summary
@@ -75,7 +77,7 @@ def publish_to_ci(cfg, summary: pathlib.Path, rows: list[dict], console) -> None
         except InfraError as exc:
             console.error(f"gpurepro: warning: {exc.one_line()}")
     if os.environ.get("GITHUB_ACTIONS") == "true":
-        for line in github_annotations(rows, root=cfg.root):
+        for line in github_annotations(rows() if callable(rows) else rows, root=cfg.root):
             console.out.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
@@ -139,7 +141,7 @@ def bisect(*, from_step=None, to_step=None, arch=None, backend="auto", git=False
     outcome = execute(cfg, request, console=console)
     rows, first = flip_table(chain, outcome.results)
     console.flip_table(rows, first, outcome.results)
-    publish_to_ci(cfg, outcome.run.path / "summary.md", _annotation_rows(cfg, outcome.results), console)
+    publish_to_ci(cfg, outcome.run.path / "summary.md", lambda: _annotation_rows(cfg, outcome.results), console)
     return git_bisect_code(outcome.results) if git else outcome.exit_code
 
 
@@ -188,7 +190,7 @@ def _bisect_toolchains(cfg, manifest, from_step, to_step, *, arch, backend, git,
                       (base.toolchain or "", flip.toolchain or ""), [(first_error(base), first_error(flip))])
         console.info(f"first flip: {flip.toolchain} ({flip.outcome.value}, was {base.outcome.value} on "
                      f"{base.toolchain})")
-    publish_to_ci(cfg, outcome.run.path / "summary.md", _annotation_rows(cfg, outcome.results), console)
+    publish_to_ci(cfg, outcome.run.path / "summary.md", lambda: _annotation_rows(cfg, outcome.results), console)
     if git:
         return GIT_GOOD if flip is None else GIT_BAD
     return 1 if flip is not None else outcome.exit_code

@@ -17,6 +17,8 @@ import yaml
 from .errors import ConfigError
 from .validate import load_schema, schema_problems, string_keys
 
+FAST_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # SafeLoader where PyYAML has no libyaml
+
 CONFIG_NAME = "gpurepro.yaml"
 ARCH_RE = re.compile(r"^sm_\d{2,3}[af]?$")
 DEFAULT_LOG_CAP_BYTES = 8 * 1024 * 1024
@@ -127,7 +129,12 @@ def load_yaml(path: pathlib.Path, error: type[ConfigError] = ConfigError) -> Any
         raise error(path, None, f"not UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start} (line {line})",
                           hint="save the file as UTF-8") from None
     try:
-        return yaml.safe_load(text)
+        try:
+            # libyaml's parser is ~15x faster (the manifest: 27 ms -> 2 ms, read twice per run); its error
+            # messages say less ("cannot start any token", not which character), so a failure is re-read below
+            return yaml.load(text, Loader=FAST_SAFE_LOADER)
+        except yaml.YAMLError:
+            return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else None

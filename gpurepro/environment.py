@@ -10,18 +10,26 @@ import sys
 
 
 def git_state(root: pathlib.Path) -> dict:
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    if commit is None:
+    """The checkout's commit, whether tracked files differ from it, and its branch ("HEAD" when detached): one
+    `git status --porcelain=v2 --branch` (a run starts one process, not three)."""
+    try:
+        done = subprocess.run(["git", "-C", str(root), "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
+                              capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
         return {"commit": None, "dirty": None}
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": bool(status), "branch": git("rev-parse", "--abbrev-ref", "HEAD")}
+    headers = {}
+    changed = False
+    for line in done.stdout.splitlines() if done.returncode == 0 else []:
+        if line.startswith("# branch."):
+            key, _, value = line[len("# branch."):].partition(" ")
+            headers[key] = value
+        elif line and not line.startswith("#"):
+            changed = True
+    commit = headers.get("oid")
+    if not commit or commit == "(initial)":  # not a repository, or no commit yet
+        return {"commit": None, "dirty": None}
+    branch = headers.get("head")
+    return {"commit": commit, "dirty": changed, "branch": "HEAD" if branch == "(detached)" else branch}
 
 
 def host_facts() -> dict:

@@ -96,3 +96,47 @@ def test_a_comma_decimal_clock_is_read():
     commands = [Command(("true",), "/", 5)]
     (result,) = parse(b"@@gpurepro-batch 0 0 100,25 101,75 0\n", commands).results(commands)
     assert result.seconds == pytest.approx(1.5)
+
+
+def collect_run(tmp_path, commands, drop=()):
+    root = tmp_path / "run" / "hits"
+    script = batch_script(commands, collect=str(root), drop=drop)
+    done = subprocess.run(["bash", "-c", script], capture_output=True, timeout=60)
+    frames = BatchFrames(len(commands), CAP, collect=True)
+    frames.feed(done.stdout)
+    return root, frames
+
+
+def test_collect_streams_the_directory_less_dropped_files_then_removes_it(tmp_path):
+    from gpurepro.archive import read_tar
+
+    root = tmp_path / "run" / "hits"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "prog").write_text("#!/bin/sh\necho made > out.txt\necho ran\n")
+    (root / "a" / "prog").chmod(0o755)
+    (root / "a" / "in.txt").write_text("in")
+    commands = [Command(("./prog",), str(root / "a"), 30)]
+    root, frames = collect_run(tmp_path, commands, drop=["a/prog"])
+    (result,) = frames.results(commands)
+    assert (result.exit_code, result.output) == (0, "ran\n")
+    assert frames.collect_code == 0
+    assert read_tar(bytes(frames.collected), strip_top=False) == {"a/in.txt": b"in", "a/out.txt": b"made\n"}
+    assert not root.exists() and not root.parent.exists()  # the emptied run directory goes with it
+
+
+def test_collect_leaves_a_parent_that_holds_something_else(tmp_path):
+    root = tmp_path / "run" / "hits"
+    root.mkdir(parents=True)
+    (tmp_path / "run" / "step07").mkdir()  # a compiling step of the same run
+    _, frames = collect_run(tmp_path, [])
+    assert frames.results([]) == [] and frames.collect_code == 0
+    assert not root.exists() and (tmp_path / "run" / "step07").is_dir()
+
+
+def test_a_missing_collect_frame_is_no_result():
+    commands = [Command(("true",), "/", 5)]
+    frames = BatchFrames(1, CAP, collect=True)
+    frames.feed(b"@@gpurepro-batch 0 0 1 2 0\n")
+    assert frames.results(commands) is None
+    frames.feed(b"@@gpurepro-batch 1 0 0 0 3\nabc")
+    assert frames.results(commands) is not None and bytes(frames.collected) == b"abc"

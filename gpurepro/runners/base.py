@@ -169,6 +169,14 @@ class Command:
     timeout_s: float
 
 
+@dataclass
+class Batch:
+    """What `exec_many` returns: each command's result, and the files it collected (None: none asked for)."""
+
+    results: list[ExecResult]
+    files: dict[str, bytes] | None = None
+
+
 class Runner(abc.ABC):
     """Where steps are compiled and run. Paths are in the runner's own filesystem."""
 
@@ -191,11 +199,18 @@ class Runner(abc.ABC):
         daemon gone) and ToolMissingError/NvccMissingError when argv[0] does not exist there.
         """
 
-    def exec_many(self, commands: Sequence[Command]) -> list[ExecResult]:
+    def exec_many(self, commands: Sequence[Command], *, collect: str | None = None,
+                  drop: frozenset[str] = frozenset()) -> "Batch":
         """Run `commands` one after another, each as `exec` would (own time limit, own capped output); the
-        results in the same order. Raises like `exec` when the place itself fails. Backends where every command
-        is a round trip through an API (docker) override this to pay that trip once for the whole batch."""
-        return [self.exec(list(c.argv), workdir=c.workdir, timeout_s=c.timeout_s) for c in commands]
+        results in the same order. With `collect` (a directory under the work root), then copy out every file
+        under it except `drop` (paths relative to it) and remove it. Raises like `exec` when the place itself
+        fails. Backends where every call is a round trip through an API (docker) do it all in one."""
+        results = [self.exec(list(c.argv), workdir=c.workdir, timeout_s=c.timeout_s) for c in commands]
+        files = None
+        if collect is not None:
+            files = {name: data for name, data in self.get_files(collect).items() if name not in drop}
+            self.remove_dir(collect)
+        return Batch(results, files)
 
     def log_cap_bytes(self) -> int:
         config = getattr(self, "config", None)

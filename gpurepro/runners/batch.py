@@ -7,6 +7,11 @@ writes one frame per command to stdout:
 
     @@gpurepro-batch <index> <exit code> <start> <end> <size>\\n<size bytes of output>
 
+With a directory to collect, one more frame follows (index = the number of commands, exit code = tar's): a tar
+of that directory, less the files to drop; then the directory is removed, and its parent (the run's directory)
+too when nothing else is left in it. So a warm run's steps go in with one put_archive and come back in the
+same exec that ran them: no get_archive, no `rm` exec.
+
 `BatchFrames` reads that stream incrementally and keeps each frame's output the way `exec` keeps one
 command's (CappedOutput: head and tail within the cap), so a command that prints a gigabyte costs memory
 of one cap here, as it would alone. Pure: tested without a daemon.
@@ -42,25 +47,42 @@ one() {
   printf '@@gpurepro-batch %s %s %s %s %s\n' "$i" "$rc" "$s" "$e" "$(wc -c <"$out" | tr -d ' ')"
   cat "$out"
 }
+collect() {
+  i=$1; root=$2; shift 2
+  for f in "$@"; do rm -f -- "$root/$f"; done
+  tar -C "$root" -cf "$out" .
+  rc=$?
+  printf '@@gpurepro-batch %s %s 0 0 %s\n' "$i" "$rc" "$(wc -c <"$out" | tr -d ' ')"
+  cat "$out"
+  rm -rf -- "$root"
+  rmdir -- "$(dirname -- "$root")"
+}
 """.replace("KILL_GRACE", str(KILL_GRACE_S))
 
 
-def batch_script(commands: Sequence[Command], run_tag: str = "") -> str:
+def batch_script(commands: Sequence[Command], run_tag: str = "", *, collect: str | None = None,
+                 drop: Sequence[str] = ()) -> str:
     """The bash script that runs `commands` in order and frames their outputs (see the module's doc)."""
     marker = ["env", f"GPUREPRO_RUN={run_tag}"] if run_tag else []
     lines = [_PRELUDE]
     for index, command in enumerate(commands):
         argv = [*marker, *command.argv]
         lines.append(f"one {index} {shlex.quote(command.workdir)} {int(command.timeout_s)} {shlex.join(argv)}")
+    if collect is not None:
+        lines.append(f"collect {len(commands)} {shlex.quote(collect)} {shlex.join(sorted(drop))}".rstrip())
     return "\n".join(lines) + "\n"
 
 
 class BatchFrames:
     """The batch's stream, frame by frame, into one CappedOutput per command."""
 
-    def __init__(self, count: int, cap: int):
-        self.count = count
+    def __init__(self, count: int, cap: int, *, collect: bool = False, max_collect_bytes: int = 2 << 30):
+        self.count = count  # commands; with `collect`, one more frame (the tar) follows them
         self.cap = cap
+        self.collect = collect
+        self.max_collect_bytes = max_collect_bytes
+        self.collected = bytearray()  # the tar frame's bytes, whole (read_tar checks it)
+        self.collect_code: int | None = None
         self.outputs: list[CappedOutput] = []
         self.headers: list[tuple[int, float, float, int]] = []  # exit code, start, end, size
         self.problem: str | None = None
@@ -76,7 +98,10 @@ class BatchFrames:
         while data and self.problem is None:
             if self._left:
                 part, data = data[:self._left], data[self._left:]
-                self.outputs[-1].feed(part)
+                if len(self.headers) > self.count:
+                    self.collected += part
+                else:
+                    self.outputs[-1].feed(part)
                 self._left -= len(part)
                 continue
             self._pending += data
@@ -89,12 +114,19 @@ class BatchFrames:
             line, data = self._pending[:end], self._pending[end + 1:]
             self._pending = b""
             match = HEADER_RE.fullmatch(line)
-            if not match or int(match[1]) != len(self.headers) or len(self.headers) >= self.count:
+            frames = self.count + (1 if self.collect else 0)
+            if not match or int(match[1]) != len(self.headers) or len(self.headers) >= frames:
                 self._fail(line)
                 return
             code, start, stop, size = int(match[2]), _seconds(match[3]), _seconds(match[4]), int(match[5])
             self.headers.append((code, start, stop, size))
-            self.outputs.append(CappedOutput(self.cap))
+            if len(self.headers) > self.count:  # the collected directory's tar
+                if size > self.max_collect_bytes:
+                    self.problem = f"the collected files are {size} bytes, over {self.max_collect_bytes}"
+                    return
+                self.collect_code = code
+            else:
+                self.outputs.append(CappedOutput(self.cap))
             self._left = size
 
     def _fail(self, seen: bytes) -> None:
@@ -103,7 +135,8 @@ class BatchFrames:
 
     def results(self, commands: Sequence[Command]) -> list[ExecResult] | None:
         """One ExecResult per command, or None when the stream did not hold every frame whole."""
-        if self.problem or self._pending or self._left or len(self.headers) != len(commands):
+        frames = len(commands) + (1 if self.collect else 0)
+        if self.problem or self._pending or self._left or len(self.headers) != frames:
             return None
         out = []
         for command, (code, start, stop, _size), capture in zip(commands, self.headers, self.outputs):

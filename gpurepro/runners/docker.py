@@ -29,13 +29,14 @@ from ..errors import (ContainerError, ContainerStoppedError, DaemonGoneError, Do
                       InfraError, NvccMissingError, ToolMissingError)
 from ..run.directory import atomic_write
 from ..run.lock import ContainerLock
-from .base import CappedOutput, Runner, short_command
+from .base import Batch, CappedOutput, Runner, short_command
 from .batch import BatchFrames, batch_script
 
 LABEL_MANAGED = "gpurepro.managed"
 LABEL_IMAGE = "gpurepro.image-id"
 KILL_GRACE_S = 5
 SETTLE_S = 3  # how long a container that killed its exec may take to show as exited
+COLLECT_S = 300  # the limit a batch adds for packing up the directory it collects
 RUN_MARKER = "GPUREPRO_RUN"
 
 
@@ -106,6 +107,9 @@ class DockerRunner(Runner):
         self.image = None
         self.fatal: InfraError | None = None  # set once the container or daemon is gone mid-run
         self.users: ContainerLock | None = None  # runs sharing this container (docs/contracts.md, Faults)
+        # directories under the work root this runner wrote to or ran in (and has not removed): the end of a run
+        # removes its directory only if something of it is left there
+        self.touched: set[str] = set()
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -322,7 +326,16 @@ class DockerRunner(Runner):
         self.fatal = ContainerStoppedError(self.container_name, during, detail)
         return self.fatal
 
+    def _touch(self, path: str) -> None:
+        if path.startswith(self.work_root().rstrip("/") + "/"):
+            self.touched.add(path.rstrip("/"))
+
+    def _forget(self, path: str) -> None:
+        path = path.rstrip("/")
+        self.touched = {t for t in self.touched if t != path and not t.startswith(path + "/")}
+
     def exec(self, argv, *, workdir, timeout_s, env=None) -> ExecResult:
+        self._touch(workdir)
         capture = CappedOutput(self.log_cap_bytes())
         code, seconds = self._exec_streamed(argv, workdir=workdir, timeout_s=timeout_s, env=env, sink=capture.feed)
         timed_out = code in (124, 137) and seconds >= timeout_s - 1
@@ -331,17 +344,19 @@ class DockerRunner(Runner):
             self._raise_if_not_started(argv, short_command(argv), result.output)
         return result
 
-    def exec_many(self, commands) -> list[ExecResult]:
+    def exec_many(self, commands, *, collect=None, drop=frozenset()) -> Batch:
         """One exec for the whole batch: a script runs each command under its own `timeout` (and the run
         marker, so `cancel` finds it), then writes a frame header and the command's output to the stream;
-        each frame is capped here as `exec` caps one command's output (see BatchFrames)."""
+        each frame is capped here as `exec` caps one command's output (see gpurepro/runners/batch.py). With
+        `collect`, the same exec streams that directory back as a tar and removes it."""
         commands = list(commands)
-        if len(commands) <= 1:
+        if collect is None and len(commands) <= 1:
             return super().exec_many(commands)
-        frames = BatchFrames(len(commands), self.log_cap_bytes())
-        script = batch_script(commands, self.run_tag)
-        total_s = sum(c.timeout_s + KILL_GRACE_S + 5 for c in commands)
-        label = f"{len(commands)} commands ({short_command(list(commands[0].argv), 40)}, ...)"
+        frames = BatchFrames(len(commands), self.log_cap_bytes(), collect=collect is not None)
+        script = batch_script(commands, self.run_tag, collect=collect, drop=sorted(drop))
+        total_s = sum(c.timeout_s + KILL_GRACE_S + 5 for c in commands) + (COLLECT_S if collect else 0)
+        first = short_command(list(commands[0].argv), 40) if commands else "collect"
+        label = f"{len(commands)} commands ({first}, ...)"
         code, _seconds = self._exec_streamed(["bash", "-c", script, "gpurepro-batch"], workdir="/",
                                              timeout_s=total_s, env=None, sink=frames.feed, label=label)
         results = frames.results(commands)
@@ -352,7 +367,13 @@ class DockerRunner(Runner):
         for command, result in zip(commands, results):
             if result.exit_code in (126, 127) and result.output_bytes < 1024:
                 self._raise_if_not_started(list(command.argv), short_command(list(command.argv)), result.output)
-        return results
+        files = None
+        if collect is not None:
+            if frames.collect_code != 0:
+                raise ContainerError(self.container_name, f"tar of {collect}", f"exit {frames.collect_code}")
+            files = read_tar(bytes(frames.collected), strip_top=False)
+            self._forget(collect)  # the script removed it (and the run's directory, if nothing else was there)
+        return Batch(results, files)
 
     def _exec_streamed(self, argv, *, workdir, timeout_s, env, sink, label: str | None = None) -> tuple[int, float]:
         """Run argv in the container under coreutils timeout, feeding its output to `sink`; (exit code, seconds).
@@ -408,6 +429,7 @@ class DockerRunner(Runner):
         container = self._require()
         # one put_archive at / with the whole path in each name: the engine makes the missing directories
         # while it unpacks, so no `mkdir -p` exec (a process spawn in the container) comes first
+        self._touch(dest)
         with self._api(f"put_archive {dest}"):
             ok = container.put_archive("/", build_tar(files, executable=executable, prefix=dest))
         if not ok:
@@ -438,5 +460,10 @@ class DockerRunner(Runner):
     def remove_dir(self, path) -> None:
         if self.fatal is not None:
             return  # nothing to clean in a stopped container or through a dead daemon
-        if self.container is not None and path.startswith(self.work_root().rstrip("/") + "/"):
-            self.exec(["rm", "-rf", path], workdir="/", timeout_s=120)
+        if self.container is None or not path.startswith(self.work_root().rstrip("/") + "/"):
+            return
+        path = path.rstrip("/")
+        if not any(t == path or t.startswith(path + "/") for t in self.touched):
+            return  # nothing of it is there (never written, or a batch removed what it collected): no exec
+        self.exec(["rm", "-rf", path], workdir="/", timeout_s=120)
+        self._forget(path)

@@ -482,25 +482,25 @@ def _run_hit_batch(env: Env, run: ActiveRun, batch: list[StepContext], manifest:
             ctx.stage = "checking arch"
             env.console.stage(ctx.step.id, _label(ctx), "checking arch")
         skip_reason = None if env.request.compile_only else "no GPU"
-        ran = env.runner.exec_many([Command((f"./{ctx.step.binary}", PREFLIGHT_FLAG), ctx.workdir,
-                                            env.config.run.timeout_s) for ctx in runnable])
-        for ctx, preflight in zip(runnable, ran):
-            _judge_preflight(env, ctx, preflight, skip_reason)
         if runnable:
-            try:
-                for name, data in env.runner.get_files(root).items():
-                    dirname, _, rest = name.partition("/")
-                    if dirname in collected and rest:
-                        collected[dirname][rest] = data
-            except GpuReproError as exc:
-                for ctx in runnable:
-                    ctx.result.reason += f" (artifacts not copied out: {exc.one_line()})"
+            # the binaries stay out of the copy back: the cache entry holds the same bytes
+            done = env.runner.exec_many([Command((f"./{ctx.step.binary}", PREFLIGHT_FLAG), ctx.workdir,
+                                                 env.config.run.timeout_s) for ctx in runnable],
+                                        collect=root, drop=frozenset(executable))
+            for ctx, preflight in zip(runnable, done.results):
+                _judge_preflight(env, ctx, preflight, skip_reason)
+            for name, data in (done.files or {}).items():
+                dirname, _, rest = name.partition("/")
+                if dirname in collected and rest:
+                    collected[dirname][rest] = data
+            for ctx in runnable:
+                collected[ctx.result.dirname][ctx.step.binary] = ctx.entry.binary
     except (KeyboardInterrupt, InterruptedRun):
         env.interrupted.set()
         raise
     except Exception as exc:
         for ctx in batch:
-            if not ctx.done:
+            if not ctx.done:  # the cached compile errors are decided already and had nothing to copy
                 _decide(env, ctx, outcome_from_exception(exc))
         if getattr(exc, "fatal", False):  # the runner is gone: no other step can run either
             fatal = exc

@@ -1,6 +1,6 @@
-"""A rerun where every compile is a cache hit, against the real engine: the hits go through the container in one
-copy in, one exec and one copy out, and end exactly as the run that compiled them (no mock of the daemon: the
-runner is the real DockerRunner, counted from outside)."""
+"""A rerun where every compile is a cache hit, against the real engine: the hits go into the container in one copy
+and come back out of the one exec that runs them, and end exactly as the run that compiled them (no mock of the
+daemon: the runner is the real DockerRunner, counted from outside)."""
 import pytest
 
 from gpurepro.config import load_config
@@ -40,9 +40,9 @@ class CountingRunner(DockerRunner):
         self.counts["exec"] += 1
         return super().exec(argv, **kw)
 
-    def exec_many(self, commands):
+    def exec_many(self, commands, **kw):
         self.counts["exec_many"] += 1
-        return super().exec_many(commands)
+        return super().exec_many(commands, **kw)
 
 
 def run_once(project, **request):
@@ -53,15 +53,23 @@ def run_once(project, **request):
     return outcome, runner.counts
 
 
+def left_in_container(docker_client, project) -> str:
+    container = docker_client.containers.get(project.container)
+    return container.exec_run(["ls", "-A", "/workspace/gpurepro"]).output.decode()
+
+
 @pytest.mark.parametrize("compile_only", [False, True])
-def test_warm_rerun_is_one_copy_in_one_exec_one_copy_out(project_factory, toolchain_image, compile_only):
+def test_warm_rerun_is_one_copy_in_and_one_exec(project_factory, toolchain_image, docker_client, compile_only):
     project = project_factory(steps=STEPS)
     first, _ = run_once(project, compile_only=compile_only)
     assert [r.cache["status"] for r in first.results] == ["miss", "miss", "miss"]
     again, counts = run_once(project, compile_only=compile_only)
     assert [r.cache["status"] for r in again.results] == ["hit", "hit", "hit"]
-    # the probe is remembered for this container's start; the work directory's removal is the one exec left
-    assert counts == {"put": 1, "get": 1, "exec": 1, "exec_many": 1}, counts
+    # the probe is remembered for this container's start; the batch copies its files back out and removes
+    # them, and the run's directory with them: no get_archive, no `rm` exec
+    assert counts == {"put": 1, "get": 0, "exec": 0, "exec_many": 1}, counts
+    assert again.run.run_id not in left_in_container(docker_client, project)
+    assert first.run.run_id not in left_in_container(docker_client, project)
     assert [(r.step, r.outcome, r.reason) for r in again.results] == \
            [(r.step, r.outcome, r.reason) for r in first.results]
     for step in ("hello", "plain"):
@@ -87,7 +95,7 @@ def test_exec_many_keeps_each_commands_exit_output_and_time_limit(project_factor
             Command(("sh", "-c", f"head -c {big} /dev/zero | tr '\\0' x; echo; echo last line"), "/tmp", 30),
             Command(("sh", "-c", "kill -SEGV $$"), "/", 30),
             Command(("pwd",), "/tmp", 30),
-        ])
+        ]).results
     finally:
         runner.close()
     first, slow, loud, crashed, where = results
@@ -97,3 +105,23 @@ def test_exec_many_keeps_each_commands_exit_output_and_time_limit(project_factor
     assert loud.output.endswith("last line\n") and len(loud.output) < runner.log_cap_bytes() + 200
     assert crashed.signal == "SIGSEGV"
     assert where.output == "/tmp\n" and where.exit_code == 0
+
+
+def test_exec_many_collects_a_directory_and_removes_it(project_factory, toolchain_image, docker_client):
+    project = project_factory(steps=STEPS)
+    config = load_config(project.config_path, env={"GPUREPRO_CONTAINER": project.container})
+    runner = DockerRunner(connect(), config)
+    runner.start()
+    run_dir = f"{runner.work_root()}/batch-test"
+    try:
+        runner.put_files(f"{run_dir}/hits", {"a/in.txt": b"in", "a/prog": b"#!/bin/sh\necho made > out.txt\n",
+                                            "b/in.txt": b"b"}, executable=frozenset({"a/prog"}))
+        batch = runner.exec_many([Command(("./prog",), f"{run_dir}/hits/a", 30)], collect=f"{run_dir}/hits",
+                                 drop=frozenset({"a/prog"}))
+        assert batch.files == {"a/in.txt": b"in", "a/out.txt": b"made\n", "b/in.txt": b"b"}
+        assert batch.results[0].exit_code == 0
+        left = docker_client.containers.get(project.container).exec_run(["ls", "-A", runner.work_root()]).output
+        assert b"batch-test" not in left  # the directory and its emptied parent are gone
+        assert not runner.touched
+    finally:
+        runner.close()
