@@ -6,7 +6,8 @@
 #   `xz --x86 --lzma2=preset=9e,dict=256MiB`: 92 MB as a wheel, ~59 MB so) and base.tar.xz (the
 #   three small cutlass-dsl wheels unpacked, same packing); or .whl/ with those wheels instead of
 #   base.tar.xz.  One call's working tree + carry must stay under 64 MiB.
-# Usage: bash bench/device_session.sh [quant] [tests] [validate] [bench] [both]   (default: quant both)
+# Usage: bash bench/device_session.sh [quant] [tests] [probe] [validate] [bench] [both]   (default: quant both)
+#   probe: python -m kernels.router.probe $PROBE_ARGS (kernel configurations checked and timed)
 #   quant: tests/kernels/test_router_quant.py; if it fails, the later steps run with
 #          GPUREPRO_ROUTER_FUSED_QUANT=0 (the PyTorch quantizer) and say so
 #   both:  validate then bench in one process; BENCH_ARGS adds bench options (default --skip mma_nosplit)
@@ -46,6 +47,7 @@ for s in $steps; do
       fi
       rc=$((rc | r)) ;;
     tests) timeout "${TESTS_S:-120}" python3 -m pytest -q -p no:cacheprovider tests/kernels/test_router_gpu.py tests/kernels/test_router_fp32_reference.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -15 ; rc=$((rc | ${PIPESTATUS[0]})) ;;
+    probe) timeout "${PROBE_S:-300}" python3 -m kernels.router.probe ${PROBE_ARGS:-} 2>&1 | tee "$OUT/probe.log" ; rc=$((rc | ${PIPESTATUS[0]})) ;;
     validate) python3 bench/router_validate.py --out "$OUT" 2>&1 | tee "$OUT/validate.log" | grep -E "FAIL|passed|Error|error" ; rc=$((rc | ${PIPESTATUS[0]})) ;;
     bench) python3 bench/router_bench.py --out "$OUT" ${BENCH_ARGS:---skip mma_nosplit} 2>&1 | tee "$OUT/bench.log" | tail -14 ; rc=$((rc | ${PIPESTATUS[0]})) ;;
     both)

@@ -56,14 +56,15 @@ SWAPAB_MAX_TOKENS = 256
 
 
 def choose_kernel(num_tokens: int, experts: int) -> str:
-    """The portable kernel for a problem: "gemv" / "swapab" (decode sizes) or "mma"."""
+    """The portable kernel for a problem: "gemv" / "swapab" (decode sizes) or "tile" (the pipelined
+    tensor-core kernel of ``kernels.router.tile``)."""
     if experts % 32 or experts > 2048:
-        return "mma"
+        return "tile"
     if num_tokens <= GEMV_MAX_TOKENS:
         return "gemv"
     if num_tokens <= SWAPAB_MAX_TOKENS:
         return "swapab"
-    return "mma"
+    return "tile"
 
 
 def _announce(path: str) -> None:
@@ -147,13 +148,14 @@ def prepare_activation(x: torch.Tensor, linear, fused: Optional[bool] = None):
 def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str = "softmax",
                            renormalize: Optional[bool] = None, *, path: Optional[str] = None,
                            activation=None, split_k: Optional[bool] = None,
-                           kernel: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                           kernel: Optional[str] = None, tile_config=None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Route tokens ``x`` [..., hidden] with the router ``linear`` (an ``Nvfp4Linear`` [E, hidden]).
 
     ``path`` forces "portable", "sm100" or "reference".  ``activation`` may pass the already
     quantized activations (the tuple of :func:`prepare_activation`) to time the kernel alone.
     ``split_k`` (True / False) forces the mma.sync kernel with / without its K split (False: one
-    CTA per row tile, no workspace); ``kernel`` forces "gemv" or "mma" on the portable path.
+    CTA per row tile, no workspace); ``kernel`` forces "gemv", "swapab", "tile" or "mma" on the portable
+    path; ``tile_config`` = ``(splits, k_tiles_per_split)`` overrides the tile kernel's split-K.
     """
     global last_path, last_kernel
     check_scoring(scoring)
@@ -168,7 +170,7 @@ def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str
     if activation is None:
         activation = prepare_activation(x, linear)
     if chosen == "portable":
-        from .launch import run_gemv, run_mma_gemv, run_portable
+        from .launch import run_gemv, run_mma_gemv, run_portable, run_tile
 
         t = activation[0].shape[0]
         last_kernel = kernel or ("mma" if split_k is not None else choose_kernel(t, linear.out_features))
@@ -176,6 +178,8 @@ def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str
             return run_gemv(activation, linear, top_k, scoring, renormalize)
         if last_kernel == "swapab":
             return run_mma_gemv(activation, linear, top_k, scoring, renormalize)
+        if last_kernel == "tile":
+            return run_tile(activation, linear, top_k, scoring, renormalize, config=tile_config)
         return run_portable(activation, linear, top_k, scoring, renormalize,
                             split_k=None if split_k is True else split_k)
     if chosen == "sm100":

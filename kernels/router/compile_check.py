@@ -85,6 +85,10 @@ def _fake_args(kernel: str, top_k: int):
         from kernels.router.launch import portable_args
 
         return portable_args(act, layer, top_k)[0]
+    if kernel == "tile":
+        from kernels.router.launch import tile_args
+
+        return tile_args(act, layer, top_k, 2, 2)[0]
     if kernel == "gemv":
         from kernels.router.launch import gemv_args
 
@@ -96,7 +100,7 @@ def _fake_args(kernel: str, top_k: int):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--kernel", choices=["portable", "gemv", "sm100", "quant"], required=True)
+    p.add_argument("--kernel", choices=["portable", "gemv", "tile", "sm100", "quant"], required=True)
     p.add_argument("--arch", required=True, help="e.g. sm_80, sm_90a, sm_120a, sm_100a")
     p.add_argument("--topk", type=int, nargs="+", default=[6])
     p.add_argument("--scorings", nargs="+", default=["softmax", "sigmoid"])
@@ -133,6 +137,12 @@ def main(argv=None) -> int:
                 for bm, threads in configs:
                     cute.compile(PortableRouterKernel(k, scoring, renorm, bm, threads), *args)
                     done.append(f"k={k},{scoring},bm={bm},threads={threads}")
+            elif a.kernel == "tile":
+                from kernels.router.tile import TileRouterKernel
+
+                for splits in (1, 4):
+                    cute.compile(TileRouterKernel(k, scoring, renorm, splits), *args)
+                    done.append(f"k={k},{scoring},tile splits={splits}")
             elif a.kernel == "gemv":
                 from kernels.router.gemv import GemvRouterKernel
 

@@ -154,3 +154,45 @@ def run_mma_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool
     fn = compile_mma_gemv(top_k, scoring, renormalize, linear.out_features, nt, ksplit, args)
     fn(*args)
     return ids, w
+
+
+def tile_args(activation, linear, top_k: int, splits: int, k_per_split: int):
+    """CuTe arguments of the pipelined tile kernel (``kernels.router.tile``): packed codes and
+    scales as int32 words, an fp32 workspace ``[splits, T rounded up to 128, E]`` of partial logits
+    and one semaphore per 128-token row tile."""
+    from .tile import BM
+
+    a_data, a_scales = activation[0], activation[1]
+    t = a_data.shape[0]
+    dev = a_data.device
+    m_tiles = -(-t // BM)
+    ws = torch.empty((splits, m_tiles * BM, linear.out_features), dtype=torch.float32, device=dev)
+    cnt = _counters(dev, m_tiles)
+    alpha = _alpha(activation, linear, dev)
+    ids = torch.empty((t, top_k), dtype=torch.int32, device=dev)
+    w = torch.empty((t, top_k), dtype=torch.float32, device=dev)
+    args = (
+        _cute(a_data.contiguous().view(torch.int32)),
+        _cute(a_scales.contiguous().view(torch.uint8).view(torch.int32)),
+        _cute(linear._mat_b.contiguous().view(torch.int32)),
+        _cute(linear._scale_b.contiguous().view(torch.uint8).reshape(-1).view(torch.int32)),
+        _cute(alpha),
+        _cute(ids),
+        _cute(w),
+        _cute(ws),
+        _cute(cnt),
+        int(k_per_split),
+        current_stream(dev),
+    )
+    return args, ids, w
+
+
+def run_tile(activation, linear, top_k: int, scoring: str, renormalize: bool, config=None):
+    from .tile import compile_tile, pick_tile_splits
+
+    t = activation[0].shape[0]
+    splits, per = config or pick_tile_splits(t, linear.out_features, linear.in_features)
+    args, ids, w = tile_args(activation, linear, top_k, splits, per)
+    fn = compile_tile(top_k, scoring, renormalize, splits, args)
+    fn(*args)
+    return ids, w

@@ -1,0 +1,398 @@
+"""Pipelined tensor-core tile kernel of the fused NVFP4 router, for many tokens (prefill sizes).
+
+One CTA of 4 warps computes a 128 x 128 tile of logits (tokens x experts) over a K range:
+
+* **cp.async ring** (``STAGES`` deep) of the *packed* operands: per 64-wide k-tile the FP4 words
+  of 128 token rows and 128 expert rows (4 KB each) and their E4M3 scale words; raw bytes are 4x
+  smaller than bf16, so the ring stays small and the loads run 2-3 k-tiles ahead.
+* **decode once per tile** from the raw ring into a double-buffered fp16 tile (swizzled for
+  ``ldmatrix``): each thread turns 16-byte chunks (32 codes) into fp16 pairs with bit operations and
+  one ``mul.rn.f16x2`` by the block scale, interleaved with the MMAs of the previous k-tile.
+  fp16, not bf16: an E2M1 code placed in the fp16 exponent/mantissa field is its value times
+  2^-14 (subnormal codes included), so decode needs no per-element table or fix-up, and
+  ``value * 2^-14 * scale`` is exact in fp16 (<= 6 significant bits, >= 2^-24, <= 0.17); both
+  operands carry 2^-14, undone once by the fp32 epilogue factor ``alpha * 2^28``.
+  The 8 codes of a word are stored in the order 0,4,1,5,2,6,3,7 (pairs that share one shift), for
+  tokens and experts alike: the dot product does not depend on the order of K.
+* ``ldmatrix`` + ``mma.sync.m16n8k16`` fp16 -> fp32, warps 2 x 2, 64 x 64 per warp.
+* split-K and N-tiles over CTAs (grid ``[T/128, splits, E/128]``); each CTA writes its fp32 partial
+  tile to a workspace, the last CTA of a row tile (one atomic counter, reset by that CTA) sums the
+  partials in split order (deterministic) and runs the top-k epilogue of
+  :class:`kernels.router.portable.PortableRouterKernel` (one thread per token row).
+
+Portable: cp.async, ldmatrix and mma.sync exist on SM80, SM90 and SM120; no TMA, wgmma or tcgen05.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cutlass
+import cutlass.cute as cute
+from cutlass._mlir.dialects import llvm
+
+from .portable import DSL_OPS, PortableRouterKernel
+from .topk import EMPTY_ID, global_expert_index, sorted_insert
+
+BM = 128  # token rows per CTA
+BN = 128  # experts per CTA
+BK = 64  # K elements per k-tile: 8 int32 words of codes, 4 scale blocks (one scale word) per row
+THREADS = 128
+STAGES = 4  # cp.async ring depth (raw k-tiles)
+WORDS = BK // 8
+# one raw stage, in int32 words: A codes, B codes, A scale words (one per row), B scale atom
+OFF_BW = BM * WORDS
+OFF_ASC = OFF_BW + BN * WORDS
+OFF_BSC = OFF_ASC + BM
+RAW_WORDS = OFF_BSC + BN
+TILE_HALVES = 128 * BK  # one decoded 128 x 64 fp16 tile
+UNDO_2M28 = float(2 ** 28)  # both operands carry 2^-14
+
+
+# insertion in increasing id order: "better" is a plain ">" (the earlier, lower id wins a tie)
+_STRICT_OPS = DSL_OPS._replace(better=lambda v, i, s, j: v > s)
+
+
+def _asm(ret, ptx: str, cons: str, *vals):
+    return ret(llvm.inline_asm(ret.mlir_type, [v.ir_value() for v in vals], ptx, cons))
+
+
+# pair a of a word: codes a (low half) and a+4 (high half).  Magnitude bits 0-2 of the nibble go to
+# fp16 bits 9-11 (and 25-27), the sign bit to 15 (31); the sign is applied to the scale operand
+# (lop3: (s & 0x80008000) ^ scale) so one mul.rn.f16x2 makes value * scale * 2^-14
+_PAIR_SHIFT = (("shl.b32", 9, "shl.b32", 12), ("shl.b32", 5, "shl.b32", 8),
+               ("shl.b32", 1, "shl.b32", 4), ("shr.b32", 3, None, 0))
+
+
+def _dec_pair(w, s2, a: int):
+    mop, msh, sop, ssh = _PAIR_SHIFT[a]
+    sign = f"{sop} dS, $1, {ssh}; " if sop else "mov.b32 dS, $1; "
+    ptx = ("{ .reg .b32 dM, dS, dK; "
+           f"{mop} dM, $1, {msh}; and.b32 dM, dM, 0x0E000E00; "
+           f"{sign}mov.b32 dK, 0x80008000; lop3.b32 dS, dS, dK, $2, 0x6A; "
+           "mul.rn.f16x2 $0, dM, dS; }")
+    return _asm(cutlass.Int32, ptx, "=r,r,r", cutlass.Int32(w), cutlass.Int32(s2))
+
+
+def _scale2(byte_word):
+    """fp16x2 (s, s) of the E4M3 scale in the low byte (sign ignored: block scales are >= 0):
+    the 7 bits go to fp16 bits 7-13 of both halves (E4M3 value * 2^-8, subnormals too), times 2^8."""
+    ptx = ("{ .reg .b32 dT, dK; and.b32 dT, $1, 0x7F; mul.lo.u32 dT, dT, 0x00800080; "
+           "mov.b32 dK, 0x5C005C00; mul.rn.f16x2 $0, dT, dK; }")
+    return _asm(cutlass.Int32, ptx, "=r,r", cutlass.Int32(byte_word))
+
+
+@cute.jit
+def _gptr(t: cute.Tensor):
+    """``t``'s base as a global-memory pointer (cp.async wants one; a tensor made from host memory,
+    as in the CPU compile check, is generic)."""
+    return cute.make_ptr(t.element_type, t.iterator.toint(), cute.AddressSpace.gmem, assumed_align=16)
+
+
+class TileRouterKernel(PortableRouterKernel):
+    """top_k / scoring / renormalize / splits are compile-time (the last CTA's reduction is unrolled
+    over the splits, so its loads are independent)."""
+
+    def __init__(self, top_k: int, scoring: str, renormalize: bool, splits: int = 1, variant: str = ""):
+        super().__init__(top_k, scoring, renormalize, bm=BM, threads=THREADS, split_k=True)
+        self.splits = splits
+        # probe only: words "nodecode" / "nomma" / "noepi" leave a stage out (wrong results)
+        self.variant = variant.split("+")
+        # raw ring (the last CTA's top-k lists reuse it) + decoded tiles (2 x A, 2 x B; the last
+        # CTA's fp32 logits tile reuses them): ~101 KB, two CTAs per SM
+        assert 4 * (4 * BM * top_k + 4 * BM) <= 4 * RAW_WORDS * STAGES
+        self.smem_bytes = 4 * RAW_WORDS * STAGES + 2 * 4 * TILE_HALVES + 1024 + 64
+
+    @cute.jit
+    def __call__(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
+                 mAlpha: cute.Tensor, mIds: cute.Tensor, mW: cute.Tensor, mWs: cute.Tensor,
+                 mCnt: cute.Tensor, k_per_split: cutlass.Int32, stream):
+        op = cute.nvgpu.warp.MmaF16BF16Op(cutlass.Float16, cutlass.Float32, (16, 8, 16))
+        tiled_mma = cute.make_tiled_mma(op, cute.make_layout((2, 2, 1)), permutation_mnk=(32, 32, 16))
+        grid_m = (mA.shape[0] + BM - 1) // BM
+        self.kernel(mA, mSFA, mB, mSFB, mAlpha, mIds, mW, mWs, mCnt, k_per_split, tiled_mma).launch(
+            grid=[grid_m, self.splits, mB.shape[0] // BN], block=[THREADS, 1, 1], smem=self.smem_bytes,
+            stream=stream, min_blocks_per_mp=2, preferred_smem_carveout=100)  # two CTAs per SM
+
+    # the epilogue's column scan: one thread per token row walks the 128 columns of the tile as a
+    # loop (straight-line code of that length runs from instruction-cache misses), in two
+    # interleaved lists (even / odd columns: two independent dependency chains), merged at the end
+    @cute.jit
+    def _scan_row(self, sC: cute.Tensor, erow, q, n0):
+        k = self.top_k
+        tv = cute.make_rmem_tensor(cute.make_layout((k, 2), stride=(1, k)), cutlass.Float32)
+        ti = cute.make_rmem_tensor(cute.make_layout((k, 2), stride=(1, k)), cutlass.Int32)
+        for j in cutlass.range_constexpr(k):
+            for h in cutlass.range_constexpr(2):
+                tv[j, h] = cutlass.Float32(-math.inf)
+                ti[j, h] = cutlass.Int32(EMPTY_ID)
+        for c in cutlass.range(0, BN, 2, unroll=2):
+            for h in cutlass.range_constexpr(2):
+                # columns come in increasing expert id, so a strict ">" keeps the lower id on a tie
+                vals, ids = sorted_insert([tv[j, h] for j in range(k)], [ti[j, h] for j in range(k)],
+                                          sC[erow, c + h], global_expert_index(c + h, n0), _STRICT_OPS)
+                for j in cutlass.range_constexpr(k):
+                    tv[j, h] = vals[j]
+                    ti[j, h] = ids[j]
+        vals = [tv[j, 0] for j in range(k)]
+        ids = [ti[j, 0] for j in range(k)]
+        for j in cutlass.range_constexpr(k):
+            vals, ids = sorted_insert(vals, ids, tv[j, 1], ti[j, 1], DSL_OPS)
+        return vals, ids
+
+    @cute.jit
+    def _store_partial(self, sC: cute.Tensor, sMs: cute.Tensor, sMi: cute.Tensor, sSt: cute.Tensor, erow, q, n0):
+        vals, ids = self._scan_row(sC, erow, q, n0)
+        for j in cutlass.range_constexpr(self.top_k):
+            sMs[erow, q, j] = vals[j]
+            sMi[erow, q, j] = ids[j]
+        if cutlass.const_expr(self.need_stats):
+            m = vals[0]
+            acc = cute.make_rmem_tensor(cute.make_layout(1), cutlass.Float32)
+            acc[0] = cutlass.Float32(0.0)
+            for c in cutlass.range(BN, unroll=8):
+                acc[0] = acc[0] + cute.math.exp(sC[erow, c] - m)
+            sSt[erow, q, 0] = m
+            sSt[erow, q, 1] = acc[0]
+
+    # ---------------------------------------------------------------- device
+    @cute.jit
+    def _issue(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
+               sRaw: cute.Tensor, kt, slot, row0, n0, T, kw, k_tiles, tidx, cp16, cp4):
+        """cp.async of raw k-tile ``kt`` into ring slot ``slot`` (about 5 copies per thread)."""
+        base = slot * RAW_WORDS
+        pA = _gptr(mA)
+        pB = _gptr(mB)
+        for i in cutlass.range_constexpr(2):
+            u = tidx + i * THREADS
+            r = u // 2
+            h = u % 2
+            grow = cutlass.min(row0 + r, T - 1)  # rows past T re-read row T-1, never stored
+            src = cute.make_tensor(pA + cute.assume(grow * kw + kt * WORDS + h * 4, divby=4), cute.make_layout(4))
+            dst = cute.make_tensor(sRaw.iterator + cute.assume(base + r * WORDS + h * 4, divby=4), cute.make_layout(4))
+            cute.copy(cp16, src, dst)
+            srcb = cute.make_tensor(pB + cute.assume((n0 + r) * kw + kt * WORDS + h * 4, divby=4),
+                                    cute.make_layout(4))
+            dstb = cute.make_tensor(sRaw.iterator + cute.assume(base + OFF_BW + r * WORDS + h * 4, divby=4),
+                                    cute.make_layout(4))
+            cute.copy(cp16, srcb, dstb)
+        grow = cutlass.min(row0 + tidx, T - 1)
+        cute.copy(cp4, cute.make_tensor(_gptr(mSFA) + (grow * k_tiles + kt), cute.make_layout(1)),
+                  cute.make_tensor(sRaw.iterator + (base + OFF_ASC + tidx), cute.make_layout(1)))
+        if tidx < 32:
+            # the 128 x 4 scale atom of (expert block, k-tile) is 512 contiguous bytes
+            src = cute.make_tensor(_gptr(mSFB) + cute.assume(((n0 // 128) * k_tiles + kt) * 128 + tidx * 4, divby=4),
+                                   cute.make_layout(4))
+            dst = cute.make_tensor(sRaw.iterator + cute.assume(base + OFF_BSC + tidx * 4, divby=4), cute.make_layout(4))
+            cute.copy(cp16, src, dst)
+
+    @cute.jit
+    def _decode(self, sRaw: cute.Tensor, sAB32: cute.Tensor, slot, dbuf, i: cutlass.Constexpr, tidx):
+        """Unit i (0, 1: token rows; 2, 3: expert rows) of this thread: 16 raw bytes (32 codes, two
+        scale blocks) of one row -> four 16-byte chunks of the decoded fp16 tile ``dbuf``."""
+        base = slot * RAW_WORDS
+        u = tidx + (i % 2) * THREADS
+        r = u // 2
+        h = u % 2
+        data = base + r * WORDS + h * 4
+        tile = dbuf
+        sw = cutlass.Int32(0)
+        if cutlass.const_expr(i < 2):
+            sw = sRaw[base + OFF_ASC + r]
+        else:
+            data = data + OFF_BW
+            tile = dbuf + 2
+            sw = sRaw[base + OFF_BSC + (r % 32) * 4 + r // 32]
+        raw = cute.make_rmem_tensor(cute.make_layout(4), cutlass.Int32)
+        cute.autovec_copy(cute.make_tensor(sRaw.iterator + cute.assume(data, divby=4), cute.make_layout(4)), raw)
+        out = cute.make_rmem_tensor(cute.make_layout(4), cutlass.Int32)
+        for b in cutlass.range_constexpr(2):
+            s2 = _scale2(sw >> (16 * h + 8 * b))
+            for wi in cutlass.range_constexpr(2):
+                w = raw[2 * b + wi]
+                for a in cutlass.range_constexpr(4):
+                    out[a] = _dec_pair(w, s2, a)
+                chunk = 4 * h + 2 * b + wi
+                # Swizzle<3,3,3> of a 64-wide fp16 row: 16-byte chunk index ^= row % 8
+                phys = tile * TILE_HALVES + r * BK + (chunk ^ (r % 8)) * 8
+                dst = cute.make_tensor(sAB32.iterator + cute.assume(phys // 2, divby=4), cute.make_layout(4))
+                cute.autovec_copy(out, dst)
+
+    @cute.kernel
+    def kernel(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
+               mAlpha: cute.Tensor, mIds: cute.Tensor, mW: cute.Tensor, mWs: cute.Tensor,
+               mCnt: cute.Tensor, k_per_split: cutlass.Int32, tiled_mma: cute.TiledMma):
+        tidx, _, _ = cute.arch.thread_idx()
+        bidx, bidy, bidz = cute.arch.block_idx()
+        k = self.top_k
+        T = mA.shape[0]
+        E = mB.shape[0]
+        kw = mA.shape[1]
+        k_tiles = kw // WORDS
+        n_tiles = E // BN
+        row0 = bidx * BM
+        n0 = bidz * BN
+        kt_begin = bidy * k_per_split
+        n_k = cutlass.min(kt_begin + k_per_split, k_tiles) - kt_begin
+
+        smem = cutlass.utils.SmemAllocator()
+        sRaw = smem.allocate_tensor(cutlass.Int32, cute.make_layout(RAW_WORDS * STAGES), 16)
+        sAB32 = smem.allocate_tensor(cutlass.Int32, cute.make_layout(2 * TILE_HALVES), 1024)
+        sFlag = smem.allocate_tensor(cutlass.Int32, cute.make_layout(4), 16)
+        # the last CTA's merge lists, in the raw ring (free once the mainloop is over)
+        f32p = cute.recast_ptr(sRaw.iterator, dtype=cutlass.Float32)
+        sMs = cute.make_tensor(f32p, cute.make_layout((BM, 1, k), stride=(k, k, 1)))
+        sMi = cute.make_tensor(sRaw.iterator + BM * k, cute.make_layout((BM, 1, k), stride=(k, k, 1)))
+        sRs = cute.make_tensor(f32p + 2 * BM * k, cute.make_layout((BM, k), stride=(k, 1)))
+        sRi = cute.make_tensor(sRaw.iterator + 3 * BM * k, cute.make_layout((BM, k), stride=(k, 1)))
+        sSt = cute.make_tensor(f32p + 4 * BM * k, cute.make_layout((BM, 1, 2), stride=(2, 2, 1)))
+        sRst = cute.make_tensor(f32p + 4 * BM * k + 2 * BM, cute.make_layout((BM, 2), stride=(2, 1)))
+
+        # decoded tiles: [A buf 0, A buf 1, B buf 0, B buf 1], 128 x 64 fp16 each, K-major, swizzled
+        atom = cute.make_composed_layout(cute.make_swizzle(3, 3, 3), 0,
+                                         cute.make_layout((8, BK), stride=(BK, 1)))
+        s_layout = cute.tile_to_shape(atom, (128, BK, 2), (0, 1, 2))
+        f16p = cute.recast_ptr(sAB32.iterator, dtype=cutlass.Float16)
+        sA = cute.make_tensor(f16p, s_layout)
+        sB = cute.make_tensor(f16p + 2 * TILE_HALVES, s_layout)
+
+        cp16 = cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(cache_mode=cute.nvgpu.cpasync.LoadCacheMode.GLOBAL),
+                                   cutlass.Int32, num_bits_per_copy=128)
+        cp4 = cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(cache_mode=cute.nvgpu.cpasync.LoadCacheMode.ALWAYS),
+                                  cutlass.Int32, num_bits_per_copy=32)
+
+        # prologue: STAGES-1 raw k-tiles in flight, the first decoded
+        for s in cutlass.range_constexpr(STAGES - 1):
+            if s < n_k:
+                self._issue(mA, mSFA, mB, mSFB, sRaw, kt_begin + s, s, row0, n0, T, kw, k_tiles, tidx, cp16, cp4)
+            cute.arch.cp_async_commit_group()
+
+        thr_mma = tiled_mma.get_slice(tidx)
+        tCsA = thr_mma.partition_A(sA)
+        tCsB = thr_mma.partition_B(sB)
+        tCrA = tiled_mma.make_fragment_A(tCsA[None, None, None, 0])
+        tCrB = tiled_mma.make_fragment_B(tCsB[None, None, None, 0])
+        gW = cute.local_tile(mWs[bidy, None, None], (BM, BN), (bidx, bidz))
+        tCgW = thr_mma.partition_C(gW)
+        tCrC = tiled_mma.make_fragment_C(tCgW)
+        tCrC.fill(0.0)
+        ldA = cute.make_tiled_copy_A(cute.make_copy_atom(cute.nvgpu.warp.LdMatrix8x8x16bOp(False, 4), cutlass.Float16),
+                                     tiled_mma)
+        ldB = cute.make_tiled_copy_B(cute.make_copy_atom(cute.nvgpu.warp.LdMatrix8x8x16bOp(False, 4), cutlass.Float16),
+                                     tiled_mma)
+        thrA = ldA.get_slice(tidx)
+        thrB = ldB.get_slice(tidx)
+        tAs = thrA.partition_S(sA)
+        tAr = thrA.retile(tCrA)
+        tBs = thrB.partition_S(sB)
+        tBr = thrB.retile(tCrB)
+        num_kb = cute.size(tCrA, mode=[2])
+
+        cute.arch.cp_async_wait_group(STAGES - 2)
+        cute.arch.sync_threads()
+        for i in cutlass.range_constexpr(4):
+            self._decode(sRaw, sAB32, 0, 0, i, tidx)
+        cute.arch.cp_async_wait_group(STAGES - 3)
+        cute.arch.sync_threads()
+
+        for it in range(n_k):
+            nxt = it + STAGES - 1
+            if nxt < n_k:
+                # its slot held raw k-tile it-1, decoded one iteration ago (a barrier since)
+                self._issue(mA, mSFA, mB, mSFB, sRaw, kt_begin + nxt, nxt % STAGES, row0, n0, T, kw, k_tiles,
+                            tidx, cp16, cp4)
+            cute.arch.cp_async_commit_group()
+            dbuf = it % 2
+            tAs_p = tAs[None, None, None, dbuf]
+            tBs_p = tBs[None, None, None, dbuf]
+            for kb in cutlass.range_constexpr(num_kb):
+                # fragments of one k-block at a time (the 64 x 64 accumulator leaves no registers
+                # for a second set); the decode of the next tile covers the ldmatrix latency
+                cute.copy(ldA, tAs_p[None, None, kb], tAr[None, None, kb])
+                cute.copy(ldB, tBs_p[None, None, kb], tBr[None, None, kb])
+                if cutlass.const_expr(kb < 4 and "nodecode" not in self.variant):
+                    # unconditional (the last round decodes a stale slot into the unused buffer): a
+                    # branch here would split the block and keep ptxas from interleaving decode and MMAs
+                    self._decode(sRaw, sAB32, (it + 1) % STAGES, 1 - dbuf, kb, tidx)
+                if cutlass.const_expr("nomma" not in self.variant):
+                    cute.gemm(tiled_mma, tCrC, tCrA[None, None, kb], tCrB[None, None, kb], tCrC)
+            cute.arch.cp_async_wait_group(STAGES - 3)
+            cute.arch.sync_threads()
+        cute.arch.cp_async_wait_group(0)
+
+        # this CTA's partial logits (x alpha) to the workspace [split, T padded to 128, E]
+        alpha2 = mAlpha[0] * cutlass.Float32(UNDO_2M28)
+        for i in cutlass.range_constexpr(cute.size(tCrC)):
+            tCgW[i] = tCrC[i] * alpha2
+        # publication: every thread's stores, a gpu-scope fence, barrier, thread 0's acq_rel atomic
+        cute.arch.fence_acq_rel_gpu()
+        cute.arch.sync_threads()
+        if tidx == 0:
+            sFlag[0] = cute.arch.atomic_add((mCnt.iterator + bidx).llvm_ptr, cutlass.Int32(1), sem="acq_rel",
+                                            scope="gpu")
+        cute.arch.sync_threads()
+        if sFlag[0] == self.splits * n_tiles - 1 and cutlass.const_expr("noepi" in self.variant):
+            if tidx == 0:
+                mCnt[bidx] = cutlass.Int32(0)
+        if sFlag[0] == self.splits * n_tiles - 1 and cutlass.const_expr("noepi" not in self.variant):
+            cute.arch.fence_acq_rel_gpu()
+            erow = tidx
+            for j in cutlass.range_constexpr(k):
+                sRs[erow, j] = cutlass.Float32(-math.inf)
+                sRi[erow, j] = cutlass.Int32(EMPTY_ID)
+            sRst[erow, 0] = cutlass.Float32(-math.inf)
+            sRst[erow, 1] = cutlass.Float32(0.0)
+            # fp32 logits of one N-tile, rows swizzled (column ^= row % 32) so that one thread per row
+            # scans without bank conflicts; it reuses the decoded tiles' 64 KB
+            c_layout = cute.make_composed_layout(cute.make_swizzle(5, 0, 7), 0,
+                                                 cute.make_layout((BM, BN), stride=(BN, 1)))
+            sC = cute.make_tensor(cute.recast_ptr(sAB32.iterator, dtype=cutlass.Float32), c_layout)
+            for nt in range(n_tiles):
+                nb = nt * BN
+                # 8 chunks x all splits of loads in flight per thread, summed in split order
+                for rr0 in cutlass.range(0, BM * BN // 4 // THREADS, 8):
+                    acc = cute.make_rmem_tensor(cute.make_layout((4, 8, self.splits), stride=(1, 4, 32)),
+                                                cutlass.Float32)
+                    for rr in cutlass.range_constexpr(8):
+                        lin = (rr0 + rr) * THREADS + tidx
+                        r = lin // (BN // 4)
+                        c4 = (lin % (BN // 4)) * 4
+                        for sp in cutlass.range_constexpr(self.splits):
+                            off = (sp * mWs.shape[1] + row0 + r) * E + nb + c4
+                            cute.autovec_copy(cute.make_tensor(mWs.iterator + cute.assume(off, divby=4),
+                                                               cute.make_layout(4)), acc[None, rr, sp])
+                    for rr in cutlass.range_constexpr(8):
+                        lin = (rr0 + rr) * THREADS + tidx
+                        r = lin // (BN // 4)
+                        c4 = (lin % (BN // 4)) * 4
+                        for e in cutlass.range_constexpr(4):
+                            v = acc[e, rr, 0]
+                            for sp in cutlass.range_constexpr(1, self.splits):
+                                v = v + acc[e, rr, sp]
+                            sC[r, c4 + e] = v
+                cute.arch.sync_threads()
+                self._topk_tile(sC, sMs, sMi, sSt, sRs, sRi, sRst, erow, 0, nb)
+            if tidx == 0:
+                mCnt[bidx] = cutlass.Int32(0)  # ready for the next launch
+            self._write_out(sRs, sRi, sRst, mIds, mW, erow, 0, row0 + erow, T)
+
+
+def pick_tile_splits(num_tokens: int, experts: int, hidden: int, target_ctas: int = 264, max_splits: int = 8):
+    """(splits, k_tiles_per_split): about ``target_ctas`` CTAs (two per H200 SM)."""
+    k_tiles = hidden // BK
+    tiles = -(-num_tokens // BM) * (experts // BN)
+    want = max(1, min(max_splits, k_tiles, round(target_ctas / tiles)))
+    per = -(-k_tiles // want)
+    return -(-k_tiles // per), per
+
+
+_compiled = {}
+
+
+def compile_tile(top_k: int, scoring: str, renormalize: bool, splits: int, args, variant: str = ""):
+    key = (top_k, scoring, renormalize, splits, variant)
+    fn = _compiled.get(key)
+    if fn is None:
+        fn = cute.compile(TileRouterKernel(top_k, scoring, renormalize, splits, variant), *args)
+        _compiled[key] = fn
+    return fn
