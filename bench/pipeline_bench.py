@@ -119,6 +119,7 @@ def run_seconds(run_dir: pathlib.Path) -> float | None:
 
 def chain(project: Project, label: str, steps: str, arch: str, jobs: int, logs: pathlib.Path) -> dict:
     log(f"{label}: invoke repro {steps} --arch {arch} --compile-only --jobs {jobs}")
+    load = os.getloadavg()[0]
     wall, done = project.invoke("repro", steps, "--arch", arch, "--compile-only", "--jobs", str(jobs),
                                 log_to=logs / f"{label}.log")
     run_dir = run_dir_of(done.stdout) or project.latest()
@@ -131,7 +132,7 @@ def chain(project: Project, label: str, steps: str, arch: str, jobs: int, logs: 
                           "compile_rss_bytes": r.get("compile_rss_bytes")}
     log(f"{label}: exit {done.returncode}, wall {wall:.1f} s, {len(per_step)} steps, "
         f"{sum(1 for s in per_step.values() if s['cache'] == 'hit')} hits")
-    return {"wall_s": round(wall, 3), "run_s": run_seconds(run_dir), "exit_code": done.returncode,
+    return {"wall_s": round(wall, 3), "run_s": run_seconds(run_dir), "exit_code": done.returncode, "load_1m": load,
             "run_dir": run_dir.name, "steps": per_step}
 
 
@@ -213,6 +214,7 @@ def hit_loop(project: Project, client, step_id: str, arch: str, reps: int, logs:
     files[binary] = built.read_bytes()
     container = client.containers.get(project.container)
     tool = []
+    load = os.getloadavg()[0]
     for i in range(reps):
         wall, done = project.invoke("repro", step_id, "--arch", arch, log_to=logs / f"a-hit-{i}.log")
         r = run_steps(run_dir_of(done.stdout) or project.latest())[step_id]
@@ -241,7 +243,7 @@ def hit_loop(project: Project, client, step_id: str, arch: str, reps: int, logs:
             "outcome": last.get("outcome"), "reason": last.get("reason"),
             "by_hand_sdk_s": [round(x, 3) for x in sdk], "by_hand_sdk_median_s": round(sdk_med, 3),
             "by_hand_cli_s": [round(x, 3) for x in cli], "by_hand_cli_median_s": round(cli_med, 3),
-            "python_import_floor_s": round(imports, 3),
+            "python_import_floor_s": round(imports, 3), "load_1m": load,
             "ratio_vs_sdk": round(tool_med / sdk_med, 2), "ratio_vs_cli": round(tool_med / cli_med, 2)}
 
 
@@ -422,7 +424,11 @@ def render(r: dict) -> str:
         "cold chain built; `exec_run(['true'])` as the no-op compile; `exec_run(['./<binary>', '--preflight-only'])`; "
         "`get_archive` of the directory. (a') is the same loop typed with the docker CLI (`docker cp`, "
         "`docker exec`, `docker cp`), which pays the CLI's start-up per command. For scale: starting the "
-        f"interpreter and importing invoke, docker and the engine takes {hit['python_import_floor_s']:.2f} s.",
+        f"interpreter and importing invoke, docker and the engine takes {hit['python_import_floor_s']:.2f} s "
+        f"({hit['python_import_floor_s'] / hit['by_hand_sdk_median_s']:.1f}x the SDK loop), before any work.",
+        "- **Load**: the 1-minute load average as each phase began (2 cores; other work may share the machine): "
+        + ", ".join(f"{name} {phase.get('load_1m', float('nan')):.2f}"
+                    for name, phase in (("(b)", cold), ("(c)", warm), ("(a)", hit), ("(d)", edit))) + ".",
         f"- **(d) edit**: `{edit['edit']['added_to_main']}` added as the first statement of `main()` in "
         f"{edit['edit']['step']}'s copy, then the chain command of (b) again.",
         "",
