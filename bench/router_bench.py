@@ -6,10 +6,11 @@ One harness for every path.  Each path is captured in one CUDA graph of ``--laye
 using layer copy i (``--layers`` >= 64 copies of the weights, so the weights stream from HBM and
 not from the 60 MB L2), replayed ``--reps`` times; the time per call is the median replay / layers.
 
-* ``fused``        the kernel the router picks (GEMV for small T, portable mma.sync otherwise),
-  activations already quantized to NVFP4;
-* ``swapab`` / ``gemv`` / ``mma`` / ``mma_nosplit`` each kernel forced (where it takes the shape):
-  tensor-core decode, CUDA-core decode, mma.sync tiles with and without split-K;
+* ``fused``        the kernel the router picks (``choose_kernel``: GEMV, swap-AB or the pipelined
+  tile kernel), activations already quantized to NVFP4;
+* ``swapab`` / ``gemv`` / ``tile`` / ``mma`` / ``mma_nosplit`` each kernel forced (where it takes the
+  shape): tensor-core decode, CUDA-core decode, the pipelined tile kernel (T >= 128), the older
+  mma.sync tile kernel with and without split-K;
 * ``fused+quant``  ``run_nvfp4_fused_router`` from bf16 activations, its default path: the fused
   one-kernel quantizer (``kernels.router.quant``; the PyTorch one when
   ``GPUREPRO_ROUTER_FUSED_QUANT=0``), then the kernel;
@@ -41,6 +42,8 @@ from kernels.nvfp4 import dequantize_nvfp4  # noqa: E402
 from kernels.router.gemv import compile_gemv, compile_mma_gemv, pick_gemv, pick_mma_gemv  # noqa: E402
 from kernels.router.launch import current_stream, gemv_args, mma_gemv_args, plan_portable, portable_args  # noqa: E402
 from kernels.router.portable import compile_portable  # noqa: E402
+from kernels.router.launch import tile_args  # noqa: E402
+from kernels.router.tile import compile_tile, pick_tile_splits  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from router_validate import make_layer, make_tokens  # noqa: E402
@@ -120,15 +123,15 @@ def write_results(rows, name, a, copy, floor) -> str:
         "activation bytes / time; quant = the fused activation quantizer alone (quantizer of fused+quant: "
         f"{rows[0].get('quantizer') if rows else '-'}), torchq+route = the PyTorch quantizer + the kernel",
         "",
-        "| T | E | kernel | fused | swapab | gemv | mma (split-K) | mma, no split | quant | fused+quant | torchq+route "
+        "| T | E | kernel | fused | swapab | gemv | tile (splits) | mma (split-K) | mma, no split | quant | fused+quant | torchq+route "
         "| bf16 GEMM+topk | deq+GEMM+topk | bf16/fused | deq/fused | quant+route/route | torchq+route/route "
         "| fused GB/s | % of copy | TFLOP/s |",
-        "|" + "---|" * 20,
+        "|" + "---|" * 21,
     ]
     for r in rows:
         qr = r.get("quant+route/route")
         tq = r.get("torchq+route/route")
-        lines.append(f"| {r['T']} | {r['E']} | {r['kernel']} | {f(r, 'fused')} | {f(r, 'swapab')} | {f(r, 'gemv')} | {f(r, 'mma')} "
+        lines.append(f"| {r['T']} | {r['E']} | {r['kernel']} | {f(r, 'fused')} | {f(r, 'swapab')} | {f(r, 'gemv')} | {f(r, 'tile')} ({r['tile_splits']}) | {f(r, 'mma')} "
                      f"({r['splits']}) | {f(r, 'mma_nosplit')} | {f(r, 'quant')} | {f(r, 'fused+quant')} | "
                      f"{f(r, 'torchq+route')} | {f(r, 'bf16')} | "
                      f"{f(r, 'deq')} | {r['bf16/fused']:.2f} | {r['deq/fused']:.2f} | "
@@ -202,7 +205,14 @@ def main(argv=None) -> int:
                     return compile_portable(a.topk, a.scoring, renorm, bm, threads, args, split_k=splits > 1), args
                 return make
 
+            def tile_make(lay):
+                splits, per = pick_tile_splits(t, e, a.hidden)
+                args, _, _ = tile_args(act, lay, a.topk, splits, per)
+                return compile_tile(a.topk, a.scoring, renorm, splits, args), args
+
             chosen = router.choose_kernel(t, e)
+            if t >= 128:
+                paths["tile"] = launchers(tile_make)
             if t <= 512:
                 paths["swapab"] = launchers(swapab_make)
                 paths["gemv"] = launchers(gemv_make)
@@ -239,7 +249,7 @@ def main(argv=None) -> int:
             paths["deq"] = [lambda m=m, sc=sc: deq(m, sc) for m, sc in deq_w]
             paths = {key: fns for key, fns in paths.items() if key == "fused" or key not in a.skip}
             r = {"T": t, "E": e, "k": a.topk, "kernel": chosen, "layers": a.layers, "quantizer": quantizer,
-                 "splits": plan_portable(t, a.hidden, experts=e)[2]}
+                 "splits": plan_portable(t, a.hidden, experts=e)[2], "tile_splits": pick_tile_splits(t, e, a.hidden)[0]}
             for key, fns in paths.items():
                 r[key + "_us"], r[key + "_timing"] = time_us(fns, a.reps)
             fus = r["fused_us"]

@@ -83,6 +83,10 @@ def main(argv=None) -> int:
 
                     tm, rb = pick_gemv(t, e)
                     path = f"gemv tm={tm} rb={rb}"
+                elif path == "portable" and router.last_kernel == "tile":
+                    from kernels.router.tile import pick_tile_splits
+
+                    path = f"tile splits={pick_tile_splits(t, e, a.hidden)[0]}"
                 elif path == "portable":
                     from kernels.router.launch import plan_portable
 

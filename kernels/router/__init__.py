@@ -49,10 +49,10 @@ last_quantizer: Optional[str] = None  #: "fused" (one-kernel quantizer) or "torc
 
 #: crossovers measured on the H200 (bench/results/h200/router_bench.md): the CUDA-core GEMV kernel
 #: is the fastest for one token (0.2-0.5 us ahead), the tensor-core "swap-AB" decode kernel from
-#: 2 tokens up to SWAPAB_MAX_TOKENS (3-4x ahead of the mma.sync tile kernel at T=128), the tile
-#: kernel above
+#: 2 tokens up to SWAPAB_MAX_TOKENS (T=512: 37.7 / 53.4 us at E=256 / 384, the pipelined tile kernel
+#: 54.8 / 55.6), the pipelined tile kernel above (T=4096: 83 us, swap-AB 245 us at E=256)
 GEMV_MAX_TOKENS = 1
-SWAPAB_MAX_TOKENS = 256
+SWAPAB_MAX_TOKENS = 512
 
 
 def choose_kernel(num_tokens: int, experts: int) -> str:
