@@ -69,7 +69,7 @@ def _dequant(packed, scales_rm, g):
 
 
 def _reference(layer, act, k, scoring):
-    a_data, a_scales, g_a = act
+    a_data, a_scales, g_a = act[:3]  # the fused quantizer appends alpha = g_a * g_b
     a = _dequant(a_data, a_scales.cpu(), g_a.cpu())
     w_scales = _unswizzle(layer._scale_b.view(torch.uint8), layer.out_features, layer.in_features // 16)
     w = _dequant(layer._mat_b, w_scales, layer._global_scale_b.cpu())
