@@ -4,10 +4,28 @@ tasks.py (the `invoke` front end) exports `ns`; `python -m gpurepro` builds its 
 (gpurepro/cli.py), so both take the same names, options and help. Each task's docstring is its help and its
 body one call into the engine (gpurepro/app.py); engine errors become one line and the contract's exit code.
 """
+import importlib.util
+import sys
+
 from invoke import Collection
 
-from . import app
 from .invoke_support import engine_task, install_usage_errors
+
+
+def _lazy(name: str):
+    """The module, imported on first use: a command the warm engine runs (gpurepro/warm.py) never needs the
+    engine in this process, and the engine is most of a command's start-up."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+app = _lazy("gpurepro.app")
 
 install_usage_errors()
 

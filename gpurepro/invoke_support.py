@@ -10,20 +10,24 @@ from invoke import Exit, task
 from .errors import EXIT_BAD_INPUT, GpuReproError
 
 
+BODIES: dict[str, object] = {}  # task body by name: what the warm engine's child runs (gpurepro/warm.py)
+
+
 def engine_task(*task_args, **task_kwargs):
-    """Like @task; the body returns an exit code, a GpuReproError becomes one line and its code."""
+    """Like @task; the body returns an exit code, a GpuReproError becomes one line and its code. In a terminal
+    the body runs in the warm engine when one answers (same output, files and exit code), else here."""
 
     def decorate(body):
+        BODIES[body.__name__] = body
+
         @functools.wraps(body)
         def wrapper(c, *args, **kwargs):
-            try:
-                code = body(c, *args, **kwargs)
-            except GpuReproError as exc:  # one line each: a config with three problems prints three
-                raise Exit("\n".join(f"gpurepro: {line}" for line in exc.lines()), code=exc.exit_code) from None
-            except KeyboardInterrupt:
-                raise Exit("gpurepro: interrupted", code=130) from None
-            if code:
-                raise Exit(code=code)
+            from . import warm
+
+            answered = warm.run_remote(body.__name__, list(args), kwargs) if warm.enabled() else None
+            code, message = answered if answered is not None else run_body(body, c, args, kwargs)
+            if code or message:
+                raise Exit(message or None, code=code)
 
         return task(wrapper, *task_args, **task_kwargs)
 
@@ -31,6 +35,23 @@ def engine_task(*task_args, **task_kwargs):
         body, task_args = task_args[0], ()
         return decorate(body)
     return decorate
+
+
+def run_body(body, c, args, kwargs) -> tuple[int, str]:
+    """(exit code, the lines to print on stderr): a GpuReproError is one line each, Ctrl-C exit 130."""
+    try:
+        return body(c, *args, **kwargs) or 0, ""
+    except GpuReproError as exc:  # one line each: a config with three problems prints three
+        return exc.exit_code, "\n".join(f"gpurepro: {line}" for line in exc.lines())
+    except KeyboardInterrupt:
+        return 130, "gpurepro: interrupted"
+
+
+def run_task(name: str, args: list, kwargs: dict) -> tuple[int, str]:
+    """The warm engine's child: the named task's body, as the command line would have run it."""
+    from . import commands  # noqa: F401 - registers the bodies
+
+    return run_body(BODIES[name], None, args, kwargs)
 
 
 def usage_line(message: str) -> str:

@@ -10,6 +10,9 @@ import pytest
 # every run.json and result.json a test run writes (in this process or a CLI it starts) is checked against
 # docs/schemas/ before it is written: a record that drifts from its schema fails the test that wrote it
 os.environ["GPUREPRO_VALIDATE_RECORDS"] = "1"
+# commands the tests start run in-process: a warm engine (gpurepro/warm.py) would outlive the test session;
+# tests/test_warm.py turns it on for its own commands, with its own runtime directory
+os.environ["GPUREPRO_WARM"] = "0"
 
 from projects import ROOT, Project, make_project  # noqa: F401 - re-exported for fixtures
 
