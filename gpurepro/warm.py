@@ -329,8 +329,28 @@ def stop(directory: pathlib.Path | None = None) -> int:
     directory = directory or runtime_dir()
     for pidfile in sorted(directory.glob("*.pid")) if directory else []:
         with contextlib.suppress(OSError, ValueError):
-            os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+            pid = int(pidfile.read_text().strip())
+            if _is_server(pid):  # a pid left by a killed server may belong to another process by now
+                os.kill(pid, signal.SIGTERM)
+            else:
+                pidfile.unlink()
     return 0
+
+
+def _is_server(pid: int) -> bool:
+    try:
+        cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return not pathlib.Path("/proc/self").exists() and _alive(pid)  # no /proc (macOS): trust the pidfile
+    return b"gpurepro.warm" in cmdline and b"serve" in cmdline
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
 
 
 if __name__ == "__main__":

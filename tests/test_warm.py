@@ -130,3 +130,16 @@ def test_a_dead_socket_runs_the_task_here_and_starts_a_server(tmp_path, runtime)
     done = invoke(project, runtime, "repro.list")
     assert done.returncode == 0 and "hello" in done.stdout
     wait_for_server(runtime)
+
+
+def test_stop_leaves_a_process_that_is_not_an_engine_alone(tmp_path):
+    directory = tmp_path / "gpurepro"
+    directory.mkdir(mode=0o700)
+    sleeper = subprocess.Popen(["sleep", "30"])  # its pid in a stale pidfile, as after a killed engine
+    try:
+        (directory / "stale.pid").write_text(f"{sleeper.pid}\n")
+        assert warm.stop(directory) == 0
+        assert sleeper.poll() is None and not (directory / "stale.pid").exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
