@@ -42,8 +42,8 @@ from kernels.nvfp4 import dequantize_nvfp4  # noqa: E402
 from kernels.router.gemv import compile_gemv, compile_mma_gemv, pick_gemv, pick_mma_gemv  # noqa: E402
 from kernels.router.launch import current_stream, gemv_args, mma_gemv_args, plan_portable, portable_args  # noqa: E402
 from kernels.router.portable import compile_portable  # noqa: E402
-from kernels.router.launch import tile_args  # noqa: E402
-from kernels.router.tile import compile_tile, pick_tile_splits  # noqa: E402
+from kernels.router.launch import tile_launcher  # noqa: E402
+from kernels.router.tile import pick_tile_splits  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from router_validate import make_layer, make_tokens  # noqa: E402
@@ -205,14 +205,10 @@ def main(argv=None) -> int:
                     return compile_portable(a.topk, a.scoring, renorm, bm, threads, args, split_k=splits > 1), args
                 return make
 
-            def tile_make(lay):
-                splits, per = pick_tile_splits(t, e, a.hidden)
-                args, _, _ = tile_args(act, lay, a.topk, splits, per)
-                return compile_tile(a.topk, a.scoring, renorm, splits, args), args
-
             chosen = router.choose_kernel(t, e)
             if t >= 128:
-                paths["tile"] = launchers(tile_make)
+                # the tile kernel and its route kernel (two launches)
+                paths["tile"] = [tile_launcher(act, lay, a.topk, a.scoring, renorm)[0] for lay in layers]
             if t <= 512:
                 paths["swapab"] = launchers(swapab_make)
                 paths["gemv"] = launchers(gemv_make)

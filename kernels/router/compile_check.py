@@ -138,11 +138,16 @@ def main(argv=None) -> int:
                     cute.compile(PortableRouterKernel(k, scoring, renorm, bm, threads), *args)
                     done.append(f"k={k},{scoring},bm={bm},threads={threads}")
             elif a.kernel == "tile":
-                from kernels.router.tile import TileRouterKernel
+                from kernels.router.tile import SplitRouteKernel, TileRouterKernel
 
                 for splits in (1, 4):
                     cute.compile(TileRouterKernel(k, scoring, renorm, splits), *args)
                     done.append(f"k={k},{scoring},tile splits={splits}")
+                # the in-kernel route (last CTA of a row tile) and the route kernel of the default path
+                cute.compile(TileRouterKernel(k, scoring, renorm, 4, route_in_kernel=True), *args)
+                done.append(f"k={k},{scoring},tile splits=4 route in kernel")
+                cute.compile(SplitRouteKernel(k, scoring, renorm, 256, 4), args[7], args[5], args[6], args[-1])
+                done.append(f"k={k},{scoring},split route splits=4")
             elif a.kernel == "gemv":
                 from kernels.router.gemv import GemvRouterKernel
 

@@ -187,12 +187,33 @@ def tile_args(activation, linear, top_k: int, splits: int, k_per_split: int):
     return args, ids, w
 
 
-def run_tile(activation, linear, top_k: int, scoring: str, renormalize: bool, config=None):
-    from .tile import compile_tile, pick_tile_splits
+def tile_launcher(activation, linear, top_k: int, scoring: str, renormalize: bool, config=None,
+                  route_in_kernel: bool = False):
+    """``(launch, ids, weights)``: ``launch()`` runs the tile kernel and (unless ``route_in_kernel``)
+    its route kernel on the current stream, with arguments prepared once (as a CUDA graph replays them)."""
+    from .tile import compile_split_route, compile_tile, pick_tile_splits
 
     t = activation[0].shape[0]
     splits, per = config or pick_tile_splits(t, linear.out_features, linear.in_features)
+    # the route kernel unrolls E/32 columns per lane: past 2048 experts the in-kernel route
+    route_in_kernel = route_in_kernel or linear.out_features > 2048
     args, ids, w = tile_args(activation, linear, top_k, splits, per)
-    fn = compile_tile(top_k, scoring, renormalize, splits, args)
-    fn(*args)
+    fn = compile_tile(top_k, scoring, renormalize, splits, args, route_in_kernel=route_in_kernel)
+    dev = activation[0].device
+    if route_in_kernel:
+        return (lambda: fn(*args[:-1], current_stream(dev))), ids, w
+    rargs = (args[7], args[5], args[6], args[-1])  # workspace, ids, weights, stream
+    route = compile_split_route(top_k, scoring, renormalize, linear.out_features, splits, rargs)
+
+    def launch():
+        stream = current_stream(dev)
+        fn(*args[:-1], stream)
+        route(*rargs[:-1], stream)
+
+    return launch, ids, w
+
+
+def run_tile(activation, linear, top_k: int, scoring: str, renormalize: bool, config=None):
+    launch, ids, w = tile_launcher(activation, linear, top_k, scoring, renormalize, config)
+    launch()
     return ids, w

@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     from router_validate import make_layer, make_tokens
 
     from kernels import router
-    from kernels.router.launch import current_stream, tile_args
+    from kernels.router.launch import current_stream, tile_args, tile_launcher
     from kernels.router.tile import BK, compile_tile
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -37,13 +37,15 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--no-check", action="store_true")
     p.add_argument("--variants", nargs="*", default=[], help="tile kernel with a stage left out: nodecode nomma noepi")
+    p.add_argument("--in-kernel", action="store_true", help="also time the tile kernel's in-kernel route")
+    p.add_argument("--once", action="store_true", help="launch each tile configuration 3 times, no timing (for ncu)")
     a = p.parse_args(argv)
     dev = torch.device("cuda")
     k_tiles = a.hidden // BK
     rc = 0
     for e in a.experts:
         base = make_layer(e, a.hidden, seed=e, device=dev)
-        layers = [rb.layer_copy(base) for _ in range(a.layers)]
+        layers = [] if a.once else [rb.layer_copy(base) for _ in range(a.layers)]
         for t in a.tokens:
             x = make_tokens(t, a.hidden, seed=1000 + t, device=dev)
             act = router.prepare_activation(x, base)
@@ -63,19 +65,28 @@ def main(argv=None) -> int:
                                 "max_w_err": cmp.max_weight_err, "repeat_identical": same})
                     rc |= 0 if ok else 1
 
-                def make(lay, splits=splits, per=per):
-                    args, _, _ = tile_args(act, lay, 6, splits, per)
-                    fn = compile_tile(6, "softmax", False, splits, args)
-                    return lambda: fn(*args[:-1], current_stream(dev))
+                if a.once:
+                    launch = tile_launcher(act, base, 6, "softmax", False, (splits, per))[0]
+                    for _ in range(3):
+                        launch()
+                    torch.cuda.synchronize()
+                    continue
 
-                us, _ = rb.time_us([make(lay) for lay in layers], a.reps)
+                us, _ = rb.time_us([tile_launcher(act, lay, 6, "softmax", False, (splits, per))[0] for lay in layers],
+                                   a.reps)
                 res["us"] = round(us, 2)
                 res["TFLOPs"] = round(2 * t * e * a.hidden / us / 1e6, 1)
                 print(json.dumps(res), flush=True)
+                if a.in_kernel:
+                    fns = [tile_launcher(act, lay, 6, "softmax", False, (splits, per), route_in_kernel=True)[0]
+                           for lay in layers]
+                    us, _ = rb.time_us(fns, a.reps)
+                    print(json.dumps({"T": t, "E": e, "splits": splits, "route": "in-kernel", "us": round(us, 2)}),
+                          flush=True)
                 for v in a.variants:
                     def makev(lay, splits=splits, per=per, v=v):
                         args, _, _ = tile_args(act, lay, 6, splits, per)
-                        fn = compile_tile(6, "softmax", False, splits, args, variant=v)
+                        fn = compile_tile(6, "softmax", False, splits, args, variant=v, route_in_kernel=True)
                         return lambda: fn(*args[:-1], current_stream(dev))
 
                     us, _ = rb.time_us([makev(lay) for lay in layers], a.reps)

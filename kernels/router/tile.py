@@ -31,6 +31,7 @@ import cutlass
 import cutlass.cute as cute
 from cutlass._mlir.dialects import llvm
 
+from .gemv import _WarpRouter
 from .portable import DSL_OPS, PortableRouterKernel
 from .topk import EMPTY_ID, global_expert_index, sorted_insert
 
@@ -93,9 +94,15 @@ class TileRouterKernel(PortableRouterKernel):
     """top_k / scoring / renormalize / splits are compile-time (the last CTA's reduction is unrolled
     over the splits, so its loads are independent)."""
 
-    def __init__(self, top_k: int, scoring: str, renormalize: bool, splits: int = 1, variant: str = ""):
+    def __init__(self, top_k: int, scoring: str, renormalize: bool, splits: int = 1, variant: str = "",
+                 route_in_kernel: bool = False):
         super().__init__(top_k, scoring, renormalize, bm=BM, threads=THREADS, split_k=True)
         self.splits = splits
+        # False (default): the kernel only writes the partial logits, SplitRouteKernel routes them.
+        # True: the last CTA of each row tile sums and routes in this launch; measured slower on the
+        # H200 (T=4096, E=256: 83 against 68 us): 32 CTAs route while 100 SMs idle (ncu: SMs active
+        # 71% of the kernel's time)
+        self.route_in_kernel = route_in_kernel
         # probe only: words "nodecode" / "nomma" / "noepi" leave a stage out (wrong results)
         self.variant = variant.split("+")
         # raw ring (the last CTA's top-k lists reuse it) + decoded tiles (2 x A, 2 x B; the last
@@ -324,6 +331,15 @@ class TileRouterKernel(PortableRouterKernel):
         alpha2 = mAlpha[0] * cutlass.Float32(UNDO_2M28)
         for i in cutlass.range_constexpr(cute.size(tCrC)):
             tCgW[i] = tCrC[i] * alpha2
+        if cutlass.const_expr(self.route_in_kernel):
+            self._route_last(mWs, mCnt, mIds, mW, sAB32, sFlag, sMs, sMi, sSt, sRs, sRi, sRst, row0, T, E,
+                             n_tiles, bidx, tidx)
+
+    @cute.jit
+    def _route_last(self, mWs: cute.Tensor, mCnt: cute.Tensor, mIds: cute.Tensor, mW: cute.Tensor,
+                    sAB32: cute.Tensor, sFlag: cute.Tensor, sMs: cute.Tensor, sMi: cute.Tensor, sSt: cute.Tensor,
+                    sRs: cute.Tensor, sRi: cute.Tensor, sRst: cute.Tensor, row0, T, E, n_tiles, bidx, tidx):
+        k = self.top_k
         # publication: every thread's stores, a gpu-scope fence, barrier, thread 0's acq_rel atomic
         cute.arch.fence_acq_rel_gpu()
         cute.arch.sync_threads()
@@ -377,6 +393,34 @@ class TileRouterKernel(PortableRouterKernel):
             self._write_out(sRs, sRi, sRst, mIds, mW, erow, 0, row0 + erow, T)
 
 
+class SplitRouteKernel(_WarpRouter):
+    """The route step of the tile kernel, a second launch: one warp per token (8 per CTA) sums the
+    ``splits`` partial logits of each expert in split order (all loads independent) and keeps the
+    top-k (:meth:`kernels.router.gemv._WarpRouter._route_warp`, the decode kernels' routing).
+    Every SM takes part, where the in-kernel last-CTA route ran on one CTA per 128 tokens."""
+
+    def __init__(self, top_k: int, scoring: str, renormalize: bool, experts: int, splits: int):
+        self.top_k = top_k
+        self.scoring = scoring
+        self.renormalize = renormalize
+        self.experts = experts
+        self.splits = splits
+        self.need_stats = scoring == "softmax" and not renormalize
+
+    @cute.jit
+    def __call__(self, mWs: cute.Tensor, mIds: cute.Tensor, mW: cute.Tensor, stream):
+        self.kernel(mWs, mIds, mW).launch(grid=[(mIds.shape[0] + 7) // 8, 1, 1], block=[256, 1, 1], stream=stream)
+
+    @cute.kernel
+    def kernel(self, mWs: cute.Tensor, mIds: cute.Tensor, mW: cute.Tensor):
+        tidx, _, _ = cute.arch.thread_idx()
+        bidx, _, _ = cute.arch.block_idx()
+        tok = bidx * 8 + tidx // 32
+        if tok < mIds.shape[0]:
+            # the partials already carry alpha
+            self._route_warp(mWs, self.splits, cutlass.Float32(1.0), mIds, mW, tok, tidx % 32)
+
+
 def pick_tile_splits(num_tokens: int, experts: int, hidden: int):
     """(splits, k_tiles_per_split).  Measured on the H200 at T=4096: 64 blocks of 128 x 128 (E=256)
     run best with 4 splits (256 CTAs, two per SM: 83 us; 2 splits 89-96 us, 3 splits 106 us) and
@@ -393,10 +437,20 @@ def pick_tile_splits(num_tokens: int, experts: int, hidden: int):
 _compiled = {}
 
 
-def compile_tile(top_k: int, scoring: str, renormalize: bool, splits: int, args, variant: str = ""):
-    key = (top_k, scoring, renormalize, splits, variant)
+def compile_tile(top_k: int, scoring: str, renormalize: bool, splits: int, args, variant: str = "",
+                 route_in_kernel: bool = False):
+    key = (top_k, scoring, renormalize, splits, variant, route_in_kernel)
     fn = _compiled.get(key)
     if fn is None:
-        fn = cute.compile(TileRouterKernel(top_k, scoring, renormalize, splits, variant), *args)
+        fn = cute.compile(TileRouterKernel(top_k, scoring, renormalize, splits, variant, route_in_kernel), *args)
+        _compiled[key] = fn
+    return fn
+
+
+def compile_split_route(top_k: int, scoring: str, renormalize: bool, experts: int, splits: int, args):
+    key = ("route", top_k, scoring, renormalize, experts, splits)
+    fn = _compiled.get(key)
+    if fn is None:
+        fn = cute.compile(SplitRouteKernel(top_k, scoring, renormalize, experts, splits), *args)
         _compiled[key] = fn
     return fn
