@@ -11,8 +11,9 @@ selection fused into the epilogue.
   ``GemvRouterKernel`` (``kernels.router.gemv``, CUDA cores) for one token,
   ``MmaGemvRouterKernel`` (same module, ``mma.sync`` with experts as M) up to
   ``SWAPAB_MAX_TOKENS``, both with the top-k in the same launch; above that
-  ``kernels.router.portable`` (``mma.sync`` tiles in bf16 after in-register NVFP4 dequantization,
-  optional split-K).
+  ``kernels.router.tile`` (cp.async ring of packed operands, decode once per tile to fp16,
+  ``ldmatrix`` + ``mma.sync``, split-K partials routed by a second launch);
+  ``kernels.router.portable`` (the older ``mma.sync`` tile kernel) only when forced.
 * anything else (CPU, no ``nvidia-cutlass-dsl``, shapes a kernel does not take): the
   two-kernel reference (``kernels.router.reference``), announced once on logger
   ``kernels.router``.

@@ -3,6 +3,7 @@
     CUTE_DSL_ARCH is set from --arch before cutlass is imported:
     python -m kernels.router.compile_check --kernel portable --arch sm_80
     python -m kernels.router.compile_check --kernel gemv --arch sm_120a
+    python -m kernels.router.compile_check --kernel tile --arch sm_90a   # the pipelined large-T kernel
     python -m kernels.router.compile_check --kernel sm100 --arch sm_100a
     python -m kernels.router.compile_check --kernel quant --arch sm_90a   # the activation quantizer
 
