@@ -16,9 +16,11 @@ One CTA of 4 warps computes a 128 x 128 tile of logits (tokens x experts) over a
   tokens and experts alike: the dot product does not depend on the order of K.
 * ``ldmatrix`` + ``mma.sync.m16n8k16`` fp16 -> fp32, warps 2 x 2, 64 x 64 per warp.
 * split-K and N-tiles over CTAs (grid ``[T/128, splits, E/128]``); each CTA writes its fp32 partial
-  tile to a workspace, the last CTA of a row tile (one atomic counter, reset by that CTA) sums the
-  partials in split order (deterministic) and runs the top-k epilogue of
-  :class:`kernels.router.portable.PortableRouterKernel` (one thread per token row).
+  tile (x alpha) to a workspace ``[splits, T padded to 128, E]`` and :class:`SplitRouteKernel`, a
+  second launch, sums each logit's partials in split order (deterministic) and keeps the top-k, one
+  warp per token.  ``route_in_kernel=True`` instead routes in this launch (the last CTA of each row
+  tile, one atomic counter reset by that CTA, the top-k epilogue of
+  :class:`kernels.router.portable.PortableRouterKernel`); slower on the H200 (see __init__).
 
 Portable: cp.async, ldmatrix and mma.sync exist on SM80, SM90 and SM120; no TMA, wgmma or tcgen05.
 """
