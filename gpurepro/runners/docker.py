@@ -14,6 +14,7 @@ import os
 import pathlib
 import re
 import shlex
+import threading
 import time
 
 import docker
@@ -110,6 +111,7 @@ class DockerRunner(Runner):
         # directories under the work root this runner wrote to or ran in (and has not removed): the end of a run
         # removes its directory only if something of it is left there
         self.touched: set[str] = set()
+        self._touched_lock = threading.Lock()  # steps run in a pool: execs add while a cancel reads
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -328,11 +330,17 @@ class DockerRunner(Runner):
 
     def _touch(self, path: str) -> None:
         if path.startswith(self.work_root().rstrip("/") + "/"):
-            self.touched.add(path.rstrip("/"))
+            with self._touched_lock:
+                self.touched.add(path.rstrip("/"))
 
     def _forget(self, path: str) -> None:
         path = path.rstrip("/")
-        self.touched = {t for t in self.touched if t != path and not t.startswith(path + "/")}
+        with self._touched_lock:
+            self.touched = {t for t in self.touched if t != path and not t.startswith(path + "/")}
+
+    def _left_under(self, path: str) -> bool:
+        with self._touched_lock:
+            return any(t == path or t.startswith(path + "/") for t in self.touched)
 
     def exec(self, argv, *, workdir, timeout_s, env=None) -> ExecResult:
         self._touch(workdir)
@@ -463,7 +471,7 @@ class DockerRunner(Runner):
         if self.container is None or not path.startswith(self.work_root().rstrip("/") + "/"):
             return
         path = path.rstrip("/")
-        if not any(t == path or t.startswith(path + "/") for t in self.touched):
+        if not self._left_under(path):
             return  # nothing of it is there (never written, or a batch removed what it collected): no exec
         self.exec(["rm", "-rf", path], workdir="/", timeout_s=120)
         self._forget(path)
