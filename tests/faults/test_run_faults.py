@@ -209,12 +209,20 @@ def test_interrupt_with_two_compiles_running(project, docker_client, own_contain
     (project.path / "repros" / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     container = slow_compiles(docker_client, own_container, project, 271)
     env = {**project.env(), "GPUREPRO_CONTAINER": container.name}
-    tool = subprocess.Popen([sys.executable, "-m", "invoke", "repro", "first,second", "--arch", "sm_90a", "--jobs", "2"],
+    # -X faulthandler: a tool that has not ended 120 s after Ctrl-C is sent SIGABRT, and every thread's stack
+    # lands in the failure
+    tool = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "invoke", "repro", "first,second", "--arch",
+                             "sm_90a", "--jobs", "2"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: sum("sleep 271" in p for p in processes(container)) == 2, 120, "two compiles")
         tool.send_signal(signal.SIGINT)
-        out, err = tool.communicate(timeout=120)
+        try:
+            out, err = tool.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            tool.send_signal(signal.SIGABRT)
+            out, err = tool.communicate(timeout=30)
+            pytest.fail(f"Ctrl-C did not end the run in 120 s; its threads:\n{err[-6000:]}\n{out[-2000:]}")
     finally:
         if tool.poll() is None:
             tool.kill()
