@@ -211,9 +211,12 @@ def test_interrupt_with_two_compiles_running(project, docker_client, own_contain
     env = {**project.env(), "GPUREPRO_CONTAINER": container.name}
     # -X faulthandler: a tool that has not ended 120 s after Ctrl-C is sent SIGABRT, and every thread's stack
     # lands in the failure
+    # Ctrl-C as from a terminal: a test run started in the background (`cmd &` in a script) inherits SIGINT
+    # ignored, and Python keeps an ignored SIGINT ignored
     tool = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "invoke", "repro", "first,second", "--arch",
                              "sm_90a", "--jobs", "2"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         wait_for(lambda: sum("sleep 271" in p for p in processes(container)) == 2, 120, "two compiles")
         tool.send_signal(signal.SIGINT)
