@@ -118,6 +118,8 @@ def run_remote(task: str, args: list, kwargs: dict) -> tuple[int, str] | None:
                 os.kill(pid, signum)
 
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(signum) is signal.SIG_IGN:
+                continue  # ignored here (a background job, nohup): the command in-process would ignore it too
             forwarded[signum] = signal.signal(signum, forward)
         try:
             while True:

@@ -5,6 +5,7 @@ runs a real repro through it)."""
 from __future__ import annotations
 
 import os
+import signal
 import pathlib
 import subprocess
 import sys
@@ -143,3 +144,21 @@ def test_stop_leaves_a_process_that_is_not_an_engine_alone(tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_a_signal_the_client_ignores_is_not_forwarded(tmp_path, runtime):
+    # started in the background (SIGINT ignored), a command in-process ignores Ctrl-C: through the engine too
+    project = make_project(tmp_path, steps=STEPS)
+    invoke(project, runtime, "repro.list")
+    wait_for_server(runtime)
+    script = ("import signal, sys; from gpurepro import warm; "
+              "signal.signal(signal.SIGINT, signal.SIG_IGN); "
+              "installed = []; real = signal.signal; "
+              "signal.signal = lambda s, h: installed.append(s) or real(s, h); "
+              "print(warm.run_remote('list_steps', [], {})[0]); print(sorted(int(s) for s in set(installed)))")
+    env = {**project.env(), "XDG_RUNTIME_DIR": str(runtime), "GPUREPRO_WARM": "1"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    lines = done.stdout.strip().splitlines()
+    assert lines[-2] == "0", done.stdout + done.stderr
+    assert int(signal.SIGINT) not in eval(lines[-1]) and int(signal.SIGTERM) in eval(lines[-1])
