@@ -8,7 +8,9 @@ import sys
 import time
 
 import pytest
+import yaml
 
+from gpurepro.archive import build_tar
 from projects import ROOT
 
 pytestmark = pytest.mark.docker
@@ -69,18 +71,32 @@ def test_a_repro_through_the_warm_engine_records_what_in_process_records(project
     assert any("task=run exit=0" in line for line in lines), lines
 
 
-def test_ctrl_c_reaches_the_run_in_the_warm_engine(project_factory, toolchain_image, runtime):
+def test_ctrl_c_reaches_the_run_in_the_warm_engine(project_factory, toolchain_image, runtime, docker_client):
     project = project_factory(steps=STEPS)
+    assert invoke(project, runtime, "repro", "hello", warm_on=False).returncode == 0  # creates the container
+    container = docker_client.containers.get(project.container)
+    # a compiler that sleeps first, beside the real one (the probe's --version stays quick)
+    bindir = container.exec_run(["sh", "-c", "dirname $(command -v nvcc)"]).output.decode().strip()
+    wrapper = f'#!/bin/sh\n[ "$1" = --version ] || sleep 263\nexec {bindir}/nvcc "$@"\n'
+    container.put_archive(bindir, build_tar({"warm-slow-nvcc": wrapper.encode()},
+                                            executable=frozenset({"warm-slow-nvcc"})))
+    raw = yaml.safe_load(project.config_path.read_text())
+    raw["compile"]["nvcc"] = "warm-slow-nvcc"
+    project.config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
     start_server(project, runtime)
+    # Ctrl-C as from a terminal: a test run started in the background inherits SIGINT ignored, and the client
+    # (like the command in-process) would then ignore it
     client = subprocess.Popen([sys.executable, "-m", "invoke", "repro", "hello", "--no-cache"], cwd=ROOT,
-                              env=env_of(project, runtime), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              env=env_of(project, runtime), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
-    while not (project.reports / "latest").exists():  # the run has begun (its directory and record exist)
+    while "sleep 263" not in " ".join(" ".join(p) for p in container.top(ps_args="-eo pid,args")["Processes"] or []):
         assert time.monotonic() < deadline and client.poll() is None, client.communicate()
-        time.sleep(0.05)
-    time.sleep(1.0)
+        time.sleep(0.2)
     client.send_signal(signal.SIGINT)
     out, err = client.communicate(timeout=120)
     assert client.returncode == 130, out + err
     assert "marked interrupted" in err
     assert record(project)["status"] == "interrupted"
+    lines = [line for log in (runtime / "gpurepro").glob("*.log") for line in log.read_text().splitlines()]
+    assert any("task=run exit=130" in line for line in lines), lines  # it ran in the engine
