@@ -89,12 +89,17 @@ def test_ctrl_c_reaches_the_run_in_the_warm_engine(project_factory, toolchain_im
     client = subprocess.Popen([sys.executable, "-m", "invoke", "repro", "hello", "--no-cache"], cwd=ROOT,
                               env=env_of(project, runtime), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 120
-    while "sleep 263" not in " ".join(" ".join(p) for p in container.top(ps_args="-eo pid,args")["Processes"] or []):
-        assert time.monotonic() < deadline and client.poll() is None, client.communicate()
-        time.sleep(0.2)
-    client.send_signal(signal.SIGINT)
-    out, err = client.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 120
+        while "sleep 263" not in " ".join(" ".join(p) for p in container.top(ps_args="-eo pid,args")["Processes"] or []):
+            assert time.monotonic() < deadline and client.poll() is None, client.communicate()
+            time.sleep(0.2)
+        client.send_signal(signal.SIGINT)
+        out, err = client.communicate(timeout=120)
+    finally:
+        if client.poll() is None:  # the test failed before the run ended: nothing of it may outlive the test
+            client.kill()
+            client.wait()
     assert client.returncode == 130, out + err
     assert "marked interrupted" in err
     assert record(project)["status"] == "interrupted"
