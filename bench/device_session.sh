@@ -47,7 +47,7 @@ for s in $steps; do
       fi
       rc=$((rc | r)) ;;
     tests) timeout "${TESTS_S:-120}" python3 -m pytest -q -p no:cacheprovider tests/kernels/test_router_gpu.py tests/kernels/test_router_fp32_reference.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -15 ; rc=$((rc | ${PIPESTATUS[0]})) ;;
-    probe) timeout "${PROBE_S:-300}" python3 -m kernels.router.probe ${PROBE_ARGS:-} 2>&1 | tee "$OUT/probe.log" ; rc=$((rc | ${PIPESTATUS[0]})) ;;
+    probe) timeout "${PROBE_S:-300}" python3 -m kernels.router.probe ${PROBE_ARGS:-} 2>&1 | tee -a "$OUT/probe.log" ; rc=$((rc | ${PIPESTATUS[0]})) ;;
     validate) python3 bench/router_validate.py --out "$OUT" 2>&1 | tee "$OUT/validate.log" | grep -E "FAIL|passed|Error|error" ; rc=$((rc | ${PIPESTATUS[0]})) ;;
     bench) python3 bench/router_bench.py --out "$OUT" ${BENCH_ARGS:---skip mma_nosplit} 2>&1 | tee "$OUT/bench.log" | tail -14 ; rc=$((rc | ${PIPESTATUS[0]})) ;;
     both)

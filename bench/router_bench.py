@@ -39,7 +39,7 @@ import torch  # noqa: E402
 
 from kernels import router  # noqa: E402
 from kernels.nvfp4 import dequantize_nvfp4  # noqa: E402
-from kernels.router.gemv import compile_gemv, compile_mma_gemv, pick_gemv, pick_mma_gemv  # noqa: E402
+from kernels.router.gemv import compile_gemv, compile_mma_gemv, pick_gemv, pick_mma_gemv, swapab_polls  # noqa: E402
 from kernels.router.launch import current_stream, gemv_args, mma_gemv_args, plan_portable, portable_args  # noqa: E402
 from kernels.router.portable import compile_portable  # noqa: E402
 from kernels.router.launch import tile_launcher  # noqa: E402
@@ -195,8 +195,9 @@ def main(argv=None) -> int:
 
             def swapab_make(lay):
                 nt, ks = pick_mma_gemv(t, e, a.hidden)
-                args, _, _ = mma_gemv_args(act, lay, a.topk, nt, ks)
-                return compile_mma_gemv(a.topk, a.scoring, renorm, e, nt, ks, args), args
+                poll = swapab_polls(ks)
+                args, _, _ = mma_gemv_args(act, lay, a.topk, nt, ks, poll)
+                return compile_mma_gemv(a.topk, a.scoring, renorm, e, nt, ks, args, poll), args
 
             def mma_make(split):
                 def make(lay):

@@ -152,16 +152,18 @@ def main(argv=None) -> int:
             elif a.kernel == "gemv":
                 from kernels.router.gemv import GemvRouterKernel
 
-                from kernels.router.gemv import MmaGemvRouterKernel
+                from kernels.router.gemv import MmaGemvRouterKernel, swapab_polls
                 from kernels.router.launch import mma_gemv_args
 
-                for tm, rb in ((1, 2), (8, 4)):  # decode and the largest token group
+                for tm, rb in ((1, 1), (8, 4)):  # decode and the largest token group
                     cute.compile(GemvRouterKernel(k, scoring, renorm, 256, tm, rb), *args)
                     done.append(f"k={k},{scoring},tm={tm},rb={rb}")
-                for nt, ks in ((1, 7), (2, 2)):  # the tensor-core decode kernel (swap-AB)
-                    margs = mma_gemv_args(*_act_layer(), k, nt, ks)[0]
-                    cute.compile(MmaGemvRouterKernel(k, scoring, renorm, 256, nt, ks), *margs)
-                    done.append(f"k={k},{scoring},swapab nt={nt},ksplit={ks}")
+                # the tensor-core decode kernel (swap-AB): counted route (7 splits), polled (2)
+                for nt, ks in ((1, 7), (2, 2)):
+                    poll = swapab_polls(ks)
+                    margs = mma_gemv_args(*_act_layer(), k, nt, ks, poll)[0]
+                    cute.compile(MmaGemvRouterKernel(k, scoring, renorm, 256, nt, ks, poll), *margs)
+                    done.append(f"k={k},{scoring},swapab nt={nt},ksplit={ks},poll={poll}")
             else:
                 from kernels.router.sm100 import Sm100RouterKernel
 

@@ -1,23 +1,26 @@
 """Decode-sized fused NVFP4 router in CuTe DSL: a bandwidth-bound GEMV on the CUDA cores with the
-top-k in the same launch.  Portable: plain loads, shuffles and one atomic (SM80 and later).
+top-k in the same launch (the GEMV kernel), and its tensor-core sibling for a few to a few hundred
+tokens (the swap-AB kernel).  Portable: plain loads, ``prmt``/``dp4a``, ``redux.sync``, shuffles
+(SM80 and later).
 
 At T <= a few dozen tokens the router is a weight stream (E x K/2 bytes of FP4 codes plus E x K/16
-scale bytes) and a latency problem, not an MMA problem.  So:
+scale bytes) and a latency problem, not an MMA problem.  So, in the GEMV kernel:
 
 * one CTA per ``rb`` experts and per group of ``tm`` tokens (grid ``[E/rb, ceil(T/tm)]``), the whole
   K in one CTA: no split-K workspace, no cross-CTA sum, nothing to make non-deterministic;
 * each thread owns 16-byte chunks of a weight row (32 FP4 codes, two E4M3 scale blocks) and
   issues all of its weight and activation loads before it decodes any of them, straight into
   registers (no shared-memory staging of tiles);
-* decode through a 272-entry E2M1/E4M3 table in shared memory; a 16-element block is summed in
-  code values (exact in float32) and scaled once by ``s_w * s_a``;
+* decode and multiply in integers (:data:`_DOT8`: ``prmt`` table lookups of twice the E2M1
+  magnitudes, sign masks, ``dp4a``): a 16-element block's dot product is exact, then scaled once
+  by ``s_w * s_a`` (E4M3 values from a 256-entry table in shared memory);
 * the CTA's partial dot products are reduced by warp butterflies and a fixed-order sum over the
-  warps (the same bits on every run), scaled by ``alpha = g_a * g_b``, and written as logits
-  ``[1, T, E]`` to a small workspace;
-* the last CTA of a token group (one atomic counter per group, reset by that CTA) routes the group:
-  one warp per token, each lane keeps a sorted top-k of its E/32 logits in registers
-  (:func:`kernels.router.topk.sorted_insert`), then k rounds of a warp arg-max pick the global
-  top-k, and a second pass sums the softmax denominator with a butterfly (deterministic).
+  warps (the same bits on every run), scaled by ``alpha = g_a * g_b``, and published as logits
+  ``[1, T, E]`` to a sentinel-filled workspace;
+* CTA 0 of a token group routes it as the logits land (:class:`_WarpRouter`, polled): one warp
+  per token, a sorted top-k of its E/32 logits per lane, k picks of two ``redux.sync`` each, the
+  softmax denominator by a butterfly (deterministic); it writes the sentinel back for the next
+  launch.
 """
 
 from __future__ import annotations
@@ -28,52 +31,178 @@ import cutlass
 import cutlass.cute as cute
 
 from .portable import DSL_OPS, LUT_E2M1, LUT_E4M3, LUT_SIZE
+from .quant import _asm, _f2i, _i2f, _sel
 from .topk import EMPTY_ID, sorted_insert
 
 THREADS = 256
 WARPS = THREADS // 32
 
 
+def _redux(op: str, v):
+    """``redux.sync.{op}.s32`` over the full warp (SM80+): one instruction for a warp's max / min."""
+    return _asm(cutlass.Int32, f"redux.sync.{op}.s32 $0, $1, 0xffffffff;", "=r,r", cutlass.Int32(v))
+
+
+def _order_key(v):
+    """A float as an int32 whose signed order is the float order (NaN: the smallest int, so a NaN
+    never wins, as in ``DSL_OPS.better``)."""
+    b = _f2i(v)
+    return _sel(v == v, b ^ ((b >> 31) & 0x7FFFFFFF), cutlass.Int32(-2147483648))
+
+
+def _key_value(key):
+    """The float of an order key (exact inverse of :func:`_order_key` for non-NaN floats)."""
+    return _i2f(key ^ ((key >> 31) & 0x7FFFFFFF))
+
+
+#: bits of an unwritten logit in a polled workspace: a negative NaN with every payload bit set, which
+#: no arithmetic makes (NVIDIA's canonical NaN is 0x7FFFFFFF); a result with these bits is stored as
+#: that canonical NaN instead
+SENTINEL = -1
+
+
+@cute.jit
+def _publish(mX: cute.Tensor, off, v):
+    """Store logit ``v`` at flat offset ``off`` of the float32 workspace ``mX`` for a polling
+    reader (relaxed, gpu scope: it goes to L2, no fence: the reader checks each word itself)."""
+    b = _f2i(v)
+    b = _sel(b == SENTINEL, cutlass.Int32(0x7FFFFFFF), b)
+    ptr = cute.recast_ptr(mX.iterator, dtype=cutlass.Int32) + off
+    cute.arch.store(ptr.llvm_ptr, b, sem="relaxed", scope="gpu")
+
+
+# dot product of the 8 E2M1 codes of word $1 (weights) and word $2 (activations), plus $3:
+# twice each magnitude from the byte table {0,1,2,3,4,6,8,12} (prmt, selectors = the codes' 3 low
+# bits), byte masks of the product signs (prmt in sign-replicate mode over the xor of the words:
+# code j's sign bit 4j+3 is the top bit of a byte of the word or of the word << 4), then
+# sum((m_w ^ mask) * m_a) + sum((mask & 1) * m_a): one's complement plus the correction is the
+# negation, with no carry between bytes.  The sum is 4x the code-value dot product.
+_DOT8 = """{
+.reg .b32 tl, th, mw0, mw1, ma0, ma1, s, x, m0, m1, t, acc;
+mov.b32 tl, 0x03020100;
+mov.b32 th, 0x0C080604;
+and.b32 t, $1, 0x7777; prmt.b32 mw0, tl, th, t;
+shr.b32 t, $1, 16; and.b32 t, t, 0x7777; prmt.b32 mw1, tl, th, t;
+and.b32 t, $2, 0x7777; prmt.b32 ma0, tl, th, t;
+shr.b32 t, $2, 16; and.b32 t, t, 0x7777; prmt.b32 ma1, tl, th, t;
+xor.b32 s, $1, $2;
+shl.b32 x, s, 4;
+prmt.b32 m0, x, s, 0xD9C8;
+prmt.b32 m1, x, s, 0xFBEA;
+xor.b32 t, mw0, m0; dp4a.s32.s32 acc, t, ma0, $3;
+and.b32 t, m0, 0x01010101; dp4a.s32.s32 acc, t, ma0, acc;
+xor.b32 t, mw1, m1; dp4a.s32.s32 acc, t, ma1, acc;
+and.b32 t, m1, 0x01010101; dp4a.s32.s32 $0, t, ma1, acc;
+}"""
+
+
+def _dot8(w, a, acc):
+    return _asm(cutlass.Int32, _DOT8, "=r,r,r,r", cutlass.Int32(w), cutlass.Int32(a), cutlass.Int32(acc))
+
+
 class _WarpRouter:
-    """The last CTA's routing step, shared by the decode kernels."""
+    """The routing step shared by the decode kernels and the tile kernel's route kernel: one warp
+    routes one token.
+
+    ``self.poll`` (compile-time): the logits come from other CTAs of the same launch through a
+    workspace that holds :data:`SENTINEL` where nothing was written yet; the warp reloads until
+    none is left (relaxed gpu-scope loads, a warp vote), routes, and writes the sentinel back for
+    the next launch.  No counter, no fence, no atomic: the designated CTA starts reading while the
+    others finish.  Otherwise the logits are read once (already complete)."""
+
+    poll = False
+
+    def _col(self, lane, j: int):
+        """Expert id of a lane's j-th logit: with E a multiple of 128, lanes own runs of 4 (one
+        16-byte load per 128 experts), else every 32nd expert."""
+        if self.experts % 128 == 0:
+            return 128 * (j // 4) + 4 * lane + j % 4
+        return lane + 32 * j
+
+    @cute.jit
+    def _gather(self, mSrc: cute.Tensor, splits: cutlass.Constexpr, tok, lane, got: cute.Tensor):
+        """``got[j] = sum(mSrc[y, tok, col(j)] for y in range(splits))``, the splits added in
+        split order (every load independent; 16-byte loads where E allows)."""
+        per_lane = self.experts // 32
+        if cutlass.const_expr(self.experts % 128 == 0):
+            T = mSrc.shape[1]
+            E = self.experts
+            part = cute.make_rmem_tensor(cute.make_layout((4, splits, per_lane // 4), stride=(1, 4, 4 * splits)),
+                                         cutlass.Float32)
+            for q in cutlass.range_constexpr(per_lane // 4):
+                for y in cutlass.range_constexpr(splits):
+                    off = cute.assume((y * T + tok) * E + 128 * q + 4 * lane, divby=4)
+                    cute.autovec_copy(cute.make_tensor(mSrc.iterator + off, cute.make_layout(4)), part[None, y, q])
+            for j in cutlass.range_constexpr(per_lane):
+                v = part[j % 4, 0, j // 4]
+                for y in cutlass.range_constexpr(1, splits):
+                    v = v + part[j % 4, y, j // 4]
+                got[j] = v
+        else:
+            for j in cutlass.range_constexpr(per_lane):
+                col = self._col(lane, j)
+                v = mSrc[0, tok, col]
+                for y in cutlass.range_constexpr(1, splits):
+                    v = v + mSrc[y, tok, col]
+                got[j] = v
+
+    @cute.jit
+    def _gather_poll(self, mSrc: cute.Tensor, splits: cutlass.Constexpr, tok, lane, got: cute.Tensor):
+        per_lane = self.experts // 32
+        T = mSrc.shape[1]
+        E = self.experts
+        p32 = cute.recast_ptr(mSrc.iterator, dtype=cutlass.Int32)
+        raw = cute.make_rmem_tensor(cute.make_layout(per_lane * splits), cutlass.Int32)
+        pending = cutlass.Int32(1)
+        while pending != 0:
+            miss = cutlass.Int32(0)
+            for j in cutlass.range_constexpr(per_lane):
+                for y in cutlass.range_constexpr(splits):
+                    b = cute.arch.load((p32 + ((y * T + tok) * E + self._col(lane, j))).llvm_ptr, cutlass.Int32,
+                                       sem="relaxed", scope="gpu")
+                    raw[j * splits + y] = b
+                    miss = miss | _sel(b == SENTINEL, cutlass.Int32(1), cutlass.Int32(0))
+            pending = _sel(cute.arch.vote_any_sync(miss != 0), cutlass.Int32(1), cutlass.Int32(0))
+        for j in cutlass.range_constexpr(per_lane):
+            v = _i2f(raw[j * splits])
+            for y in cutlass.range_constexpr(1, splits):
+                v = v + _i2f(raw[j * splits + y])
+            got[j] = v
+            for y in cutlass.range_constexpr(splits):
+                # read by this warp alone; the next launch starts after this one ends
+                cute.arch.store((p32 + ((y * T + tok) * E + self._col(lane, j))).llvm_ptr, cutlass.Int32(SENTINEL))
 
     @cute.jit
     def _route_warp(self, mSrc: cute.Tensor, splits: cutlass.Constexpr, alpha, mIds: cute.Tensor,
                     mW: cute.Tensor, tok, lane):
-        """One warp routes token ``tok``.  The logit of expert ``col`` is
-        ``alpha * sum(mSrc[y, tok, col] for y in range(splits))``, the splits added in split order
-        (every load independent: one round trip).  Each lane keeps a sorted top-k of its E/32
-        columns and an online softmax (max, sum); k rounds of a warp arg-max pick the top-k; the denominator is
-        combined with a butterfly (the same bits in every lane and on every run)."""
+        """Route token ``tok``: the logit of expert ``col`` is ``alpha * sum(mSrc[y, tok, col] for
+        y in range(splits))``.  Each lane keeps a sorted top-k of its E/32 logits
+        (:func:`kernels.router.topk.sorted_insert`); each of the k picks is two ``redux.sync`` (the
+        max of the lanes' heads as order keys, then the lowest id among the lanes holding it:
+        larger value, then lower id, as ``DSL_OPS.better``), and the winning lane pops its head.
+        (Picking from unsorted keys with max / min trees instead measured 0.1-0.2 us slower on the
+        H200 at T=1: the picks are the serial part.)  The softmax denominator is summed after the
+        picks (its max is the first pick), every exp independent, then a butterfly (the same bits
+        in every lane and on every run)."""
         k = self.top_k
         per_lane = self.experts // 32
+        got = cute.make_rmem_tensor(cute.make_layout(per_lane), cutlass.Float32)
+        if cutlass.const_expr(self.poll):
+            self._gather_poll(mSrc, splits, tok, lane, got)
+        else:
+            self._gather(mSrc, splits, tok, lane, got)
         vals = [cutlass.Float32(-math.inf)] * k
         ids = [cutlass.Int32(EMPTY_ID)] * k
-        m = cutlass.Float32(-math.inf)
-        ssum = cutlass.Float32(0.0)
         for j in cutlass.range_constexpr(per_lane):
-            col = lane + 32 * j
-            v = mSrc[0, tok, col]
-            for y in cutlass.range_constexpr(1, splits):
-                v = v + mSrc[y, tok, col]
-            v = v * alpha
-            vals, ids = sorted_insert(vals, ids, v, col, DSL_OPS)
-            if cutlass.const_expr(self.need_stats):
-                mn = cute.arch.fmax(m, v)
-                ssum = ssum * cute.math.exp(m - mn) + cute.math.exp(v - mn)
-                m = mn
+            got[j] = got[j] * alpha
+            vals, ids = sorted_insert(vals, ids, got[j], self._col(lane, j), DSL_OPS)
         top_v = []
         top_i = []
         for _ in cutlass.range_constexpr(k):
-            bv = vals[0]
-            bi = ids[0]
-            for sh in cutlass.range_constexpr(5):
-                ov = cute.arch.shuffle_sync_bfly(bv, offset=16 >> sh)
-                oi = cute.arch.shuffle_sync_bfly(bi, offset=16 >> sh)
-                take = DSL_OPS.better(ov, oi, bv, bi)
-                bv = DSL_OPS.select(take, ov, bv)
-                bi = DSL_OPS.select(take, oi, bi)
-            top_v.append(bv)
+            key = _order_key(vals[0])
+            best = _redux("max", key)
+            bi = _redux("min", _sel(key == best, ids[0], cutlass.Int32(2147483647)))
+            top_v.append(_key_value(best))
             top_i.append(bi)
             mine = ids[0] == bi  # expert ids are unique: one lane pops its head
             nv = []
@@ -91,7 +220,9 @@ class _WarpRouter:
             if cutlass.const_expr(self.renormalize):
                 ws = [cute.math.exp(v - gm) for v in top_v]
             else:
-                tot = ssum * cute.math.exp(m - gm)
+                tot = cute.math.exp(got[0] - gm)
+                for j in cutlass.range_constexpr(1, per_lane):
+                    tot = tot + cute.math.exp(got[j] - gm)
                 for sh in cutlass.range_constexpr(5):
                     tot = tot + cute.arch.shuffle_sync_bfly(tot, offset=16 >> sh)
                 inv = cutlass.Float32(1.0) / tot
@@ -114,7 +245,8 @@ class GemvRouterKernel(_WarpRouter):
     """``experts`` (E, compile-time: the top-k scan is unrolled over E/32 columns per lane),
     ``tm`` tokens and ``rb`` experts per CTA; top_k / scoring / renormalize are compile-time."""
 
-    def __init__(self, top_k: int, scoring: str, renormalize: bool, experts: int, tm: int = 1, rb: int = 2):
+    def __init__(self, top_k: int, scoring: str, renormalize: bool, experts: int, tm: int = 1, rb: int = 2,
+                 variant: str = ""):
         if experts % 32 or experts // 32 > 64:
             raise ValueError(f"E={experts}: the GEMV router needs a multiple of 32 up to 2048")
         if experts % rb or tm > WARPS or rb * tm > THREADS:
@@ -125,15 +257,17 @@ class GemvRouterKernel(_WarpRouter):
         self.experts = experts
         self.tm = tm
         self.rb = rb
-        self.need_stats = scoring == "softmax" and not renormalize
-        self.smem_bytes = 4 * LUT_SIZE + 4 * WARPS * rb * tm + 16 + 64
+        # probe variant "noroute": logits only (what the route costs)
+        self.variant = variant
+        self.poll = True
+        self.smem_bytes = 4 * LUT_SIZE + 4 * WARPS * rb * tm + 64
 
     @cute.jit
     def __call__(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
                  mAlpha: cute.Tensor, mLut: cute.Tensor, mLog: cute.Tensor, mIds: cute.Tensor,
-                 mW: cute.Tensor, mCnt: cute.Tensor, stream):
+                 mW: cute.Tensor, stream):
         groups = (mA.shape[0] + self.tm - 1) // self.tm
-        self.kernel(mA, mSFA, mB, mSFB, mAlpha, mLut, mLog, mIds, mW, mCnt).launch(
+        self.kernel(mA, mSFA, mB, mSFB, mAlpha, mLut, mLog, mIds, mW).launch(
             grid=[self.experts // self.rb, groups, 1], block=[THREADS, 1, 1], smem=self.smem_bytes, stream=stream)
 
     @cute.jit
@@ -165,7 +299,7 @@ class GemvRouterKernel(_WarpRouter):
     @cute.kernel
     def kernel(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
                mAlpha: cute.Tensor, mLut: cute.Tensor, mLog: cute.Tensor, mIds: cute.Tensor,
-               mW: cute.Tensor, mCnt: cute.Tensor):
+               mW: cute.Tensor):
         tidx, _, _ = cute.arch.thread_idx()
         bx, by, _ = cute.arch.block_idx()
         tm, rb = self.tm, self.rb
@@ -181,15 +315,12 @@ class GemvRouterKernel(_WarpRouter):
         smem = cutlass.utils.SmemAllocator()
         sLut = smem.allocate_tensor(cutlass.Float32, cute.make_layout(LUT_SIZE), 16)
         sRed = smem.allocate_tensor(cutlass.Float32, cute.make_layout((WARPS, rb * tm), stride=(rb * tm, 1)), 16)
-        sFlag = smem.allocate_tensor(cutlass.Int32, cute.make_layout(4), 16)
         acc = cute.make_rmem_tensor(cute.make_layout(rb * tm), cutlass.Float32)
         acc.fill(0.0)
         rawB = cute.make_rmem_tensor(cute.make_layout((4, rb), stride=(1, 4)), cutlass.Int32)
         rawA = cute.make_rmem_tensor(cute.make_layout((4, tm), stride=(1, 4)), cutlass.Int32)
         sfB = cute.make_rmem_tensor(cute.make_layout((2, rb), stride=(1, 2)), cutlass.Int32)
         sfA = cute.make_rmem_tensor(cute.make_layout((2, tm), stride=(1, 2)), cutlass.Int32)
-        wv = cute.make_rmem_tensor(cute.make_layout((32, rb), stride=(1, 32)), cutlass.Float32)
-        av = cute.make_rmem_tensor(cute.make_layout(32), cutlass.Float32)
 
         # the first chunk's loads go out before the table load and its barrier
         if tidx < nchunk:
@@ -201,28 +332,7 @@ class GemvRouterKernel(_WarpRouter):
         for c in range(tidx, nchunk, THREADS):
             if c != tidx:
                 self._load_chunk(mA, mSFA, mB, mSFB, c, n0, t0, T, kw, k_tiles, rawB, sfB, rawA, sfA)
-            for r in cutlass.range_constexpr(rb):
-                for w in cutlass.range_constexpr(4):
-                    word = rawB[w, r]
-                    for e in cutlass.range_constexpr(8):
-                        wv[w * 8 + e, r] = sLut[LUT_E2M1 + ((word >> (4 * e)) & 15)]
-            for t in cutlass.range_constexpr(tm):
-                for w in cutlass.range_constexpr(4):
-                    word = rawA[w, t]
-                    for e in cutlass.range_constexpr(8):
-                        av[w * 8 + e] = sLut[LUT_E2M1 + ((word >> (4 * e)) & 15)]
-                sa0 = sLut[LUT_E4M3 + sfA[0, t]]
-                sa1 = sLut[LUT_E4M3 + sfA[1, t]]
-                for r in cutlass.range_constexpr(rb):
-                    # code-value sums of a 16-block are exact in float32; scaled once per block
-                    b0 = wv[0, r] * av[0]
-                    b1 = wv[16, r] * av[16]
-                    for e in cutlass.range_constexpr(1, 16):
-                        b0 = b0 + wv[e, r] * av[e]
-                        b1 = b1 + wv[16 + e, r] * av[16 + e]
-                    sw0 = sLut[LUT_E4M3 + sfB[0, r]]
-                    sw1 = sLut[LUT_E4M3 + sfB[1, r]]
-                    acc[r * tm + t] = acc[r * tm + t] + b0 * (sw0 * sa0) + b1 * (sw1 * sa1)
+            self._dot_chunk(sLut, rawB, sfB, rawA, sfA, acc)
 
         # CTA sum: butterflies inside each warp, then the warps in a fixed order
         for i in cutlass.range_constexpr(rb * tm):
@@ -240,31 +350,46 @@ class GemvRouterKernel(_WarpRouter):
             r = tidx // tm
             t = tidx % tm
             if t0 + t < T:
-                mLog[0, t0 + t, n0 + r] = s * alpha
-        # the last CTA of this token group routes it.  Publication: the barrier orders every
-        # thread's stores before thread 0's atom.acq_rel.gpu (release, cumulative); the last CTA's
-        # atomic acquires, and its barrier orders the other threads' loads after it.
-        cute.arch.sync_threads()
-        if tidx == 0:
-            old = cute.arch.atomic_add((mCnt.iterator + by).llvm_ptr, cutlass.Int32(1), sem="acq_rel", scope="gpu")
-            sFlag[0] = old
-        cute.arch.sync_threads()
-        if sFlag[0] == self.experts // rb - 1:
-            if warp < tm:
-                if t0 + warp < T:
-                    self._route_warp(mLog, 1, cutlass.Float32(1.0), mIds, mW, t0 + warp, lane)
-            if tidx == 0:
-                mCnt[by] = cutlass.Int32(0)  # ready for the next launch
+                _publish(mLog, (t0 + t) * self.experts + n0 + r, s * alpha)
+        # CTA 0 of the token group routes it, reading the other CTAs' logits as they land.  It is
+        # the first CTA dispatched and the others never wait for it, so the wait always ends.
+        if cutlass.const_expr("noroute" not in self.variant):
+            if bx == 0:
+                if warp < tm:
+                    if t0 + warp < T:
+                        self._route_warp(mLog, 1, cutlass.Float32(1.0), mIds, mW, t0 + warp, lane)
+
+    @cute.jit
+    def _dot_chunk(self, sLut, rawB, sfB, rawA, sfA, acc):
+        """One chunk's dot products in integers: each 8-code word pair is two ``prmt`` table
+        lookups per operand (twice the E2M1 magnitudes: 0..12 as bytes), the product signs as byte
+        masks, and four ``dp4a`` (:data:`_DOT8`); a 16-block's integer sum is 4x its code-value sum,
+        exact (as the float sums of decoded code values were before: the same bits), and is scaled
+        once.  No shared-memory load per code."""
+        tm, rb = self.tm, self.rb
+        for t in cutlass.range_constexpr(tm):
+            sa0 = sLut[LUT_E4M3 + sfA[0, t]]
+            sa1 = sLut[LUT_E4M3 + sfA[1, t]]
+            for r in cutlass.range_constexpr(rb):
+                i0 = _dot8(rawB[1, r], rawA[1, t], _dot8(rawB[0, r], rawA[0, t], cutlass.Int32(0)))
+                i1 = _dot8(rawB[3, r], rawA[3, t], _dot8(rawB[2, r], rawA[2, t], cutlass.Int32(0)))
+                b0 = cutlass.Float32(i0) * cutlass.Float32(0.25)
+                b1 = cutlass.Float32(i1) * cutlass.Float32(0.25)
+                sw0 = sLut[LUT_E4M3 + sfB[0, r]]
+                sw1 = sLut[LUT_E4M3 + sfB[1, r]]
+                acc[r * tm + t] = acc[r * tm + t] + b0 * (sw0 * sa0) + b1 * (sw1 * sa1)
+
 
 def pick_gemv(num_tokens: int, experts: int):
-    """(tm, rb): tokens per CTA (1, 2, 4 or 8) and experts per CTA.  Two experts per CTA give
-    E/2 CTAs of 256 threads (one wave on an H100/H200); with more token groups each CTA takes
-    more experts so the activation decode is shared by more rows."""
+    """(tm, rb): tokens per CTA (1, 2, 4 or 8) and experts per CTA.  One token: one expert per
+    CTA (E CTAs of 256 threads; on the H200 3.96 / 4.46 us at E=256 / 384 against 4.07 / 4.67 with
+    two); with more token groups each CTA takes more experts so the activation decode is shared by
+    more rows."""
     tm = 1
     while tm < min(num_tokens, WARPS):
         tm *= 2
     groups = -(-num_tokens // tm)
-    rb = 2 if groups <= 2 else 4
+    rb = 1 if num_tokens == 1 else 2 if groups <= 2 else 4
     while experts % rb:
         rb //= 2
     return tm, rb
@@ -273,12 +398,13 @@ def pick_gemv(num_tokens: int, experts: int):
 _compiled = {}
 
 
-def compile_gemv(top_k: int, scoring: str, renormalize: bool, experts: int, tm: int, rb: int, args):
+def compile_gemv(top_k: int, scoring: str, renormalize: bool, experts: int, tm: int, rb: int, args,
+                 variant: str = ""):
     """Compile (cached by configuration; tensor shapes and strides are dynamic, E is not)."""
-    key = (top_k, scoring, renormalize, experts, tm, rb)
+    key = (top_k, scoring, renormalize, experts, tm, rb, variant)
     fn = _compiled.get(key)
     if fn is None:
-        fn = cute.compile(GemvRouterKernel(top_k, scoring, renormalize, experts, tm, rb), *args)
+        fn = cute.compile(GemvRouterKernel(top_k, scoring, renormalize, experts, tm, rb, variant), *args)
         _compiled[key] = fn
     return fn
 
@@ -299,9 +425,14 @@ class MmaGemvRouterKernel(_WarpRouter):
     sum of its splits in split order times ``alpha`` (all loads independent).  Deterministic.
     """
 
-    def __init__(self, top_k: int, scoring: str, renormalize: bool, experts: int, nt: int = 1, ksplit: int = 1):
+    def __init__(self, top_k: int, scoring: str, renormalize: bool, experts: int, nt: int = 1, ksplit: int = 1,
+                 poll: bool = False, variant: str = ""):
         if experts % 32 or experts // 32 > 64:
             raise ValueError(f"E={experts}: the decode router needs a multiple of 32 up to 2048")
+        # poll: CTA (0, 0) of a token group routes it from a polled workspace (see _WarpRouter),
+        # else the last CTA to arrive (a counter); probe variant "noroute": logits only
+        self.poll = poll
+        self.variant = variant
         self.ksplit = ksplit
         self.top_k = top_k
         self.scoring = scoring
@@ -455,11 +586,35 @@ class MmaGemvRouterKernel(_WarpRouter):
                 for w in cutlass.range_constexpr(1, WARPS):
                     acc = acc + sRed[w, r, t]
                 if t0 + t < T:
-                    mWs[by, t0 + t, n0 + r] = acc
+                    if cutlass.const_expr(self.poll):
+                        _publish(mWs, (by * T + t0 + t) * E + n0 + r, acc)
+                    else:
+                        mWs[by, t0 + t, n0 + r] = acc
 
-        # one counter per 8 tokens: the last CTA to finish a routing group routes its 8 tokens,
-        # one per warp, so the routing of a CTA's n-tiles can fall to different CTAs.  Publication
-        # as in the GEMV kernel: barrier, then thread 0's atom.acq_rel.gpu; barrier after it.
+        if cutlass.const_expr("noroute" in self.variant):
+            pass
+        elif cutlass.const_expr(self.poll):
+            # CTA (0, 0) of the token group routes its tokens, one warp per token, reading the
+            # other CTAs' partials as they land
+            if bx == 0:
+                if by == 0:
+                    alpha = mAlpha[0]
+                    for n in cutlass.range_constexpr(nt):
+                        tok = t0 + 8 * n + warp
+                        if tok < T:
+                            self._route_warp(mWs, ksplit, alpha, mIds, mW, tok, lane)
+        else:
+            # one counter per 8 tokens: the last CTA to finish a routing group routes its 8 tokens,
+            # one per warp, so the routing of a CTA's n-tiles can fall to different CTAs.
+            # Publication as in the GEMV kernel: barrier, then thread 0's atom.acq_rel.gpu; barrier
+            # after it.
+            self._route_groups(mWs, mAlpha, mIds, mW, mCnt, sFlag, tidx, warp, lane, bz, t0, T)
+
+    @cute.jit
+    def _route_groups(self, mWs, mAlpha, mIds, mW, mCnt, sFlag, tidx, warp, lane, bz, t0, T):
+        nt = self.nt
+        E = self.experts
+        ksplit = self.ksplit
         cute.arch.sync_threads()
         if tidx < nt:
             if t0 + 8 * tidx < T:
@@ -484,15 +639,32 @@ def pick_mma_gemv(num_tokens: int, experts: int, hidden: int, target_ctas: int =
     # 4 n-tiles (32 tokens) per CTA measured slower at T=128 on the H200 than 2 (28.4 vs 22.4 us, E=384)
     nt = 1 if num_tokens <= 8 else 2
     groups = -(-num_tokens // (8 * nt))
+    base = (experts // 16) * groups
+    if base >= 128:
+        # the token groups and expert blocks already fill the SMs: no K split (H200, T=128: 13.5 us
+        # at E=256 against 14.6-16.0 with 2 splits and 16.8 with 3; E=384 21.5-23.6 against
+        # 20.7-22.7 and 20.8; T=512: the fastest at both E)
+        return nt, 1
     steps = hidden // 128
-    ksplit = max(1, min(-(-steps // WARPS), 8, -(-target_ctas // ((experts // 16) * groups))))
+    ksplit = max(1, min(-(-steps // WARPS), 8, -(-target_ctas // base)))
     return nt, ksplit
 
 
-def compile_mma_gemv(top_k: int, scoring: str, renormalize: bool, experts: int, nt: int, ksplit: int, args):
-    key = ("mma", top_k, scoring, renormalize, experts, nt, ksplit)
+#: the swap-AB kernel polls (see _WarpRouter) up to this many K splits, else counts: on the H200 the
+#: polled route was 0.4-1.0 us faster at T=128 and 512 (1-3 splits) and 0.15-0.4 us slower at T=7
+#: with 7 splits, where the routing warp reloads 7 partials per logit until the last lands
+POLL_MAX_KSPLIT = 3
+
+
+def swapab_polls(ksplit: int) -> bool:
+    return ksplit <= POLL_MAX_KSPLIT
+
+
+def compile_mma_gemv(top_k: int, scoring: str, renormalize: bool, experts: int, nt: int, ksplit: int, args,
+                     poll: bool = False, variant: str = ""):
+    key = ("mma", top_k, scoring, renormalize, experts, nt, ksplit, poll, variant)
     fn = _compiled.get(key)
     if fn is None:
-        fn = cute.compile(MmaGemvRouterKernel(top_k, scoring, renormalize, experts, nt, ksplit), *args)
+        fn = cute.compile(MmaGemvRouterKernel(top_k, scoring, renormalize, experts, nt, ksplit, poll, variant), *args)
         _compiled[key] = fn
     return fn

@@ -13,6 +13,7 @@ import torch
 from .runtime import alpha_of as _alpha
 from .runtime import counters as _counters
 from .runtime import current_stream, lut as _lut
+from .runtime import polled_workspace
 from .runtime import to_cute as _cute
 
 __all__ = ["current_stream", "gemv_args", "plan_portable", "portable_args", "run_gemv", "run_portable", "run_sm100"]
@@ -81,12 +82,11 @@ def run_sm100(activation, linear, top_k: int, scoring: str, renormalize: bool):
 
 def gemv_args(activation, linear, top_k: int, tm: int = 1):
     """CuTe arguments of the GEMV (decode) kernel, and the output tensors.  Workspace: the float32
-    logits [T, E]; one semaphore per group of ``tm`` tokens."""
+    logits [T, E], sentinel-filled (the kernel's routing CTA polls it and refills it)."""
     a_data, a_scales = activation[0], activation[1]
     t = a_data.shape[0]
     dev = a_data.device
-    logits = torch.empty((1, t, linear.out_features), dtype=torch.float32, device=dev)
-    cnt = _counters(dev, -(-t // tm))
+    logits = polled_workspace(dev, (1, t, linear.out_features))
     alpha = _alpha(activation, linear, dev)
     ids = torch.empty((t, top_k), dtype=torch.int32, device=dev)
     w = torch.empty((t, top_k), dtype=torch.float32, device=dev)
@@ -100,7 +100,6 @@ def gemv_args(activation, linear, top_k: int, tm: int = 1):
         _cute(logits),
         _cute(ids),
         _cute(w),
-        _cute(cnt),
         current_stream(dev),
     )
     return args, ids, w
@@ -117,14 +116,15 @@ def run_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool, co
     return ids, w
 
 
-def mma_gemv_args(activation, linear, top_k: int, nt: int = 1, ksplit: int = 1):
-    """CuTe arguments of the tensor-core decode kernel: partial logits ``[ksplit, T, E]``, one
-    semaphore per 8 tokens."""
+def mma_gemv_args(activation, linear, top_k: int, nt: int = 1, ksplit: int = 1, poll: bool = False):
+    """CuTe arguments of the tensor-core decode kernel: partial logits ``[ksplit, T, E]`` (``poll``:
+    sentinel-filled), one semaphore per 8 tokens."""
     a_data, a_scales = activation[0], activation[1]
     t = a_data.shape[0]
     dev = a_data.device
     e = linear.out_features
-    ws = torch.empty((ksplit, t, e), dtype=torch.float32, device=dev)
+    shape = (ksplit, t, e)
+    ws = polled_workspace(dev, shape) if poll else torch.empty(shape, dtype=torch.float32, device=dev)
     cnt = _counters(dev, -(-t // (8 * nt)) * nt)
     alpha = _alpha(activation, linear, dev)
     ids = torch.empty((t, top_k), dtype=torch.int32, device=dev)
@@ -146,12 +146,13 @@ def mma_gemv_args(activation, linear, top_k: int, nt: int = 1, ksplit: int = 1):
 
 
 def run_mma_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool, config=None):
-    from .gemv import compile_mma_gemv, pick_mma_gemv
+    from .gemv import compile_mma_gemv, pick_mma_gemv, swapab_polls
 
     t = activation[0].shape[0]
     nt, ksplit = config or pick_mma_gemv(t, linear.out_features, linear.in_features)
-    args, ids, w = mma_gemv_args(activation, linear, top_k, nt, ksplit)
-    fn = compile_mma_gemv(top_k, scoring, renormalize, linear.out_features, nt, ksplit, args)
+    poll = swapab_polls(ksplit)
+    args, ids, w = mma_gemv_args(activation, linear, top_k, nt, ksplit, poll)
+    fn = compile_mma_gemv(top_k, scoring, renormalize, linear.out_features, nt, ksplit, args, poll)
     fn(*args)
     return ids, w
 

@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokens", type=int, nargs="+", default=[4096])
     p.add_argument("--experts", type=int, nargs="+", default=[256, 384])
-    p.add_argument("--tile-splits", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--tile-splits", type=int, nargs="*", default=[1, 2, 4])
     p.add_argument("--kernels", nargs="*", default=[], help="other kernels to time (gemv, swapab, mma)")
     p.add_argument("--hidden", type=int, default=7168)
     p.add_argument("--layers", type=int, default=64)
@@ -38,7 +38,14 @@ def main(argv=None) -> int:
     p.add_argument("--no-check", action="store_true")
     p.add_argument("--variants", nargs="*", default=[], help="tile kernel with a stage left out: nodecode nomma noepi")
     p.add_argument("--in-kernel", action="store_true", help="also time the tile kernel's in-kernel route")
+    p.add_argument("--split-timing", action="store_true",
+                   help="also time the tile kernel and its route kernel each alone")
     p.add_argument("--once", action="store_true", help="launch each tile configuration 3 times, no timing (for ncu)")
+    p.add_argument("--gemv", nargs="*", default=[], metavar="TM,RB", help="GEMV kernel configurations to check and time")
+    p.add_argument("--swapab", nargs="*", default=[], metavar="NT,KSPLIT", help="swap-AB kernel configurations")
+    p.add_argument("--decode-variants", nargs="*", default=[""],
+                   help="variants of the decode kernels: plain (as shipped), noroute (logits only); "
+                        "swap-AB only: poll / count (force the polled or the counted route)")
     a = p.parse_args(argv)
     dev = torch.device("cuda")
     k_tiles = a.hidden // BK
@@ -50,7 +57,12 @@ def main(argv=None) -> int:
             x = make_tokens(t, a.hidden, seed=1000 + t, device=dev)
             act = router.prepare_activation(x, base)
             ref_logits = router.router_logits_reference(x, base)
-            for s in a.tile_splits:
+            for cfg in a.gemv + a.swapab:
+                for v in a.decode_variants:
+                    kind = "gemv" if cfg in a.gemv else "swapab"
+                    rc |= _decode(kind, tuple(int(c) for c in cfg.split(",")), v, x, base, act, ref_logits, layers,
+                                  a, {"T": t, "E": e})
+            for s in (a.tile_splits if t >= 128 else []):
                 per = -(-k_tiles // s)
                 splits = -(-k_tiles // per)
                 res = {"T": t, "E": e, "kernel": "tile", "splits": splits, "per": per}
@@ -77,6 +89,22 @@ def main(argv=None) -> int:
                 res["us"] = round(us, 2)
                 res["TFLOPs"] = round(2 * t * e * a.hidden / us / 1e6, 1)
                 print(json.dumps(res), flush=True)
+                if a.split_timing:
+                    from kernels.router.tile import compile_split_route
+
+                    def parts(lay, splits=splits, per=per):
+                        args, _, _ = tile_args(act, lay, 6, splits, per)
+                        fn = compile_tile(6, "softmax", False, splits, args)
+                        rargs = (args[7], args[5], args[6], args[-1])
+                        route = compile_split_route(6, "softmax", False, e, splits, rargs)
+                        return (lambda: fn(*args[:-1], current_stream(dev)),
+                                lambda: route(*rargs[:-1], current_stream(dev)))
+
+                    both = [parts(lay) for lay in layers]
+                    us_t, _ = rb.time_us([b[0] for b in both], a.reps)
+                    us_r, _ = rb.time_us([b[1] for b in both], a.reps)
+                    print(json.dumps({"T": t, "E": e, "splits": splits, "tile_alone_us": round(us_t, 2),
+                                      "route_alone_us": round(us_r, 2)}), flush=True)
                 if a.in_kernel:
                     fns = [tile_launcher(act, lay, 6, "softmax", False, (splits, per), route_in_kernel=True)[0]
                            for lay in layers]
@@ -96,6 +124,47 @@ def main(argv=None) -> int:
                        for lay in layers]
                 us, _ = rb.time_us(fns, a.reps)
                 print(json.dumps({"T": t, "E": e, "kernel": kern, "us": round(us, 2)}), flush=True)
+    return rc
+
+
+def _decode(kind, cfg, variant, x, base, act, ref_logits, layers, a, res) -> int:
+    """Check (unless ``noroute``) and time one decode-kernel configuration; prints one JSON line."""
+    import router_bench as rb
+
+    from kernels import router
+    from kernels.router import launch
+    from kernels.router.gemv import compile_gemv, compile_mma_gemv, swapab_polls
+
+    dev = x.device
+
+    def make(lay):
+        if kind == "gemv":
+            args, ids, w = launch.gemv_args(act, lay, 6, cfg[0])
+            fn = compile_gemv(6, "softmax", False, lay.out_features, cfg[0], cfg[1], args, variant)
+        else:
+            poll = "poll" in variant or ("count" not in variant and swapab_polls(cfg[1]))
+            args, ids, w = launch.mma_gemv_args(act, lay, 6, cfg[0], cfg[1], poll)
+            fn = compile_mma_gemv(6, "softmax", False, lay.out_features, cfg[0], cfg[1], args, poll, variant)
+        return (lambda: fn(*args[:-1], launch.current_stream(dev))), ids, w
+
+    res = dict(res, kernel=kind, config=list(cfg), variant=variant)
+    rc = 0
+    if "noroute" not in variant and not a.no_check:
+        outs = []
+        for _ in range(3):
+            fn, ids, w = make(base)
+            fn()
+            outs.append((ids, w))
+        torch.cuda.synchronize()
+        cmp = router.compare_routing(outs[0][0], outs[0][1], ref_logits, 6, "softmax")
+        same = all(torch.equal(o[0], outs[0][0]) and torch.equal(o[1], outs[0][1]) for o in outs[1:])
+        ok = cmp.ok and cmp.max_weight_err <= 1e-4 and same
+        res.update({"ok": ok, "id_mismatch": cmp.id_mismatches, "max_w_err": cmp.max_weight_err,
+                    "repeat_identical": same})
+        rc = 0 if ok else 1
+    us, _ = rb.time_us([make(lay)[0] for lay in layers], a.reps)
+    res["us"] = round(us, 2)
+    print(json.dumps(res), flush=True)
     return rc
 
 

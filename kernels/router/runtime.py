@@ -11,6 +11,7 @@ import torch
 
 _LUTS = {}
 _COUNTERS = {}
+_POLLED = {}
 
 
 def to_cute(t: torch.Tensor):
@@ -62,3 +63,16 @@ def counters(device, n: int):
         c = torch.zeros(max(n, 256), dtype=torch.int32, device=device)
         _COUNTERS[key] = c
     return c
+
+
+def polled_workspace(device, shape):
+    """A float32 workspace of ``shape`` whose words all hold the polling sentinel
+    (``kernels.router.gemv.SENTINEL``); the kernel that reads it writes the sentinel back, so one
+    buffer per (device, shape) serves every launch, CUDA graph replays included.  Launches of one
+    shape must not overlap (one stream), as with :func:`counters`."""
+    key = (str(device), tuple(shape))
+    w = _POLLED.get(key)
+    if w is None:
+        w = torch.full(tuple(shape), -1, dtype=torch.int32, device=device).view(torch.float32)
+        _POLLED[key] = w
+    return w
