@@ -144,6 +144,9 @@ def main(argv=None) -> int:
                 for splits in (1, 4):
                     cute.compile(TileRouterKernel(k, scoring, renorm, splits), *args)
                     done.append(f"k={k},{scoring},tile splits={splits}")
+                # the 3-deep ring the launcher picks where a CTA gets less SMEM (SM120/SM121)
+                cute.compile(TileRouterKernel(k, scoring, renorm, 4, stages=3), *args)
+                done.append(f"k={k},{scoring},tile splits=4 stages=3")
                 # the in-kernel route (last CTA of a row tile) and the route kernel of the default path
                 cute.compile(TileRouterKernel(k, scoring, renorm, 4, route_in_kernel=True), *args)
                 done.append(f"k={k},{scoring},tile splits=4 route in kernel")

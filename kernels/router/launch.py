@@ -189,18 +189,20 @@ def tile_args(activation, linear, top_k: int, splits: int, k_per_split: int):
 
 
 def tile_launcher(activation, linear, top_k: int, scoring: str, renormalize: bool, config=None,
-                  route_in_kernel: bool = False):
+                  route_in_kernel: bool = False, stages=None):
     """``(launch, ids, weights)``: ``launch()`` runs the tile kernel and (unless ``route_in_kernel``)
-    its route kernel on the current stream, with arguments prepared once (as a CUDA graph replays them)."""
-    from .tile import compile_split_route, compile_tile, pick_tile_splits
+    its route kernel on the current stream, with arguments prepared once (as a CUDA graph replays them).
+    ``stages``: the cp.async ring depth (default: the deepest the device's SMEM per CTA allows)."""
+    from .tile import compile_split_route, compile_tile, device_stages, pick_tile_splits
 
     t = activation[0].shape[0]
     splits, per = config or pick_tile_splits(t, linear.out_features, linear.in_features)
     # the route kernel unrolls E/32 columns per lane: past 2048 experts the in-kernel route
     route_in_kernel = route_in_kernel or linear.out_features > 2048
     args, ids, w = tile_args(activation, linear, top_k, splits, per)
-    fn = compile_tile(top_k, scoring, renormalize, splits, args, route_in_kernel=route_in_kernel)
     dev = activation[0].device
+    stages = stages or device_stages(dev)
+    fn = compile_tile(top_k, scoring, renormalize, splits, args, route_in_kernel=route_in_kernel, stages=stages)
     if route_in_kernel:
         return (lambda: fn(*args[:-1], current_stream(dev))), ids, w
     rargs = (args[7], args[5], args[6], args[-1])  # workspace, ids, weights, stream

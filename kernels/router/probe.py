@@ -25,7 +25,7 @@ def main(argv=None) -> int:
 
     from kernels import router
     from kernels.router.launch import current_stream, tile_args, tile_launcher
-    from kernels.router.tile import BK, compile_tile
+    from kernels.router.tile import BK, compile_tile, device_stages
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokens", type=int, nargs="+", default=[4096])
@@ -38,6 +38,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-check", action="store_true")
     p.add_argument("--variants", nargs="*", default=[], help="tile kernel with a stage left out: nodecode nomma noepi")
     p.add_argument("--in-kernel", action="store_true", help="also time the tile kernel's in-kernel route")
+    p.add_argument("--stages", type=int, default=None,
+                   help="the tile kernel's ring depth (default: the deepest the device's SMEM allows)")
     p.add_argument("--split-timing", action="store_true",
                    help="also time the tile kernel and its route kernel each alone")
     p.add_argument("--once", action="store_true", help="launch each tile configuration 3 times, no timing (for ncu)")
@@ -65,10 +67,9 @@ def main(argv=None) -> int:
             for s in (a.tile_splits if t >= 128 else []):
                 per = -(-k_tiles // s)
                 splits = -(-k_tiles // per)
-                res = {"T": t, "E": e, "kernel": "tile", "splits": splits, "per": per}
+                res = {"T": t, "E": e, "kernel": "tile", "splits": splits, "per": per, "stages": a.stages or "auto"}
                 if not a.no_check:
-                    outs = [router.run_nvfp4_fused_router(x, base, 6, "softmax", activation=act, kernel="tile",
-                                                          tile_config=(splits, per)) for _ in range(3)]
+                    outs = [tile_once(act, base, (splits, per), a.stages) for _ in range(3)]
                     torch.cuda.synchronize()
                     cmp = router.compare_routing(outs[0][0], outs[0][1], ref_logits, 6, "softmax")
                     same = all(torch.equal(o[0], outs[0][0]) and torch.equal(o[1], outs[0][1]) for o in outs[1:])
@@ -78,14 +79,14 @@ def main(argv=None) -> int:
                     rc |= 0 if ok else 1
 
                 if a.once:
-                    launch = tile_launcher(act, base, 6, "softmax", False, (splits, per))[0]
+                    launch = tile_launcher(act, base, 6, "softmax", False, (splits, per), stages=a.stages)[0]
                     for _ in range(3):
                         launch()
                     torch.cuda.synchronize()
                     continue
 
-                us, _ = rb.time_us([tile_launcher(act, lay, 6, "softmax", False, (splits, per))[0] for lay in layers],
-                                   a.reps)
+                us, _ = rb.time_us([tile_launcher(act, lay, 6, "softmax", False, (splits, per), stages=a.stages)[0]
+                                    for lay in layers], a.reps)
                 res["us"] = round(us, 2)
                 res["TFLOPs"] = round(2 * t * e * a.hidden / us / 1e6, 1)
                 print(json.dumps(res), flush=True)
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
 
                     def parts(lay, splits=splits, per=per):
                         args, _, _ = tile_args(act, lay, 6, splits, per)
-                        fn = compile_tile(6, "softmax", False, splits, args)
+                        fn = compile_tile(6, "softmax", False, splits, args, stages=a.stages or device_stages(dev))
                         rargs = (args[7], args[5], args[6], args[-1])
                         route = compile_split_route(6, "softmax", False, e, splits, rargs)
                         return (lambda: fn(*args[:-1], current_stream(dev)),
@@ -125,6 +126,15 @@ def main(argv=None) -> int:
                 us, _ = rb.time_us(fns, a.reps)
                 print(json.dumps({"T": t, "E": e, "kernel": kern, "us": round(us, 2)}), flush=True)
     return rc
+
+
+def tile_once(act, layer, config, stages):
+    """One tile-kernel route (and its route kernel): ``(ids, weights)``."""
+    from kernels.router.launch import tile_launcher
+
+    launch, ids, w = tile_launcher(act, layer, 6, "softmax", False, config, stages=stages)
+    launch()
+    return ids, w
 
 
 def _decode(kind, cfg, variant, x, base, act, ref_logits, layers, a, res) -> int:

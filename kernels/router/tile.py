@@ -41,7 +41,7 @@ BM = 128  # token rows per CTA
 BN = 128  # experts per CTA
 BK = 64  # K elements per k-tile: 8 int32 words of codes, 4 scale blocks (one scale word) per row
 THREADS = 128
-STAGES = 4  # cp.async ring depth (raw k-tiles)
+STAGES = 4  # cp.async ring depth (raw k-tiles) where the SMEM allows it; 3 where it does not (SM120)
 WORDS = BK // 8
 # one raw stage, in int32 words: A codes, B codes, A scale words (one per row), B scale atom
 OFF_BW = BM * WORDS
@@ -97,8 +97,11 @@ class TileRouterKernel(PortableRouterKernel):
     over the splits, so its loads are independent)."""
 
     def __init__(self, top_k: int, scoring: str, renormalize: bool, splits: int = 1, variant: str = "",
-                 route_in_kernel: bool = False):
+                 route_in_kernel: bool = False, stages: int = STAGES):
         super().__init__(top_k, scoring, renormalize, bm=BM, threads=THREADS, split_k=True)
+        if stages < 3:
+            raise ValueError(f"stages={stages}: the ring needs 3 or more")
+        self.stages = stages
         self.splits = splits
         # False (default): the kernel only writes the partial logits, SplitRouteKernel routes them.
         # True: the last CTA of each row tile sums and routes in this launch; measured slower on the
@@ -109,8 +112,9 @@ class TileRouterKernel(PortableRouterKernel):
         self.variant = variant.split("+")
         # raw ring (the last CTA's top-k lists reuse it) + decoded tiles (2 x A, 2 x B; the last
         # CTA's fp32 logits tile reuses them): ~101 KB, two CTAs per SM
-        assert 4 * (4 * BM * top_k + 4 * BM) <= 4 * RAW_WORDS * STAGES
-        self.smem_bytes = 4 * RAW_WORDS * STAGES + 2 * 4 * TILE_HALVES + 1024 + 64
+        if route_in_kernel and 4 * BM * top_k + 4 * BM > RAW_WORDS * stages:
+            raise ValueError(f"top_k={top_k}: the in-kernel route's lists do not fit a {stages}-stage ring")
+        self.smem_bytes = tile_smem_bytes(stages)
 
     @cute.jit
     def __call__(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
@@ -245,7 +249,7 @@ class TileRouterKernel(PortableRouterKernel):
         n_k = cutlass.min(kt_begin + k_per_split, k_tiles) - kt_begin
 
         smem = cutlass.utils.SmemAllocator()
-        sRaw = smem.allocate_tensor(cutlass.Int32, cute.make_layout(RAW_WORDS * STAGES), 16)
+        sRaw = smem.allocate_tensor(cutlass.Int32, cute.make_layout(RAW_WORDS * self.stages), 16)
         sAB32 = smem.allocate_tensor(cutlass.Int32, cute.make_layout(2 * TILE_HALVES), 1024)
         sFlag = smem.allocate_tensor(cutlass.Int32, cute.make_layout(4), 16)
         # the last CTA's merge lists, in the raw ring (free once the mainloop is over)
@@ -270,8 +274,8 @@ class TileRouterKernel(PortableRouterKernel):
         cp4 = cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(cache_mode=cute.nvgpu.cpasync.LoadCacheMode.ALWAYS),
                                   cutlass.Int32, num_bits_per_copy=32)
 
-        # prologue: STAGES-1 raw k-tiles in flight, the first decoded
-        for s in cutlass.range_constexpr(STAGES - 1):
+        # prologue: self.stages-1 raw k-tiles in flight, the first decoded
+        for s in cutlass.range_constexpr(self.stages - 1):
             if s < n_k:
                 self._issue(mA, mSFA, mB, mSFB, sRaw, kt_begin + s, s, row0, n0, T, kw, k_tiles, tidx, cp16, cp4)
             cute.arch.cp_async_commit_group()
@@ -297,18 +301,18 @@ class TileRouterKernel(PortableRouterKernel):
         tBr = thrB.retile(tCrB)
         num_kb = cute.size(tCrA, mode=[2])
 
-        cute.arch.cp_async_wait_group(STAGES - 2)
+        cute.arch.cp_async_wait_group(self.stages - 2)
         cute.arch.sync_threads()
         for i in cutlass.range_constexpr(4):
             self._decode(sRaw, sAB32, 0, 0, i, tidx)
-        cute.arch.cp_async_wait_group(STAGES - 3)
+        cute.arch.cp_async_wait_group(self.stages - 3)
         cute.arch.sync_threads()
 
         for it in range(n_k):
-            nxt = it + STAGES - 1
+            nxt = it + self.stages - 1
             if nxt < n_k:
                 # its slot held raw k-tile it-1, decoded one iteration ago (a barrier since)
-                self._issue(mA, mSFA, mB, mSFB, sRaw, kt_begin + nxt, nxt % STAGES, row0, n0, T, kw, k_tiles,
+                self._issue(mA, mSFA, mB, mSFB, sRaw, kt_begin + nxt, nxt % self.stages, row0, n0, T, kw, k_tiles,
                             tidx, cp16, cp4)
             cute.arch.cp_async_commit_group()
             dbuf = it % 2
@@ -322,10 +326,10 @@ class TileRouterKernel(PortableRouterKernel):
                 if cutlass.const_expr(kb < 4 and "nodecode" not in self.variant):
                     # unconditional (the last round decodes a stale slot into the unused buffer): a
                     # branch here would split the block and keep ptxas from interleaving decode and MMAs
-                    self._decode(sRaw, sAB32, (it + 1) % STAGES, 1 - dbuf, kb, tidx)
+                    self._decode(sRaw, sAB32, (it + 1) % self.stages, 1 - dbuf, kb, tidx)
                 if cutlass.const_expr("nomma" not in self.variant):
                     cute.gemm(tiled_mma, tCrC, tCrA[None, None, kb], tCrB[None, None, kb], tCrC)
-            cute.arch.cp_async_wait_group(STAGES - 3)
+            cute.arch.cp_async_wait_group(self.stages - 3)
             cute.arch.sync_threads()
         cute.arch.cp_async_wait_group(0)
 
@@ -423,6 +427,28 @@ class SplitRouteKernel(_WarpRouter):
             self._route_warp(mWs, self.splits, cutlass.Float32(1.0), mIds, mW, tok, tidx % 32)
 
 
+def tile_smem_bytes(stages: int = STAGES) -> int:
+    """Dynamic SMEM of a tile-kernel CTA: the raw ring, the decoded A/B double buffers, slack."""
+    return 4 * RAW_WORDS * stages + 2 * 4 * TILE_HALVES + 1024 + 64
+
+
+def pick_stages(smem_per_block: int) -> int:
+    """The deepest ring (4, else 3) whose CTA fits ``smem_per_block`` bytes (the device's opt-in
+    maximum): 4 on SM80/SM90 (~101 KB), 3 on SM120/SM121 (~92 KB of their 99 KB)."""
+    for stages in (STAGES, 3):
+        if tile_smem_bytes(stages) <= smem_per_block:
+            return stages
+    raise ValueError(f"the tile kernel needs {tile_smem_bytes(3)} bytes of SMEM per CTA, the device allows "
+                     f"{smem_per_block}")
+
+
+def device_stages(device) -> int:
+    import torch
+
+    props = torch.cuda.get_device_properties(device)
+    return pick_stages(getattr(props, "shared_memory_per_block_optin", 0) or tile_smem_bytes(STAGES))
+
+
 def pick_tile_splits(num_tokens: int, experts: int, hidden: int):
     """(splits, k_tiles_per_split).  Measured on the H200 at T=4096: 64 blocks of 128 x 128 (E=256)
     run best with 4 splits (256 CTAs, two per SM: 83 us; 2 splits 89-96 us, 3 splits 106 us) and
@@ -440,11 +466,12 @@ _compiled = {}
 
 
 def compile_tile(top_k: int, scoring: str, renormalize: bool, splits: int, args, variant: str = "",
-                 route_in_kernel: bool = False):
-    key = (top_k, scoring, renormalize, splits, variant, route_in_kernel)
+                 route_in_kernel: bool = False, stages: int = STAGES):
+    key = (top_k, scoring, renormalize, splits, variant, route_in_kernel, stages)
     fn = _compiled.get(key)
     if fn is None:
-        fn = cute.compile(TileRouterKernel(top_k, scoring, renormalize, splits, variant, route_in_kernel), *args)
+        fn = cute.compile(TileRouterKernel(top_k, scoring, renormalize, splits, variant, route_in_kernel, stages),
+                          *args)
         _compiled[key] = fn
     return fn
 

@@ -60,8 +60,25 @@ def test_tile_kernel_compiles(arch):
                             "--expect-ptx", "shfl.sync.bfly")
     assert rc == 0 and res["ok"], (res, err[-3000:])
     assert res["compiled"] == ["k=6,softmax,tile splits=1", "k=6,softmax,tile splits=4",
+                               "k=6,softmax,tile splits=4 stages=3",
                                "k=6,softmax,tile splits=4 route in kernel", "k=6,softmax,split route splits=4"]
     assert "tcgen05" not in err and "wgmma" not in err
+
+
+def test_tile_ring_depth_fits_the_device_smem():
+    # SM80/SM90 give a CTA up to 163 / 227 KB: the 4-deep ring (~101 KB, two CTAs per SM);
+    # SM120/SM121 give 99 KB: the 3-deep ring; less than that is refused with the sizes
+    from kernels.router.tile import STAGES, TileRouterKernel, pick_stages, tile_smem_bytes
+
+    assert pick_stages(227 * 1024) == STAGES == 4
+    assert pick_stages(163 * 1024) == 4
+    assert tile_smem_bytes(4) > 99 * 1024 >= tile_smem_bytes(3)
+    assert pick_stages(99 * 1024) == 3
+    with pytest.raises(ValueError, match="SMEM per CTA"):
+        pick_stages(64 * 1024)
+    assert TileRouterKernel(6, "softmax", False, 4, stages=3).smem_bytes == tile_smem_bytes(3)
+    with pytest.raises(ValueError, match="do not fit"):
+        TileRouterKernel(16, "softmax", False, 4, route_in_kernel=True, stages=3)
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90a", "sm_120a"])

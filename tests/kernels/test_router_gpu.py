@@ -76,3 +76,56 @@ def test_sm100_matches_two_kernel_reference(t):
     ids, w = router.run_nvfp4_fused_router(x, layer, 6, "softmax", path="sm100")
     c = router.compare_routing(ids, w, router.router_logits_reference(x, layer), 6, "softmax")
     assert c.ok and c.max_weight_err < 1e-4, c
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and _sm() < 8, reason="the portable kernel needs SM80 or later")
+@pytest.mark.parametrize("t,kernel", [(1, "gemv"), (3, "gemv"), (200, "swapab")])
+def test_polled_route_refills_its_workspace_and_replays(t, kernel):
+    # the routing CTA polls a sentinel-filled workspace and writes the sentinel back: after eager
+    # calls and CUDA-graph replays the workspace is ready again and every answer is the same
+    from kernels.router.gemv import SENTINEL
+    from kernels.router.runtime import _POLLED
+
+    layer, x = _case(t, 256, 1024, seed=77 + t)
+    act = router.prepare_activation(x, layer)
+    first = router.run_nvfp4_fused_router(x, layer, 6, "softmax", activation=act, kernel=kernel)
+    c = router.compare_routing(first[0], first[1], router.router_logits_reference(x, layer), 6, "softmax")
+    assert c.ok and c.max_weight_err < 1e-4, c
+    outs = []
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        router.run_nvfp4_fused_router(x, layer, 6, "softmax", activation=act, kernel=kernel)
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(3):
+            outs.append(router.run_nvfp4_fused_router(x, layer, 6, "softmax", activation=act, kernel=kernel))
+    for _ in range(2):
+        g.replay()
+        torch.cuda.synchronize()
+        for ids, w in outs:
+            assert torch.equal(ids, first[0]) and torch.equal(w, first[1])
+    polled = [buf for (dev, shape), buf in _POLLED.items() if shape[1] == t]
+    assert polled, "the kernel did not use a polled workspace"
+    for buf in polled:
+        assert bool((buf.view(torch.int32) == SENTINEL).all())
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and _sm() < 8, reason="the portable kernel needs SM80 or later")
+def test_tile_kernel_three_stage_ring_gives_the_same_bits():
+    # the 3-deep ring is what SM120/SM121 get (99 KB of SMEM per CTA); run here it must give the
+    # 4-deep ring's bits: the depth changes when loads land, not the arithmetic
+    from kernels.router.launch import tile_launcher
+
+    layer, x = _case(300, 384, 2048, seed=9)
+    act = router.prepare_activation(x, layer)
+    got = {}
+    for stages in (4, 3):
+        launch, ids, w = tile_launcher(act, layer, 6, "softmax", False, (4, 8), stages=stages)
+        launch()
+        torch.cuda.synchronize()
+        got[stages] = (ids, w)
+    c = router.compare_routing(got[3][0], got[3][1], router.router_logits_reference(x, layer), 6, "softmax")
+    assert c.ok and c.max_weight_err < 1e-4, c
+    assert torch.equal(got[3][0], got[4][0]) and torch.equal(got[3][1], got[4][1])

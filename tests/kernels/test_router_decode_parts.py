@@ -1,0 +1,138 @@
+"""Pieces of the decode kernels checked on the CPU: the ``prmt``/``dp4a`` dot product as the PTX
+text the GEMV kernel ships (run by a small interpreter of the instructions it uses), the polling
+sentinel and its workspace, and the launch-configuration rules."""
+
+import importlib.util
+import random
+import re
+import struct
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed (run kernels/install-cpu-torch.sh)")
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("cutlass") is None,
+                                reason="nvidia-cutlass-dsl is not installed (the kernels' module imports it)")
+
+from kernels.nvfp4.format import e2m1_lut  # noqa: E402
+
+M32 = 0xFFFFFFFF
+
+
+def _bytes(x):
+    return [(x >> (8 * i)) & 0xFF for i in range(4)]
+
+
+def _prmt(a, b, c):
+    """PTX prmt.b32 (default mode): selector nibble i picks byte (bits 0-2) of {b:a}; bit 3 replicates
+    the picked byte's sign bit."""
+    src = _bytes(a) + _bytes(b)
+    out = 0
+    for i in range(4):
+        sel = (c >> (4 * i)) & 0xF
+        v = src[sel & 7]
+        if sel & 8:
+            v = 0xFF if v & 0x80 else 0
+        out |= v << (8 * i)
+    return out
+
+
+def _s8(v):
+    return v - 256 if v & 0x80 else v
+
+
+def _dp4a_ss(a, b, c):
+    c = c - (1 << 32) if c & 0x80000000 else c
+    r = c + sum(_s8(x) * _s8(y) for x, y in zip(_bytes(a), _bytes(b)))
+    return r & M32
+
+
+OPS = {
+    "mov.b32": lambda a: a,
+    "and.b32": lambda a, b: a & b,
+    "xor.b32": lambda a, b: a ^ b,
+    "shl.b32": lambda a, b: (a << b) & M32,
+    "shr.b32": lambda a, b: a >> b,  # .b32: logical
+    "prmt.b32": _prmt,
+    "dp4a.s32.s32": _dp4a_ss,
+}
+
+
+def run_ptx(text, *args):
+    """Run an inline-asm block: ``$0`` is the output, ``$1``... the inputs."""
+    regs = {f"${i + 1}": v & M32 for i, v in enumerate(args)}
+    body = text.strip().strip("{}")
+    for stmt in (s.strip() for s in body.split(";")):
+        if not stmt or stmt.startswith(".reg"):
+            continue
+        op, rest = stmt.split(None, 1)
+        dst, *srcs = [o.strip() for o in rest.split(",")]
+        if op not in OPS:
+            raise AssertionError(f"instruction {op!r} is not modelled: extend the interpreter")
+        vals = [int(s, 0) if re.fullmatch(r"-?(0x[0-9a-fA-F]+|\d+)", s) else regs[s] for s in srcs]
+        regs[dst] = OPS[op](*vals) & M32
+    return regs["$0"]
+
+
+def _code_dot(w, a):
+    lut = [float(v) for v in e2m1_lut(dtype=torch.float32)]
+    return sum(lut[(w >> (4 * j)) & 15] * lut[(a >> (4 * j)) & 15] for j in range(8))
+
+
+def test_dot8_ptx_is_four_times_the_code_value_dot_product():
+    from kernels.router.gemv import _DOT8
+
+    rng = random.Random(0)
+    words = [0, M32, 0x88888888, 0x77777777, 0xF0F0F0F0, 0x12345678] + [rng.getrandbits(32) for _ in range(3000)]
+    for w in words:
+        for a in words[:6] + [rng.getrandbits(32) for _ in range(3)]:
+            got = run_ptx(_DOT8, w, a, 0)
+            got = got - (1 << 32) if got & 0x80000000 else got
+            assert got == 4 * _code_dot(w, a), (hex(w), hex(a))
+
+
+def test_dot8_ptx_accumulates_and_covers_every_code_pair():
+    from kernels.router.gemv import _DOT8
+
+    # every (weight code, activation code) pair in every one of the 8 positions, with a carry-in
+    for pos in range(8):
+        for cw in range(16):
+            for ca in range(16):
+                w = cw << (4 * pos)
+                a = ca << (4 * pos)
+                got = run_ptx(_DOT8, w, a, 1000)
+                assert got == 1000 + 4 * _code_dot(w, a), (pos, cw, ca)
+
+
+def test_sentinel_is_a_nan_no_arithmetic_makes():
+    from kernels.router.gemv import SENTINEL
+
+    bits = SENTINEL & M32
+    assert bits == 0xFFFFFFFF
+    f = struct.unpack("<f", struct.pack("<I", bits))[0]
+    assert f != f  # a NaN: a logit never compares equal to it by value
+    assert bits != 0x7FFFFFFF  # NVIDIA's canonical NaN, which a kernel stores in its place
+
+
+def test_polled_workspace_is_sentinel_filled_and_kept_per_shape():
+    from kernels.router.gemv import SENTINEL
+    from kernels.router.runtime import polled_workspace
+
+    w = polled_workspace("cpu", (2, 3, 64))
+    assert w.dtype == torch.float32 and w.shape == (2, 3, 64)
+    assert bool((w.view(torch.int32) == SENTINEL).all())
+    assert polled_workspace("cpu", (2, 3, 64)) is w  # one buffer per shape: graphs replay it
+    assert polled_workspace("cpu", (1, 3, 64)) is not w
+
+
+def test_launch_rules():
+    from kernels.router.gemv import pick_gemv, pick_mma_gemv, swapab_polls
+
+    assert pick_gemv(1, 256) == (1, 1) and pick_gemv(1, 384) == (1, 1)  # one expert per CTA at T=1
+    assert pick_gemv(7, 256) == (8, 2)
+    # swap-AB: no K split once token groups x expert blocks fill the SMs (128 CTAs)
+    assert pick_mma_gemv(128, 256, 7168) == (2, 1)
+    assert pick_mma_gemv(512, 384, 7168) == (2, 1)
+    assert pick_mma_gemv(7, 256, 7168) == (1, 7)
+    nt, ks = pick_mma_gemv(32, 256, 7168)
+    assert nt == 2 and 1 < ks <= 7
+    assert swapab_polls(1) and swapab_polls(3) and not swapab_polls(7)
