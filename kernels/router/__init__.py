@@ -48,10 +48,10 @@ last_path: Optional[str] = None  #: "portable", "sm100" or "reference: <why>" of
 last_kernel: Optional[str] = None  #: "gemv", "swapab" or "mma" when the latest call took the portable path
 last_quantizer: Optional[str] = None  #: "fused" (one-kernel quantizer) or "torch" of the latest prepare_activation
 
-#: crossovers measured on the H200 (bench/results/h200/router_bench.md): the CUDA-core GEMV kernel
-#: is the fastest for one token (0.2-0.5 us ahead), the tensor-core "swap-AB" decode kernel from
-#: 2 tokens up to SWAPAB_MAX_TOKENS (T=512: 37.7 / 53.4 us at E=256 / 384, the pipelined tile kernel
-#: 54.8 / 55.6), the pipelined tile kernel above (T=4096: 83 us, swap-AB 245 us at E=256)
+#: crossovers measured on the H200 (bench/results/h200/): the CUDA-core GEMV kernel is the fastest
+#: for one token (3.9 / 4.3 us at E=256 / 384, swap-AB 5.1 / 6.0), the tensor-core "swap-AB" decode
+#: kernel from 2 tokens up to SWAPAB_MAX_TOKENS (T=7: 5.6 us, GEMV 6.1; T=512: 36.3 / 52.4 us, the
+#: pipelined tile kernel 54.8 / 55.6), the pipelined tile kernel above (T=4096: 64 us at E=256)
 GEMV_MAX_TOKENS = 1
 SWAPAB_MAX_TOKENS = 512
 

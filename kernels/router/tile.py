@@ -2,7 +2,7 @@
 
 One CTA of 4 warps computes a 128 x 128 tile of logits (tokens x experts) over a K range:
 
-* **cp.async ring** (``STAGES`` deep) of the *packed* operands: per 64-wide k-tile the FP4 words
+* **cp.async ring** (4 deep, 3 where a CTA gets less SMEM: :func:`pick_stages`) of the *packed* operands: per 64-wide k-tile the FP4 words
   of 128 token rows and 128 expert rows (4 KB each) and their E4M3 scale words; raw bytes are 4x
   smaller than bf16, so the ring stays small and the loads run 2-3 k-tiles ahead.
 * **decode once per tile** from the raw ring into a double-buffered fp16 tile (swizzled for
@@ -451,9 +451,10 @@ def device_stages(device) -> int:
 
 def pick_tile_splits(num_tokens: int, experts: int, hidden: int):
     """(splits, k_tiles_per_split).  Measured on the H200 at T=4096: 64 blocks of 128 x 128 (E=256)
-    run best with 4 splits (256 CTAs, two per SM: 83 us; 2 splits 89-96 us, 3 splits 106 us) and
-    96 blocks (E=384) too (135 us; 2 splits 144 us, 3 splits 160 us: 288 CTAs leave a tail);
-    more blocks need fewer splits to fill the SMs."""
+    run best with 4 splits (256 CTAs, two per SM: 64 us with the route kernel; 5 splits 83, 8 splits
+    82; with the route then in the kernel 2 splits 89-96, 3 splits 106 against 83) and 96 blocks
+    (E=384) too (110 us; 5 splits 109.5-111, 6 and 8 splits 126-128; earlier 2 and 3 splits 144 and
+    160 against 135: 288 CTAs leave a tail); more blocks need fewer splits to fill the SMs."""
     k_tiles = hidden // BK
     tiles = -(-num_tokens // BM) * (experts // BN)
     want = 4 if tiles <= 96 else 2 if tiles <= 192 else 1
