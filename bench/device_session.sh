@@ -7,7 +7,8 @@
 #   three small cutlass-dsl wheels unpacked, same packing); or .whl/ with those wheels instead of
 #   base.tar.xz.  One call's working tree + carry must stay under 64 MiB.
 # Usage: bash bench/device_session.sh [quant] [tests] [probe] [validate] [bench] [both]   (default: quant both)
-#   probe: python -m kernels.router.probe $PROBE_ARGS (kernel configurations checked and timed)
+#   probe: python -m kernels.router.probe $PROBE_ARGS (kernel configurations checked and timed; appended
+#          to $OUT/probe.log, so several probe steps of one call keep their lines)
 #   quant: tests/kernels/test_router_quant.py; if it fails, the later steps run with
 #          GPUREPRO_ROUTER_FUSED_QUANT=0 (the PyTorch quantizer) and say so
 #   both:  validate then bench in one process; BENCH_ARGS adds bench options (default --skip mma_nosplit)
