@@ -439,7 +439,6 @@ class MmaGemvRouterKernel(_WarpRouter):
         self.renormalize = renormalize
         self.experts = experts
         self.nt = nt
-        self.need_stats = scoring == "softmax" and not renormalize
         self.tn = 8 * nt  # tokens per CTA
         self.smem_bytes = (4 * LUT_SIZE + 2 * 16 * 128 + 2 * self.tn * 128 + 4 * 16 * self.tn
                            + 4 * WARPS * 16 * self.tn + 16 + 128)

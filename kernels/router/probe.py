@@ -69,14 +69,7 @@ def main(argv=None) -> int:
                 splits = -(-k_tiles // per)
                 res = {"T": t, "E": e, "kernel": "tile", "splits": splits, "per": per, "stages": a.stages or "auto"}
                 if not a.no_check:
-                    outs = [tile_once(act, base, (splits, per), a.stages) for _ in range(3)]
-                    torch.cuda.synchronize()
-                    cmp = router.compare_routing(outs[0][0], outs[0][1], ref_logits, 6, "softmax")
-                    same = all(torch.equal(o[0], outs[0][0]) and torch.equal(o[1], outs[0][1]) for o in outs[1:])
-                    ok = cmp.ok and cmp.max_weight_err <= 1e-4 and same
-                    res.update({"ok": ok, "id_mismatch": cmp.id_mismatches, "real": cmp.real_mismatches,
-                                "max_w_err": cmp.max_weight_err, "repeat_identical": same})
-                    rc |= 0 if ok else 1
+                    rc |= _check([tile_once(act, base, (splits, per), a.stages) for _ in range(3)], ref_logits, res)
 
                 if a.once:
                     launch = tile_launcher(act, base, 6, "softmax", False, (splits, per), stages=a.stages)[0]
@@ -128,6 +121,20 @@ def main(argv=None) -> int:
     return rc
 
 
+def _check(outs, ref_logits, res) -> int:
+    """Three runs' ``(ids, weights)`` against the reference and each other; the verdict goes into
+    ``res``; returns 0 when they pass."""
+    from kernels import router
+
+    torch.cuda.synchronize()
+    cmp = router.compare_routing(outs[0][0], outs[0][1], ref_logits, 6, "softmax")
+    same = all(torch.equal(o[0], outs[0][0]) and torch.equal(o[1], outs[0][1]) for o in outs[1:])
+    ok = cmp.ok and cmp.max_weight_err <= 1e-4 and same
+    res.update({"ok": ok, "id_mismatch": cmp.id_mismatches, "real": cmp.real_mismatches,
+                "max_w_err": cmp.max_weight_err, "repeat_identical": same})
+    return 0 if ok else 1
+
+
 def tile_once(act, layer, config, stages):
     """One tile-kernel route (and its route kernel): ``(ids, weights)``."""
     from kernels.router.launch import tile_launcher
@@ -141,7 +148,6 @@ def _decode(kind, cfg, variant, x, base, act, ref_logits, layers, a, res) -> int
     """Check (unless ``noroute``) and time one decode-kernel configuration; prints one JSON line."""
     import router_bench as rb
 
-    from kernels import router
     from kernels.router import launch
     from kernels.router.gemv import compile_gemv, compile_mma_gemv, swapab_polls
 
@@ -165,13 +171,7 @@ def _decode(kind, cfg, variant, x, base, act, ref_logits, layers, a, res) -> int
             fn, ids, w = make(base)
             fn()
             outs.append((ids, w))
-        torch.cuda.synchronize()
-        cmp = router.compare_routing(outs[0][0], outs[0][1], ref_logits, 6, "softmax")
-        same = all(torch.equal(o[0], outs[0][0]) and torch.equal(o[1], outs[0][1]) for o in outs[1:])
-        ok = cmp.ok and cmp.max_weight_err <= 1e-4 and same
-        res.update({"ok": ok, "id_mismatch": cmp.id_mismatches, "max_w_err": cmp.max_weight_err,
-                    "repeat_identical": same})
-        rc = 0 if ok else 1
+        rc = _check(outs, ref_logits, res)
     us, _ = rb.time_us([make(lay)[0] for lay in layers], a.reps)
     res["us"] = round(us, 2)
     print(json.dumps(res), flush=True)

@@ -411,7 +411,6 @@ class SplitRouteKernel(_WarpRouter):
         self.renormalize = renormalize
         self.experts = experts
         self.splits = splits
-        self.need_stats = scoring == "softmax" and not renormalize
 
     @cute.jit
     def __call__(self, mWs: cute.Tensor, mIds: cute.Tensor, mW: cute.Tensor, stream):
