@@ -194,10 +194,10 @@ def main(argv=None) -> int:
                 return compile_gemv(a.topk, a.scoring, renorm, e, tm, rb, args), args
 
             def swapab_make(lay):
-                nt, ks = pick_mma_gemv(t, e, a.hidden)
+                nt, ks, mw = pick_mma_gemv(t, e, a.hidden)
                 poll = swapab_polls(ks)
                 args, _, _ = mma_gemv_args(act, lay, a.topk, nt, ks, poll)
-                return compile_mma_gemv(a.topk, a.scoring, renorm, e, nt, ks, args, poll), args
+                return compile_mma_gemv(a.topk, a.scoring, renorm, e, nt, ks, args, poll, mw=mw), args
 
             def mma_make(split):
                 def make(lay):

@@ -76,8 +76,8 @@ def main(argv=None) -> int:
                 if path == "portable" and router.last_kernel == "swapab":
                     from kernels.router.gemv import pick_mma_gemv
 
-                    nt, ks = pick_mma_gemv(t, e, a.hidden)
-                    path = f"swapab nt={nt} ksplit={ks}"
+                    nt, ks, mw = pick_mma_gemv(t, e, a.hidden)
+                    path = f"swapab nt={nt} ksplit={ks} mw={mw}"
                 elif path == "portable" and router.last_kernel == "gemv":
                     from kernels.router.gemv import pick_gemv
 

@@ -162,11 +162,11 @@ def main(argv=None) -> int:
                     cute.compile(GemvRouterKernel(k, scoring, renorm, 256, tm, rb), *args)
                     done.append(f"k={k},{scoring},tm={tm},rb={rb}")
                 # the tensor-core decode kernel (swap-AB): counted route (7 splits), polled (2)
-                for nt, ks in ((1, 7), (2, 2)):
+                for nt, ks, mw in ((1, 7, 1), (2, 2, 2)):
                     poll = swapab_polls(ks)
                     margs = mma_gemv_args(*_act_layer(), k, nt, ks, poll)[0]
-                    cute.compile(MmaGemvRouterKernel(k, scoring, renorm, 256, nt, ks, poll), *margs)
-                    done.append(f"k={k},{scoring},swapab nt={nt},ksplit={ks},poll={poll}")
+                    cute.compile(MmaGemvRouterKernel(k, scoring, renorm, 256, nt, ks, poll, mw=mw), *margs)
+                    done.append(f"k={k},{scoring},swapab nt={nt},ksplit={ks},mw={mw},poll={poll}")
             else:
                 from kernels.router.sm100 import Sm100RouterKernel
 

@@ -100,6 +100,35 @@ def _dot8(w, a, acc):
     return _asm(cutlass.Int32, _DOT8, "=r,r,r,r", cutlass.Int32(w), cutlass.Int32(a), cutlass.Int32(acc))
 
 
+#: the fp16 decode of the tensor-core kernels (swap-AB here, the tile kernel): both operands carry
+#: 2^-14, undone once in fp32
+UNDO_2M28 = float(2 ** 28)
+
+# pair a of a word: codes a (low half) and a+4 (high half).  Magnitude bits 0-2 of the nibble go to
+# fp16 bits 9-11 (and 25-27), the sign bit to 15 (31); the sign is applied to the scale operand
+# (lop3: (s & 0x80008000) ^ scale) so one mul.rn.f16x2 makes value * scale * 2^-14
+_PAIR_SHIFT = (("shl.b32", 9, "shl.b32", 12), ("shl.b32", 5, "shl.b32", 8),
+               ("shl.b32", 1, "shl.b32", 4), ("shr.b32", 3, None, 0))
+
+
+def _dec_pair(w, s2, a: int):
+    mop, msh, sop, ssh = _PAIR_SHIFT[a]
+    sign = f"{sop} dS, $1, {ssh}; " if sop else "mov.b32 dS, $1; "
+    ptx = ("{ .reg .b32 dM, dS, dK; "
+           f"{mop} dM, $1, {msh}; and.b32 dM, dM, 0x0E000E00; "
+           f"{sign}mov.b32 dK, 0x80008000; lop3.b32 dS, dS, dK, $2, 0x6A; "
+           "mul.rn.f16x2 $0, dM, dS; }")
+    return _asm(cutlass.Int32, ptx, "=r,r,r", cutlass.Int32(w), cutlass.Int32(s2))
+
+
+def _scale2(byte_word):
+    """fp16x2 (s, s) of the E4M3 scale in the low byte (sign ignored: block scales are >= 0):
+    the 7 bits go to fp16 bits 7-13 of both halves (E4M3 value * 2^-8, subnormals too), times 2^8."""
+    ptx = ("{ .reg .b32 dT, dK; and.b32 dT, $1, 0x7F; mul.lo.u32 dT, dT, 0x00800080; "
+           "mov.b32 dK, 0x5C005C00; mul.rn.f16x2 $0, dT, dK; }")
+    return _asm(cutlass.Int32, ptx, "=r,r", cutlass.Int32(byte_word))
+
+
 class _WarpRouter:
     """The routing step shared by the decode kernels and the tile kernel's route kernel: one warp
     routes one token.
@@ -411,24 +440,29 @@ def compile_gemv(top_k: int, scoring: str, renormalize: bool, experts: int, tm: 
 
 class MmaGemvRouterKernel(_WarpRouter):
     """Decode-sized router on the tensor cores, "swap AB": experts are the M side of
-    ``mma.sync.m16n8k16`` (16 experts per warp), tokens the N side (8 per n-tile, ``nt`` n-tiles per
-    CTA).  The 16 K-slots of an MMA are a permutation of K shared by both operands (the dot
-    product does not care about the order): lane ``q = lane % 4`` owns slots {2q, 2q+1, 2q+8, 2q+9},
-    and over the 8 MMAs of a 128-wide K step those are the 32 codes of one 16-byte chunk.  So every
-    operand register comes from one 16-byte load per row or token, decoded in registers
-    (``value(code) * scale``, exact in bf16), with no shared-memory tile.
+    ``mma.sync.m16n8k16`` (``mw`` blocks of 16 experts per CTA), tokens the N side (8 per n-tile,
+    ``nt`` n-tiles per CTA).  The 16 K-slots of an MMA are a permutation of K shared by both
+    operands (the dot product does not care about the order): lane ``q = lane % 4`` owns slots
+    {2q, 2q+1, 2q+8, 2q+9}, and over the 8 MMAs of a 128-wide K step those are the 32 codes of one
+    16-byte chunk.  So every operand register comes from one 16-byte load per row or token, decoded
+    in registers with no shared-memory tile and no table: :func:`_dec_pair` turns the codes a and
+    a+4 of a word into one fp16x2 register ``value * scale * 2^-14`` (exact, see :func:`_dec_pair`)
+    in five integer/fp16x2 instructions, and both operands' 2^-14 are undone once (``* 2^28``).
 
-    Grid ``[E/16, ksplit, ceil(T / (8 nt))]``; warp w of CTA y takes the K steps ``y*8 + w``,
+    Grid ``[E/(16 mw), ksplit, ceil(T / (8 nt))]``; warp w of CTA y takes the K steps ``y*8 + w``,
     ``+ 8*ksplit``, ...; the 8 warps' accumulators are summed in a fixed order, each CTA writes its
-    K-split's partial logits to ``ws [ksplit, T, E]``, and the last CTA of a token group (atomic
-    counter per 8 tokens, reset by it) routes those tokens, one warp per token, reading each logit as the
-    sum of its splits in split order times ``alpha`` (all loads independent).  Deterministic.
+    K-split's partial logits to ``ws [ksplit, T, E]``, and the token group is routed one warp per
+    token (:class:`_WarpRouter`), each logit the sum of its splits in split order times ``alpha``:
+    polled by CTA (0, 0) of the group, or by the last CTA to arrive (an atomic counter per 8 tokens,
+    reset by it).  Deterministic.
     """
 
     def __init__(self, top_k: int, scoring: str, renormalize: bool, experts: int, nt: int = 1, ksplit: int = 1,
-                 poll: bool = False, variant: str = ""):
+                 poll: bool = False, variant: str = "", mw: int = 1):
         if experts % 32 or experts // 32 > 64:
             raise ValueError(f"E={experts}: the decode router needs a multiple of 32 up to 2048")
+        if experts % (16 * mw):
+            raise ValueError(f"E={experts} is not a multiple of {16 * mw} experts per CTA (mw={mw})")
         # poll: CTA (0, 0) of a token group routes it from a polled workspace (see _WarpRouter),
         # else the last CTA to arrive (a counter); probe variant "noroute": logits only
         self.poll = poll
@@ -439,20 +473,26 @@ class MmaGemvRouterKernel(_WarpRouter):
         self.renormalize = renormalize
         self.experts = experts
         self.nt = nt
+        self.mw = mw
+        self.rows = 16 * mw  # experts per CTA
         self.tn = 8 * nt  # tokens per CTA
-        self.smem_bytes = (4 * LUT_SIZE + 2 * 16 * 128 + 2 * self.tn * 128 + 4 * 16 * self.tn
-                           + 4 * WARPS * 16 * self.tn + 16 + 128)
+        # <= 128 registers (two CTAs per SM) costs no spills up to 2 weight rows + 2 tokens per lane
+        # (16 experts x 16 tokens); larger tiles take 170-255 (ptxas -v) and one CTA per SM
+        self.ctas_per_sm = 2 if 2 * mw + nt <= 4 else 1
+        self.smem_bytes = (2 * self.rows * 128 + 2 * self.tn * 128 + 4 * self.rows * self.tn
+                           + 4 * WARPS * self.rows * self.tn + 16 + 128)
 
     @cute.jit
     def __call__(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
-                 mAlpha: cute.Tensor, mLut: cute.Tensor, mWs: cute.Tensor,
-                 mIds: cute.Tensor, mW: cute.Tensor, mCnt: cute.Tensor, stream):
-        op = cute.nvgpu.warp.MmaF16BF16Op(cutlass.BFloat16, cutlass.Float32, (16, 8, 16))
+                 mAlpha: cute.Tensor, mWs: cute.Tensor, mIds: cute.Tensor, mW: cute.Tensor, mCnt: cute.Tensor,
+                 stream):
+        op = cute.nvgpu.warp.MmaF16BF16Op(cutlass.Float16, cutlass.Float32, (16, 8, 16))
         tiled_mma = cute.make_tiled_mma(op, cute.make_layout((1, 1, 1)))
         groups = (mA.shape[0] + self.tn - 1) // self.tn
-        self.kernel(mA, mSFA, mB, mSFB, mAlpha, mLut, mWs, mIds, mW, mCnt, tiled_mma).launch(
-            grid=[self.experts // 16, self.ksplit, groups], block=[THREADS, 1, 1], smem=self.smem_bytes,
-            stream=stream)
+        self.kernel(mA, mSFA, mB, mSFB, mAlpha, mWs, mIds, mW, mCnt, tiled_mma).launch(
+            grid=[self.experts // self.rows, self.ksplit, groups], block=[THREADS, 1, 1], smem=self.smem_bytes,
+            stream=stream, min_blocks_per_mp=self.ctas_per_sm,
+            preferred_smem_carveout=50 if self.ctas_per_sm * self.smem_bytes <= 100 * 1024 else 100)
 
     @cute.jit
     def _load16(self, mX: cute.Tensor, row, kw, c, dst: cute.Tensor):
@@ -463,17 +503,17 @@ class MmaGemvRouterKernel(_WarpRouter):
     @cute.jit
     def _load_step(self, mA, mSFA, mB, mSFB, s, n0, t0, g, q, T, kw, k_tiles,
                    rawW: cute.Tensor, sfW: cute.Tensor, rawX: cute.Tensor, sfX: cute.Tensor):
-        """Raw words and scale bytes of K step ``s`` for this lane: weight rows g, g+8 and the
-        tokens g of every n-tile, chunk ``c = 4 s + q``."""
+        """Raw words and scale bytes of K step ``s`` for this lane: weight rows g, g+8 of every
+        16-expert block and the tokens g of every n-tile, chunk ``c = 4 s + q``."""
         c = s * 4 + q
         kt = c // 2
         blk = (c % 2) * 2
-        for h in cutlass.range_constexpr(2):
-            row = n0 + g + 8 * h
-            self._load16(mB, row, kw, c, rawW[None, h])
+        for r in cutlass.range_constexpr(2 * self.mw):
+            row = n0 + 16 * (r // 2) + g + 8 * (r % 2)
+            self._load16(mB, row, kw, c, rawW[None, r])
             off = ((row // 128) * k_tiles + kt) * 512 + (row % 32) * 16 + ((row % 128) // 32) * 4 + blk
-            sfW[0, h] = cutlass.Int32(mSFB[off])
-            sfW[1, h] = cutlass.Int32(mSFB[off + 1])
+            sfW[0, r] = cutlass.Int32(mSFB[off])
+            sfW[1, r] = cutlass.Int32(mSFB[off + 1])
         for n in cutlass.range_constexpr(self.nt):
             tok = cutlass.min(t0 + n * 8 + g, T - 1)  # tokens past T re-read token T-1, never stored
             self._load16(mA, tok, kw, c, rawX[None, n])
@@ -482,11 +522,11 @@ class MmaGemvRouterKernel(_WarpRouter):
 
     @cute.kernel
     def kernel(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
-               mAlpha: cute.Tensor, mLut: cute.Tensor, mWs: cute.Tensor,
-               mIds: cute.Tensor, mW: cute.Tensor, mCnt: cute.Tensor, tiled_mma: cute.TiledMma):
+               mAlpha: cute.Tensor, mWs: cute.Tensor, mIds: cute.Tensor, mW: cute.Tensor, mCnt: cute.Tensor,
+               tiled_mma: cute.TiledMma):
         tidx, _, _ = cute.arch.thread_idx()
         bx, by, bz = cute.arch.block_idx()
-        nt, tn = self.nt, self.tn
+        nt, tn, mw, rows = self.nt, self.tn, self.mw, self.rows
         warp = tidx // 32
         lane = tidx % 32
         g = lane // 4
@@ -497,72 +537,60 @@ class MmaGemvRouterKernel(_WarpRouter):
         steps = kw // 16  # K steps of 128
         k_tiles = kw // 8
         ksplit = self.ksplit
-        n0 = bx * 16
+        n0 = bx * rows
         t0 = bz * tn
 
         smem = cutlass.utils.SmemAllocator()
-        sLut = smem.allocate_tensor(cutlass.Float32, cute.make_layout(LUT_SIZE), 16)
         # shapes only: the MMA fragments are partitioned from these, nothing is stored in them
-        sA = smem.allocate_tensor(cutlass.BFloat16, cute.make_layout((16, 128), stride=(128, 1)), 16)
-        sB = smem.allocate_tensor(cutlass.BFloat16, cute.make_layout((tn, 128), stride=(128, 1)), 16)
-        sC = smem.allocate_tensor(cutlass.Float32, cute.make_layout((16, tn), stride=(tn, 1)), 16)
-        sRed = smem.allocate_tensor(cutlass.Float32, cute.make_layout((WARPS, 16, tn), stride=(16 * tn, tn, 1)), 16)
+        sA = smem.allocate_tensor(cutlass.Float16, cute.make_layout((rows, 128), stride=(128, 1)), 16)
+        sB = smem.allocate_tensor(cutlass.Float16, cute.make_layout((tn, 128), stride=(128, 1)), 16)
+        sC = smem.allocate_tensor(cutlass.Float32, cute.make_layout((rows, tn), stride=(tn, 1)), 16)
+        sRed = smem.allocate_tensor(cutlass.Float32, cute.make_layout((WARPS, rows, tn), stride=(rows * tn, tn, 1)),
+                                    16)
         sFlag = smem.allocate_tensor(cutlass.Int32, cute.make_layout(8), 16)
 
         thr_mma = tiled_mma.get_slice(lane)
-        tCrA = tiled_mma.make_fragment_A(thr_mma.partition_A(sA))  # ((2,2,2), 1, 8)
+        tCrA = tiled_mma.make_fragment_A(thr_mma.partition_A(sA))  # ((2,2,2), mw, 8)
         tCrB = tiled_mma.make_fragment_B(thr_mma.partition_B(sB))  # ((2,2), nt, 8)
+        # the same registers as fp16x2 words: A word v1 + 2 v2 is (row g + 8 v1, K-slots 2q + 8 v2
+        # and one more), B word v1 is (token g, K-slots 2q + 8 v1 and one more)
+        rA = cute.recast_tensor(tCrA, cutlass.Int32)  # ((1,2,2), mw, 8)
+        rB = cute.recast_tensor(tCrB, cutlass.Int32)  # ((1,2), nt, 8)
         tCsC = thr_mma.partition_C(sC)
-        tCrC = tiled_mma.make_fragment_C(tCsC)  # ((2,2), 1, nt)
+        tCrC = tiled_mma.make_fragment_C(tCsC)  # ((2,2), mw, nt)
         tCrC.fill(0.0)
 
-        rawW = cute.make_rmem_tensor(cute.make_layout((4, 2), stride=(1, 4)), cutlass.Int32)
-        sfW = cute.make_rmem_tensor(cute.make_layout((2, 2), stride=(1, 2)), cutlass.Int32)
+        rawW = cute.make_rmem_tensor(cute.make_layout((4, 2 * mw), stride=(1, 4)), cutlass.Int32)
+        sfW = cute.make_rmem_tensor(cute.make_layout((2, 2 * mw), stride=(1, 2)), cutlass.Int32)
         rawX = cute.make_rmem_tensor(cute.make_layout((4, nt), stride=(1, 4)), cutlass.Int32)
         sfX = cute.make_rmem_tensor(cute.make_layout((2, nt), stride=(1, 2)), cutlass.Int32)
         # the next step's raw registers: its loads are in flight while this step decodes
-        nW = cute.make_rmem_tensor(cute.make_layout((4, 2), stride=(1, 4)), cutlass.Int32)
-        nsW = cute.make_rmem_tensor(cute.make_layout((2, 2), stride=(1, 2)), cutlass.Int32)
+        nW = cute.make_rmem_tensor(cute.make_layout((4, 2 * mw), stride=(1, 4)), cutlass.Int32)
+        nsW = cute.make_rmem_tensor(cute.make_layout((2, 2 * mw), stride=(1, 2)), cutlass.Int32)
         nX = cute.make_rmem_tensor(cute.make_layout((4, nt), stride=(1, 4)), cutlass.Int32)
         nsX = cute.make_rmem_tensor(cute.make_layout((2, nt), stride=(1, 2)), cutlass.Int32)
 
         s0 = by * WARPS + warp
         stride = WARPS * ksplit
-        # the first step's loads go out before the table load and its barrier
         if s0 < steps:
             self._load_step(mA, mSFA, mB, mSFB, s0, n0, t0, g, q, T, kw, k_tiles, rawW, sfW, rawX, sfX)
-        for u in cutlass.range_constexpr(-(-LUT_SIZE // THREADS)):
-            li = cutlass.min(tidx + u * THREADS, LUT_SIZE - 1)
-            sLut[li] = mLut[li]
-        cute.arch.sync_threads()
 
         for s in range(s0, steps, stride):
             if s + stride < steps:
                 self._load_step(mA, mSFA, mB, mSFB, s + stride, n0, t0, g, q, T, kw, k_tiles, nW, nsW, nX, nsX)
-            # weights: MMA j takes codes 4j..4j+3 of the lane's chunk; A value (v0, v1, v2) is
-            # row g + 8 v1, code 4j + 2 v2 + v0
-            for h in cutlass.range_constexpr(2):
-                sc0 = sLut[LUT_E4M3 + sfW[0, h]]
-                sc1 = sLut[LUT_E4M3 + sfW[1, h]]
-                for j in cutlass.range_constexpr(8):
-                    word = rawW[j // 2, h]
-                    sc = sc0 if j < 4 else sc1
-                    for v2 in cutlass.range_constexpr(2):
-                        for v0 in cutlass.range_constexpr(2):
-                            code = (word >> (4 * ((j % 2) * 4 + 2 * v2 + v0))) & 15
-                            tCrA[v0 + 2 * h + 4 * v2, 0, j] = (sLut[LUT_E2M1 + code] * sc).to(cutlass.BFloat16)
-            # tokens: B value (v0, v1) of n-tile n is token 8n + g, code 4j + 2 v1 + v0
-            for n in cutlass.range_constexpr(nt):
-                sx0 = sLut[LUT_E4M3 + sfX[0, n]]
-                sx1 = sLut[LUT_E4M3 + sfX[1, n]]
-                for j in cutlass.range_constexpr(8):
-                    word = rawX[j // 2, n]
-                    sc = sx0 if j < 4 else sx1
-                    for v1 in cutlass.range_constexpr(2):
-                        for v0 in cutlass.range_constexpr(2):
-                            code = (word >> (4 * ((j % 2) * 4 + 2 * v1 + v0))) & 15
-                            tCrB[v0 + 2 * v1, n, j] = (sLut[LUT_E2M1 + code] * sc).to(cutlass.BFloat16)
+            # MMA j takes pairs 2j (K-slots 2q, 2q+1) and 2j+1 (2q+8, 2q+9) of the lane's chunk;
+            # pair p is codes (a, a+4) of word p // 4 with a = p % 4; words 0-1 are scale block 0.
+            # Decoded per MMA, so the decode of j+1 overlaps MMA j and few fp16 words are live
             for j in cutlass.range_constexpr(8):
+                b = j // 4
+                for r in cutlass.range_constexpr(2 * mw):
+                    sc = _scale2(sfW[b, r])
+                    for v2 in cutlass.range_constexpr(2):
+                        rA[r % 2 + 2 * v2, r // 2, j] = _dec_pair(rawW[j // 2, r], sc, 2 * (j % 2) + v2)
+                for n in cutlass.range_constexpr(nt):
+                    sx = _scale2(sfX[b, n])
+                    for v1 in cutlass.range_constexpr(2):
+                        rB[v1, n, j] = _dec_pair(rawX[j // 2, n], sx, 2 * (j % 2) + v1)
                 cute.gemm(tiled_mma, tCrC, tCrA[None, None, j], tCrB[None, None, j], tCrC)
             if s + stride < steps:
                 rawW.store(nW.load())
@@ -570,20 +598,21 @@ class MmaGemvRouterKernel(_WarpRouter):
                 rawX.store(nX.load())
                 sfX.store(nsX.load())
 
-        # the warps' accumulators, summed in warp order
+        # the warps' accumulators, summed in warp order; 2^28 undoes both operands' 2^-14 (exact)
         sW = sRed[warp, None, None]
         tCsW = thr_mma.partition_C(sW)
         for i in cutlass.range_constexpr(cute.size(tCrC)):
             tCsW[i] = tCrC[i]
         cute.arch.sync_threads()
-        for u in cutlass.range_constexpr(-(-(16 * tn) // THREADS)):
+        for u in cutlass.range_constexpr(-(-(rows * tn) // THREADS)):
             idx = tidx + u * THREADS
-            if idx < 16 * tn:
+            if idx < rows * tn:
                 r = idx // tn
                 t = idx % tn
                 acc = sRed[0, r, t]
                 for w in cutlass.range_constexpr(1, WARPS):
                     acc = acc + sRed[w, r, t]
+                acc = acc * cutlass.Float32(UNDO_2M28)
                 if t0 + t < T:
                     if cutlass.const_expr(self.poll):
                         _publish(mWs, (by * T + t0 + t) * E + n0 + r, acc)
@@ -593,12 +622,12 @@ class MmaGemvRouterKernel(_WarpRouter):
         if cutlass.const_expr("noroute" in self.variant):
             pass
         elif cutlass.const_expr(self.poll):
-            # CTA (0, 0) of the token group routes its tokens, one warp per token, reading the
-            # other CTAs' partials as they land
-            if bx == 0:
-                if by == 0:
-                    alpha = mAlpha[0]
-                    for n in cutlass.range_constexpr(nt):
+            # CTA (n, 0) of the token group routes its n-tile n, one warp per token, reading the
+            # other CTAs' partials as they land (n-tiles on different CTAs: routed in parallel)
+            if by == 0:
+                alpha = mAlpha[0]
+                for n in cutlass.range_constexpr(nt):
+                    if bx == n % (E // rows):
                         tok = t0 + 8 * n + warp
                         if tok < T:
                             self._route_warp(mWs, ksplit, alpha, mIds, mW, tok, lane)
@@ -624,7 +653,7 @@ class MmaGemvRouterKernel(_WarpRouter):
         alpha = mAlpha[0]
         for n in cutlass.range_constexpr(nt):
             if t0 + 8 * n < T:
-                if sFlag[n] == (E // 16) * ksplit - 1:
+                if sFlag[n] == (E // self.rows) * ksplit - 1:
                     tok = t0 + 8 * n + warp
                     if tok < T:
                         self._route_warp(mWs, ksplit, alpha, mIds, mW, tok, lane)
@@ -633,20 +662,24 @@ class MmaGemvRouterKernel(_WarpRouter):
 
 
 def pick_mma_gemv(num_tokens: int, experts: int, hidden: int, target_ctas: int = 264):
-    """(nt, ksplit): 8-token n-tiles per CTA and K splits (at most one K step per warp, at most 8),
-    so that about ``target_ctas`` CTAs (two per H200 SM) run."""
-    # 4 n-tiles (32 tokens) per CTA measured slower at T=128 on the H200 than 2 (28.4 vs 22.4 us, E=384)
+    """(nt, ksplit, mw): 8-token n-tiles per CTA, K splits (at most one K step per warp, at most 8)
+    and 16-expert blocks per CTA, so that about ``target_ctas`` CTAs (two per H200 SM) run."""
+    sms = target_ctas // 2
     nt = 1 if num_tokens <= 8 else 2
     groups = -(-num_tokens // (8 * nt))
     base = (experts // 16) * groups
-    if base >= 128:
-        # the token groups and expert blocks already fill the SMs: no K split (H200, T=128: 13.5 us
-        # at E=256 against 14.6-16.0 with 2 splits and 16.8 with 3; E=384 21.5-23.6 against
-        # 20.7-22.7 and 20.8; T=512: the fastest at both E)
-        return nt, 1
+    if base >= sms - 4:
+        # the token groups and 16-expert blocks already fill the SMs: no K split.  Past one CTA
+        # per SM, 48 experts per CTA with 2 K splits when that grid fits one CTA per SM (H200,
+        # T=128, E=384: 12.4 us against 13.2 for 16 experts, whose 192 CTAs leave 60 SMs with
+        # two); larger tiles decode less per MMA but measured slower (E=256: 32 experts 9.6 us,
+        # 64 13.8, against 8.9 for 16; 32 tokens per CTA 12.4-19.1)
+        if base > sms and experts % 48 == 0 and (experts // 48) * groups * 2 <= sms:
+            return nt, 2, 3
+        return nt, 1, 1
     steps = hidden // 128
     ksplit = max(1, min(-(-steps // WARPS), 8, -(-target_ctas // base)))
-    return nt, ksplit
+    return nt, ksplit, 1
 
 
 #: the swap-AB kernel polls (see _WarpRouter) up to this many K splits, else counts: on the H200 the
@@ -660,10 +693,11 @@ def swapab_polls(ksplit: int) -> bool:
 
 
 def compile_mma_gemv(top_k: int, scoring: str, renormalize: bool, experts: int, nt: int, ksplit: int, args,
-                     poll: bool = False, variant: str = ""):
-    key = ("mma", top_k, scoring, renormalize, experts, nt, ksplit, poll, variant)
+                     poll: bool = False, variant: str = "", mw: int = 1):
+    key = ("mma", top_k, scoring, renormalize, experts, nt, ksplit, poll, variant, mw)
     fn = _compiled.get(key)
     if fn is None:
-        fn = cute.compile(MmaGemvRouterKernel(top_k, scoring, renormalize, experts, nt, ksplit, poll, variant), *args)
+        fn = cute.compile(MmaGemvRouterKernel(top_k, scoring, renormalize, experts, nt, ksplit, poll, variant, mw),
+                          *args)
         _compiled[key] = fn
     return fn

@@ -135,7 +135,6 @@ def mma_gemv_args(activation, linear, top_k: int, nt: int = 1, ksplit: int = 1, 
         _cute(linear._mat_b.contiguous().view(torch.int32)),
         _cute(linear._scale_b.contiguous().view(torch.uint8).reshape(-1)),
         _cute(alpha),
-        _cute(_lut(dev)),
         _cute(ws),
         _cute(ids),
         _cute(w),
@@ -149,10 +148,10 @@ def run_mma_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool
     from .gemv import compile_mma_gemv, pick_mma_gemv, swapab_polls
 
     t = activation[0].shape[0]
-    nt, ksplit = config or pick_mma_gemv(t, linear.out_features, linear.in_features)
+    nt, ksplit, mw = config or pick_mma_gemv(t, linear.out_features, linear.in_features)
     poll = swapab_polls(ksplit)
     args, ids, w = mma_gemv_args(activation, linear, top_k, nt, ksplit, poll)
-    fn = compile_mma_gemv(top_k, scoring, renormalize, linear.out_features, nt, ksplit, args, poll)
+    fn = compile_mma_gemv(top_k, scoring, renormalize, linear.out_features, nt, ksplit, args, poll, mw=mw)
     fn(*args)
     return ids, w
 

@@ -44,7 +44,8 @@ def main(argv=None) -> int:
                    help="also time the tile kernel and its route kernel each alone")
     p.add_argument("--once", action="store_true", help="launch each tile configuration 3 times, no timing (for ncu)")
     p.add_argument("--gemv", nargs="*", default=[], metavar="TM,RB", help="GEMV kernel configurations to check and time")
-    p.add_argument("--swapab", nargs="*", default=[], metavar="NT,KSPLIT", help="swap-AB kernel configurations")
+    p.add_argument("--swapab", nargs="*", default=[], metavar="NT,KSPLIT[,MW]",
+                   help="swap-AB kernel configurations (MW: 16-expert blocks per CTA, default 1)")
     p.add_argument("--decode-variants", nargs="*", default=[""],
                    help="variants of the decode kernels: plain (as shipped), noroute (logits only); "
                         "swap-AB only: poll / count (force the polled or the counted route)")
@@ -160,7 +161,8 @@ def _decode(kind, cfg, variant, x, base, act, ref_logits, layers, a, res) -> int
         else:
             poll = "poll" in variant or ("count" not in variant and swapab_polls(cfg[1]))
             args, ids, w = launch.mma_gemv_args(act, lay, 6, cfg[0], cfg[1], poll)
-            fn = compile_mma_gemv(6, "softmax", False, lay.out_features, cfg[0], cfg[1], args, poll, variant)
+            mw = cfg[2] if len(cfg) > 2 else 1
+            fn = compile_mma_gemv(6, "softmax", False, lay.out_features, cfg[0], cfg[1], args, poll, variant, mw)
         return (lambda: fn(*args[:-1], launch.current_stream(dev))), ids, w
 
     res = dict(res, kernel=kind, config=list(cfg), variant=variant)

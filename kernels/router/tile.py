@@ -31,9 +31,8 @@ import math
 
 import cutlass
 import cutlass.cute as cute
-from cutlass._mlir.dialects import llvm
 
-from .gemv import _WarpRouter
+from .gemv import UNDO_2M28, _WarpRouter, _dec_pair, _scale2
 from .portable import DSL_OPS, PortableRouterKernel
 from .topk import EMPTY_ID, global_expert_index, sorted_insert
 
@@ -49,40 +48,10 @@ OFF_ASC = OFF_BW + BN * WORDS
 OFF_BSC = OFF_ASC + BM
 RAW_WORDS = OFF_BSC + BN
 TILE_HALVES = 128 * BK  # one decoded 128 x 64 fp16 tile
-UNDO_2M28 = float(2 ** 28)  # both operands carry 2^-14
 
 
 # insertion in increasing id order: "better" is a plain ">" (the earlier, lower id wins a tie)
 _STRICT_OPS = DSL_OPS._replace(better=lambda v, i, s, j: v > s)
-
-
-def _asm(ret, ptx: str, cons: str, *vals):
-    return ret(llvm.inline_asm(ret.mlir_type, [v.ir_value() for v in vals], ptx, cons))
-
-
-# pair a of a word: codes a (low half) and a+4 (high half).  Magnitude bits 0-2 of the nibble go to
-# fp16 bits 9-11 (and 25-27), the sign bit to 15 (31); the sign is applied to the scale operand
-# (lop3: (s & 0x80008000) ^ scale) so one mul.rn.f16x2 makes value * scale * 2^-14
-_PAIR_SHIFT = (("shl.b32", 9, "shl.b32", 12), ("shl.b32", 5, "shl.b32", 8),
-               ("shl.b32", 1, "shl.b32", 4), ("shr.b32", 3, None, 0))
-
-
-def _dec_pair(w, s2, a: int):
-    mop, msh, sop, ssh = _PAIR_SHIFT[a]
-    sign = f"{sop} dS, $1, {ssh}; " if sop else "mov.b32 dS, $1; "
-    ptx = ("{ .reg .b32 dM, dS, dK; "
-           f"{mop} dM, $1, {msh}; and.b32 dM, dM, 0x0E000E00; "
-           f"{sign}mov.b32 dK, 0x80008000; lop3.b32 dS, dS, dK, $2, 0x6A; "
-           "mul.rn.f16x2 $0, dM, dS; }")
-    return _asm(cutlass.Int32, ptx, "=r,r,r", cutlass.Int32(w), cutlass.Int32(s2))
-
-
-def _scale2(byte_word):
-    """fp16x2 (s, s) of the E4M3 scale in the low byte (sign ignored: block scales are >= 0):
-    the 7 bits go to fp16 bits 7-13 of both halves (E4M3 value * 2^-8, subnormals too), times 2^8."""
-    ptx = ("{ .reg .b32 dT, dK; and.b32 dT, $1, 0x7F; mul.lo.u32 dT, dT, 0x00800080; "
-           "mov.b32 dK, 0x5C005C00; mul.rn.f16x2 $0, dT, dK; }")
-    return _asm(cutlass.Int32, ptx, "=r,r", cutlass.Int32(byte_word))
 
 
 @cute.jit

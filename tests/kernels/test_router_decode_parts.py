@@ -129,10 +129,13 @@ def test_launch_rules():
 
     assert pick_gemv(1, 256) == (1, 1) and pick_gemv(1, 384) == (1, 1)  # one expert per CTA at T=1
     assert pick_gemv(7, 256) == (8, 2)
-    # swap-AB: no K split once token groups x expert blocks fill the SMs (128 CTAs)
-    assert pick_mma_gemv(128, 256, 7168) == (2, 1)
-    assert pick_mma_gemv(512, 384, 7168) == (2, 1)
-    assert pick_mma_gemv(7, 256, 7168) == (1, 7)
-    nt, ks = pick_mma_gemv(32, 256, 7168)
-    assert nt == 2 and 1 < ks <= 7
+    # swap-AB: no K split once token groups x expert blocks fill the SMs (128 CTAs); past one CTA
+    # per SM, 48-expert tiles with 2 K splits where that grid fits one wave (T=128, E=384)
+    assert pick_mma_gemv(128, 256, 7168) == (2, 1, 1)
+    assert pick_mma_gemv(128, 384, 7168) == (2, 2, 3)
+    assert pick_mma_gemv(512, 384, 7168) == (2, 1, 1)  # 48-expert tiles would not fit one wave
+    assert pick_mma_gemv(128, 320, 7168) == (2, 1, 1)  # 320 is no multiple of 48
+    assert pick_mma_gemv(7, 256, 7168) == (1, 7, 1)
+    nt, ks, mw = pick_mma_gemv(32, 256, 7168)
+    assert nt == 2 and 1 < ks <= 7 and mw == 1
     assert swapab_polls(1) and swapab_polls(3) and not swapab_polls(7)

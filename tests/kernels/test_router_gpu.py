@@ -129,3 +129,21 @@ def test_tile_kernel_three_stage_ring_gives_the_same_bits():
     c = router.compare_routing(got[3][0], got[3][1], router.router_logits_reference(x, layer), 6, "softmax")
     assert c.ok and c.max_weight_err < 1e-4, c
     assert torch.equal(got[3][0], got[4][0]) and torch.equal(got[3][1], got[4][1])
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and _sm() < 8, reason="the portable kernel needs SM80 or later")
+@pytest.mark.parametrize("t,cfg", [(7, (1, 7, 1)), (37, (2, 2, 3)), (130, (2, 1, 2)), (130, (4, 3, 3)), (64, (2, 4, 4))],
+                         ids=lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v))
+def test_swapab_tile_shapes_match_the_reference(t, cfg):
+    # (n-tiles, K splits, 16-expert blocks) per CTA: the fp16 decode feeds 1-4 expert blocks and
+    # 1-4 token tiles per warp, polled (<= 3 splits) and counted routes, ragged token groups
+    from kernels.router.launch import run_mma_gemv
+
+    layer, x = _case(t, 384, 2048, seed=11 + t)
+    act = router.prepare_activation(x, layer)
+    ref = router.router_logits_reference(x, layer)
+    first = run_mma_gemv(act, layer, 6, "softmax", False, cfg)
+    c = router.compare_routing(first[0], first[1], ref, 6, "softmax")
+    assert c.ok and c.max_weight_err < 1e-4, (cfg, c)
+    again = run_mma_gemv(act, layer, 6, "softmax", False, cfg)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
