@@ -49,9 +49,10 @@ last_kernel: Optional[str] = None  #: "gemv", "swapab" or "mma" when the latest 
 last_quantizer: Optional[str] = None  #: "fused" (one-kernel quantizer) or "torch" of the latest prepare_activation
 
 #: crossovers measured on the H200 (bench/results/h200/): the CUDA-core GEMV kernel is the fastest
-#: for one token (3.9 / 4.3 us at E=256 / 384, swap-AB 5.1 / 6.0), the tensor-core "swap-AB" decode
-#: kernel from 2 tokens up to SWAPAB_MAX_TOKENS (T=7: 5.6 us, GEMV 6.1; T=512: 36.3 / 52.4 us, the
-#: pipelined tile kernel 54.8 / 55.6), the pipelined tile kernel above (T=4096: 64 us at E=256)
+#: for one token (3.9 / 4.4 us at E=256 / 384, swap-AB 4.8 / 5.3), the tensor-core "swap-AB" decode
+#: kernel from 2 tokens up to SWAPAB_MAX_TOKENS (T=7: 5.2 us, GEMV 6.2; T=512: 25.8 / 36.6 us, the
+#: pipelined tile kernel 39.6 / 40.7 with 4 splits), the pipelined tile kernel above (T=4096: 65 us
+#: at E=256)
 GEMV_MAX_TOKENS = 1
 SWAPAB_MAX_TOKENS = 512
 

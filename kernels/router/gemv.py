@@ -30,7 +30,7 @@ import math
 import cutlass
 import cutlass.cute as cute
 
-from .portable import DSL_OPS, LUT_E2M1, LUT_E4M3, LUT_SIZE
+from .portable import DSL_OPS, LUT_E4M3, LUT_SIZE
 from .quant import _asm, _f2i, _i2f, _sel
 from .topk import EMPTY_ID, sorted_insert
 
