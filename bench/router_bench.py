@@ -43,7 +43,13 @@ from kernels.router.gemv import compile_gemv, compile_mma_gemv, pick_gemv, pick_
 from kernels.router.launch import current_stream, gemv_args, mma_gemv_args, plan_portable, portable_args  # noqa: E402
 from kernels.router.portable import compile_portable  # noqa: E402
 from kernels.router.launch import tile_launcher  # noqa: E402
-from kernels.router.tile import pick_tile_splits  # noqa: E402
+from kernels.router.tile import device_ctas_per_wave, device_stages, pick_tile_grid  # noqa: E402
+
+
+def tile_grid(t: int, e: int, hidden: int, dev) -> str:
+    """The tile kernel's grid for a problem: its split count, or "sk<CTAs>" for the stream-K grid."""
+    kind, g1, _ = pick_tile_grid(t, e, hidden, device_ctas_per_wave(dev, device_stages(dev)))
+    return f"sk{g1}" if kind == "stream_k" else str(g1)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from router_validate import make_layer, make_tokens  # noqa: E402
@@ -123,7 +129,7 @@ def write_results(rows, name, a, copy, floor) -> str:
         "activation bytes / time; quant = the fused activation quantizer alone (quantizer of fused+quant: "
         f"{rows[0].get('quantizer') if rows else '-'}), torchq+route = the PyTorch quantizer + the kernel",
         "",
-        "| T | E | kernel | fused | swapab | gemv | tile (splits) | mma (split-K) | mma, no split | quant | fused+quant | torchq+route "
+        "| T | E | kernel | fused | swapab | gemv | tile (splits; skN: stream-K on N CTAs) | mma (split-K) | mma, no split | quant | fused+quant | torchq+route "
         "| bf16 GEMM+topk | deq+GEMM+topk | bf16/fused | deq/fused | quant+route/route | torchq+route/route "
         "| fused GB/s | % of copy | TFLOP/s |",
         "|" + "---|" * 21,
@@ -246,7 +252,7 @@ def main(argv=None) -> int:
             paths["deq"] = [lambda m=m, sc=sc: deq(m, sc) for m, sc in deq_w]
             paths = {key: fns for key, fns in paths.items() if key == "fused" or key not in a.skip}
             r = {"T": t, "E": e, "k": a.topk, "kernel": chosen, "layers": a.layers, "quantizer": quantizer,
-                 "splits": plan_portable(t, a.hidden, experts=e)[2], "tile_splits": pick_tile_splits(t, e, a.hidden)[0]}
+                 "splits": plan_portable(t, a.hidden, experts=e)[2], "tile_splits": tile_grid(t, e, a.hidden, dev)}
             for key, fns in paths.items():
                 r[key + "_us"], r[key + "_timing"] = time_us(fns, a.reps)
             fus = r["fused_us"]

@@ -144,6 +144,13 @@ def main(argv=None) -> int:
                 for splits in (1, 4):
                     cute.compile(TileRouterKernel(k, scoring, renorm, splits), *args)
                     done.append(f"k={k},{scoring},tile splits={splits}")
+                # the stream-K grid (one wave of equal K ranges) and its route kernel's slot counts; first,
+                # as the later kernels' PTX files (same names) are the ones checked
+                cute.compile(TileRouterKernel(k, scoring, renorm, 4, stream_k_ctas=264), *args)
+                done.append(f"k={k},{scoring},tile stream-K 264 CTAs")
+                cute.compile(SplitRouteKernel(k, scoring, renorm, 256, 4, stream_k=(112, 264)), args[7], args[5],
+                             args[6], args[-1])
+                done.append(f"k={k},{scoring},split route stream-K")
                 # the 3-deep ring the launcher picks where a CTA gets less SMEM (SM120/SM121)
                 cute.compile(TileRouterKernel(k, scoring, renorm, 4, stages=3), *args)
                 done.append(f"k={k},{scoring},tile splits=4 stages=3")

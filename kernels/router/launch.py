@@ -188,24 +188,42 @@ def tile_args(activation, linear, top_k: int, splits: int, k_per_split: int):
 
 
 def tile_launcher(activation, linear, top_k: int, scoring: str, renormalize: bool, config=None,
-                  route_in_kernel: bool = False, stages=None):
+                  route_in_kernel: bool = False, stages=None, stream_k=None):
     """``(launch, ids, weights)``: ``launch()`` runs the tile kernel and (unless ``route_in_kernel``)
     its route kernel on the current stream, with arguments prepared once (as a CUDA graph replays them).
-    ``stages``: the cp.async ring depth (default: the deepest the device's SMEM per CTA allows)."""
-    from .tile import compile_split_route, compile_tile, device_stages, pick_tile_splits
+    ``config``: ``(splits, k_tiles_per_split)`` of the split grid; ``stream_k``: ``(ctas, slots)`` of a
+    stream-K grid; neither: ``pick_tile_grid`` for this device.  ``stages``: the cp.async ring depth
+    (default: the deepest the device's SMEM per CTA allows)."""
+    from .tile import (BK, compile_split_route, compile_tile, device_ctas_per_wave, device_stages, pick_tile_grid)
 
     t = activation[0].shape[0]
-    splits, per = config or pick_tile_splits(t, linear.out_features, linear.in_features)
-    # the route kernel unrolls E/32 columns per lane: past 2048 experts the in-kernel route
-    route_in_kernel = route_in_kernel or linear.out_features > 2048
-    args, ids, w = tile_args(activation, linear, top_k, splits, per)
     dev = activation[0].device
     stages = stages or device_stages(dev)
-    fn = compile_tile(top_k, scoring, renormalize, splits, args, route_in_kernel=route_in_kernel, stages=stages)
+    # the route kernel unrolls E/32 columns per lane: past 2048 experts the in-kernel route
+    route_in_kernel = route_in_kernel or linear.out_features > 2048
+    if config is None and stream_k is None and not route_in_kernel:
+        kind, a, b = pick_tile_grid(t, linear.out_features, linear.in_features, device_ctas_per_wave(dev, stages))
+        if kind == "stream_k":
+            stream_k = (a, b)
+        else:
+            config = (a, b)
+    if stream_k is not None:
+        ctas, slots = stream_k
+        args, ids, w = tile_args(activation, linear, top_k, slots, 0)
+        fn = compile_tile(top_k, scoring, renormalize, slots, args, stages=stages, stream_k_ctas=ctas)
+        route_sk = (linear.in_features // BK, ctas)
+        splits = slots
+    else:
+        from .tile import pick_tile_splits
+
+        splits, per = config or pick_tile_splits(t, linear.out_features, linear.in_features)
+        args, ids, w = tile_args(activation, linear, top_k, splits, per)
+        fn = compile_tile(top_k, scoring, renormalize, splits, args, route_in_kernel=route_in_kernel, stages=stages)
+        route_sk = None
     if route_in_kernel:
         return (lambda: fn(*args[:-1], current_stream(dev))), ids, w
     rargs = (args[7], args[5], args[6], args[-1])  # workspace, ids, weights, stream
-    route = compile_split_route(top_k, scoring, renormalize, linear.out_features, splits, rargs)
+    route = compile_split_route(top_k, scoring, renormalize, linear.out_features, splits, rargs, route_sk)
 
     def launch():
         stream = current_stream(dev)

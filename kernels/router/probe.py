@@ -40,6 +40,9 @@ def main(argv=None) -> int:
     p.add_argument("--in-kernel", action="store_true", help="also time the tile kernel's in-kernel route")
     p.add_argument("--stages", type=int, default=None,
                    help="the tile kernel's ring depth (default: the deepest the device's SMEM allows)")
+    p.add_argument("--stream-k", nargs="*", type=int, default=None, metavar="CTAS",
+                   help="also check and time the tile kernel's stream-K grid (CTAS: grid sizes; none: one wave "
+                        "of this device)")
     p.add_argument("--split-timing", action="store_true",
                    help="also time the tile kernel and its route kernel each alone")
     p.add_argument("--once", action="store_true", help="launch each tile configuration 3 times, no timing (for ncu)")
@@ -65,6 +68,25 @@ def main(argv=None) -> int:
                     kind = "gemv" if cfg in a.gemv else "swapab"
                     rc |= _decode(kind, tuple(int(c) for c in cfg.split(",")), v, x, base, act, ref_logits, layers,
                                   a, {"T": t, "E": e})
+            for ctas in ((a.stream_k or [0]) if a.stream_k is not None and t >= 128 else []):
+                from kernels.router.tile import BN as TBN, device_ctas_per_wave, stream_k_slots
+
+                ctas = ctas or device_ctas_per_wave(dev, a.stages or device_stages(dev))
+                slots = stream_k_slots(-(-t // 128) * (e // TBN), k_tiles, ctas)
+                res = {"T": t, "E": e, "kernel": "tile", "stream_k_ctas": ctas, "slots": slots}
+                sk = (ctas, slots)
+                if not a.no_check:
+                    outs = []
+                    for _ in range(3):
+                        launch, ids, w = tile_launcher(act, base, 6, "softmax", False, stages=a.stages, stream_k=sk)
+                        launch()
+                        outs.append((ids, w))
+                    rc |= _check(outs, ref_logits, res)
+                us, _ = rb.time_us([tile_launcher(act, lay, 6, "softmax", False, stages=a.stages, stream_k=sk)[0]
+                                    for lay in layers], a.reps)
+                res["us"] = round(us, 2)
+                res["TFLOPs"] = round(2 * t * e * a.hidden / us / 1e6, 1)
+                print(json.dumps(res), flush=True)
             for s in (a.tile_splits if t >= 128 else []):
                 per = -(-k_tiles // s)
                 splits = -(-k_tiles // per)

@@ -54,7 +54,7 @@ def test_decode_kernels_compile(arch):
 def test_tile_kernel_compiles(arch):
     # the pipelined large-T kernel: cp.async ring of packed operands, decode to fp16 (lop3 +
     # mul.rn.f16x2), ldmatrix, fp16 mma.sync with fp32 accumulate; its in-kernel route (one atomic
-    # per row tile) and the route kernel of the default path (warp shuffles)
+    # per row tile), the route kernel of the default path (warp shuffles), the stream-K grid
     rc, res, err = _compile("tile", arch, "--topk", "6", "--scorings", "softmax",
                             "--expect-ptx", "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
                             "--expect-ptx", "cp.async.cg.shared.global", "--expect-ptx", "ldmatrix",
@@ -62,6 +62,7 @@ def test_tile_kernel_compiles(arch):
                             "--expect-ptx", "shfl.sync.bfly")
     assert rc == 0 and res["ok"], (res, err[-3000:])
     assert res["compiled"] == ["k=6,softmax,tile splits=1", "k=6,softmax,tile splits=4",
+                               "k=6,softmax,tile stream-K 264 CTAs", "k=6,softmax,split route stream-K",
                                "k=6,softmax,tile splits=4 stages=3",
                                "k=6,softmax,tile splits=4 route in kernel", "k=6,softmax,split route splits=4"]
     assert "tcgen05" not in err and "wgmma" not in err

@@ -139,3 +139,38 @@ def test_launch_rules():
     nt, ks, mw = pick_mma_gemv(32, 256, 7168)
     assert nt == 2 and 1 < ks <= 7 and mw == 1
     assert swapab_polls(1) and swapab_polls(3) and not swapab_polls(7)
+
+
+@pytest.mark.parametrize("t,e,ctas", [(4096, 384, 264), (8192, 384, 264), (4096, 256, 170), (1000, 384, 132)])
+def test_stream_k_ranges_cover_every_unit_once(t, e, ctas):
+    # the stream-K tile grid: CTA c takes units [c U / N, (c+1) U / N) of the tile-major, K-inner
+    # order; each piece inside one tile lands in that tile's slot c - first(tile), and the route
+    # kernel sums stream_k_count(tile) slots: so every (tile, k-tile) is summed exactly once and in
+    # K order
+    from kernels.router.tile import BK, BM, BN, pick_tile_grid, stream_k_count, stream_k_first, stream_k_slots
+
+    k_tiles = 7168 // BK
+    tiles = -(-t // BM) * (e // BN)
+    units = tiles * k_tiles
+    seen = {}
+    for c in range(ctas):
+        u, end = c * units // ctas, (c + 1) * units // ctas
+        while u < end:  # the kernel's segment loop
+            tile = u // k_tiles
+            seg_end = min(end, (tile + 1) * k_tiles)
+            slot = c - stream_k_first(tile, k_tiles, units, ctas)
+            seen.setdefault(tile, []).append((slot, u - tile * k_tiles, seg_end - u))
+            u = seg_end
+    assert sorted(seen) == list(range(tiles))
+    slots = stream_k_slots(tiles, k_tiles, ctas)
+    for tile, segs in seen.items():
+        assert [s for s, _, _ in segs] == list(range(len(segs)))  # slots 0, 1, ... in K order
+        assert len(segs) == stream_k_count(tile, k_tiles, units, ctas) <= slots
+        k = 0
+        for _, k0, n in segs:
+            assert k0 == k and n > 0
+            k += n
+        assert k == k_tiles
+    if (t, e, ctas) == (4096, 384, 264):
+        assert slots == 4 and pick_tile_grid(t, e, 7168, ctas) == ("stream_k", 264, 4)
+        assert pick_tile_grid(t, 256, 7168, ctas)[0] == "split"  # 256 CTAs already fit one wave
