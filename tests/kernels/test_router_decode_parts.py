@@ -1,6 +1,6 @@
 """Pieces of the decode kernels checked on the CPU: the ``prmt``/``dp4a`` dot product as the PTX
 text the GEMV kernel ships (run by a small interpreter of the instructions it uses), the polling
-sentinel and its workspace, and the launch-configuration rules."""
+sentinel and its workspace, the launch-configuration rules, and the tile kernel's stream-K ranges."""
 
 import importlib.util
 import random
