@@ -43,12 +43,12 @@ from kernels.router.gemv import compile_gemv, compile_mma_gemv, pick_gemv, pick_
 from kernels.router.launch import current_stream, gemv_args, mma_gemv_args, plan_portable, portable_args  # noqa: E402
 from kernels.router.portable import compile_portable  # noqa: E402
 from kernels.router.launch import tile_launcher  # noqa: E402
-from kernels.router.tile import device_ctas_per_wave, device_stages, pick_tile_grid  # noqa: E402
+from kernels.router.tile import device_tile_grid  # noqa: E402
 
 
 def tile_grid(t: int, e: int, hidden: int, dev) -> str:
     """The tile kernel's grid for a problem: its split count, or "sk<CTAs>" for the stream-K grid."""
-    kind, g1, _ = pick_tile_grid(t, e, hidden, device_ctas_per_wave(dev, device_stages(dev)))
+    kind, g1, _ = device_tile_grid(t, e, hidden, dev)
     return f"sk{g1}" if kind == "stream_k" else str(g1)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

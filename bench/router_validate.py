@@ -84,9 +84,9 @@ def main(argv=None) -> int:
                     tm, rb = pick_gemv(t, e)
                     path = f"gemv tm={tm} rb={rb}"
                 elif path == "portable" and router.last_kernel == "tile":
-                    from kernels.router.tile import device_ctas_per_wave, device_stages, pick_tile_grid
+                    from kernels.router.tile import device_tile_grid
 
-                    kind, g1, g2 = pick_tile_grid(t, e, a.hidden, device_ctas_per_wave(dev, device_stages(dev)))
+                    kind, g1, g2 = device_tile_grid(t, e, a.hidden, dev)
                     path = f"tile stream-K ctas={g1} slots={g2}" if kind == "stream_k" else f"tile splits={g1}"
                 elif path == "portable":
                     from kernels.router.launch import plan_portable

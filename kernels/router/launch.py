@@ -194,7 +194,7 @@ def tile_launcher(activation, linear, top_k: int, scoring: str, renormalize: boo
     ``config``: ``(splits, k_tiles_per_split)`` of the split grid; ``stream_k``: ``(ctas, slots)`` of a
     stream-K grid; neither: ``pick_tile_grid`` for this device.  ``stages``: the cp.async ring depth
     (default: the deepest the device's SMEM per CTA allows)."""
-    from .tile import (BK, compile_split_route, compile_tile, device_ctas_per_wave, device_stages, pick_tile_grid)
+    from .tile import BK, compile_split_route, compile_tile, device_stages, device_tile_grid
 
     t = activation[0].shape[0]
     dev = activation[0].device
@@ -202,7 +202,7 @@ def tile_launcher(activation, linear, top_k: int, scoring: str, renormalize: boo
     # the route kernel unrolls E/32 columns per lane: past 2048 experts the in-kernel route
     route_in_kernel = route_in_kernel or linear.out_features > 2048
     if config is None and stream_k is None and not route_in_kernel:
-        kind, a, b = pick_tile_grid(t, linear.out_features, linear.in_features, device_ctas_per_wave(dev, stages))
+        kind, a, b = device_tile_grid(t, linear.out_features, linear.in_features, dev, stages)
         if kind == "stream_k":
             stream_k = (a, b)
         else:

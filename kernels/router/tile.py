@@ -335,7 +335,7 @@ class TileRouterKernel(PortableRouterKernel):
             while u < u_end:
                 tile = u // k_tiles
                 seg_end = cutlass.min(u_end, (tile + 1) * k_tiles)
-                first = ((tile * k_tiles + 1) * nct - 1) // units
+                first = stream_k_first(tile, k_tiles, units, nct)
                 self._segment(mA, mSFA, mB, mSFB, mAlpha, mWs, sRaw, sAB32, sA, sB, cp16, cp4, tiled_mma,
                               tile % m_tiles, tile // m_tiles, u - tile * k_tiles, seg_end - u, bidx - first,
                               T, kw, k_tiles, tidx)
@@ -528,6 +528,11 @@ def pick_tile_grid(num_tokens: int, experts: int, hidden: int, ctas_per_wave: in
         if slots <= STREAM_K_MAX_SLOTS:
             return "stream_k", ctas_per_wave, slots
     return "split", splits, per
+
+
+def device_tile_grid(num_tokens: int, experts: int, hidden: int, device, stages=None):
+    """:func:`pick_tile_grid` for one wave of ``device`` (the ring depth it gets unless ``stages``)."""
+    return pick_tile_grid(num_tokens, experts, hidden, device_ctas_per_wave(device, stages or device_stages(device)))
 
 
 def pick_tile_splits(num_tokens: int, experts: int, hidden: int):
