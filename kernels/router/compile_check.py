@@ -174,6 +174,16 @@ def main(argv=None) -> int:
                     margs = mma_gemv_args(*_act_layer(), k, nt, ks, poll)[0]
                     cute.compile(MmaGemvRouterKernel(k, scoring, renorm, 256, nt, ks, poll, mw=mw), *margs)
                     done.append(f"k={k},{scoring},swapab nt={nt},ksplit={ks},mw={mw},poll={poll}")
+                # the staged-decode kernel (cp.async ring, operands decoded once per CTA into shared
+                # memory): the counted route with a 3-deep ring, then (last: its PTX file is the one
+                # checked) the waiting route with a 4-deep ring
+                from kernels.router.launch import staged_args
+                from kernels.router.staged import StagedRouterKernel
+
+                for em, tn, ks, stages, route in ((32, 32, 3, 3, "count"), (64, 32, 5, 4, "wait")):
+                    sargs = staged_args(*_act_layer(), k, tn, ks)[0]
+                    cute.compile(StagedRouterKernel(k, scoring, renorm, 256, em, tn, ks, "", stages, route), *sargs)
+                    done.append(f"k={k},{scoring},staged {em}x{tn},ksplit={ks},stages={stages},route={route}")
             else:
                 from kernels.router.sm100 import Sm100RouterKernel
 

@@ -156,6 +156,45 @@ def run_mma_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool
     return ids, w
 
 
+def staged_args(activation, linear, top_k: int, tn: int, ksplit: int):
+    """CuTe arguments of the staged-decode kernel (``kernels.router.staged``): packed codes and
+    scales as int32 words (cp.async), partial logits ``[ksplit, T, E]``, one counter per 8 tokens."""
+    a_data, a_scales = activation[0], activation[1]
+    t = a_data.shape[0]
+    dev = a_data.device
+    e = linear.out_features
+    ws = torch.empty((ksplit, t, e), dtype=torch.float32, device=dev)
+    cnt = _counters(dev, -(-t // tn) * (tn // 8))
+    alpha = _alpha(activation, linear, dev)
+    ids = torch.empty((t, top_k), dtype=torch.int32, device=dev)
+    w = torch.empty((t, top_k), dtype=torch.float32, device=dev)
+    args = (
+        _cute(a_data.contiguous().view(torch.int32)),
+        _cute(a_scales.contiguous().view(torch.uint8).view(torch.int32)),
+        _cute(linear._mat_b.contiguous().view(torch.int32)),
+        _cute(linear._scale_b.contiguous().view(torch.uint8).reshape(-1).view(torch.int32)),
+        _cute(alpha),
+        _cute(ws),
+        _cute(ids),
+        _cute(w),
+        _cute(cnt),
+        current_stream(dev),
+    )
+    return args, ids, w
+
+
+def run_staged(activation, linear, top_k: int, scoring: str, renormalize: bool, config=None):
+    """The staged-decode swap-AB kernel; ``config`` = ``(em, tn, ksplit[, stages])``."""
+    from .staged import compile_staged, pick_staged
+
+    t = activation[0].shape[0]
+    em, tn, ksplit, *rest = config or pick_staged(t, linear.out_features, linear.in_features)
+    args, ids, w = staged_args(activation, linear, top_k, tn, ksplit)
+    fn = compile_staged(top_k, scoring, renormalize, linear.out_features, em, tn, ksplit, args, "", *rest)
+    fn(*args)
+    return ids, w
+
+
 def tile_args(activation, linear, top_k: int, splits: int, k_per_split: int):
     """CuTe arguments of the pipelined tile kernel (``kernels.router.tile``): packed codes and
     scales as int32 words, an fp32 workspace ``[splits, T rounded up to 128, E]`` of partial logits

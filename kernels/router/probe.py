@@ -49,6 +49,8 @@ def main(argv=None) -> int:
     p.add_argument("--gemv", nargs="*", default=[], metavar="TM,RB", help="GEMV kernel configurations to check and time")
     p.add_argument("--swapab", nargs="*", default=[], metavar="NT,KSPLIT[,MW]",
                    help="swap-AB kernel configurations (MW: 16-expert blocks per CTA, default 1)")
+    p.add_argument("--staged", nargs="*", default=[], metavar="EM,TN,KSPLIT[,STAGES]",
+                   help="staged-decode swap-AB configurations (experts x tokens per CTA, K splits)")
     p.add_argument("--decode-variants", nargs="*", default=[""],
                    help="variants of the decode kernels: plain (as shipped), noroute (logits only); "
                         "swap-AB only: poll / count (force the polled or the counted route)")
@@ -63,9 +65,9 @@ def main(argv=None) -> int:
             x = make_tokens(t, a.hidden, seed=1000 + t, device=dev)
             act = router.prepare_activation(x, base)
             ref_logits = router.router_logits_reference(x, base)
-            for cfg in a.gemv + a.swapab:
+            for cfg in a.gemv + a.swapab + a.staged:
                 for v in a.decode_variants:
-                    kind = "gemv" if cfg in a.gemv else "swapab"
+                    kind = "gemv" if cfg in a.gemv else "swapab" if cfg in a.swapab else "staged"
                     rc |= _decode(kind, tuple(int(c) for c in cfg.split(",")), v, x, base, act, ref_logits, layers,
                                   a, {"T": t, "E": e})
             for ctas in ((a.stream_k or [0]) if a.stream_k is not None and t >= 128 else []):
@@ -180,6 +182,13 @@ def _decode(kind, cfg, variant, x, base, act, ref_logits, layers, a, res) -> int
         if kind == "gemv":
             args, ids, w = launch.gemv_args(act, lay, 6, cfg[0])
             fn = compile_gemv(6, "softmax", False, lay.out_features, cfg[0], cfg[1], args, variant)
+        elif kind == "staged":
+            from kernels.router.staged import compile_staged
+
+            args, ids, w = launch.staged_args(act, lay, 6, cfg[1], cfg[2])
+            fn = compile_staged(6, "softmax", False, lay.out_features, cfg[0], cfg[1], cfg[2], args,
+                                "noroute" if "noroute" in variant else "", *cfg[3:],
+                                route="count" if "count" in variant else "wait")
         else:
             poll = "poll" in variant or ("count" not in variant and swapab_polls(cfg[1]))
             args, ids, w = launch.mma_gemv_args(act, lay, 6, cfg[0], cfg[1], poll)

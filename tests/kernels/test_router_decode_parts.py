@@ -1,6 +1,7 @@
 """Pieces of the decode kernels checked on the CPU: the ``prmt``/``dp4a`` dot product as the PTX
 text the GEMV kernel ships (run by a small interpreter of the instructions it uses), the polling
-sentinel and its workspace, the launch-configuration rules, and the tile kernel's stream-K ranges."""
+sentinel and its workspace, the launch-configuration rules, the tile kernel's stream-K ranges, and
+the staged kernel's decode-piece assignment and shared-memory layout."""
 
 import importlib.util
 import random
@@ -174,3 +175,58 @@ def test_stream_k_ranges_cover_every_unit_once(t, e, ctas):
     if (t, e, ctas) == (4096, 384, 264):
         assert slots == 4 and pick_tile_grid(t, e, 7168, ctas) == ("stream_k", 264, 4)
         assert pick_tile_grid(t, 256, 7168, ctas)[0] == "split"  # 256 CTAs already fit one wave
+
+
+def _phases_conflict_free(word_offsets):
+    """16-byte accesses of a warp (32 word offsets): each 8-lane phase touches 8 different
+    16-byte bank groups (no shared-memory bank conflict)."""
+    return all(len({(o // 4) % 8 for o in word_offsets[p:p + 8]}) == 8 for p in range(0, 32, 8))
+
+
+@pytest.mark.parametrize("em,tn", [(64, 32), (32, 32), (64, 16), (128, 32), (64, 64)])
+def test_staged_pieces_cover_every_unit_once_without_bank_conflicts(em, tn):
+    from kernels.router.gemv import THREADS, WARPS
+    from kernels.router.staged import StagedRouterKernel, chunk_offset, staged_layout
+
+    k = StagedRouterKernel(6, "softmax", False, 384, em, tn, ksplit=3)
+    wm, wn, parts = staged_layout(em, tn)
+    assert (k.wm, k.wn, k.parts) == (wm, wn, parts)
+    # the warps' 16 wm x 8 wn blocks tile the CTA's em x tn exactly
+    warps_m = em // (16 * wm)
+    blocks = {((w % warps_m) * 16 * wm, (w // warps_m) * 8 * wn) for w in range(WARPS)}
+    assert len(blocks) == WARPS and warps_m * 16 * wm == em and (WARPS // warps_m) * 8 * wn == tn
+    # the kernel's piece -> (unit, code words): every word of every unit decoded once, weight
+    # pieces exactly the first weight_parts of each thread
+    seen = []
+    for i in range(k.per_thread):
+        for t in range(THREADS):
+            p = t + THREADS * i
+            unit, w0 = p // parts, (p % parts) * k.words
+            assert (unit < 4 * em) == (i < k.weight_parts)
+            seen += [(unit, w0 + wl) for wl in range(k.words)]
+    assert sorted(seen) == [(u, w) for u in range(k.units) for w in range(4)]
+    # stores: a warp's lanes write consecutive pieces; loads: lane (g, q) reads unit (row g, chunk q)
+    for i in range(k.per_thread):
+        for wl in range(k.words):
+            for warp in range(WARPS):
+                offs = []
+                for lane in range(32):
+                    p = warp * 32 + lane + THREADS * i
+                    offs.append(chunk_offset(p // parts, (p % parts) * k.words + wl))
+                assert _phases_conflict_free(offs), (i, wl, warp)
+    for w in range(4):
+        for r0 in range(0, em + tn, 8):
+            offs = [chunk_offset((r0 + lane // 4) * 4 + lane % 4, w) for lane in range(32)]
+            assert _phases_conflict_free(offs)
+    assert len({chunk_offset(u, w) for u in range(k.units) for w in range(4)}) == 4 * k.units
+
+
+def test_staged_layout_rejects_tiles_it_cannot_split():
+    from kernels.router.staged import pick_staged, staged_layout
+
+    with pytest.raises(ValueError):
+        staged_layout(48, 32)  # 12 blocks of 16 x 8 over 8 warps
+    with pytest.raises(ValueError):
+        staged_layout(16, 8)
+    em, tn, ks = pick_staged(128, 384, 7168)
+    assert (em, tn) == (64, 32) and 6 * 4 * ks >= 264 and 56 // ks >= 4

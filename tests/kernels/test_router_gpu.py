@@ -171,3 +171,22 @@ def test_tile_kernel_stream_k_grid_matches_the_reference(t, ctas):
     c = router.compare_routing(outs[0][0], outs[0][1], router.router_logits_reference(x, layer), 6, "softmax")
     assert c.ok and c.max_weight_err < 1e-4, c
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and _sm() < 8, reason="the portable kernel needs SM80 or later")
+@pytest.mark.parametrize("t,cfg", [(128, (64, 32, 4)), (37, (32, 32, 3)), (130, (64, 16, 5)), (200, (128, 32, 1)),
+                                   (64, (64, 64, 2))],
+                         ids=lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v))
+def test_staged_kernel_tile_shapes_match_the_reference(t, cfg):
+    # (experts, tokens, K splits) per CTA: 1-4 decode pieces per unit, 1-4 expert and token blocks
+    # per warp, ragged token groups, 1-5 K splits (empty splits included: 16 steps over 5 splits)
+    from kernels.router.launch import run_staged
+
+    layer, x = _case(t, 384, 2048, seed=31 + t)
+    act = router.prepare_activation(x, layer)
+    ref = router.router_logits_reference(x, layer)
+    first = run_staged(act, layer, 6, "softmax", False, cfg)
+    c = router.compare_routing(first[0], first[1], ref, 6, "softmax")
+    assert c.ok and c.max_weight_err < 1e-4, (cfg, c)
+    again = run_staged(act, layer, 6, "softmax", False, cfg)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
