@@ -8,8 +8,9 @@ not from the 60 MB L2), replayed ``--reps`` times; the time per call is the medi
 
 * ``fused``        the kernel the router picks (``choose_kernel``: GEMV, swap-AB or the pipelined
   tile kernel), activations already quantized to NVFP4;
-* ``swapab`` / ``gemv`` / ``tile`` / ``mma`` / ``mma_nosplit`` each kernel forced (where it takes the
-  shape): tensor-core decode, CUDA-core decode, the pipelined tile kernel (T >= 128), the older
+* ``swapab`` / ``staged`` / ``gemv`` / ``tile`` / ``mma`` / ``mma_nosplit`` each kernel forced (where
+  it takes the shape): tensor-core decode per warp, tensor-core decode staged once per CTA in shared
+  memory (32 <= T <= 512), CUDA-core decode, the pipelined tile kernel (T >= 128), the older
   mma.sync tile kernel with and without split-K;
 * ``fused+quant``  ``run_nvfp4_fused_router`` from bf16 activations, its default path: the fused
   one-kernel quantizer (``kernels.router.quant``; the PyTorch one when
@@ -40,9 +41,10 @@ import torch  # noqa: E402
 from kernels import router  # noqa: E402
 from kernels.nvfp4 import dequantize_nvfp4  # noqa: E402
 from kernels.router.gemv import compile_gemv, compile_mma_gemv, pick_gemv, pick_mma_gemv, swapab_polls  # noqa: E402
+from kernels.router.staged import compile_staged, pick_staged  # noqa: E402
 from kernels.router.launch import current_stream, gemv_args, mma_gemv_args, plan_portable, portable_args  # noqa: E402
 from kernels.router.portable import compile_portable  # noqa: E402
-from kernels.router.launch import tile_launcher  # noqa: E402
+from kernels.router.launch import staged_args, tile_launcher  # noqa: E402
 from kernels.router.tile import device_tile_grid  # noqa: E402
 
 
@@ -129,15 +131,15 @@ def write_results(rows, name, a, copy, floor) -> str:
         "activation bytes / time; quant = the fused activation quantizer alone (quantizer of fused+quant: "
         f"{rows[0].get('quantizer') if rows else '-'}), torchq+route = the PyTorch quantizer + the kernel",
         "",
-        "| T | E | kernel | fused | swapab | gemv | tile (splits; skN: stream-K on N CTAs) | mma (split-K) | mma, no split | quant | fused+quant | torchq+route "
+        "| T | E | kernel | fused | swapab | staged | gemv | tile (splits; skN: stream-K on N CTAs) | mma (split-K) | mma, no split | quant | fused+quant | torchq+route "
         "| bf16 GEMM+topk | deq+GEMM+topk | bf16/fused | deq/fused | quant+route/route | torchq+route/route "
         "| fused GB/s | % of copy | TFLOP/s |",
-        "|" + "---|" * 21,
+        "|" + "---|" * 22,
     ]
     for r in rows:
         qr = r.get("quant+route/route")
         tq = r.get("torchq+route/route")
-        lines.append(f"| {r['T']} | {r['E']} | {r['kernel']} | {f(r, 'fused')} | {f(r, 'swapab')} | {f(r, 'gemv')} | {f(r, 'tile')} ({r['tile_splits']}) | {f(r, 'mma')} "
+        lines.append(f"| {r['T']} | {r['E']} | {r['kernel']} | {f(r, 'fused')} | {f(r, 'swapab')} | {f(r, 'staged')} | {f(r, 'gemv')} | {f(r, 'tile')} ({r['tile_splits']}) | {f(r, 'mma')} "
                      f"({r['splits']}) | {f(r, 'mma_nosplit')} | {f(r, 'quant')} | {f(r, 'fused+quant')} | "
                      f"{f(r, 'torchq+route')} | {f(r, 'bf16')} | "
                      f"{f(r, 'deq')} | {r['bf16/fused']:.2f} | {r['deq/fused']:.2f} | "
@@ -205,6 +207,11 @@ def main(argv=None) -> int:
                 args, _, _ = mma_gemv_args(act, lay, a.topk, nt, ks, poll)
                 return compile_mma_gemv(a.topk, a.scoring, renorm, e, nt, ks, args, poll, mw=mw), args
 
+            def staged_make(lay):
+                em, tn, ks = pick_staged(t, e, a.hidden)
+                args, _, _ = staged_args(act, lay, a.topk, tn, ks)
+                return compile_staged(a.topk, a.scoring, renorm, e, em, tn, ks, args), args
+
             def mma_make(split):
                 def make(lay):
                     bm, threads, splits, per = plan_portable(t, a.hidden, split_k=split, experts=e)
@@ -218,6 +225,8 @@ def main(argv=None) -> int:
                 paths["tile"] = [tile_launcher(act, lay, a.topk, a.scoring, renorm)[0] for lay in layers]
             if t <= 512:
                 paths["swapab"] = launchers(swapab_make)
+                if t >= 32:
+                    paths["staged"] = launchers(staged_make)
                 paths["gemv"] = launchers(gemv_make)
             paths["mma"] = launchers(mma_make(None))
             if "mma_nosplit" not in a.skip:
