@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     p.add_argument("--split-k", choices=["auto", "off", "both"], default="both",
                    help="portable path: the kernel the router picks (auto), the mma.sync kernel without split-K "
                         "(off), or both")
-    p.add_argument("--kernel", default=None, help="portable path: force gemv, swapab or mma")
+    p.add_argument("--kernel", default=None, help="portable path: force gemv, swapab, staged, tile or mma")
     p.add_argument("--weight-tol", type=float, default=1e-4)
     p.add_argument("--tie-rel", type=float, default=1e-5)
     a = p.parse_args(argv)
@@ -78,6 +78,11 @@ def main(argv=None) -> int:
 
                     nt, ks, mw = pick_mma_gemv(t, e, a.hidden)
                     path = f"swapab nt={nt} ksplit={ks} mw={mw}"
+                elif path == "portable" and router.last_kernel == "staged":
+                    from kernels.router.staged import pick_staged
+
+                    em, tn, ks = pick_staged(t, e, a.hidden)
+                    path = f"staged {em}x{tn} ksplit={ks}"
                 elif path == "portable" and router.last_kernel == "gemv":
                     from kernels.router.gemv import pick_gemv
 

@@ -13,7 +13,9 @@ selection fused into the epilogue.
   ``SWAPAB_MAX_TOKENS``, both with the top-k in the same launch; above that
   ``kernels.router.tile`` (cp.async ring of packed operands, decode once per tile to fp16,
   ``ldmatrix`` + ``mma.sync``, split-K partials routed by a second launch);
-  ``kernels.router.portable`` (the older ``mma.sync`` tile kernel) only when forced.
+  ``kernels.router.portable`` (the older ``mma.sync`` tile kernel) and ``kernels.router.staged``
+  (swap-AB with each operand decoded once per CTA into shared memory: slower than swap-AB on the
+  H200, see ``bench/results/h200/``) only when forced.
 * anything else (CPU, no ``nvidia-cutlass-dsl``, shapes a kernel does not take): the
   two-kernel reference (``kernels.router.reference``), announced once on logger
   ``kernels.router``.
@@ -45,7 +47,7 @@ from .topk import global_expert_index, merge_topk, sorted_insert, topk_of
 logger = logging.getLogger("kernels.router")
 _announced: set = set()
 last_path: Optional[str] = None  #: "portable", "sm100" or "reference: <why>" of the latest call
-last_kernel: Optional[str] = None  #: "gemv", "swapab" or "mma" when the latest call took the portable path
+last_kernel: Optional[str] = None  #: "gemv", "swapab", "staged", "tile" or "mma" when the latest call took the portable path
 last_quantizer: Optional[str] = None  #: "fused" (one-kernel quantizer) or "torch" of the latest prepare_activation
 
 #: crossovers measured on the H200 (bench/results/h200/): the CUDA-core GEMV kernel is the fastest
@@ -156,7 +158,7 @@ def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str
     ``path`` forces "portable", "sm100" or "reference".  ``activation`` may pass the already
     quantized activations (the tuple of :func:`prepare_activation`) to time the kernel alone.
     ``split_k`` (True / False) forces the mma.sync kernel with / without its K split (False: one
-    CTA per row tile, no workspace); ``kernel`` forces "gemv", "swapab", "tile" or "mma" on the portable
+    CTA per row tile, no workspace); ``kernel`` forces "gemv", "swapab", "staged", "tile" or "mma" on the portable
     path; ``tile_config`` = ``(splits, k_tiles_per_split)`` overrides the tile kernel's split-K.
     """
     global last_path, last_kernel
@@ -182,6 +184,10 @@ def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str
             return run_mma_gemv(activation, linear, top_k, scoring, renormalize)
         if last_kernel == "tile":
             return run_tile(activation, linear, top_k, scoring, renormalize, config=tile_config)
+        if last_kernel == "staged":
+            from .launch import run_staged
+
+            return run_staged(activation, linear, top_k, scoring, renormalize)
         return run_portable(activation, linear, top_k, scoring, renormalize,
                             split_k=None if split_k is True else split_k)
     if chosen == "sm100":

@@ -92,15 +92,17 @@ def _layer(seed):
 @pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability()[0] < 8,
                     reason="the portable kernels need SM80 or later")
 @pytest.mark.parametrize("t", [1, 33, 500])
-@pytest.mark.parametrize("kernel,split_k", [("auto", None), ("tile", None), ("mma", True), ("mma", False)],
-                         ids=["auto", "tile", "mma-splitk", "mma-nosplit"])
+@pytest.mark.parametrize("kernel,split_k", [("auto", None), ("tile", None), ("staged", None), ("mma", True), ("mma", False)],
+                         ids=["auto", "tile", "staged", "mma-splitk", "mma-nosplit"])
 @pytest.mark.parametrize("scoring", ["softmax", "sigmoid"])
 def test_router_matches_independent_fp64_reference(t, kernel, split_k, scoring):
     layer, g = _layer(seed=t + 7)
     x = torch.randn(t, HIDDEN, generator=g).cuda().to(torch.bfloat16)
     act = router.prepare_activation(x, layer)
-    # "tile": the pipelined large-T kernel forced at every T (split-K over 4, last-CTA top-k)
-    kw = {} if kernel == "auto" else {"kernel": kernel} if kernel == "tile" else {"kernel": kernel, "split_k": split_k}
+    # "tile": the pipelined large-T kernel forced at every T (split-K, route kernel); "staged": the
+    # staged-decode swap-AB kernel forced (its K splits, waiting route)
+    kw = ({} if kernel == "auto" else {"kernel": kernel} if kernel in ("tile", "staged")
+          else {"kernel": kernel, "split_k": split_k})
     ids, w = router.run_nvfp4_fused_router(x, layer, K_TOP, scoring, path="portable", activation=act, **kw)
     torch.cuda.synchronize()
     logits, ref_ids, ref_w = _reference(layer, act, K_TOP, scoring)
