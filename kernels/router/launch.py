@@ -116,9 +116,10 @@ def run_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool, co
     return ids, w
 
 
-def mma_gemv_args(activation, linear, top_k: int, nt: int = 1, ksplit: int = 1, poll: bool = False):
+def mma_gemv_args(activation, linear, top_k: int, nt: int = 1, ksplit: int = 1, poll: bool = False,
+                  scale_words: bool = False):
     """CuTe arguments of the tensor-core decode kernel: partial logits ``[ksplit, T, E]`` (``poll``:
-    sentinel-filled), one semaphore per 8 tokens."""
+    sentinel-filled), one semaphore per 8 tokens; E4M3 scales as bytes (``scale_words``: int32 words)."""
     a_data, a_scales = activation[0], activation[1]
     t = a_data.shape[0]
     dev = a_data.device
@@ -131,9 +132,9 @@ def mma_gemv_args(activation, linear, top_k: int, nt: int = 1, ksplit: int = 1, 
     w = torch.empty((t, top_k), dtype=torch.float32, device=dev)
     args = (
         _cute(a_data.contiguous().view(torch.int32)),
-        _cute(a_scales.contiguous()),
+        _cute(a_scales.contiguous().view(torch.uint8).view(torch.int32) if scale_words else a_scales.contiguous()),
         _cute(linear._mat_b.contiguous().view(torch.int32)),
-        _cute(linear._scale_b.contiguous().view(torch.uint8).reshape(-1)),
+        _cute(linear._scale_b.contiguous().view(torch.uint8).reshape(-1).view(torch.int32 if scale_words else torch.uint8)),
         _cute(alpha),
         _cute(ws),
         _cute(ids),
@@ -157,30 +158,9 @@ def run_mma_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool
 
 
 def staged_args(activation, linear, top_k: int, tn: int, ksplit: int):
-    """CuTe arguments of the staged-decode kernel (``kernels.router.staged``): packed codes and
-    scales as int32 words (cp.async), partial logits ``[ksplit, T, E]``, one counter per 8 tokens."""
-    a_data, a_scales = activation[0], activation[1]
-    t = a_data.shape[0]
-    dev = a_data.device
-    e = linear.out_features
-    ws = torch.empty((ksplit, t, e), dtype=torch.float32, device=dev)
-    cnt = _counters(dev, -(-t // tn) * (tn // 8))
-    alpha = _alpha(activation, linear, dev)
-    ids = torch.empty((t, top_k), dtype=torch.int32, device=dev)
-    w = torch.empty((t, top_k), dtype=torch.float32, device=dev)
-    args = (
-        _cute(a_data.contiguous().view(torch.int32)),
-        _cute(a_scales.contiguous().view(torch.uint8).view(torch.int32)),
-        _cute(linear._mat_b.contiguous().view(torch.int32)),
-        _cute(linear._scale_b.contiguous().view(torch.uint8).reshape(-1).view(torch.int32)),
-        _cute(alpha),
-        _cute(ws),
-        _cute(ids),
-        _cute(w),
-        _cute(cnt),
-        current_stream(dev),
-    )
-    return args, ids, w
+    """CuTe arguments of the staged-decode kernel (``kernels.router.staged``): the swap-AB kernel's,
+    with the scales as int32 words (its ``cp.async`` copies whole words)."""
+    return mma_gemv_args(activation, linear, top_k, tn // 8, ksplit, False, scale_words=True)
 
 
 def run_staged(activation, linear, top_k: int, scoring: str, renormalize: bool, config=None):

@@ -104,17 +104,6 @@ class StagedRouterKernel(MmaGemvRouterKernel):
         self.smem_bytes = 4 * (self.stages * self.raw_words + 2 * self.buf_words) + 64
 
     @cute.jit
-    def __call__(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
-                 mAlpha: cute.Tensor, mWs: cute.Tensor, mIds: cute.Tensor, mW: cute.Tensor, mCnt: cute.Tensor,
-                 stream):
-        op = cute.nvgpu.warp.MmaF16BF16Op(cutlass.Float16, cutlass.Float32, (16, 8, 16))
-        tiled_mma = cute.make_tiled_mma(op, cute.make_layout((1, 1, 1)))
-        groups = (mA.shape[0] + self.tn - 1) // self.tn
-        self.kernel(mA, mSFA, mB, mSFB, mAlpha, mWs, mIds, mW, mCnt, tiled_mma).launch(
-            grid=[self.experts // self.em, self.ksplit, groups], block=[THREADS, 1, 1], smem=self.smem_bytes,
-            stream=stream, min_blocks_per_mp=self.ctas_per_sm, preferred_smem_carveout=100)
-
-    @cute.jit
     def _issue(self, mA, mSFA, mB, mSFB, sRaw: cute.Tensor, s, slot, n0, t0, T, kw, k_tiles, tidx, cpw, cp4):
         """cp.async of K step ``s`` into ring slot ``slot``: this thread's pieces (``words`` code
         words each) and at most one 4-byte scale word per thread and round."""
@@ -219,7 +208,6 @@ class StagedRouterKernel(MmaGemvRouterKernel):
         g = lane // 4
         q = lane % 4
         T = mA.shape[0]
-        E = self.experts
         kw = mA.shape[1]
         steps = kw // 16  # K steps of 128
         k_tiles = kw // 8

@@ -132,20 +132,27 @@ def test_tile_kernel_three_stage_ring_gives_the_same_bits():
 
 
 @pytest.mark.skipif(torch.cuda.is_available() and _sm() < 8, reason="the portable kernel needs SM80 or later")
-@pytest.mark.parametrize("t,cfg", [(7, (1, 7, 1)), (37, (2, 2, 3)), (130, (2, 1, 2)), (130, (4, 3, 3)), (64, (2, 4, 4))],
-                         ids=lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v))
-def test_swapab_tile_shapes_match_the_reference(t, cfg):
-    # (n-tiles, K splits, 16-expert blocks) per CTA: the fp16 decode feeds 1-4 expert blocks and
-    # 1-4 token tiles per warp, polled (<= 3 splits) and counted routes, ragged token groups
-    from kernels.router.launch import run_mma_gemv
+@pytest.mark.parametrize("kernel,t,cfg", [
+    # swap-AB (n-tiles, K splits, 16-expert blocks) per CTA: the fp16 decode feeds 1-4 expert blocks
+    # and 1-4 token tiles per warp, polled (<= 3 splits) and counted routes, ragged token groups
+    ("swapab", 7, (1, 7, 1)), ("swapab", 37, (2, 2, 3)), ("swapab", 130, (2, 1, 2)), ("swapab", 130, (4, 3, 3)),
+    ("swapab", 64, (2, 4, 4)),
+    # staged (experts, tokens, K splits) per CTA: 1-4 decode pieces per unit, 1-4 expert and token
+    # blocks per warp, ragged token groups, 1-5 K splits (16 steps over 5: an empty split)
+    ("staged", 128, (64, 32, 4)), ("staged", 37, (32, 32, 3)), ("staged", 130, (64, 16, 5)),
+    ("staged", 200, (128, 32, 1)), ("staged", 64, (64, 64, 2))],
+    ids=lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v))
+def test_decode_kernel_tile_shapes_match_the_reference(kernel, t, cfg):
+    from kernels.router.launch import run_mma_gemv, run_staged
 
-    layer, x = _case(t, 384, 2048, seed=11 + t)
+    run = run_mma_gemv if kernel == "swapab" else run_staged
+    layer, x = _case(t, 384, 2048, seed=(11 if kernel == "swapab" else 31) + t)
     act = router.prepare_activation(x, layer)
     ref = router.router_logits_reference(x, layer)
-    first = run_mma_gemv(act, layer, 6, "softmax", False, cfg)
+    first = run(act, layer, 6, "softmax", False, cfg)
     c = router.compare_routing(first[0], first[1], ref, 6, "softmax")
     assert c.ok and c.max_weight_err < 1e-4, (cfg, c)
-    again = run_mma_gemv(act, layer, 6, "softmax", False, cfg)
+    again = run(act, layer, 6, "softmax", False, cfg)
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
 
 
@@ -172,21 +179,3 @@ def test_tile_kernel_stream_k_grid_matches_the_reference(t, ctas):
     assert c.ok and c.max_weight_err < 1e-4, c
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
 
-
-@pytest.mark.skipif(torch.cuda.is_available() and _sm() < 8, reason="the portable kernel needs SM80 or later")
-@pytest.mark.parametrize("t,cfg", [(128, (64, 32, 4)), (37, (32, 32, 3)), (130, (64, 16, 5)), (200, (128, 32, 1)),
-                                   (64, (64, 64, 2))],
-                         ids=lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v))
-def test_staged_kernel_tile_shapes_match_the_reference(t, cfg):
-    # (experts, tokens, K splits) per CTA: 1-4 decode pieces per unit, 1-4 expert and token blocks
-    # per warp, ragged token groups, 1-5 K splits (empty splits included: 16 steps over 5 splits)
-    from kernels.router.launch import run_staged
-
-    layer, x = _case(t, 384, 2048, seed=31 + t)
-    act = router.prepare_activation(x, layer)
-    ref = router.router_logits_reference(x, layer)
-    first = run_staged(act, layer, 6, "softmax", False, cfg)
-    c = router.compare_routing(first[0], first[1], ref, 6, "softmax")
-    assert c.ok and c.max_weight_err < 1e-4, (cfg, c)
-    again = run_staged(act, layer, 6, "softmax", False, cfg)
-    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
