@@ -20,9 +20,10 @@ experts.  Here a CTA of 8 warps owns ``em`` experts x ``tn`` tokens:
   CTA of each 8-token group (a counter, as the swap-AB kernel's counted route) routes it, one warp
   per token, summing the splits in split order (deterministic).
 
-Decode work per 16 x 16 tile step falls from ~490 instructions per warp to ~150-200 with the
-64 x 32 tile (measured on the device: see bench/results/h200/).  Portable: plain loads, ``ld.shared``,
-``mma.sync.m16n8k16`` fp16 (SM80, SM90, SM120).
+With the 64 x 32 tile a warp-step is ~320 SASS instructions (ptxas, sm_90a) for two 16 x 16
+blocks, against 489 per 16 x 16 block in the swap-AB kernel; on the H200 it is nevertheless slower
+at T=128 (bench/results/h200/README.md), so the router only runs it when forced.  Portable: plain
+loads, ``cp.async``, ``ld.shared``, ``mma.sync.m16n8k16`` fp16 (SM80, SM90, SM120).
 """
 
 from __future__ import annotations
