@@ -202,10 +202,10 @@ def main(argv=None) -> int:
                 return compile_gemv(a.topk, a.scoring, renorm, e, tm, rb, args), args
 
             def swapab_make(lay):
-                nt, ks, mw = pick_mma_gemv(t, e, a.hidden)
+                nt, ks, mw, uw = pick_mma_gemv(t, e, a.hidden)
                 poll = swapab_polls(ks)
                 args, _, _ = mma_gemv_args(act, lay, a.topk, nt, ks, poll)
-                return compile_mma_gemv(a.topk, a.scoring, renorm, e, nt, ks, args, poll, mw=mw), args
+                return compile_mma_gemv(a.topk, a.scoring, renorm, e, nt, ks, args, poll, mw=mw, uw=uw), args
 
             def staged_make(lay):
                 em, tn, ks = pick_staged(t, e, a.hidden)

@@ -76,8 +76,8 @@ def main(argv=None) -> int:
                 if path == "portable" and router.last_kernel == "swapab":
                     from kernels.router.gemv import pick_mma_gemv
 
-                    nt, ks, mw = pick_mma_gemv(t, e, a.hidden)
-                    path = f"swapab nt={nt} ksplit={ks} mw={mw}"
+                    nt, ks, mw, uw = pick_mma_gemv(t, e, a.hidden)
+                    path = f"swapab nt={nt} ksplit={ks} mw={mw} uw={uw}"
                 elif path == "portable" and router.last_kernel == "staged":
                     from kernels.router.staged import pick_staged
 

@@ -449,24 +449,34 @@ class MmaGemvRouterKernel(_WarpRouter):
     a+4 of a word into one fp16x2 register ``value * scale * 2^-14`` (exact, see :func:`_dec_pair`)
     in five integer/fp16x2 instructions, and both operands' 2^-14 are undone once (``* 2^28``).
 
-    Grid ``[E/(16 mw), ksplit, ceil(T / (8 nt))]``; warp w of CTA y takes the K steps ``y*8 + w``,
-    ``+ 8*ksplit``, ...; the 8 warps' accumulators are summed in a fixed order, each CTA writes its
-    K-split's partial logits to ``ws [ksplit, T, E]``, and the token group is routed one warp per
-    token (:class:`_WarpRouter`), each logit the sum of its splits in split order times ``alpha``:
-    polled by CTA (0, 0) of the group, or by the last CTA to arrive (an atomic counter per 8 tokens,
-    reset by it).  Deterministic.
+    Grid ``[E/(16 mw), ksplit, ceil(T / (8 nt))]``; warp w of CTA y takes the K units ``y*8 + w``,
+    ``+ 8*ksplit``, ...: a unit is ``uw`` words per lane (4: the 128-wide step above, one 16-byte
+    load; 2 or 1: 64- or 32-wide, so that the units split evenly over the warps where the steps
+    do not, :func:`swapab_unit_words`); the 8 warps' accumulators are summed in a fixed order,
+    each CTA writes its K-split's partial logits to ``ws [ksplit, T, E]``, and the token group is
+    routed one warp per token (:class:`_WarpRouter`), each logit the sum of its splits in split
+    order times ``alpha``: polled by CTA (0, 0) of the group, or by the last CTA to arrive (an
+    atomic counter per 8 tokens, reset by it).  Deterministic.
     """
 
     def __init__(self, top_k: int, scoring: str, renormalize: bool, experts: int, nt: int = 1, ksplit: int = 1,
-                 poll: bool = False, variant: str = "", mw: int = 1):
+                 poll: bool = False, variant: str = "", mw: int = 1, uw: int = 4):
         if experts % 32 or experts // 32 > 64:
             raise ValueError(f"E={experts}: the decode router needs a multiple of 32 up to 2048")
         if experts % (16 * mw):
             raise ValueError(f"E={experts} is not a multiple of {16 * mw} experts per CTA (mw={mw})")
+        if uw not in (1, 2, 4):
+            raise ValueError(f"uw={uw}: a K unit is 1, 2 or 4 words per lane")
+        # K unit: uw words (8 uw codes) per lane, 32 uw of K per quad, 2 uw MMAs; finer units let
+        # the K range split evenly over the warps (see unit_words)
+        self.uw = uw
         # poll: CTA (0, 0) of a token group routes it from a polled workspace (see _WarpRouter),
         # else the last CTA to arrive (a counter); probe variant "noroute": logits only
         self.poll = poll
         self.variant = variant
+        # the route: polled workspace, last CTA to arrive (counter), or a designated CTA waiting on
+        # the counter (probe variant "wait")
+        self.route = "poll" if poll else "wait" if "wait" in variant else "count"
         self.ksplit = ksplit
         self.top_k = top_k
         self.scoring = scoring
@@ -476,9 +486,10 @@ class MmaGemvRouterKernel(_WarpRouter):
         self.mw = mw
         self.rows = 16 * mw  # experts per CTA
         self.tn = 8 * nt  # tokens per CTA
-        # <= 128 registers (two CTAs per SM) costs no spills up to 2 weight rows + 2 tokens per lane
-        # (16 experts x 16 tokens); larger tiles take 170-255 (ptxas -v) and one CTA per SM
-        self.ctas_per_sm = 2 if 2 * mw + nt <= 4 else 1
+        # two CTAs per SM (<= 128 registers) where that costs no spills (checked with ptxas for
+        # sm_90a: 16 x 16 tiles with 16-byte units, 48 x 16 with 4-byte units); larger take 158-255
+        # registers and one CTA per SM
+        self.ctas_per_sm = 2 if swapab_register_words(nt, mw, uw) <= 56 else 1
         self.smem_bytes = (2 * self.rows * 128 + 2 * self.tn * 128 + 4 * self.rows * self.tn
                            + 4 * WARPS * self.rows * self.tn + 16 + 128)
 
@@ -495,30 +506,30 @@ class MmaGemvRouterKernel(_WarpRouter):
             preferred_smem_carveout=50 if self.ctas_per_sm * self.smem_bytes <= 100 * 1024 else 100)
 
     @cute.jit
-    def _load16(self, mX: cute.Tensor, row, kw, c, dst: cute.Tensor):
-        off = cute.assume(row * kw + c * 4, divby=4)
-        src = cute.make_tensor(mX.iterator + off, cute.make_layout(4))
+    def _load_words(self, mX: cute.Tensor, row, kw, wo, dst: cute.Tensor):
+        off = cute.assume(row * kw + wo, divby=self.uw)
+        src = cute.make_tensor(mX.iterator + off, cute.make_layout(self.uw))
         cute.autovec_copy(src, dst)
 
     @cute.jit
-    def _load_step(self, mA, mSFA, mB, mSFB, s, n0, t0, g, q, T, kw, k_tiles,
+    def _load_step(self, mA, mSFA, mB, mSFB, s, rowsf, t0, g, q, T, kw, k_tiles,
                    rawW: cute.Tensor, sfW: cute.Tensor, rawX: cute.Tensor, sfX: cute.Tensor):
-        """Raw words and scale bytes of K step ``s`` for this lane: weight rows g, g+8 of every
-        16-expert block and the tokens g of every n-tile, chunk ``c = 4 s + q``."""
-        c = s * 4 + q
-        kt = c // 2
-        blk = (c % 2) * 2
+        """Raw words and scale bytes of K unit ``s`` for this lane: weight rows g, g+8 of every
+        16-expert block (``rowsf``: each row and its scale-atom base offset) and the tokens g of
+        every n-tile, words ``wo .. wo + uw`` of each (16-code blocks ``wo / 2 ..``)."""
+        uw = self.uw
+        wo = s * (4 * uw) + q * uw
         for r in cutlass.range_constexpr(2 * self.mw):
-            row = n0 + 16 * (r // 2) + g + 8 * (r % 2)
-            self._load16(mB, row, kw, c, rawW[None, r])
-            off = ((row // 128) * k_tiles + kt) * 512 + (row % 32) * 16 + ((row % 128) // 32) * 4 + blk
-            sfW[0, r] = cutlass.Int32(mSFB[off])
-            sfW[1, r] = cutlass.Int32(mSFB[off + 1])
+            self._load_words(mB, rowsf[0, r], kw, wo, rawW[None, r])
+            for b in cutlass.range_constexpr(max(1, uw // 2)):
+                bi = (wo >> 1) + b
+                # 128x4 scale atoms (kernels.nvfp4.swizzle), K-tile inner
+                sfW[b, r] = cutlass.Int32(mSFB[rowsf[1, r] + (bi >> 2) * 512 + (bi & 3)])
         for n in cutlass.range_constexpr(self.nt):
             tok = cutlass.min(t0 + n * 8 + g, T - 1)  # tokens past T re-read token T-1, never stored
-            self._load16(mA, tok, kw, c, rawX[None, n])
-            sfX[0, n] = cutlass.Int32(mSFA[tok, 2 * c])
-            sfX[1, n] = cutlass.Int32(mSFA[tok, 2 * c + 1])
+            self._load_words(mA, tok, kw, wo, rawX[None, n])
+            for b in cutlass.range_constexpr(max(1, uw // 2)):
+                sfX[b, n] = cutlass.Int32(mSFA[tok, (wo >> 1) + b])
 
     @cute.kernel
     def kernel(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
@@ -526,19 +537,27 @@ class MmaGemvRouterKernel(_WarpRouter):
                tiled_mma: cute.TiledMma):
         tidx, _, _ = cute.arch.thread_idx()
         bx, by, bz = cute.arch.block_idx()
-        nt, tn, mw, rows = self.nt, self.tn, self.mw, self.rows
-        warp = tidx // 32
-        lane = tidx % 32
-        g = lane // 4
-        q = lane % 4
+        nt, tn, mw, rows, uw = self.nt, self.tn, self.mw, self.rows, self.uw
+        # shifts and masks, not // and %: the indices are non-negative, and signed division by a
+        # constant costs several instructions each, ahead of the first loads
+        warp = tidx >> 5
+        lane = tidx & 31
+        g = lane >> 2
+        q = lane & 3
         T = mA.shape[0]
         E = self.experts
         kw = mA.shape[1]
-        steps = kw // 16  # K steps of 128
-        k_tiles = kw // 8
+        steps = kw // (4 * uw)  # K units
+        k_tiles = kw >> 3
         ksplit = self.ksplit
         n0 = bx * rows
         t0 = bz * tn
+        # each weight row of the lane and the base offset of its 128x4 scale atoms
+        rowsf = cute.make_rmem_tensor(cute.make_layout((2, 2 * mw), stride=(1, 2)), cutlass.Int32)
+        for r in cutlass.range_constexpr(2 * mw):
+            row = n0 + 16 * (r // 2) + g + 8 * (r % 2)
+            rowsf[0, r] = row
+            rowsf[1, r] = (row >> 7) * k_tiles * 512 + (row & 31) * 16 + ((row >> 5) & 3) * 4
 
         smem = cutlass.utils.SmemAllocator()
         # shapes only: the MMA fragments are partitioned from these, nothing is stored in them
@@ -560,28 +579,30 @@ class MmaGemvRouterKernel(_WarpRouter):
         tCrC = tiled_mma.make_fragment_C(tCsC)  # ((2,2), mw, nt)
         tCrC.fill(0.0)
 
-        rawW = cute.make_rmem_tensor(cute.make_layout((4, 2 * mw), stride=(1, 4)), cutlass.Int32)
-        sfW = cute.make_rmem_tensor(cute.make_layout((2, 2 * mw), stride=(1, 2)), cutlass.Int32)
-        rawX = cute.make_rmem_tensor(cute.make_layout((4, nt), stride=(1, 4)), cutlass.Int32)
-        sfX = cute.make_rmem_tensor(cute.make_layout((2, nt), stride=(1, 2)), cutlass.Int32)
-        # the next step's raw registers: its loads are in flight while this step decodes
-        nW = cute.make_rmem_tensor(cute.make_layout((4, 2 * mw), stride=(1, 4)), cutlass.Int32)
-        nsW = cute.make_rmem_tensor(cute.make_layout((2, 2 * mw), stride=(1, 2)), cutlass.Int32)
-        nX = cute.make_rmem_tensor(cute.make_layout((4, nt), stride=(1, 4)), cutlass.Int32)
-        nsX = cute.make_rmem_tensor(cute.make_layout((2, nt), stride=(1, 2)), cutlass.Int32)
+        nsb = max(1, uw // 2)  # scale bytes per row and unit
+        rawW = cute.make_rmem_tensor(cute.make_layout((uw, 2 * mw), stride=(1, uw)), cutlass.Int32)
+        sfW = cute.make_rmem_tensor(cute.make_layout((nsb, 2 * mw), stride=(1, nsb)), cutlass.Int32)
+        rawX = cute.make_rmem_tensor(cute.make_layout((uw, nt), stride=(1, uw)), cutlass.Int32)
+        sfX = cute.make_rmem_tensor(cute.make_layout((nsb, nt), stride=(1, nsb)), cutlass.Int32)
+        # the next unit's raw registers: its loads are in flight while this unit decodes
+        nW = cute.make_rmem_tensor(cute.make_layout((uw, 2 * mw), stride=(1, uw)), cutlass.Int32)
+        nsW = cute.make_rmem_tensor(cute.make_layout((nsb, 2 * mw), stride=(1, nsb)), cutlass.Int32)
+        nX = cute.make_rmem_tensor(cute.make_layout((uw, nt), stride=(1, uw)), cutlass.Int32)
+        nsX = cute.make_rmem_tensor(cute.make_layout((nsb, nt), stride=(1, nsb)), cutlass.Int32)
 
         s0 = by * WARPS + warp
         stride = WARPS * ksplit
         if s0 < steps:
-            self._load_step(mA, mSFA, mB, mSFB, s0, n0, t0, g, q, T, kw, k_tiles, rawW, sfW, rawX, sfX)
+            self._load_step(mA, mSFA, mB, mSFB, s0, rowsf, t0, g, q, T, kw, k_tiles, rawW, sfW, rawX, sfX)
 
         for s in range(s0, steps, stride):
             if s + stride < steps:
-                self._load_step(mA, mSFA, mB, mSFB, s + stride, n0, t0, g, q, T, kw, k_tiles, nW, nsW, nX, nsX)
-            # MMA j takes pairs 2j (K-slots 2q, 2q+1) and 2j+1 (2q+8, 2q+9) of the lane's chunk;
-            # pair p is codes (a, a+4) of word p // 4 with a = p % 4; words 0-1 are scale block 0.
-            # Decoded per MMA, so the decode of j+1 overlaps MMA j and few fp16 words are live
-            for j in cutlass.range_constexpr(8):
+                self._load_step(mA, mSFA, mB, mSFB, s + stride, rowsf, t0, g, q, T, kw, k_tiles, nW, nsW, nX, nsX)
+            # MMA j takes pairs 2j (K-slots 2q, 2q+1) and 2j+1 (2q+8, 2q+9) of the lane's words;
+            # pair p is codes (a, a+4) of word p // 4 with a = p % 4; words 0-1 are scale block 0
+            # (2-3: block 1).  Decoded per MMA, so the decode of j+1 overlaps MMA j and few fp16
+            # words are live
+            for j in cutlass.range_constexpr(2 * uw):
                 b = j // 4
                 for r in cutlass.range_constexpr(2 * mw):
                     sc = _scale2(sfW[b, r])
@@ -621,6 +642,8 @@ class MmaGemvRouterKernel(_WarpRouter):
 
         if cutlass.const_expr("noroute" in self.variant):
             pass
+        elif cutlass.const_expr(self.route == "wait"):
+            self._route_waiting(mWs, mAlpha, mIds, mW, mCnt, tidx, warp, lane, bx, by, bz, t0, T)
         elif cutlass.const_expr(self.poll):
             # CTA (n, 0) of the token group routes its n-tile n, one warp per token, reading the
             # other CTAs' partials as they land (n-tiles on different CTAs: routed in parallel)
@@ -637,6 +660,41 @@ class MmaGemvRouterKernel(_WarpRouter):
             # Publication as in the GEMV kernel: barrier, then thread 0's atom.acq_rel.gpu; barrier
             # after it.
             self._route_groups(mWs, mAlpha, mIds, mW, mCnt, sFlag, tidx, warp, lane, bz, t0, T)
+
+    @cute.jit
+    def _route_waiting(self, mWs, mAlpha, mIds, mW, mCnt, tidx, warp, lane, bx, by, bz, t0, T):
+        """Waiting route: every CTA counts itself in on each 8-token group it covers (one counter
+        per group, after a barrier: its partials are stored); the group's designated CTA
+        ``(n mod E/rows, 0)`` waits on the counter (thread 0 spins with acquire loads) and routes
+        it, one warp per token, so a CTA's groups are routed by different CTAs in parallel.  The
+        designated CTAs are the lowest-numbered of their token rows, dispatched first, and at most
+        T/8 of them wait, far fewer than the CTAs a GPU holds at once, so the CTAs they wait for
+        always get an SM."""
+        nt = self.nt
+        gx = self.experts // self.rows
+        total = gx * self.ksplit
+        cute.arch.sync_threads()
+        if tidx < nt:
+            if t0 + 8 * tidx < T:
+                cute.arch.atomic_add((mCnt.iterator + bz * nt + tidx).llvm_ptr, cutlass.Int32(1), sem="acq_rel",
+                                     scope="gpu")
+        if by == 0:
+            alpha = mAlpha[0]
+            for n in cutlass.range_constexpr(nt):
+                if bx == n % gx:
+                    if t0 + 8 * n < T:
+                        ptr = (mCnt.iterator + bz * nt + n).llvm_ptr
+                        if tidx == 0:
+                            got = cute.arch.load(ptr, cutlass.Int32, sem="acquire", scope="gpu")
+                            while got != total:
+                                got = cute.arch.load(ptr, cutlass.Int32, sem="acquire", scope="gpu")
+                        cute.arch.sync_threads()
+                        tok = t0 + 8 * n + warp
+                        if tok < T:
+                            self._route_warp(mWs, self.ksplit, alpha, mIds, mW, tok, lane)
+                        if tidx == 0:
+                            mCnt[bz * nt + n] = cutlass.Int32(0)  # every CTA counted in: ready for the next launch
+
 
     @cute.jit
     def _route_groups(self, mWs, mAlpha, mIds, mW, mCnt, sFlag, tidx, warp, lane, bz, t0, T):
@@ -661,9 +719,41 @@ class MmaGemvRouterKernel(_WarpRouter):
                         mCnt[bz * nt + n] = cutlass.Int32(0)  # ready for the next launch
 
 
+def swapab_register_words(nt: int, mw: int, uw: int) -> int:
+    """A lane's raw operand words (this unit's and the next's: 2 mw weight rows and nt tokens, uw
+    words and the scale bytes each) plus its accumulators: the register estimate behind
+    ``ctas_per_sm``."""
+    return 2 * (2 * mw + nt) * (uw + max(1, uw // 2)) + 4 * mw * nt
+
+
 def pick_mma_gemv(num_tokens: int, experts: int, hidden: int, target_ctas: int = 264):
-    """(nt, ksplit, mw): 8-token n-tiles per CTA, K splits (at most one K step per warp, at most 8)
-    and 16-expert blocks per CTA, so that about ``target_ctas`` CTAs (two per H200 SM) run."""
+    """(nt, ksplit, mw, uw): 8-token n-tiles per CTA, K splits (at most one K step per warp, at most
+    8), 16-expert blocks per CTA, so that about ``target_ctas`` CTAs (two per H200 SM) run, and the
+    K unit (:func:`swapab_unit_words`)."""
+    nt, ksplit, mw = _swapab_grid(num_tokens, experts, hidden, target_ctas)
+    return nt, ksplit, mw, swapab_unit_words(hidden, ksplit)
+
+
+#: SASS instructions of a K unit's loop relative to a 128-wide step's (48 x 16 tile, sm_90a:
+#: 851 for 16-byte units, 445 for 8-byte ones)
+_UNIT_COST = {4: 1.0, 2: 0.52}
+
+
+def swapab_unit_words(hidden: int, ksplit: int) -> int:
+    """Words per lane of a K unit (4: 128-wide steps, 2: 64-wide), the one with the least decode
+    for the slowest warp (ceil(units / warps) units): a CTA takes as long as its slowest warp.
+    H200, T=128, E=384, 2 K splits: 56 steps over 16 warps are 4 for half of them (3.5 on
+    average), 112 half-steps are 7 for all; without the route 8.86 us against 9.55."""
+    warps = WARPS * ksplit
+    best = None
+    for uw in (4, 2):
+        cost = -(-(hidden // (32 * uw)) // warps) * _UNIT_COST[uw]
+        if best is None or cost < best[0]:
+            best = (cost, uw)
+    return best[1]
+
+
+def _swapab_grid(num_tokens: int, experts: int, hidden: int, target_ctas: int):
     sms = target_ctas // 2
     nt = 1 if num_tokens <= 8 else 2
     groups = -(-num_tokens // (8 * nt))
@@ -693,11 +783,11 @@ def swapab_polls(ksplit: int) -> bool:
 
 
 def compile_mma_gemv(top_k: int, scoring: str, renormalize: bool, experts: int, nt: int, ksplit: int, args,
-                     poll: bool = False, variant: str = "", mw: int = 1):
-    key = ("mma", top_k, scoring, renormalize, experts, nt, ksplit, poll, variant, mw)
+                     poll: bool = False, variant: str = "", mw: int = 1, uw: int = 4):
+    key = ("mma", top_k, scoring, renormalize, experts, nt, ksplit, poll, variant, mw, uw)
     fn = _compiled.get(key)
     if fn is None:
-        fn = cute.compile(MmaGemvRouterKernel(top_k, scoring, renormalize, experts, nt, ksplit, poll, variant, mw),
-                          *args)
+        fn = cute.compile(MmaGemvRouterKernel(top_k, scoring, renormalize, experts, nt, ksplit, poll, variant, mw,
+                                              uw), *args)
         _compiled[key] = fn
     return fn

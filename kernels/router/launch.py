@@ -146,13 +146,14 @@ def mma_gemv_args(activation, linear, top_k: int, nt: int = 1, ksplit: int = 1, 
 
 
 def run_mma_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool, config=None):
-    from .gemv import compile_mma_gemv, pick_mma_gemv, swapab_polls
+    from .gemv import compile_mma_gemv, pick_mma_gemv, swapab_polls, swapab_unit_words
 
     t = activation[0].shape[0]
-    nt, ksplit, mw = config or pick_mma_gemv(t, linear.out_features, linear.in_features)
+    nt, ksplit, mw, *unit = config or pick_mma_gemv(t, linear.out_features, linear.in_features)
+    uw = unit[0] if unit else swapab_unit_words(linear.in_features, ksplit)
     poll = swapab_polls(ksplit)
     args, ids, w = mma_gemv_args(activation, linear, top_k, nt, ksplit, poll)
-    fn = compile_mma_gemv(top_k, scoring, renormalize, linear.out_features, nt, ksplit, args, poll, mw=mw)
+    fn = compile_mma_gemv(top_k, scoring, renormalize, linear.out_features, nt, ksplit, args, poll, mw=mw, uw=uw)
     fn(*args)
     return ids, w
 

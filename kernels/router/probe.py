@@ -47,13 +47,15 @@ def main(argv=None) -> int:
                    help="also time the tile kernel and its route kernel each alone")
     p.add_argument("--once", action="store_true", help="launch each tile configuration 3 times, no timing (for ncu)")
     p.add_argument("--gemv", nargs="*", default=[], metavar="TM,RB", help="GEMV kernel configurations to check and time")
-    p.add_argument("--swapab", nargs="*", default=[], metavar="NT,KSPLIT[,MW]",
-                   help="swap-AB kernel configurations (MW: 16-expert blocks per CTA, default 1)")
+    p.add_argument("--swapab", nargs="*", default=[], metavar="NT,KSPLIT[,MW[,UW]]",
+                   help="swap-AB kernel configurations (MW: 16-expert blocks per CTA, default 1; UW: words "
+                        "per lane of a K unit, 4 (default), 2 or 1)")
     p.add_argument("--staged", nargs="*", default=[], metavar="EM,TN,KSPLIT[,STAGES]",
                    help="staged-decode swap-AB configurations (experts x tokens per CTA, K splits)")
     p.add_argument("--decode-variants", nargs="*", default=[""],
                    help="variants of the decode kernels: plain (as shipped), noroute (logits only); "
-                        "swap-AB only: poll / count (force the polled or the counted route)")
+                        "swap-AB only: poll / count / wait (force the polled, the counted or the "
+                        "waiting route)")
     a = p.parse_args(argv)
     dev = torch.device("cuda")
     k_tiles = a.hidden // BK
@@ -175,6 +177,7 @@ def _decode(kind, cfg, variant, x, base, act, ref_logits, layers, a, res) -> int
 
     from kernels.router import launch
     from kernels.router.gemv import compile_gemv, compile_mma_gemv, swapab_polls
+    from kernels.router.runtime import refill_polled_workspaces
 
     dev = x.device
 
@@ -190,10 +193,11 @@ def _decode(kind, cfg, variant, x, base, act, ref_logits, layers, a, res) -> int
                                 "noroute" if "noroute" in variant else "", *cfg[3:],
                                 route="count" if "count" in variant else "wait")
         else:
-            poll = "poll" in variant or ("count" not in variant and swapab_polls(cfg[1]))
+            poll = "poll" in variant or ("count" not in variant and "wait" not in variant and swapab_polls(cfg[1]))
             args, ids, w = launch.mma_gemv_args(act, lay, 6, cfg[0], cfg[1], poll)
             mw = cfg[2] if len(cfg) > 2 else 1
-            fn = compile_mma_gemv(6, "softmax", False, lay.out_features, cfg[0], cfg[1], args, poll, variant, mw)
+            uw = cfg[3] if len(cfg) > 3 else 4
+            fn = compile_mma_gemv(6, "softmax", False, lay.out_features, cfg[0], cfg[1], args, poll, variant, mw, uw)
         return (lambda: fn(*args[:-1], launch.current_stream(dev))), ids, w
 
     res = dict(res, kernel=kind, config=list(cfg), variant=variant)
@@ -206,6 +210,8 @@ def _decode(kind, cfg, variant, x, base, act, ref_logits, layers, a, res) -> int
             outs.append((ids, w))
         rc = _check(outs, ref_logits, res)
     us, _ = rb.time_us([make(lay)[0] for lay in layers], a.reps)
+    if "noroute" in variant:
+        refill_polled_workspaces()
     res["us"] = round(us, 2)
     print(json.dumps(res), flush=True)
     return rc

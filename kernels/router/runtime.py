@@ -76,3 +76,11 @@ def polled_workspace(device, shape):
         w = torch.full(tuple(shape), -1, dtype=torch.int32, device=device).view(torch.float32)
         _POLLED[key] = w
     return w
+
+
+def refill_polled_workspaces() -> None:
+    """Every polled workspace back to the sentinel: after a launch that published into one without
+    routing (the probe's ``noroute`` variants), which would leave it holding stale values that the
+    next routing launch of the same shape would take for this launch's."""
+    for w in _POLLED.values():
+        w.view(torch.int32).fill_(-1)

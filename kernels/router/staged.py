@@ -283,34 +283,6 @@ class StagedRouterKernel(MmaGemvRouterKernel):
             else:
                 self._route_waiting(mWs, mAlpha, mIds, mW, mCnt, tidx, warp, lane, bx, by, bz, t0, T)
 
-    @cute.jit
-    def _route_waiting(self, mWs, mAlpha, mIds, mW, mCnt, tidx, warp, lane, bx, by, bz, t0, T):
-        nt = self.nt
-        gx = self.experts // self.em
-        total = gx * self.ksplit
-        cute.arch.sync_threads()
-        if tidx < nt:
-            if t0 + 8 * tidx < T:
-                cute.arch.atomic_add((mCnt.iterator + bz * nt + tidx).llvm_ptr, cutlass.Int32(1), sem="acq_rel",
-                                     scope="gpu")
-        if by == 0:
-            alpha = mAlpha[0]
-            for n in cutlass.range_constexpr(nt):
-                if bx == n % gx:
-                    if t0 + 8 * n < T:
-                        ptr = (mCnt.iterator + bz * nt + n).llvm_ptr
-                        if tidx == 0:
-                            got = cute.arch.load(ptr, cutlass.Int32, sem="acquire", scope="gpu")
-                            while got != total:
-                                got = cute.arch.load(ptr, cutlass.Int32, sem="acquire", scope="gpu")
-                        cute.arch.sync_threads()
-                        tok = t0 + 8 * n + warp
-                        if tok < T:
-                            self._route_warp(mWs, self.ksplit, alpha, mIds, mW, tok, lane)
-                        if tidx == 0:
-                            mCnt[bz * nt + n] = cutlass.Int32(0)  # every CTA counted in: ready for the next launch
-
-
 def pick_staged(num_tokens: int, experts: int, hidden: int, target_ctas: int = 264):
     """``(em, tn, ksplit)``: a 64 x 32 tile (E % 64 == 0) and enough K splits for about
     ``target_ctas`` CTAs (two per H200 SM), at least 4 K steps per split."""

@@ -126,20 +126,23 @@ def test_polled_workspace_is_sentinel_filled_and_kept_per_shape():
 
 
 def test_launch_rules():
-    from kernels.router.gemv import pick_gemv, pick_mma_gemv, swapab_polls
+    from kernels.router.gemv import pick_gemv, pick_mma_gemv, swapab_polls, swapab_unit_words
 
     assert pick_gemv(1, 256) == (1, 1) and pick_gemv(1, 384) == (1, 1)  # one expert per CTA at T=1
     assert pick_gemv(7, 256) == (8, 2)
     # swap-AB: no K split once token groups x expert blocks fill the SMs (128 CTAs); past one CTA
     # per SM, 48-expert tiles with 2 K splits where that grid fits one wave (T=128, E=384)
-    assert pick_mma_gemv(128, 256, 7168) == (2, 1, 1)
-    assert pick_mma_gemv(128, 384, 7168) == (2, 2, 3)
-    assert pick_mma_gemv(512, 384, 7168) == (2, 1, 1)  # 48-expert tiles would not fit one wave
-    assert pick_mma_gemv(128, 320, 7168) == (2, 1, 1)  # 320 is no multiple of 48
-    assert pick_mma_gemv(7, 256, 7168) == (1, 7, 1)
-    nt, ks, mw = pick_mma_gemv(32, 256, 7168)
-    assert nt == 2 and 1 < ks <= 7 and mw == 1
+    # (the K unit: 128-wide steps where they split evenly over the K-split warps, else 64-wide)
+    assert pick_mma_gemv(128, 256, 7168) == (2, 1, 1, 4)
+    assert pick_mma_gemv(128, 384, 7168) == (2, 2, 3, 2)
+    assert pick_mma_gemv(512, 384, 7168) == (2, 1, 1, 4)  # 48-expert tiles would not fit one wave
+    assert pick_mma_gemv(128, 320, 7168) == (2, 1, 1, 4)  # 320 is no multiple of 48
+    assert pick_mma_gemv(7, 256, 7168) == (1, 7, 1, 4)
+    nt, ks, mw, uw = pick_mma_gemv(32, 256, 7168)
+    assert nt == 2 and 1 < ks <= 7 and mw == 1 and uw in (2, 4)
     assert swapab_polls(1) and swapab_polls(3) and not swapab_polls(7)
+    # the slowest warp's decode: 56 steps over 16 warps = 4 (3.5 on average) against 7 half-steps
+    assert swapab_unit_words(7168, 1) == 4 and swapab_unit_words(7168, 2) == 2 and swapab_unit_words(7168, 7) == 4
 
 
 @pytest.mark.parametrize("t,e,ctas", [(4096, 384, 264), (8192, 384, 264), (4096, 256, 170), (1000, 384, 132)])

@@ -133,10 +133,12 @@ def test_tile_kernel_three_stage_ring_gives_the_same_bits():
 
 @pytest.mark.skipif(torch.cuda.is_available() and _sm() < 8, reason="the portable kernel needs SM80 or later")
 @pytest.mark.parametrize("kernel,t,cfg", [
-    # swap-AB (n-tiles, K splits, 16-expert blocks) per CTA: the fp16 decode feeds 1-4 expert blocks
-    # and 1-4 token tiles per warp, polled (<= 3 splits) and counted routes, ragged token groups
+    # swap-AB (n-tiles, K splits, 16-expert blocks[, words per lane of a K unit]) per CTA: the fp16
+    # decode feeds 1-4 expert blocks and 1-4 token tiles per warp, polled (<= 3 splits) and counted
+    # routes, ragged token groups, 128-, 64- and 32-wide K units (unevenly over the warps too)
     ("swapab", 7, (1, 7, 1)), ("swapab", 37, (2, 2, 3)), ("swapab", 130, (2, 1, 2)), ("swapab", 130, (4, 3, 3)),
-    ("swapab", 64, (2, 4, 4)),
+    ("swapab", 64, (2, 4, 4)), ("swapab", 37, (2, 2, 3, 2)), ("swapab", 130, (2, 3, 3, 2)),
+    ("swapab", 100, (2, 4, 3, 1)),
     # staged (experts, tokens, K splits) per CTA: 1-4 decode pieces per unit, 1-4 expert and token
     # blocks per warp, ragged token groups, 1-5 K splits (16 steps over 5: an empty split)
     ("staged", 128, (64, 32, 4)), ("staged", 37, (32, 32, 3)), ("staged", 130, (64, 16, 5)),
