@@ -12,9 +12,10 @@ not from the 60 MB L2), replayed ``--reps`` times; the time per call is the medi
   it takes the shape): tensor-core decode per warp, tensor-core decode staged once per CTA in shared
   memory (32 <= T <= 512), CUDA-core decode, the pipelined tile kernel (T >= 128), the older
   mma.sync tile kernel with and without split-K;
-* ``fused+quant``  ``run_nvfp4_fused_router`` from bf16 activations, its default path: the fused
-  one-kernel quantizer (``kernels.router.quant``; the PyTorch one when
-  ``GPUREPRO_ROUTER_FUSED_QUANT=0``), then the kernel;
+* ``fused+quant``  ``run_nvfp4_fused_router`` from bf16 activations, its default path: where the
+  GEMV kernel routes (T=1), that kernel quantizing the activations in the same launch; else the
+  fused one-kernel quantizer (``kernels.router.quant``), then the kernel (the PyTorch quantizer
+  for both when ``GPUREPRO_ROUTER_FUSED_QUANT=0``);
 * ``torchq+route`` the same with the PyTorch quantizer of ``kernels.nvfp4`` (~20 elementwise kernels);
 * ``quant``        the fused quantizer alone;
 * ``bf16``         cuBLAS bf16 GEMM (x @ W^T, W in bf16) + softmax + ``torch.topk``;
@@ -129,7 +130,8 @@ def write_results(rows, name, a, copy, floor) -> str:
         f"{a.layers}; device copy {copy:.0f} GB/s (read + write); a one-element elementwise kernel in the same "
         f"harness: {floor:.2f} us; fused GB/s = FP4 weight + scales + NVFP4 "
         "activation bytes / time; quant = the fused activation quantizer alone (quantizer of fused+quant: "
-        f"{rows[0].get('quantizer') if rows else '-'}), torchq+route = the PyTorch quantizer + the kernel",
+        + ", ".join(f"T={t}: {q}" for t, q in sorted({(r['T'], r.get('quantizer')) for r in rows}))
+        + "), torchq+route = the PyTorch quantizer + the kernel",
         "",
         "| T | E | kernel | fused | swapab | staged | gemv | tile (splits; skN: stream-K on N CTAs) | mma (split-K) | mma, no split | quant | fused+quant | torchq+route "
         "| bf16 GEMM+topk | deq+GEMM+topk | bf16/fused | deq/fused | quant+route/route | torchq+route/route "
@@ -246,7 +248,8 @@ def main(argv=None) -> int:
                 paths["torchq+route"] = [torch_quant_route(lay) for lay in layers]
             if "quant" not in a.skip:
                 paths["quant"] = [lambda: router.prepare_activation(x, base)] * a.layers
-            quantizer = router.last_quantizer
+            router.run_nvfp4_fused_router(x, base, a.topk, a.scoring, path="portable")
+            quantizer = router.last_quantizer  # fused+quant's: "in-kernel" (the GEMV), "fused" or "torch"
 
             def topk(logits):
                 probs = torch.softmax(logits.float(), dim=-1)

@@ -48,7 +48,7 @@ logger = logging.getLogger("kernels.router")
 _announced: set = set()
 last_path: Optional[str] = None  #: "portable", "sm100" or "reference: <why>" of the latest call
 last_kernel: Optional[str] = None  #: "gemv", "swapab", "staged", "tile" or "mma" when the latest call took the portable path
-last_quantizer: Optional[str] = None  #: "fused" (one-kernel quantizer) or "torch" of the latest prepare_activation
+last_quantizer: Optional[str] = None  #: "fused" (one-kernel quantizer), "torch" (latest prepare_activation) or "in-kernel" (the GEMV quantized)
 
 #: crossovers measured on the H200 (bench/results/h200/): the CUDA-core GEMV kernel is the fastest
 #: for one token (3.9 / 4.4 us at E=256 / 384, swap-AB 4.8 / 5.3), the tensor-core "swap-AB" decode
@@ -149,6 +149,23 @@ def prepare_activation(x: torch.Tensor, linear, fused: Optional[bool] = None):
     return q.data.contiguous(), q.scales.view(torch.uint8).contiguous(), q.global_scale
 
 
+def _route_quantizing(x: torch.Tensor, linear, top_k: int, scoring: str, renormalize: bool, kernel):
+    """bf16 activations routed by the GEMV kernel that quantizes them in the same launch (its
+    bits are the fused quantizer's), where that is the kernel for these tokens: the quantizer's
+    launch saved.  None where it does not apply."""
+    global last_kernel, last_quantizer
+    from .launch import gemv_quant_problem, run_gemv_quant
+
+    x2 = x.reshape(-1, x.shape[-1])
+    if not fused_quant_enabled() or (kernel or choose_kernel(x2.shape[0], linear.out_features)) != "gemv":
+        return None
+    if gemv_quant_problem(x2, linear) is not None:
+        return None
+    last_kernel = "gemv"
+    last_quantizer = "in-kernel"
+    return run_gemv_quant(x2, linear, top_k, scoring, renormalize)
+
+
 def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str = "softmax",
                            renormalize: Optional[bool] = None, *, path: Optional[str] = None,
                            activation=None, split_k: Optional[bool] = None,
@@ -171,6 +188,10 @@ def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str
     _announce(chosen)
     if chosen.startswith("reference"):
         return reference_router(x, linear, top_k, scoring, renormalize)
+    if activation is None and chosen == "portable" and split_k is None and tile_config is None:
+        routed = _route_quantizing(x, linear, top_k, scoring, renormalize, kernel)
+        if routed is not None:
+            return routed
     if activation is None:
         activation = prepare_activation(x, linear)
     if chosen == "portable":

@@ -168,12 +168,22 @@ def main(argv=None) -> int:
                 for tm, rb in ((1, 1), (8, 4)):  # decode and the largest token group
                     cute.compile(GemvRouterKernel(k, scoring, renorm, 256, tm, rb), *args)
                     done.append(f"k={k},{scoring},tm={tm},rb={rb}")
-                # the tensor-core decode kernel (swap-AB): counted route (7 splits), polled (2)
-                for nt, ks, mw in ((1, 7, 1), (2, 2, 2)):
+                # quantizing its bf16 activations in the same launch: dynamic and calibrated global scale
+                import torch
+
+                from kernels.router.launch import gemv_quant_args
+
+                qargs = gemv_quant_args(torch.randn(1, 256).to(torch.bfloat16), _act_layer()[1], k, 1)[0]
+                for quant in ("dynamic", "static"):
+                    cute.compile(GemvRouterKernel(k, scoring, renorm, 256, 1, 1, quant=quant), *qargs)
+                    done.append(f"k={k},{scoring},tm=1,rb=1,quant={quant}")
+                # the tensor-core decode kernel (swap-AB): counted route (7 splits) with 16-byte K
+                # units, polled (2) with 8-byte ones
+                for nt, ks, mw, uw in ((1, 7, 1, 4), (2, 2, 2, 2)):
                     poll = swapab_polls(ks)
                     margs = mma_gemv_args(*_act_layer(), k, nt, ks, poll)[0]
-                    cute.compile(MmaGemvRouterKernel(k, scoring, renorm, 256, nt, ks, poll, mw=mw), *margs)
-                    done.append(f"k={k},{scoring},swapab nt={nt},ksplit={ks},mw={mw},poll={poll}")
+                    cute.compile(MmaGemvRouterKernel(k, scoring, renorm, 256, nt, ks, poll, mw=mw, uw=uw), *margs)
+                    done.append(f"k={k},{scoring},swapab nt={nt},ksplit={ks},mw={mw},uw={uw},poll={poll}")
                 # the staged-decode kernel (cp.async ring, operands decoded once per CTA into shared
                 # memory): the counted route with a 3-deep ring, then (last: its PTX file is the one
                 # checked) the waiting route with a 4-deep ring

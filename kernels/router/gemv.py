@@ -31,7 +31,7 @@ import cutlass
 import cutlass.cute as cute
 
 from .portable import DSL_OPS, LUT_E4M3, LUT_SIZE
-from .quant import _asm, _f2i, _i2f, _sel
+from .quant import _asm, _f2i, _i2f, _mul_rn, _sel, block_amax, global_scale, quant_block, safe_scales
 from .topk import EMPTY_ID, sorted_insert
 
 THREADS = 256
@@ -275,11 +275,16 @@ class GemvRouterKernel(_WarpRouter):
     ``tm`` tokens and ``rb`` experts per CTA; top_k / scoring / renormalize are compile-time."""
 
     def __init__(self, top_k: int, scoring: str, renormalize: bool, experts: int, tm: int = 1, rb: int = 2,
-                 variant: str = ""):
+                 variant: str = "", quant: str = ""):
         if experts % 32 or experts // 32 > 64:
             raise ValueError(f"E={experts}: the GEMV router needs a multiple of 32 up to 2048")
         if experts % rb or tm > WARPS or rb * tm > THREADS:
             raise ValueError(f"bad GEMV config tm={tm} rb={rb} for E={experts}")
+        if quant not in ("", "dynamic", "static"):
+            raise ValueError(f"quant={quant!r}: '', 'dynamic' or 'static'")
+        # quant: the CTA quantizes its tokens' bf16 activations itself (see kernel); "dynamic":
+        # global scale amax / 2688 of the token group, "static": the layer's calibrated one
+        self.quant = quant
         self.top_k = top_k
         self.scoring = scoring
         self.renormalize = renormalize
@@ -289,7 +294,7 @@ class GemvRouterKernel(_WarpRouter):
         # probe variant "noroute": logits only (what the route costs)
         self.variant = variant
         self.poll = True
-        self.smem_bytes = 4 * LUT_SIZE + 4 * WARPS * rb * tm + 64
+        self.smem_bytes = 4 * LUT_SIZE + 4 * WARPS * rb * tm + 4 * WARPS + 96
 
     @cute.jit
     def __call__(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
@@ -310,6 +315,16 @@ class GemvRouterKernel(_WarpRouter):
     def _load_chunk(self, mA, mSFA, mB, mSFB, c, n0, t0, T, kw, k_tiles,
                     rawB: cute.Tensor, sfB: cute.Tensor, rawA: cute.Tensor, sfA: cute.Tensor):
         """Every global load of chunk ``c`` (words and scale bytes of the rb rows and tm tokens)."""
+        self._load_weights(mB, mSFB, c, n0, kw, k_tiles, rawB, sfB)
+        for t in cutlass.range_constexpr(self.tm):
+            tok = cutlass.min(t0 + t, T - 1)  # rows past T re-read row T-1, never stored
+            self._load16(mA, tok, kw, c, rawA[None, t])
+            sfA[0, t] = cutlass.Int32(mSFA[tok, 2 * c])
+            sfA[1, t] = cutlass.Int32(mSFA[tok, 2 * c + 1])
+
+    @cute.jit
+    def _load_weights(self, mB, mSFB, c, n0, kw, k_tiles, rawB: cute.Tensor, sfB: cute.Tensor):
+        """Chunk ``c`` of the rb weight rows: code words and scale bytes."""
         kt = c // 2
         blk = (c % 2) * 2  # chunk c holds scale blocks 2c, 2c+1 of K-tile c // 2
         for r in cutlass.range_constexpr(self.rb):
@@ -319,11 +334,6 @@ class GemvRouterKernel(_WarpRouter):
             off = ((row // 128) * k_tiles + kt) * 512 + (row % 32) * 16 + ((row % 128) // 32) * 4 + blk
             sfB[0, r] = cutlass.Int32(mSFB[off])
             sfB[1, r] = cutlass.Int32(mSFB[off + 1])
-        for t in cutlass.range_constexpr(self.tm):
-            tok = cutlass.min(t0 + t, T - 1)  # rows past T re-read row T-1, never stored
-            self._load16(mA, tok, kw, c, rawA[None, t])
-            sfA[0, t] = cutlass.Int32(mSFA[tok, 2 * c])
-            sfA[1, t] = cutlass.Int32(mSFA[tok, 2 * c + 1])
 
     @cute.kernel
     def kernel(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
@@ -335,7 +345,8 @@ class GemvRouterKernel(_WarpRouter):
         warp = tidx // 32
         lane = tidx % 32
         T = mA.shape[0]
-        kw = mA.shape[1]  # int32 words per row (K / 8)
+        # int32 words of codes per row (K / 8); with in-kernel quantization mA is the bf16 rows (K / 2)
+        kw = mA.shape[1] // 4 if cutlass.const_expr(self.quant) else mA.shape[1]
         nchunk = kw // 4  # 16-byte chunks per row (K / 32)
         k_tiles = kw // 8  # 64-element scale atoms per row (K / 64)
         n0 = bx * rb
@@ -344,6 +355,7 @@ class GemvRouterKernel(_WarpRouter):
         smem = cutlass.utils.SmemAllocator()
         sLut = smem.allocate_tensor(cutlass.Float32, cute.make_layout(LUT_SIZE), 16)
         sRed = smem.allocate_tensor(cutlass.Float32, cute.make_layout((WARPS, rb * tm), stride=(rb * tm, 1)), 16)
+        sAmax = smem.allocate_tensor(cutlass.Int32, cute.make_layout(WARPS), 16)
         acc = cute.make_rmem_tensor(cute.make_layout(rb * tm), cutlass.Float32)
         acc.fill(0.0)
         rawB = cute.make_rmem_tensor(cute.make_layout((4, rb), stride=(1, 4)), cutlass.Int32)
@@ -351,17 +363,21 @@ class GemvRouterKernel(_WarpRouter):
         sfB = cute.make_rmem_tensor(cute.make_layout((2, rb), stride=(1, 2)), cutlass.Int32)
         sfA = cute.make_rmem_tensor(cute.make_layout((2, tm), stride=(1, 2)), cutlass.Int32)
 
-        # the first chunk's loads go out before the table load and its barrier
-        if tidx < nchunk:
-            self._load_chunk(mA, mSFA, mB, mSFB, tidx, n0, t0, T, kw, k_tiles, rawB, sfB, rawA, sfA)
-        for u in cutlass.range_constexpr(-(-LUT_SIZE // THREADS)):
-            li = cutlass.min(tidx + u * THREADS, LUT_SIZE - 1)
-            sLut[li] = mLut[li]
-        cute.arch.sync_threads()
-        for c in range(tidx, nchunk, THREADS):
-            if c != tidx:
-                self._load_chunk(mA, mSFA, mB, mSFB, c, n0, t0, T, kw, k_tiles, rawB, sfB, rawA, sfA)
-            self._dot_chunk(sLut, rawB, sfB, rawA, sfA, acc)
+        alpha = cutlass.Float32(1.0)
+        if cutlass.const_expr(self.quant):
+            alpha = self._quant_dot(mA, mSFA, mB, mSFB, mAlpha, mLut, sLut, sAmax, tidx, warp, lane, n0, t0, T, kw,
+                                    nchunk, k_tiles, rawB, sfB, rawA, sfA, acc)
+        else:
+            # the first chunk's loads go out before the table load and its barrier
+            if tidx < nchunk:
+                self._load_chunk(mA, mSFA, mB, mSFB, tidx, n0, t0, T, kw, k_tiles, rawB, sfB, rawA, sfA)
+            self._load_lut(mLut, sLut, tidx)
+            cute.arch.sync_threads()
+            for c in range(tidx, nchunk, THREADS):
+                if c != tidx:
+                    self._load_chunk(mA, mSFA, mB, mSFB, c, n0, t0, T, kw, k_tiles, rawB, sfB, rawA, sfA)
+                self._dot_chunk(sLut, rawB, sfB, rawA, sfA, acc)
+            alpha = mAlpha[0]
 
         # CTA sum: butterflies inside each warp, then the warps in a fixed order
         for i in cutlass.range_constexpr(rb * tm):
@@ -371,7 +387,6 @@ class GemvRouterKernel(_WarpRouter):
             if lane == 0:
                 sRed[warp, i] = v
         cute.arch.sync_threads()
-        alpha = mAlpha[0]
         if tidx < rb * tm:
             s = sRed[0, tidx]
             for w in cutlass.range_constexpr(1, WARPS):
@@ -387,6 +402,62 @@ class GemvRouterKernel(_WarpRouter):
                 if warp < tm:
                     if t0 + warp < T:
                         self._route_warp(mLog, 1, cutlass.Float32(1.0), mIds, mW, t0 + warp, lane)
+
+    @cute.jit
+    def _load_lut(self, mLut: cute.Tensor, sLut: cute.Tensor, tidx):
+        for u in cutlass.range_constexpr(-(-LUT_SIZE // THREADS)):
+            li = cutlass.min(tidx + u * THREADS, LUT_SIZE - 1)
+            sLut[li] = mLut[li]
+
+    @cute.jit
+    def _quant_dot(self, mX, mG, mB, mSFB, mGb, mLut, sLut, sAmax, tidx, warp, lane, n0, t0, T, kw, nchunk, k_tiles,
+                   rawB, sfB, rawA, sfA, acc):
+        """In-kernel quantization (one chunk per thread, K <= 32 x THREADS): thread c loads the
+        bf16 activations of chunk c (32 per token, 64 bytes) after its weight loads, the CTA takes
+        the max |x| of the token group (warp ``redux.sync`` + the table load's barrier: no barrier
+        of its own), and each thread quantizes its two 16-blocks per token exactly as the
+        activation quantizer does (``kernels.router.quant.quant_block``: the same bits, so the
+        same logits as quantizer + kernel) into the registers the dot product reads.  Every CTA
+        of a group computes the same global scale from the same values.  Returns ``alpha``."""
+        tm = self.tm
+        xw = [[cute.make_rmem_tensor(cute.make_layout(8), cutlass.Int32) for _ in range(2)] for _ in range(tm)]
+        for t in cutlass.range_constexpr(tm):
+            for b in cutlass.range_constexpr(2):
+                xw[t][b].fill(0)
+        if tidx < nchunk:
+            self._load_weights(mB, mSFB, tidx, n0, kw, k_tiles, rawB, sfB)
+            for t in cutlass.range_constexpr(tm):
+                tok = cutlass.min(t0 + t, T - 1)  # rows past T re-read row T-1: the same max
+                for b in cutlass.range_constexpr(2):
+                    off = cute.assume(tok * (4 * kw) + tidx * 16 + b * 8, divby=8)
+                    cute.autovec_copy(cute.make_tensor(mX.iterator + off, cute.make_layout(8)), xw[t][b])
+        self._load_lut(mLut, sLut, tidx)
+        bam = [[block_amax(xw[t][b]) for b in range(2)] for t in range(tm)]
+        amax = cutlass.Int32(0)
+        for t in cutlass.range_constexpr(tm):
+            amax = cutlass.max(amax, cutlass.max(bam[t][0], bam[t][1]))
+        amax = _redux("max", amax)  # non-negative float bits: the integer order is the float order
+        if lane == 0:
+            sAmax[warp] = amax
+        cute.arch.sync_threads()
+        g = cutlass.Float32(0.0)
+        if cutlass.const_expr(self.quant == "dynamic"):
+            m = sAmax[0]
+            for w in cutlass.range_constexpr(1, WARPS):
+                m = cutlass.max(m, sAmax[w])
+            g = global_scale(m)
+        else:
+            g = mG[0]
+        g_safe, d6 = safe_scales(g)
+        out = cute.make_rmem_tensor(cute.make_layout(2), cutlass.Int32)
+        for t in cutlass.range_constexpr(tm):
+            for b in cutlass.range_constexpr(2):
+                sfA[b, t] = quant_block(xw[t][b], bam[t][b], g_safe, d6, out)
+                rawA[2 * b, t] = out[0]
+                rawA[2 * b + 1, t] = out[1]
+        if tidx < nchunk:
+            self._dot_chunk(sLut, rawB, sfB, rawA, sfA, acc)
+        return _mul_rn(g, mGb[0])
 
     @cute.jit
     def _dot_chunk(self, sLut, rawB, sfB, rawA, sfA, acc):
@@ -428,12 +499,12 @@ _compiled = {}
 
 
 def compile_gemv(top_k: int, scoring: str, renormalize: bool, experts: int, tm: int, rb: int, args,
-                 variant: str = ""):
+                 variant: str = "", quant: str = ""):
     """Compile (cached by configuration; tensor shapes and strides are dynamic, E is not)."""
-    key = (top_k, scoring, renormalize, experts, tm, rb, variant)
+    key = (top_k, scoring, renormalize, experts, tm, rb, variant, quant)
     fn = _compiled.get(key)
     if fn is None:
-        fn = cute.compile(GemvRouterKernel(top_k, scoring, renormalize, experts, tm, rb, variant), *args)
+        fn = cute.compile(GemvRouterKernel(top_k, scoring, renormalize, experts, tm, rb, variant, quant), *args)
         _compiled[key] = fn
     return fn
 

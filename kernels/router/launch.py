@@ -116,6 +116,74 @@ def run_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool, co
     return ids, w
 
 
+def gemv_quant_args(x, linear, top_k: int, tm: int = 1):
+    """CuTe arguments of the GEMV kernel that quantizes its bf16 activations itself
+    (``GemvRouterKernel(quant=...)``): ``x`` [T, K] bf16 as int32 words, the layer's calibrated
+    activation scale (or a placeholder for the dynamic one) and ``g_b`` in place of the activation
+    scales and ``alpha``.  Returns ``(args, ids, w, quant mode)``."""
+    from .quant import _one
+
+    t = x.shape[0]
+    dev = x.device
+    static = getattr(linear, "input_global_scale", None)
+    if static is None:
+        g, mode = _one(dev), "dynamic"
+    else:
+        g = (static.detach().to(dev, torch.float32) if isinstance(static, torch.Tensor)
+             else torch.tensor(float(static), device=dev)).reshape(1).clone()
+        mode = "static"
+    gb = linear._global_scale_b.detach().to(dev, torch.float32).reshape(1).clone()
+    logits = polled_workspace(dev, (1, t, linear.out_features))
+    ids = torch.empty((t, top_k), dtype=torch.int32, device=dev)
+    w = torch.empty((t, top_k), dtype=torch.float32, device=dev)
+    args = (
+        _cute(x.contiguous().view(torch.int32)),
+        _cute(g),
+        _cute(linear._mat_b.contiguous().view(torch.int32)),
+        _cute(linear._scale_b.contiguous().view(torch.uint8).reshape(-1)),
+        _cute(gb),
+        _cute(_lut(dev)),
+        _cute(logits),
+        _cute(ids),
+        _cute(w),
+        current_stream(dev),
+    )
+    return args, ids, w, mode
+
+
+def gemv_quant_problem(x, linear) -> str | None:
+    """Why the GEMV kernel cannot quantize ``x`` [T, K] itself (None when it can): one token group
+    (its global scale is the whole tensor's), one 32-wide chunk per thread, bf16 as the fused
+    quantizer reads it."""
+    from .gemv import THREADS, WARPS
+    from .quant import fused_quant_problem
+
+    why = fused_quant_problem(x)
+    if why:
+        return why
+    t, k = x.shape
+    if t > WARPS:
+        return f"{t} tokens: more than one token group"
+    if k % 128 or k > 32 * THREADS:
+        return f"K={k}: not a multiple of 128 up to {32 * THREADS}"
+    return None
+
+
+def run_gemv_quant(x, linear, top_k: int, scoring: str, renormalize: bool, config=None):
+    """Route bf16 ``x`` [T, K] (T <= 8) with the GEMV kernel quantizing in the same launch: the
+    answers of ``prepare_activation`` + :func:`run_gemv`, bit for bit, without the quantizer's launch."""
+    from .gemv import compile_gemv, pick_gemv
+
+    t = x.shape[0]
+    tm, rb = config or pick_gemv(t, linear.out_features)
+    if tm < t:
+        raise ValueError(f"tm={tm} < T={t}: in-kernel quantization needs one token group")
+    args, ids, w, mode = gemv_quant_args(x, linear, top_k, tm)
+    fn = compile_gemv(top_k, scoring, renormalize, linear.out_features, tm, rb, args, quant=mode)
+    fn(*args)
+    return ids, w
+
+
 def mma_gemv_args(activation, linear, top_k: int, nt: int = 1, ksplit: int = 1, poll: bool = False,
                   scale_words: bool = False):
     """CuTe arguments of the tensor-core decode kernel: partial logits ``[ksplit, T, E]`` (``poll``:

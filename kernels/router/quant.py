@@ -144,6 +144,48 @@ def _e4m3_value(code):
     return _sel(e > 0, normal, sub)
 
 
+@cute.jit
+def block_amax(raw: cute.Tensor):
+    """max |x| of a 16-element bf16 block (8 int32 words) as float bits (int order = float order
+    for non-negative floats)."""
+    m = cutlass.Int32(0)
+    for w in cutlass.range_constexpr(8):
+        word = raw[w]
+        m = cutlass.max(m, (word << 16) & 0x7FFFFFFF)
+        m = cutlass.max(m, word & 0x7FFF0000)
+    return m
+
+
+def global_scale(amax_bits):
+    """The dynamic global scale ``amax / (6 * 448)`` (div.rn, as PyTorch)."""
+    return _div_rn(_i2f(amax_bits), cutlass.Float32(2688.0))
+
+
+@cute.jit
+def quant_block(raw: cute.Tensor, bam, g_safe, d6, out: cute.Tensor):
+    """One 16-element block (``raw``: 8 bf16x2 words, ``bam``: its :func:`block_amax`) with global
+    scale ``g_safe`` (``d6 = 6 g_safe``): its two words of E2M1 codes into ``out``; returns the
+    E4M3 scale code."""
+    s = _div_rn(_i2f(bam), d6)
+    s = _sel(s == s, cute.arch.fmin(s, cutlass.Float32(448.0)), s)  # clamp(max=448), NaN kept
+    code = _e4m3_code(_f2i(s))
+    denom = _mul_rn(_e4m3_value(code), g_safe)
+    ok = (denom > cutlass.Float32(0.0)) & (code != 0x7F)
+    d = _sel(ok, denom, cutlass.Float32(1.0))
+    for h in cutlass.range_constexpr(2):
+        v = cutlass.Int32(0)
+        for j in cutlass.range_constexpr(4):
+            v = v | (_encode_pair(raw[4 * h + j], d) << (8 * j))
+        out[h] = _sel(ok, v, cutlass.Int32(0))
+    return code
+
+
+def safe_scales(g):
+    """``(g_safe, 6 g_safe)``: a zero or negative global scale quantizes against 1 (every code 0)."""
+    g_safe = _sel(g > cutlass.Float32(0.0), g, cutlass.Float32(1.0))
+    return g_safe, _mul_rn(cutlass.Float32(6.0), g_safe)
+
+
 class Nvfp4ActQuantKernel:
     """``dynamic``: compute the global scale on device (else read it from ``mG``);
     ``with_alpha``: also write ``mAlpha[0] = g * mGb[0]``."""
@@ -167,29 +209,9 @@ class Nvfp4ActQuantKernel:
         cute.autovec_copy(src, dst)
 
     @cute.jit
-    def _block_amax(self, raw: cute.Tensor):
-        """max |x| of the block as float bits (int order = float order for non-negative floats)."""
-        m = cutlass.Int32(0)
-        for w in cutlass.range_constexpr(8):
-            word = raw[w]
-            m = cutlass.max(m, (word << 16) & 0x7FFFFFFF)
-            m = cutlass.max(m, word & 0x7FFF0000)
-        return m
-
-    @cute.jit
     def _quant_block(self, mQ: cute.Tensor, mS: cute.Tensor, b, raw: cute.Tensor, bam, g_safe, d6):
-        s = _div_rn(_i2f(bam), d6)
-        s = _sel(s == s, cute.arch.fmin(s, cutlass.Float32(448.0)), s)  # clamp(max=448), NaN kept
-        code = _e4m3_code(_f2i(s))
-        denom = _mul_rn(_e4m3_value(code), g_safe)
-        ok = (denom > cutlass.Float32(0.0)) & (code != 0x7F)
-        d = _sel(ok, denom, cutlass.Float32(1.0))
         out = cute.make_rmem_tensor(cute.make_layout(2), cutlass.Int32)
-        for h in cutlass.range_constexpr(2):
-            v = cutlass.Int32(0)
-            for j in cutlass.range_constexpr(4):
-                v = v | (_encode_pair(raw[4 * h + j], d) << (8 * j))
-            out[h] = _sel(ok, v, cutlass.Int32(0))
+        code = quant_block(raw, bam, g_safe, d6, out)
         dst = cute.make_tensor(mQ.iterator + cute.assume(b * 2, divby=2), cute.make_layout(2))
         cute.autovec_copy(out, dst)
         mS[b] = cutlass.Uint8(code)
@@ -222,7 +244,7 @@ class Nvfp4ActQuantKernel:
                 self._load_block(mX, b, raw[None, i])
         amax = cutlass.Int32(0)
         for i in cutlass.range_constexpr(R):
-            bam[i] = self._block_amax(raw[None, i])
+            bam[i] = block_amax(raw[None, i])
             amax = cutlass.max(amax, bam[i])
 
         g = cutlass.Float32(0.0)
@@ -233,8 +255,8 @@ class Nvfp4ActQuantKernel:
                 self._load_block(mX, b, tmp[None, 0])
                 if b + stride < nb:
                     self._load_block(mX, b + stride, tmp[None, 1])
-                amax = cutlass.max(amax, self._block_amax(tmp[None, 0]))
-                amax = cutlass.max(amax, _sel(b + stride < nb, self._block_amax(tmp[None, 1]), cutlass.Int32(0)))
+                amax = cutlass.max(amax, block_amax(tmp[None, 0]))
+                amax = cutlass.max(amax, _sel(b + stride < nb, block_amax(tmp[None, 1]), cutlass.Int32(0)))
             for sh in cutlass.range_constexpr(5):
                 amax = cutlass.max(amax, cute.arch.shuffle_sync_bfly(amax, offset=16 >> sh))
             if lane == 0:
@@ -245,7 +267,7 @@ class Nvfp4ActQuantKernel:
                 for w in cutlass.range_constexpr(1, WARPS):
                     m = cutlass.max(m, sRed[w])
                 if nctas == 1:
-                    gg = _div_rn(_i2f(m), cutlass.Float32(2688.0))
+                    gg = global_scale(m)
                     sG[0] = gg
                     mG[0] = gg
                 else:
@@ -258,7 +280,7 @@ class Nvfp4ActQuantKernel:
                                                sem="acq_rel", scope="gpu")
                     if old == nctas - 1:
                         tot = cute.arch.load((mWs.iterator + WS_AMAX).llvm_ptr, cutlass.Int32, sem="relaxed", scope="gpu")
-                        gg = _div_rn(_i2f(tot), cutlass.Float32(2688.0))
+                        gg = global_scale(tot)
                         mG[0] = gg
                         sG[0] = gg
                         mWs[WS_AMAX] = cutlass.Int32(0)
@@ -279,8 +301,7 @@ class Nvfp4ActQuantKernel:
                 if tidx == 0:
                     mAlpha[0] = _mul_rn(g, mGb[0])
 
-        g_safe = _sel(g > cutlass.Float32(0.0), g, cutlass.Float32(1.0))
-        d6 = _mul_rn(cutlass.Float32(6.0), g_safe)
+        g_safe, d6 = safe_scales(g)
         for i in cutlass.range_constexpr(R):
             b = first + i * stride
             if b < nb:
@@ -289,9 +310,9 @@ class Nvfp4ActQuantKernel:
             self._load_block(mX, b, tmp[None, 0])
             if b + stride < nb:
                 self._load_block(mX, b + stride, tmp[None, 1])
-            self._quant_block(mQ, mS, b, tmp[None, 0], self._block_amax(tmp[None, 0]), g_safe, d6)
+            self._quant_block(mQ, mS, b, tmp[None, 0], block_amax(tmp[None, 0]), g_safe, d6)
             if b + stride < nb:
-                self._quant_block(mQ, mS, b + stride, tmp[None, 1], self._block_amax(tmp[None, 1]), g_safe, d6)
+                self._quant_block(mQ, mS, b + stride, tmp[None, 1], block_amax(tmp[None, 1]), g_safe, d6)
 
 
 _compiled = {}
