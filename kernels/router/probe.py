@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     p.add_argument("--decode-variants", nargs="*", default=[""],
                    help="variants of the decode kernels: plain (as shipped), noroute (logits only); "
                         "swap-AB only: poll / count / wait (force the polled, the counted or the "
-                        "waiting route)")
+                        "waiting route); GEMV only: quant (from bf16, quantizing in the kernel)")
     a = p.parse_args(argv)
     dev = torch.device("cuda")
     k_tiles = a.hidden // BK
@@ -182,7 +182,10 @@ def _decode(kind, cfg, variant, x, base, act, ref_logits, layers, a, res) -> int
     dev = x.device
 
     def make(lay):
-        if kind == "gemv":
+        if kind == "gemv" and "quant" in variant:
+            args, ids, w, mode = launch.gemv_quant_args(x, lay, 6, cfg[0])
+            fn = compile_gemv(6, "softmax", False, lay.out_features, cfg[0], cfg[1], args, variant, quant=mode)
+        elif kind == "gemv":
             args, ids, w = launch.gemv_args(act, lay, 6, cfg[0])
             fn = compile_gemv(6, "softmax", False, lay.out_features, cfg[0], cfg[1], args, variant)
         elif kind == "staged":
