@@ -118,6 +118,12 @@ def choose_path(x: torch.Tensor, linear, top_k: int) -> str:
     return f"reference: compute capability {major}.{minor} is below 8.0"
 
 
+def inkernel_quant_enabled() -> bool:
+    """The GEMV kernel quantizing bf16 activations in its own launch where it routes (T = 1) is the
+    default; ``GPUREPRO_ROUTER_INKERNEL_QUANT=0`` turns it off (the fused quantizer, then the kernel)."""
+    return os.environ.get("GPUREPRO_ROUTER_INKERNEL_QUANT", "1") != "0"
+
+
 def fused_quant_enabled() -> bool:
     """The fused activation quantizer is the default; ``GPUREPRO_ROUTER_FUSED_QUANT=0`` turns it off."""
     return os.environ.get("GPUREPRO_ROUTER_FUSED_QUANT", "1") != "0"
@@ -157,7 +163,9 @@ def _route_quantizing(x: torch.Tensor, linear, top_k: int, scoring: str, renorma
     from .launch import gemv_quant_problem, run_gemv_quant
 
     x2 = x.reshape(-1, x.shape[-1])
-    if not fused_quant_enabled() or (kernel or choose_kernel(x2.shape[0], linear.out_features)) != "gemv":
+    if not (fused_quant_enabled() and inkernel_quant_enabled()):
+        return None
+    if (kernel or choose_kernel(x2.shape[0], linear.out_features)) != "gemv":
         return None
     if gemv_quant_problem(x2, linear) is not None:
         return None
@@ -220,7 +228,7 @@ def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str
 
 __all__ = [
     "GEMV_MAX_TOKENS", "SCORINGS", "RoutingComparison", "check_scoring", "choose_kernel", "choose_path", "compare_routing", "cutlass_dsl_available",
-    "default_renormalize", "fused_quant_enabled", "global_expert_index", "merge_topk", "prepare_activation", "reference_router",
+    "default_renormalize", "fused_quant_enabled", "global_expert_index", "inkernel_quant_enabled", "merge_topk", "prepare_activation", "reference_router",
     "router_logits_reference", "run_nvfp4_fused_router", "shape_problem", "sorted_insert", "topk_from_logits",
     "topk_of", "weights_for_ids",
 ]

@@ -158,15 +158,12 @@ def gemv_quant_problem(x, linear) -> str | None:
     from .gemv import THREADS, WARPS
     from .quant import fused_quant_problem
 
-    why = fused_quant_problem(x)
-    if why:
-        return why
     t, k = x.shape
     if t > WARPS:
         return f"{t} tokens: more than one token group"
     if k % 128 or k > 32 * THREADS:
         return f"K={k}: not a multiple of 128 up to {32 * THREADS}"
-    return None
+    return fused_quant_problem(x)
 
 
 def run_gemv_quant(x, linear, top_k: int, scoring: str, renormalize: bool, config=None):

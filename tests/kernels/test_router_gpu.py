@@ -186,7 +186,7 @@ def test_tile_kernel_stream_k_grid_matches_the_reference(t, ctas):
 @pytest.mark.skipif(torch.cuda.is_available() and _sm() < 8, reason="the portable kernel needs SM80 or later")
 @pytest.mark.parametrize("t,e,hidden,static", [(1, 256, 7168, False), (1, 384, 7168, False), (5, 384, 2048, False),
                                                (1, 384, 2048, True)])
-def test_gemv_quantizing_in_kernel_is_quantizer_plus_kernel_bit_for_bit(t, e, hidden, static):
+def test_gemv_quantizing_in_kernel_is_quantizer_plus_kernel_bit_for_bit(t, e, hidden, static, monkeypatch):
     # the GEMV kernel reading bf16 activations and quantizing them itself (one launch) against the
     # fused quantizer + the same GEMV kernel: the same ids and weights, bit for bit (dynamic global
     # scale of the token group, and the layer's calibrated scale)
@@ -206,7 +206,8 @@ def test_gemv_quantizing_in_kernel_is_quantizer_plus_kernel_bit_for_bit(t, e, hi
     c = router.compare_routing(got[0], got[1], ref, 6, "softmax")
     assert c.ok and c.max_weight_err < 1e-4, c
     if t == 1:
-        # the router's default path from bf16 at T=1 is this kernel
+        # the router's path from bf16 at T=1 is this kernel (GPUREPRO_ROUTER_INKERNEL_QUANT=1)
+        monkeypatch.setenv("GPUREPRO_ROUTER_INKERNEL_QUANT", "1")
         ids, w = router.run_nvfp4_fused_router(x, layer, 6, "softmax")
         assert router.last_quantizer == "in-kernel" and router.last_kernel == "gemv"
         assert torch.equal(ids, want[0]) and torch.equal(w, want[1])

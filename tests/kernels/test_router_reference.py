@@ -192,3 +192,29 @@ def test_sm100_does_not_import_launch():
     # launch may load sm100 (run_sm100); sm100 must not load launch back
     assert "launch" not in imported("sm100")
     assert "runtime" in imported("launch") and "runtime" in imported("sm100")
+
+
+def test_quantizer_switches_read_the_environment(monkeypatch):
+    # both quantizer paths default on; "0" turns each off, anything else leaves it on
+    from kernels.router import fused_quant_enabled, inkernel_quant_enabled
+
+    for name, fn in (("GPUREPRO_ROUTER_FUSED_QUANT", fused_quant_enabled),
+                     ("GPUREPRO_ROUTER_INKERNEL_QUANT", inkernel_quant_enabled)):
+        monkeypatch.delenv(name, raising=False)
+        assert fn()
+        monkeypatch.setenv(name, "0")
+        assert not fn()
+        monkeypatch.setenv(name, "1")
+        assert fn()
+
+
+def test_in_kernel_quantization_declines_cpu_and_multi_group_inputs():
+    # launch.gemv_quant_problem: the in-kernel path is for one CUDA bf16 token group, K <= 8192
+    from kernels.router.launch import gemv_quant_problem
+
+    layer = Nvfp4Linear(torch.randn(128, 256)).finalize_weights()
+    x = torch.randn(9, 256).to(torch.bfloat16)
+    assert gemv_quant_problem(x, layer) == "9 tokens: more than one token group"
+    assert gemv_quant_problem(torch.randn(1, 8320).to(torch.bfloat16), layer).startswith("K=8320")
+    assert gemv_quant_problem(torch.randn(1, 192).to(torch.bfloat16), layer).startswith("K=192")
+    assert gemv_quant_problem(x[:8], layer) == "input not on CUDA"
