@@ -12,10 +12,10 @@ not from the 60 MB L2), replayed ``--reps`` times; the time per call is the medi
   it takes the shape): tensor-core decode per warp, tensor-core decode staged once per CTA in shared
   memory (32 <= T <= 512), CUDA-core decode, the pipelined tile kernel (T >= 128), the older
   mma.sync tile kernel with and without split-K;
-* ``fused+quant``  ``run_nvfp4_fused_router`` from bf16 activations, its default path: where the
-  GEMV kernel routes (T=1), that kernel quantizing the activations in the same launch; else the
-  fused one-kernel quantizer (``kernels.router.quant``), then the kernel (the PyTorch quantizer
-  for both when ``GPUREPRO_ROUTER_FUSED_QUANT=0``);
+* ``fused+quant``  ``run_nvfp4_fused_router`` from bf16 activations, its default path: the fused
+  one-kernel quantizer (``kernels.router.quant``), then the kernel (with
+  ``GPUREPRO_ROUTER_INKERNEL_QUANT=1``, at T=1 the GEMV kernel quantizing in its own launch; the
+  PyTorch quantizer when ``GPUREPRO_ROUTER_FUSED_QUANT=0``);
 * ``torchq+route`` the same with the PyTorch quantizer of ``kernels.nvfp4`` (~20 elementwise kernels);
 * ``quant``        the fused quantizer alone;
 * ``bf16``         cuBLAS bf16 GEMM (x @ W^T, W in bf16) + softmax + ``torch.topk``;
