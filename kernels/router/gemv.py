@@ -43,6 +43,13 @@ def _redux(op: str, v):
     return _asm(cutlass.Int32, f"redux.sync.{op}.s32 $0, $1, 0xffffffff;", "=r,r", cutlass.Int32(v))
 
 
+def _stamp(dep):
+    """``%clock`` read once ``dep`` is ready (the read is predicated on it), for the probe's
+    timestamps: ptxas cannot issue it before the work that makes ``dep``."""
+    ptx = ("{ .reg .pred p; setp.ne.s32 p, $1, 1234567; @p mov.u32 $0, %clock; @!p mov.u32 $0, 0; }")
+    return _asm(cutlass.Int32, ptx, "=r,r", cutlass.Int32(dep))
+
+
 def _order_key(v):
     """A float as an int32 whose signed order is the float order (NaN: the smallest int, so a NaN
     never wins, as in ``DSL_OPS.better``)."""
@@ -206,43 +213,25 @@ class _WarpRouter:
                     mW: cute.Tensor, tok, lane):
         """Route token ``tok``: the logit of expert ``col`` is ``alpha * sum(mSrc[y, tok, col] for
         y in range(splits))``.  Each lane keeps a sorted top-k of its E/32 logits
-        (:func:`kernels.router.topk.sorted_insert`); each of the k picks is two ``redux.sync`` (the
-        max of the lanes' heads as order keys, then the lowest id among the lanes holding it:
-        larger value, then lower id, as ``DSL_OPS.better``), and the winning lane pops its head.
-        (Picking from unsorted keys with max / min trees instead measured 0.1-0.2 us slower on the
-        H200 at T=1: the picks are the serial part.)  The softmax denominator is summed after the
-        picks (its max is the first pick), every exp independent, then a butterfly (the same bits
-        in every lane and on every run)."""
+        (:func:`kernels.router.topk.sorted_insert`); the k picks are then serial over the warp
+        (:meth:`_picks`).  The softmax denominator is summed after the picks (its max is the first
+        pick), every exp independent, then a butterfly (the same bits in every lane and on every
+        run)."""
         k = self.top_k
         per_lane = self.experts // 32
+        clock = cutlass.const_expr("clock" in getattr(self, "variant", ""))
+        st = [cutlass.Int32(0)] * 6
+        if cutlass.const_expr(clock):
+            st[0] = _stamp(cutlass.Int32(lane))
+            st[1] = cute.arch.globaltimer_lo()
         got = cute.make_rmem_tensor(cute.make_layout(per_lane), cutlass.Float32)
         if cutlass.const_expr(self.poll):
             self._gather_poll(mSrc, splits, tok, lane, got)
         else:
             self._gather(mSrc, splits, tok, lane, got)
-        vals = [cutlass.Float32(-math.inf)] * k
-        ids = [cutlass.Int32(EMPTY_ID)] * k
-        for j in cutlass.range_constexpr(per_lane):
-            got[j] = got[j] * alpha
-            vals, ids = sorted_insert(vals, ids, got[j], self._col(lane, j), DSL_OPS)
-        top_v = []
-        top_i = []
-        for _ in cutlass.range_constexpr(k):
-            key = _order_key(vals[0])
-            best = _redux("max", key)
-            bi = _redux("min", _sel(key == best, ids[0], cutlass.Int32(2147483647)))
-            top_v.append(_key_value(best))
-            top_i.append(bi)
-            mine = ids[0] == bi  # expert ids are unique: one lane pops its head
-            nv = []
-            ni = []
-            for j in cutlass.range_constexpr(k):
-                nxt_v = vals[j + 1] if j + 1 < k else cutlass.Float32(-math.inf)
-                nxt_i = ids[j + 1] if j + 1 < k else cutlass.Int32(EMPTY_ID)
-                nv.append(DSL_OPS.select(mine, nxt_v, vals[j]))
-                ni.append(DSL_OPS.select(mine, nxt_i, ids[j]))
-            vals = nv
-            ids = ni
+        if cutlass.const_expr(clock):
+            st[2] = _stamp(_f2i(got[0]) ^ _f2i(got[per_lane - 1]))
+        top_v, top_i = self._picks(got, alpha, lane, mIds, tok, st)
         ws = []
         if cutlass.const_expr(self.scoring == "softmax"):
             gm = top_v[0]
@@ -264,10 +253,125 @@ class _WarpRouter:
                 tot = tot + ws[j]
             inv = cutlass.Float32(1.0) / tot
             ws = [w * inv for w in ws]
-        if lane == 0:
-            for j in cutlass.range_constexpr(k):
-                mIds[tok, j] = top_i[j]
-                mW[tok, j] = ws[j]
+        if cutlass.const_expr(clock):
+            # probe variant "clock": timestamps instead of the routing (see kernels.router.probe)
+            st[5] = _stamp(_f2i(ws[k - 1]))
+            if lane == 0:
+                for j in cutlass.range_constexpr(5):
+                    mIds[tok, j] = st[j]
+                mIds[tok, 5] = cute.arch.globaltimer_lo()
+                mW[tok, 0] = _i2f(st[5])
+        else:
+            if cutlass.const_expr(not self.key_picks):
+                if lane == 0:
+                    for j in cutlass.range_constexpr(k):
+                        mIds[tok, j] = top_i[j]
+            if lane == 0:
+                for j in cutlass.range_constexpr(k):
+                    mW[tok, j] = ws[j]
+
+    @cute.jit
+    def _picks(self, got: cute.Tensor, alpha, lane, mIds: cute.Tensor, tok, st):
+        """The warp's top-k of ``alpha * got`` (``got`` scaled in place): ``(values, ids)``,
+        larger value first, then lower expert id (``DSL_OPS.better``).  Each lane keeps a sorted
+        top-k of its logits; each pick is the max of the lanes' heads (``redux.sync`` over order
+        keys) and the lane holding it pops its head.  (Picking from unsorted keys with max / min
+        trees instead measured 0.1-0.2 us slower on the H200 at T=1: the picks are the serial
+        part.)
+
+        Two forms (``self.key_picks``): float lists and a second ``redux.sync`` (the lowest id
+        among the lanes holding the max) in every pick; or the order keys (:func:`_order_key`)
+        sorted as integers once, a ballot in each pick, and the second ``redux`` only when
+        several lanes hold the max (exact ties across lanes); the winning lane stores the id."""
+        k = self.top_k
+        per_lane = self.experts // 32
+        clock = cutlass.const_expr("clock" in getattr(self, "variant", ""))
+        top_v = []
+        top_i = []
+        if cutlass.const_expr(self.key_picks):
+            # a lane's ids grow with j, so the earlier of equal keys stays ahead with a strict >;
+            # empty slots hold the smallest int (a NaN's key): -inf still enters, NaN never does
+            keys = [cutlass.Int32(-2147483648)] * k
+            ids = [cutlass.Int32(EMPTY_ID)] * k
+            for j in cutlass.range_constexpr(per_lane):
+                got[j] = got[j] * alpha
+                key = _order_key(got[j])
+                col = cutlass.Int32(self._col(lane, j))
+                beats = [key > keys[i] for i in range(k)]
+                nk = []
+                ni = []
+                for i in cutlass.range_constexpr(k):
+                    tk = _sel(beats[i], key, keys[i])
+                    ti = _sel(beats[i], col, ids[i])
+                    if cutlass.const_expr(i > 0):
+                        tk = _sel(beats[i - 1], keys[i - 1], tk)
+                        ti = _sel(beats[i - 1], ids[i - 1], ti)
+                    nk.append(tk)
+                    ni.append(ti)
+                keys = nk
+                ids = ni
+            if cutlass.const_expr(clock):
+                st[3] = _stamp(keys[k - 1] ^ ids[k - 1])
+            for p in cutlass.range_constexpr(k):
+                best = _redux("max", keys[0])
+                mine = keys[0] == best
+                if cute.arch.popc(cute.arch.vote_ballot_sync(mine)) > 1:
+                    mine = ids[0] == _redux("min", _sel(mine, ids[0], cutlass.Int32(2147483647)))
+                if cutlass.const_expr(not clock):
+                    if mine:
+                        mIds[tok, p] = ids[0]
+                top_v.append(_key_value(best))
+                nk = []
+                ni = []
+                for i in cutlass.range_constexpr(k):
+                    nk.append(_sel(mine, keys[i + 1] if i + 1 < k else cutlass.Int32(-2147483648), keys[i]))
+                    ni.append(_sel(mine, ids[i + 1] if i + 1 < k else cutlass.Int32(EMPTY_ID), ids[i]))
+                keys = nk
+                ids = ni
+            if cutlass.const_expr(clock):
+                st[4] = _stamp(_f2i(top_v[k - 1]))
+        else:
+            vals = [cutlass.Float32(-math.inf)] * k
+            ids = [cutlass.Int32(EMPTY_ID)] * k
+            for j in cutlass.range_constexpr(per_lane):
+                got[j] = got[j] * alpha
+                vals, ids = sorted_insert(vals, ids, got[j], self._col(lane, j), DSL_OPS)
+            if cutlass.const_expr(clock):
+                st[3] = _stamp(_f2i(vals[k - 1]) ^ ids[k - 1])
+            for _ in cutlass.range_constexpr(k):
+                key = _order_key(vals[0])
+                best = _redux("max", key)
+                bi = _redux("min", _sel(key == best, ids[0], cutlass.Int32(2147483647)))
+                top_v.append(_key_value(best))
+                top_i.append(bi)
+                mine = ids[0] == bi  # expert ids are unique: one lane pops its head
+                nv = []
+                ni = []
+                for j in cutlass.range_constexpr(k):
+                    nxt_v = vals[j + 1] if j + 1 < k else cutlass.Float32(-math.inf)
+                    nxt_i = ids[j + 1] if j + 1 < k else cutlass.Int32(EMPTY_ID)
+                    nv.append(DSL_OPS.select(mine, nxt_v, vals[j]))
+                    ni.append(DSL_OPS.select(mine, nxt_i, ids[j]))
+                vals = nv
+                ids = ni
+            if cutlass.const_expr(clock):
+                st[4] = _stamp(top_i[k - 1])
+        return top_v, top_i
+
+    #: the picks' form, see _picks (the key form stores the ids in _picks)
+    key_picks = False
+
+    @cute.jit
+    def _cta_stamp(self, mIds: cute.Tensor, T, cid, start, tidx):
+        """Probe variant "clock": row ``T + cid`` of the (enlarged) ids tensor gets this CTA's
+        start and end (after its partials are stored) as global-timer ns and SM clocks, and its SM."""
+        if tidx == 0:
+            r = T + cid
+            mIds[r, 0] = start[1]
+            mIds[r, 1] = cute.arch.globaltimer_lo()
+            mIds[r, 2] = start[0]
+            mIds[r, 3] = cute.arch.clock()
+            mIds[r, 4] = _asm(cutlass.Int32, "mov.u32 $0, %smid;", "=r")
 
 
 class GemvRouterKernel(_WarpRouter):
@@ -291,8 +395,10 @@ class GemvRouterKernel(_WarpRouter):
         self.experts = experts
         self.tm = tm
         self.rb = rb
-        # probe variant "noroute": logits only (what the route costs)
+        # probe variants "noroute": logits only (what the route costs); "keys": the integer-key
+        # picks (_WarpRouter._picks); "clock": timestamps instead of routing
         self.variant = variant
+        self.key_picks = "keys" in variant
         self.poll = True
         self.smem_bytes = 4 * LUT_SIZE + 4 * WARPS * rb * tm + 4 * WARPS + 96
 
@@ -341,6 +447,9 @@ class GemvRouterKernel(_WarpRouter):
                mW: cute.Tensor):
         tidx, _, _ = cute.arch.thread_idx()
         bx, by, _ = cute.arch.block_idx()
+        start = [cutlass.Int32(0), cutlass.Int32(0)]
+        if cutlass.const_expr("clock" in self.variant):
+            start = [cute.arch.clock(), cute.arch.globaltimer_lo()]
         tm, rb = self.tm, self.rb
         warp = tidx // 32
         lane = tidx % 32
@@ -395,6 +504,8 @@ class GemvRouterKernel(_WarpRouter):
             t = tidx % tm
             if t0 + t < T:
                 _publish(mLog, (t0 + t) * self.experts + n0 + r, s * alpha)
+        if cutlass.const_expr("clock" in self.variant):
+            self._cta_stamp(mIds, T, bx + by * (self.experts // rb), start, tidx)
         # CTA 0 of the token group routes it, reading the other CTAs' logits as they land.  It is
         # the first CTA dispatched and the others never wait for it, so the wait always ends.
         if cutlass.const_expr("noroute" not in self.variant):
@@ -548,6 +659,7 @@ class MmaGemvRouterKernel(_WarpRouter):
         # the route: polled workspace, last CTA to arrive (counter), or a designated CTA waiting on
         # the counter (probe variant "wait")
         self.route = "poll" if poll else "wait" if "wait" in variant else "count"
+        self.key_picks = "keys" in variant
         self.ksplit = ksplit
         self.top_k = top_k
         self.scoring = scoring
@@ -608,6 +720,9 @@ class MmaGemvRouterKernel(_WarpRouter):
                tiled_mma: cute.TiledMma):
         tidx, _, _ = cute.arch.thread_idx()
         bx, by, bz = cute.arch.block_idx()
+        start = [cutlass.Int32(0), cutlass.Int32(0)]
+        if cutlass.const_expr("clock" in self.variant):
+            start = [cute.arch.clock(), cute.arch.globaltimer_lo()]
         nt, tn, mw, rows, uw = self.nt, self.tn, self.mw, self.rows, self.uw
         # shifts and masks, not // and %: the indices are non-negative, and signed division by a
         # constant costs several instructions each, ahead of the first loads
@@ -710,6 +825,8 @@ class MmaGemvRouterKernel(_WarpRouter):
                         _publish(mWs, (by * T + t0 + t) * E + n0 + r, acc)
                     else:
                         mWs[by, t0 + t, n0 + r] = acc
+        if cutlass.const_expr("clock" in self.variant):
+            self._cta_stamp(mIds, T, bx + (E // rows) * (by + ksplit * bz), start, tidx)
 
         if cutlass.const_expr("noroute" in self.variant):
             pass

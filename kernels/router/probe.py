@@ -204,6 +204,9 @@ def _decode(kind, cfg, variant, x, base, act, ref_logits, layers, a, res) -> int
         return (lambda: fn(*args[:-1], launch.current_stream(dev))), ids, w
 
     res = dict(res, kernel=kind, config=list(cfg), variant=variant)
+    if "clock" in variant:
+        print(json.dumps(dict(res, **_clock_run(kind, cfg, variant, base, act, dev))), flush=True)
+        return 0
     rc = 0
     if "noroute" not in variant and not a.no_check:
         outs = []
@@ -218,6 +221,57 @@ def _decode(kind, cfg, variant, x, base, act, ref_logits, layers, a, res) -> int
     res["us"] = round(us, 2)
     print(json.dumps(res), flush=True)
     return rc
+
+
+def _clock_run(kind, cfg, variant, base, act, dev):
+    """Variant "clock": one launch (after 3 warm-ups) whose ids tensor, enlarged, holds timestamps
+    (``_WarpRouter._route_warp`` and ``_cta_stamp``): where the route's time goes.  Global-timer
+    ns for the launch's timeline, SM clock cycles for the phases of a routing warp."""
+    from kernels.router import launch
+    from kernels.router.gemv import compile_gemv, compile_mma_gemv, swapab_polls
+
+    t = act[0].shape[0]
+    if kind == "gemv":
+        args, _, w = launch.gemv_args(act, base, 6, cfg[0])
+        at = 7
+    else:
+        poll = "poll" in variant or ("count" not in variant and "wait" not in variant and swapab_polls(cfg[1]))
+        args, _, w = launch.mma_gemv_args(act, base, 6, cfg[0], cfg[1], poll)
+        at = 6
+    big = torch.zeros((t + 8192, 6), dtype=torch.int32, device=dev)
+    args = list(args)
+    args[at] = launch._cute(big)
+    if kind == "gemv":
+        fn = compile_gemv(6, "softmax", False, base.out_features, cfg[0], cfg[1], args, variant)
+    else:
+        fn = compile_mma_gemv(6, "softmax", False, base.out_features, cfg[0], cfg[1], args, poll, variant,
+                              *(cfg[2:] or (1,)))
+    for _ in range(4):
+        big.zero_()
+        fn(*args[:-1], launch.current_stream(dev))
+    torch.cuda.synchronize()
+    d = big.cpu().to(torch.int64) & 0xFFFFFFFF
+    ctas = d[t:][d[t:, 1] != 0]
+    g0 = int(ctas[:, 0].min())
+    routed = d[:t][d[:t, 5] != 0]
+    clk_end = w[:t].view(torch.int32).cpu().to(torch.int64)[:, 0][d[:t, 5] != 0] & 0xFFFFFFFF
+
+    def q(x):
+        x = x.double()
+        return [round(float(x.median()), 1), round(float(x.max()), 1)] if x.numel() else None
+
+    return {
+        "ctas": int(ctas.shape[0]), "routed_tokens": int(routed.shape[0]),
+        "ns_last_cta_start": int(ctas[:, 0].max()) - g0,
+        "ns_cta_stored": q(ctas[:, 1] - g0),
+        "ns_route_entry": q(routed[:, 1] - g0),
+        "ns_route_end": q(routed[:, 5] - g0),
+        "cyc_cta_decode": q((ctas[:, 3] - ctas[:, 2]) & 0xFFFFFFFF),
+        "cyc_gather": q((routed[:, 2] - routed[:, 0]) & 0xFFFFFFFF),
+        "cyc_insert": q((routed[:, 3] - routed[:, 2]) & 0xFFFFFFFF),
+        "cyc_picks": q((routed[:, 4] - routed[:, 3]) & 0xFFFFFFFF),
+        "cyc_weights": q((clk_end - routed[:, 4]) & 0xFFFFFFFF),
+    }
 
 
 if __name__ == "__main__":
