@@ -29,10 +29,11 @@ import math
 
 import cutlass
 import cutlass.cute as cute
+from cutlass._mlir import ir
 
-from .portable import DSL_OPS, LUT_E4M3, LUT_SIZE
+from .portable import DSL_ASCENDING_ID_OPS, DSL_OPS, LUT_E4M3, LUT_SIZE
 from .quant import _asm, _f2i, _i2f, _mul_rn, _sel, block_amax, global_scale, quant_block, safe_scales
-from .topk import EMPTY_ID, sorted_insert
+from .topk import EMPTY_ID, KEY_FLOOR, sorted_insert
 
 THREADS = 256
 WARPS = THREADS // 32
@@ -54,7 +55,7 @@ def _order_key(v):
     """A float as an int32 whose signed order is the float order (NaN: the smallest int, so a NaN
     never wins, as in ``DSL_OPS.better``)."""
     b = _f2i(v)
-    return _sel(v == v, b ^ ((b >> 31) & 0x7FFFFFFF), cutlass.Int32(-2147483648))
+    return _sel(v == v, b ^ ((b >> 31) & 0x7FFFFFFF), cutlass.Int32(KEY_FLOOR))
 
 
 def _key_value(key):
@@ -189,15 +190,30 @@ class _WarpRouter:
         E = self.experts
         p32 = cute.recast_ptr(mSrc.iterator, dtype=cutlass.Int32)
         raw = cute.make_rmem_tensor(cute.make_layout(per_lane * splits), cutlass.Int32)
+        # 16-byte loads where E allows (a lane's 4 experts of each 128; probe variant "vpoll"), else
+        # one word per load
+        vec = cutlass.const_expr(self.experts % 128 == 0 and "vpoll" in getattr(self, "variant", ""))
         pending = cutlass.Int32(1)
         while pending != 0:
             miss = cutlass.Int32(0)
-            for j in cutlass.range_constexpr(per_lane):
-                for y in cutlass.range_constexpr(splits):
-                    b = cute.arch.load((p32 + ((y * T + tok) * E + self._col(lane, j))).llvm_ptr, cutlass.Int32,
-                                       sem="relaxed", scope="gpu")
-                    raw[j * splits + y] = b
-                    miss = miss | _sel(b == SENTINEL, cutlass.Int32(1), cutlass.Int32(0))
+            if cutlass.const_expr(vec):
+                for q in cutlass.range_constexpr(per_lane // 4):
+                    for y in cutlass.range_constexpr(splits):
+                        off = cute.assume((y * T + tok) * E + 128 * q + 4 * lane, divby=4)
+                        v = cute.arch.load((p32 + off).llvm_ptr, ir.VectorType.get([4], cutlass.Int32.mlir_type),
+                                           sem="relaxed", scope="gpu")
+                        four = cute.TensorSSA(v, (4,), cutlass.Int32)
+                        for r in cutlass.range_constexpr(4):
+                            b = four[r]
+                            raw[(4 * q + r) * splits + y] = b
+                            miss = miss | _sel(b == SENTINEL, cutlass.Int32(1), cutlass.Int32(0))
+            else:
+                for j in cutlass.range_constexpr(per_lane):
+                    for y in cutlass.range_constexpr(splits):
+                        b = cute.arch.load((p32 + ((y * T + tok) * E + self._col(lane, j))).llvm_ptr, cutlass.Int32,
+                                           sem="relaxed", scope="gpu")
+                        raw[j * splits + y] = b
+                        miss = miss | _sel(b == SENTINEL, cutlass.Int32(1), cutlass.Int32(0))
             pending = _sel(cute.arch.vote_any_sync(miss != 0), cutlass.Int32(1), cutlass.Int32(0))
         for j in cutlass.range_constexpr(per_lane):
             v = _i2f(raw[j * splits])
@@ -289,27 +305,14 @@ class _WarpRouter:
         top_v = []
         top_i = []
         if cutlass.const_expr(self.key_picks):
-            # a lane's ids grow with j, so the earlier of equal keys stays ahead with a strict >;
-            # empty slots hold the smallest int (a NaN's key): -inf still enters, NaN never does
-            keys = [cutlass.Int32(-2147483648)] * k
+            # a lane's ids grow with j: a strict > keeps the order (topk.ASCENDING_ID_OPS); empty
+            # slots hold a NaN's key, so -inf still enters and NaN never does
+            keys = [cutlass.Int32(KEY_FLOOR)] * k
             ids = [cutlass.Int32(EMPTY_ID)] * k
             for j in cutlass.range_constexpr(per_lane):
                 got[j] = got[j] * alpha
-                key = _order_key(got[j])
-                col = cutlass.Int32(self._col(lane, j))
-                beats = [key > keys[i] for i in range(k)]
-                nk = []
-                ni = []
-                for i in cutlass.range_constexpr(k):
-                    tk = _sel(beats[i], key, keys[i])
-                    ti = _sel(beats[i], col, ids[i])
-                    if cutlass.const_expr(i > 0):
-                        tk = _sel(beats[i - 1], keys[i - 1], tk)
-                        ti = _sel(beats[i - 1], ids[i - 1], ti)
-                    nk.append(tk)
-                    ni.append(ti)
-                keys = nk
-                ids = ni
+                keys, ids = sorted_insert(keys, ids, _order_key(got[j]), cutlass.Int32(self._col(lane, j)),
+                                          DSL_ASCENDING_ID_OPS)
             if cutlass.const_expr(clock):
                 st[3] = _stamp(keys[k - 1] ^ ids[k - 1])
             for p in cutlass.range_constexpr(k):
@@ -324,7 +327,7 @@ class _WarpRouter:
                 nk = []
                 ni = []
                 for i in cutlass.range_constexpr(k):
-                    nk.append(_sel(mine, keys[i + 1] if i + 1 < k else cutlass.Int32(-2147483648), keys[i]))
+                    nk.append(_sel(mine, keys[i + 1] if i + 1 < k else cutlass.Int32(KEY_FLOOR), keys[i]))
                     ni.append(_sel(mine, ids[i + 1] if i + 1 < k else cutlass.Int32(EMPTY_ID), ids[i]))
                 keys = nk
                 ids = ni

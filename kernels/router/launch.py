@@ -83,19 +83,25 @@ def run_sm100(activation, linear, top_k: int, scoring: str, renormalize: bool):
 def gemv_args(activation, linear, top_k: int, tm: int = 1):
     """CuTe arguments of the GEMV (decode) kernel, and the output tensors.  Workspace: the float32
     logits [T, E], sentinel-filled (the kernel's routing CTA polls it and refills it)."""
-    a_data, a_scales = activation[0], activation[1]
-    t = a_data.shape[0]
-    dev = a_data.device
+    a_data = activation[0]
+    return _gemv_call_args(a_data.contiguous().view(torch.int32), activation[1].contiguous(),
+                           _alpha(activation, linear, a_data.device), linear, top_k)
+
+
+def _gemv_call_args(a_words, second, third, linear, top_k: int):
+    """The GEMV kernel's argument tuple around its first operands: the activation words, the
+    activation scales (or the activation global scale) and alpha (or ``g_b``)."""
+    t = a_words.shape[0]
+    dev = a_words.device
     logits = polled_workspace(dev, (1, t, linear.out_features))
-    alpha = _alpha(activation, linear, dev)
     ids = torch.empty((t, top_k), dtype=torch.int32, device=dev)
     w = torch.empty((t, top_k), dtype=torch.float32, device=dev)
     args = (
-        _cute(a_data.contiguous().view(torch.int32)),
-        _cute(a_scales.contiguous()),
+        _cute(a_words),
+        _cute(second),
         _cute(linear._mat_b.contiguous().view(torch.int32)),
         _cute(linear._scale_b.contiguous().view(torch.uint8).reshape(-1)),
-        _cute(alpha),
+        _cute(third),
         _cute(_lut(dev)),
         _cute(logits),
         _cute(ids),
@@ -121,33 +127,13 @@ def gemv_quant_args(x, linear, top_k: int, tm: int = 1):
     (``GemvRouterKernel(quant=...)``): ``x`` [T, K] bf16 as int32 words, the layer's calibrated
     activation scale (or a placeholder for the dynamic one) and ``g_b`` in place of the activation
     scales and ``alpha``.  Returns ``(args, ids, w, quant mode)``."""
-    from .quant import _one
+    from .quant import _one, device_scalar
 
-    t = x.shape[0]
     dev = x.device
     static = getattr(linear, "input_global_scale", None)
-    if static is None:
-        g, mode = _one(dev), "dynamic"
-    else:
-        g = (static.detach().to(dev, torch.float32) if isinstance(static, torch.Tensor)
-             else torch.tensor(float(static), device=dev)).reshape(1).clone()
-        mode = "static"
-    gb = linear._global_scale_b.detach().to(dev, torch.float32).reshape(1).clone()
-    logits = polled_workspace(dev, (1, t, linear.out_features))
-    ids = torch.empty((t, top_k), dtype=torch.int32, device=dev)
-    w = torch.empty((t, top_k), dtype=torch.float32, device=dev)
-    args = (
-        _cute(x.contiguous().view(torch.int32)),
-        _cute(g),
-        _cute(linear._mat_b.contiguous().view(torch.int32)),
-        _cute(linear._scale_b.contiguous().view(torch.uint8).reshape(-1)),
-        _cute(gb),
-        _cute(_lut(dev)),
-        _cute(logits),
-        _cute(ids),
-        _cute(w),
-        current_stream(dev),
-    )
+    g, mode = (_one(dev), "dynamic") if static is None else (device_scalar(static, dev, (1,)), "static")
+    gb = device_scalar(linear._global_scale_b, dev, (1,))
+    args, ids, w = _gemv_call_args(x.contiguous().view(torch.int32), g, gb, linear, top_k)
     return args, ids, w, mode
 
 

@@ -47,6 +47,8 @@ def _dsl_better(v, i, s, j):
 
 
 DSL_OPS = SelectOps(select=_dsl_select, better=_dsl_better)
+#: kernels.router.topk.ASCENDING_ID_OPS in the DSL
+DSL_ASCENDING_ID_OPS = SelectOps(select=_dsl_select, better=lambda v, i, s, j: v > s)
 
 
 class PortableRouterKernel:

@@ -396,16 +396,8 @@ def quantize_activation_fused(x, global_scale=None, g_b=None):
     data = torch.empty((t, k // 2), dtype=torch.uint8, device=dev)
     scales = torch.empty((t, k // 16), dtype=torch.uint8, device=dev)
     dynamic = global_scale is None
-    if dynamic:
-        g = torch.empty((), dtype=torch.float32, device=dev)
-    elif isinstance(global_scale, torch.Tensor):
-        g = global_scale.detach().to(dev, torch.float32).reshape(())
-    else:
-        g = torch.tensor(float(global_scale), dtype=torch.float32, device=dev)
-    gb = g_b.detach().to(dev, torch.float32).reshape(1) if g_b is not None else _one(dev)
-    # the CuTe tensors are made with a 16-byte alignment assumption: copy a scalar that is a view
-    g = g if g.data_ptr() % 16 == 0 else g.clone()
-    gb = gb if gb.data_ptr() % 16 == 0 else gb.clone()
+    g = torch.empty((), dtype=torch.float32, device=dev) if dynamic else device_scalar(global_scale, dev)
+    gb = device_scalar(g_b, dev, (1,)) if g_b is not None else _one(dev)
     alpha = torch.empty(1, dtype=torch.float32, device=dev)
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
     args = quant_args(x2, data, scales, g, gb, alpha, grid_ctas(t * k // 16, sms))
@@ -414,6 +406,16 @@ def quantize_activation_fused(x, global_scale=None, g_b=None):
 
 
 _ONES = {}
+
+
+def device_scalar(value, dev, shape=()):
+    """``value`` (a tensor or a float) as float32 of ``shape`` on ``dev``, 16-byte aligned: the
+    CuTe tensors are made with that alignment assumption, so a scalar that is a view is copied."""
+    import torch
+
+    t = (value.detach().to(dev, torch.float32) if isinstance(value, torch.Tensor)
+         else torch.tensor(float(value), dtype=torch.float32, device=dev)).reshape(shape)
+    return t if t.data_ptr() % 16 == 0 else t.clone()
 
 
 def _one(dev):

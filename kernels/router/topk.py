@@ -14,6 +14,7 @@ not promise).  NaN never beats anything.
 
 from __future__ import annotations
 
+import struct
 from typing import Any, Callable, List, NamedTuple, Sequence, Tuple
 
 #: id given to empty slots; larger than any expert id, so a real candidate with the same
@@ -31,6 +32,33 @@ def _py_better(v, i, s, j):
 
 
 PY_OPS = SelectOps(select=lambda c, a, b: a if c else b, better=_py_better)
+
+
+def _py_beats_strictly(v, i, s, j):
+    return v > s
+
+
+#: the order for candidates inserted in increasing id order (each lane of the decode kernels'
+#: route scans its logits so): of two equal values the one already in the list has the lower id,
+#: so a strict ``>`` alone keeps ``better``'s order
+ASCENDING_ID_OPS = SelectOps(select=PY_OPS.select, better=_py_beats_strictly)
+
+#: the order key of a NaN and of an empty slot: the smallest int32
+KEY_FLOOR = -(1 << 31)
+
+
+def order_key(v: float) -> int:
+    """A float32 as the int32 whose signed order is the float order (the kernels' ``_order_key``):
+    NaN maps to :data:`KEY_FLOOR`, so it never beats an empty slot; -0.0 ranks just below +0.0."""
+    if v != v:
+        return KEY_FLOOR
+    b = struct.unpack("<i", struct.pack("<f", v))[0]
+    return b ^ ((b >> 31) & 0x7FFFFFFF)
+
+
+def key_value(key: int) -> float:
+    """The float32 of an order key (inverse of :func:`order_key` for non-NaN values)."""
+    return struct.unpack("<f", struct.pack("<i", key ^ ((key >> 31) & 0x7FFFFFFF)))[0]
 
 
 def empty_topk(k: int, neg_inf, empty_id) -> Tuple[List[Any], List[Any]]:

@@ -59,6 +59,32 @@ def test_sorted_insert_is_select_network():
     assert calls == {"better": 3, "select": 2 * 3 + 2 * 2}
 
 
+@pytest.mark.parametrize("k", [1, 6, 8])
+def test_key_insert_in_id_order_keeps_topk(k):
+    # the decode kernels' route: a lane inserts its logits' order keys in increasing id order with
+    # a strict > (topk.ASCENDING_ID_OPS): the same top-k as the float order with id tie-breaks
+    rng = random.Random(100 + k)
+    pool = [-math.inf, math.inf, float("nan"), 2.0 ** -149, -2.5, 3.0, 0.5]
+    for _ in range(300):
+        n = rng.randint(1, 24)
+        values = [rng.choice(pool) if rng.random() < 0.3 else float(rng.randint(-4, 4)) for _ in range(n)]
+        keys, ids = tk.empty_topk(k, tk.KEY_FLOOR, tk.EMPTY_ID)
+        for i, v in enumerate(values):
+            keys, ids = tk.sorted_insert(keys, ids, tk.order_key(v), i, tk.ASCENDING_ID_OPS)
+        ev, ei = tk.topk_of(values, k)
+        assert ids == ei
+        got = [tk.key_value(key) for key, i in zip(keys, ids) if i != tk.EMPTY_ID]
+        assert got == [v for v, i in zip(ev, ei) if i != tk.EMPTY_ID]
+
+
+def test_order_key_orders_like_floats():
+    vals = [-math.inf, -3.5, -(2.0 ** -130), -0.0, 0.0, 2.0 ** -149, 2.0, math.inf]
+    keys = [tk.order_key(v) for v in vals]
+    assert keys == sorted(keys) and len(set(keys)) == len(keys)  # -0.0 just below +0.0
+    assert [tk.key_value(key) for key in keys] == vals
+    assert tk.order_key(float("nan")) == tk.KEY_FLOOR < tk.order_key(-math.inf)
+
+
 def test_nan_never_selected():
     vals, ids = tk.topk_of([1.0, float("nan"), 0.5], 2)
     assert ids == [0, 2]
