@@ -111,13 +111,14 @@ def _gemv_call_args(a_words, second, third, linear, top_k: int):
     return args, ids, w
 
 
-def run_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool, config=None):
+def run_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool, config=None, variant: str = ""):
+    """The GEMV kernel; ``variant``: the probe's route forms (``GemvRouterKernel``), for tests."""
     from .gemv import compile_gemv, pick_gemv
 
     t = activation[0].shape[0]
     tm, rb = config or pick_gemv(t, linear.out_features)
     args, ids, w = gemv_args(activation, linear, top_k, tm)
-    fn = compile_gemv(top_k, scoring, renormalize, linear.out_features, tm, rb, args)
+    fn = compile_gemv(top_k, scoring, renormalize, linear.out_features, tm, rb, args, variant)
     fn(*args)
     return ids, w
 
@@ -196,15 +197,18 @@ def mma_gemv_args(activation, linear, top_k: int, nt: int = 1, ksplit: int = 1, 
     return args, ids, w
 
 
-def run_mma_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool, config=None):
+def run_mma_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool, config=None, variant: str = ""):
+    """The swap-AB kernel; ``variant``: the probe's route forms (``MmaGemvRouterKernel``; "poll",
+    "wait" and "count" force that route), for tests."""
     from .gemv import compile_mma_gemv, pick_mma_gemv, swapab_polls, swapab_unit_words
 
     t = activation[0].shape[0]
     nt, ksplit, mw, *unit = config or pick_mma_gemv(t, linear.out_features, linear.in_features)
     uw = unit[0] if unit else swapab_unit_words(linear.in_features, ksplit)
-    poll = swapab_polls(ksplit)
+    poll = "poll" in variant or ("wait" not in variant and "count" not in variant and swapab_polls(ksplit))
     args, ids, w = mma_gemv_args(activation, linear, top_k, nt, ksplit, poll)
-    fn = compile_mma_gemv(top_k, scoring, renormalize, linear.out_features, nt, ksplit, args, poll, mw=mw, uw=uw)
+    fn = compile_mma_gemv(top_k, scoring, renormalize, linear.out_features, nt, ksplit, args, poll, variant, mw=mw,
+                          uw=uw)
     fn(*args)
     return ids, w
 

@@ -159,6 +159,40 @@ def test_decode_kernel_tile_shapes_match_the_reference(kernel, t, cfg):
 
 
 @pytest.mark.skipif(torch.cuda.is_available() and _sm() < 8, reason="the portable kernel needs SM80 or later")
+@pytest.mark.parametrize("kernel,t,cfg", [("gemv", 1, (1, 1)), ("swapab", 7, (1, 7, 1, 4)), ("swapab", 37, (2, 2, 3, 2)),
+                                          ("swapab", 130, (2, 1, 1, 4))],
+                         ids=lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v))
+@pytest.mark.parametrize("variant", ["keys", "vpoll", "vpoll+keys", "wait", "wait+keys"])
+def test_route_forms_give_the_same_bits(kernel, t, cfg, variant):
+    # the decode kernels' route forms (integer-key picks with a ballot, 16-byte polling, the
+    # waiting route) against the float picks: the same ids and weights, bit for bit, with exact
+    # ties (copies of the strongest rows: equal logits in one lane and across lanes, the lower id
+    # first) and a -inf-free but saturated spread
+    from kernels.router.launch import run_gemv, run_mma_gemv
+
+    if "wait" in variant and kernel == "gemv":
+        pytest.skip("the waiting route is the swap-AB kernel's")
+    g = torch.Generator().manual_seed(61 + t)
+    w = torch.randn(384, 1024, generator=g) / 32
+    # 7 copies of one row (one lane's run, other lanes, other 128-expert blocks) and 3 of its negation:
+    # for every token one group's logits lead, tied, and the top 6 are its lowest ids
+    top = w[4] * 4
+    w[[4, 5, 69, 133, 197, 300, 301]] = top
+    w[[200, 201, 264]] = -top
+    layer = Nvfp4Linear(w.cuda()).finalize_weights()
+    x = torch.randn(t, 1024, generator=g).cuda().to(torch.bfloat16)
+    act = router.prepare_activation(x, layer)
+    run = run_gemv if kernel == "gemv" else run_mma_gemv
+    want = run(act, layer, 6, "softmax", False, cfg)
+    got = run(act, layer, 6, "softmax", False, cfg, variant)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    c = router.compare_routing(got[0], got[1], router.router_logits_reference(x, layer), 6, "softmax")
+    assert c.ok and c.max_weight_err < 1e-4, c
+    has = [(got[0] == i).any(1) for i in (4, 5, 301, 200, 201)]
+    assert bool(((has[0] & has[1] & ~has[2]) | (has[3] & has[4])).all()), got[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and _sm() < 8, reason="the portable kernel needs SM80 or later")
 @pytest.mark.parametrize("t,ctas", [(300, 20), (600, 37), (4096, 264)])
 def test_tile_kernel_stream_k_grid_matches_the_reference(t, ctas):
     # equal K ranges per CTA, tiles split across 1-4 CTAs (their partial slots summed in K order by
