@@ -671,6 +671,11 @@ class MmaGemvRouterKernel(_WarpRouter):
         self.nt = nt
         self.mw = mw
         self.rows = 16 * mw  # experts per CTA
+        for sp in (2, 4, 8):  # probe variants "spreadN": the waiting route over N CTAs per n-tile
+            if f"spread{sp}" in variant:
+                if nt * sp > (experts // self.rows) * ksplit:
+                    raise ValueError(f"spread {sp}: {nt} n-tiles need {nt * sp} CTAs per token row")
+                self.route_spread = sp
         self.tn = 8 * nt  # tokens per CTA
         # two CTAs per SM (<= 128 registers) where that costs no spills (checked with ptxas for
         # sm_90a: 16 x 16 tiles with 16-byte units, 48 x 16 with 4-byte units); larger take 158-255
@@ -852,40 +857,70 @@ class MmaGemvRouterKernel(_WarpRouter):
             # after it.
             self._route_groups(mWs, mAlpha, mIds, mW, mCnt, sFlag, tidx, warp, lane, bz, t0, T)
 
+    #: CTAs that route each 8-token n-tile in the waiting route (8 / spread tokens each, one warp
+    #: per token); see _route_waiting
+    route_spread = 1
+
     @cute.jit
     def _route_waiting(self, mWs, mAlpha, mIds, mW, mCnt, tidx, warp, lane, bx, by, bz, t0, T):
         """Waiting route: every CTA counts itself in on each 8-token group it covers (one counter
-        per group, after a barrier: its partials are stored); the group's designated CTA
-        ``(n mod E/rows, 0)`` waits on the counter (thread 0 spins with acquire loads) and routes
-        it, one warp per token, so a CTA's groups are routed by different CTAs in parallel.  The
+        per group, after a barrier: its partials are stored); the group's designated CTAs wait on
+        the counter (thread 0 spins with acquire loads) and route it, one warp per token, so a
+        CTA's groups are routed by different CTAs in parallel.  ``route_spread`` CTAs share an
+        n-tile (8 / spread tokens each: fewer routing warps per SM); each adds 1 to the counter
+        once it has seen it complete and the last of them resets it for the next launch.  The
         designated CTAs are the lowest-numbered of their token rows, dispatched first, and at most
-        T/8 of them wait, far fewer than the CTAs a GPU holds at once, so the CTAs they wait for
-        always get an SM."""
+        spread * T/8 of them wait, far fewer than the CTAs a GPU holds at once (the launcher
+        checks), so the CTAs they wait for always get an SM."""
         nt = self.nt
+        sp = self.route_spread
+        per = 8 // sp
         gx = self.experts // self.rows
         total = gx * self.ksplit
+        cid = bx + gx * by
         cute.arch.sync_threads()
         if tidx < nt:
             if t0 + 8 * tidx < T:
                 cute.arch.atomic_add((mCnt.iterator + bz * nt + tidx).llvm_ptr, cutlass.Int32(1), sem="acq_rel",
                                      scope="gpu")
-        if by == 0:
-            alpha = mAlpha[0]
-            for n in cutlass.range_constexpr(nt):
-                if bx == n % gx:
-                    if t0 + 8 * n < T:
-                        ptr = (mCnt.iterator + bz * nt + n).llvm_ptr
-                        if tidx == 0:
-                            got = cute.arch.load(ptr, cutlass.Int32, sem="acquire", scope="gpu")
-                            while got != total:
-                                got = cute.arch.load(ptr, cutlass.Int32, sem="acquire", scope="gpu")
-                        cute.arch.sync_threads()
-                        tok = t0 + 8 * n + warp
+        alpha = mAlpha[0]
+        if cutlass.const_expr(sp == 1):
+            if by == 0:
+                for n in cutlass.range_constexpr(nt):
+                    if bx == n % gx:
+                        if t0 + 8 * n < T:
+                            self._wait_count((mCnt.iterator + bz * nt + n).llvm_ptr, total, tidx)
+                            tok = t0 + 8 * n + warp
+                            if tok < T:
+                                self._route_warp(mWs, self.ksplit, alpha, mIds, mW, tok, lane)
+                            if tidx == 0:
+                                mCnt[bz * nt + n] = cutlass.Int32(0)  # every CTA counted in: ready for the next launch
+        else:
+            # CTA cid < nt * spread routes part cid % spread of n-tile cid // spread (the launcher
+            # keeps nt * spread <= the CTAs of a token row): one inlined route
+            if cid < nt * sp:
+                n = cid // sp
+                tok = t0 + 8 * n + (cid % sp) * per + warp
+                if t0 + 8 * n < T:
+                    ptr = (mCnt.iterator + bz * nt + n).llvm_ptr
+                    self._wait_count(ptr, total, tidx)
+                    if warp < per:
                         if tok < T:
                             self._route_warp(mWs, self.ksplit, alpha, mIds, mW, tok, lane)
-                        if tidx == 0:
-                            mCnt[bz * nt + n] = cutlass.Int32(0)  # every CTA counted in: ready for the next launch
+                    if tidx == 0:
+                        # the last designated CTA to finish resets it (all have passed their wait)
+                        seen = cute.arch.atomic_add(ptr, cutlass.Int32(1), sem="relaxed", scope="gpu")
+                        if seen == total + sp - 1:
+                            mCnt[bz * nt + n] = cutlass.Int32(0)
 
+    @cute.jit
+    def _wait_count(self, ptr, total, tidx):
+        """Thread 0 spins (acquire loads) until the counter reaches ``total``; then a barrier."""
+        if tidx == 0:
+            got = cute.arch.load(ptr, cutlass.Int32, sem="acquire", scope="gpu")
+            while got < total:
+                got = cute.arch.load(ptr, cutlass.Int32, sem="acquire", scope="gpu")
+        cute.arch.sync_threads()
 
     @cute.jit
     def _route_groups(self, mWs, mAlpha, mIds, mW, mCnt, sFlag, tidx, warp, lane, bz, t0, T):

@@ -162,10 +162,11 @@ def test_decode_kernel_tile_shapes_match_the_reference(kernel, t, cfg):
 @pytest.mark.parametrize("kernel,t,cfg", [("gemv", 1, (1, 1)), ("swapab", 7, (1, 7, 1, 4)), ("swapab", 37, (2, 2, 3, 2)),
                                           ("swapab", 130, (2, 1, 1, 4))],
                          ids=lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v))
-@pytest.mark.parametrize("variant", ["keys", "vpoll", "vpoll+keys", "wait", "wait+keys"])
+@pytest.mark.parametrize("variant", ["keys", "vpoll", "vpoll+keys", "wait", "wait+keys", "wait+spread2", "wait+spread4+keys"])
 def test_route_forms_give_the_same_bits(kernel, t, cfg, variant):
     # the decode kernels' route forms (integer-key picks with a ballot, 16-byte polling, the
-    # waiting route) against the float picks: the same ids and weights, bit for bit, with exact
+    # waiting route, also spread over 2 or 4 CTAs per n-tile) against the float picks: the same ids
+    # and weights, bit for bit, with exact
     # ties (copies of the strongest rows: equal logits in one lane and across lanes, the lower id
     # first) and a -inf-free but saturated spread
     from kernels.router.launch import run_gemv, run_mma_gemv
