@@ -190,9 +190,9 @@ class _WarpRouter:
         E = self.experts
         p32 = cute.recast_ptr(mSrc.iterator, dtype=cutlass.Int32)
         raw = cute.make_rmem_tensor(cute.make_layout(per_lane * splits), cutlass.Int32)
-        # 16-byte loads where E allows (a lane's 4 experts of each 128; probe variant "vpoll"), else
-        # one word per load
-        vec = cutlass.const_expr(self.experts % 128 == 0 and "vpoll" in getattr(self, "variant", ""))
+        # 16-byte loads where E allows (a lane's 4 experts of each 128), else (or probe variant
+        # "narrow") one word per load
+        vec = cutlass.const_expr(self.experts % 128 == 0 and "narrow" not in getattr(self, "variant", ""))
         pending = cutlass.Int32(1)
         while pending != 0:
             miss = cutlass.Int32(0)
@@ -361,8 +361,9 @@ class _WarpRouter:
                 st[4] = _stamp(top_i[k - 1])
         return top_v, top_i
 
-    #: the picks' form, see _picks (the key form stores the ids in _picks)
-    key_picks = False
+    #: the picks' form, see _picks (the key form stores the ids in _picks); H200: T=7, E=384
+    #: 5.97 us against 6.21 with float picks, T=1 the same within 0.1 us
+    key_picks = True
 
     @cute.jit
     def _cta_stamp(self, mIds: cute.Tensor, T, cid, start, tidx):
@@ -398,10 +399,11 @@ class GemvRouterKernel(_WarpRouter):
         self.experts = experts
         self.tm = tm
         self.rb = rb
-        # probe variants "noroute": logits only (what the route costs); "keys": the integer-key
-        # picks (_WarpRouter._picks); "clock": timestamps instead of routing
+        # probe variants "noroute": logits only (what the route costs); "floatpicks": the float
+        # picks (_WarpRouter._picks); "narrow": polling one word per load; "clock": timestamps
+        # instead of routing
         self.variant = variant
-        self.key_picks = "keys" in variant
+        self.key_picks = "floatpicks" not in variant
         self.poll = True
         self.smem_bytes = 4 * LUT_SIZE + 4 * WARPS * rb * tm + 4 * WARPS + 96
 
@@ -640,8 +642,9 @@ class MmaGemvRouterKernel(_WarpRouter):
     do not, :func:`swapab_unit_words`); the 8 warps' accumulators are summed in a fixed order,
     each CTA writes its K-split's partial logits to ``ws [ksplit, T, E]``, and the token group is
     routed one warp per token (:class:`_WarpRouter`), each logit the sum of its splits in split
-    order times ``alpha``: polled by CTA (0, 0) of the group, or by the last CTA to arrive (an
-    atomic counter per 8 tokens, reset by it).  Deterministic.
+    order times ``alpha`` (:func:`swapab_route`): polled by CTA (0, 0) of the group, by a
+    designated CTA waiting on an atomic counter per 8 tokens, or by the last CTA to arrive (the
+    same counter, reset by it).  Deterministic.
     """
 
     def __init__(self, top_k: int, scoring: str, renormalize: bool, experts: int, nt: int = 1, ksplit: int = 1,
@@ -659,10 +662,10 @@ class MmaGemvRouterKernel(_WarpRouter):
         # else the last CTA to arrive (a counter); probe variant "noroute": logits only
         self.poll = poll
         self.variant = variant
-        # the route: polled workspace, last CTA to arrive (counter), or a designated CTA waiting on
-        # the counter (probe variant "wait")
-        self.route = "poll" if poll else "wait" if "wait" in variant else "count"
-        self.key_picks = "keys" in variant
+        # the route: polled workspace, a designated CTA waiting on the counter, or the last CTA to
+        # arrive (counter); swapab_route, the launcher passes ``poll``
+        self.route = "poll" if poll else swapab_route(max(ksplit, POLL_MAX_KSPLIT + 1), variant)
+        self.key_picks = "floatpicks" not in variant
         self.ksplit = ksplit
         self.top_k = top_k
         self.scoring = scoring
@@ -870,8 +873,8 @@ class MmaGemvRouterKernel(_WarpRouter):
         n-tile (8 / spread tokens each: fewer routing warps per SM); each adds 1 to the counter
         once it has seen it complete and the last of them resets it for the next launch.  The
         designated CTAs are the lowest-numbered of their token rows, dispatched first, and at most
-        spread * T/8 of them wait, far fewer than the CTAs a GPU holds at once (the launcher
-        checks), so the CTAs they wait for always get an SM."""
+        spread * T/8 of them wait, far fewer than the CTAs a GPU holds at once for the spreads
+        shipped (1; 2-8 are probe variants), so the CTAs they wait for always get an SM."""
         nt = self.nt
         sp = self.route_spread
         per = 8 // sp
@@ -998,14 +1001,26 @@ def _swapab_grid(num_tokens: int, experts: int, hidden: int, target_ctas: int):
     return nt, ksplit, 1
 
 
-#: the swap-AB kernel polls (see _WarpRouter) up to this many K splits, else counts: on the H200 the
-#: polled route was 0.4-1.0 us faster at T=128 and 512 (1-3 splits) and 0.15-0.4 us slower at T=7
-#: with 7 splits, where the routing warp reloads 7 partials per logit until the last lands
-POLL_MAX_KSPLIT = 3
+#: the swap-AB kernel's route by K splits: polled (see _WarpRouter) up to POLL_MAX_KSPLIT, then the
+#: waiting route up to WAIT_MAX_KSPLIT, else counted.  H200: the polled route was 0.4-1.0 us faster
+#: than the counted one at T=128 and 512 (1-3 splits) and 0.15-0.4 us slower at T=7 with 7 splits
+#: (the routing warp reloads 7 partials per logit until the last lands); at T=128, E=384 (2 splits)
+#: the waiting route is 0.3 us faster than the polled one (11.25 against 11.55 us, both with key picks)
+POLL_MAX_KSPLIT = 1
+WAIT_MAX_KSPLIT = 3
 
 
-def swapab_polls(ksplit: int) -> bool:
-    return ksplit <= POLL_MAX_KSPLIT
+def swapab_route(ksplit: int, variant: str = "") -> str:
+    """"poll", "wait" or "count": by K splits, or the one a probe variant names."""
+    for route in ("poll", "wait", "count"):
+        if route in variant:
+            return route
+    return "poll" if ksplit <= POLL_MAX_KSPLIT else "wait" if ksplit <= WAIT_MAX_KSPLIT else "count"
+
+
+def swapab_polls(ksplit: int, variant: str = "") -> bool:
+    """Whether the swap-AB kernel polls (its launcher then gives it a sentinel-filled workspace)."""
+    return swapab_route(ksplit, variant) == "poll"
 
 
 def compile_mma_gemv(top_k: int, scoring: str, renormalize: bool, experts: int, nt: int, ksplit: int, args,

@@ -205,7 +205,7 @@ def run_mma_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool
     t = activation[0].shape[0]
     nt, ksplit, mw, *unit = config or pick_mma_gemv(t, linear.out_features, linear.in_features)
     uw = unit[0] if unit else swapab_unit_words(linear.in_features, ksplit)
-    poll = "poll" in variant or ("wait" not in variant and "count" not in variant and swapab_polls(ksplit))
+    poll = swapab_polls(ksplit, variant)
     args, ids, w = mma_gemv_args(activation, linear, top_k, nt, ksplit, poll)
     fn = compile_mma_gemv(top_k, scoring, renormalize, linear.out_features, nt, ksplit, args, poll, variant, mw=mw,
                           uw=uw)

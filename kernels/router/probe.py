@@ -196,7 +196,7 @@ def _decode(kind, cfg, variant, x, base, act, ref_logits, layers, a, res) -> int
                                 "noroute" if "noroute" in variant else "", *cfg[3:],
                                 route="count" if "count" in variant else "wait")
         else:
-            poll = "poll" in variant or ("count" not in variant and "wait" not in variant and swapab_polls(cfg[1]))
+            poll = swapab_polls(cfg[1], variant)
             args, ids, w = launch.mma_gemv_args(act, lay, 6, cfg[0], cfg[1], poll)
             mw = cfg[2] if len(cfg) > 2 else 1
             uw = cfg[3] if len(cfg) > 3 else 4
@@ -235,7 +235,7 @@ def _clock_run(kind, cfg, variant, base, act, dev):
         args, _, w = launch.gemv_args(act, base, 6, cfg[0])
         at = 7
     else:
-        poll = "poll" in variant or ("count" not in variant and "wait" not in variant and swapab_polls(cfg[1]))
+        poll = swapab_polls(cfg[1], variant)
         args, _, w = launch.mma_gemv_args(act, base, 6, cfg[0], cfg[1], poll)
         at = 6
     big = torch.zeros((t + 8192, 6), dtype=torch.int32, device=dev)

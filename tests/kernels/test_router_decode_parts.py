@@ -126,7 +126,7 @@ def test_polled_workspace_is_sentinel_filled_and_kept_per_shape():
 
 
 def test_launch_rules():
-    from kernels.router.gemv import pick_gemv, pick_mma_gemv, swapab_polls, swapab_unit_words
+    from kernels.router.gemv import pick_gemv, pick_mma_gemv, swapab_polls, swapab_route, swapab_unit_words
 
     assert pick_gemv(1, 256) == (1, 1) and pick_gemv(1, 384) == (1, 1)  # one expert per CTA at T=1
     assert pick_gemv(7, 256) == (8, 2)
@@ -140,7 +140,9 @@ def test_launch_rules():
     assert pick_mma_gemv(7, 256, 7168) == (1, 7, 1, 4)
     nt, ks, mw, uw = pick_mma_gemv(32, 256, 7168)
     assert nt == 2 and 1 < ks <= 7 and mw == 1 and uw in (2, 4)
-    assert swapab_polls(1) and swapab_polls(3) and not swapab_polls(7)
+    assert [swapab_route(ks) for ks in (1, 2, 3, 4, 7)] == ["poll", "wait", "wait", "count", "count"]
+    assert swapab_polls(1) and not swapab_polls(2) and swapab_polls(7, "poll") and not swapab_polls(1, "wait")
+    assert swapab_route(1, "narrow+count") == "count"
     # the slowest warp's decode: 56 steps over 16 warps = 4 (3.5 on average) against 7 half-steps
     assert swapab_unit_words(7168, 1) == 4 and swapab_unit_words(7168, 2) == 2 and swapab_unit_words(7168, 7) == 4
 

@@ -162,17 +162,18 @@ def test_decode_kernel_tile_shapes_match_the_reference(kernel, t, cfg):
 @pytest.mark.parametrize("kernel,t,cfg", [("gemv", 1, (1, 1)), ("swapab", 7, (1, 7, 1, 4)), ("swapab", 37, (2, 2, 3, 2)),
                                           ("swapab", 130, (2, 1, 1, 4))],
                          ids=lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v))
-@pytest.mark.parametrize("variant", ["keys", "vpoll", "vpoll+keys", "wait", "wait+keys", "wait+spread2", "wait+spread4+keys"])
+@pytest.mark.parametrize("variant", ["floatpicks", "narrow", "poll", "wait", "count", "wait+spread2",
+                                     "wait+spread4+floatpicks"])
 def test_route_forms_give_the_same_bits(kernel, t, cfg, variant):
-    # the decode kernels' route forms (integer-key picks with a ballot, 16-byte polling, the
-    # waiting route, also spread over 2 or 4 CTAs per n-tile) against the float picks: the same ids
-    # and weights, bit for bit, with exact
-    # ties (copies of the strongest rows: equal logits in one lane and across lanes, the lower id
-    # first) and a -inf-free but saturated spread
+    # the decode kernels' route forms against the shipped one (integer-key picks with a ballot,
+    # 16-byte polling, the route by K splits): float picks, one word per polling load, the polled /
+    # waiting / counted route forced, the waiting route spread over 2 or 4 CTAs per n-tile.  The
+    # same ids and weights, bit for bit, with exact ties (copies of the strongest rows: equal
+    # logits in one lane and across lanes, the lower id first)
     from kernels.router.launch import run_gemv, run_mma_gemv
 
-    if "wait" in variant and kernel == "gemv":
-        pytest.skip("the waiting route is the swap-AB kernel's")
+    if kernel == "gemv" and any(r in variant for r in ("poll", "wait", "count")):
+        pytest.skip("the GEMV kernel always polls")
     g = torch.Generator().manual_seed(61 + t)
     w = torch.randn(384, 1024, generator=g) / 32
     # 7 copies of one row (one lane's run, other lanes, other 128-expert blocks) and 3 of its negation:
