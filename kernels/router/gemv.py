@@ -663,8 +663,10 @@ class MmaGemvRouterKernel(_WarpRouter):
         self.poll = poll
         self.variant = variant
         # the route: polled workspace, a designated CTA waiting on the counter, or the last CTA to
-        # arrive (counter); swapab_route, the launcher passes ``poll``
-        self.route = "poll" if poll else swapab_route(max(ksplit, POLL_MAX_KSPLIT + 1), variant)
+        # arrive (counter): swapab_route, whose "poll" the launcher passes as ``poll`` (a sentinel
+        # workspace); without one the waiting route takes its place
+        route = swapab_route(ksplit, variant)
+        self.route = "poll" if poll else "wait" if route == "poll" else route
         self.key_picks = "floatpicks" not in variant
         self.ksplit = ksplit
         self.top_k = top_k
