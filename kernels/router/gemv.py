@@ -18,9 +18,9 @@ scale bytes) and a latency problem, not an MMA problem.  So, in the GEMV kernel:
   warps (the same bits on every run), scaled by ``alpha = g_a * g_b``, and published as logits
   ``[1, T, E]`` to a sentinel-filled workspace;
 * CTA 0 of a token group routes it as the logits land (:class:`_WarpRouter`, polled): one warp
-  per token, a sorted top-k of its E/32 logits per lane, k picks of two ``redux.sync`` each, the
-  softmax denominator by a butterfly (deterministic); it writes the sentinel back for the next
-  launch.
+  per token, a sorted top-k of its E/32 logits' order keys per lane, k picks of one ``redux.sync``
+  and a ballot each (a second ``redux.sync`` on exact ties across lanes), the softmax
+  denominator by a butterfly (deterministic); it writes the sentinel back for the next launch.
 """
 
 from __future__ import annotations
