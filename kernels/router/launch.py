@@ -88,9 +88,10 @@ def gemv_args(activation, linear, top_k: int, tm: int = 1):
                            _alpha(activation, linear, a_data.device), linear, top_k)
 
 
-def _gemv_call_args(a_words, second, third, linear, top_k: int):
-    """The GEMV kernel's argument tuple around its first operands: the activation words, the
-    activation scales (or the activation global scale) and alpha (or ``g_b``)."""
+def _gemv_call_args(a_words, a_scales, alpha, linear, top_k: int):
+    """The GEMV kernel's argument tuple around its activation operands: the activation words, its
+    block scales and ``alpha``; the quantizing GEMV passes bf16 words, the activation global scale
+    and ``g_b`` in those places."""
     t = a_words.shape[0]
     dev = a_words.device
     logits = polled_workspace(dev, (1, t, linear.out_features))
@@ -98,10 +99,10 @@ def _gemv_call_args(a_words, second, third, linear, top_k: int):
     w = torch.empty((t, top_k), dtype=torch.float32, device=dev)
     args = (
         _cute(a_words),
-        _cute(second),
+        _cute(a_scales),
         _cute(linear._mat_b.contiguous().view(torch.int32)),
         _cute(linear._scale_b.contiguous().view(torch.uint8).reshape(-1)),
-        _cute(third),
+        _cute(alpha),
         _cute(_lut(dev)),
         _cute(logits),
         _cute(ids),

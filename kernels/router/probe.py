@@ -176,31 +176,12 @@ def _decode(kind, cfg, variant, x, base, act, ref_logits, layers, a, res) -> int
     import router_bench as rb
 
     from kernels.router import launch
-    from kernels.router.gemv import compile_gemv, compile_mma_gemv, swapab_polls
     from kernels.router.runtime import refill_polled_workspaces
 
     dev = x.device
 
     def make(lay):
-        if kind == "gemv" and "quant" in variant:
-            args, ids, w, mode = launch.gemv_quant_args(x, lay, 6, cfg[0])
-            fn = compile_gemv(6, "softmax", False, lay.out_features, cfg[0], cfg[1], args, variant, quant=mode)
-        elif kind == "gemv":
-            args, ids, w = launch.gemv_args(act, lay, 6, cfg[0])
-            fn = compile_gemv(6, "softmax", False, lay.out_features, cfg[0], cfg[1], args, variant)
-        elif kind == "staged":
-            from kernels.router.staged import compile_staged
-
-            args, ids, w = launch.staged_args(act, lay, 6, cfg[1], cfg[2])
-            fn = compile_staged(6, "softmax", False, lay.out_features, cfg[0], cfg[1], cfg[2], args,
-                                "noroute" if "noroute" in variant else "", *cfg[3:],
-                                route="count" if "count" in variant else "wait")
-        else:
-            poll = swapab_polls(cfg[1], variant)
-            args, ids, w = launch.mma_gemv_args(act, lay, 6, cfg[0], cfg[1], poll)
-            mw = cfg[2] if len(cfg) > 2 else 1
-            uw = cfg[3] if len(cfg) > 3 else 4
-            fn = compile_mma_gemv(6, "softmax", False, lay.out_features, cfg[0], cfg[1], args, poll, variant, mw, uw)
+        fn, args, ids, w = _compiled_decode(kind, cfg, variant, act, lay, x)
         return (lambda: fn(*args[:-1], launch.current_stream(dev))), ids, w
 
     res = dict(res, kernel=kind, config=list(cfg), variant=variant)
@@ -223,29 +204,45 @@ def _decode(kind, cfg, variant, x, base, act, ref_logits, layers, a, res) -> int
     return rc
 
 
+def _compiled_decode(kind, cfg, variant, act, lay, x=None):
+    """``(compiled kernel, its arguments, ids, weights)`` of one decode-kernel configuration on
+    layer ``lay`` (``x``: the bf16 activations, for the GEMV's "quant" variant)."""
+    from kernels.router import launch
+    from kernels.router.gemv import compile_gemv, compile_mma_gemv, swapab_polls
+
+    if kind == "gemv" and "quant" in variant:
+        args, ids, w, mode = launch.gemv_quant_args(x, lay, 6, cfg[0])
+        fn = compile_gemv(6, "softmax", False, lay.out_features, cfg[0], cfg[1], args, variant, quant=mode)
+    elif kind == "gemv":
+        args, ids, w = launch.gemv_args(act, lay, 6, cfg[0])
+        fn = compile_gemv(6, "softmax", False, lay.out_features, cfg[0], cfg[1], args, variant)
+    elif kind == "staged":
+        from kernels.router.staged import compile_staged
+
+        args, ids, w = launch.staged_args(act, lay, 6, cfg[1], cfg[2])
+        fn = compile_staged(6, "softmax", False, lay.out_features, cfg[0], cfg[1], cfg[2], args,
+                            "noroute" if "noroute" in variant else "", *cfg[3:],
+                            route="count" if "count" in variant else "wait")
+    else:
+        poll = swapab_polls(cfg[1], variant)
+        args, ids, w = launch.mma_gemv_args(act, lay, 6, cfg[0], cfg[1], poll)
+        mw = cfg[2] if len(cfg) > 2 else 1
+        uw = cfg[3] if len(cfg) > 3 else 4
+        fn = compile_mma_gemv(6, "softmax", False, lay.out_features, cfg[0], cfg[1], args, poll, variant, mw, uw)
+    return fn, args, ids, w
+
+
 def _clock_run(kind, cfg, variant, base, act, dev):
     """Variant "clock": one launch (after 3 warm-ups) whose ids tensor, enlarged, holds timestamps
     (``_WarpRouter._route_warp`` and ``_cta_stamp``): where the route's time goes.  Global-timer
     ns for the launch's timeline, SM clock cycles for the phases of a routing warp."""
     from kernels.router import launch
-    from kernels.router.gemv import compile_gemv, compile_mma_gemv, swapab_polls
 
     t = act[0].shape[0]
-    if kind == "gemv":
-        args, _, w = launch.gemv_args(act, base, 6, cfg[0])
-        at = 7
-    else:
-        poll = swapab_polls(cfg[1], variant)
-        args, _, w = launch.mma_gemv_args(act, base, 6, cfg[0], cfg[1], poll)
-        at = 6
+    fn, args, _, w = _compiled_decode(kind, cfg, variant, act, base)
     big = torch.zeros((t + 8192, 6), dtype=torch.int32, device=dev)
     args = list(args)
-    args[at] = launch._cute(big)
-    if kind == "gemv":
-        fn = compile_gemv(6, "softmax", False, base.out_features, cfg[0], cfg[1], args, variant)
-    else:
-        fn = compile_mma_gemv(6, "softmax", False, base.out_features, cfg[0], cfg[1], args, poll, variant,
-                              *(cfg[2:] or (1,)))
+    args[7 if kind == "gemv" else 6] = launch._cute(big)  # the ids tensor (its layout is dynamic)
     for _ in range(4):
         big.zero_()
         fn(*args[:-1], launch.current_stream(dev))
