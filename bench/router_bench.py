@@ -13,7 +13,9 @@ not from the 60 MB L2), replayed ``--reps`` times; the time per call is the medi
   memory (32 <= T <= 512), CUDA-core decode, the pipelined tile kernel (T >= 128), the older
   mma.sync tile kernel with and without split-K;
 * ``fused+quant``  ``run_nvfp4_fused_router`` from bf16 activations, its default path: the fused
-  one-kernel quantizer (``kernels.router.quant``), then the kernel (with
+  one-kernel quantizer (``kernels.router.quant``), then the kernel as its programmatic dependent
+  (SM90+: weight loads overlap the quantizer; ``fused+quant, no PDL``: ``GPUREPRO_ROUTER_PDL=0``,
+  which also launches the tile kernel's route kernel plainly: ``tile, no PDL``) (with
   ``GPUREPRO_ROUTER_INKERNEL_QUANT=1``, at T=1 the GEMV kernel quantizing in its own launch; the
   PyTorch quantizer when ``GPUREPRO_ROUTER_FUSED_QUANT=0``);
 * ``torchq+route`` the same with the PyTorch quantizer of ``kernels.nvfp4`` (~20 elementwise kernels);
@@ -100,6 +102,20 @@ def time_us(fns, reps: int):
     return statistics.median(out), mode
 
 
+class no_pdl:
+    """``GPUREPRO_ROUTER_PDL=0`` while a launcher is built or called (the launch without PDL)."""
+
+    def __enter__(self):
+        self.old = os.environ.get("GPUREPRO_ROUTER_PDL")
+        os.environ["GPUREPRO_ROUTER_PDL"] = "0"
+
+    def __exit__(self, *exc):
+        if self.old is None:
+            os.environ.pop("GPUREPRO_ROUTER_PDL", None)
+        else:
+            os.environ["GPUREPRO_ROUTER_PDL"] = self.old
+
+
 def copy_GBps(dev) -> float:
     """Device-to-device copy of 1 GiB (float32), bytes read + written per second (median of 10)."""
     src = torch.empty(1 << 28, dtype=torch.float32, device=dev).uniform_()
@@ -133,19 +149,22 @@ def write_results(rows, name, a, copy, floor) -> str:
         + ", ".join(f"T={t}: {q}" for t, q in sorted({(r['T'], r.get('quantizer')) for r in rows}))
         + "), torchq+route = the PyTorch quantizer + the kernel",
         "",
-        "| T | E | kernel | fused | swapab | staged | gemv | tile (splits; skN: stream-K on N CTAs) | mma (split-K) | mma, no split | quant | fused+quant | torchq+route "
-        "| bf16 GEMM+topk | deq+GEMM+topk | bf16/fused | deq/fused | quant+route/route | torchq+route/route "
-        "| fused GB/s | % of copy | TFLOP/s |",
-        "|" + "---|" * 22,
+        "| T | E | kernel | fused | swapab | staged | gemv | tile (splits; skN: stream-K on N CTAs) | tile, no PDL | mma (split-K) | mma, no split | quant | fused+quant "
+        "| fused+quant, no PDL | torchq+route "
+        "| bf16 GEMM+topk | deq+GEMM+topk | bf16/fused | deq/fused | quant+route/route | no PDL: quant+route/route "
+        "| torchq+route/route | fused GB/s | % of copy | TFLOP/s |",
+        "|" + "---|" * 25,
     ]
     for r in rows:
         qr = r.get("quant+route/route")
         tq = r.get("torchq+route/route")
-        lines.append(f"| {r['T']} | {r['E']} | {r['kernel']} | {f(r, 'fused')} | {f(r, 'swapab')} | {f(r, 'staged')} | {f(r, 'gemv')} | {f(r, 'tile')} ({r['tile_splits']}) | {f(r, 'mma')} "
+        qn = r.get("quant+route/route, no PDL")
+        lines.append(f"| {r['T']} | {r['E']} | {r['kernel']} | {f(r, 'fused')} | {f(r, 'swapab')} | {f(r, 'staged')} | {f(r, 'gemv')} | {f(r, 'tile')} ({r['tile_splits']}) | {f(r, 'tile_nopdl')} | {f(r, 'mma')} "
                      f"({r['splits']}) | {f(r, 'mma_nosplit')} | {f(r, 'quant')} | {f(r, 'fused+quant')} | "
-                     f"{f(r, 'torchq+route')} | {f(r, 'bf16')} | "
+                     f"{f(r, 'fused+quant_nopdl')} | {f(r, 'torchq+route')} | {f(r, 'bf16')} | "
                      f"{f(r, 'deq')} | {r['bf16/fused']:.2f} | {r['deq/fused']:.2f} | "
-                     f"{'-' if qr is None else f'{qr:.2f}'} | {'-' if tq is None else f'{tq:.2f}'} | {r['fused_GBps']:.0f} | "
+                     f"{'-' if qr is None else f'{qr:.2f}'} | {'-' if qn is None else f'{qn:.2f}'} | "
+                     f"{'-' if tq is None else f'{tq:.2f}'} | {r['fused_GBps']:.0f} | "
                      f"{100 * r['fused_GBps'] / copy:.0f} | {r['fused_TFLOPs']:.1f} |")
     md = "\n".join(lines)
     os.makedirs(a.out, exist_ok=True)
@@ -225,6 +244,9 @@ def main(argv=None) -> int:
             if t >= 128:
                 # the tile kernel and its route kernel (two launches)
                 paths["tile"] = [tile_launcher(act, lay, a.topk, a.scoring, renorm)[0] for lay in layers]
+                if "tile_nopdl" not in a.skip:
+                    with no_pdl():
+                        paths["tile_nopdl"] = [tile_launcher(act, lay, a.topk, a.scoring, renorm)[0] for lay in layers]
             if t <= 512:
                 paths["swapab"] = launchers(swapab_make)
                 if t >= 32:
@@ -242,14 +264,22 @@ def main(argv=None) -> int:
                 return lambda: router.run_nvfp4_fused_router(
                     x, lay, a.topk, a.scoring, path="portable", activation=router.prepare_activation(x, lay, fused=False))
 
+            def quant_route_nopdl(lay):
+                def call():
+                    with no_pdl():
+                        return router.run_nvfp4_fused_router(x, lay, a.topk, a.scoring, path="portable")
+                return call
+
             if "fused+quant" not in a.skip:
                 paths["fused+quant"] = [quant_route(lay) for lay in layers]
+                paths["fused+quant_nopdl"] = [quant_route_nopdl(lay) for lay in layers]
             if "torchq+route" not in a.skip:
                 paths["torchq+route"] = [torch_quant_route(lay) for lay in layers]
             if "quant" not in a.skip:
                 paths["quant"] = [lambda: router.prepare_activation(x, base)] * a.layers
             router.run_nvfp4_fused_router(x, base, a.topk, a.scoring, path="portable")
             quantizer = router.last_quantizer  # fused+quant's: "in-kernel" (the GEMV), "fused" or "torch"
+            pdl = router.last_pdl  # fused+quant's kernel launched as the quantizer's programmatic dependent
 
             def topk(logits):
                 probs = torch.softmax(logits.float(), dim=-1)
@@ -272,6 +302,8 @@ def main(argv=None) -> int:
             r["deq/fused"] = r["deq_us"] / fus if "deq_us" in r else float("nan")
             if "fused+quant_us" in r:
                 r["quant+route/route"] = r["fused+quant_us"] / fus
+                r["quant+route/route, no PDL"] = r["fused+quant_nopdl_us"] / fus
+            r["pdl"] = pdl
             if "torchq+route_us" in r:
                 r["torchq+route/route"] = r["torchq+route_us"] / fus
             r["fused_GBps"] = (fp4_bytes + act_bytes) / fus / 1e3

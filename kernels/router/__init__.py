@@ -49,6 +49,7 @@ _announced: set = set()
 last_path: Optional[str] = None  #: "portable", "sm100" or "reference: <why>" of the latest call
 last_kernel: Optional[str] = None  #: "gemv", "swapab", "staged", "tile" or "mma" when the latest call took the portable path
 last_quantizer: Optional[str] = None  #: "fused" (one-kernel quantizer), "torch" (latest prepare_activation) or "in-kernel" (the GEMV quantized)
+last_pdl: bool = False  #: the latest call launched its kernel as a programmatic dependent of the fused quantizer
 
 #: crossovers measured on the H200 (bench/results/h200/): the CUDA-core GEMV kernel is the fastest
 #: for one token (3.9 / 4.4 us at E=256 / 384, swap-AB 4.8 / 5.3), the tensor-core "swap-AB" decode
@@ -188,7 +189,8 @@ def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str
     CTA per row tile, no workspace); ``kernel`` forces "gemv", "swapab", "staged", "tile" or "mma" on the portable
     path; ``tile_config`` = ``(splits, k_tiles_per_split)`` overrides the tile kernel's split-K.
     """
-    global last_path, last_kernel
+    global last_path, last_kernel, last_pdl
+    last_pdl = False
     check_scoring(scoring)
     if renormalize is None:
         renormalize = default_renormalize(scoring)
@@ -202,19 +204,27 @@ def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str
         routed = _route_quantizing(x, linear, top_k, scoring, renormalize, kernel)
         if routed is not None:
             return routed
+    # the fused quantizer lets the kernel after it start early (programmatic dependent launch):
+    # the router's weight loads overlap the quantizer, its activation loads wait for it
+    pdl = False
     if activation is None:
         activation = prepare_activation(x, linear)
+        if last_quantizer == "fused" and chosen == "portable":
+            from .runtime import pdl_available
+
+            pdl = pdl_available(x.device)
     if chosen == "portable":
         from .launch import run_gemv, run_mma_gemv, run_portable, run_tile
 
         t = activation[0].shape[0]
         last_kernel = kernel or ("mma" if split_k is not None else choose_kernel(t, linear.out_features))
+        last_pdl = pdl and last_kernel in ("gemv", "swapab", "tile")
         if last_kernel == "gemv":
-            return run_gemv(activation, linear, top_k, scoring, renormalize)
+            return run_gemv(activation, linear, top_k, scoring, renormalize, pdl=pdl)
         if last_kernel == "swapab":
-            return run_mma_gemv(activation, linear, top_k, scoring, renormalize)
+            return run_mma_gemv(activation, linear, top_k, scoring, renormalize, pdl=pdl)
         if last_kernel == "tile":
-            return run_tile(activation, linear, top_k, scoring, renormalize, config=tile_config)
+            return run_tile(activation, linear, top_k, scoring, renormalize, config=tile_config, pdl=pdl)
         if last_kernel == "staged":
             from .launch import run_staged
 

@@ -99,12 +99,41 @@ def _fake_args(kernel: str, top_k: int):
     return sm100_args(act, layer, top_k)[0]
 
 
+def _compile_pdl(cute, kernel: str, k: int) -> list:
+    """The router kernels in the form launched after the fused quantizer (``pdl=True``): the GEMV
+    and swap-AB kernels (``--kernel gemv``), the tile kernel and its route kernel (``tile``)."""
+    done = []
+    if kernel == "gemv":
+        from kernels.router.gemv import GemvRouterKernel, MmaGemvRouterKernel, swapab_polls
+        from kernels.router.launch import mma_gemv_args
+
+        cute.compile(GemvRouterKernel(k, "softmax", False, 256, 1, 1, pdl=True), *_fake_args("gemv", k))
+        done.append(f"k={k},softmax,tm=1,rb=1,pdl")
+        for nt, ks, mw, uw in ((1, 7, 1, 4), (2, 2, 2, 2)):
+            poll = swapab_polls(ks)
+            margs = mma_gemv_args(*_act_layer(), k, nt, ks, poll)[0]
+            cute.compile(MmaGemvRouterKernel(k, "softmax", False, 256, nt, ks, poll, mw=mw, uw=uw, pdl=True), *margs)
+            done.append(f"k={k},softmax,swapab nt={nt},ksplit={ks},pdl")
+    elif kernel == "tile":
+        from kernels.router.tile import SplitRouteKernel, TileRouterKernel
+
+        args = _fake_args("tile", k)
+        cute.compile(TileRouterKernel(k, "softmax", False, 4, pdl=True), *args)
+        done.append(f"k={k},softmax,tile splits=4,pdl")
+        cute.compile(SplitRouteKernel(k, "softmax", False, 256, 4, pdl=True), args[7], args[5], args[6], args[-1])
+        done.append(f"k={k},softmax,split route splits=4,pdl")
+    return done
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kernel", choices=["portable", "gemv", "tile", "sm100", "quant"], required=True)
     p.add_argument("--arch", required=True, help="e.g. sm_80, sm_90a, sm_120a, sm_100a")
     p.add_argument("--topk", type=int, nargs="+", default=[6])
     p.add_argument("--scorings", nargs="+", default=["softmax", "sigmoid"])
+    p.add_argument("--pdl", action="store_true",
+                   help="only the programmatic-dependent-launch forms (SM90+): the router kernels that wait "
+                        "(griddepcontrol.wait) and the quantizer that lets them start (launch_dependents)")
     p.add_argument("--expect-ptx", action="append", default=[],
                    help="a string the generated PTX must contain (e.g. an instruction name); repeatable")
     a = p.parse_args(argv)
@@ -125,9 +154,11 @@ def main(argv=None) -> int:
         # calibrated scale, then the on-device one (grid barrier): both leave the same file name,
         # the PTX checked is the last one's
         for dynamic in (False, True):
-            cute.compile(Nvfp4ActQuantKernel(dynamic), *args)
-            done.append(f"quant dynamic={dynamic}")
-    for k in ([] if a.kernel == "quant" else a.topk):
+            cute.compile(Nvfp4ActQuantKernel(dynamic, trigger=a.pdl), *args)
+            done.append(f"quant dynamic={dynamic}" + (" trigger" if a.pdl else ""))
+    if a.pdl and a.kernel != "quant":
+        done += _compile_pdl(cute, a.kernel, a.topk[0])
+    for k in ([] if a.kernel == "quant" or a.pdl else a.topk):
         args = _fake_args(a.kernel, k)
         for scoring in a.scorings:
             renorm = default_renormalize(scoring)

@@ -51,6 +51,15 @@ def _stamp(dep):
     return _asm(cutlass.Int32, ptx, "=r,r", cutlass.Int32(dep))
 
 
+def await_inputs(pdl: bool):
+    """``pdl``: the kernel was launched as a programmatic dependent (``use_pdl``) and may have
+    started before the kernel ahead of it in the stream finished; ``griddepcontrol.wait`` holds it
+    until that kernel's writes are visible.  Everything before it may read only what no kernel
+    of the stream writes (the weights, the decode table) and write nothing."""
+    if pdl:
+        cute.arch.griddepcontrol_wait()
+
+
 def _order_key(v):
     """A float as an int32 whose signed order is the float order (NaN: the smallest int, so a NaN
     never wins, as in ``DSL_OPS.better``)."""
@@ -383,7 +392,7 @@ class GemvRouterKernel(_WarpRouter):
     ``tm`` tokens and ``rb`` experts per CTA; top_k / scoring / renormalize are compile-time."""
 
     def __init__(self, top_k: int, scoring: str, renormalize: bool, experts: int, tm: int = 1, rb: int = 2,
-                 variant: str = "", quant: str = ""):
+                 variant: str = "", quant: str = "", pdl: bool = False):
         if experts % 32 or experts // 32 > 64:
             raise ValueError(f"E={experts}: the GEMV router needs a multiple of 32 up to 2048")
         if experts % rb or tm > WARPS or rb * tm > THREADS:
@@ -405,6 +414,9 @@ class GemvRouterKernel(_WarpRouter):
         self.variant = variant
         self.key_picks = "floatpicks" not in variant
         self.poll = True
+        # launched as a programmatic dependent of the kernel before it (the activation quantizer):
+        # the weight loads go out, then griddepcontrol.wait (see await_inputs); SM90 and later
+        self.pdl = pdl and not quant
         self.smem_bytes = 4 * LUT_SIZE + 4 * WARPS * rb * tm + 4 * WARPS + 96
 
     @cute.jit
@@ -413,7 +425,8 @@ class GemvRouterKernel(_WarpRouter):
                  mW: cute.Tensor, stream):
         groups = (mA.shape[0] + self.tm - 1) // self.tm
         self.kernel(mA, mSFA, mB, mSFB, mAlpha, mLut, mLog, mIds, mW).launch(
-            grid=[self.experts // self.rb, groups, 1], block=[THREADS, 1, 1], smem=self.smem_bytes, stream=stream)
+            grid=[self.experts // self.rb, groups, 1], block=[THREADS, 1, 1], smem=self.smem_bytes, stream=stream,
+            use_pdl=self.pdl)
 
     @cute.jit
     def _load16(self, mX: cute.Tensor, row, kw, c, dst: cute.Tensor):
@@ -427,6 +440,11 @@ class GemvRouterKernel(_WarpRouter):
                     rawB: cute.Tensor, sfB: cute.Tensor, rawA: cute.Tensor, sfA: cute.Tensor):
         """Every global load of chunk ``c`` (words and scale bytes of the rb rows and tm tokens)."""
         self._load_weights(mB, mSFB, c, n0, kw, k_tiles, rawB, sfB)
+        self._load_activation(mA, mSFA, c, t0, T, kw, rawA, sfA)
+
+    @cute.jit
+    def _load_activation(self, mA, mSFA, c, t0, T, kw, rawA: cute.Tensor, sfA: cute.Tensor):
+        """Chunk ``c`` of the tm tokens: code words and scale bytes."""
         for t in cutlass.range_constexpr(self.tm):
             tok = cutlass.min(t0 + t, T - 1)  # rows past T re-read row T-1, never stored
             self._load16(mA, tok, kw, c, rawA[None, t])
@@ -482,9 +500,13 @@ class GemvRouterKernel(_WarpRouter):
             alpha = self._quant_dot(mA, mSFA, mB, mSFB, mAlpha, mLut, sLut, sAmax, tidx, warp, lane, n0, t0, T, kw,
                                     nchunk, k_tiles, rawB, sfB, rawA, sfA, acc)
         else:
-            # the first chunk's loads go out before the table load and its barrier
+            # the first chunk's loads go out before the table load and its barrier; the weights
+            # (never written by a kernel) before the wait for the kernel that writes the activation
             if tidx < nchunk:
-                self._load_chunk(mA, mSFA, mB, mSFB, tidx, n0, t0, T, kw, k_tiles, rawB, sfB, rawA, sfA)
+                self._load_weights(mB, mSFB, tidx, n0, kw, k_tiles, rawB, sfB)
+            await_inputs(self.pdl)
+            if tidx < nchunk:
+                self._load_activation(mA, mSFA, tidx, t0, T, kw, rawA, sfA)
             self._load_lut(mLut, sLut, tidx)
             cute.arch.sync_threads()
             for c in range(tidx, nchunk, THREADS):
@@ -615,12 +637,12 @@ _compiled = {}
 
 
 def compile_gemv(top_k: int, scoring: str, renormalize: bool, experts: int, tm: int, rb: int, args,
-                 variant: str = "", quant: str = ""):
+                 variant: str = "", quant: str = "", pdl: bool = False):
     """Compile (cached by configuration; tensor shapes and strides are dynamic, E is not)."""
-    key = (top_k, scoring, renormalize, experts, tm, rb, variant, quant)
+    key = (top_k, scoring, renormalize, experts, tm, rb, variant, quant, pdl)
     fn = _compiled.get(key)
     if fn is None:
-        fn = cute.compile(GemvRouterKernel(top_k, scoring, renormalize, experts, tm, rb, variant, quant), *args)
+        fn = cute.compile(GemvRouterKernel(top_k, scoring, renormalize, experts, tm, rb, variant, quant, pdl), *args)
         _compiled[key] = fn
     return fn
 
@@ -648,7 +670,7 @@ class MmaGemvRouterKernel(_WarpRouter):
     """
 
     def __init__(self, top_k: int, scoring: str, renormalize: bool, experts: int, nt: int = 1, ksplit: int = 1,
-                 poll: bool = False, variant: str = "", mw: int = 1, uw: int = 4):
+                 poll: bool = False, variant: str = "", mw: int = 1, uw: int = 4, pdl: bool = False):
         if experts % 32 or experts // 32 > 64:
             raise ValueError(f"E={experts}: the decode router needs a multiple of 32 up to 2048")
         if experts % (16 * mw):
@@ -668,6 +690,8 @@ class MmaGemvRouterKernel(_WarpRouter):
         route = swapab_route(ksplit, variant)
         self.route = "poll" if poll else "wait" if route == "poll" else route
         self.key_picks = "floatpicks" not in variant
+        # a programmatic dependent launch: the first unit's weights load before await_inputs
+        self.pdl = pdl
         self.ksplit = ksplit
         self.top_k = top_k
         self.scoring = scoring
@@ -698,7 +722,7 @@ class MmaGemvRouterKernel(_WarpRouter):
         groups = (mA.shape[0] + self.tn - 1) // self.tn
         self.kernel(mA, mSFA, mB, mSFB, mAlpha, mWs, mIds, mW, mCnt, tiled_mma).launch(
             grid=[self.experts // self.rows, self.ksplit, groups], block=[THREADS, 1, 1], smem=self.smem_bytes,
-            stream=stream, min_blocks_per_mp=self.ctas_per_sm,
+            stream=stream, min_blocks_per_mp=self.ctas_per_sm, use_pdl=self.pdl,
             preferred_smem_carveout=50 if self.ctas_per_sm * self.smem_bytes <= 100 * 1024 else 100)
 
     @cute.jit
@@ -713,6 +737,11 @@ class MmaGemvRouterKernel(_WarpRouter):
         """Raw words and scale bytes of K unit ``s`` for this lane: weight rows g, g+8 of every
         16-expert block (``rowsf``: each row and its scale-atom base offset) and the tokens g of
         every n-tile, words ``wo .. wo + uw`` of each (16-code blocks ``wo / 2 ..``)."""
+        self._load_step_weights(mB, mSFB, s, rowsf, q, kw, rawW, sfW)
+        self._load_step_tokens(mA, mSFA, s, t0, g, q, T, kw, rawX, sfX)
+
+    @cute.jit
+    def _load_step_weights(self, mB, mSFB, s, rowsf, q, kw, rawW: cute.Tensor, sfW: cute.Tensor):
         uw = self.uw
         wo = s * (4 * uw) + q * uw
         for r in cutlass.range_constexpr(2 * self.mw):
@@ -721,6 +750,11 @@ class MmaGemvRouterKernel(_WarpRouter):
                 bi = (wo >> 1) + b
                 # 128x4 scale atoms (kernels.nvfp4.swizzle), K-tile inner
                 sfW[b, r] = cutlass.Int32(mSFB[rowsf[1, r] + (bi >> 2) * 512 + (bi & 3)])
+
+    @cute.jit
+    def _load_step_tokens(self, mA, mSFA, s, t0, g, q, T, kw, rawX: cute.Tensor, sfX: cute.Tensor):
+        uw = self.uw
+        wo = s * (4 * uw) + q * uw
         for n in cutlass.range_constexpr(self.nt):
             tok = cutlass.min(t0 + n * 8 + g, T - 1)  # tokens past T re-read token T-1, never stored
             self._load_words(mA, tok, kw, wo, rawX[None, n])
@@ -791,8 +825,13 @@ class MmaGemvRouterKernel(_WarpRouter):
 
         s0 = by * WARPS + warp
         stride = WARPS * ksplit
+        # the first unit: weights, then (a programmatic dependent launch) the wait for the kernel
+        # that writes the activation, then the tokens
         if s0 < steps:
-            self._load_step(mA, mSFA, mB, mSFB, s0, rowsf, t0, g, q, T, kw, k_tiles, rawW, sfW, rawX, sfX)
+            self._load_step_weights(mB, mSFB, s0, rowsf, q, kw, rawW, sfW)
+        await_inputs(self.pdl)
+        if s0 < steps:
+            self._load_step_tokens(mA, mSFA, s0, t0, g, q, T, kw, rawX, sfX)
 
         for s in range(s0, steps, stride):
             if s + stride < steps:
@@ -1026,11 +1065,11 @@ def swapab_polls(ksplit: int, variant: str = "") -> bool:
 
 
 def compile_mma_gemv(top_k: int, scoring: str, renormalize: bool, experts: int, nt: int, ksplit: int, args,
-                     poll: bool = False, variant: str = "", mw: int = 1, uw: int = 4):
-    key = ("mma", top_k, scoring, renormalize, experts, nt, ksplit, poll, variant, mw, uw)
+                     poll: bool = False, variant: str = "", mw: int = 1, uw: int = 4, pdl: bool = False):
+    key = ("mma", top_k, scoring, renormalize, experts, nt, ksplit, poll, variant, mw, uw, pdl)
     fn = _compiled.get(key)
     if fn is None:
         fn = cute.compile(MmaGemvRouterKernel(top_k, scoring, renormalize, experts, nt, ksplit, poll, variant, mw,
-                                              uw), *args)
+                                              uw, pdl), *args)
         _compiled[key] = fn
     return fn

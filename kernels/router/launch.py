@@ -13,6 +13,7 @@ import torch
 from .runtime import alpha_of as _alpha
 from .runtime import counters as _counters
 from .runtime import current_stream, lut as _lut
+from .runtime import pdl_available
 from .runtime import polled_workspace
 from .runtime import to_cute as _cute
 
@@ -112,14 +113,16 @@ def _gemv_call_args(a_words, a_scales, alpha, linear, top_k: int):
     return args, ids, w
 
 
-def run_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool, config=None, variant: str = ""):
-    """The GEMV kernel; ``variant``: the probe's route forms (``GemvRouterKernel``), for tests."""
+def run_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool, config=None, variant: str = "",
+             pdl: bool = False):
+    """The GEMV kernel; ``variant``: the probe's route forms (``GemvRouterKernel``), for tests;
+    ``pdl``: launched as a programmatic dependent of the kernel that wrote ``activation``."""
     from .gemv import compile_gemv, pick_gemv
 
     t = activation[0].shape[0]
     tm, rb = config or pick_gemv(t, linear.out_features)
     args, ids, w = gemv_args(activation, linear, top_k, tm)
-    fn = compile_gemv(top_k, scoring, renormalize, linear.out_features, tm, rb, args, variant)
+    fn = compile_gemv(top_k, scoring, renormalize, linear.out_features, tm, rb, args, variant, pdl=pdl)
     fn(*args)
     return ids, w
 
@@ -198,9 +201,10 @@ def mma_gemv_args(activation, linear, top_k: int, nt: int = 1, ksplit: int = 1, 
     return args, ids, w
 
 
-def run_mma_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool, config=None, variant: str = ""):
+def run_mma_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool, config=None, variant: str = "",
+                 pdl: bool = False):
     """The swap-AB kernel; ``variant``: the probe's route forms (``MmaGemvRouterKernel``; "poll",
-    "wait" and "count" force that route), for tests."""
+    "wait" and "count" force that route), for tests; ``pdl`` as in :func:`run_gemv`."""
     from .gemv import compile_mma_gemv, pick_mma_gemv, swapab_polls, swapab_unit_words
 
     t = activation[0].shape[0]
@@ -209,7 +213,7 @@ def run_mma_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool
     poll = swapab_polls(ksplit, variant)
     args, ids, w = mma_gemv_args(activation, linear, top_k, nt, ksplit, poll)
     fn = compile_mma_gemv(top_k, scoring, renormalize, linear.out_features, nt, ksplit, args, poll, variant, mw=mw,
-                          uw=uw)
+                          uw=uw, pdl=pdl)
     fn(*args)
     return ids, w
 
@@ -264,12 +268,14 @@ def tile_args(activation, linear, top_k: int, splits: int, k_per_split: int):
 
 
 def tile_launcher(activation, linear, top_k: int, scoring: str, renormalize: bool, config=None,
-                  route_in_kernel: bool = False, stages=None, stream_k=None):
+                  route_in_kernel: bool = False, stages=None, stream_k=None, pdl: bool = False):
     """``(launch, ids, weights)``: ``launch()`` runs the tile kernel and (unless ``route_in_kernel``)
     its route kernel on the current stream, with arguments prepared once (as a CUDA graph replays them).
     ``config``: ``(splits, k_tiles_per_split)`` of the split grid; ``stream_k``: ``(ctas, slots)`` of a
     stream-K grid; neither: ``pick_tile_grid`` for this device.  ``stages``: the cp.async ring depth
-    (default: the deepest the device's SMEM per CTA allows)."""
+    (default: the deepest the device's SMEM per CTA allows).  ``pdl``: the tile kernel is a
+    programmatic dependent of the kernel that wrote ``activation``; the route kernel is always one
+    of the tile kernel where the device has them (:func:`runtime.pdl_available`)."""
     from .tile import BK, compile_split_route, compile_tile, device_stages, device_tile_grid
 
     t = activation[0].shape[0]
@@ -286,7 +292,7 @@ def tile_launcher(activation, linear, top_k: int, scoring: str, renormalize: boo
     if stream_k is not None:
         ctas, slots = stream_k
         args, ids, w = tile_args(activation, linear, top_k, slots, 0)
-        fn = compile_tile(top_k, scoring, renormalize, slots, args, stages=stages, stream_k_ctas=ctas)
+        fn = compile_tile(top_k, scoring, renormalize, slots, args, stages=stages, stream_k_ctas=ctas, pdl=pdl)
         route_sk = (linear.in_features // BK, ctas)
         splits = slots
     else:
@@ -294,12 +300,14 @@ def tile_launcher(activation, linear, top_k: int, scoring: str, renormalize: boo
 
         splits, per = config or pick_tile_splits(t, linear.out_features, linear.in_features)
         args, ids, w = tile_args(activation, linear, top_k, splits, per)
-        fn = compile_tile(top_k, scoring, renormalize, splits, args, route_in_kernel=route_in_kernel, stages=stages)
+        fn = compile_tile(top_k, scoring, renormalize, splits, args, route_in_kernel=route_in_kernel, stages=stages,
+                          pdl=pdl)
         route_sk = None
     if route_in_kernel:
         return (lambda: fn(*args[:-1], current_stream(dev))), ids, w
     rargs = (args[7], args[5], args[6], args[-1])  # workspace, ids, weights, stream
-    route = compile_split_route(top_k, scoring, renormalize, linear.out_features, splits, rargs, route_sk)
+    route = compile_split_route(top_k, scoring, renormalize, linear.out_features, splits, rargs, route_sk,
+                                pdl=pdl_available(dev))
 
     def launch():
         stream = current_stream(dev)
@@ -309,7 +317,7 @@ def tile_launcher(activation, linear, top_k: int, scoring: str, renormalize: boo
     return launch, ids, w
 
 
-def run_tile(activation, linear, top_k: int, scoring: str, renormalize: bool, config=None):
-    launch, ids, w = tile_launcher(activation, linear, top_k, scoring, renormalize, config)
+def run_tile(activation, linear, top_k: int, scoring: str, renormalize: bool, config=None, pdl: bool = False):
+    launch, ids, w = tile_launcher(activation, linear, top_k, scoring, renormalize, config, pdl=pdl)
     launch()
     return ids, w

@@ -190,8 +190,14 @@ class Nvfp4ActQuantKernel:
     """``dynamic``: compute the global scale on device (else read it from ``mG``);
     ``with_alpha``: also write ``mAlpha[0] = g * mGb[0]``."""
 
-    def __init__(self, dynamic: bool, with_alpha: bool = True, per_thread: int = PER_THREAD):
+    def __init__(self, dynamic: bool, with_alpha: bool = True, per_thread: int = PER_THREAD,
+                 trigger: bool = False):
         self.dynamic = dynamic
+        # SM90+: griddepcontrol.launch_dependents first thing, so a router launched after it as a
+        # programmatic dependent (use_pdl) starts its weight loads while this kernel runs; its
+        # griddepcontrol.wait still waits for this whole grid and its writes.  No effect on a
+        # kernel launched without use_pdl.
+        self.trigger = trigger
         self.with_alpha = with_alpha
         self.per_thread = per_thread
         self.smem_bytes = 4 * WARPS + 64
@@ -219,6 +225,8 @@ class Nvfp4ActQuantKernel:
     @cute.kernel
     def kernel(self, mX: cute.Tensor, mQ: cute.Tensor, mS: cute.Tensor, mG: cute.Tensor,
                mGb: cute.Tensor, mAlpha: cute.Tensor, mWs: cute.Tensor):
+        if cutlass.const_expr(self.trigger):
+            cute.arch.griddepcontrol_launch_dependents()
         tidx, _, _ = cute.arch.thread_idx()
         bx, _, _ = cute.arch.block_idx()
         nctas, _, _ = cute.arch.grid_dim()
@@ -357,11 +365,11 @@ def quant_args(x, data, scales, g, g_b, alpha, ctas: int):
     )
 
 
-def compile_quant(dynamic: bool, args):
-    key = (bool(dynamic),)
+def compile_quant(dynamic: bool, args, trigger: bool = False):
+    key = (bool(dynamic), bool(trigger))
     fn = _compiled.get(key)
     if fn is None:
-        fn = cute.compile(Nvfp4ActQuantKernel(dynamic), *args)
+        fn = cute.compile(Nvfp4ActQuantKernel(dynamic, trigger=trigger), *args)
         _compiled[key] = fn
     return fn
 
@@ -399,9 +407,9 @@ def quantize_activation_fused(x, global_scale=None, g_b=None):
     g = torch.empty((), dtype=torch.float32, device=dev) if dynamic else device_scalar(global_scale, dev)
     gb = device_scalar(g_b, dev, (1,)) if g_b is not None else _one(dev)
     alpha = torch.empty(1, dtype=torch.float32, device=dev)
-    sms = torch.cuda.get_device_properties(dev).multi_processor_count
-    args = quant_args(x2, data, scales, g, gb, alpha, grid_ctas(t * k // 16, sms))
-    compile_quant(dynamic, args)(*args)
+    props = torch.cuda.get_device_properties(dev)
+    args = quant_args(x2, data, scales, g, gb, alpha, grid_ctas(t * k // 16, props.multi_processor_count))
+    compile_quant(dynamic, args, trigger=props.major >= 9)(*args)
     return data, scales, g, alpha
 
 

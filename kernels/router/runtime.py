@@ -22,6 +22,17 @@ def to_cute(t: torch.Tensor):
     return from_dlpack(t, assumed_align=16).mark_layout_dynamic(leading_dim=t.dim() - 1)
 
 
+def pdl_available(device) -> bool:
+    """Programmatic dependent launches (``use_pdl`` + ``griddepcontrol``, SM90 and later) for the
+    router's kernels on ``device``; ``GPUREPRO_ROUTER_PDL=0`` turns them off (the bench's
+    comparison)."""
+    import os
+
+    dev = torch.device(device)
+    return (dev.type == "cuda" and torch.cuda.get_device_capability(dev)[0] >= 9
+            and os.environ.get("GPUREPRO_ROUTER_PDL", "1") != "0")
+
+
 def current_stream(device=None):
     import cuda.bindings.driver as cuda
 

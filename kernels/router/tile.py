@@ -32,7 +32,7 @@ import math
 import cutlass
 import cutlass.cute as cute
 
-from .gemv import UNDO_2M28, _WarpRouter, _dec_pair, _scale2
+from .gemv import UNDO_2M28, _WarpRouter, _dec_pair, _scale2, await_inputs
 from .portable import DSL_OPS, PortableRouterKernel
 from .topk import EMPTY_ID, global_expert_index, sorted_insert
 
@@ -66,8 +66,11 @@ class TileRouterKernel(PortableRouterKernel):
     over the splits, so its loads are independent)."""
 
     def __init__(self, top_k: int, scoring: str, renormalize: bool, splits: int = 1, variant: str = "",
-                 route_in_kernel: bool = False, stages: int = STAGES, stream_k_ctas: int = 0):
+                 route_in_kernel: bool = False, stages: int = STAGES, stream_k_ctas: int = 0, pdl: bool = False):
         super().__init__(top_k, scoring, renormalize, bm=BM, threads=THREADS, split_k=True)
+        # a programmatic dependent launch (after the activation quantizer): every load of the
+        # mainloop's ring waits for it, so the wait is the kernel's first step (gemv.await_inputs)
+        self.pdl = pdl
         if stages < 3:
             raise ValueError(f"stages={stages}: the ring needs 3 or more")
         if stream_k_ctas and route_in_kernel:
@@ -101,7 +104,8 @@ class TileRouterKernel(PortableRouterKernel):
             grid = [self.stream_k_ctas, 1, 1]
         self.kernel(mA, mSFA, mB, mSFB, mAlpha, mIds, mW, mWs, mCnt, k_per_split, tiled_mma).launch(
             grid=grid, block=[THREADS, 1, 1], smem=self.smem_bytes,
-            stream=stream, min_blocks_per_mp=2, preferred_smem_carveout=100)  # two CTAs per SM
+            stream=stream, min_blocks_per_mp=2, preferred_smem_carveout=100,  # two CTAs per SM
+            use_pdl=self.pdl)
 
     # the epilogue's column scan: one thread per token row walks the 128 columns of the tile as a
     # loop (straight-line code of that length runs from instruction-cache misses), in two
@@ -295,6 +299,7 @@ class TileRouterKernel(PortableRouterKernel):
         n0 = bidz * BN
         kt_begin = bidy * k_per_split
         n_k = cutlass.min(kt_begin + k_per_split, k_tiles) - kt_begin
+        await_inputs(self.pdl)
 
         smem = cutlass.utils.SmemAllocator()
         sRaw = smem.allocate_tensor(cutlass.Int32, cute.make_layout(RAW_WORDS * self.stages), 16)
@@ -412,7 +417,7 @@ class SplitRouteKernel(_WarpRouter):
     Every SM takes part, where the in-kernel last-CTA route ran on one CTA per 128 tokens."""
 
     def __init__(self, top_k: int, scoring: str, renormalize: bool, experts: int, splits: int,
-                 stream_k=None):
+                 stream_k=None, pdl: bool = False):
         self.top_k = top_k
         self.scoring = scoring
         self.renormalize = renormalize
@@ -421,10 +426,14 @@ class SplitRouteKernel(_WarpRouter):
         # (k_tiles, ctas) of a stream-K tile grid: tile (m, n) has stream_k_count(...) <= splits
         # partial slots, the rest of its slots are stale and read as 0
         self.stream_k = stream_k
+        # launched as a programmatic dependent of the tile kernel: its launch overlaps the tile
+        # kernel's last CTAs, its first step waits for their partials
+        self.pdl = pdl
 
     @cute.jit
     def __call__(self, mWs: cute.Tensor, mIds: cute.Tensor, mW: cute.Tensor, stream):
-        self.kernel(mWs, mIds, mW).launch(grid=[(mIds.shape[0] + 7) // 8, 1, 1], block=[256, 1, 1], stream=stream)
+        self.kernel(mWs, mIds, mW).launch(grid=[(mIds.shape[0] + 7) // 8, 1, 1], block=[256, 1, 1], stream=stream,
+                                          use_pdl=self.pdl)
 
     @cute.jit
     def _gather(self, mSrc: cute.Tensor, splits: cutlass.Constexpr, tok, lane, got: cute.Tensor):
@@ -455,6 +464,7 @@ class SplitRouteKernel(_WarpRouter):
         tidx, _, _ = cute.arch.thread_idx()
         bidx, _, _ = cute.arch.block_idx()
         tok = bidx * 8 + tidx // 32
+        await_inputs(self.pdl)
         if tok < mIds.shape[0]:
             # the partials already carry alpha
             self._route_warp(mWs, self.splits, cutlass.Float32(1.0), mIds, mW, tok, tidx % 32)
@@ -553,21 +563,21 @@ _compiled = {}
 
 
 def compile_tile(top_k: int, scoring: str, renormalize: bool, splits: int, args, variant: str = "",
-                 route_in_kernel: bool = False, stages: int = STAGES, stream_k_ctas: int = 0):
-    key = (top_k, scoring, renormalize, splits, variant, route_in_kernel, stages, stream_k_ctas)
+                 route_in_kernel: bool = False, stages: int = STAGES, stream_k_ctas: int = 0, pdl: bool = False):
+    key = (top_k, scoring, renormalize, splits, variant, route_in_kernel, stages, stream_k_ctas, pdl)
     fn = _compiled.get(key)
     if fn is None:
         fn = cute.compile(TileRouterKernel(top_k, scoring, renormalize, splits, variant, route_in_kernel, stages,
-                                           stream_k_ctas), *args)
+                                           stream_k_ctas, pdl), *args)
         _compiled[key] = fn
     return fn
 
 
 def compile_split_route(top_k: int, scoring: str, renormalize: bool, experts: int, splits: int, args,
-                        stream_k=None):
-    key = ("route", top_k, scoring, renormalize, experts, splits, stream_k)
+                        stream_k=None, pdl: bool = False):
+    key = ("route", top_k, scoring, renormalize, experts, splits, stream_k, pdl)
     fn = _compiled.get(key)
     if fn is None:
-        fn = cute.compile(SplitRouteKernel(top_k, scoring, renormalize, experts, splits, stream_k), *args)
+        fn = cute.compile(SplitRouteKernel(top_k, scoring, renormalize, experts, splits, stream_k, pdl), *args)
         _compiled[key] = fn
     return fn

@@ -113,3 +113,18 @@ def test_compile_check_fails_on_missing_instruction():
     # the PTX check can fail: the portable kernel has no tcgen05 MMA
     rc, res, _ = _compile("portable", "sm_80", "--scorings", "sigmoid", "--expect-ptx", "tcgen05.mma")
     assert rc == 1 and not res["ok"] and res["missing_ptx"] == ["tcgen05.mma"]
+
+
+@pytest.mark.parametrize("arch", ["sm_90a", "sm_120a"])
+@pytest.mark.parametrize("kernel,expect,compiled", [
+    ("gemv", "griddepcontrol.wait", ["k=6,softmax,tm=1,rb=1,pdl", "k=6,softmax,swapab nt=1,ksplit=7,pdl",
+                                     "k=6,softmax,swapab nt=2,ksplit=2,pdl"]),
+    ("tile", "griddepcontrol.wait", ["k=6,softmax,tile splits=4,pdl", "k=6,softmax,split route splits=4,pdl"]),
+    ("quant", "griddepcontrol.launch_dependents", ["quant dynamic=False trigger", "quant dynamic=True trigger"]),
+])
+def test_programmatic_dependent_launch_forms_compile(arch, kernel, expect, compiled):
+    # SM90+ only (griddepcontrol): the router kernels launched after the fused quantizer wait for
+    # it; the quantizer lets them start early
+    rc, res, err = _compile(kernel, arch, "--pdl", "--expect-ptx", expect)
+    assert rc == 0 and res["ok"], (res, err[-3000:])
+    assert res["compiled"] == compiled

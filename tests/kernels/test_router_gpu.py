@@ -247,3 +247,48 @@ def test_gemv_quantizing_in_kernel_is_quantizer_plus_kernel_bit_for_bit(t, e, hi
         ids, w = router.run_nvfp4_fused_router(x, layer, 6, "softmax")
         assert router.last_quantizer == "in-kernel" and router.last_kernel == "gemv"
         assert torch.equal(ids, want[0]) and torch.equal(w, want[1])
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and _sm() < 9, reason="programmatic dependent launch needs SM90 or later")
+@pytest.mark.parametrize("t,e,hidden,kernel", [(1, 384, 7168, "gemv"), (7, 384, 7168, "swapab"),
+                                               (128, 384, 7168, "swapab"), (130, 256, 2048, "swapab"),
+                                               (600, 256, 2048, "tile")])
+def test_router_after_the_quantizer_waits_for_its_activation(t, e, hidden, kernel, monkeypatch):
+    # from bf16 the router is launched as a programmatic dependent of the fused quantizer: its
+    # weight loads start while the quantizer runs, its activation loads wait (griddepcontrol.wait).
+    # Two inputs alternate so the allocator hands each call the buffers the previous call's
+    # quantized activation was in: a router reading them before its own quantizer finished would
+    # route the other input's tokens.  Eager calls and a CUDA graph, against the launch without
+    # PDL (GPUREPRO_ROUTER_PDL=0), bit for bit.
+    layer, xa = _case(t, e, hidden, seed=501 + t)
+    xb = -xa.flip(0) * 1.5
+    want = {}
+    monkeypatch.setenv("GPUREPRO_ROUTER_PDL", "0")
+    for name, x in (("a", xa), ("b", xb)):
+        want[name] = router.run_nvfp4_fused_router(x, layer, 6, "softmax", kernel=kernel)
+        assert not router.last_pdl
+        c = router.compare_routing(*want[name], router.router_logits_reference(x, layer), 6, "softmax")
+        assert c.ok and c.max_weight_err < 1e-4, c
+    assert not torch.equal(want["a"][0], want["b"][0])
+    monkeypatch.setenv("GPUREPRO_ROUTER_PDL", "1")
+    for i in range(20):
+        name = "ab"[i % 2]
+        ids, w = router.run_nvfp4_fused_router(xa if name == "a" else xb, layer, 6, "softmax", kernel=kernel)
+        assert router.last_pdl and router.last_quantizer == "fused" and router.last_kernel == kernel
+        assert torch.equal(ids, want[name][0]) and torch.equal(w, want[name][1]), (i, name)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        router.run_nvfp4_fused_router(xa, layer, 6, "softmax", kernel=kernel)
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    outs = []
+    with torch.cuda.graph(g):
+        for i in range(4):
+            outs.append(router.run_nvfp4_fused_router(xa if i % 2 == 0 else xb, layer, 6, "softmax", kernel=kernel))
+    for _ in range(3):
+        g.replay()
+        torch.cuda.synchronize()
+        for i, (ids, w) in enumerate(outs):
+            ref = want["ab"[i % 2]]
+            assert torch.equal(ids, ref[0]) and torch.equal(w, ref[1]), i
