@@ -14,7 +14,9 @@ so quantize-and-route was 7-20x slower than route alone.  Here:
   ``atom.max`` per CTA and a grid barrier (counter + generation word in a 4-int workspace, reset
   by the last CTA to arrive, so the kernel is graph-capturable and needs no host memset; the grid
   is at most ``4 x SMs`` CTAs of 256 threads so every CTA is resident).  One CTA skips the
-  barrier.  Static scale: read from a 1-element tensor, no barrier;
+  barrier, and so does a small input (up to ``REPLICATE_MAX_BLOCKS`` blocks: decode): every CTA
+  reads all of it for the max itself, one block per thread.  Static scale: read from a
+  1-element tensor, no barrier;
 * every floating-point step PyTorch takes is done with the same IEEE operation through inline PTX
   (``div.rn.f32``, ``mul.rn.f32``, ``add.rn.f32``: no fast-math, no FMA contraction, no flush of
   subnormals): ``s = e4m3(min(amax_b / (6 g), 448))`` with c10's float->e4m3fn rounding (also for
@@ -40,6 +42,11 @@ PER_THREAD = 2  # 16-element blocks per thread held in registers across the glob
 # grid cap: 4 CTAs of 256 threads (<= 64 registers a thread, checked in the compile test) fit on
 # one SM of SM80/SM90/SM120, so every CTA is resident for the grid barrier
 CTAS_PER_SM = 4
+# dynamic scale of a small input (decode: T <= 9 at hidden 7168): every CTA reads the whole input
+# for the max itself (REPLICA_INFLIGHT blocks in flight per thread) and no CTA waits for another;
+# one block per thread, so a token's quantization is spread over K/4096 CTAs instead of one
+REPLICATE_MAX_BLOCKS = 4096
+REPLICA_INFLIGHT = 4
 
 # workspace words
 WS_COUNT = 0
@@ -191,8 +198,15 @@ class Nvfp4ActQuantKernel:
     ``with_alpha``: also write ``mAlpha[0] = g * mGb[0]``."""
 
     def __init__(self, dynamic: bool, with_alpha: bool = True, per_thread: int = PER_THREAD,
-                 trigger: bool = False):
+                 trigger: bool = False, replicate: bool = False):
+        if replicate and not dynamic:
+            raise ValueError("replicate: the dynamic scale's max, computed by every CTA")
         self.dynamic = dynamic
+        # dynamic: every CTA computes the whole input's max itself, no grid barrier (small inputs,
+        # see REPLICATE_MAX_BLOCKS); one block per thread
+        self.replicate = replicate
+        if replicate:
+            per_thread = 1
         # SM90+: griddepcontrol.launch_dependents first thing, so a router launched after it as a
         # programmatic dependent (use_pdl) starts its weight loads while this kernel runs; its
         # griddepcontrol.wait still waits for this whole grid and its writes.  No effect on a
@@ -256,6 +270,16 @@ class Nvfp4ActQuantKernel:
             amax = cutlass.max(amax, bam[i])
 
         g = cutlass.Float32(0.0)
+        if cutlass.const_expr(self.replicate):
+            # the whole input's max in every CTA: REPLICA_INFLIGHT blocks of loads in flight
+            rep = cute.make_rmem_tensor(cute.make_layout((8, REPLICA_INFLIGHT), stride=(1, 8)), cutlass.Int32)
+            rep.fill(0)
+            for b0 in range(tidx, nb, REPLICA_INFLIGHT * THREADS):
+                for u in cutlass.range_constexpr(REPLICA_INFLIGHT):
+                    if b0 + u * THREADS < nb:
+                        self._load_block(mX, b0 + u * THREADS, rep[None, u])
+                for u in cutlass.range_constexpr(REPLICA_INFLIGHT):
+                    amax = cutlass.max(amax, _sel(b0 + u * THREADS < nb, block_amax(rep[None, u]), cutlass.Int32(0)))
         if cutlass.const_expr(self.dynamic):
             # blocks beyond the registers: read once for the max now, again to quantize below
             for b in range(first + R * stride, nb, 2 * stride):
@@ -274,7 +298,12 @@ class Nvfp4ActQuantKernel:
                 m = sRed[0]
                 for w in cutlass.range_constexpr(1, WARPS):
                     m = cutlass.max(m, sRed[w])
-                if nctas == 1:
+                if cutlass.const_expr(self.replicate):
+                    gg = global_scale(m)
+                    sG[0] = gg
+                    if bx == 0:
+                        mG[0] = gg
+                elif nctas == 1:
                     gg = global_scale(m)
                     sG[0] = gg
                     mG[0] = gg
@@ -337,6 +366,11 @@ def workspace(device):
     return _WORKSPACES[key]
 
 
+def replicates(num_blocks: int, dynamic: bool = True) -> bool:
+    """Whether the dynamic scale's max is computed by every CTA (no grid barrier): small inputs."""
+    return dynamic and num_blocks <= REPLICATE_MAX_BLOCKS
+
+
 def grid_ctas(num_blocks: int, sms: int, per_thread: int = PER_THREAD) -> int:
     """CTAs for ``num_blocks`` 16-element blocks: enough to hold them all in registers, at most
     ``CTAS_PER_SM`` per SM (so every CTA is resident for the grid barrier)."""
@@ -365,11 +399,11 @@ def quant_args(x, data, scales, g, g_b, alpha, ctas: int):
     )
 
 
-def compile_quant(dynamic: bool, args, trigger: bool = False):
-    key = (bool(dynamic), bool(trigger))
+def compile_quant(dynamic: bool, args, trigger: bool = False, replicate: bool = False):
+    key = (bool(dynamic), bool(trigger), bool(replicate))
     fn = _compiled.get(key)
     if fn is None:
-        fn = cute.compile(Nvfp4ActQuantKernel(dynamic, trigger=trigger), *args)
+        fn = cute.compile(Nvfp4ActQuantKernel(dynamic, trigger=trigger, replicate=replicate), *args)
         _compiled[key] = fn
     return fn
 
@@ -391,11 +425,13 @@ def fused_quant_problem(x) -> str | None:
     return None
 
 
-def quantize_activation_fused(x, global_scale=None, g_b=None):
+def quantize_activation_fused(x, global_scale=None, g_b=None, replicate=None):
     """``(packed uint8 [T, K/2], scales uint8 [T, K/16], g_a float32 0-dim, alpha float32 [1])``
     from bf16 ``x [..., K]`` in one launch.  ``global_scale``: the layer's calibrated scale
     (a tensor on the device or a float), or None for the dynamic one (computed on the device).
-    ``alpha = g_a * g_b`` when ``g_b`` is given, else ``g_a``'s copy."""
+    ``alpha = g_a * g_b`` when ``g_b`` is given, else ``g_a``'s copy.  ``replicate`` (dynamic
+    scale; default :func:`replicates`): every CTA computes the max itself, one block per thread,
+    else CTAs holding two blocks per thread meet at a grid barrier (or one CTA does it all)."""
     import torch
 
     x2 = x.reshape(-1, x.shape[-1])
@@ -408,8 +444,11 @@ def quantize_activation_fused(x, global_scale=None, g_b=None):
     gb = device_scalar(g_b, dev, (1,)) if g_b is not None else _one(dev)
     alpha = torch.empty(1, dtype=torch.float32, device=dev)
     props = torch.cuda.get_device_properties(dev)
-    args = quant_args(x2, data, scales, g, gb, alpha, grid_ctas(t * k // 16, props.multi_processor_count))
-    compile_quant(dynamic, args, trigger=props.major >= 9)(*args)
+    nb = t * k // 16
+    rep = dynamic and (replicates(nb) if replicate is None else bool(replicate))
+    args = quant_args(x2, data, scales, g, gb, alpha,
+                      grid_ctas(nb, props.multi_processor_count, 1 if rep else PER_THREAD))
+    compile_quant(dynamic, args, trigger=props.major >= 9, replicate=rep)(*args)
     return data, scales, g, alpha
 
 

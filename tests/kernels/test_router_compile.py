@@ -96,7 +96,7 @@ def test_activation_quantizer_compiles(arch):
                             "--expect-ptx", "atom.global.max.s32", "--expect-ptx", "atom.global.acq_rel.add",
                             "--expect-ptx", "ld.acquire.gpu", "--expect-ptx", "st.release.gpu")
     assert rc == 0 and res["ok"], (res, err[-3000:])
-    assert res["compiled"] == ["quant dynamic=False", "quant dynamic=True"]
+    assert res["compiled"] == ["quant dynamic=True replicate", "quant dynamic=False", "quant dynamic=True"]
     # the grid barrier needs quant.CTAS_PER_SM CTAs of 256 threads resident on one SM: <= 64 registers
     assert res["registers"] and max(res["registers"]) <= 64, res["registers"]
 
@@ -120,7 +120,8 @@ def test_compile_check_fails_on_missing_instruction():
     ("gemv", "griddepcontrol.wait", ["k=6,softmax,tm=1,rb=1,pdl", "k=6,softmax,swapab nt=1,ksplit=7,pdl",
                                      "k=6,softmax,swapab nt=2,ksplit=2,pdl"]),
     ("tile", "griddepcontrol.wait", ["k=6,softmax,tile splits=4,pdl", "k=6,softmax,split route splits=4,pdl"]),
-    ("quant", "griddepcontrol.launch_dependents", ["quant dynamic=False trigger", "quant dynamic=True trigger"]),
+    ("quant", "griddepcontrol.launch_dependents", ["quant dynamic=True replicate trigger", "quant dynamic=False trigger",
+                                                   "quant dynamic=True trigger"]),
 ])
 def test_programmatic_dependent_launch_forms_compile(arch, kernel, expect, compiled):
     # SM90+ only (griddepcontrol): the router kernels launched after the fused quantizer wait for

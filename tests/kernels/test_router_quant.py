@@ -99,7 +99,13 @@ def test_grid_caps_ctas_for_the_barrier():
     pytest.importorskip("cutlass", reason="nvidia-cutlass-dsl is not installed")
     from kernels.router.quant import CTAS_PER_SM, THREADS, grid_ctas
 
+    from kernels.router.quant import replicates
+
     assert grid_ctas(448, 132) == 1  # T=1, hidden 7168: one CTA, no grid barrier
+    # up to 9 tokens of hidden 7168 every CTA computes the max (no barrier), one block per thread
+    assert replicates(448) and replicates(9 * 448) and not replicates(10 * 448)
+    assert not replicates(448, dynamic=False)
+    assert grid_ctas(7 * 448, 132, per_thread=1) == -(-7 * 448 // THREADS) == 13
     assert grid_ctas(128 * 448, 132) == -(-128 * 448 // (2 * THREADS))
     assert grid_ctas(4096 * 448, 132) == CTAS_PER_SM * 132
 
@@ -120,18 +126,23 @@ def _tokens(t, hidden, seed):
 
 
 @gpu_test
-@pytest.mark.parametrize("t", [1, 7, 128, 4096])
+@pytest.mark.parametrize("t,replicate", [(1, None), (7, None), (128, None), (4096, None), (1, False), (7, False),
+                                         (130, True)])
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "calibrated"])
-def test_fused_quantizer_bit_identical(t, static):
+def test_fused_quantizer_bit_identical(t, replicate, static):
+    # replicate None: the launcher's choice (every CTA computes the max up to 9 tokens); False: one
+    # CTA or the grid barrier; True: every CTA computes the max of a larger input (the last token
+    # holds the amax, so a CTA that missed part of the input would get another scale)
     from kernels.router.quant import quantize_activation_fused
 
     x = _tokens(t, 7168, seed=t)
     x[0, :16] *= 40.0  # one block far above the rest: small scales elsewhere
+    x[-1, -3] = 90.0 if replicate else x[-1, -3]
     gs = torch.tensor(0.0021, device="cuda") if static else None
     g_b = torch.tensor(3.1e-4, device="cuda")
     ref = quantize_activation_nvfp4(x.float(), gs if static else compute_global_scale(x.float()), check_finite=False)
     for _ in range(3):  # repeated launches: the barrier workspace is reset by the kernel
-        data, scales, g, alpha = quantize_activation_fused(x, gs, g_b)
+        data, scales, g, alpha = quantize_activation_fused(x, gs, g_b, replicate=replicate)
         torch.cuda.synchronize()
         assert torch.equal(g.reshape(()), ref.global_scale.reshape(()))
         assert torch.equal(alpha.reshape(()), (ref.global_scale * g_b).reshape(()))
