@@ -14,13 +14,12 @@ not from the 60 MB L2), replayed ``--reps`` times; the time per call is the medi
   mma.sync tile kernel with and without split-K;
 * ``fused+quant``  ``run_nvfp4_fused_router`` from bf16 activations, its default path: the fused
   one-kernel quantizer (``kernels.router.quant``), then the kernel as its programmatic dependent
-  (SM90+: weight loads overlap the quantizer; ``fused+quant, no PDL``: ``GPUREPRO_ROUTER_PDL=0``,
-  which also launches the tile kernel's route kernel plainly: ``tile, no PDL``) (with
+  (SM90+: weight loads overlap the quantizer; ``fused+quant, no PDL``: ``GPUREPRO_ROUTER_PDL=0``) (with
   ``GPUREPRO_ROUTER_INKERNEL_QUANT=1``, at T=1 the GEMV kernel quantizing in its own launch; the
   PyTorch quantizer when ``GPUREPRO_ROUTER_FUSED_QUANT=0``);
 * ``torchq+route`` the same with the PyTorch quantizer of ``kernels.nvfp4`` (~20 elementwise kernels);
-* ``quant``        the fused quantizer alone (``quant, barrier``: where every CTA computes the
-  dynamic scale's max itself, the same input through one CTA / the grid barrier instead);
+* ``quant``        the fused quantizer alone (``quant, before``: its form before 2026-12-03, one
+  CTA or a grid barrier of CTAs holding two blocks per thread, for the comparison in one run);
 * ``bf16``         cuBLAS bf16 GEMM (x @ W^T, W in bf16) + softmax + ``torch.topk``;
 * ``deq``          NVFP4 weight dequantization (PyTorch, to bf16) + cuBLAS bf16 GEMM + softmax + topk.
 
@@ -50,7 +49,7 @@ from kernels.router.launch import current_stream, gemv_args, mma_gemv_args, plan
 from kernels.router.portable import compile_portable  # noqa: E402
 from kernels.router.launch import staged_args, tile_launcher  # noqa: E402
 from kernels.router.tile import device_tile_grid  # noqa: E402
-from kernels.router.quant import quantize_activation_fused, replicates  # noqa: E402
+from kernels.router.quant import quantize_activation_fused  # noqa: E402
 
 
 def tile_grid(t: int, e: int, hidden: int, dev) -> str:
@@ -151,18 +150,18 @@ def write_results(rows, name, a, copy, floor) -> str:
         + ", ".join(f"T={t}: {q}" for t, q in sorted({(r['T'], r.get('quantizer')) for r in rows}))
         + "), torchq+route = the PyTorch quantizer + the kernel",
         "",
-        "| T | E | kernel | fused | swapab | staged | gemv | tile (splits; skN: stream-K on N CTAs) | tile, no PDL | mma (split-K) | mma, no split | quant | quant, barrier | fused+quant "
+        "| T | E | kernel | fused | swapab | staged | gemv | tile (splits; skN: stream-K on N CTAs) | mma (split-K) | mma, no split | quant | quant, before | fused+quant "
         "| fused+quant, no PDL | torchq+route "
         "| bf16 GEMM+topk | deq+GEMM+topk | bf16/fused | deq/fused | quant+route/route | no PDL: quant+route/route "
         "| torchq+route/route | fused GB/s | % of copy | TFLOP/s |",
-        "|" + "---|" * 26,
+        "|" + "---|" * 25,
     ]
     for r in rows:
         qr = r.get("quant+route/route")
         tq = r.get("torchq+route/route")
         qn = r.get("quant+route/route, no PDL")
-        lines.append(f"| {r['T']} | {r['E']} | {r['kernel']} | {f(r, 'fused')} | {f(r, 'swapab')} | {f(r, 'staged')} | {f(r, 'gemv')} | {f(r, 'tile')} ({r['tile_splits']}) | {f(r, 'tile_nopdl')} | {f(r, 'mma')} "
-                     f"({r['splits']}) | {f(r, 'mma_nosplit')} | {f(r, 'quant')} | {f(r, 'quant_barrier')} | {f(r, 'fused+quant')} | "
+        lines.append(f"| {r['T']} | {r['E']} | {r['kernel']} | {f(r, 'fused')} | {f(r, 'swapab')} | {f(r, 'staged')} | {f(r, 'gemv')} | {f(r, 'tile')} ({r['tile_splits']}) | {f(r, 'mma')} "
+                     f"({r['splits']}) | {f(r, 'mma_nosplit')} | {f(r, 'quant')} | {f(r, 'quant_before')} | {f(r, 'fused+quant')} | "
                      f"{f(r, 'fused+quant_nopdl')} | {f(r, 'torchq+route')} | {f(r, 'bf16')} | "
                      f"{f(r, 'deq')} | {r['bf16/fused']:.2f} | {r['deq/fused']:.2f} | "
                      f"{'-' if qr is None else f'{qr:.2f}'} | {'-' if qn is None else f'{qn:.2f}'} | "
@@ -246,9 +245,6 @@ def main(argv=None) -> int:
             if t >= 128:
                 # the tile kernel and its route kernel (two launches)
                 paths["tile"] = [tile_launcher(act, lay, a.topk, a.scoring, renorm)[0] for lay in layers]
-                if "tile_nopdl" not in a.skip:
-                    with no_pdl():
-                        paths["tile_nopdl"] = [tile_launcher(act, lay, a.topk, a.scoring, renorm)[0] for lay in layers]
             if t <= 512:
                 paths["swapab"] = launchers(swapab_make)
                 if t >= 32:
@@ -279,10 +275,9 @@ def main(argv=None) -> int:
                 paths["torchq+route"] = [torch_quant_route(lay) for lay in layers]
             if "quant" not in a.skip:
                 paths["quant"] = [lambda: router.prepare_activation(x, base)] * a.layers
-                if replicates(x.numel() // 16):
-                    # the same input through one CTA / the grid barrier (the form above it)
-                    paths["quant_barrier"] = [lambda: quantize_activation_fused(x, None, base._global_scale_b,
-                                                                                replicate=False)] * a.layers
+                # the form before 2026-12-03: no replicated max, two blocks per thread
+                paths["quant_before"] = [lambda: quantize_activation_fused(x, None, base._global_scale_b, replicate=False,
+                                                                           per_thread=2)] * a.layers
             router.run_nvfp4_fused_router(x, base, a.topk, a.scoring, path="portable")
             quantizer = router.last_quantizer  # fused+quant's: "in-kernel" (the GEMV), "fused" or "torch"
             pdl = router.last_pdl  # fused+quant's kernel launched as the quantizer's programmatic dependent

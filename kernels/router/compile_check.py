@@ -101,7 +101,7 @@ def _fake_args(kernel: str, top_k: int):
 
 def _compile_pdl(cute, kernel: str, k: int) -> list:
     """The router kernels in the form launched after the fused quantizer (``pdl=True``): the GEMV
-    and swap-AB kernels (``--kernel gemv``), the tile kernel and its route kernel (``tile``)."""
+    and swap-AB kernels (``--kernel gemv``), the tile kernel (``tile``)."""
     done = []
     if kernel == "gemv":
         from kernels.router.gemv import GemvRouterKernel, MmaGemvRouterKernel, swapab_polls
@@ -115,13 +115,11 @@ def _compile_pdl(cute, kernel: str, k: int) -> list:
             cute.compile(MmaGemvRouterKernel(k, "softmax", False, 256, nt, ks, poll, mw=mw, uw=uw, pdl=True), *margs)
             done.append(f"k={k},softmax,swapab nt={nt},ksplit={ks},pdl")
     elif kernel == "tile":
-        from kernels.router.tile import SplitRouteKernel, TileRouterKernel
+        from kernels.router.tile import TileRouterKernel
 
         args = _fake_args("tile", k)
         cute.compile(TileRouterKernel(k, "softmax", False, 4, pdl=True), *args)
         done.append(f"k={k},softmax,tile splits=4,pdl")
-        cute.compile(SplitRouteKernel(k, "softmax", False, 256, 4, pdl=True), args[7], args[5], args[6], args[-1])
-        done.append(f"k={k},softmax,split route splits=4,pdl")
     return done
 
 

@@ -13,7 +13,6 @@ import torch
 from .runtime import alpha_of as _alpha
 from .runtime import counters as _counters
 from .runtime import current_stream, lut as _lut
-from .runtime import pdl_available
 from .runtime import polled_workspace
 from .runtime import to_cute as _cute
 
@@ -274,8 +273,9 @@ def tile_launcher(activation, linear, top_k: int, scoring: str, renormalize: boo
     ``config``: ``(splits, k_tiles_per_split)`` of the split grid; ``stream_k``: ``(ctas, slots)`` of a
     stream-K grid; neither: ``pick_tile_grid`` for this device.  ``stages``: the cp.async ring depth
     (default: the deepest the device's SMEM per CTA allows).  ``pdl``: the tile kernel is a
-    programmatic dependent of the kernel that wrote ``activation``; the route kernel is always one
-    of the tile kernel where the device has them (:func:`runtime.pdl_available`)."""
+    programmatic dependent of the kernel that wrote ``activation``.  (The route kernel as the
+    tile kernel's dependent measured no faster on the H200: 65.7 / 101.9 us against 64.8 / 101.6
+    at T=4096, E=256 / 384.)"""
     from .tile import BK, compile_split_route, compile_tile, device_stages, device_tile_grid
 
     t = activation[0].shape[0]
@@ -306,8 +306,7 @@ def tile_launcher(activation, linear, top_k: int, scoring: str, renormalize: boo
     if route_in_kernel:
         return (lambda: fn(*args[:-1], current_stream(dev))), ids, w
     rargs = (args[7], args[5], args[6], args[-1])  # workspace, ids, weights, stream
-    route = compile_split_route(top_k, scoring, renormalize, linear.out_features, splits, rargs, route_sk,
-                                pdl=pdl_available(dev))
+    route = compile_split_route(top_k, scoring, renormalize, linear.out_features, splits, rargs, route_sk)
 
     def launch():
         stream = current_stream(dev)

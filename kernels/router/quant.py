@@ -7,8 +7,9 @@ so quantize-and-route was 7-20x slower than route alone.  Here:
 
 * the tensor is flat: block ``b`` (16 elements) is words ``[8b, 8b+8)`` of the bf16 input (read as
   int32, two 16-byte loads), words ``[2b, 2b+2)`` of the packed output and byte ``b`` of the scales;
-  thread ``i`` of the grid takes blocks ``i, i + n, ...`` and keeps the first ``PER_THREAD`` in
-  registers across the global-scale step (all of them at T <= 128 on an H200);
+  thread ``i`` of the grid takes blocks ``i, i + n, ...`` and keeps the first one or two
+  (:func:`blocks_per_thread`) in registers across the global-scale step (all of them up to
+  T = 603 on an H200);
 * dynamic global scale (``g = amax(|x|) / 2688``, the layer has no ``input_global_scale``): CTA max
   (integer max of the |x| bit patterns: the same order as the floats, NaN propagates), then one
   ``atom.max`` per CTA and a grid barrier (counter + generation word in a 4-int workspace, reset
@@ -371,6 +372,15 @@ def replicates(num_blocks: int, dynamic: bool = True) -> bool:
     return dynamic and num_blocks <= REPLICATE_MAX_BLOCKS
 
 
+def blocks_per_thread(num_blocks: int, sms: int, replicate: bool = False) -> int:
+    """Blocks each thread holds in registers: one where one per thread fits the resident grid
+    (``CTAS_PER_SM`` per SM; T <= 301 at hidden 7168 on 132 SMs: twice the CTAs of two per
+    thread, so the quantizer's CTAs cover the SMs evenly), else ``PER_THREAD``."""
+    if replicate or num_blocks <= CTAS_PER_SM * sms * THREADS:
+        return 1
+    return PER_THREAD
+
+
 def grid_ctas(num_blocks: int, sms: int, per_thread: int = PER_THREAD) -> int:
     """CTAs for ``num_blocks`` 16-element blocks: enough to hold them all in registers, at most
     ``CTAS_PER_SM`` per SM (so every CTA is resident for the grid barrier)."""
@@ -399,11 +409,12 @@ def quant_args(x, data, scales, g, g_b, alpha, ctas: int):
     )
 
 
-def compile_quant(dynamic: bool, args, trigger: bool = False, replicate: bool = False):
-    key = (bool(dynamic), bool(trigger), bool(replicate))
+def compile_quant(dynamic: bool, args, trigger: bool = False, replicate: bool = False, per_thread: int = PER_THREAD):
+    key = (bool(dynamic), bool(trigger), bool(replicate), per_thread)
     fn = _compiled.get(key)
     if fn is None:
-        fn = cute.compile(Nvfp4ActQuantKernel(dynamic, trigger=trigger, replicate=replicate), *args)
+        fn = cute.compile(Nvfp4ActQuantKernel(dynamic, per_thread=per_thread, trigger=trigger, replicate=replicate),
+                          *args)
         _compiled[key] = fn
     return fn
 
@@ -425,13 +436,14 @@ def fused_quant_problem(x) -> str | None:
     return None
 
 
-def quantize_activation_fused(x, global_scale=None, g_b=None, replicate=None):
+def quantize_activation_fused(x, global_scale=None, g_b=None, replicate=None, per_thread=None):
     """``(packed uint8 [T, K/2], scales uint8 [T, K/16], g_a float32 0-dim, alpha float32 [1])``
     from bf16 ``x [..., K]`` in one launch.  ``global_scale``: the layer's calibrated scale
     (a tensor on the device or a float), or None for the dynamic one (computed on the device).
     ``alpha = g_a * g_b`` when ``g_b`` is given, else ``g_a``'s copy.  ``replicate`` (dynamic
     scale; default :func:`replicates`): every CTA computes the max itself, one block per thread,
-    else CTAs holding two blocks per thread meet at a grid barrier (or one CTA does it all)."""
+    else the CTAs meet at a grid barrier (or one CTA does it all); ``per_thread``: blocks held per
+    thread (default :func:`blocks_per_thread`)."""
     import torch
 
     x2 = x.reshape(-1, x.shape[-1])
@@ -446,9 +458,10 @@ def quantize_activation_fused(x, global_scale=None, g_b=None, replicate=None):
     props = torch.cuda.get_device_properties(dev)
     nb = t * k // 16
     rep = dynamic and (replicates(nb) if replicate is None else bool(replicate))
-    args = quant_args(x2, data, scales, g, gb, alpha,
-                      grid_ctas(nb, props.multi_processor_count, 1 if rep else PER_THREAD))
-    compile_quant(dynamic, args, trigger=props.major >= 9, replicate=rep)(*args)
+    sms = props.multi_processor_count
+    per = 1 if rep else per_thread or blocks_per_thread(nb, sms)
+    args = quant_args(x2, data, scales, g, gb, alpha, grid_ctas(nb, sms, per))
+    compile_quant(dynamic, args, trigger=props.major >= 9, replicate=rep, per_thread=per)(*args)
     return data, scales, g, alpha
 
 

@@ -23,9 +23,9 @@ def to_cute(t: torch.Tensor):
 
 
 def pdl_available(device) -> bool:
-    """Programmatic dependent launches (``use_pdl`` + ``griddepcontrol``, SM90 and later) for the
-    router's kernels on ``device``; ``GPUREPRO_ROUTER_PDL=0`` turns them off (the bench's
-    comparison)."""
+    """Programmatic dependent launches (``use_pdl`` + ``griddepcontrol``, SM90 and later): the
+    router's kernel after the fused quantizer on ``device``; ``GPUREPRO_ROUTER_PDL=0`` turns them
+    off (the bench's comparison)."""
     import os
 
     dev = torch.device(device)

@@ -417,7 +417,7 @@ class SplitRouteKernel(_WarpRouter):
     Every SM takes part, where the in-kernel last-CTA route ran on one CTA per 128 tokens."""
 
     def __init__(self, top_k: int, scoring: str, renormalize: bool, experts: int, splits: int,
-                 stream_k=None, pdl: bool = False):
+                 stream_k=None):
         self.top_k = top_k
         self.scoring = scoring
         self.renormalize = renormalize
@@ -426,14 +426,10 @@ class SplitRouteKernel(_WarpRouter):
         # (k_tiles, ctas) of a stream-K tile grid: tile (m, n) has stream_k_count(...) <= splits
         # partial slots, the rest of its slots are stale and read as 0
         self.stream_k = stream_k
-        # launched as a programmatic dependent of the tile kernel: its launch overlaps the tile
-        # kernel's last CTAs, its first step waits for their partials
-        self.pdl = pdl
 
     @cute.jit
     def __call__(self, mWs: cute.Tensor, mIds: cute.Tensor, mW: cute.Tensor, stream):
-        self.kernel(mWs, mIds, mW).launch(grid=[(mIds.shape[0] + 7) // 8, 1, 1], block=[256, 1, 1], stream=stream,
-                                          use_pdl=self.pdl)
+        self.kernel(mWs, mIds, mW).launch(grid=[(mIds.shape[0] + 7) // 8, 1, 1], block=[256, 1, 1], stream=stream)
 
     @cute.jit
     def _gather(self, mSrc: cute.Tensor, splits: cutlass.Constexpr, tok, lane, got: cute.Tensor):
@@ -464,7 +460,6 @@ class SplitRouteKernel(_WarpRouter):
         tidx, _, _ = cute.arch.thread_idx()
         bidx, _, _ = cute.arch.block_idx()
         tok = bidx * 8 + tidx // 32
-        await_inputs(self.pdl)
         if tok < mIds.shape[0]:
             # the partials already carry alpha
             self._route_warp(mWs, self.splits, cutlass.Float32(1.0), mIds, mW, tok, tidx % 32)
@@ -574,10 +569,10 @@ def compile_tile(top_k: int, scoring: str, renormalize: bool, splits: int, args,
 
 
 def compile_split_route(top_k: int, scoring: str, renormalize: bool, experts: int, splits: int, args,
-                        stream_k=None, pdl: bool = False):
-    key = ("route", top_k, scoring, renormalize, experts, splits, stream_k, pdl)
+                        stream_k=None):
+    key = ("route", top_k, scoring, renormalize, experts, splits, stream_k)
     fn = _compiled.get(key)
     if fn is None:
-        fn = cute.compile(SplitRouteKernel(top_k, scoring, renormalize, experts, splits, stream_k, pdl), *args)
+        fn = cute.compile(SplitRouteKernel(top_k, scoring, renormalize, experts, splits, stream_k), *args)
         _compiled[key] = fn
     return fn

@@ -119,7 +119,7 @@ def test_compile_check_fails_on_missing_instruction():
 @pytest.mark.parametrize("kernel,expect,compiled", [
     ("gemv", "griddepcontrol.wait", ["k=6,softmax,tm=1,rb=1,pdl", "k=6,softmax,swapab nt=1,ksplit=7,pdl",
                                      "k=6,softmax,swapab nt=2,ksplit=2,pdl"]),
-    ("tile", "griddepcontrol.wait", ["k=6,softmax,tile splits=4,pdl", "k=6,softmax,split route splits=4,pdl"]),
+    ("tile", "griddepcontrol.wait", ["k=6,softmax,tile splits=4,pdl"]),
     ("quant", "griddepcontrol.launch_dependents", ["quant dynamic=True replicate trigger", "quant dynamic=False trigger",
                                                    "quant dynamic=True trigger"]),
 ])

@@ -99,7 +99,13 @@ def test_grid_caps_ctas_for_the_barrier():
     pytest.importorskip("cutlass", reason="nvidia-cutlass-dsl is not installed")
     from kernels.router.quant import CTAS_PER_SM, THREADS, grid_ctas
 
-    from kernels.router.quant import replicates
+    from kernels.router.quant import PER_THREAD, blocks_per_thread, replicates
+
+    # one block per thread while that grid is resident (T <= 301 at hidden 7168 on 132 SMs)
+    assert blocks_per_thread(128 * 448, 132) == blocks_per_thread(301 * 448, 132) == 1
+    assert blocks_per_thread(302 * 448, 132) == PER_THREAD == 2
+    assert blocks_per_thread(4096 * 448, 132, replicate=True) == 1
+    assert grid_ctas(128 * 448, 132, per_thread=1) == 224
 
     assert grid_ctas(448, 132) == 1  # T=1, hidden 7168: one CTA, no grid barrier
     # up to 9 tokens of hidden 7168 every CTA computes the max (no barrier), one block per thread
