@@ -218,7 +218,11 @@ def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str
 
         t = activation[0].shape[0]
         last_kernel = kernel or ("mma" if split_k is not None else choose_kernel(t, linear.out_features))
-        last_pdl = pdl and last_kernel in ("gemv", "swapab", "tile")
+        if pdl:
+            from .launch import pdl_helps
+
+            pdl = pdl_helps(last_kernel, t, linear)
+        last_pdl = pdl
         if last_kernel == "gemv":
             return run_gemv(activation, linear, top_k, scoring, renormalize, pdl=pdl)
         if last_kernel == "swapab":

@@ -217,6 +217,19 @@ def run_mma_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool
     return ids, w
 
 
+def pdl_helps(kernel: str, num_tokens: int, linear) -> bool:
+    """Whether ``kernel`` launches as the fused quantizer's programmatic dependent.  Not the swap-AB
+    kernel's polled route (one K split): on the H200 at T=128, E=256 it measured slower so (17.3
+    against 14.8 us quantize-and-route, in two calls), where the GEMV (T=1: 5.9 / 6.3 against 7.2 /
+    7.7 us), the counted and waiting swap-AB routes (T=7: 8.5 / 9.4 against 9.7 / 10.5; T=128,
+    E=384: 15.6 against 16.9) gain and the tile kernel is unchanged."""
+    if kernel == "swapab":
+        from .gemv import pick_mma_gemv, swapab_polls
+
+        return not swapab_polls(pick_mma_gemv(num_tokens, linear.out_features, linear.in_features)[1])
+    return kernel in ("gemv", "tile")
+
+
 def staged_args(activation, linear, top_k: int, tn: int, ksplit: int):
     """CuTe arguments of the staged-decode kernel (``kernels.router.staged``): the swap-AB kernel's,
     with the scales as int32 words (its ``cp.async`` copies whole words)."""

@@ -44,10 +44,10 @@ PER_THREAD = 2  # 16-element blocks per thread held in registers across the glob
 # one SM of SM80/SM90/SM120, so every CTA is resident for the grid barrier
 CTAS_PER_SM = 4
 # dynamic scale of a small input (decode: T <= 9 at hidden 7168): every CTA reads the whole input
-# for the max itself (REPLICA_INFLIGHT blocks in flight per thread) and no CTA waits for another;
-# one block per thread, so a token's quantization is spread over K/4096 CTAs instead of one
+# for the max itself (all of a thread's share of it in flight at once: replica_inflight) and no
+# CTA waits for another; one block per thread, so a token's quantization is spread over K/4096
+# CTAs instead of one
 REPLICATE_MAX_BLOCKS = 4096
-REPLICA_INFLIGHT = 4
 
 # workspace words
 WS_COUNT = 0
@@ -199,12 +199,13 @@ class Nvfp4ActQuantKernel:
     ``with_alpha``: also write ``mAlpha[0] = g * mGb[0]``."""
 
     def __init__(self, dynamic: bool, with_alpha: bool = True, per_thread: int = PER_THREAD,
-                 trigger: bool = False, replicate: bool = False):
+                 trigger: bool = False, replicate: int = 0):
         if replicate and not dynamic:
             raise ValueError("replicate: the dynamic scale's max, computed by every CTA")
         self.dynamic = dynamic
         # dynamic: every CTA computes the whole input's max itself, no grid barrier (small inputs,
-        # see REPLICATE_MAX_BLOCKS); one block per thread
+        # see REPLICATE_MAX_BLOCKS), ``replicate`` blocks of loads in flight per thread (0: off);
+        # one block per thread
         self.replicate = replicate
         if replicate:
             per_thread = 1
@@ -272,14 +273,14 @@ class Nvfp4ActQuantKernel:
 
         g = cutlass.Float32(0.0)
         if cutlass.const_expr(self.replicate):
-            # the whole input's max in every CTA: REPLICA_INFLIGHT blocks of loads in flight
-            rep = cute.make_rmem_tensor(cute.make_layout((8, REPLICA_INFLIGHT), stride=(1, 8)), cutlass.Int32)
+            # the whole input's max in every CTA: `replicate` blocks of loads in flight
+            rep = cute.make_rmem_tensor(cute.make_layout((8, self.replicate), stride=(1, 8)), cutlass.Int32)
             rep.fill(0)
-            for b0 in range(tidx, nb, REPLICA_INFLIGHT * THREADS):
-                for u in cutlass.range_constexpr(REPLICA_INFLIGHT):
+            for b0 in range(tidx, nb, self.replicate * THREADS):
+                for u in cutlass.range_constexpr(self.replicate):
                     if b0 + u * THREADS < nb:
                         self._load_block(mX, b0 + u * THREADS, rep[None, u])
-                for u in cutlass.range_constexpr(REPLICA_INFLIGHT):
+                for u in cutlass.range_constexpr(self.replicate):
                     amax = cutlass.max(amax, _sel(b0 + u * THREADS < nb, block_amax(rep[None, u]), cutlass.Int32(0)))
         if cutlass.const_expr(self.dynamic):
             # blocks beyond the registers: read once for the max now, again to quantize below
@@ -372,6 +373,15 @@ def replicates(num_blocks: int, dynamic: bool = True) -> bool:
     return dynamic and num_blocks <= REPLICATE_MAX_BLOCKS
 
 
+def replica_inflight(num_blocks: int) -> int:
+    """Blocks of loads in flight per thread for the replicated max: a thread's whole share of the
+    input (rounded up to a power of two, at most 16) in one round trip."""
+    n = 1
+    while n < min(16, -(-num_blocks // THREADS)):
+        n *= 2
+    return n
+
+
 def blocks_per_thread(num_blocks: int, sms: int, replicate: bool = False) -> int:
     """Blocks each thread holds in registers: one where one per thread fits the resident grid
     (``CTAS_PER_SM`` per SM; T <= 301 at hidden 7168 on 132 SMs: twice the CTAs of two per
@@ -409,8 +419,8 @@ def quant_args(x, data, scales, g, g_b, alpha, ctas: int):
     )
 
 
-def compile_quant(dynamic: bool, args, trigger: bool = False, replicate: bool = False, per_thread: int = PER_THREAD):
-    key = (bool(dynamic), bool(trigger), bool(replicate), per_thread)
+def compile_quant(dynamic: bool, args, trigger: bool = False, replicate: int = 0, per_thread: int = PER_THREAD):
+    key = (bool(dynamic), bool(trigger), int(replicate), per_thread)
     fn = _compiled.get(key)
     if fn is None:
         fn = cute.compile(Nvfp4ActQuantKernel(dynamic, per_thread=per_thread, trigger=trigger, replicate=replicate),
@@ -461,7 +471,8 @@ def quantize_activation_fused(x, global_scale=None, g_b=None, replicate=None, pe
     sms = props.multi_processor_count
     per = 1 if rep else per_thread or blocks_per_thread(nb, sms)
     args = quant_args(x2, data, scales, g, gb, alpha, grid_ctas(nb, sms, per))
-    compile_quant(dynamic, args, trigger=props.major >= 9, replicate=rep, per_thread=per)(*args)
+    compile_quant(dynamic, args, trigger=props.major >= 9, replicate=replica_inflight(nb) if rep else 0,
+                  per_thread=per)(*args)
     return data, scales, g, alpha
 
 

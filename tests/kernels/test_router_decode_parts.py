@@ -147,6 +147,24 @@ def test_launch_rules():
     assert swapab_unit_words(7168, 1) == 4 and swapab_unit_words(7168, 2) == 2 and swapab_unit_words(7168, 7) == 4
 
 
+def test_pdl_after_the_quantizer_where_it_measured_faster():
+    # the router's kernel is the fused quantizer's programmatic dependent except the swap-AB
+    # kernel's polled route (measured slower so on the H200); GPUREPRO_ROUTER_PDL=0 turns it off
+    import types
+
+    from kernels.router.launch import pdl_helps
+    from kernels.router.runtime import pdl_available
+
+    def lay(e, k=7168):
+        return types.SimpleNamespace(out_features=e, in_features=k)
+
+    assert pdl_helps("gemv", 1, lay(384)) and pdl_helps("tile", 4096, lay(256))
+    assert pdl_helps("swapab", 7, lay(256)) and pdl_helps("swapab", 128, lay(384))  # counted, waiting
+    assert not pdl_helps("swapab", 128, lay(256))  # one K split: polled
+    assert not pdl_helps("staged", 128, lay(256)) and not pdl_helps("mma", 128, lay(256))
+    assert not pdl_available("cpu")
+
+
 @pytest.mark.parametrize("t,e,ctas", [(4096, 384, 264), (8192, 384, 264), (4096, 256, 170), (1000, 384, 132)])
 def test_stream_k_ranges_cover_every_unit_once(t, e, ctas):
     # the stream-K tile grid: CTA c takes units [c U / N, (c+1) U / N) of the tile-major, K-inner

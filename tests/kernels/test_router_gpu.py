@@ -250,10 +250,11 @@ def test_gemv_quantizing_in_kernel_is_quantizer_plus_kernel_bit_for_bit(t, e, hi
 
 
 @pytest.mark.skipif(torch.cuda.is_available() and _sm() < 9, reason="programmatic dependent launch needs SM90 or later")
-@pytest.mark.parametrize("t,e,hidden,kernel", [(1, 384, 7168, "gemv"), (7, 384, 7168, "swapab"),
-                                               (128, 384, 7168, "swapab"), (130, 256, 2048, "swapab"),
-                                               (600, 256, 2048, "tile")])
-def test_router_after_the_quantizer_waits_for_its_activation(t, e, hidden, kernel, monkeypatch):
+@pytest.mark.parametrize("t,e,hidden,kernel,pdl", [(1, 384, 7168, "gemv", True), (7, 384, 7168, "swapab", True),
+                                                   (128, 384, 7168, "swapab", True),
+                                                   (130, 256, 2048, "swapab", False),  # polled: launch.pdl_helps
+                                                   (600, 256, 2048, "tile", True)])
+def test_router_after_the_quantizer_waits_for_its_activation(t, e, hidden, kernel, pdl, monkeypatch):
     # from bf16 the router is launched as a programmatic dependent of the fused quantizer: its
     # weight loads start while the quantizer runs, its activation loads wait (griddepcontrol.wait).
     # Two inputs alternate so the allocator hands each call the buffers the previous call's
@@ -274,7 +275,7 @@ def test_router_after_the_quantizer_waits_for_its_activation(t, e, hidden, kerne
     for i in range(20):
         name = "ab"[i % 2]
         ids, w = router.run_nvfp4_fused_router(xa if name == "a" else xb, layer, 6, "softmax", kernel=kernel)
-        assert router.last_pdl and router.last_quantizer == "fused" and router.last_kernel == kernel
+        assert router.last_pdl == pdl and router.last_quantizer == "fused" and router.last_kernel == kernel
         assert torch.equal(ids, want[name][0]) and torch.equal(w, want[name][1]), (i, name)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())

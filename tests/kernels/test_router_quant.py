@@ -106,6 +106,11 @@ def test_grid_caps_ctas_for_the_barrier():
     assert blocks_per_thread(302 * 448, 132) == PER_THREAD == 2
     assert blocks_per_thread(4096 * 448, 132, replicate=True) == 1
     assert grid_ctas(128 * 448, 132, per_thread=1) == 224
+    from kernels.router.quant import replica_inflight
+
+    # the replicated max: a thread's whole share of the input in flight at once (power of two <= 16)
+    assert [replica_inflight(n) for n in (448, 7 * 448, 9 * 448, 100000)] == [2, 16, 16, 16]
+    assert replica_inflight(200) == 1 and replica_inflight(3 * 448) == 8
 
     assert grid_ctas(448, 132) == 1  # T=1, hidden 7168: one CTA, no grid barrier
     # up to 9 tokens of hidden 7168 every CTA computes the max (no barrier), one block per thread
