@@ -124,6 +124,117 @@ or.b32 $0, m0, m1;
 }"""
 
 
+# Division-free E2M1 codes (what _ENCODE_PAIR computes, without its 16 div.rn per block).  The
+# magnitude code m of x is the number of thresholds |y| passes, y = div.rn(x, d); for d > 0 and
+# each threshold t (> or >=, as above) that test is an exact comparison of the real |x| / d with
+# the midpoint M = t +- ulp(t)/2 (every t has an even last mantissa bit, so a tie rounds to t):
+# |x| > M d (for >), |x| >= M d (for >=).  |x| is a bf16 value, so the test is |x| >= V with V the
+# smallest bf16 above (at or above) M d; V is found per block from p = mul.rn(t, d): M d =
+# p + fma(t, d, -p) + (+-ulp(t)/2) d, whose differences to the two bf16 values above p's
+# truncation are summed exactly up to one last correctly rounded add that keeps the sign (t has
+# at most 3 significant bits, so the partial sums fit 24; tests/kernels/test_router_quant.py
+# checks every bf16 |x| against div.rn for ~50 000 d).  Valid for 2^-100 <= d <= 2^100 (no
+# subnormal products); other blocks take the division.
+# (threshold t, strict >, exponent of ulp(t)/2)
+E2M1_MIDPOINTS = ((0.25, True, -26), (0.75, False, -25), (1.25, True, -24), (1.75, False, -24),
+                  (2.5, True, -23), (3.5, False, -23), (5.0, True, -22))
+THRESHOLD_D_MIN = 2.0 ** -100
+THRESHOLD_D_MAX = 2.0 ** 100
+
+
+def _f32_hex(v: float) -> str:
+    import struct
+
+    return "0f%08X" % struct.unpack("<I", struct.pack("<f", v))[0]
+
+
+def _threshold_ptx(t: float, strict: bool, half_ulp_exp: int) -> str:
+    """PTX: d ($1) -> the bf16 bits of V (see above) in both halves of a word ($0)."""
+    c = 2.0 ** half_ulp_exp * (1.0 if strict else -1.0)
+    cmp = "ge" if strict else "gt"  # V above M d: for > the bf16 equal to M d does not pass
+    return f"""{{
+.reg .f32 p, np, e, c, b0, b1, a0, a1, s0, s1, d0, d1;
+.reg .b32 pb, q0, q1, k0, k1, v;
+.reg .pred g0, g1;
+mul.rn.f32 p, {_f32_hex(t)}, $1;
+neg.f32 np, p;
+fma.rn.f32 e, {_f32_hex(t)}, $1, np;
+mul.rn.f32 c, {_f32_hex(c)}, $1;
+mov.b32 pb, p;
+and.b32 q0, pb, 0xFFFF0000;
+add.s32 q1, q0, 0x10000;
+mov.b32 b0, q0;
+mov.b32 b1, q1;
+sub.rn.f32 a0, p, b0;
+sub.rn.f32 a1, p, b1;
+add.rn.f32 s0, a0, e;
+add.rn.f32 s1, a1, e;
+add.rn.f32 d0, s0, c;
+add.rn.f32 d1, s1, c;
+setp.{cmp}.f32 g0, d0, 0f00000000;
+setp.{cmp}.f32 g1, d1, 0f00000000;
+selp.u32 k0, 1, 0, g0;
+selp.u32 k1, 1, 0, g1;
+shr.u32 v, pb, 16;
+add.u32 v, v, k0;
+add.u32 v, v, k1;
+mul.lo.u32 $0, v, 0x10001;
+}}"""
+
+
+_THRESHOLD_PTX = [_threshold_ptx(*m) for m in E2M1_MIDPOINTS]
+
+# Two bf16 (one word) -> one byte of two E2M1 codes against the thresholds V1..V7 ($2..$8 in the
+# order V4, V2, V6, V1, V5, V3, V7): a binary search per half.  a = |x| | 0x8000 per half, so
+# a - V (V <= 0x7f80) never borrows across halves and its bit 15 is set iff |x| >= V; prmt with
+# the sign-replicating selector 0xBB99 spreads bits 15 / 31 over each half.  Code bits: b2 from
+# V4, b1 from V2 or V6, b0 from V1, V3, V5 or V7; the sign is x's.
+ENCODE_PAIR_THRESHOLDS = """{
+.reg .b32 a, r, f2, f1, f0, s, x, y, t, u;
+and.b32 a, $1, 0x7FFF7FFF;
+or.b32 a, a, 0x80008000;
+sub.s32 r, a, $2;
+prmt.b32 f2, r, 0, 0xBB99;
+xor.b32 s, $3, $4;
+and.b32 s, s, f2;
+xor.b32 s, s, $3;
+sub.s32 r, a, s;
+prmt.b32 f1, r, 0, 0xBB99;
+xor.b32 x, $5, $6;
+and.b32 x, x, f2;
+xor.b32 x, x, $5;
+xor.b32 y, $7, $8;
+and.b32 y, y, f2;
+xor.b32 y, y, $7;
+xor.b32 s, x, y;
+and.b32 s, s, f1;
+xor.b32 s, s, x;
+sub.s32 r, a, s;
+prmt.b32 f0, r, 0, 0xBB99;
+and.b32 t, f0, 0x00010001;
+and.b32 u, f1, 0x00020002;
+or.b32 t, t, u;
+and.b32 u, f2, 0x00040004;
+or.b32 t, t, u;
+shr.b32 u, $1, 12;
+and.b32 u, u, 0x00080008;
+or.b32 t, t, u;
+shr.b32 u, t, 12;
+or.b32 t, t, u;
+and.b32 $0, t, 0xFF;
+}"""
+
+
+def e2m1_thresholds(d):
+    """V1..V7 of ``d`` (2^-100 <= d <= 2^100), each in both halves of an int32."""
+    return [_asm(cutlass.Int32, ptx, "=r,f", cutlass.Float32(d)) for ptx in _THRESHOLD_PTX]
+
+
+def _encode_pair_thresholds(word, v):
+    return _asm(cutlass.Int32, ENCODE_PAIR_THRESHOLDS, "=r,r,r,r,r,r,r,r,r", cutlass.Int32(word),
+                v[3], v[1], v[5], v[0], v[4], v[2], v[6])
+
+
 def _sel(c, a, b):
     t = type(a) if isinstance(a, cutlass.Numeric) else type(b)
     return t(cutlass.select_(c, a, b))
@@ -180,11 +291,20 @@ def quant_block(raw: cute.Tensor, bam, g_safe, d6, out: cute.Tensor):
     denom = _mul_rn(_e4m3_value(code), g_safe)
     ok = (denom > cutlass.Float32(0.0)) & (code != 0x7F)
     d = _sel(ok, denom, cutlass.Float32(1.0))
-    for h in cutlass.range_constexpr(2):
-        v = cutlass.Int32(0)
-        for j in cutlass.range_constexpr(4):
-            v = v | (_encode_pair(raw[4 * h + j], d) << (8 * j))
-        out[h] = _sel(ok, v, cutlass.Int32(0))
+    if (d >= cutlass.Float32(THRESHOLD_D_MIN)) & (d <= cutlass.Float32(THRESHOLD_D_MAX)):
+        # the codes by comparisons against per-block thresholds (E2M1_MIDPOINTS): no division
+        v = e2m1_thresholds(d)
+        for h in cutlass.range_constexpr(2):
+            w = cutlass.Int32(0)
+            for j in cutlass.range_constexpr(4):
+                w = w | (_encode_pair_thresholds(raw[4 * h + j], v) << (8 * j))
+            out[h] = _sel(ok, w, cutlass.Int32(0))
+    else:
+        for h in cutlass.range_constexpr(2):
+            w = cutlass.Int32(0)
+            for j in cutlass.range_constexpr(4):
+                w = w | (_encode_pair(raw[4 * h + j], d) << (8 * j))
+            out[h] = _sel(ok, w, cutlass.Int32(0))
     return code
 
 

@@ -47,12 +47,72 @@ def _dp4a_ss(a, b, c):
     return r & M32
 
 
+def _f32_value(bits):
+    """The exact value of float32 bits (finite) as a Fraction."""
+    from fractions import Fraction
+
+    sign = -1 if bits >> 31 else 1
+    e = (bits >> 23) & 0xFF
+    m = bits & 0x7FFFFF
+    if e == 0xFF:
+        raise AssertionError("inf/NaN not modelled")
+    return sign * (Fraction(m, 1 << 23) * Fraction(2) ** -126 if e == 0 else
+                   Fraction(m | 0x800000, 1 << 23) * Fraction(2) ** (e - 127))
+
+
+def _f32_round(v):
+    """A Fraction rounded to float32 (round to nearest even, subnormals kept) -> bits."""
+    from fractions import Fraction
+
+    if v == 0:
+        return 0
+    sign = 0x80000000 if v < 0 else 0
+    v = abs(v)
+    e = max(v.numerator.bit_length() - v.denominator.bit_length() - 1, -150)
+    while Fraction(2) ** e > v:
+        e -= 1
+    while Fraction(2) ** (e + 1) <= v:
+        e += 1
+    q = max(e, -126) - 23  # the ulp's exponent
+    n = v / Fraction(2) ** q
+    r = n.numerator // n.denominator
+    rem = n - r
+    if rem > Fraction(1, 2) or (rem == Fraction(1, 2) and r & 1):
+        r += 1
+    if r >= 1 << 24:
+        r >>= 1
+        q += 1
+    if q + 23 > 127:
+        return sign | 0x7F800000
+    if r < 1 << 23:  # subnormal
+        return sign | r
+    return sign | ((q + 23 + 127) << 23) | (r & 0x7FFFFF)
+
+
+def _fop(fn):
+    return lambda *a: _f32_round(fn(*[_f32_value(x) for x in a]))
+
+
 OPS = {
     "mov.b32": lambda a: a,
     "and.b32": lambda a, b: a & b,
+    "or.b32": lambda a, b: a | b,
     "xor.b32": lambda a, b: a ^ b,
     "shl.b32": lambda a, b: (a << b) & M32,
     "shr.b32": lambda a, b: a >> b,  # .b32: logical
+    "shr.u32": lambda a, b: a >> b,
+    "add.s32": lambda a, b: (a + b) & M32,
+    "add.u32": lambda a, b: (a + b) & M32,
+    "sub.s32": lambda a, b: (a - b) & M32,
+    "mul.lo.u32": lambda a, b: (a * b) & M32,
+    "selp.u32": lambda a, b, p: a if p else b,
+    "setp.ge.f32": lambda a, b: int(_f32_value(a) >= _f32_value(b)),
+    "setp.gt.f32": lambda a, b: int(_f32_value(a) > _f32_value(b)),
+    "mul.rn.f32": _fop(lambda a, b: a * b),
+    "add.rn.f32": _fop(lambda a, b: a + b),
+    "sub.rn.f32": _fop(lambda a, b: a - b),
+    "fma.rn.f32": _fop(lambda a, b, c: a * b + c),
+    "neg.f32": lambda a: a ^ 0x80000000,
     "prmt.b32": _prmt,
     "dp4a.s32.s32": _dp4a_ss,
 }
@@ -69,7 +129,8 @@ def run_ptx(text, *args):
         dst, *srcs = [o.strip() for o in rest.split(",")]
         if op not in OPS:
             raise AssertionError(f"instruction {op!r} is not modelled: extend the interpreter")
-        vals = [int(s, 0) if re.fullmatch(r"-?(0x[0-9a-fA-F]+|\d+)", s) else regs[s] for s in srcs]
+        vals = [int(s[2:], 16) if re.fullmatch(r"0f[0-9a-fA-F]{8}", s) else
+                int(s, 0) if re.fullmatch(r"-?(0x[0-9a-fA-F]+|\d+)", s) else regs[s] for s in srcs]
         regs[dst] = OPS[op](*vals) & M32
     return regs["$0"]
 
@@ -145,6 +206,48 @@ def test_launch_rules():
     assert swapab_route(1, "narrow+count") == "count"
     # the slowest warp's decode: 56 steps over 16 warps = 4 (3.5 on average) against 7 half-steps
     assert swapab_unit_words(7168, 1) == 4 and swapab_unit_words(7168, 2) == 2 and swapab_unit_words(7168, 7) == 4
+
+
+def test_quantizer_threshold_ptx_gives_the_division_codes():
+    # the fused quantizer's division-free E2M1 codes, the PTX text it ships run by the interpreter
+    # (float ops rounded exactly): per-block thresholds V1..V7 from d, then the binary search per
+    # bf16 pair, against the codes of div.rn(x, d) (fp32 rounded exactly) and the 7 thresholds
+    from fractions import Fraction
+
+    from kernels.router.quant import _THRESHOLD_PTX, ENCODE_PAIR_THRESHOLDS, THRESHOLD_D_MAX, THRESHOLD_D_MIN
+
+    def div_code(xbits16, dbits):
+        yb = _f32_round(_f32_value((xbits16 & 0x7FFF) << 16) / _f32_value(dbits))
+        if yb == 0x7F800000:  # the quotient overflows: every threshold passed
+            return 7 | (8 if xbits16 & 0x8000 else 0)
+        a = _f32_value(yb)
+        m = sum(int(a > t if gt else a >= t) for t, gt in
+                ((Fraction(1, 4), 1), (Fraction(3, 4), 0), (Fraction(5, 4), 1), (Fraction(7, 4), 0),
+                 (Fraction(5, 2), 1), (Fraction(7, 2), 0), (Fraction(5), 1)))
+        return m | (8 if xbits16 & 0x8000 else 0)
+
+    rnd = random.Random(5)
+    dmin = struct.unpack("<I", struct.pack("<f", THRESHOLD_D_MIN))[0]
+    dmax = struct.unpack("<I", struct.pack("<f", THRESHOLD_D_MAX))[0]
+    ds = [rnd.randrange(dmin, dmax) for _ in range(12)] + [0x3F800000, dmin, dmax]
+    # d that puts t * d on a bf16 value, and its float neighbours
+    for t in (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0):
+        b = rnd.randrange(0x3000, 0x5000) << 16
+        q = struct.unpack("<I", struct.pack("<f", struct.unpack("<f", struct.pack("<I", b))[0] / t))[0]
+        ds += [q - 1, q, q + 1]
+    checked = 0
+    for d in ds:
+        v = [run_ptx(ptx, d) for ptx in _THRESHOLD_PTX]
+        assert all(x & 0xFFFF == x >> 16 for x in v) and v == sorted(v)
+        # every threshold's neighbours, and random values, in both halves and with either sign
+        xs = [(x & 0xFFFF) + k for x in v for k in (-1, 0, 1)] + [rnd.randrange(0, 0x7F80) for _ in range(20)]
+        for i in range(0, len(xs) - 1, 2):
+            lo = xs[i] | (0x8000 if rnd.random() < 0.5 else 0)
+            hi = xs[i + 1] | (0x8000 if rnd.random() < 0.5 else 0)
+            got = run_ptx(ENCODE_PAIR_THRESHOLDS, lo | (hi << 16), v[3], v[1], v[5], v[0], v[4], v[2], v[6])
+            assert got == div_code(lo, d) | (div_code(hi, d) << 4), (hex(d), hex(lo), hex(hi), hex(got))
+            checked += 1
+    assert checked > 500
 
 
 def test_pdl_after_the_quantizer_where_it_measured_faster():

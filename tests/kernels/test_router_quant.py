@@ -95,6 +95,56 @@ def test_kernel_model_can_fail():
     assert not torch.equal(data, ref.data)
 
 
+def _threshold_model(d):
+    """kernels.router.quant's per-block E2M1 thresholds for float32 ``d [N]``: int64 [N, 7] bf16 bits
+    (the fma's exact error from float64, which holds t * d exactly); also checks that the partial
+    sums the kernel takes as exact are."""
+    from kernels.router.quant import E2M1_MIDPOINTS
+
+    out = []
+    for t, strict, he in E2M1_MIDPOINTS:
+        tt = torch.tensor(t, dtype=torch.float32)
+        p = tt * d
+        e1 = (tt.double() * d.double() - p.double()).float()
+        c = d * torch.tensor(2.0 ** he) * (1 if strict else -1)
+        pb = _bits(p)
+        a0 = p - _float(pb & ~0xFFFF)
+        a1 = p - _float((pb & ~0xFFFF) + 0x10000)
+        s0, s1 = a0 + e1, a1 + e1
+        for a, s_ in ((a0, s0), (a1, s1)):
+            assert torch.equal(s_.double(), a.double() + e1.double())
+        d0, d1 = s0 + c, s1 + c
+        k = ((d0 >= 0) if strict else (d0 > 0)).long() + ((d1 >= 0) if strict else (d1 > 0)).long()
+        out.append(((pb.long() >> 16) & 0xFFFF) + k)
+    return torch.stack(out, 1)
+
+
+def test_division_free_e2m1_thresholds_match_division():
+    # every non-negative bf16 |x| (and inf) against d from E4M3 scale values times random global
+    # scales, random floats over the valid range, and d that put t * d on a bf16 value (and their
+    # neighbours): the count of thresholds passed equals the code div.rn(x, d) gets
+    from kernels.router.quant import THRESHOLD_D_MAX, THRESHOLD_D_MIN
+
+    g = torch.Generator().manual_seed(11)
+    e4 = torch.arange(1, 127, dtype=torch.int32).to(torch.uint8).view(torch.float8_e4m3fn).float()
+    ds = [e4 * float(2.0 ** torch.empty(1).uniform_(-30, 30, generator=g)) for _ in range(2)]
+    ds.append(_float(torch.randint(0x0D800000, 0x71000000, (200,), generator=g, dtype=torch.int32)))
+    b = _float(torch.randint(0x2000, 0x6000, (40,), generator=g, dtype=torch.int32) << 16)
+    for t in (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0):
+        q = b / t
+        ds += [q, _float(_bits(q) + 1), _float(_bits(q) - 1)]
+    d = torch.cat(ds)
+    d = d[(d >= THRESHOLD_D_MIN) & (d <= THRESHOLD_D_MAX)]
+    xb = torch.arange(0, 0x7F81)
+    x = _float(xb.int() << 16)
+    for i in range(0, len(d), 128):
+        dd = d[i:i + 128]
+        a = (x[None, :] / dd[:, None]).abs()
+        want = sum((a >= t if ge else a > t).long() for t, ge in _THRESH)
+        got = (xb[None, :, None] >= _threshold_model(dd)[:, None, :]).long().sum(-1)
+        assert torch.equal(got, want), int((got != want).sum())
+
+
 def test_grid_caps_ctas_for_the_barrier():
     pytest.importorskip("cutlass", reason="nvidia-cutlass-dsl is not installed")
     from kernels.router.quant import CTAS_PER_SM, THREADS, grid_ctas
