@@ -18,9 +18,8 @@ not from the 60 MB L2), replayed ``--reps`` times; the time per call is the medi
   ``GPUREPRO_ROUTER_INKERNEL_QUANT=1``, at T=1 the GEMV kernel quantizing in its own launch; the
   PyTorch quantizer when ``GPUREPRO_ROUTER_FUSED_QUANT=0``);
 * ``torchq+route`` the same with the PyTorch quantizer of ``kernels.nvfp4`` (~20 elementwise kernels);
-* ``quant``        the fused quantizer alone (``quant, before``: its grid forms before 2026-12-03,
-  one CTA or a grid barrier of CTAs holding two blocks per thread and no shared-memory slots, for
-  the comparison in one run; both with the same E2M1 encoding);
+* ``quant``        the fused quantizer alone (``quant, before``: its form before 2026-12-03, one
+  CTA or a grid barrier of CTAs holding two blocks per thread, for the comparison in one run);
 * ``bf16``         cuBLAS bf16 GEMM (x @ W^T, W in bf16) + softmax + ``torch.topk``;
 * ``deq``          NVFP4 weight dequantization (PyTorch, to bf16) + cuBLAS bf16 GEMM + softmax + topk.
 
@@ -276,10 +275,9 @@ def main(argv=None) -> int:
                 paths["torchq+route"] = [torch_quant_route(lay) for lay in layers]
             if "quant" not in a.skip:
                 paths["quant"] = [lambda: router.prepare_activation(x, base)] * a.layers
-                # the grid forms before 2026-12-03: no replicated max, two blocks per thread, no
-                # shared-memory slots (the E2M1 encoding is the same in both)
+                # the form before 2026-12-03: no replicated max, two blocks per thread
                 paths["quant_before"] = [lambda: quantize_activation_fused(x, None, base._global_scale_b, replicate=False,
-                                                                           per_thread=2, smem_slots=False)] * a.layers
+                                                                           per_thread=2)] * a.layers
             router.run_nvfp4_fused_router(x, base, a.topk, a.scoring, path="portable")
             quantizer = router.last_quantizer  # fused+quant's: "in-kernel" (the GEMV), "fused" or "torch"
             pdl = router.last_pdl  # fused+quant's kernel launched as the quantizer's programmatic dependent

@@ -319,7 +319,7 @@ class Nvfp4ActQuantKernel:
     ``with_alpha``: also write ``mAlpha[0] = g * mGb[0]``."""
 
     def __init__(self, dynamic: bool, with_alpha: bool = True, per_thread: int = PER_THREAD,
-                 trigger: bool = False, replicate: int = 0, smem_slots: int = 0):
+                 trigger: bool = False, replicate: int = 0):
         if replicate and not dynamic:
             raise ValueError("replicate: the dynamic scale's max, computed by every CTA")
         self.dynamic = dynamic
@@ -336,39 +336,19 @@ class Nvfp4ActQuantKernel:
         self.trigger = trigger
         self.with_alpha = with_alpha
         self.per_thread = per_thread
-        # dynamic, blocks beyond the registers: the next ``smem_slots`` blocks of each thread are
-        # copied (cp.async) into shared memory for the max and read back from there to quantize,
-        # so only the rest is read from global memory twice (see smem_slots_for)
-        self.smem_slots = smem_slots if dynamic and not replicate else 0
-        self.smem_bytes = 4 * WARPS + 64 + 32 * THREADS * self.smem_slots
+        self.smem_bytes = 4 * WARPS + 64
 
     @cute.jit
     def __call__(self, mX: cute.Tensor, mQ: cute.Tensor, mS: cute.Tensor, mG: cute.Tensor,
                  mGb: cute.Tensor, mAlpha: cute.Tensor, mWs: cute.Tensor, ctas: cutlass.Int32, stream):
-        # with slots: CTAS_PER_SM CTAs per SM asked for (<= 64 registers, which the other forms
-        # take anyway: the compile test checks) and the whole carveout as shared memory, so the
-        # grid barrier's CTAs are all resident
-        occupancy = {"min_blocks_per_mp": CTAS_PER_SM, "preferred_smem_carveout": 100} if self.smem_slots else {}
         self.kernel(mX, mQ, mS, mG, mGb, mAlpha, mWs).launch(
-            grid=[ctas, 1, 1], block=[THREADS, 1, 1], smem=self.smem_bytes, stream=stream, **occupancy)
+            grid=[ctas, 1, 1], block=[THREADS, 1, 1], smem=self.smem_bytes, stream=stream)
 
     @cute.jit
     def _load_block(self, mX: cute.Tensor, b, dst: cute.Tensor):
         off = cute.assume(b * 8, divby=8)
         src = cute.make_tensor(mX.iterator + off, cute.make_layout(8))
         cute.autovec_copy(src, dst)
-
-    @cute.jit
-    def _slot(self, sCache: cute.Tensor, i, tidx, h):
-        """Half ``h`` (4 words) of thread ``tidx``'s shared-memory slot ``i`` (a warp's 32 slots of
-        one index are 1 KB contiguous)."""
-        return cute.make_tensor(sCache.iterator + cute.assume((i * THREADS + tidx) * 8 + h * 4, divby=4),
-                                cute.make_layout(4))
-
-    @cute.jit
-    def _read_slot(self, sCache: cute.Tensor, i, tidx, dst: cute.Tensor):
-        for h in cutlass.range_constexpr(2):
-            cute.autovec_copy(self._slot(sCache, i, tidx, h), cute.make_tensor(dst.iterator + h * 4, cute.make_layout(4)))
 
     @cute.jit
     def _quant_block(self, mQ: cute.Tensor, mS: cute.Tensor, b, raw: cute.Tensor, bam, g_safe, d6):
@@ -396,8 +376,6 @@ class Nvfp4ActQuantKernel:
         smem = cutlass.utils.SmemAllocator()
         sRed = smem.allocate_tensor(cutlass.Int32, cute.make_layout(WARPS), 16)
         sG = smem.allocate_tensor(cutlass.Float32, cute.make_layout(4), 16)
-        S = self.smem_slots
-        sCache = smem.allocate_tensor(cutlass.Int32, cute.make_layout(max(S, 1) * THREADS * 8), 16)
 
         raw = cute.make_rmem_tensor(cute.make_layout((8, R), stride=(1, 8)), cutlass.Int32)
         raw.fill(0)
@@ -425,27 +403,8 @@ class Nvfp4ActQuantKernel:
                 for u in cutlass.range_constexpr(self.replicate):
                     amax = cutlass.max(amax, _sel(b0 + u * THREADS < nb, block_amax(rep[None, u]), cutlass.Int32(0)))
         if cutlass.const_expr(self.dynamic):
-            if cutlass.const_expr(S > 0):
-                # the next S blocks of this thread: all in flight at once into its own slots
-                # (no other thread reads them, so no barrier), their max from there
-                cp16 = cute.make_copy_atom(
-                    cute.nvgpu.cpasync.CopyG2SOp(cache_mode=cute.nvgpu.cpasync.LoadCacheMode.GLOBAL),
-                    cutlass.Int32, num_bits_per_copy=128)
-                px = cute.make_ptr(mX.element_type, mX.iterator.toint(), cute.AddressSpace.gmem, assumed_align=16)
-                for i in cutlass.range_constexpr(S):
-                    b = first + (R + i) * stride
-                    if b < nb:
-                        for h in cutlass.range_constexpr(2):
-                            cute.copy(cp16, cute.make_tensor(px + cute.assume(b * 8 + h * 4, divby=4), cute.make_layout(4)),
-                                      self._slot(sCache, i, tidx, h))
-                cute.arch.cp_async_commit_group()
-                cute.arch.cp_async_wait_group(0)
-                for i in cutlass.range_constexpr(S):
-                    if first + (R + i) * stride < nb:
-                        self._read_slot(sCache, i, tidx, tmp[None, 0])
-                        amax = cutlass.max(amax, block_amax(tmp[None, 0]))
-            # blocks beyond the registers and slots: read once for the max now, again to quantize
-            for b in range(first + (R + S) * stride, nb, 2 * stride):
+            # blocks beyond the registers: read once for the max now, again to quantize below
+            for b in range(first + R * stride, nb, 2 * stride):
                 # two blocks' loads in flight per thread
                 self._load_block(mX, b, tmp[None, 0])
                 if b + stride < nb:
@@ -506,12 +465,7 @@ class Nvfp4ActQuantKernel:
             b = first + i * stride
             if b < nb:
                 self._quant_block(mQ, mS, b, raw[None, i], bam[i], g_safe, d6)
-        for i in cutlass.range_constexpr(S):
-            b = first + (R + i) * stride
-            if b < nb:
-                self._read_slot(sCache, i, tidx, tmp[None, 0])
-                self._quant_block(mQ, mS, b, tmp[None, 0], block_amax(tmp[None, 0]), g_safe, d6)
-        for b in range(first + (R + S) * stride, nb, 2 * stride):
+        for b in range(first + R * stride, nb, 2 * stride):
             self._load_block(mX, b, tmp[None, 0])
             if b + stride < nb:
                 self._load_block(mX, b + stride, tmp[None, 1])
@@ -557,23 +511,6 @@ def blocks_per_thread(num_blocks: int, sms: int, replicate: bool = False) -> int
     return PER_THREAD
 
 
-#: shared-memory slots (32 bytes each per thread) at most; the grid barrier needs CTAS_PER_SM
-#: CTAs of this size resident per SM
-MAX_SMEM_SLOTS = 6
-
-
-def smem_slots_for(num_blocks: int, ctas: int, per_thread: int, smem_per_sm: int) -> int:
-    """Shared-memory slots per thread for a dynamic scale whose blocks do not all fit the
-    registers: as many as the blocks beyond them need, at most MAX_SMEM_SLOTS and what
-    ``CTAS_PER_SM`` CTAs leave of ``smem_per_sm`` (2 KB each kept for the CTA's reserve and the
-    reduction): 6 on SM90 (228 KB), 4 on SM80 (164 KB), 2 on SM120 (100 KB)."""
-    beyond = num_blocks - ctas * THREADS * per_thread
-    if beyond <= 0:
-        return 0
-    fit = max(0, (smem_per_sm // CTAS_PER_SM - 2048) // (32 * THREADS))
-    return min(MAX_SMEM_SLOTS, fit, -(-beyond // (ctas * THREADS)))
-
-
 def grid_ctas(num_blocks: int, sms: int, per_thread: int = PER_THREAD) -> int:
     """CTAs for ``num_blocks`` 16-element blocks: enough to hold them all in registers, at most
     ``CTAS_PER_SM`` per SM (so every CTA is resident for the grid barrier)."""
@@ -602,13 +539,12 @@ def quant_args(x, data, scales, g, g_b, alpha, ctas: int):
     )
 
 
-def compile_quant(dynamic: bool, args, trigger: bool = False, replicate: int = 0, per_thread: int = PER_THREAD,
-                  smem_slots: int = 0):
-    key = (bool(dynamic), bool(trigger), int(replicate), per_thread, smem_slots)
+def compile_quant(dynamic: bool, args, trigger: bool = False, replicate: int = 0, per_thread: int = PER_THREAD):
+    key = (bool(dynamic), bool(trigger), int(replicate), per_thread)
     fn = _compiled.get(key)
     if fn is None:
-        fn = cute.compile(Nvfp4ActQuantKernel(dynamic, per_thread=per_thread, trigger=trigger, replicate=replicate,
-                                              smem_slots=smem_slots), *args)
+        fn = cute.compile(Nvfp4ActQuantKernel(dynamic, per_thread=per_thread, trigger=trigger, replicate=replicate),
+                          *args)
         _compiled[key] = fn
     return fn
 
@@ -630,15 +566,14 @@ def fused_quant_problem(x) -> str | None:
     return None
 
 
-def quantize_activation_fused(x, global_scale=None, g_b=None, replicate=None, per_thread=None, smem_slots=None):
+def quantize_activation_fused(x, global_scale=None, g_b=None, replicate=None, per_thread=None):
     """``(packed uint8 [T, K/2], scales uint8 [T, K/16], g_a float32 0-dim, alpha float32 [1])``
     from bf16 ``x [..., K]`` in one launch.  ``global_scale``: the layer's calibrated scale
     (a tensor on the device or a float), or None for the dynamic one (computed on the device).
     ``alpha = g_a * g_b`` when ``g_b`` is given, else ``g_a``'s copy.  ``replicate`` (dynamic
     scale; default :func:`replicates`): every CTA computes the max itself, one block per thread,
     else the CTAs meet at a grid barrier (or one CTA does it all); ``per_thread``: blocks held per
-    thread (default :func:`blocks_per_thread`); ``smem_slots=False``: no shared-memory slots
-    (default :func:`smem_slots_for`)."""
+    thread (default :func:`blocks_per_thread`)."""
     import torch
 
     x2 = x.reshape(-1, x.shape[-1])
@@ -655,13 +590,9 @@ def quantize_activation_fused(x, global_scale=None, g_b=None, replicate=None, pe
     rep = dynamic and (replicates(nb) if replicate is None else bool(replicate))
     sms = props.multi_processor_count
     per = 1 if rep else per_thread or blocks_per_thread(nb, sms)
-    ctas = grid_ctas(nb, sms, per)
-    slots = 0
-    if dynamic and not rep and smem_slots is not False:
-        slots = smem_slots_for(nb, ctas, per, getattr(props, "shared_memory_per_multiprocessor", 0))
-    args = quant_args(x2, data, scales, g, gb, alpha, ctas)
+    args = quant_args(x2, data, scales, g, gb, alpha, grid_ctas(nb, sms, per))
     compile_quant(dynamic, args, trigger=props.major >= 9, replicate=replica_inflight(nb) if rep else 0,
-                  per_thread=per, smem_slots=slots)(*args)
+                  per_thread=per)(*args)
     return data, scales, g, alpha
 
 

@@ -156,16 +156,6 @@ def test_grid_caps_ctas_for_the_barrier():
     assert blocks_per_thread(302 * 448, 132) == PER_THREAD == 2
     assert blocks_per_thread(4096 * 448, 132, replicate=True) == 1
     assert grid_ctas(128 * 448, 132, per_thread=1) == 224
-    from kernels.router.quant import MAX_SMEM_SLOTS, smem_slots_for
-
-    # shared-memory slots for the blocks beyond the registers: what 4 CTAs per SM leave of the SM's
-    # shared memory, at most MAX_SMEM_SLOTS, none when the registers hold everything
-    nb = 4096 * 448
-    assert smem_slots_for(nb, 528, 2, 228 * 1024) == MAX_SMEM_SLOTS == 6
-    assert smem_slots_for(nb, 528, 2, 164 * 1024) == 4 and smem_slots_for(nb, 528, 2, 100 * 1024) == 2
-    assert smem_slots_for(128 * 448, 224, 1, 228 * 1024) == 0
-    assert smem_slots_for(528 * 256 * 3, 528, 2, 228 * 1024) == 1  # one block per thread beyond
-    assert smem_slots_for(nb, 528, 2, 0) == 0
     from kernels.router.quant import replica_inflight
 
     # the replicated max: a thread's whole share of the input in flight at once (power of two <= 16)
