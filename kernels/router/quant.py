@@ -21,8 +21,10 @@ so quantize-and-route was 7-20x slower than route alone.  Here:
 * every floating-point step PyTorch takes is done with the same IEEE operation through inline PTX
   (``div.rn.f32``, ``mul.rn.f32``, ``add.rn.f32``: no fast-math, no FMA contraction, no flush of
   subnormals): ``s = e4m3(min(amax_b / (6 g), 448))`` with c10's float->e4m3fn rounding (also for
-  E4M3 subnormals), ``y = x / (s g)``, E2M1 by the same round-to-nearest-even thresholds as
-  ``kernels.nvfp4.format.encode_e2m1``, a zero or NaN ``s g`` gives code 0;
+  E4M3 subnormals), the E2M1 codes of ``y = x / (s g)`` by the same round-to-nearest-even
+  thresholds as ``kernels.nvfp4.format.encode_e2m1`` - found without the division, by comparing
+  ``|x|`` with per-block bf16 thresholds that are exact (``E2M1_MIDPOINTS``; the division where
+  ``s g`` is outside [2^-100, 2^100]), a zero or NaN ``s g`` gives code 0;
 * optionally ``alpha = g * g_b`` (the router's fp32 epilogue factor) is written too, saving the
   router launchers their own multiply kernel.
 
