@@ -36,6 +36,7 @@ import os
 import statistics
 import sys
 import types
+from unittest import mock
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -103,18 +104,9 @@ def time_us(fns, reps: int):
     return statistics.median(out), mode
 
 
-class no_pdl:
-    """``GPUREPRO_ROUTER_PDL=0`` while a launcher is built or called (the launch without PDL)."""
-
-    def __enter__(self):
-        self.old = os.environ.get("GPUREPRO_ROUTER_PDL")
-        os.environ["GPUREPRO_ROUTER_PDL"] = "0"
-
-    def __exit__(self, *exc):
-        if self.old is None:
-            os.environ.pop("GPUREPRO_ROUTER_PDL", None)
-        else:
-            os.environ["GPUREPRO_ROUTER_PDL"] = self.old
+def no_pdl():
+    """``GPUREPRO_ROUTER_PDL=0`` while a launcher is called (the launch without PDL)."""
+    return mock.patch.dict(os.environ, {"GPUREPRO_ROUTER_PDL": "0"})
 
 
 def copy_GBps(dev) -> float:
