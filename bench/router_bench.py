@@ -17,9 +17,11 @@ not from the 60 MB L2), replayed ``--reps`` times; the time per call is the medi
   (SM90+: weight loads overlap the quantizer; ``fused+quant, no PDL``: ``GPUREPRO_ROUTER_PDL=0``) (with
   ``GPUREPRO_ROUTER_INKERNEL_QUANT=1``, at T=1 the GEMV kernel quantizing in its own launch; the
   PyTorch quantizer when ``GPUREPRO_ROUTER_FUSED_QUANT=0``);
+* ``fused+quant, calibrated`` the same with the layer's calibrated activation scale
+  (``input_global_scale``, as a checkpoint's static input scale: here the input's own dynamic
+  scale, so the same codes): the quantizer needs no pass for the max;
 * ``torchq+route`` the same with the PyTorch quantizer of ``kernels.nvfp4`` (~20 elementwise kernels);
-* ``quant``        the fused quantizer alone (``quant, before``: its form before 2026-12-03, one
-  CTA or a grid barrier of CTAs holding two blocks per thread, for the comparison in one run);
+* ``quant``        the fused quantizer alone (``quant, calibrated``: with the calibrated scale);
 * ``bf16``         cuBLAS bf16 GEMM (x @ W^T, W in bf16) + softmax + ``torch.topk``;
 * ``deq``          NVFP4 weight dequantization (PyTorch, to bf16) + cuBLAS bf16 GEMM + softmax + topk.
 
@@ -43,7 +45,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 from kernels import router  # noqa: E402
-from kernels.nvfp4 import dequantize_nvfp4  # noqa: E402
+from kernels.nvfp4 import compute_global_scale, dequantize_nvfp4  # noqa: E402
 from kernels.router.gemv import compile_gemv, compile_mma_gemv, pick_gemv, pick_mma_gemv, swapab_polls  # noqa: E402
 from kernels.router.staged import compile_staged, pick_staged  # noqa: E402
 from kernels.router.launch import current_stream, gemv_args, mma_gemv_args, plan_portable, portable_args  # noqa: E402
@@ -126,6 +128,12 @@ def layer_copy(layer):
                                  activation_global_scale=layer.activation_global_scale)
 
 
+def calibrated(layer, scale):
+    """``layer`` (a :func:`layer_copy`: the same weight buffers) with the activation scale ``scale``
+    (a device tensor: no host copy while a graph is captured)."""
+    return types.SimpleNamespace(**{**vars(layer), "input_global_scale": scale})
+
+
 def write_results(rows, name, a, copy, floor) -> str:
     """router_bench.{md,json} in ``a.out`` from the rows so far (called after every row: a run cut
     short still leaves its rows)."""
@@ -142,21 +150,23 @@ def write_results(rows, name, a, copy, floor) -> str:
         + ", ".join(f"T={t}: {q}" for t, q in sorted({(r['T'], r.get('quantizer')) for r in rows}))
         + "), torchq+route = the PyTorch quantizer + the kernel",
         "",
-        "| T | E | kernel | fused | swapab | staged | gemv | tile (splits; skN: stream-K on N CTAs) | mma (split-K) | mma, no split | quant | quant, before | fused+quant "
-        "| fused+quant, no PDL | torchq+route "
+        "| T | E | kernel | fused | swapab | staged | gemv | tile (splits; skN: stream-K on N CTAs) | mma (split-K) | mma, no split | quant | quant, calibrated | fused+quant "
+        "| fused+quant, no PDL | fused+quant, calibrated | torchq+route "
         "| bf16 GEMM+topk | deq+GEMM+topk | bf16/fused | deq/fused | quant+route/route | no PDL: quant+route/route "
-        "| torchq+route/route | fused GB/s | % of copy | TFLOP/s |",
-        "|" + "---|" * 25,
+        "| calibrated: quant+route/route | torchq+route/route | fused GB/s | % of copy | TFLOP/s |",
+        "|" + "---|" * 27,
     ]
     for r in rows:
         qr = r.get("quant+route/route")
         tq = r.get("torchq+route/route")
         qn = r.get("quant+route/route, no PDL")
+        qc = r.get("quant+route/route, calibrated")
         lines.append(f"| {r['T']} | {r['E']} | {r['kernel']} | {f(r, 'fused')} | {f(r, 'swapab')} | {f(r, 'staged')} | {f(r, 'gemv')} | {f(r, 'tile')} ({r['tile_splits']}) | {f(r, 'mma')} "
-                     f"({r['splits']}) | {f(r, 'mma_nosplit')} | {f(r, 'quant')} | {f(r, 'quant_before')} | {f(r, 'fused+quant')} | "
-                     f"{f(r, 'fused+quant_nopdl')} | {f(r, 'torchq+route')} | {f(r, 'bf16')} | "
+                     f"({r['splits']}) | {f(r, 'mma_nosplit')} | {f(r, 'quant')} | {f(r, 'quant_cal')} | {f(r, 'fused+quant')} | "
+                     f"{f(r, 'fused+quant_nopdl')} | {f(r, 'fused+quant_cal')} | {f(r, 'torchq+route')} | {f(r, 'bf16')} | "
                      f"{f(r, 'deq')} | {r['bf16/fused']:.2f} | {r['deq/fused']:.2f} | "
                      f"{'-' if qr is None else f'{qr:.2f}'} | {'-' if qn is None else f'{qn:.2f}'} | "
+                     f"{'-' if qc is None else f'{qc:.2f}'} | "
                      f"{'-' if tq is None else f'{tq:.2f}'} | {r['fused_GBps']:.0f} | "
                      f"{100 * r['fused_GBps'] / copy:.0f} | {r['fused_TFLOPs']:.1f} |")
     md = "\n".join(lines)
@@ -260,16 +270,17 @@ def main(argv=None) -> int:
                         return router.run_nvfp4_fused_router(x, lay, a.topk, a.scoring, path="portable")
                 return call
 
+            scale = compute_global_scale(x)  # what a calibration on this input would give
+            cal_layers = [calibrated(lay, scale) for lay in layers]
             if "fused+quant" not in a.skip:
                 paths["fused+quant"] = [quant_route(lay) for lay in layers]
                 paths["fused+quant_nopdl"] = [quant_route_nopdl(lay) for lay in layers]
+                paths["fused+quant_cal"] = [quant_route(lay) for lay in cal_layers]
             if "torchq+route" not in a.skip:
                 paths["torchq+route"] = [torch_quant_route(lay) for lay in layers]
             if "quant" not in a.skip:
                 paths["quant"] = [lambda: router.prepare_activation(x, base)] * a.layers
-                # the form before 2026-12-03: no replicated max, two blocks per thread
-                paths["quant_before"] = [lambda: quantize_activation_fused(x, None, base._global_scale_b, replicate=False,
-                                                                           per_thread=2)] * a.layers
+                paths["quant_cal"] = [lambda: quantize_activation_fused(x, scale, base._global_scale_b)] * a.layers
             router.run_nvfp4_fused_router(x, base, a.topk, a.scoring, path="portable")
             quantizer = router.last_quantizer  # fused+quant's: "in-kernel" (the GEMV), "fused" or "torch"
             pdl = router.last_pdl  # fused+quant's kernel launched as the quantizer's programmatic dependent
@@ -296,6 +307,7 @@ def main(argv=None) -> int:
             if "fused+quant_us" in r:
                 r["quant+route/route"] = r["fused+quant_us"] / fus
                 r["quant+route/route, no PDL"] = r["fused+quant_nopdl_us"] / fus
+                r["quant+route/route, calibrated"] = r["fused+quant_cal_us"] / fus
             r["pdl"] = pdl
             if "torchq+route_us" in r:
                 r["torchq+route/route"] = r["torchq+route_us"] / fus
