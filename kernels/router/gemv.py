@@ -26,12 +26,10 @@ scale bytes) and a latency problem, not an MMA problem.  So, in the GEMV kernel:
 from __future__ import annotations
 
 import math
-import re
 
 import cutlass
 import cutlass.cute as cute
 from cutlass._mlir import ir
-from cutlass._mlir.dialects import llvm
 
 from .portable import DSL_ASCENDING_ID_OPS, DSL_OPS, LUT_E4M3, LUT_SIZE
 from .quant import _asm, _f2i, _i2f, _mul_rn, _sel, block_amax, global_scale, quant_block, safe_scales
@@ -60,11 +58,6 @@ def await_inputs(pdl: bool):
     of the stream writes (the weights, the decode table) and write nothing."""
     if pdl:
         cute.arch.griddepcontrol_wait()
-
-
-def _sleep_ns(ns):
-    """``nanosleep`` (about ``ns`` ns, at most twice that)."""
-    llvm.inline_asm(None, [cutlass.Int32(ns).ir_value()], "nanosleep.u32 $0;", "r", has_side_effects=True)
 
 
 def _order_key(v):
@@ -200,11 +193,7 @@ class _WarpRouter:
                 got[j] = v
 
     @cute.jit
-    def _gather_poll(self, mSrc: cute.Tensor, splits: cutlass.Constexpr, tok, lane, got: cute.Tensor, claim=None):
-        """Poll until every logit of ``tok`` is written; returns 1 (route it) or 0.  ``claim`` (a
-        shared-memory word, 0 at the start): several warps poll the same token, and the first to
-        see it complete takes it (atomic add on ``claim``); the others stop polling once it is
-        taken and return 0."""
+    def _gather_poll(self, mSrc: cute.Tensor, splits: cutlass.Constexpr, tok, lane, got: cute.Tensor):
         per_lane = self.experts // 32
         T = mSrc.shape[1]
         E = self.experts
@@ -214,7 +203,6 @@ class _WarpRouter:
         # "narrow") one word per load
         vec = cutlass.const_expr(self.experts % 128 == 0 and "narrow" not in getattr(self, "variant", ""))
         pending = cutlass.Int32(1)
-        won = cutlass.Int32(1)
         while pending != 0:
             miss = cutlass.Int32(0)
             if cutlass.const_expr(vec):
@@ -236,39 +224,25 @@ class _WarpRouter:
                         raw[j * splits + y] = b
                         miss = miss | _sel(b == SENTINEL, cutlass.Int32(1), cutlass.Int32(0))
             pending = _sel(cute.arch.vote_any_sync(miss != 0), cutlass.Int32(1), cutlass.Int32(0))
-            if cutlass.const_expr(claim is not None):
-                taken = cutlass.Int32(0)
-                if pending == 0:
-                    if lane == 0:
-                        taken = cute.arch.atomic_add(claim.llvm_ptr, cutlass.Int32(1), sem="relaxed", scope="cta")
-                else:
-                    if lane == 0:
-                        taken = cute.arch.load(claim.llvm_ptr, cutlass.Int32, sem="relaxed", scope="cta")
-                taken = cute.arch.shuffle_sync(taken, 0)
-                if taken != 0:
-                    won = cutlass.Int32(0)
-                    pending = cutlass.Int32(0)
-        if won != 0:
-            for j in cutlass.range_constexpr(per_lane):
-                v = _i2f(raw[j * splits])
-                for y in cutlass.range_constexpr(1, splits):
-                    v = v + _i2f(raw[j * splits + y])
-                got[j] = v
-                for y in cutlass.range_constexpr(splits):
-                    # read by this warp alone; the next launch starts after this one ends
-                    cute.arch.store((p32 + ((y * T + tok) * E + self._col(lane, j))).llvm_ptr,
-                                    cutlass.Int32(SENTINEL))
-        return won
+        for j in cutlass.range_constexpr(per_lane):
+            v = _i2f(raw[j * splits])
+            for y in cutlass.range_constexpr(1, splits):
+                v = v + _i2f(raw[j * splits + y])
+            got[j] = v
+            for y in cutlass.range_constexpr(splits):
+                # read by this warp alone; the next launch starts after this one ends
+                cute.arch.store((p32 + ((y * T + tok) * E + self._col(lane, j))).llvm_ptr, cutlass.Int32(SENTINEL))
 
     @cute.jit
     def _route_warp(self, mSrc: cute.Tensor, splits: cutlass.Constexpr, alpha, mIds: cute.Tensor,
-                    mW: cute.Tensor, tok, lane, claim=None):
+                    mW: cute.Tensor, tok, lane):
         """Route token ``tok``: the logit of expert ``col`` is ``alpha * sum(mSrc[y, tok, col] for
         y in range(splits))``.  Each lane keeps a sorted top-k of its E/32 logits
         (:func:`kernels.router.topk.sorted_insert`); the k picks are then serial over the warp
         (:meth:`_picks`).  The softmax denominator is summed after the picks (its max is the first
         pick), every exp independent, then a butterfly (the same bits in every lane and on every
         run)."""
+        k = self.top_k
         per_lane = self.experts // 32
         clock = cutlass.const_expr("clock" in getattr(self, "variant", ""))
         st = [cutlass.Int32(0)] * 6
@@ -277,20 +251,9 @@ class _WarpRouter:
             st[1] = cute.arch.globaltimer_lo()
         got = cute.make_rmem_tensor(cute.make_layout(per_lane), cutlass.Float32)
         if cutlass.const_expr(self.poll):
-            won = self._gather_poll(mSrc, splits, tok, lane, got, claim)
-            if cutlass.const_expr(claim is None):
-                self._route_gathered(got, alpha, mIds, mW, tok, lane, st)
-            elif won != 0:
-                self._route_gathered(got, alpha, mIds, mW, tok, lane, st)
+            self._gather_poll(mSrc, splits, tok, lane, got)
         else:
             self._gather(mSrc, splits, tok, lane, got)
-            self._route_gathered(got, alpha, mIds, mW, tok, lane, st)
-
-    @cute.jit
-    def _route_gathered(self, got: cute.Tensor, alpha, mIds: cute.Tensor, mW: cute.Tensor, tok, lane, st):
-        k = self.top_k
-        per_lane = self.experts // 32
-        clock = cutlass.const_expr("clock" in getattr(self, "variant", ""))
         if cutlass.const_expr(clock):
             st[2] = _stamp(_f2i(got[0]) ^ _f2i(got[per_lane - 1]))
         top_v, top_i = self._picks(got, alpha, lane, mIds, tok, st)
@@ -447,18 +410,14 @@ class GemvRouterKernel(_WarpRouter):
         self.rb = rb
         # probe variants "noroute": logits only (what the route costs); "floatpicks": the float
         # picks (_WarpRouter._picks); "narrow": polling one word per load; "clock": timestamps
-        # instead of routing; "latealpha": alpha loaded after the dot products; "staggerSxD" (one
-        # token): S warps of CTA 0 poll, warp w from w * D ns on, the first to see the logits
-        # complete routes
+        # instead of routing
         self.variant = variant
-        st = re.search(r"stagger(\d+)x(\d+)", variant)
-        self.stagger = (int(st.group(1)), int(st.group(2))) if st and tm == 1 else None
         self.key_picks = "floatpicks" not in variant
         self.poll = True
         # launched as a programmatic dependent of the kernel before it (the activation quantizer):
         # the weight loads go out, then griddepcontrol.wait (see await_inputs); SM90 and later
         self.pdl = pdl and not quant
-        self.smem_bytes = 4 * LUT_SIZE + 4 * WARPS * rb * tm + 4 * WARPS + 16 + 96
+        self.smem_bytes = 4 * LUT_SIZE + 4 * WARPS * rb * tm + 4 * WARPS + 96
 
     @cute.jit
     def __call__(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
@@ -529,10 +488,6 @@ class GemvRouterKernel(_WarpRouter):
         sLut = smem.allocate_tensor(cutlass.Float32, cute.make_layout(LUT_SIZE), 16)
         sRed = smem.allocate_tensor(cutlass.Float32, cute.make_layout((WARPS, rb * tm), stride=(rb * tm, 1)), 16)
         sAmax = smem.allocate_tensor(cutlass.Int32, cute.make_layout(WARPS), 16)
-        sClaim = smem.allocate_tensor(cutlass.Int32, cute.make_layout(4), 16)
-        if cutlass.const_expr(self.stagger is not None):
-            if tidx == 0:
-                sClaim[0] = cutlass.Int32(0)  # before the table's barrier
         acc = cute.make_rmem_tensor(cute.make_layout(rb * tm), cutlass.Float32)
         acc.fill(0.0)
         rawB = cute.make_rmem_tensor(cute.make_layout((4, rb), stride=(1, 4)), cutlass.Int32)
@@ -552,18 +507,13 @@ class GemvRouterKernel(_WarpRouter):
             await_inputs(self.pdl)
             if tidx < nchunk:
                 self._load_activation(mA, mSFA, tidx, t0, T, kw, rawA, sfA)
-            if cutlass.const_expr("latealpha" not in self.variant):
-                # with the first loads, not after the dot products: its latency is off the path to
-                # the store (the quantizer may write it: after the wait)
-                alpha = mAlpha[0]
             self._load_lut(mLut, sLut, tidx)
             cute.arch.sync_threads()
             for c in range(tidx, nchunk, THREADS):
                 if c != tidx:
                     self._load_chunk(mA, mSFA, mB, mSFB, c, n0, t0, T, kw, k_tiles, rawB, sfB, rawA, sfA)
                 self._dot_chunk(sLut, rawB, sfB, rawA, sfA, acc)
-            if cutlass.const_expr("latealpha" in self.variant):
-                alpha = mAlpha[0]  # probe variant "latealpha": the load after the dot products, as before
+            alpha = mAlpha[0]
 
         # CTA sum: butterflies inside each warp, then the warps in a fixed order
         for i in cutlass.range_constexpr(rb * tm):
@@ -587,12 +537,7 @@ class GemvRouterKernel(_WarpRouter):
         # the first CTA dispatched and the others never wait for it, so the wait always ends.
         if cutlass.const_expr("noroute" not in self.variant):
             if bx == 0:
-                if cutlass.const_expr(self.stagger is not None):
-                    if warp < self.stagger[0]:
-                        if warp > 0:
-                            _sleep_ns(warp * self.stagger[1])
-                        self._route_warp(mLog, 1, cutlass.Float32(1.0), mIds, mW, t0, lane, sClaim.iterator)
-                elif warp < tm:
+                if warp < tm:
                     if t0 + warp < T:
                         self._route_warp(mLog, 1, cutlass.Float32(1.0), mIds, mW, t0 + warp, lane)
 
@@ -617,11 +562,6 @@ class GemvRouterKernel(_WarpRouter):
         for t in cutlass.range_constexpr(tm):
             for b in cutlass.range_constexpr(2):
                 xw[t][b].fill(0)
-        # the scalars with the first loads (their latency off the path to the store)
-        g_b = mGb[0]
-        g = cutlass.Float32(0.0)
-        if cutlass.const_expr(self.quant == "static"):
-            g = mG[0]
         if tidx < nchunk:
             self._load_weights(mB, mSFB, tidx, n0, kw, k_tiles, rawB, sfB)
             for t in cutlass.range_constexpr(tm):
@@ -638,11 +578,14 @@ class GemvRouterKernel(_WarpRouter):
         if lane == 0:
             sAmax[warp] = amax
         cute.arch.sync_threads()
+        g = cutlass.Float32(0.0)
         if cutlass.const_expr(self.quant == "dynamic"):
             m = sAmax[0]
             for w in cutlass.range_constexpr(1, WARPS):
                 m = cutlass.max(m, sAmax[w])
             g = global_scale(m)
+        else:
+            g = mG[0]
         g_safe, d6 = safe_scales(g)
         out = cute.make_rmem_tensor(cute.make_layout(2), cutlass.Int32)
         for t in cutlass.range_constexpr(tm):
@@ -652,7 +595,7 @@ class GemvRouterKernel(_WarpRouter):
                 rawA[2 * b + 1, t] = out[1]
         if tidx < nchunk:
             self._dot_chunk(sLut, rawB, sfB, rawA, sfA, acc)
-        return _mul_rn(g, g_b)
+        return _mul_rn(g, mGb[0])
 
     @cute.jit
     def _dot_chunk(self, sLut, rawB, sfB, rawA, sfA, acc):
