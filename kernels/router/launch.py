@@ -209,7 +209,6 @@ def run_mma_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool
     t = activation[0].shape[0]
     nt, ksplit, mw, *unit = config or pick_mma_gemv(t, linear.out_features, linear.in_features)
     uw = unit[0] if unit else swapab_unit_words(linear.in_features, ksplit)
-    variant = variant or dependent_route(ksplit, pdl)
     poll = swapab_polls(ksplit, variant)
     args, ids, w = mma_gemv_args(activation, linear, top_k, nt, ksplit, poll)
     fn = compile_mma_gemv(top_k, scoring, renormalize, linear.out_features, nt, ksplit, args, poll, variant, mw=mw,
@@ -219,18 +218,16 @@ def run_mma_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool
 
 
 def pdl_helps(kernel: str, num_tokens: int, linear) -> bool:
-    """Whether ``kernel`` launches as the fused quantizer's programmatic dependent: the GEMV, the
-    swap-AB kernel (its polled route becomes the waiting one, see :func:`dependent_route`) and the
-    tile kernel."""
-    return kernel in ("gemv", "swapab", "tile")
+    """Whether ``kernel`` launches as the fused quantizer's programmatic dependent.  Not the swap-AB
+    kernel's polled route (one K split): on the H200 at T=128, E=256 it measured slower so (17.3
+    against 14.8 us quantize-and-route, in two calls), where the GEMV (T=1: 5.9 / 6.3 against 7.2 /
+    7.7 us), the counted and waiting swap-AB routes (T=7: 8.5 / 9.4 against 9.7 / 10.5; T=128,
+    E=384: 15.6 against 16.9) gain and the tile kernel is unchanged."""
+    if kernel == "swapab":
+        from .gemv import pick_mma_gemv, swapab_polls
 
-
-def dependent_route(ksplit: int, pdl: bool) -> str:
-    """The swap-AB kernel's route when it is launched as the quantizer's programmatic dependent
-    (``pdl``): the waiting route where it would poll; else "" (the route its K splits pick)."""
-    from .gemv import swapab_polls
-
-    return "wait" if pdl and swapab_polls(ksplit) else ""
+        return not swapab_polls(pick_mma_gemv(num_tokens, linear.out_features, linear.in_features)[1])
+    return kernel in ("gemv", "tile")
 
 
 def staged_args(activation, linear, top_k: int, tn: int, ksplit: int):

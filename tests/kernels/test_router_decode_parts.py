@@ -263,7 +263,7 @@ def test_pdl_after_the_quantizer_where_it_measured_faster():
 
     assert pdl_helps("gemv", 1, lay(384)) and pdl_helps("tile", 4096, lay(256))
     assert pdl_helps("swapab", 7, lay(256)) and pdl_helps("swapab", 128, lay(384))  # counted, waiting
-    assert pdl_helps("swapab", 128, lay(256))  # one K split: the waiting route (dependent_route)
+    assert not pdl_helps("swapab", 128, lay(256))  # one K split: polled
     assert not pdl_helps("staged", 128, lay(256)) and not pdl_helps("mma", 128, lay(256))
     assert not pdl_available("cpu")
 
