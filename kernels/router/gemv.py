@@ -30,7 +30,6 @@ import math
 import cutlass
 import cutlass.cute as cute
 from cutlass._mlir import ir
-from cutlass._mlir.dialects import llvm
 
 from .portable import DSL_ASCENDING_ID_OPS, DSL_OPS, LUT_E4M3, LUT_SIZE
 from .quant import _asm, _f2i, _i2f, _mul_rn, _sel, block_amax, global_scale, quant_block, safe_scales
@@ -145,20 +144,6 @@ def _scale2(byte_word):
     ptx = ("{ .reg .b32 dT, dK; and.b32 dT, $1, 0x7F; mul.lo.u32 dT, dT, 0x00800080; "
            "mov.b32 dK, 0x5C005C00; mul.rn.f16x2 $0, dT, dK; }")
     return _asm(cutlass.Int32, ptx, "=r,r", cutlass.Int32(byte_word))
-
-
-def _smem_addr(ptr):
-    """The 32-bit shared-window address of a shared-memory pointer."""
-    return cutlass.Int32(llvm.ptrtoint(ir.IntegerType.get_signless(32), ptr.llvm_ptr))
-
-
-def _cluster_store(addr, rank, w0, w1, w2, w3, w4, w5, w6, w7):
-    """Eight words to the same shared-memory address (``addr``, 16-byte aligned) of cluster CTA
-    ``rank``: two ``st.shared::cluster.v4``."""
-    ptx = ("{ .reg .b32 ra; mapa.shared::cluster.u32 ra, $0, $1; "
-           "st.shared::cluster.v4.b32 [ra], {$2, $3, $4, $5}; st.shared::cluster.v4.b32 [ra+16], {$6, $7, $8, $9}; }")
-    llvm.inline_asm(None, [cutlass.Int32(v).ir_value() for v in (addr, rank, w0, w1, w2, w3, w4, w5, w6, w7)],
-                    ptx, "r,r,r,r,r,r,r,r,r,r", has_side_effects=True)
 
 
 class _WarpRouter:
@@ -407,7 +392,7 @@ class GemvRouterKernel(_WarpRouter):
     ``tm`` tokens and ``rb`` experts per CTA; top_k / scoring / renormalize are compile-time."""
 
     def __init__(self, top_k: int, scoring: str, renormalize: bool, experts: int, tm: int = 1, rb: int = 2,
-                 variant: str = "", quant: str = "", pdl: bool = False, cluster: int = 1):
+                 variant: str = "", quant: str = "", pdl: bool = False):
         if experts % 32 or experts // 32 > 64:
             raise ValueError(f"E={experts}: the GEMV router needs a multiple of 32 up to 2048")
         if experts % rb or tm > WARPS or rb * tm > THREADS:
@@ -417,11 +402,6 @@ class GemvRouterKernel(_WarpRouter):
         # quant: the CTA quantizes its tokens' bf16 activations itself (see kernel); "dynamic":
         # global scale amax / 2688 of the token group, "static": the layer's calibrated one
         self.quant = quant
-        # with quant: the CTAs of a cluster of this size (SM90+) share the quantization, each
-        # quantizing every cluster-th chunk into all of their shared memories (see _quant_dot)
-        if cluster > 1 and (not quant or (experts // rb) % cluster or cluster > 8):
-            raise ValueError(f"cluster={cluster}: in-kernel quantization only, dividing {experts // rb} CTAs, <= 8")
-        self.cluster = cluster
         self.top_k = top_k
         self.scoring = scoring
         self.renormalize = renormalize
@@ -438,22 +418,15 @@ class GemvRouterKernel(_WarpRouter):
         # the weight loads go out, then griddepcontrol.wait (see await_inputs); SM90 and later
         self.pdl = pdl and not quant
         self.smem_bytes = 4 * LUT_SIZE + 4 * WARPS * rb * tm + 4 * WARPS + 96
-        if cluster > 1:
-            self.smem_bytes += 4 * 8 * THREADS * tm + 16  # sShare: 8 words per (token, chunk)
 
     @cute.jit
     def __call__(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
                  mAlpha: cute.Tensor, mLut: cute.Tensor, mLog: cute.Tensor, mIds: cute.Tensor,
                  mW: cute.Tensor, stream):
         groups = (mA.shape[0] + self.tm - 1) // self.tm
-        if cutlass.const_expr(self.cluster > 1):
-            self.kernel(mA, mSFA, mB, mSFB, mAlpha, mLut, mLog, mIds, mW).launch(
-                grid=[self.experts // self.rb, groups, 1], block=[THREADS, 1, 1], cluster=[self.cluster, 1, 1],
-                smem=self.smem_bytes, stream=stream)
-        else:
-            self.kernel(mA, mSFA, mB, mSFB, mAlpha, mLut, mLog, mIds, mW).launch(
-                grid=[self.experts // self.rb, groups, 1], block=[THREADS, 1, 1], smem=self.smem_bytes, stream=stream,
-                use_pdl=self.pdl)
+        self.kernel(mA, mSFA, mB, mSFB, mAlpha, mLut, mLog, mIds, mW).launch(
+            grid=[self.experts // self.rb, groups, 1], block=[THREADS, 1, 1], smem=self.smem_bytes, stream=stream,
+            use_pdl=self.pdl)
 
     @cute.jit
     def _load16(self, mX: cute.Tensor, row, kw, c, dst: cute.Tensor):
@@ -515,10 +488,6 @@ class GemvRouterKernel(_WarpRouter):
         sLut = smem.allocate_tensor(cutlass.Float32, cute.make_layout(LUT_SIZE), 16)
         sRed = smem.allocate_tensor(cutlass.Float32, cute.make_layout((WARPS, rb * tm), stride=(rb * tm, 1)), 16)
         sAmax = smem.allocate_tensor(cutlass.Int32, cute.make_layout(WARPS), 16)
-        sShare = None
-        if cutlass.const_expr(self.cluster > 1):
-            sShare = smem.allocate_tensor(cutlass.Int32, cute.make_layout((8, THREADS, tm), stride=(1, 8, 8 * THREADS)),
-                                          16)
         acc = cute.make_rmem_tensor(cute.make_layout(rb * tm), cutlass.Float32)
         acc.fill(0.0)
         rawB = cute.make_rmem_tensor(cute.make_layout((4, rb), stride=(1, 4)), cutlass.Int32)
@@ -528,7 +497,7 @@ class GemvRouterKernel(_WarpRouter):
 
         alpha = cutlass.Float32(1.0)
         if cutlass.const_expr(self.quant):
-            alpha = self._quant_dot(mA, mSFA, mB, mSFB, mAlpha, mLut, sLut, sAmax, sShare, tidx, warp, lane, n0, t0, T, kw,
+            alpha = self._quant_dot(mA, mSFA, mB, mSFB, mAlpha, mLut, sLut, sAmax, tidx, warp, lane, n0, t0, T, kw,
                                     nchunk, k_tiles, rawB, sfB, rawA, sfA, acc)
         else:
             # the first chunk's loads go out before the table load and its barrier; the weights
@@ -579,8 +548,7 @@ class GemvRouterKernel(_WarpRouter):
             sLut[li] = mLut[li]
 
     @cute.jit
-    def _quant_dot(self, mX, mG, mB, mSFB, mGb, mLut, sLut, sAmax, sShare, tidx, warp, lane, n0, t0, T, kw, nchunk,
-                   k_tiles,
+    def _quant_dot(self, mX, mG, mB, mSFB, mGb, mLut, sLut, sAmax, tidx, warp, lane, n0, t0, T, kw, nchunk, k_tiles,
                    rawB, sfB, rawA, sfA, acc):
         """In-kernel quantization (one chunk per thread, K <= 32 x THREADS): thread c loads the
         bf16 activations of chunk c (32 per token, 64 bytes) after its weight loads, the CTA takes
@@ -620,33 +588,11 @@ class GemvRouterKernel(_WarpRouter):
             g = mG[0]
         g_safe, d6 = safe_scales(g)
         out = cute.make_rmem_tensor(cute.make_layout(2), cutlass.Int32)
-        if cutlass.const_expr(self.cluster > 1):
-            # this CTA quantizes every cluster-th chunk (the others' share is theirs) and stores
-            # each (token, chunk)'s four code words and two scale codes in slot (t, chunk) of every
-            # cluster CTA's sShare; the cluster barrier (release / acquire) publishes them
-            C = self.cluster
-            if tidx % C == cute.arch.block_idx_in_cluster():
-                if tidx < nchunk:
-                    for t in cutlass.range_constexpr(tm):
-                        c0 = quant_block(xw[t][0], bam[t][0], g_safe, d6, out)
-                        q0, q1 = out[0], out[1]
-                        c1 = quant_block(xw[t][1], bam[t][1], g_safe, d6, out)
-                        addr = _smem_addr(sShare.iterator + cute.assume((t * THREADS + tidx) * 8, divby=8))
-                        for r in cutlass.range_constexpr(C):
-                            _cluster_store(addr, r, q0, q1, out[0], out[1], c0, c1, 0, 0)
-            cute.arch.cluster_arrive(aligned=True)
-            cute.arch.cluster_wait()
-            for t in cutlass.range_constexpr(tm):
-                for w in cutlass.range_constexpr(4):
-                    rawA[w, t] = sShare[w, tidx, t]
-                sfA[0, t] = sShare[4, tidx, t]
-                sfA[1, t] = sShare[5, tidx, t]
-        else:
-            for t in cutlass.range_constexpr(tm):
-                for b in cutlass.range_constexpr(2):
-                    sfA[b, t] = quant_block(xw[t][b], bam[t][b], g_safe, d6, out)
-                    rawA[2 * b, t] = out[0]
-                    rawA[2 * b + 1, t] = out[1]
+        for t in cutlass.range_constexpr(tm):
+            for b in cutlass.range_constexpr(2):
+                sfA[b, t] = quant_block(xw[t][b], bam[t][b], g_safe, d6, out)
+                rawA[2 * b, t] = out[0]
+                rawA[2 * b + 1, t] = out[1]
         if tidx < nchunk:
             self._dot_chunk(sLut, rawB, sfB, rawA, sfA, acc)
         return _mul_rn(g, mGb[0])
@@ -690,21 +636,13 @@ def pick_gemv(num_tokens: int, experts: int):
 _compiled = {}
 
 
-def quant_cluster(experts: int, rb: int, sm: int) -> int:
-    """CTAs per cluster of the GEMV kernel quantizing in its own launch: 8 (the portable maximum)
-    where the grid's E / rb CTAs divide into 8 on SM90 and later (thread block clusters), else 1
-    (every CTA quantizes the whole token)."""
-    return 8 if sm >= 90 and (experts // rb) % 8 == 0 else 1
-
-
 def compile_gemv(top_k: int, scoring: str, renormalize: bool, experts: int, tm: int, rb: int, args,
-                 variant: str = "", quant: str = "", pdl: bool = False, cluster: int = 1):
+                 variant: str = "", quant: str = "", pdl: bool = False):
     """Compile (cached by configuration; tensor shapes and strides are dynamic, E is not)."""
-    key = (top_k, scoring, renormalize, experts, tm, rb, variant, quant, pdl, cluster)
+    key = (top_k, scoring, renormalize, experts, tm, rb, variant, quant, pdl)
     fn = _compiled.get(key)
     if fn is None:
-        fn = cute.compile(GemvRouterKernel(top_k, scoring, renormalize, experts, tm, rb, variant, quant, pdl, cluster),
-                          *args)
+        fn = cute.compile(GemvRouterKernel(top_k, scoring, renormalize, experts, tm, rb, variant, quant, pdl), *args)
         _compiled[key] = fn
     return fn
 

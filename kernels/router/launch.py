@@ -156,23 +156,17 @@ def gemv_quant_problem(x, linear) -> str | None:
     return fused_quant_problem(x)
 
 
-def run_gemv_quant(x, linear, top_k: int, scoring: str, renormalize: bool, config=None, cluster=None):
+def run_gemv_quant(x, linear, top_k: int, scoring: str, renormalize: bool, config=None):
     """Route bf16 ``x`` [T, K] (T <= 8) with the GEMV kernel quantizing in the same launch: the
-    answers of ``prepare_activation`` + :func:`run_gemv`, bit for bit, without the quantizer's launch.
-    ``cluster``: CTAs sharing the quantization (default :func:`kernels.router.gemv.quant_cluster`)."""
-    import torch
-
-    from .gemv import compile_gemv, pick_gemv, quant_cluster
+    answers of ``prepare_activation`` + :func:`run_gemv`, bit for bit, without the quantizer's launch."""
+    from .gemv import compile_gemv, pick_gemv
 
     t = x.shape[0]
     tm, rb = config or pick_gemv(t, linear.out_features)
     if tm < t:
         raise ValueError(f"tm={tm} < T={t}: in-kernel quantization needs one token group")
-    if cluster is None:
-        major, minor = torch.cuda.get_device_capability(x.device)
-        cluster = quant_cluster(linear.out_features, rb, 10 * major + minor)
     args, ids, w, mode = gemv_quant_args(x, linear, top_k, tm)
-    fn = compile_gemv(top_k, scoring, renormalize, linear.out_features, tm, rb, args, quant=mode, cluster=cluster)
+    fn = compile_gemv(top_k, scoring, renormalize, linear.out_features, tm, rb, args, quant=mode)
     fn(*args)
     return ids, w
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import os
 import sys
 
@@ -213,9 +212,7 @@ def _compiled_decode(kind, cfg, variant, act, lay, x=None):
 
     if kind == "gemv" and "quant" in variant:
         args, ids, w, mode = launch.gemv_quant_args(x, lay, 6, cfg[0])
-        cl = re.search(r"quantc(\d)", variant)  # "quantcN": N CTAs per cluster share the quantization
-        fn = compile_gemv(6, "softmax", False, lay.out_features, cfg[0], cfg[1], args, variant, quant=mode,
-                          cluster=int(cl.group(1)) if cl else 1)
+        fn = compile_gemv(6, "softmax", False, lay.out_features, cfg[0], cfg[1], args, variant, quant=mode)
     elif kind == "gemv":
         args, ids, w = launch.gemv_args(act, lay, 6, cfg[0])
         fn = compile_gemv(6, "softmax", False, lay.out_features, cfg[0], cfg[1], args, variant)
