@@ -132,7 +132,7 @@ def fused_quant_enabled() -> bool:
     return os.environ.get("GPUREPRO_ROUTER_FUSED_QUANT", "1") != "0"
 
 
-def prepare_activation(x: torch.Tensor, linear, fused: Optional[bool] = None, signal: bool = False):
+def prepare_activation(x: torch.Tensor, linear, fused: Optional[bool] = None):
     """NVFP4 activations as the kernels read them: ``(packed uint8 [T, K/2], scales uint8 [T, K/16], g_a)``,
     plus ``alpha = g_a * g_b`` as a 4th element when the fused quantizer made them.
 
@@ -151,8 +151,7 @@ def prepare_activation(x: torch.Tensor, linear, fused: Optional[bool] = None, si
         x2 = x.reshape(-1, x.shape[-1])
         if fused_quant_problem(x2) is None and torch.cuda.get_device_capability(x2.device)[0] >= 8:
             last_quantizer = "fused"
-            return quantize_activation_fused(x2, getattr(linear, "input_global_scale", None), linear._global_scale_b,
-                                             signal=signal)
+            return quantize_activation_fused(x2, getattr(linear, "input_global_scale", None), linear._global_scale_b)
     last_quantizer = "torch"
     xf = x.reshape(-1, x.shape[-1]).float()
     q = quantize_activation_nvfp4(xf, linear.activation_global_scale(xf), check_finite=False)
@@ -208,22 +207,12 @@ def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str
     # the fused quantizer lets the kernel after it start early (programmatic dependent launch):
     # the router's weight loads overlap the quantizer, its activation loads wait for it
     pdl = False
-    flag = False
     if activation is None:
-        want_flag = False
-        if chosen == "portable" and kernel in (None, "gemv") and os.environ.get("GPUREPRO_ROUTER_HANDOFF") == "flag":
-            from .gemv import pick_gemv
-            from .runtime import pdl_available
-
-            t = x.reshape(-1, x.shape[-1]).shape[0]
-            want_flag = (choose_kernel(t, linear.out_features) == "gemv" and pick_gemv(t, linear.out_features)[0] >= t
-                         and x.is_cuda and pdl_available(x.device))
-        activation = prepare_activation(x, linear, signal=want_flag)
+        activation = prepare_activation(x, linear)
         if last_quantizer == "fused" and chosen == "portable":
             from .runtime import pdl_available
 
             pdl = pdl_available(x.device)
-            flag = want_flag
     if chosen == "portable":
         from .launch import run_gemv, run_mma_gemv, run_portable, run_tile
 
@@ -235,7 +224,7 @@ def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str
             pdl = pdl_helps(last_kernel, t, linear)
         last_pdl = pdl
         if last_kernel == "gemv":
-            return run_gemv(activation, linear, top_k, scoring, renormalize, pdl=pdl, flag=flag and pdl)
+            return run_gemv(activation, linear, top_k, scoring, renormalize, pdl=pdl)
         if last_kernel == "swapab":
             return run_mma_gemv(activation, linear, top_k, scoring, renormalize, pdl=pdl)
         if last_kernel == "tile":

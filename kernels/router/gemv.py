@@ -32,7 +32,7 @@ import cutlass.cute as cute
 from cutlass._mlir import ir
 
 from .portable import DSL_ASCENDING_ID_OPS, DSL_OPS, LUT_E4M3, LUT_SIZE
-from .quant import HANDOFF_DONE, WS_DONE, _asm, _f2i, _i2f, _mul_rn, _sel, block_amax, global_scale, quant_block, safe_scales
+from .quant import _asm, _f2i, _i2f, _mul_rn, _sel, block_amax, global_scale, quant_block, safe_scales
 from .topk import EMPTY_ID, KEY_FLOOR, sorted_insert
 
 THREADS = 256
@@ -392,7 +392,7 @@ class GemvRouterKernel(_WarpRouter):
     ``tm`` tokens and ``rb`` experts per CTA; top_k / scoring / renormalize are compile-time."""
 
     def __init__(self, top_k: int, scoring: str, renormalize: bool, experts: int, tm: int = 1, rb: int = 2,
-                 variant: str = "", quant: str = "", pdl: bool = False, flag: bool = False):
+                 variant: str = "", quant: str = "", pdl: bool = False):
         if experts % 32 or experts // 32 > 64:
             raise ValueError(f"E={experts}: the GEMV router needs a multiple of 32 up to 2048")
         if experts % rb or tm > WARPS or rb * tm > THREADS:
@@ -417,17 +417,14 @@ class GemvRouterKernel(_WarpRouter):
         # launched as a programmatic dependent of the kernel before it (the activation quantizer):
         # the weight loads go out, then griddepcontrol.wait (see await_inputs); SM90 and later
         self.pdl = pdl and not quant
-        # flag (with pdl, one token group): spin on the quantizer's handoff count instead of
-        # griddepcontrol.wait; the routing CTA resets it
-        self.flag = flag and self.pdl
         self.smem_bytes = 4 * LUT_SIZE + 4 * WARPS * rb * tm + 4 * WARPS + 96
 
     @cute.jit
     def __call__(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
                  mAlpha: cute.Tensor, mLut: cute.Tensor, mLog: cute.Tensor, mIds: cute.Tensor,
-                 mW: cute.Tensor, mFlag: cute.Tensor, stream):
+                 mW: cute.Tensor, stream):
         groups = (mA.shape[0] + self.tm - 1) // self.tm
-        self.kernel(mA, mSFA, mB, mSFB, mAlpha, mLut, mLog, mIds, mW, mFlag).launch(
+        self.kernel(mA, mSFA, mB, mSFB, mAlpha, mLut, mLog, mIds, mW).launch(
             grid=[self.experts // self.rb, groups, 1], block=[THREADS, 1, 1], smem=self.smem_bytes, stream=stream,
             use_pdl=self.pdl)
 
@@ -470,7 +467,7 @@ class GemvRouterKernel(_WarpRouter):
     @cute.kernel
     def kernel(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
                mAlpha: cute.Tensor, mLut: cute.Tensor, mLog: cute.Tensor, mIds: cute.Tensor,
-               mW: cute.Tensor, mFlag: cute.Tensor):
+               mW: cute.Tensor):
         tidx, _, _ = cute.arch.thread_idx()
         bx, by, _ = cute.arch.block_idx()
         start = [cutlass.Int32(0), cutlass.Int32(0)]
@@ -507,25 +504,11 @@ class GemvRouterKernel(_WarpRouter):
             # (never written by a kernel) before the wait for the kernel that writes the activation
             if tidx < nchunk:
                 self._load_weights(mB, mSFB, tidx, n0, kw, k_tiles, rawB, sfB)
-            if cutlass.const_expr(self.flag):
-                # thread 0 spins until every quantizer CTA has added its count (acquire), the
-                # table's barrier passes that on to the CTA (the quantizer released after a barrier)
-                self._load_lut(mLut, sLut, tidx)
-                if tidx == 0:
-                    done = cute.arch.load((mFlag.iterator + WS_DONE).llvm_ptr, cutlass.Int32, sem="acquire",
-                                          scope="gpu")
-                    while done != HANDOFF_DONE:
-                        done = cute.arch.load((mFlag.iterator + WS_DONE).llvm_ptr, cutlass.Int32, sem="acquire",
-                                              scope="gpu")
-                cute.arch.sync_threads()
-                if tidx < nchunk:
-                    self._load_activation(mA, mSFA, tidx, t0, T, kw, rawA, sfA)
-            else:
-                await_inputs(self.pdl)
-                if tidx < nchunk:
-                    self._load_activation(mA, mSFA, tidx, t0, T, kw, rawA, sfA)
-                self._load_lut(mLut, sLut, tidx)
-                cute.arch.sync_threads()
+            await_inputs(self.pdl)
+            if tidx < nchunk:
+                self._load_activation(mA, mSFA, tidx, t0, T, kw, rawA, sfA)
+            self._load_lut(mLut, sLut, tidx)
+            cute.arch.sync_threads()
             for c in range(tidx, nchunk, THREADS):
                 if c != tidx:
                     self._load_chunk(mA, mSFA, mB, mSFB, c, n0, t0, T, kw, k_tiles, rawB, sfB, rawA, sfA)
@@ -557,10 +540,6 @@ class GemvRouterKernel(_WarpRouter):
                 if warp < tm:
                     if t0 + warp < T:
                         self._route_warp(mLog, 1, cutlass.Float32(1.0), mIds, mW, t0 + warp, lane)
-                if cutlass.const_expr(self.flag):
-                    # every CTA has published its logits, so every one has passed the spin
-                    if tidx == 0:
-                        mFlag[WS_DONE] = cutlass.Int32(0)
 
     @cute.jit
     def _load_lut(self, mLut: cute.Tensor, sLut: cute.Tensor, tidx):
@@ -658,13 +637,12 @@ _compiled = {}
 
 
 def compile_gemv(top_k: int, scoring: str, renormalize: bool, experts: int, tm: int, rb: int, args,
-                 variant: str = "", quant: str = "", pdl: bool = False, flag: bool = False):
+                 variant: str = "", quant: str = "", pdl: bool = False):
     """Compile (cached by configuration; tensor shapes and strides are dynamic, E is not)."""
-    key = (top_k, scoring, renormalize, experts, tm, rb, variant, quant, pdl, flag)
+    key = (top_k, scoring, renormalize, experts, tm, rb, variant, quant, pdl)
     fn = _compiled.get(key)
     if fn is None:
-        fn = cute.compile(GemvRouterKernel(top_k, scoring, renormalize, experts, tm, rb, variant, quant, pdl, flag),
-                          *args)
+        fn = cute.compile(GemvRouterKernel(top_k, scoring, renormalize, experts, tm, rb, variant, quant, pdl), *args)
         _compiled[key] = fn
     return fn
 

@@ -88,12 +88,6 @@ def gemv_args(activation, linear, top_k: int, tm: int = 1):
                            _alpha(activation, linear, a_data.device), linear, top_k)
 
 
-def quant_workspace(dev):
-    from .quant import workspace
-
-    return workspace(dev)
-
-
 def _gemv_call_args(a_words, a_scales, alpha, linear, top_k: int):
     """The GEMV kernel's argument tuple around its activation operands: the activation words, its
     block scales and ``alpha``; the quantizing GEMV passes bf16 words, the activation global scale
@@ -113,23 +107,21 @@ def _gemv_call_args(a_words, a_scales, alpha, linear, top_k: int):
         _cute(logits),
         _cute(ids),
         _cute(w),
-        _cute(quant_workspace(dev)),
         current_stream(dev),
     )
     return args, ids, w
 
 
 def run_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool, config=None, variant: str = "",
-             pdl: bool = False, flag: bool = False):
+             pdl: bool = False):
     """The GEMV kernel; ``variant``: the probe's route forms (``GemvRouterKernel``), for tests;
-    ``pdl``: launched as a programmatic dependent of the kernel that wrote ``activation``; ``flag``:
-    that kernel is the fused quantizer with ``signal``, whose handoff count it spins on."""
+    ``pdl``: launched as a programmatic dependent of the kernel that wrote ``activation``."""
     from .gemv import compile_gemv, pick_gemv
 
     t = activation[0].shape[0]
     tm, rb = config or pick_gemv(t, linear.out_features)
     args, ids, w = gemv_args(activation, linear, top_k, tm)
-    fn = compile_gemv(top_k, scoring, renormalize, linear.out_features, tm, rb, args, variant, pdl=pdl, flag=flag)
+    fn = compile_gemv(top_k, scoring, renormalize, linear.out_features, tm, rb, args, variant, pdl=pdl)
     fn(*args)
     return ids, w
 

@@ -55,10 +55,6 @@ REPLICATE_MAX_BLOCKS = 4096
 WS_COUNT = 0
 WS_AMAX = 1
 WS_GEN = 2
-WS_DONE = 3  # the handoff count (see Nvfp4ActQuantKernel's signal)
-#: the handoff count once every quantizer CTA has arrived (CTA 0 adds HANDOFF_DONE - nctas + 1,
-#: every other CTA 1: the sum reaches it only when all have)
-HANDOFF_DONE = 1 << 24
 
 
 def _asm(ret, ptx: str, cons: str, *vals):
@@ -327,7 +323,7 @@ class Nvfp4ActQuantKernel:
     ``with_alpha``: also write ``mAlpha[0] = g * mGb[0]``."""
 
     def __init__(self, dynamic: bool, with_alpha: bool = True, per_thread: int = PER_THREAD,
-                 trigger: bool = False, replicate: int = 0, signal: bool = False):
+                 trigger: bool = False, replicate: int = 0):
         if replicate and not dynamic:
             raise ValueError("replicate: the dynamic scale's max, computed by every CTA")
         self.dynamic = dynamic
@@ -342,9 +338,6 @@ class Nvfp4ActQuantKernel:
         # griddepcontrol.wait still waits for this whole grid and its writes.  No effect on a
         # kernel launched without use_pdl.
         self.trigger = trigger
-        # signal: after its stores each CTA adds to the handoff count (release), so a router
-        # launched early can spin on it instead of griddepcontrol.wait; the router resets it
-        self.signal = signal
         self.with_alpha = with_alpha
         self.per_thread = per_thread
         self.smem_bytes = 4 * WARPS + 64
@@ -483,12 +476,6 @@ class Nvfp4ActQuantKernel:
             self._quant_block(mQ, mS, b, tmp[None, 0], block_amax(tmp[None, 0]), g_safe, d6)
             if b + stride < nb:
                 self._quant_block(mQ, mS, b + stride, tmp[None, 1], block_amax(tmp[None, 1]), g_safe, d6)
-        if cutlass.const_expr(self.signal):
-            cute.arch.sync_threads()
-            if tidx == 0:
-                cute.arch.fence_acq_rel_gpu()
-                inc = _sel(bx == 0, cutlass.Int32(HANDOFF_DONE + 1) - nctas, cutlass.Int32(1))
-                cute.arch.atomic_add((mWs.iterator + WS_DONE).llvm_ptr, inc, sem="release", scope="gpu")
 
 
 _compiled = {}
@@ -556,13 +543,12 @@ def quant_args(x, data, scales, g, g_b, alpha, ctas: int):
     )
 
 
-def compile_quant(dynamic: bool, args, trigger: bool = False, replicate: int = 0, per_thread: int = PER_THREAD,
-                  signal: bool = False):
-    key = (bool(dynamic), bool(trigger), int(replicate), per_thread, bool(signal))
+def compile_quant(dynamic: bool, args, trigger: bool = False, replicate: int = 0, per_thread: int = PER_THREAD):
+    key = (bool(dynamic), bool(trigger), int(replicate), per_thread)
     fn = _compiled.get(key)
     if fn is None:
-        fn = cute.compile(Nvfp4ActQuantKernel(dynamic, per_thread=per_thread, trigger=trigger, replicate=replicate,
-                                              signal=signal), *args)
+        fn = cute.compile(Nvfp4ActQuantKernel(dynamic, per_thread=per_thread, trigger=trigger, replicate=replicate),
+                          *args)
         _compiled[key] = fn
     return fn
 
@@ -584,7 +570,7 @@ def fused_quant_problem(x) -> str | None:
     return None
 
 
-def quantize_activation_fused(x, global_scale=None, g_b=None, replicate=None, per_thread=None, signal=False):
+def quantize_activation_fused(x, global_scale=None, g_b=None, replicate=None, per_thread=None):
     """``(packed uint8 [T, K/2], scales uint8 [T, K/16], g_a float32 0-dim, alpha float32 [1])``
     from bf16 ``x [..., K]`` in one launch.  ``global_scale``: the layer's calibrated scale
     (a tensor on the device or a float), or None for the dynamic one (computed on the device).
@@ -610,7 +596,7 @@ def quantize_activation_fused(x, global_scale=None, g_b=None, replicate=None, pe
     per = 1 if rep else per_thread or blocks_per_thread(nb, sms)
     args = quant_args(x2, data, scales, g, gb, alpha, grid_ctas(nb, sms, per))
     compile_quant(dynamic, args, trigger=props.major >= 9, replicate=replica_inflight(nb) if rep else 0,
-                  per_thread=per, signal=signal)(*args)
+                  per_thread=per)(*args)
     return data, scales, g, alpha
 
 
