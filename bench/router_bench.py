@@ -130,8 +130,10 @@ def layer_copy(layer):
 
 def calibrated(layer, scale):
     """``layer`` (a :func:`layer_copy`: the same weight buffers) with the activation scale ``scale``
-    (a device tensor: no host copy while a graph is captured)."""
-    return types.SimpleNamespace(**{**vars(layer), "input_global_scale": scale})
+    (a device tensor: no host copy while a graph is captured), for the fused quantizer
+    (``input_global_scale``) and the PyTorch one (``activation_global_scale``) alike."""
+    return types.SimpleNamespace(**{**vars(layer), "input_global_scale": scale,
+                                    "activation_global_scale": lambda x: scale})
 
 
 def write_results(rows, name, a, copy, floor) -> str:
