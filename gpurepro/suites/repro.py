@@ -94,6 +94,9 @@ class StepContext:
     env: "Env | None" = None  # its toolchain's runner and facts (one Env per toolchain lane)
     done: bool = False  # outcome decided: the remaining stages are skipped
     finished: bool = False  # copied out and written
+    # the step's thread and the run's end (which marks unfinished steps on an interrupt) both decide and
+    # finish steps: the first to take `done` / `finished` under this lock owns them
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
 class MemoryBudget:
@@ -546,12 +549,17 @@ def outcome_from_exception(exc: BaseException) -> Classification:
 
 
 def _decide(env: Env, ctx: StepContext, classification: Classification) -> None:
-    if env.interrupted.is_set() and not ctx.done:  # killed by the interrupt: its end says nothing about the step
-        classification = Classification(Outcome.INTERRUPTED, f"interrupted during {ctx.stage}")
-    ctx.result.outcome = classification.outcome
-    ctx.result.reason = classification.reason
-    ctx.result.events = classification.events
-    ctx.done = True
+    """The step's outcome, once: a step already decided keeps its outcome (a compile killed by an interrupt
+    returns after the run's end may have marked the step `interrupted`)."""
+    with ctx.lock:
+        if ctx.done:
+            return
+        if env.interrupted.is_set():  # killed by the interrupt: its end says nothing about the step
+            classification = Classification(Outcome.INTERRUPTED, f"interrupted during {ctx.stage}")
+        ctx.result.outcome = classification.outcome
+        ctx.result.reason = classification.reason
+        ctx.result.events = classification.events
+        ctx.done = True
 
 
 # --- compile stages ------------------------------------------------------------------------------------
@@ -834,9 +842,10 @@ def _finish_step(env: Env, run: ActiveRun, ctx: StepContext, manifest: Manifest,
                  collected: dict[str, bytes] | None = None) -> None:
     """Copy out (unless `collected` holds what a batch copied out already), judge, write steps/<step>/ and say
     the result at once."""
-    if ctx.finished:
-        return
-    ctx.finished = True
+    with ctx.lock:
+        if ctx.finished:
+            return
+        ctx.finished = True
     result = ctx.result
     judge_step(ctx.step, ctx.arch, result, env.facts)
     files = dict(ctx.files_in)
@@ -859,7 +868,7 @@ def _finish_step(env: Env, run: ActiveRun, ctx: StepContext, manifest: Manifest,
 
 def _write_step(directory: RunDirectory, ctx: StepContext, files: dict[str, bytes]) -> None:
     result = ctx.result
-    for name, text in ctx.logs.items():
+    for name, text in list(ctx.logs.items()):  # a copy: the step's thread may still add a log after an interrupt
         files[name] = text.encode()
     layouts = [e for e in result.events if e.get("event") == "layout"]
     if layouts:
@@ -885,14 +894,15 @@ def _finish_run(run: ActiveRun, contexts: list[StepContext], manifest: Manifest)
 
     env: Env | None = run.state.get("env")
     for ctx in contexts:
-        if ctx.finished:
-            continue
-        if run.status == STATUS_INTERRUPTED or (env and env.interrupted.is_set()):
-            ctx.result.outcome, ctx.result.reason = Outcome.INTERRUPTED, f"interrupted during {ctx.stage}"
-        elif not ctx.done:
-            ctx.result.outcome = Outcome.INFRA_ERROR
-            ctx.result.reason = f"not finished: {run.record.error or 'the run ended early'}"
-        ctx.done = ctx.finished = True
+        with ctx.lock:  # the step's thread may still be running: whichever takes the step first finishes it
+            if ctx.finished:
+                continue
+            if run.status == STATUS_INTERRUPTED or (env and env.interrupted.is_set()):
+                ctx.result.outcome, ctx.result.reason = Outcome.INTERRUPTED, f"interrupted during {ctx.stage}"
+            elif not ctx.done:
+                ctx.result.outcome = Outcome.INFRA_ERROR
+                ctx.result.reason = f"not finished: {run.record.error or 'the run ended early'}"
+            ctx.done = ctx.finished = True
         judge_step(ctx.step, ctx.arch, ctx.result, ctx.env.facts if ctx.env else None)
         try:
             _write_step(run.directory, ctx, dict(ctx.files_in))

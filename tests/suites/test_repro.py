@@ -114,6 +114,44 @@ def test_interrupt_marks_the_run(config):
     assert not list(latest.rglob(".*.tmp"))  # no half-written temp files
 
 
+def test_a_step_marked_interrupted_keeps_that_outcome_when_its_killed_compile_returns():
+    # Ctrl-C with compiles running: the run's end marks the steps still compiling `interrupted` while their
+    # compiles, killed by the cancel, return in the step threads as failed compiles; whichever comes second
+    # must not replace the first (a CI run once recorded such a step as compile_error)
+    import threading
+    from types import SimpleNamespace
+
+    from gpurepro.classify import Classification
+    from gpurepro.outcomes import StepResult
+    from gpurepro.suites.repro import StepContext, _decide
+
+    def context():
+        ctx = StepContext(step=None, arch="sm_90a", workdir="/w",
+                          result=StepResult(step="s", arch="sm_90a", outcome=Outcome.INFRA_ERROR, reason="not run"))
+        ctx.stage = "compiling"
+        return ctx
+
+    env = SimpleNamespace(interrupted=threading.Event())
+    env.interrupted.set()
+    killed = Classification(Outcome.COMPILE_ERROR, "nvcc: Killed")
+    marked = context()
+    with marked.lock:  # as _finish_run marks it
+        marked.result.outcome, marked.result.reason = Outcome.INTERRUPTED, "interrupted during compiling"
+        marked.done = marked.finished = True
+    _decide(env, marked, killed)
+    assert (marked.result.outcome, marked.result.reason) == (Outcome.INTERRUPTED, "interrupted during compiling")
+    # the other order: the killed compile returns first, after the interrupt: it is decided `interrupted`
+    first = context()
+    _decide(env, first, killed)
+    assert (first.result.outcome, first.result.reason, first.done) == (Outcome.INTERRUPTED,
+                                                                        "interrupted during compiling", True)
+    # and without an interrupt the first decision stands too
+    calm = context()
+    _decide(SimpleNamespace(interrupted=threading.Event()), calm, killed)
+    _decide(SimpleNamespace(interrupted=threading.Event()), calm, Classification(Outcome.PASS, "late"))
+    assert calm.result.outcome is Outcome.COMPILE_ERROR
+
+
 def test_unexpected_exception_is_evidence_not_a_traceback():
     classified = outcome_from_exception(ValueError("bad things"))
     assert (classified.outcome, classified.reason) == (Outcome.INFRA_ERROR, "ValueError: bad things")
