@@ -1,5 +1,6 @@
 """The bench's layer helpers (``bench/router_bench.py``): the copies it rotates through and the
-calibrated-scale form of a copy.  The timing itself needs a GPU and is not a test."""
+calibrated-scale form of a copy.  The timing itself needs a GPU and is not a test.  Here, not under
+tests/kernels/: that folder is copied into the kernel suite's container, bench/ is not."""
 
 import importlib.util
 import os
