@@ -846,8 +846,9 @@ def _finish_step(env: Env, run: ActiveRun, ctx: StepContext, manifest: Manifest,
         if ctx.finished:
             return
         ctx.finished = True
-    result = ctx.result
-    judge_step(ctx.step, ctx.arch, result, env.facts)
+        result = ctx.result
+        # with the claim: after an interrupt the run's end may build the record from this result at once
+        judge_step(ctx.step, ctx.arch, result, env.facts)
     files = dict(ctx.files_in)
     ctx.stage = "collecting"
     env.console.stage(ctx.step.id, _label(ctx), "collecting")
