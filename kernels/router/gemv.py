@@ -26,6 +26,7 @@ scale bytes) and a latency problem, not an MMA problem.  So, in the GEMV kernel:
 from __future__ import annotations
 
 import math
+import re
 
 import cutlass
 import cutlass.cute as cute
@@ -193,37 +194,73 @@ class _WarpRouter:
                 got[j] = v
 
     @cute.jit
+    def _poll_round(self, p32, splits: cutlass.Constexpr, tok, lane, T, raw: cute.Tensor):
+        """One round of the polling loads into ``raw`` (relaxed, gpu scope): 16-byte loads where E
+        allows (a lane's 4 experts of each 128), else (or probe variant "narrow") one word each."""
+        per_lane = self.experts // 32
+        E = self.experts
+        if cutlass.const_expr(self.experts % 128 == 0 and "narrow" not in getattr(self, "variant", "")):
+            for q in cutlass.range_constexpr(per_lane // 4):
+                for y in cutlass.range_constexpr(splits):
+                    off = cute.assume((y * T + tok) * E + 128 * q + 4 * lane, divby=4)
+                    v = cute.arch.load((p32 + off).llvm_ptr, ir.VectorType.get([4], cutlass.Int32.mlir_type),
+                                       sem="relaxed", scope="gpu")
+                    four = cute.TensorSSA(v, (4,), cutlass.Int32)
+                    for r in cutlass.range_constexpr(4):
+                        raw[(4 * q + r) * splits + y] = four[r]
+        else:
+            for j in cutlass.range_constexpr(per_lane):
+                for y in cutlass.range_constexpr(splits):
+                    raw[j * splits + y] = cute.arch.load((p32 + ((y * T + tok) * E + self._col(lane, j))).llvm_ptr,
+                                                         cutlass.Int32, sem="relaxed", scope="gpu")
+
+    @cute.jit
+    def _missing(self, raw: cute.Tensor):
+        """Whether any lane's words of ``raw`` still hold the sentinel (a warp vote)."""
+        miss = cutlass.Int32(0)
+        for i in cutlass.range_constexpr(cute.size(raw)):
+            miss = miss | _sel(raw[i] == SENTINEL, cutlass.Int32(1), cutlass.Int32(0))
+        return cute.arch.vote_any_sync(miss != 0)
+
+    @cute.jit
     def _gather_poll(self, mSrc: cute.Tensor, splits: cutlass.Constexpr, tok, lane, got: cute.Tensor):
+        """Reload the token's logits until no sentinel is left.  Probe variant "pipepoll": two
+        rounds in flight, the second issued half a round trip after the first, each reissued as
+        soon as it is found incomplete, so a landing logit is seen within about half a round trip
+        plus one, not one to two."""
         per_lane = self.experts // 32
         T = mSrc.shape[1]
         E = self.experts
         p32 = cute.recast_ptr(mSrc.iterator, dtype=cutlass.Int32)
         raw = cute.make_rmem_tensor(cute.make_layout(per_lane * splits), cutlass.Int32)
-        # 16-byte loads where E allows (a lane's 4 experts of each 128), else (or probe variant
-        # "narrow") one word per load
-        vec = cutlass.const_expr(self.experts % 128 == 0 and "narrow" not in getattr(self, "variant", ""))
-        pending = cutlass.Int32(1)
-        while pending != 0:
-            miss = cutlass.Int32(0)
-            if cutlass.const_expr(vec):
-                for q in cutlass.range_constexpr(per_lane // 4):
-                    for y in cutlass.range_constexpr(splits):
-                        off = cute.assume((y * T + tok) * E + 128 * q + 4 * lane, divby=4)
-                        v = cute.arch.load((p32 + off).llvm_ptr, ir.VectorType.get([4], cutlass.Int32.mlir_type),
-                                           sem="relaxed", scope="gpu")
-                        four = cute.TensorSSA(v, (4,), cutlass.Int32)
-                        for r in cutlass.range_constexpr(4):
-                            b = four[r]
-                            raw[(4 * q + r) * splits + y] = b
-                            miss = miss | _sel(b == SENTINEL, cutlass.Int32(1), cutlass.Int32(0))
-            else:
-                for j in cutlass.range_constexpr(per_lane):
-                    for y in cutlass.range_constexpr(splits):
-                        b = cute.arch.load((p32 + ((y * T + tok) * E + self._col(lane, j))).llvm_ptr, cutlass.Int32,
-                                           sem="relaxed", scope="gpu")
-                        raw[j * splits + y] = b
-                        miss = miss | _sel(b == SENTINEL, cutlass.Int32(1), cutlass.Int32(0))
-            pending = _sel(cute.arch.vote_any_sync(miss != 0), cutlass.Int32(1), cutlass.Int32(0))
+        if cutlass.const_expr("pipepoll" in getattr(self, "variant", "")):
+            alt = cute.make_rmem_tensor(cute.make_layout(per_lane * splits), cutlass.Int32)
+            self._poll_round(p32, splits, tok, lane, T, raw)
+            c0 = cute.arch.clock()
+            spin = cutlass.Int32(0)
+            m = re.search(r"pipepoll(\d+)", self.variant)
+            while cute.arch.clock() - c0 < (int(m.group(1)) if m else 320):
+                spin = spin + 1
+            self._poll_round(p32, splits, tok, lane, T, alt)
+            pending = cutlass.Int32(1)
+            in_alt = cutlass.Int32(0)
+            while pending != 0:
+                if self._missing(raw):
+                    self._poll_round(p32, splits, tok, lane, T, raw)
+                    if self._missing(alt):
+                        self._poll_round(p32, splits, tok, lane, T, alt)
+                    else:
+                        pending = cutlass.Int32(0)
+                        in_alt = cutlass.Int32(1)
+                else:
+                    pending = cutlass.Int32(0)
+            for i in cutlass.range_constexpr(per_lane * splits):
+                raw[i] = _sel(in_alt != 0, alt[i], raw[i])
+        else:
+            pending = cutlass.Int32(1)
+            while pending != 0:
+                self._poll_round(p32, splits, tok, lane, T, raw)
+                pending = _sel(self._missing(raw), cutlass.Int32(1), cutlass.Int32(0))
         for j in cutlass.range_constexpr(per_lane):
             v = _i2f(raw[j * splits])
             for y in cutlass.range_constexpr(1, splits):
@@ -232,67 +269,6 @@ class _WarpRouter:
             for y in cutlass.range_constexpr(splits):
                 # read by this warp alone; the next launch starts after this one ends
                 cute.arch.store((p32 + ((y * T + tok) * E + self._col(lane, j))).llvm_ptr, cutlass.Int32(SENTINEL))
-
-    #: the polled route sorts each logit into its lane's list as it lands (:meth:`_poll_insert`)
-    insert_polling = False
-
-    def _inserts_while_polling(self, splits) -> bool:
-        return self.insert_polling and self.key_picks and splits == 1
-
-    @cute.jit
-    def _poll_insert(self, mSrc: cute.Tensor, tok, lane, got: cute.Tensor, alpha):
-        """The polled gather of one split with the lanes' sorted top-k built while polling: after
-        each round of loads, each logit that landed since the last round (a bit per logit) is
-        inserted, a warp-uniform branch per logit slot, so the round after the last logits land
-        inserts only those, not all E/32.  Out of id order, so with the full order (value, then
-        the lower id: :data:`DSL_OPS`); a NaN or a slot not new enters as the floor key with an
-        id past EMPTY_ID, which beats nothing.  The same lists as sorting the gathered logits in
-        id order.  Fills ``got`` (``alpha`` times the logits, for the softmax), writes the sentinel
-        back, returns ``(keys, ids)``."""
-        k = self.top_k
-        per_lane = self.experts // 32
-        T = mSrc.shape[1]
-        E = self.experts
-        p32 = cute.recast_ptr(mSrc.iterator, dtype=cutlass.Int32)
-        raw = cute.make_rmem_tensor(cute.make_layout(per_lane), cutlass.Int32)
-        keys = cute.make_rmem_tensor(cute.make_layout(k), cutlass.Int32)
-        ids = cute.make_rmem_tensor(cute.make_layout(k), cutlass.Int32)
-        keys.fill(KEY_FLOOR)
-        ids.fill(EMPTY_ID)
-        vec = cutlass.const_expr(self.experts % 128 == 0 and "narrow" not in getattr(self, "variant", ""))
-        full = cutlass.Int32((1 << per_lane) - 1)
-        done = cutlass.Int32(0)
-        while cute.arch.vote_any_sync(done != full):
-            if cutlass.const_expr(vec):
-                for q in cutlass.range_constexpr(per_lane // 4):
-                    off = cute.assume(tok * E + 128 * q + 4 * lane, divby=4)
-                    v = cute.arch.load((p32 + off).llvm_ptr, ir.VectorType.get([4], cutlass.Int32.mlir_type),
-                                       sem="relaxed", scope="gpu")
-                    four = cute.TensorSSA(v, (4,), cutlass.Int32)
-                    for r in cutlass.range_constexpr(4):
-                        raw[4 * q + r] = four[r]
-            else:
-                for j in cutlass.range_constexpr(per_lane):
-                    raw[j] = cute.arch.load((p32 + (tok * E + self._col(lane, j))).llvm_ptr, cutlass.Int32,
-                                            sem="relaxed", scope="gpu")
-            for j in cutlass.range_constexpr(per_lane):
-                new = (((done >> j) & 1) == 0) & (raw[j] != SENTINEL)
-                if cute.arch.vote_any_sync(new):
-                    key = _order_key(_i2f(raw[j]) * alpha)
-                    enters = new & (key != cutlass.Int32(KEY_FLOOR))
-                    nk, ni = sorted_insert([keys[i] for i in range(k)], [ids[i] for i in range(k)],
-                                           _sel(enters, key, cutlass.Int32(KEY_FLOOR)),
-                                           _sel(enters, cutlass.Int32(self._col(lane, j)), cutlass.Int32(EMPTY_ID + 1)),
-                                           DSL_OPS)
-                    for i in cutlass.range_constexpr(k):
-                        keys[i] = nk[i]
-                        ids[i] = ni[i]
-                    done = done | _sel(new, cutlass.Int32(1 << j), cutlass.Int32(0))
-        for j in cutlass.range_constexpr(per_lane):
-            got[j] = _i2f(raw[j]) * alpha
-            # read by this warp alone; the next launch starts after this one ends
-            cute.arch.store((p32 + (tok * E + self._col(lane, j))).llvm_ptr, cutlass.Int32(SENTINEL))
-        return [keys[i] for i in range(k)], [ids[i] for i in range(k)]
 
     @cute.jit
     def _route_warp(self, mSrc: cute.Tensor, splits: cutlass.Constexpr, alpha, mIds: cute.Tensor,
@@ -311,16 +287,13 @@ class _WarpRouter:
             st[0] = _stamp(cutlass.Int32(lane))
             st[1] = cute.arch.globaltimer_lo()
         got = cute.make_rmem_tensor(cute.make_layout(per_lane), cutlass.Float32)
-        lists = None
-        if cutlass.const_expr(self.poll and self._inserts_while_polling(splits)):
-            lists = self._poll_insert(mSrc, tok, lane, got, alpha)
-        elif cutlass.const_expr(self.poll):
+        if cutlass.const_expr(self.poll):
             self._gather_poll(mSrc, splits, tok, lane, got)
         else:
             self._gather(mSrc, splits, tok, lane, got)
         if cutlass.const_expr(clock):
             st[2] = _stamp(_f2i(got[0]) ^ _f2i(got[per_lane - 1]))
-        top_v, top_i = self._picks(got, alpha, lane, mIds, tok, st, lists)
+        top_v, top_i = self._picks(got, alpha, lane, mIds, tok, st)
         ws = []
         if cutlass.const_expr(self.scoring == "softmax"):
             gm = top_v[0]
@@ -360,7 +333,7 @@ class _WarpRouter:
                     mW[tok, j] = ws[j]
 
     @cute.jit
-    def _picks(self, got: cute.Tensor, alpha, lane, mIds: cute.Tensor, tok, st, lists=None):
+    def _picks(self, got: cute.Tensor, alpha, lane, mIds: cute.Tensor, tok, st):
         """The warp's top-k of ``alpha * got`` (``got`` scaled in place): ``(values, ids)``,
         larger value first, then lower expert id (``DSL_OPS.better``).  Each lane keeps a sorted
         top-k of its logits; each pick is the max of the lanes' heads (``redux.sync`` over order
@@ -382,9 +355,7 @@ class _WarpRouter:
             # slots hold a NaN's key, so -inf still enters and NaN never does
             keys = [cutlass.Int32(KEY_FLOOR)] * k
             ids = [cutlass.Int32(EMPTY_ID)] * k
-            if cutlass.const_expr(lists is not None):
-                keys, ids = lists  # sorted while polling; got is already scaled
-            for j in cutlass.range_constexpr(0 if lists is not None else per_lane):
+            for j in cutlass.range_constexpr(per_lane):
                 got[j] = got[j] * alpha
                 keys, ids = sorted_insert(keys, ids, _order_key(got[j]), cutlass.Int32(self._col(lane, j)),
                                           DSL_ASCENDING_ID_OPS)
@@ -541,7 +512,6 @@ class GemvRouterKernel(_WarpRouter):
         self.variant = variant
         self.key_picks = "floatpicks" not in variant
         self.fast_picks = self.key_picks and "fastpicks" in variant
-        self.insert_polling = "incins" in variant
         self.poll = True
         # launched as a programmatic dependent of the kernel before it (the activation quantizer):
         # the weight loads go out, then griddepcontrol.wait (see await_inputs); SM90 and later
@@ -820,7 +790,6 @@ class MmaGemvRouterKernel(_WarpRouter):
         self.route = "poll" if poll else "wait" if route == "poll" else route
         self.key_picks = "floatpicks" not in variant
         self.fast_picks = self.key_picks and "fastpicks" in variant
-        self.insert_polling = "incins" in variant
         # a programmatic dependent launch: the first unit's weights load before await_inputs
         self.pdl = pdl
         self.ksplit = ksplit

@@ -163,13 +163,13 @@ def test_decode_kernel_tile_shapes_match_the_reference(kernel, t, cfg):
                                           ("swapab", 130, (2, 1, 1, 4))],
                          ids=lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v))
 @pytest.mark.parametrize("variant", ["floatpicks", "narrow", "poll", "wait", "count", "wait+spread2",
-                                     "wait+spread4+floatpicks", "fastpicks", "incins", "incins+narrow+fastpicks",
+                                     "wait+spread4+floatpicks", "fastpicks", "pipepoll", "pipepoll+narrow+fastpicks",
                                      "wait+fastpicks"])
 def test_route_forms_give_the_same_bits(kernel, t, cfg, variant):
     # the decode kernels' route forms against the shipped one (integer-key picks with a ballot,
     # 16-byte polling, the route by K splits): float picks, one word per polling load, the polled /
     # waiting / counted route forced, the waiting route spread over 2 or 4 CTAs per n-tile, the picks
-    # with the tie check off their chain (fastpicks), the polled lists sorted while polling (incins).  The
+    # with the tie check off their chain (fastpicks), two polling rounds in flight (pipepoll).  The
     # same ids and weights, bit for bit, with exact ties (copies of the strongest rows: equal
     # logits in one lane and across lanes, the lower id first)
     from kernels.router.launch import run_gemv, run_mma_gemv
