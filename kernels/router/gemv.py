@@ -214,6 +214,10 @@ class _WarpRouter:
                     raw[j * splits + y] = cute.arch.load((p32 + ((y * T + tok) * E + self._col(lane, j))).llvm_ptr,
                                                          cutlass.Int32, sem="relaxed", scope="gpu")
 
+    def _stagger_cycles(self) -> int:
+        m = re.search(r"pipepoll(\d+)", getattr(self, "variant", ""))
+        return int(m.group(1)) if m else 320
+
     @cute.jit
     def _missing(self, raw: cute.Tensor):
         """Whether any lane's words of ``raw`` still hold the sentinel (a warp vote)."""
@@ -238,8 +242,7 @@ class _WarpRouter:
             self._poll_round(p32, splits, tok, lane, T, raw)
             c0 = cute.arch.clock()
             spin = cutlass.Int32(0)
-            m = re.search(r"pipepoll(\d+)", self.variant)
-            while cute.arch.clock() - c0 < (int(m.group(1)) if m else 320):
+            while cute.arch.clock() - c0 < self._stagger_cycles():
                 spin = spin + 1
             self._poll_round(p32, splits, tok, lane, T, alt)
             pending = cutlass.Int32(1)
