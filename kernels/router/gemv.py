@@ -214,6 +214,10 @@ class _WarpRouter:
                     raw[j * splits + y] = cute.arch.load((p32 + ((y * T + tok) * E + self._col(lane, j))).llvm_ptr,
                                                          cutlass.Int32, sem="relaxed", scope="gpu")
 
+    @staticmethod
+    def _recip(x, approx: bool):
+        return cute.arch.rcp_approx(x) if approx else cutlass.Float32(1.0) / x
+
     def _stagger_cycles(self) -> int:
         m = re.search(r"pipepoll(\d+)", getattr(self, "variant", ""))
         return int(m.group(1)) if m else 320
@@ -298,25 +302,27 @@ class _WarpRouter:
             st[2] = _stamp(_f2i(got[0]) ^ _f2i(got[per_lane - 1]))
         top_v, top_i = self._picks(got, alpha, lane, mIds, tok, st)
         ws = []
+        # probe variant "fastexp": ex2.approx-based exp and an approximate reciprocal
+        fm = cutlass.const_expr("fastexp" in getattr(self, "variant", ""))
         if cutlass.const_expr(self.scoring == "softmax"):
             gm = top_v[0]
             if cutlass.const_expr(self.renormalize):
-                ws = [cute.math.exp(v - gm) for v in top_v]
+                ws = [cute.math.exp(v - gm, fastmath=fm) for v in top_v]
             else:
-                tot = cute.math.exp(got[0] - gm)
+                tot = cute.math.exp(got[0] - gm, fastmath=fm)
                 for j in cutlass.range_constexpr(1, per_lane):
-                    tot = tot + cute.math.exp(got[j] - gm)
+                    tot = tot + cute.math.exp(got[j] - gm, fastmath=fm)
                 for sh in cutlass.range_constexpr(5):
                     tot = tot + cute.arch.shuffle_sync_bfly(tot, offset=16 >> sh)
-                inv = cutlass.Float32(1.0) / tot
-                ws = [cute.math.exp(v - gm) * inv for v in top_v]
+                inv = self._recip(tot, fm)
+                ws = [cute.math.exp(v - gm, fastmath=fm) * inv for v in top_v]
         else:
-            ws = [cutlass.Float32(1.0) / (cutlass.Float32(1.0) + cute.math.exp(-v)) for v in top_v]
+            ws = [self._recip(cutlass.Float32(1.0) + cute.math.exp(-v, fastmath=fm), fm) for v in top_v]
         if cutlass.const_expr(self.renormalize):
             tot = ws[0]
             for j in cutlass.range_constexpr(1, k):
                 tot = tot + ws[j]
-            inv = cutlass.Float32(1.0) / tot
+            inv = self._recip(tot, fm)
             ws = [w * inv for w in ws]
         if cutlass.const_expr(clock):
             # probe variant "clock": timestamps instead of the routing (see kernels.router.probe)
@@ -356,16 +362,17 @@ class _WarpRouter:
         if cutlass.const_expr(self.key_picks):
             # a lane's ids grow with j: a strict > keeps the order (topk.ASCENDING_ID_OPS); empty
             # slots hold a NaN's key, so -inf still enters and NaN never does
-            keys = [cutlass.Int32(KEY_FLOOR)] * k
-            ids = [cutlass.Int32(EMPTY_ID)] * k
+            slots = self._lane_slots() if self.fast_picks else k
+            keys = [cutlass.Int32(KEY_FLOOR)] * slots
+            ids = [cutlass.Int32(EMPTY_ID)] * slots
             for j in cutlass.range_constexpr(per_lane):
                 got[j] = got[j] * alpha
                 keys, ids = sorted_insert(keys, ids, _order_key(got[j]), cutlass.Int32(self._col(lane, j)),
                                           DSL_ASCENDING_ID_OPS)
             if cutlass.const_expr(clock):
-                st[3] = _stamp(keys[k - 1] ^ ids[k - 1])
+                st[3] = _stamp(keys[slots - 1] ^ ids[slots - 1])
             if cutlass.const_expr(self.fast_picks):
-                top_v = self._fast_picks(keys, ids, mIds, tok, st)
+                top_v = self._fast_picks(keys, ids, got, lane, mIds, tok, st)
             for p in cutlass.range_constexpr(0 if self.fast_picks else k):
                 best = _redux("max", keys[0])
                 mine = keys[0] == best
@@ -419,34 +426,45 @@ class _WarpRouter:
     fast_picks = False
 
     @cute.jit
-    def _fast_picks(self, keys, ids, mIds: cute.Tensor, tok, st):
+    def _fast_picks(self, keys, ids, got: cute.Tensor, lane, mIds: cute.Tensor, tok, st):
         """The key picks with nothing but ``redux.sync``, a compare and the pop in each pick's
         dependent chain: every lane holding the max pops its head.  The ballot that says whether
         more than one lane held it (an exact tie across lanes: two lanes popped, the picks after it
-        are wrong) is off the chain; only then are the k picks redone from the lists as they were,
-        with the tie broken by the lowest id (:meth:`_exact_picks`).  The ids are stored once the
-        picks stand.  Returns the k values."""
+        are wrong) is off the chain.  The lanes' lists may be shorter than k
+        (:meth:`_lane_slots`): a lane popped that many times before the last pick may have held the
+        next pick beyond its list.  Only after a tie or such a lane are the k picks redone, from
+        full lists of ``got`` and with the tie broken by the lowest id (:meth:`_exact_picks`).
+        The ids are stored once the picks stand.  Returns the k values."""
         k = self.top_k
+        slots = len(keys)
         clock = cutlass.const_expr("clock" in getattr(self, "variant", ""))
-        keys0, ids0 = list(keys), list(ids)
         tv = cute.make_rmem_tensor(cute.make_layout(k), cutlass.Int32)
         own = cute.make_rmem_tensor(cute.make_layout(k), cutlass.Int32)  # the id this lane picked, or -1
-        tie = cutlass.Int32(0)
+        redo = cutlass.Int32(0)
+        pops = cutlass.Int32(0)
         for p in cutlass.range_constexpr(k):
             best = _redux("max", keys[0])
             mine = keys[0] == best
-            tie = tie | _sel(cute.arch.popc(cute.arch.vote_ballot_sync(mine)) > 1, cutlass.Int32(1), cutlass.Int32(0))
+            redo = redo | _sel(cute.arch.popc(cute.arch.vote_ballot_sync(mine)) > 1, cutlass.Int32(1), cutlass.Int32(0))
+            if cutlass.const_expr(slots < k and p < k - 1):
+                pops = pops + _sel(mine, cutlass.Int32(1), cutlass.Int32(0))
             tv[p] = best
             own[p] = _sel(mine, ids[0], cutlass.Int32(-1))
             nk = []
             ni = []
-            for i in cutlass.range_constexpr(k):
-                nk.append(_sel(mine, keys[i + 1] if i + 1 < k else cutlass.Int32(KEY_FLOOR), keys[i]))
-                ni.append(_sel(mine, ids[i + 1] if i + 1 < k else cutlass.Int32(EMPTY_ID), ids[i]))
+            for i in cutlass.range_constexpr(slots):
+                nk.append(_sel(mine, keys[i + 1] if i + 1 < slots else cutlass.Int32(KEY_FLOOR), keys[i]))
+                ni.append(_sel(mine, ids[i + 1] if i + 1 < slots else cutlass.Int32(EMPTY_ID), ids[i]))
             keys = nk
             ids = ni
-        if tie != 0:
-            self._exact_picks(keys0, ids0, tv, own)
+        if cutlass.const_expr(slots < k):
+            redo = redo | _sel(cute.arch.vote_any_sync(pops >= slots), cutlass.Int32(1), cutlass.Int32(0))
+        if redo != 0:
+            fk = [cutlass.Int32(KEY_FLOOR)] * k
+            fi = [cutlass.Int32(EMPTY_ID)] * k
+            for j in cutlass.range_constexpr(self.experts // 32):
+                fk, fi = sorted_insert(fk, fi, _order_key(got[j]), cutlass.Int32(self._col(lane, j)), DSL_ASCENDING_ID_OPS)
+            self._exact_picks(fk, fi, tv, own)
         top_v = [_key_value(tv[p]) for p in range(k)]
         if cutlass.const_expr(clock):
             st[4] = _stamp(_f2i(top_v[k - 1]))
@@ -455,6 +473,11 @@ class _WarpRouter:
                 if own[p] >= 0:
                     mIds[tok, p] = own[p]
         return top_v
+
+    def _lane_slots(self) -> int:
+        """Entries of each lane's sorted list for the fast picks: k, or probe variant "slotsN"."""
+        m = re.search(r"slots(\d+)", getattr(self, "variant", ""))
+        return min(self.top_k, int(m.group(1))) if m else self.top_k
 
     @cute.jit
     def _exact_picks(self, keys, ids, tv: cute.Tensor, own: cute.Tensor):
