@@ -194,13 +194,15 @@ class _WarpRouter:
                 got[j] = v
 
     @cute.jit
-    def _poll_round(self, p32, splits: cutlass.Constexpr, tok, lane, T, raw: cute.Tensor):
-        """One round of the polling loads into ``raw`` (relaxed, gpu scope): 16-byte loads where E
-        allows (a lane's 4 experts of each 128), else (or probe variant "narrow") one word each."""
+    def _poll_round(self, p32, splits: cutlass.Constexpr, tok, lane, T, raw: cute.Tensor, j0: int = 0, j1: int = -1):
+        """One round of the polling loads of the lane's logits ``j0 .. j1-1`` (all by default) into
+        ``raw`` (relaxed, gpu scope): 16-byte loads where E allows (a lane's 4 experts of each 128),
+        else (or probe variant "narrow") one word each."""
         per_lane = self.experts // 32
+        j1 = per_lane if j1 < 0 else j1
         E = self.experts
-        if cutlass.const_expr(self.experts % 128 == 0 and "narrow" not in getattr(self, "variant", "")):
-            for q in cutlass.range_constexpr(per_lane // 4):
+        if cutlass.const_expr(self._vector_polls()):
+            for q in cutlass.range_constexpr(j0 // 4, j1 // 4):
                 for y in cutlass.range_constexpr(splits):
                     off = cute.assume((y * T + tok) * E + 128 * q + 4 * lane, divby=4)
                     v = cute.arch.load((p32 + off).llvm_ptr, ir.VectorType.get([4], cutlass.Int32.mlir_type),
@@ -209,7 +211,7 @@ class _WarpRouter:
                     for r in cutlass.range_constexpr(4):
                         raw[(4 * q + r) * splits + y] = four[r]
         else:
-            for j in cutlass.range_constexpr(per_lane):
+            for j in cutlass.range_constexpr(j0, j1):
                 for y in cutlass.range_constexpr(splits):
                     raw[j * splits + y] = cute.arch.load((p32 + ((y * T + tok) * E + self._col(lane, j))).llvm_ptr,
                                                          cutlass.Int32, sem="relaxed", scope="gpu")
@@ -222,16 +224,21 @@ class _WarpRouter:
         m = re.search(r"pipepoll(\d+)", getattr(self, "variant", ""))
         return int(m.group(1)) if m else 320
 
+    def _vector_polls(self) -> bool:
+        return self.experts % 128 == 0 and "narrow" not in getattr(self, "variant", "")
+
     @cute.jit
-    def _missing(self, raw: cute.Tensor):
-        """Whether any lane's words of ``raw`` still hold the sentinel (a warp vote)."""
+    def _missing(self, raw: cute.Tensor, lo: int = 0, hi: int = -1):
+        """Whether any lane's words ``lo .. hi-1`` of ``raw`` (all by default) still hold the
+        sentinel (a warp vote)."""
         miss = cutlass.Int32(0)
-        for i in cutlass.range_constexpr(cute.size(raw)):
+        for i in cutlass.range_constexpr(lo, cute.size(raw) if hi < 0 else hi):
             miss = miss | _sel(raw[i] == SENTINEL, cutlass.Int32(1), cutlass.Int32(0))
         return cute.arch.vote_any_sync(miss != 0)
 
     @cute.jit
-    def _gather_poll(self, mSrc: cute.Tensor, splits: cutlass.Constexpr, tok, lane, got: cute.Tensor):
+    def _gather_poll(self, mSrc: cute.Tensor, splits: cutlass.Constexpr, tok, lane, got: cute.Tensor,
+                     j0: int = 0, j1: int = -1):
         """Reload the token's logits until no sentinel is left.  Probe variant "pipepoll": two
         rounds in flight, the second issued half a round trip after the first, each reissued as
         soon as it is found incomplete, so a landing logit is seen within about half a round trip
@@ -266,9 +273,10 @@ class _WarpRouter:
         else:
             pending = cutlass.Int32(1)
             while pending != 0:
-                self._poll_round(p32, splits, tok, lane, T, raw)
-                pending = _sel(self._missing(raw), cutlass.Int32(1), cutlass.Int32(0))
-        for j in cutlass.range_constexpr(per_lane):
+                self._poll_round(p32, splits, tok, lane, T, raw, j0, j1)
+                pending = _sel(self._missing(raw, j0 * splits, (per_lane if j1 < 0 else j1) * splits),
+                               cutlass.Int32(1), cutlass.Int32(0))
+        for j in cutlass.range_constexpr(j0, per_lane if j1 < 0 else j1):
             v = _i2f(raw[j * splits])
             for y in cutlass.range_constexpr(1, splits):
                 v = v + _i2f(raw[j * splits + y])
@@ -294,13 +302,25 @@ class _WarpRouter:
             st[0] = _stamp(cutlass.Int32(lane))
             st[1] = cute.arch.globaltimer_lo()
         got = cute.make_rmem_tensor(cute.make_layout(per_lane), cutlass.Float32)
-        if cutlass.const_expr(self.poll):
+        lists = None
+        if cutlass.const_expr(self._phased()):
+            # probe variant "phased": the logits of all 128-expert blocks but the last (whose CTAs
+            # are dispatched last) are polled and sorted into the lane lists while the last block's
+            # are still landing; then the last block's
+            cut = per_lane - 4
+            slots = self._lane_slots() if self.fast_picks else self.top_k
+            lists = ([cutlass.Int32(KEY_FLOOR)] * slots, [cutlass.Int32(EMPTY_ID)] * slots)
+            self._gather_poll(mSrc, splits, tok, lane, got, 0, cut)
+            lists = self._insert_lane(got, alpha, lane, lists, 0, cut)
+            self._gather_poll(mSrc, splits, tok, lane, got, cut, per_lane)
+            lists = self._insert_lane(got, alpha, lane, lists, cut, per_lane)
+        elif cutlass.const_expr(self.poll):
             self._gather_poll(mSrc, splits, tok, lane, got)
         else:
             self._gather(mSrc, splits, tok, lane, got)
         if cutlass.const_expr(clock):
             st[2] = _stamp(_f2i(got[0]) ^ _f2i(got[per_lane - 1]))
-        top_v, top_i = self._picks(got, alpha, lane, mIds, tok, st)
+        top_v, top_i = self._picks(got, alpha, lane, mIds, tok, st, lists)
         ws = []
         # probe variant "fastexp": ex2.approx-based exp and an approximate reciprocal
         fm = cutlass.const_expr("fastexp" in getattr(self, "variant", ""))
@@ -341,8 +361,23 @@ class _WarpRouter:
                 for j in cutlass.range_constexpr(k):
                     mW[tok, j] = ws[j]
 
+    def _phased(self) -> bool:
+        return (self.poll and self.key_picks and "phased" in getattr(self, "variant", "")
+                and self._vector_polls() and "pipepoll" not in self.variant and self.experts >= 256)
+
     @cute.jit
-    def _picks(self, got: cute.Tensor, alpha, lane, mIds: cute.Tensor, tok, st):
+    def _insert_lane(self, got: cute.Tensor, alpha, lane, lists, j0: int, j1: int):
+        """Scale the lane's logits ``j0 .. j1-1`` by ``alpha`` (in place) and sort their order keys
+        into ``lists`` (increasing j: a strict > keeps the lower id first on ties)."""
+        keys, ids = lists
+        for j in cutlass.range_constexpr(j0, j1):
+            got[j] = got[j] * alpha
+            keys, ids = sorted_insert(keys, ids, _order_key(got[j]), cutlass.Int32(self._col(lane, j)),
+                                      DSL_ASCENDING_ID_OPS)
+        return keys, ids
+
+    @cute.jit
+    def _picks(self, got: cute.Tensor, alpha, lane, mIds: cute.Tensor, tok, st, lists=None):
         """The warp's top-k of ``alpha * got`` (``got`` scaled in place): ``(values, ids)``,
         larger value first, then lower expert id (``DSL_OPS.better``).  Each lane keeps a sorted
         top-k of its logits; each pick is the max of the lanes' heads (``redux.sync`` over order
@@ -363,12 +398,10 @@ class _WarpRouter:
             # a lane's ids grow with j: a strict > keeps the order (topk.ASCENDING_ID_OPS); empty
             # slots hold a NaN's key, so -inf still enters and NaN never does
             slots = self._lane_slots() if self.fast_picks else k
-            keys = [cutlass.Int32(KEY_FLOOR)] * slots
-            ids = [cutlass.Int32(EMPTY_ID)] * slots
-            for j in cutlass.range_constexpr(per_lane):
-                got[j] = got[j] * alpha
-                keys, ids = sorted_insert(keys, ids, _order_key(got[j]), cutlass.Int32(self._col(lane, j)),
-                                          DSL_ASCENDING_ID_OPS)
+            if cutlass.const_expr(lists is None):
+                lists = self._insert_lane(got, alpha, lane, ([cutlass.Int32(KEY_FLOOR)] * slots,
+                                                             [cutlass.Int32(EMPTY_ID)] * slots), 0, per_lane)
+            keys, ids = lists
             if cutlass.const_expr(clock):
                 st[3] = _stamp(keys[slots - 1] ^ ids[slots - 1])
             if cutlass.const_expr(self.fast_picks):

@@ -164,13 +164,14 @@ def test_decode_kernel_tile_shapes_match_the_reference(kernel, t, cfg):
                          ids=lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v))
 @pytest.mark.parametrize("variant", ["floatpicks", "narrow", "poll", "wait", "count", "wait+spread2",
                                      "wait+spread4+floatpicks", "fastpicks", "pipepoll", "pipepoll+narrow+fastpicks",
-                                     "wait+fastpicks", "fastpicks+slots3", "count+fastpicks+slots2"])
+                                     "wait+fastpicks", "fastpicks+slots3", "count+fastpicks+slots2", "phased+fastpicks+slots3",
+                                     "phased"])
 def test_route_forms_give_the_same_bits(kernel, t, cfg, variant):
     # the decode kernels' route forms against the shipped one (integer-key picks with a ballot,
     # 16-byte polling, the route by K splits): float picks, one word per polling load, the polled /
     # waiting / counted route forced, the waiting route spread over 2 or 4 CTAs per n-tile, the picks
     # with the tie check off their chain (fastpicks; with 3 or 2 list entries per lane: slotsN), two
-    # polling rounds in flight (pipepoll).  The
+    # polling rounds in flight (pipepoll), the last 128-expert block polled and sorted after the others (phased).  The
     # same ids and weights, bit for bit, with exact ties (copies of the strongest rows: equal
     # logits in one lane and across lanes, the lower id first)
     from kernels.router.launch import run_gemv, run_mma_gemv
