@@ -19,14 +19,14 @@ scale bytes) and a latency problem, not an MMA problem.  So, in the GEMV kernel:
   ``[1, T, E]`` to a sentinel-filled workspace;
 * CTA 0 of a token group routes it as the logits land (:class:`_WarpRouter`, polled): one warp
   per token, a sorted top-k of its E/32 logits' order keys per lane, k picks of one ``redux.sync``
-  and a ballot each (a second ``redux.sync`` on exact ties across lanes), the softmax
-  denominator by a butterfly (deterministic); it writes the sentinel back for the next launch.
+  each (a ballot off the chain detects exact ties across lanes; the picks are then redone with a
+  second ``redux.sync`` for the lowest id), the softmax denominator by a butterfly
+  (deterministic); it writes the sentinel back for the next launch.
 """
 
 from __future__ import annotations
 
 import math
-import re
 
 import cutlass
 import cutlass.cute as cute
@@ -194,89 +194,38 @@ class _WarpRouter:
                 got[j] = v
 
     @cute.jit
-    def _poll_round(self, p32, splits: cutlass.Constexpr, tok, lane, T, raw: cute.Tensor, j0: int = 0, j1: int = -1):
-        """One round of the polling loads of the lane's logits ``j0 .. j1-1`` (all by default) into
-        ``raw`` (relaxed, gpu scope): 16-byte loads where E allows (a lane's 4 experts of each 128),
-        else (or probe variant "narrow") one word each."""
-        per_lane = self.experts // 32
-        j1 = per_lane if j1 < 0 else j1
-        E = self.experts
-        if cutlass.const_expr(self._vector_polls()):
-            for q in cutlass.range_constexpr(j0 // 4, j1 // 4):
-                for y in cutlass.range_constexpr(splits):
-                    off = cute.assume((y * T + tok) * E + 128 * q + 4 * lane, divby=4)
-                    v = cute.arch.load((p32 + off).llvm_ptr, ir.VectorType.get([4], cutlass.Int32.mlir_type),
-                                       sem="relaxed", scope="gpu")
-                    four = cute.TensorSSA(v, (4,), cutlass.Int32)
-                    for r in cutlass.range_constexpr(4):
-                        raw[(4 * q + r) * splits + y] = four[r]
-        else:
-            for j in cutlass.range_constexpr(j0, j1):
-                for y in cutlass.range_constexpr(splits):
-                    raw[j * splits + y] = cute.arch.load((p32 + ((y * T + tok) * E + self._col(lane, j))).llvm_ptr,
-                                                         cutlass.Int32, sem="relaxed", scope="gpu")
-
-    @staticmethod
-    def _recip(x, approx: bool):
-        return cute.arch.rcp_approx(x) if approx else cutlass.Float32(1.0) / x
-
-    def _stagger_cycles(self) -> int:
-        m = re.search(r"pipepoll(\d+)", getattr(self, "variant", ""))
-        return int(m.group(1)) if m else 320
-
-    def _vector_polls(self) -> bool:
-        return self.experts % 128 == 0 and "narrow" not in getattr(self, "variant", "")
-
-    @cute.jit
-    def _missing(self, raw: cute.Tensor, lo: int = 0, hi: int = -1):
-        """Whether any lane's words ``lo .. hi-1`` of ``raw`` (all by default) still hold the
-        sentinel (a warp vote)."""
-        miss = cutlass.Int32(0)
-        for i in cutlass.range_constexpr(lo, cute.size(raw) if hi < 0 else hi):
-            miss = miss | _sel(raw[i] == SENTINEL, cutlass.Int32(1), cutlass.Int32(0))
-        return cute.arch.vote_any_sync(miss != 0)
-
-    @cute.jit
-    def _gather_poll(self, mSrc: cute.Tensor, splits: cutlass.Constexpr, tok, lane, got: cute.Tensor,
-                     j0: int = 0, j1: int = -1):
-        """Reload the token's logits until no sentinel is left.  Probe variant "pipepoll": two
-        rounds in flight, the second issued half a round trip after the first, each reissued as
-        soon as it is found incomplete, so a landing logit is seen within about half a round trip
-        plus one, not one to two."""
+    def _gather_poll(self, mSrc: cute.Tensor, splits: cutlass.Constexpr, tok, lane, got: cute.Tensor):
         per_lane = self.experts // 32
         T = mSrc.shape[1]
         E = self.experts
         p32 = cute.recast_ptr(mSrc.iterator, dtype=cutlass.Int32)
         raw = cute.make_rmem_tensor(cute.make_layout(per_lane * splits), cutlass.Int32)
-        if cutlass.const_expr("pipepoll" in getattr(self, "variant", "")):
-            alt = cute.make_rmem_tensor(cute.make_layout(per_lane * splits), cutlass.Int32)
-            self._poll_round(p32, splits, tok, lane, T, raw)
-            c0 = cute.arch.clock()
-            spin = cutlass.Int32(0)
-            while cute.arch.clock() - c0 < self._stagger_cycles():
-                spin = spin + 1
-            self._poll_round(p32, splits, tok, lane, T, alt)
-            pending = cutlass.Int32(1)
-            in_alt = cutlass.Int32(0)
-            while pending != 0:
-                if self._missing(raw):
-                    self._poll_round(p32, splits, tok, lane, T, raw)
-                    if self._missing(alt):
-                        self._poll_round(p32, splits, tok, lane, T, alt)
-                    else:
-                        pending = cutlass.Int32(0)
-                        in_alt = cutlass.Int32(1)
-                else:
-                    pending = cutlass.Int32(0)
-            for i in cutlass.range_constexpr(per_lane * splits):
-                raw[i] = _sel(in_alt != 0, alt[i], raw[i])
-        else:
-            pending = cutlass.Int32(1)
-            while pending != 0:
-                self._poll_round(p32, splits, tok, lane, T, raw, j0, j1)
-                pending = _sel(self._missing(raw, j0 * splits, (per_lane if j1 < 0 else j1) * splits),
-                               cutlass.Int32(1), cutlass.Int32(0))
-        for j in cutlass.range_constexpr(j0, per_lane if j1 < 0 else j1):
+        # 16-byte loads where E allows (a lane's 4 experts of each 128), else (or probe variant
+        # "narrow") one word per load
+        vec = cutlass.const_expr(self.experts % 128 == 0 and "narrow" not in getattr(self, "variant", ""))
+        pending = cutlass.Int32(1)
+        while pending != 0:
+            miss = cutlass.Int32(0)
+            if cutlass.const_expr(vec):
+                for q in cutlass.range_constexpr(per_lane // 4):
+                    for y in cutlass.range_constexpr(splits):
+                        off = cute.assume((y * T + tok) * E + 128 * q + 4 * lane, divby=4)
+                        v = cute.arch.load((p32 + off).llvm_ptr, ir.VectorType.get([4], cutlass.Int32.mlir_type),
+                                           sem="relaxed", scope="gpu")
+                        four = cute.TensorSSA(v, (4,), cutlass.Int32)
+                        for r in cutlass.range_constexpr(4):
+                            b = four[r]
+                            raw[(4 * q + r) * splits + y] = b
+                            miss = miss | _sel(b == SENTINEL, cutlass.Int32(1), cutlass.Int32(0))
+            else:
+                for j in cutlass.range_constexpr(per_lane):
+                    for y in cutlass.range_constexpr(splits):
+                        b = cute.arch.load((p32 + ((y * T + tok) * E + self._col(lane, j))).llvm_ptr, cutlass.Int32,
+                                           sem="relaxed", scope="gpu")
+                        raw[j * splits + y] = b
+                        miss = miss | _sel(b == SENTINEL, cutlass.Int32(1), cutlass.Int32(0))
+            pending = _sel(cute.arch.vote_any_sync(miss != 0), cutlass.Int32(1), cutlass.Int32(0))
+        for j in cutlass.range_constexpr(per_lane):
             v = _i2f(raw[j * splits])
             for y in cutlass.range_constexpr(1, splits):
                 v = v + _i2f(raw[j * splits + y])
@@ -284,6 +233,10 @@ class _WarpRouter:
             for y in cutlass.range_constexpr(splits):
                 # read by this warp alone; the next launch starts after this one ends
                 cute.arch.store((p32 + ((y * T + tok) * E + self._col(lane, j))).llvm_ptr, cutlass.Int32(SENTINEL))
+
+    @staticmethod
+    def _recip(x, approx: bool):
+        return cute.arch.rcp_approx(x) if approx else cutlass.Float32(1.0) / x
 
     @cute.jit
     def _route_warp(self, mSrc: cute.Tensor, splits: cutlass.Constexpr, alpha, mIds: cute.Tensor,
@@ -302,28 +255,15 @@ class _WarpRouter:
             st[0] = _stamp(cutlass.Int32(lane))
             st[1] = cute.arch.globaltimer_lo()
         got = cute.make_rmem_tensor(cute.make_layout(per_lane), cutlass.Float32)
-        lists = None
-        if cutlass.const_expr(self._phased()):
-            # probe variant "phased": the logits of all 128-expert blocks but the last (whose CTAs
-            # are dispatched last) are polled and sorted into the lane lists while the last block's
-            # are still landing; then the last block's
-            cut = per_lane - 4
-            slots = self._lane_slots() if self.fast_picks else self.top_k
-            lists = ([cutlass.Int32(KEY_FLOOR)] * slots, [cutlass.Int32(EMPTY_ID)] * slots)
-            self._gather_poll(mSrc, splits, tok, lane, got, 0, cut)
-            lists = self._insert_lane(got, alpha, lane, lists, 0, cut)
-            self._gather_poll(mSrc, splits, tok, lane, got, cut, per_lane)
-            lists = self._insert_lane(got, alpha, lane, lists, cut, per_lane)
-        elif cutlass.const_expr(self.poll):
+        if cutlass.const_expr(self.poll):
             self._gather_poll(mSrc, splits, tok, lane, got)
         else:
             self._gather(mSrc, splits, tok, lane, got)
         if cutlass.const_expr(clock):
             st[2] = _stamp(_f2i(got[0]) ^ _f2i(got[per_lane - 1]))
-        top_v, top_i = self._picks(got, alpha, lane, mIds, tok, st, lists)
+        top_v, top_i = self._picks(got, alpha, lane, mIds, tok, st)
         ws = []
-        # probe variant "fastexp": ex2.approx-based exp and an approximate reciprocal
-        fm = cutlass.const_expr("fastexp" in getattr(self, "variant", ""))
+        fm = cutlass.const_expr(self.fast_exp and "exactexp" not in getattr(self, "variant", ""))
         if cutlass.const_expr(self.scoring == "softmax"):
             gm = top_v[0]
             if cutlass.const_expr(self.renormalize):
@@ -361,23 +301,8 @@ class _WarpRouter:
                 for j in cutlass.range_constexpr(k):
                     mW[tok, j] = ws[j]
 
-    def _phased(self) -> bool:
-        return (self.poll and self.key_picks and "phased" in getattr(self, "variant", "")
-                and self._vector_polls() and "pipepoll" not in self.variant and self.experts >= 256)
-
     @cute.jit
-    def _insert_lane(self, got: cute.Tensor, alpha, lane, lists, j0: int, j1: int):
-        """Scale the lane's logits ``j0 .. j1-1`` by ``alpha`` (in place) and sort their order keys
-        into ``lists`` (increasing j: a strict > keeps the lower id first on ties)."""
-        keys, ids = lists
-        for j in cutlass.range_constexpr(j0, j1):
-            got[j] = got[j] * alpha
-            keys, ids = sorted_insert(keys, ids, _order_key(got[j]), cutlass.Int32(self._col(lane, j)),
-                                      DSL_ASCENDING_ID_OPS)
-        return keys, ids
-
-    @cute.jit
-    def _picks(self, got: cute.Tensor, alpha, lane, mIds: cute.Tensor, tok, st, lists=None):
+    def _picks(self, got: cute.Tensor, alpha, lane, mIds: cute.Tensor, tok, st):
         """The warp's top-k of ``alpha * got`` (``got`` scaled in place): ``(values, ids)``,
         larger value first, then lower expert id (``DSL_OPS.better``).  Each lane keeps a sorted
         top-k of its logits; each pick is the max of the lanes' heads (``redux.sync`` over order
@@ -385,10 +310,12 @@ class _WarpRouter:
         trees instead measured 0.1-0.2 us slower on the H200 at T=1: the picks are the serial
         part.)
 
-        Two forms (``self.key_picks``): float lists and a second ``redux.sync`` (the lowest id
-        among the lanes holding the max) in every pick; or the order keys (:func:`_order_key`)
-        sorted as integers once, a ballot in each pick, and the second ``redux`` only when
-        several lanes hold the max (exact ties across lanes); the winning lane stores the id."""
+        Three forms (``self.key_picks``, ``self.fast_picks``): float lists and a second
+        ``redux.sync`` (the lowest id among the lanes holding the max) in every pick; the order
+        keys (:func:`_order_key`) sorted as integers once, a ballot in each pick, and the second
+        ``redux`` only when several lanes hold the max (exact ties across lanes); or (shipped) the
+        key picks with the ballot off the chain (:meth:`_fast_picks`).  The key forms store the
+        ids here."""
         k = self.top_k
         per_lane = self.experts // 32
         clock = cutlass.const_expr("clock" in getattr(self, "variant", ""))
@@ -397,15 +324,16 @@ class _WarpRouter:
         if cutlass.const_expr(self.key_picks):
             # a lane's ids grow with j: a strict > keeps the order (topk.ASCENDING_ID_OPS); empty
             # slots hold a NaN's key, so -inf still enters and NaN never does
-            slots = self._lane_slots() if self.fast_picks else k
-            if cutlass.const_expr(lists is None):
-                lists = self._insert_lane(got, alpha, lane, ([cutlass.Int32(KEY_FLOOR)] * slots,
-                                                             [cutlass.Int32(EMPTY_ID)] * slots), 0, per_lane)
-            keys, ids = lists
+            keys = [cutlass.Int32(KEY_FLOOR)] * k
+            ids = [cutlass.Int32(EMPTY_ID)] * k
+            for j in cutlass.range_constexpr(per_lane):
+                got[j] = got[j] * alpha
+                keys, ids = sorted_insert(keys, ids, _order_key(got[j]), cutlass.Int32(self._col(lane, j)),
+                                          DSL_ASCENDING_ID_OPS)
             if cutlass.const_expr(clock):
-                st[3] = _stamp(keys[slots - 1] ^ ids[slots - 1])
+                st[3] = _stamp(keys[k - 1] ^ ids[k - 1])
             if cutlass.const_expr(self.fast_picks):
-                top_v = self._fast_picks(keys, ids, got, lane, mIds, tok, st)
+                top_v = self._fast_picks(keys, ids, mIds, tok, st)
             for p in cutlass.range_constexpr(0 if self.fast_picks else k):
                 best = _redux("max", keys[0])
                 mine = keys[0] == best
@@ -455,49 +383,44 @@ class _WarpRouter:
     #: the picks' form, see _picks (the key form stores the ids in _picks); H200: T=7, E=384
     #: 5.97 us against 6.21 with float picks, T=1 the same within 0.1 us
     key_picks = True
-    #: the key form without the tie check in the picks' chain (:meth:`_fast_picks`)
-    fast_picks = False
+    #: the key form without the tie check in the picks' chain (:meth:`_fast_picks`); probe variant
+    #: "slowpicks": the check in every pick
+    fast_picks = True
+    #: the route's exp and reciprocals from ``ex2.approx`` / ``rcp.approx`` (a few ulp; the
+    #: validation's weights stay within 1e-4 of the reference, 1.3e-8 measured); probe variant
+    #: "exactexp": the accurate ones (H200, T=1: 448 -> 297 cycles after the picks)
+    fast_exp = True
 
     @cute.jit
-    def _fast_picks(self, keys, ids, got: cute.Tensor, lane, mIds: cute.Tensor, tok, st):
+    def _fast_picks(self, keys, ids, mIds: cute.Tensor, tok, st):
         """The key picks with nothing but ``redux.sync``, a compare and the pop in each pick's
         dependent chain: every lane holding the max pops its head.  The ballot that says whether
         more than one lane held it (an exact tie across lanes: two lanes popped, the picks after it
-        are wrong) is off the chain.  The lanes' lists may be shorter than k
-        (:meth:`_lane_slots`): a lane popped that many times before the last pick may have held the
-        next pick beyond its list.  Only after a tie or such a lane are the k picks redone, from
-        full lists of ``got`` and with the tie broken by the lowest id (:meth:`_exact_picks`).
-        The ids are stored once the picks stand.  Returns the k values."""
+        are wrong) is off the chain; only after such a tie are the k picks redone from the lists
+        as they were, the tie broken by the lowest id (:meth:`_exact_picks`).  The ids are stored
+        once the picks stand.  Returns the k values.  (H200, T=1: the picks' 712 cycles become
+        382; 4.47 -> 4.07 us at E=384.)"""
         k = self.top_k
-        slots = len(keys)
         clock = cutlass.const_expr("clock" in getattr(self, "variant", ""))
+        keys0, ids0 = list(keys), list(ids)
         tv = cute.make_rmem_tensor(cute.make_layout(k), cutlass.Int32)
         own = cute.make_rmem_tensor(cute.make_layout(k), cutlass.Int32)  # the id this lane picked, or -1
-        redo = cutlass.Int32(0)
-        pops = cutlass.Int32(0)
+        tie = cutlass.Int32(0)
         for p in cutlass.range_constexpr(k):
             best = _redux("max", keys[0])
             mine = keys[0] == best
-            redo = redo | _sel(cute.arch.popc(cute.arch.vote_ballot_sync(mine)) > 1, cutlass.Int32(1), cutlass.Int32(0))
-            if cutlass.const_expr(slots < k and p < k - 1):
-                pops = pops + _sel(mine, cutlass.Int32(1), cutlass.Int32(0))
+            tie = tie | _sel(cute.arch.popc(cute.arch.vote_ballot_sync(mine)) > 1, cutlass.Int32(1), cutlass.Int32(0))
             tv[p] = best
             own[p] = _sel(mine, ids[0], cutlass.Int32(-1))
             nk = []
             ni = []
-            for i in cutlass.range_constexpr(slots):
-                nk.append(_sel(mine, keys[i + 1] if i + 1 < slots else cutlass.Int32(KEY_FLOOR), keys[i]))
-                ni.append(_sel(mine, ids[i + 1] if i + 1 < slots else cutlass.Int32(EMPTY_ID), ids[i]))
+            for i in cutlass.range_constexpr(k):
+                nk.append(_sel(mine, keys[i + 1] if i + 1 < k else cutlass.Int32(KEY_FLOOR), keys[i]))
+                ni.append(_sel(mine, ids[i + 1] if i + 1 < k else cutlass.Int32(EMPTY_ID), ids[i]))
             keys = nk
             ids = ni
-        if cutlass.const_expr(slots < k):
-            redo = redo | _sel(cute.arch.vote_any_sync(pops >= slots), cutlass.Int32(1), cutlass.Int32(0))
-        if redo != 0:
-            fk = [cutlass.Int32(KEY_FLOOR)] * k
-            fi = [cutlass.Int32(EMPTY_ID)] * k
-            for j in cutlass.range_constexpr(self.experts // 32):
-                fk, fi = sorted_insert(fk, fi, _order_key(got[j]), cutlass.Int32(self._col(lane, j)), DSL_ASCENDING_ID_OPS)
-            self._exact_picks(fk, fi, tv, own)
+        if tie != 0:
+            self._exact_picks(keys0, ids0, tv, own)
         top_v = [_key_value(tv[p]) for p in range(k)]
         if cutlass.const_expr(clock):
             st[4] = _stamp(_f2i(top_v[k - 1]))
@@ -506,11 +429,6 @@ class _WarpRouter:
                 if own[p] >= 0:
                     mIds[tok, p] = own[p]
         return top_v
-
-    def _lane_slots(self) -> int:
-        """Entries of each lane's sorted list for the fast picks: k, or probe variant "slotsN"."""
-        m = re.search(r"slots(\d+)", getattr(self, "variant", ""))
-        return min(self.top_k, int(m.group(1))) if m else self.top_k
 
     @cute.jit
     def _exact_picks(self, keys, ids, tv: cute.Tensor, own: cute.Tensor):
@@ -570,7 +488,7 @@ class GemvRouterKernel(_WarpRouter):
         # instead of routing
         self.variant = variant
         self.key_picks = "floatpicks" not in variant
-        self.fast_picks = self.key_picks and "fastpicks" in variant
+        self.fast_picks = self.key_picks and "slowpicks" not in variant
         self.poll = True
         # launched as a programmatic dependent of the kernel before it (the activation quantizer):
         # the weight loads go out, then griddepcontrol.wait (see await_inputs); SM90 and later
@@ -848,7 +766,7 @@ class MmaGemvRouterKernel(_WarpRouter):
         route = swapab_route(ksplit, variant)
         self.route = "poll" if poll else "wait" if route == "poll" else route
         self.key_picks = "floatpicks" not in variant
-        self.fast_picks = self.key_picks and "fastpicks" in variant
+        self.fast_picks = self.key_picks and "slowpicks" not in variant
         # a programmatic dependent launch: the first unit's weights load before await_inputs
         self.pdl = pdl
         self.ksplit = ksplit

@@ -163,15 +163,13 @@ def test_decode_kernel_tile_shapes_match_the_reference(kernel, t, cfg):
                                           ("swapab", 130, (2, 1, 1, 4))],
                          ids=lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v))
 @pytest.mark.parametrize("variant", ["floatpicks", "narrow", "poll", "wait", "count", "wait+spread2",
-                                     "wait+spread4+floatpicks", "fastpicks", "pipepoll", "pipepoll+narrow+fastpicks",
-                                     "wait+fastpicks", "fastpicks+slots3", "count+fastpicks+slots2", "phased+fastpicks+slots3",
-                                     "phased"])
+                                     "wait+spread4+floatpicks", "slowpicks", "wait+slowpicks",
+                                     "count+narrow+slowpicks"])
 def test_route_forms_give_the_same_bits(kernel, t, cfg, variant):
     # the decode kernels' route forms against the shipped one (integer-key picks with a ballot,
     # 16-byte polling, the route by K splits): float picks, one word per polling load, the polled /
-    # waiting / counted route forced, the waiting route spread over 2 or 4 CTAs per n-tile, the picks
-    # with the tie check off their chain (fastpicks; with 3 or 2 list entries per lane: slotsN), two
-    # polling rounds in flight (pipepoll), the last 128-expert block polled and sorted after the others (phased).  The
+    # waiting / counted route forced, the waiting route spread over 2 or 4 CTAs per n-tile, the tie
+    # check in every pick (slowpicks, where the shipped picks redo all k after a tie).  The
     # same ids and weights, bit for bit, with exact ties (copies of the strongest rows: equal
     # logits in one lane and across lanes, the lower id first)
     from kernels.router.launch import run_gemv, run_mma_gemv
@@ -199,32 +197,25 @@ def test_route_forms_give_the_same_bits(kernel, t, cfg, variant):
 
 
 @pytest.mark.skipif(torch.cuda.is_available() and _sm() < 8, reason="the portable kernel needs SM80 or later")
-@pytest.mark.parametrize("kernel,t,cfg", [("gemv", 1, (1, 1)), ("swapab", 7, (1, 7, 1, 4)), ("swapab", 130, (2, 1, 1, 4))],
+@pytest.mark.parametrize("kernel,t,cfg", [("gemv", 1, (1, 1)), ("swapab", 7, (1, 7, 1, 4)), ("swapab", 130, (2, 1, 1, 4)),
+                                          ("swapab", 130, (2, 2, 3, 2))],
                          ids=lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v))
-@pytest.mark.parametrize("variant", ["fastpicks+slots3", "fastpicks+slots2", "fastpicks+slots1"])
-def test_short_lane_lists_redo_when_one_lane_holds_the_picks(kernel, t, cfg, variant):
-    # the fast picks with lists shorter than k: one lane (lane 1: experts 4-7 and 132-135) holds
-    # the 5 strongest logits, all distinct (no tie to trigger the redo), so its short list runs out
-    # before the last pick and the picks must be redone from full lists: the shipped bits
+@pytest.mark.parametrize("renormalize", [False, True])
+def test_route_fast_exp_against_the_accurate_one(kernel, t, cfg, renormalize):
+    # the route's ex2.approx exp and approximate reciprocals (shipped) against the accurate ones
+    # (exactexp): the same ids, weights within a few float32 ulp, and the reference's answers
     from kernels.router.launch import run_gemv, run_mma_gemv
 
-    g = torch.Generator().manual_seed(71 + t)
-    w = torch.randn(384, 1024, generator=g) / 32
-    top = w[4] * 16
-    for n, e in enumerate((4, 5, 6, 133, 134)):
-        w[e] = top * (1 + n / 8)
-    layer = Nvfp4Linear(w.cuda()).finalize_weights()
-    # every token leans towards the row, so its copies lead
-    x = (torch.randn(t, 1024, generator=g) + top.sign()).cuda().to(torch.bfloat16)
+    layer, x = _case(t, 384, 2048, seed=81 + t)
     act = router.prepare_activation(x, layer)
     run = run_gemv if kernel == "gemv" else run_mma_gemv
-    want = run(act, layer, 6, "softmax", False, cfg)
-    got = run(act, layer, 6, "softmax", False, cfg, variant)
-    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
-    c = router.compare_routing(got[0], got[1], router.router_logits_reference(x, layer), 6, "softmax")
+    fast = run(act, layer, 6, "softmax", renormalize, cfg)
+    exact = run(act, layer, 6, "softmax", renormalize, cfg, "exactexp")
+    assert torch.equal(fast[0], exact[0])
+    assert not torch.equal(fast[1], exact[1]) or t == 1  # two forms, not one compiled twice
+    torch.testing.assert_close(fast[1], exact[1], rtol=1e-6, atol=1e-7)
+    c = router.compare_routing(fast[0], fast[1], router.router_logits_reference(x, layer), 6, "softmax", renormalize)
     assert c.ok and c.max_weight_err < 1e-4, c
-    lane1 = torch.tensor([4, 5, 6, 133, 134], device=got[0].device)
-    assert bool((torch.isin(got[0], lane1).sum(1) == 5).all()), got[0]
 
 
 @pytest.mark.skipif(torch.cuda.is_available() and _sm() < 8, reason="the portable kernel needs SM80 or later")
