@@ -73,6 +73,15 @@ def _key_value(key):
     return _i2f(key ^ ((key >> 31) & 0x7FFFFFFF))
 
 
+def _pop_head(keys, ids, mine):
+    """The sorted key list with its head popped where ``mine`` (the rest move up, the floor key and
+    the empty id enter at the end), else as it was: independent selects."""
+    k = len(keys)
+    nk = [_sel(mine, keys[i + 1] if i + 1 < k else cutlass.Int32(KEY_FLOOR), keys[i]) for i in range(k)]
+    ni = [_sel(mine, ids[i + 1] if i + 1 < k else cutlass.Int32(EMPTY_ID), ids[i]) for i in range(k)]
+    return nk, ni
+
+
 #: bits of an unwritten logit in a polled workspace: a negative NaN with every payload bit set, which
 #: no arithmetic makes (NVIDIA's canonical NaN is 0x7FFFFFFF); a result with these bits is stored as
 #: that canonical NaN instead
@@ -343,13 +352,7 @@ class _WarpRouter:
                     if mine:
                         mIds[tok, p] = ids[0]
                 top_v.append(_key_value(best))
-                nk = []
-                ni = []
-                for i in cutlass.range_constexpr(k):
-                    nk.append(_sel(mine, keys[i + 1] if i + 1 < k else cutlass.Int32(KEY_FLOOR), keys[i]))
-                    ni.append(_sel(mine, ids[i + 1] if i + 1 < k else cutlass.Int32(EMPTY_ID), ids[i]))
-                keys = nk
-                ids = ni
+                keys, ids = _pop_head(keys, ids, mine)
             if cutlass.const_expr(clock):
                 st[4] = _stamp(_f2i(top_v[k - 1]))
         else:
@@ -412,13 +415,7 @@ class _WarpRouter:
             tie = tie | _sel(cute.arch.popc(cute.arch.vote_ballot_sync(mine)) > 1, cutlass.Int32(1), cutlass.Int32(0))
             tv[p] = best
             own[p] = _sel(mine, ids[0], cutlass.Int32(-1))
-            nk = []
-            ni = []
-            for i in cutlass.range_constexpr(k):
-                nk.append(_sel(mine, keys[i + 1] if i + 1 < k else cutlass.Int32(KEY_FLOOR), keys[i]))
-                ni.append(_sel(mine, ids[i + 1] if i + 1 < k else cutlass.Int32(EMPTY_ID), ids[i]))
-            keys = nk
-            ids = ni
+            keys, ids = _pop_head(keys, ids, mine)
         if tie != 0:
             self._exact_picks(keys0, ids0, tv, own)
         top_v = [_key_value(tv[p]) for p in range(k)]
@@ -441,13 +438,7 @@ class _WarpRouter:
             held = held & (ids[0] == _redux("min", _sel(held, ids[0], cutlass.Int32(2147483647))))
             tv[p] = best
             own[p] = _sel(held, ids[0], cutlass.Int32(-1))
-            nk = []
-            ni = []
-            for i in cutlass.range_constexpr(k):
-                nk.append(_sel(held, keys[i + 1] if i + 1 < k else cutlass.Int32(KEY_FLOOR), keys[i]))
-                ni.append(_sel(held, ids[i + 1] if i + 1 < k else cutlass.Int32(EMPTY_ID), ids[i]))
-            keys = nk
-            ids = ni
+            keys, ids = _pop_head(keys, ids, held)
 
     @cute.jit
     def _cta_stamp(self, mIds: cute.Tensor, T, cid, start, tidx):
