@@ -475,8 +475,9 @@ class GemvRouterKernel(_WarpRouter):
         self.tm = tm
         self.rb = rb
         # probe variants "noroute": logits only (what the route costs); "floatpicks": the float
-        # picks (_WarpRouter._picks); "narrow": polling one word per load; "clock": timestamps
-        # instead of routing
+        # picks (_WarpRouter._picks); "slowpicks": the tie check in every pick; "exactexp": the
+        # accurate exp and division in the route; "narrow": polling one word per load; "clock":
+        # timestamps instead of routing
         self.variant = variant
         self.key_picks = "floatpicks" not in variant
         self.fast_picks = self.key_picks and "slowpicks" not in variant

@@ -53,7 +53,9 @@ def main(argv=None) -> int:
     p.add_argument("--staged", nargs="*", default=[], metavar="EM,TN,KSPLIT[,STAGES]",
                    help="staged-decode swap-AB configurations (experts x tokens per CTA, K splits)")
     p.add_argument("--decode-variants", nargs="*", default=[""],
-                   help="variants of the decode kernels: plain (as shipped), noroute (logits only); "
+                   help="variants of the decode kernels: plain (as shipped), noroute (logits only), "
+                        "clock (timestamps), slowpicks / floatpicks / exactexp (the route's older forms), "
+                        "narrow (one word per polling load); "
                         "swap-AB only: poll / count / wait (force the polled, the counted or the "
                         "waiting route); GEMV only: quant (from bf16, quantizing in the kernel)")
     a = p.parse_args(argv)
