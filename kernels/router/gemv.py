@@ -773,12 +773,19 @@ class MmaGemvRouterKernel(_WarpRouter):
                     raise ValueError(f"spread {sp}: {nt} n-tiles need {nt * sp} CTAs per token row")
                 self.route_spread = sp
         self.tn = 8 * nt  # tokens per CTA
+        # warps per CTA: 8; probe variants "warps12" / "warps16" (more warps to hide the loads'
+        # latency; one CTA per SM).  The route stays one warp per token of an 8-token n-tile
+        self.warps = WARPS
+        for wp in (12, 16):
+            if f"warps{wp}" in variant:
+                self.warps = wp
+        self.threads = 32 * self.warps
         # two CTAs per SM (<= 128 registers) where that costs no spills (checked with ptxas for
         # sm_90a: 16 x 16 tiles with 16-byte units, 48 x 16 with 4-byte units); larger take 158-255
         # registers and one CTA per SM
-        self.ctas_per_sm = 2 if swapab_register_words(nt, mw, uw) <= 56 else 1
+        self.ctas_per_sm = 2 if swapab_register_words(nt, mw, uw) <= 56 and self.warps == WARPS else 1
         self.smem_bytes = (2 * self.rows * 128 + 2 * self.tn * 128 + 4 * self.rows * self.tn
-                           + 4 * WARPS * self.rows * self.tn + 16 + 128)
+                           + 4 * self.warps * self.rows * self.tn + 16 + 128)
 
     @cute.jit
     def __call__(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
@@ -788,7 +795,7 @@ class MmaGemvRouterKernel(_WarpRouter):
         tiled_mma = cute.make_tiled_mma(op, cute.make_layout((1, 1, 1)))
         groups = (mA.shape[0] + self.tn - 1) // self.tn
         self.kernel(mA, mSFA, mB, mSFB, mAlpha, mWs, mIds, mW, mCnt, tiled_mma).launch(
-            grid=[self.experts // self.rows, self.ksplit, groups], block=[THREADS, 1, 1], smem=self.smem_bytes,
+            grid=[self.experts // self.rows, self.ksplit, groups], block=[self.threads, 1, 1], smem=self.smem_bytes,
             stream=stream, min_blocks_per_mp=self.ctas_per_sm, use_pdl=self.pdl,
             preferred_smem_carveout=50 if self.ctas_per_sm * self.smem_bytes <= 100 * 1024 else 100)
 
@@ -864,7 +871,7 @@ class MmaGemvRouterKernel(_WarpRouter):
         sA = smem.allocate_tensor(cutlass.Float16, cute.make_layout((rows, 128), stride=(128, 1)), 16)
         sB = smem.allocate_tensor(cutlass.Float16, cute.make_layout((tn, 128), stride=(128, 1)), 16)
         sC = smem.allocate_tensor(cutlass.Float32, cute.make_layout((rows, tn), stride=(tn, 1)), 16)
-        sRed = smem.allocate_tensor(cutlass.Float32, cute.make_layout((WARPS, rows, tn), stride=(rows * tn, tn, 1)),
+        sRed = smem.allocate_tensor(cutlass.Float32, cute.make_layout((self.warps, rows, tn), stride=(rows * tn, tn, 1)),
                                     16)
         sFlag = smem.allocate_tensor(cutlass.Int32, cute.make_layout(8), 16)
 
@@ -890,8 +897,8 @@ class MmaGemvRouterKernel(_WarpRouter):
         nX = cute.make_rmem_tensor(cute.make_layout((uw, nt), stride=(1, uw)), cutlass.Int32)
         nsX = cute.make_rmem_tensor(cute.make_layout((nsb, nt), stride=(1, nsb)), cutlass.Int32)
 
-        s0 = by * WARPS + warp
-        stride = WARPS * ksplit
+        s0 = by * self.warps + warp
+        stride = self.warps * ksplit
         # the first unit: weights, then (a programmatic dependent launch) the wait for the kernel
         # that writes the activation, then the tokens
         if s0 < steps:
@@ -930,13 +937,13 @@ class MmaGemvRouterKernel(_WarpRouter):
         for i in cutlass.range_constexpr(cute.size(tCrC)):
             tCsW[i] = tCrC[i]
         cute.arch.sync_threads()
-        for u in cutlass.range_constexpr(-(-(rows * tn) // THREADS)):
-            idx = tidx + u * THREADS
+        for u in cutlass.range_constexpr(-(-(rows * tn) // self.threads)):
+            idx = tidx + u * self.threads
             if idx < rows * tn:
                 r = idx // tn
                 t = idx % tn
                 acc = sRed[0, r, t]
-                for w in cutlass.range_constexpr(1, WARPS):
+                for w in cutlass.range_constexpr(1, self.warps):
                     acc = acc + sRed[w, r, t]
                 acc = acc * cutlass.Float32(UNDO_2M28)
                 if t0 + t < T:
@@ -959,8 +966,9 @@ class MmaGemvRouterKernel(_WarpRouter):
                 for n in cutlass.range_constexpr(nt):
                     if bx == n % (E // rows):
                         tok = t0 + 8 * n + warp
-                        if tok < T:
-                            self._route_warp(mWs, ksplit, alpha, mIds, mW, tok, lane)
+                        if warp < 8:
+                            if tok < T:
+                                self._route_warp(mWs, ksplit, alpha, mIds, mW, tok, lane)
         else:
             # one counter per 8 tokens: the last CTA to finish a routing group routes its 8 tokens,
             # one per warp, so the routing of a CTA's n-tiles can fall to different CTAs.
@@ -1002,8 +1010,9 @@ class MmaGemvRouterKernel(_WarpRouter):
                         if t0 + 8 * n < T:
                             self._wait_count((mCnt.iterator + bz * nt + n).llvm_ptr, total, tidx)
                             tok = t0 + 8 * n + warp
-                            if tok < T:
-                                self._route_warp(mWs, self.ksplit, alpha, mIds, mW, tok, lane)
+                            if warp < 8:
+                                if tok < T:
+                                    self._route_warp(mWs, self.ksplit, alpha, mIds, mW, tok, lane)
                             if tidx == 0:
                                 mCnt[bz * nt + n] = cutlass.Int32(0)  # every CTA counted in: ready for the next launch
         else:
@@ -1050,8 +1059,9 @@ class MmaGemvRouterKernel(_WarpRouter):
             if t0 + 8 * n < T:
                 if sFlag[n] == (E // self.rows) * ksplit - 1:
                     tok = t0 + 8 * n + warp
-                    if tok < T:
-                        self._route_warp(mWs, ksplit, alpha, mIds, mW, tok, lane)
+                    if warp < 8:
+                        if tok < T:
+                            self._route_warp(mWs, ksplit, alpha, mIds, mW, tok, lane)
                     if tidx == 0:
                         mCnt[bz * nt + n] = cutlass.Int32(0)  # ready for the next launch
 
