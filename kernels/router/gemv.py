@@ -773,10 +773,10 @@ class MmaGemvRouterKernel(_WarpRouter):
                     raise ValueError(f"spread {sp}: {nt} n-tiles need {nt * sp} CTAs per token row")
                 self.route_spread = sp
         self.tn = 8 * nt  # tokens per CTA
-        # warps per CTA: 8; probe variants "warps12" / "warps16" (more warps to hide the loads'
+        # warps per CTA: 8; probe variants "warps12" / "warps14" / "warps16" (more warps to hide the loads'
         # latency; one CTA per SM).  The route stays one warp per token of an 8-token n-tile
         self.warps = WARPS
-        for wp in (12, 16):
+        for wp in (12, 14, 16):
             if f"warps{wp}" in variant:
                 self.warps = wp
         self.threads = 32 * self.warps
