@@ -31,6 +31,7 @@ import math
 import cutlass
 import cutlass.cute as cute
 from cutlass._mlir import ir
+from cutlass._mlir.dialects import llvm
 
 from .portable import DSL_ASCENDING_ID_OPS, DSL_OPS, LUT_E4M3, LUT_SIZE
 from .quant import _asm, _f2i, _i2f, _mul_rn, _sel, block_amax, global_scale, quant_block, safe_scales
@@ -154,6 +155,18 @@ def _scale2(byte_word):
     ptx = ("{ .reg .b32 dT, dK; and.b32 dT, $1, 0x7F; mul.lo.u32 dT, dT, 0x00800080; "
            "mov.b32 dK, 0x5C005C00; mul.rn.f16x2 $0, dT, dK; }")
     return _asm(cutlass.Int32, ptx, "=r,r", cutlass.Int32(byte_word))
+
+
+def _smem_addr(ptr):
+    """The 32-bit shared-window address of a shared-memory pointer."""
+    return cutlass.Int32(llvm.ptrtoint(ir.IntegerType.get_signless(32), ptr.llvm_ptr))
+
+
+def _cluster_store_f32(addr, rank, v):
+    """One float to shared-memory address ``addr`` of cluster CTA ``rank`` (``st.shared::cluster``)."""
+    ptx = "{ .reg .b32 ra; mapa.shared::cluster.u32 ra, $0, $1; st.shared::cluster.b32 [ra], $2; }"
+    llvm.inline_asm(None, [cutlass.Int32(addr).ir_value(), cutlass.Int32(rank).ir_value(), _f2i(v).ir_value()],
+                    ptx, "r,r,r", has_side_effects=True)
 
 
 class _WarpRouter:
@@ -780,11 +793,17 @@ class MmaGemvRouterKernel(_WarpRouter):
             if f"warps{wp}" in variant:
                 self.warps = wp
         self.threads = 32 * self.warps
+        # probe variant "pair" (2 K splits, polled route): the two split CTAs of a tile form a
+        # thread block cluster; split 1 adds its partials into split 0's shared memory (DSMEM) and
+        # split 0 publishes the summed logits, so the route polls one split with no counter
+        self.pair = "pair" in variant
+        if self.pair and (ksplit != 2 or not poll):
+            raise ValueError("pair: 2 K splits and the polled route")
         # two CTAs per SM (<= 128 registers) where that costs no spills (checked with ptxas for
         # sm_90a: 16 x 16 tiles with 16-byte units, 48 x 16 with 4-byte units); larger take 158-255
         # registers and one CTA per SM
         self.ctas_per_sm = 2 if swapab_register_words(nt, mw, uw) <= 56 and self.warps == WARPS else 1
-        self.smem_bytes = (2 * self.rows * 128 + 2 * self.tn * 128 + 4 * self.rows * self.tn
+        self.smem_bytes = (2 * self.rows * 128 + 2 * self.tn * 128 + 4 * self.rows * self.tn * (2 if self.pair else 1)
                            + 4 * self.warps * self.rows * self.tn + 16 + 128)
 
     @cute.jit
@@ -794,10 +813,16 @@ class MmaGemvRouterKernel(_WarpRouter):
         op = cute.nvgpu.warp.MmaF16BF16Op(cutlass.Float16, cutlass.Float32, (16, 8, 16))
         tiled_mma = cute.make_tiled_mma(op, cute.make_layout((1, 1, 1)))
         groups = (mA.shape[0] + self.tn - 1) // self.tn
-        self.kernel(mA, mSFA, mB, mSFB, mAlpha, mWs, mIds, mW, mCnt, tiled_mma).launch(
-            grid=[self.experts // self.rows, self.ksplit, groups], block=[self.threads, 1, 1], smem=self.smem_bytes,
-            stream=stream, min_blocks_per_mp=self.ctas_per_sm, use_pdl=self.pdl,
-            preferred_smem_carveout=50 if self.ctas_per_sm * self.smem_bytes <= 100 * 1024 else 100)
+        if cutlass.const_expr(self.pair):
+            self.kernel(mA, mSFA, mB, mSFB, mAlpha, mWs, mIds, mW, mCnt, tiled_mma).launch(
+                grid=[self.experts // self.rows, self.ksplit, groups], block=[self.threads, 1, 1],
+                cluster=[1, 2, 1], smem=self.smem_bytes, stream=stream, min_blocks_per_mp=self.ctas_per_sm,
+                use_pdl=self.pdl, preferred_smem_carveout=100)
+        else:
+            self.kernel(mA, mSFA, mB, mSFB, mAlpha, mWs, mIds, mW, mCnt, tiled_mma).launch(
+                grid=[self.experts // self.rows, self.ksplit, groups], block=[self.threads, 1, 1],
+                smem=self.smem_bytes, stream=stream, min_blocks_per_mp=self.ctas_per_sm, use_pdl=self.pdl,
+                preferred_smem_carveout=50 if self.ctas_per_sm * self.smem_bytes <= 100 * 1024 else 100)
 
     @cute.jit
     def _load_words(self, mX: cute.Tensor, row, kw, wo, dst: cute.Tensor):
@@ -874,6 +899,12 @@ class MmaGemvRouterKernel(_WarpRouter):
         sRed = smem.allocate_tensor(cutlass.Float32, cute.make_layout((self.warps, rows, tn), stride=(rows * tn, tn, 1)),
                                     16)
         sFlag = smem.allocate_tensor(cutlass.Int32, cute.make_layout(8), 16)
+        sPeer = None
+        if cutlass.const_expr(self.pair):
+            sPeer = smem.allocate_tensor(cutlass.Float32, cute.make_layout((rows, tn), stride=(tn, 1)), 16)
+            # phase 1 of the cluster barrier: waited on before the peer's shared memory is written
+            # (it has started), long done by then
+            cute.arch.cluster_arrive_relaxed(aligned=True)
 
         thr_mma = tiled_mma.get_slice(lane)
         tCrA = tiled_mma.make_fragment_A(thr_mma.partition_A(sA))  # ((2,2,2), mw, 8)
@@ -937,7 +968,11 @@ class MmaGemvRouterKernel(_WarpRouter):
         for i in cutlass.range_constexpr(cute.size(tCrC)):
             tCsW[i] = tCrC[i]
         cute.arch.sync_threads()
-        for u in cutlass.range_constexpr(-(-(rows * tn) // self.threads)):
+        nu = -(-(rows * tn) // self.threads)
+        mine = cute.make_rmem_tensor(cute.make_layout(nu), cutlass.Float32)
+        if cutlass.const_expr(self.pair):
+            cute.arch.cluster_wait()
+        for u in cutlass.range_constexpr(nu):
             idx = tidx + u * self.threads
             if idx < rows * tn:
                 r = idx // tn
@@ -946,11 +981,27 @@ class MmaGemvRouterKernel(_WarpRouter):
                 for w in cutlass.range_constexpr(1, self.warps):
                     acc = acc + sRed[w, r, t]
                 acc = acc * cutlass.Float32(UNDO_2M28)
-                if t0 + t < T:
+                if cutlass.const_expr(self.pair):
+                    mine[u] = acc
+                    if by == 1:
+                        _cluster_store_f32(_smem_addr(sPeer.iterator + idx), 0, acc)
+                elif t0 + t < T:
                     if cutlass.const_expr(self.poll):
                         _publish(mWs, (by * T + t0 + t) * E + n0 + r, acc)
                     else:
                         mWs[by, t0 + t, n0 + r] = acc
+        if cutlass.const_expr(self.pair):
+            # phase 2: split 1's partials are in split 0's sPeer (release / acquire); split 0 adds
+            # them in split order and publishes the logits as one split
+            cute.arch.cluster_arrive(aligned=True)
+            cute.arch.cluster_wait()
+            if by == 0:
+                for u in cutlass.range_constexpr(nu):
+                    idx = tidx + u * self.threads
+                    if idx < rows * tn:
+                        t = idx % tn
+                        if t0 + t < T:
+                            _publish(mWs, (t0 + t) * E + n0 + idx // tn, mine[u] + sPeer[idx // tn, t])
         if cutlass.const_expr("clock" in self.variant):
             self._cta_stamp(mIds, T, bx + (E // rows) * (by + ksplit * bz), start, tidx)
 
@@ -968,7 +1019,8 @@ class MmaGemvRouterKernel(_WarpRouter):
                         tok = t0 + 8 * n + warp
                         if warp < 8:
                             if tok < T:
-                                self._route_warp(mWs, ksplit, alpha, mIds, mW, tok, lane)
+                                self._route_warp(mWs, 1 if self.pair else ksplit, alpha, mIds, mW, tok,
+                                                 lane)
         else:
             # one counter per 8 tokens: the last CTA to finish a routing group routes its 8 tokens,
             # one per warp, so the routing of a CTA's n-tiles can fall to different CTAs.
