@@ -782,7 +782,7 @@ class MmaGemvRouterKernel(_WarpRouter):
         self.rows = 16 * mw  # experts per CTA
         for sp in (2, 4, 8):  # probe variants "spreadN": the waiting route over N CTAs per n-tile
             if f"spread{sp}" in variant:
-                if nt * sp > (experts // self.rows) * ksplit:
+                if nt * sp > (experts // self.rows) * (1 if poll else ksplit):
                     raise ValueError(f"spread {sp}: {nt} n-tiles need {nt * sp} CTAs per token row")
                 self.route_spread = sp
         self.tn = 8 * nt  # tokens per CTA
@@ -1012,15 +1012,25 @@ class MmaGemvRouterKernel(_WarpRouter):
         elif cutlass.const_expr(self.poll):
             # CTA (n, 0) of the token group routes its n-tile n, one warp per token, reading the
             # other CTAs' partials as they land (n-tiles on different CTAs: routed in parallel)
+            # (probe variants "spreadN": each n-tile over N CTAs, 8 / N tokens each, so fewer
+            # routing warps share a scheduler)
+            sp = self.route_spread
+            splits = 1 if self.pair else ksplit
             if by == 0:
                 alpha = mAlpha[0]
-                for n in cutlass.range_constexpr(nt):
-                    if bx == n % (E // rows):
-                        tok = t0 + 8 * n + warp
-                        if warp < 8:
-                            if tok < T:
-                                self._route_warp(mWs, 1 if self.pair else ksplit, alpha, mIds, mW, tok,
-                                                 lane)
+                if cutlass.const_expr(nt * sp > E // rows):
+                    for n in cutlass.range_constexpr(nt):
+                        if bx == n % (E // rows):
+                            tok = t0 + 8 * n + warp
+                            if warp < 8:
+                                if tok < T:
+                                    self._route_warp(mWs, splits, alpha, mIds, mW, tok, lane)
+                elif bx < nt * sp:
+                    # CTA bx routes part bx % sp of n-tile bx // sp: one inlined route
+                    tok = t0 + 8 * (bx // sp) + (8 // sp) * (bx % sp) + warp
+                    if warp < 8 // sp:
+                        if tok < T:
+                            self._route_warp(mWs, splits, alpha, mIds, mW, tok, lane)
         else:
             # one counter per 8 tokens: the last CTA to finish a routing group routes its 8 tokens,
             # one per warp, so the routing of a CTA's n-tiles can fall to different CTAs.
