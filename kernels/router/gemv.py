@@ -538,8 +538,11 @@ class GemvRouterKernel(_WarpRouter):
         for r in cutlass.range_constexpr(self.rb):
             row = n0 + r
             self._load16(mB, row, kw, c, rawB[None, r])
-            # 128x4 scale atoms (kernels.nvfp4.swizzle), K-tile inner
+            # 128x4 scale atoms (kernels.nvfp4.swizzle), K-tile inner; probe variant "rmsf": row-major
+            # (launch.row_major_scales)
             off = ((row // 128) * k_tiles + kt) * 512 + (row % 32) * 16 + ((row % 128) // 32) * 4 + blk
+            if cutlass.const_expr("rmsf" in self.variant):
+                off = row * (k_tiles * 4) + 2 * c
             sfB[0, r] = cutlass.Int32(mSFB[off])
             sfB[1, r] = cutlass.Int32(mSFB[off + 1])
 
@@ -797,6 +800,9 @@ class MmaGemvRouterKernel(_WarpRouter):
         # thread block cluster; split 1 adds its partials into split 0's shared memory (DSMEM) and
         # split 0 publishes the summed logits, so the route polls one split with no counter
         self.pair = "pair" in variant
+        # probe variant "linsf": the weight scales' atoms with their rows in order
+        # (launch.row_linear_scales): whole sectors for a CTA's rows
+        self.row_linear = "linsf" in variant
         if self.pair and (ksplit != 2 or not poll):
             raise ValueError("pair: 2 K splits and the polled route")
         # two CTAs per SM (<= 128 registers) where that costs no spills (checked with ptxas for
@@ -889,7 +895,10 @@ class MmaGemvRouterKernel(_WarpRouter):
         for r in cutlass.range_constexpr(2 * mw):
             row = n0 + 16 * (r // 2) + g + 8 * (r % 2)
             rowsf[0, r] = row
-            rowsf[1, r] = (row >> 7) * k_tiles * 512 + (row & 31) * 16 + ((row >> 5) & 3) * 4
+            if cutlass.const_expr(self.row_linear):
+                rowsf[1, r] = (row >> 7) * k_tiles * 512 + (row & 127) * 4
+            else:
+                rowsf[1, r] = (row >> 7) * k_tiles * 512 + (row & 31) * 16 + ((row >> 5) & 3) * 4
 
         smem = cutlass.utils.SmemAllocator()
         # shapes only: the MMA fragments are partitioned from these, nothing is stored in them

@@ -80,15 +80,33 @@ def run_sm100(activation, linear, top_k: int, scoring: str, renormalize: bool):
     return run_sm100_router(activation, linear, top_k, scoring, renormalize)
 
 
-def gemv_args(activation, linear, top_k: int, tm: int = 1):
+def gemv_args(activation, linear, top_k: int, tm: int = 1, row_major: bool = False):
     """CuTe arguments of the GEMV (decode) kernel, and the output tensors.  Workspace: the float32
-    logits [T, E], sentinel-filled (the kernel's routing CTA polls it and refills it)."""
+    logits [T, E], sentinel-filled (the kernel's routing CTA polls it and refills it).
+    ``row_major``: the weight's scales as :func:`row_major_scales` orders them."""
     a_data = activation[0]
     return _gemv_call_args(a_data.contiguous().view(torch.int32), activation[1].contiguous(),
-                           _alpha(activation, linear, a_data.device), linear, top_k)
+                           _alpha(activation, linear, a_data.device), linear, top_k, row_major)
 
 
-def _gemv_call_args(a_words, a_scales, alpha, linear, top_k: int):
+def row_major_scales(linear):
+    """The weight's E4M3 scales unswizzled, ``[rows (padded to 128), K / 16]`` row-major: the
+    GEMV's lanes read consecutive bytes of one row.  Kept on the layer as
+    :func:`row_linear_scales`."""
+    sb = linear._scale_b
+    key = (sb.data_ptr(), sb._version)
+    kept = getattr(linear, "_router_row_major_scales", None)
+    if kept is not None and kept[0] == key:
+        return kept[1]
+    k_tiles = linear.in_features // 64
+    # [row / 128, K-tile, row % 32, row % 128 // 32, block] -> [row / 128, row % 128 // 32, row % 32, K-tile, block]
+    atoms = sb.contiguous().view(torch.uint8).reshape(-1, k_tiles, 32, 4, 4)
+    rm = atoms.permute(0, 3, 2, 1, 4).contiguous().reshape(-1)
+    linear._router_row_major_scales = (key, rm)
+    return rm
+
+
+def _gemv_call_args(a_words, a_scales, alpha, linear, top_k: int, row_major: bool = False):
     """The GEMV kernel's argument tuple around its activation operands: the activation words, its
     block scales and ``alpha``; the quantizing GEMV passes bf16 words, the activation global scale
     and ``g_b`` in those places."""
@@ -101,7 +119,7 @@ def _gemv_call_args(a_words, a_scales, alpha, linear, top_k: int):
         _cute(a_words),
         _cute(a_scales),
         _cute(linear._mat_b.contiguous().view(torch.int32)),
-        _cute(linear._scale_b.contiguous().view(torch.uint8).reshape(-1)),
+        _cute(row_major_scales(linear) if row_major else linear._scale_b.contiguous().view(torch.uint8).reshape(-1)),
         _cute(alpha),
         _cute(_lut(dev)),
         _cute(logits),
@@ -171,10 +189,28 @@ def run_gemv_quant(x, linear, top_k: int, scoring: str, renormalize: bool, confi
     return ids, w
 
 
+def row_linear_scales(linear):
+    """The weight's E4M3 scales with the rows of each 128x4 atom in order: atom ``(row / 128,
+    K-tile)`` keeps its 512 bytes, byte ``(row % 128) * 4 + block`` (the swizzled atom interleaves
+    rows by 32), so a CTA's 16-48 consecutive rows read whole 32-byte sectors.  Made once per
+    layer and kept on it (rebuilt if the scales are replaced or modified in place), as a prepacked
+    weight is."""
+    sb = linear._scale_b
+    key = (sb.data_ptr(), sb._version)
+    kept = getattr(linear, "_router_row_linear_scales", None)
+    if kept is not None and kept[0] == key:
+        return kept[1]
+    atoms = sb.contiguous().view(torch.uint8).reshape(-1, 32, 4, 4)  # [atom, row % 32, row % 128 // 32, block]
+    lin = atoms.permute(0, 2, 1, 3).contiguous().reshape(-1)
+    linear._router_row_linear_scales = (key, lin)
+    return lin
+
+
 def mma_gemv_args(activation, linear, top_k: int, nt: int = 1, ksplit: int = 1, poll: bool = False,
-                  scale_words: bool = False):
+                  scale_words: bool = False, row_linear: bool = False):
     """CuTe arguments of the tensor-core decode kernel: partial logits ``[ksplit, T, E]`` (``poll``:
-    sentinel-filled), one semaphore per 8 tokens; E4M3 scales as bytes (``scale_words``: int32 words)."""
+    sentinel-filled), one semaphore per 8 tokens; E4M3 scales as bytes (``scale_words``: int32 words;
+    ``row_linear``: the weight's scales as :func:`row_linear_scales` orders them)."""
     a_data, a_scales = activation[0], activation[1]
     t = a_data.shape[0]
     dev = a_data.device
@@ -189,7 +225,8 @@ def mma_gemv_args(activation, linear, top_k: int, nt: int = 1, ksplit: int = 1, 
         _cute(a_data.contiguous().view(torch.int32)),
         _cute(a_scales.contiguous().view(torch.uint8).view(torch.int32) if scale_words else a_scales.contiguous()),
         _cute(linear._mat_b.contiguous().view(torch.int32)),
-        _cute(linear._scale_b.contiguous().view(torch.uint8).reshape(-1).view(torch.int32 if scale_words else torch.uint8)),
+        _cute((row_linear_scales(linear) if row_linear else linear._scale_b.contiguous().view(torch.uint8).reshape(-1))
+              .view(torch.int32 if scale_words else torch.uint8)),
         _cute(alpha),
         _cute(ws),
         _cute(ids),

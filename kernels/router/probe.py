@@ -216,7 +216,7 @@ def _compiled_decode(kind, cfg, variant, act, lay, x=None):
         args, ids, w, mode = launch.gemv_quant_args(x, lay, 6, cfg[0])
         fn = compile_gemv(6, "softmax", False, lay.out_features, cfg[0], cfg[1], args, variant, quant=mode)
     elif kind == "gemv":
-        args, ids, w = launch.gemv_args(act, lay, 6, cfg[0])
+        args, ids, w = launch.gemv_args(act, lay, 6, cfg[0], row_major="rmsf" in variant)
         fn = compile_gemv(6, "softmax", False, lay.out_features, cfg[0], cfg[1], args, variant)
     elif kind == "staged":
         from kernels.router.staged import compile_staged
@@ -227,7 +227,7 @@ def _compiled_decode(kind, cfg, variant, act, lay, x=None):
                             route="count" if "count" in variant else "wait")
     else:
         poll = swapab_polls(cfg[1], variant)
-        args, ids, w = launch.mma_gemv_args(act, lay, 6, cfg[0], cfg[1], poll)
+        args, ids, w = launch.mma_gemv_args(act, lay, 6, cfg[0], cfg[1], poll, row_linear="linsf" in variant)
         mw = cfg[2] if len(cfg) > 2 else 1
         uw = cfg[3] if len(cfg) > 3 else 4
         fn = compile_mma_gemv(6, "softmax", False, lay.out_features, cfg[0], cfg[1], args, poll, variant, mw, uw)
