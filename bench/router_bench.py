@@ -46,9 +46,10 @@ import torch  # noqa: E402
 
 from kernels import router  # noqa: E402
 from kernels.nvfp4 import compute_global_scale, dequantize_nvfp4  # noqa: E402
-from kernels.router.gemv import compile_gemv, compile_mma_gemv, pick_gemv, pick_mma_gemv, swapab_polls  # noqa: E402
+from kernels.router.gemv import compile_gemv, compile_mma_gemv, pick_gemv, swapab_polls  # noqa: E402
 from kernels.router.staged import compile_staged, pick_staged  # noqa: E402
-from kernels.router.launch import current_stream, gemv_args, mma_gemv_args, plan_portable, portable_args  # noqa: E402
+from kernels.router.launch import current_stream, gemv_args, mma_gemv_args, pick_swapab, plan_portable  # noqa: E402
+from kernels.router.launch import portable_args  # noqa: E402
 from kernels.router.portable import compile_portable  # noqa: E402
 from kernels.router.launch import staged_args, tile_launcher  # noqa: E402
 from kernels.router.tile import device_tile_grid  # noqa: E402
@@ -228,10 +229,11 @@ def main(argv=None) -> int:
                 return compile_gemv(a.topk, a.scoring, renorm, e, tm, rb, args), args
 
             def swapab_make(lay):
-                nt, ks, mw, uw = pick_mma_gemv(t, e, a.hidden)
-                poll = swapab_polls(ks)
-                args, _, _ = mma_gemv_args(act, lay, a.topk, nt, ks, poll)
-                return compile_mma_gemv(a.topk, a.scoring, renorm, e, nt, ks, args, poll, mw=mw, uw=uw), args
+                c = pick_swapab(t, lay, dev)
+                poll = c.pair or swapab_polls(c.ksplit)
+                args, _, _ = mma_gemv_args(act, lay, a.topk, c.nt, c.ksplit, poll)
+                return compile_mma_gemv(a.topk, a.scoring, renorm, e, c.nt, c.ksplit, args, poll, mw=c.mw, uw=c.uw,
+                                        warps=c.warps, spread=c.spread, pair=c.pair), args
 
             def staged_make(lay):
                 em, tn, ks = pick_staged(t, e, a.hidden)

@@ -74,10 +74,11 @@ def main(argv=None) -> int:
                 failed += not ok
                 path = router.last_path
                 if path == "portable" and router.last_kernel == "swapab":
-                    from kernels.router.gemv import pick_mma_gemv
+                    from kernels.router.launch import pick_swapab
 
-                    nt, ks, mw, uw = pick_mma_gemv(t, e, a.hidden)
-                    path = f"swapab nt={nt} ksplit={ks} mw={mw} uw={uw}"
+                    c = pick_swapab(t, layer, dev, router.last_pdl)
+                    path = (f"swapab nt={c.nt} ksplit={c.ksplit} mw={c.mw} uw={c.uw} warps={c.warps}"
+                            f" spread={c.spread} pair={int(c.pair)}")
                 elif path == "portable" and router.last_kernel == "staged":
                     from kernels.router.staged import pick_staged
 

@@ -216,6 +216,17 @@ def main(argv=None) -> int:
                     margs = mma_gemv_args(*_act_layer(), k, nt, ks, poll)[0]
                     cute.compile(MmaGemvRouterKernel(k, scoring, renorm, 256, nt, ks, poll, mw=mw, uw=uw), *margs)
                     done.append(f"k={k},{scoring},swapab nt={nt},ksplit={ks},mw={mw},uw={uw},poll={poll}")
+                # the one-CTA-per-SM forms (gemv.SwapabConfig): 16 warps with the polled route over 4
+                # CTAs per n-tile; 12 warps with the K-split pair as a cluster (SM90 and later)
+                forms = [(2, 1, 1, 4, 16, 4, False)]
+                if int(a.arch[3:].rstrip("af")) >= 90:
+                    forms.append((2, 2, 2, 2, 12, 4, True))
+                for nt, ks, mw, uw, warps, spread, pair in forms:
+                    margs = mma_gemv_args(*_act_layer(), k, nt, ks, True)[0]
+                    cute.compile(MmaGemvRouterKernel(k, scoring, renorm, 256, nt, ks, True, mw=mw, uw=uw, warps=warps,
+                                                     spread=spread, pair=pair), *margs)
+                    done.append(f"k={k},{scoring},swapab nt={nt},ksplit={ks},mw={mw},uw={uw},warps={warps},"
+                                f"spread={spread},pair={pair}")
                 # the staged-decode kernel (cp.async ring, operands decoded once per CTA into shared
                 # memory): the counted route with a 3-deep ring, then (last: its PTX file is the one
                 # checked) the waiting route with a 4-deep ring

@@ -27,6 +27,7 @@ scale bytes) and a latency problem, not an MMA problem.  So, in the GEMV kernel:
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import cutlass
 import cutlass.cute as cute
@@ -533,16 +534,13 @@ class GemvRouterKernel(_WarpRouter):
     @cute.jit
     def _load_weights(self, mB, mSFB, c, n0, kw, k_tiles, rawB: cute.Tensor, sfB: cute.Tensor):
         """Chunk ``c`` of the rb weight rows: code words and scale bytes."""
-        kt = c // 2
-        blk = (c % 2) * 2  # chunk c holds scale blocks 2c, 2c+1 of K-tile c // 2
         for r in cutlass.range_constexpr(self.rb):
             row = n0 + r
             self._load16(mB, row, kw, c, rawB[None, r])
-            # 128x4 scale atoms (kernels.nvfp4.swizzle), K-tile inner; probe variant "rmsf": row-major
-            # (launch.row_major_scales)
-            off = ((row // 128) * k_tiles + kt) * 512 + (row % 32) * 16 + ((row % 128) // 32) * 4 + blk
-            if cutlass.const_expr("rmsf" in self.variant):
-                off = row * (k_tiles * 4) + 2 * c
+            # the scales row-major (launch.row_major_scales, made once per layer): a warp's lanes
+            # read 64 consecutive bytes of the row (chunk c: blocks 2c, 2c+1), where the 128x4
+            # atoms put every lane's two bytes in its own sector (H200, T=1: 3.72 / 4.12 -> 3.53 / 3.95 us at E=256 / 384)
+            off = row * (k_tiles * 4) + 2 * c
             sfB[0, r] = cutlass.Int32(mSFB[off])
             sfB[1, r] = cutlass.Int32(mSFB[off + 1])
 
@@ -749,10 +747,16 @@ class MmaGemvRouterKernel(_WarpRouter):
     order times ``alpha`` (:func:`swapab_route`): polled by CTA (0, 0) of the group, by a
     designated CTA waiting on an atomic counter per 8 tokens, or by the last CTA to arrive (the
     same counter, reset by it).  Deterministic.
+
+    ``warps`` per CTA (8, 12, 16; 8 above), ``spread``: CTAs that share an n-tile's route (8 /
+    spread tokens each), ``pair``: the 2 K-split CTAs of a tile as a thread block cluster whose
+    split 1 hands its partials to split 0 through distributed shared memory, split 0 publishing
+    their sum for the polled route (:class:`SwapabConfig`, :func:`pick_mma_gemv`).
     """
 
     def __init__(self, top_k: int, scoring: str, renormalize: bool, experts: int, nt: int = 1, ksplit: int = 1,
-                 poll: bool = False, variant: str = "", mw: int = 1, uw: int = 4, pdl: bool = False):
+                 poll: bool = False, variant: str = "", mw: int = 1, uw: int = 4, pdl: bool = False,
+                 warps: int = WARPS, spread: int = 1, pair: bool = False):
         if experts % 32 or experts // 32 > 64:
             raise ValueError(f"E={experts}: the decode router needs a multiple of 32 up to 2048")
         if experts % (16 * mw):
@@ -783,32 +787,31 @@ class MmaGemvRouterKernel(_WarpRouter):
         self.nt = nt
         self.mw = mw
         self.rows = 16 * mw  # experts per CTA
-        for sp in (2, 4, 8):  # probe variants "spreadN": the waiting route over N CTAs per n-tile
+        # spread: CTAs sharing the route of an n-tile (8 / spread tokens each, one warp per token, so
+        # fewer routing warps share a scheduler); probe variants "spreadN" force N
+        for sp in (2, 4, 8):
             if f"spread{sp}" in variant:
-                if nt * sp > (experts // self.rows) * (1 if poll else ksplit):
-                    raise ValueError(f"spread {sp}: {nt} n-tiles need {nt * sp} CTAs per token row")
-                self.route_spread = sp
+                spread = sp
+        if 8 % spread or nt * spread > (experts // self.rows) * (1 if poll else ksplit):
+            raise ValueError(f"spread {spread}: {nt} n-tiles need {nt * spread} CTAs per token row")
+        self.route_spread = spread
         self.tn = 8 * nt  # tokens per CTA
-        # warps per CTA: 8; probe variants "warps12" / "warps14" / "warps16" (more warps to hide the loads'
-        # latency; one CTA per SM).  The route stays one warp per token of an 8-token n-tile
-        self.warps = WARPS
-        for wp in (12, 14, 16):
-            if f"warps{wp}" in variant:
-                self.warps = wp
-        self.threads = 32 * self.warps
-        # probe variant "pair" (2 K splits, polled route): the two split CTAs of a tile form a
-        # thread block cluster; split 1 adds its partials into split 0's shared memory (DSMEM) and
-        # split 0 publishes the summed logits, so the route polls one split with no counter
-        self.pair = "pair" in variant
-        # probe variant "linsf": the weight scales' atoms with their rows in order
-        # (launch.row_linear_scales): whole sectors for a CTA's rows
-        self.row_linear = "linsf" in variant
-        if self.pair and (ksplit != 2 or not poll):
+        # warps per CTA (8, 12 or 16): more warps hide more of the loads' latency where the grid
+        # is one CTA per SM (SwapabConfig); the route stays one warp per token
+        if warps not in (8, 12, 16):
+            raise ValueError(f"warps={warps}: 8, 12 or 16")
+        self.warps = warps
+        self.threads = 32 * warps
+        # pair (2 K splits, polled route, SM90+): the two split CTAs of a tile form a thread block
+        # cluster; split 1 stores its partials into split 0's shared memory (DSMEM), split 0 adds
+        # them in split order and publishes the logits as one split: no counter, one polled split
+        self.pair = pair
+        if pair and (ksplit != 2 or not poll):
             raise ValueError("pair: 2 K splits and the polled route")
         # two CTAs per SM (<= 128 registers) where that costs no spills (checked with ptxas for
         # sm_90a: 16 x 16 tiles with 16-byte units, 48 x 16 with 4-byte units); larger take 158-255
         # registers and one CTA per SM
-        self.ctas_per_sm = 2 if swapab_register_words(nt, mw, uw) <= 56 and self.warps == WARPS else 1
+        self.ctas_per_sm = 2 if swapab_register_words(nt, mw, uw) <= 56 and warps == WARPS else 1
         self.smem_bytes = (2 * self.rows * 128 + 2 * self.tn * 128 + 4 * self.rows * self.tn * (2 if self.pair else 1)
                            + 4 * self.warps * self.rows * self.tn + 16 + 128)
 
@@ -895,10 +898,7 @@ class MmaGemvRouterKernel(_WarpRouter):
         for r in cutlass.range_constexpr(2 * mw):
             row = n0 + 16 * (r // 2) + g + 8 * (r % 2)
             rowsf[0, r] = row
-            if cutlass.const_expr(self.row_linear):
-                rowsf[1, r] = (row >> 7) * k_tiles * 512 + (row & 127) * 4
-            else:
-                rowsf[1, r] = (row >> 7) * k_tiles * 512 + (row & 31) * 16 + ((row >> 5) & 3) * 4
+            rowsf[1, r] = (row >> 7) * k_tiles * 512 + (row & 31) * 16 + ((row >> 5) & 3) * 4
 
         smem = cutlass.utils.SmemAllocator()
         # shapes only: the MMA fragments are partitioned from these, nothing is stored in them
@@ -1047,10 +1047,6 @@ class MmaGemvRouterKernel(_WarpRouter):
             # after it.
             self._route_groups(mWs, mAlpha, mIds, mW, mCnt, sFlag, tidx, warp, lane, bz, t0, T)
 
-    #: CTAs that route each 8-token n-tile in the waiting route (8 / spread tokens each, one warp
-    #: per token); see _route_waiting
-    route_spread = 1
-
     @cute.jit
     def _route_waiting(self, mWs, mAlpha, mIds, mW, mCnt, tidx, warp, lane, bx, by, bz, t0, T):
         """Waiting route: every CTA counts itself in on each 8-token group it covers (one counter
@@ -1144,12 +1140,44 @@ def swapab_register_words(nt: int, mw: int, uw: int) -> int:
     return 2 * (2 * mw + nt) * (uw + max(1, uw // 2)) + 4 * mw * nt
 
 
-def pick_mma_gemv(num_tokens: int, experts: int, hidden: int, target_ctas: int = 264):
-    """(nt, ksplit, mw, uw): 8-token n-tiles per CTA, K splits (at most one K step per warp, at most
-    8), 16-expert blocks per CTA, so that about ``target_ctas`` CTAs (two per H200 SM) run, and the
-    K unit (:func:`swapab_unit_words`)."""
+class SwapabConfig(NamedTuple):
+    """A swap-AB launch: 8-token n-tiles per CTA, K splits, 16-expert blocks per CTA, words per
+    lane of a K unit, warps per CTA, CTAs sharing each n-tile's route, split pairs as clusters
+    (see :class:`MmaGemvRouterKernel`)."""
+    nt: int
+    ksplit: int
+    mw: int
+    uw: int
+    warps: int = WARPS
+    spread: int = 1
+    pair: bool = False
+
+
+def pick_mma_gemv(num_tokens: int, experts: int, hidden: int, target_ctas: int = 264, sm: int = 90,
+                  pdl: bool = False) -> SwapabConfig:
+    """The grid (:func:`_swapab_grid`: about ``target_ctas`` CTAs, two per H200 SM, or one CTA per
+    SM), the K unit (:func:`swapab_unit_words`), and for a grid of one CTA per SM its form (H200,
+    T=128, in one call each): 16 warps and the polled route spread over 4 CTAs per n-tile for
+    16 x 16 tiles (E=256: 8.6 -> 7.9 us), 12 warps (the most 48 x 16 tiles' 154-158 registers
+    allow), the K-split pair as a cluster and the polled route over 4 CTAs for 48 x 16 tiles
+    (E=384: 11.0-11.2 -> 10.3 us).  ``sm``: the device's SM version (clusters from SM90);
+    ``pdl``: the kernel follows the quantizer as its programmatic dependent, which the polled
+    route is not (:func:`kernels.router.launch.pdl_helps`): the 48 x 16 tiles keep the waiting
+    route there."""
     nt, ksplit, mw = _swapab_grid(num_tokens, experts, hidden, target_ctas)
-    return nt, ksplit, mw, swapab_unit_words(hidden, ksplit)
+    uw = swapab_unit_words(hidden, ksplit)
+    gx = experts // (16 * mw)
+    one_wave = gx * ksplit * -(-num_tokens // (8 * nt)) <= target_ctas // 2
+    if not one_wave or swapab_register_words(nt, mw, uw) <= 56 and ksplit > 1:
+        return SwapabConfig(nt, ksplit, mw, uw)  # two CTAs of 8 warps per SM (T=7)
+    spread = 4 if nt * 4 <= gx else 2 if nt * 2 <= gx else 1
+    # the K unit stays the one picked for 8 warps (measured: 16 x 16 tiles with 16 warps 8.0 us
+    # with 16-byte units, 8.4 with 8-byte ones)
+    if mw == 1 and ksplit == 1:
+        return SwapabConfig(nt, ksplit, mw, uw, 16, spread)
+    if ksplit == 2 and sm >= 90 and not pdl:
+        return SwapabConfig(nt, ksplit, mw, uw, 12, spread, True)
+    return SwapabConfig(nt, ksplit, mw, uw, 12)
 
 
 #: SASS instructions of a K unit's loop relative to a 128-wide step's (48 x 16 tile, sm_90a:
@@ -1213,11 +1241,12 @@ def swapab_polls(ksplit: int, variant: str = "") -> bool:
 
 
 def compile_mma_gemv(top_k: int, scoring: str, renormalize: bool, experts: int, nt: int, ksplit: int, args,
-                     poll: bool = False, variant: str = "", mw: int = 1, uw: int = 4, pdl: bool = False):
-    key = ("mma", top_k, scoring, renormalize, experts, nt, ksplit, poll, variant, mw, uw, pdl)
+                     poll: bool = False, variant: str = "", mw: int = 1, uw: int = 4, pdl: bool = False,
+                     warps: int = WARPS, spread: int = 1, pair: bool = False):
+    key = ("mma", top_k, scoring, renormalize, experts, nt, ksplit, poll, variant, mw, uw, pdl, warps, spread, pair)
     fn = _compiled.get(key)
     if fn is None:
         fn = cute.compile(MmaGemvRouterKernel(top_k, scoring, renormalize, experts, nt, ksplit, poll, variant, mw,
-                                              uw, pdl), *args)
+                                              uw, pdl, warps, spread, pair), *args)
         _compiled[key] = fn
     return fn

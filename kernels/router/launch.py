@@ -80,33 +80,39 @@ def run_sm100(activation, linear, top_k: int, scoring: str, renormalize: bool):
     return run_sm100_router(activation, linear, top_k, scoring, renormalize)
 
 
-def gemv_args(activation, linear, top_k: int, tm: int = 1, row_major: bool = False):
+def gemv_args(activation, linear, top_k: int, tm: int = 1):
     """CuTe arguments of the GEMV (decode) kernel, and the output tensors.  Workspace: the float32
-    logits [T, E], sentinel-filled (the kernel's routing CTA polls it and refills it).
-    ``row_major``: the weight's scales as :func:`row_major_scales` orders them."""
+    logits [T, E], sentinel-filled (the kernel's routing CTA polls it and refills it).  The
+    weight's scales row-major (:func:`row_major_scales`)."""
     a_data = activation[0]
     return _gemv_call_args(a_data.contiguous().view(torch.int32), activation[1].contiguous(),
-                           _alpha(activation, linear, a_data.device), linear, top_k, row_major)
+                           _alpha(activation, linear, a_data.device), linear, top_k)
 
 
 def row_major_scales(linear):
-    """The weight's E4M3 scales unswizzled, ``[rows (padded to 128), K / 16]`` row-major: the
-    GEMV's lanes read consecutive bytes of one row.  Kept on the layer as
-    :func:`row_linear_scales`."""
+    """The weight's E4M3 scales unswizzled, ``[rows (padded to 128), K / 16]`` row-major, for the
+    GEMV kernel (its lanes read consecutive bytes of one row).  Made once per layer and kept on
+    it (made again if the scales are replaced or modified in place), as a prepacked weight is."""
     sb = linear._scale_b
-    key = (sb.data_ptr(), sb._version)
+    try:
+        key = (sb.data_ptr(), sb._version)
+    except RuntimeError:  # an inference tensor keeps no version counter
+        key = (sb.data_ptr(), None)
     kept = getattr(linear, "_router_row_major_scales", None)
     if kept is not None and kept[0] == key:
         return kept[1]
-    k_tiles = linear.in_features // 64
+    k_tiles = linear.in_features // 64  # the kernels' K-tiles (K / 64)
     # [row / 128, K-tile, row % 32, row % 128 // 32, block] -> [row / 128, row % 128 // 32, row % 32, K-tile, block]
     atoms = sb.contiguous().view(torch.uint8).reshape(-1, k_tiles, 32, 4, 4)
     rm = atoms.permute(0, 3, 2, 1, 4).contiguous().reshape(-1)
-    linear._router_row_major_scales = (key, rm)
+    if not (rm.is_cuda and torch.cuda.is_current_stream_capturing()):
+        # made inside a CUDA graph capture, the copy is one of the graph's nodes (correct, made on
+        # every replay) and its memory the graph's: kept only when made outside one
+        linear._router_row_major_scales = (key, rm)
     return rm
 
 
-def _gemv_call_args(a_words, a_scales, alpha, linear, top_k: int, row_major: bool = False):
+def _gemv_call_args(a_words, a_scales, alpha, linear, top_k: int):
     """The GEMV kernel's argument tuple around its activation operands: the activation words, its
     block scales and ``alpha``; the quantizing GEMV passes bf16 words, the activation global scale
     and ``g_b`` in those places."""
@@ -119,7 +125,7 @@ def _gemv_call_args(a_words, a_scales, alpha, linear, top_k: int, row_major: boo
         _cute(a_words),
         _cute(a_scales),
         _cute(linear._mat_b.contiguous().view(torch.int32)),
-        _cute(row_major_scales(linear) if row_major else linear._scale_b.contiguous().view(torch.uint8).reshape(-1)),
+        _cute(row_major_scales(linear)),
         _cute(alpha),
         _cute(_lut(dev)),
         _cute(logits),
@@ -189,28 +195,10 @@ def run_gemv_quant(x, linear, top_k: int, scoring: str, renormalize: bool, confi
     return ids, w
 
 
-def row_linear_scales(linear):
-    """The weight's E4M3 scales with the rows of each 128x4 atom in order: atom ``(row / 128,
-    K-tile)`` keeps its 512 bytes, byte ``(row % 128) * 4 + block`` (the swizzled atom interleaves
-    rows by 32), so a CTA's 16-48 consecutive rows read whole 32-byte sectors.  Made once per
-    layer and kept on it (rebuilt if the scales are replaced or modified in place), as a prepacked
-    weight is."""
-    sb = linear._scale_b
-    key = (sb.data_ptr(), sb._version)
-    kept = getattr(linear, "_router_row_linear_scales", None)
-    if kept is not None and kept[0] == key:
-        return kept[1]
-    atoms = sb.contiguous().view(torch.uint8).reshape(-1, 32, 4, 4)  # [atom, row % 32, row % 128 // 32, block]
-    lin = atoms.permute(0, 2, 1, 3).contiguous().reshape(-1)
-    linear._router_row_linear_scales = (key, lin)
-    return lin
-
-
 def mma_gemv_args(activation, linear, top_k: int, nt: int = 1, ksplit: int = 1, poll: bool = False,
-                  scale_words: bool = False, row_linear: bool = False):
+                  scale_words: bool = False):
     """CuTe arguments of the tensor-core decode kernel: partial logits ``[ksplit, T, E]`` (``poll``:
-    sentinel-filled), one semaphore per 8 tokens; E4M3 scales as bytes (``scale_words``: int32 words;
-    ``row_linear``: the weight's scales as :func:`row_linear_scales` orders them)."""
+    sentinel-filled), one semaphore per 8 tokens; E4M3 scales as bytes (``scale_words``: int32 words)."""
     a_data, a_scales = activation[0], activation[1]
     t = a_data.shape[0]
     dev = a_data.device
@@ -225,8 +213,7 @@ def mma_gemv_args(activation, linear, top_k: int, nt: int = 1, ksplit: int = 1, 
         _cute(a_data.contiguous().view(torch.int32)),
         _cute(a_scales.contiguous().view(torch.uint8).view(torch.int32) if scale_words else a_scales.contiguous()),
         _cute(linear._mat_b.contiguous().view(torch.int32)),
-        _cute((row_linear_scales(linear) if row_linear else linear._scale_b.contiguous().view(torch.uint8).reshape(-1))
-              .view(torch.int32 if scale_words else torch.uint8)),
+        _cute(linear._scale_b.contiguous().view(torch.uint8).reshape(-1).view(torch.int32 if scale_words else torch.uint8)),
         _cute(alpha),
         _cute(ws),
         _cute(ids),
@@ -241,17 +228,28 @@ def run_mma_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool
                  pdl: bool = False):
     """The swap-AB kernel; ``variant``: the probe's route forms (``MmaGemvRouterKernel``; "poll",
     "wait" and "count" force that route), for tests; ``pdl`` as in :func:`run_gemv`."""
-    from .gemv import compile_mma_gemv, pick_mma_gemv, swapab_polls, swapab_unit_words
+    from .gemv import SwapabConfig, compile_mma_gemv, swapab_polls, swapab_unit_words
 
     t = activation[0].shape[0]
-    nt, ksplit, mw, *unit = config or pick_mma_gemv(t, linear.out_features, linear.in_features)
-    uw = unit[0] if unit else swapab_unit_words(linear.in_features, ksplit)
-    poll = swapab_polls(ksplit, variant)
-    args, ids, w = mma_gemv_args(activation, linear, top_k, nt, ksplit, poll)
-    fn = compile_mma_gemv(top_k, scoring, renormalize, linear.out_features, nt, ksplit, args, poll, variant, mw=mw,
-                          uw=uw, pdl=pdl)
+    if config is None:
+        cfg = pick_swapab(t, linear, activation[0].device, pdl)
+    else:  # (nt, ksplit[, mw[, uw[, warps, spread, pair]]])
+        cfg = tuple(config) + (1,) * (3 - len(config))
+        cfg = SwapabConfig(*cfg) if len(cfg) > 3 else SwapabConfig(*cfg, swapab_unit_words(linear.in_features, cfg[1]))
+    poll = cfg.pair or swapab_polls(cfg.ksplit, variant)
+    args, ids, w = mma_gemv_args(activation, linear, top_k, cfg.nt, cfg.ksplit, poll)
+    fn = compile_mma_gemv(top_k, scoring, renormalize, linear.out_features, cfg.nt, cfg.ksplit, args, poll, variant,
+                          mw=cfg.mw, uw=cfg.uw, pdl=pdl, warps=cfg.warps, spread=cfg.spread, pair=cfg.pair)
     fn(*args)
     return ids, w
+
+
+def pick_swapab(num_tokens: int, linear, device, pdl: bool = False):
+    """The swap-AB launch :func:`kernels.router.gemv.pick_mma_gemv` picks for this device."""
+    from .gemv import pick_mma_gemv
+
+    major, minor = torch.cuda.get_device_capability(device) if device.type == "cuda" else (9, 0)
+    return pick_mma_gemv(num_tokens, linear.out_features, linear.in_features, sm=10 * major + minor, pdl=pdl)
 
 
 def pdl_helps(kernel: str, num_tokens: int, linear) -> bool:
@@ -263,7 +261,8 @@ def pdl_helps(kernel: str, num_tokens: int, linear) -> bool:
     if kernel == "swapab":
         from .gemv import pick_mma_gemv, swapab_polls
 
-        return not swapab_polls(pick_mma_gemv(num_tokens, linear.out_features, linear.in_features)[1])
+        cfg = pick_mma_gemv(num_tokens, linear.out_features, linear.in_features, pdl=True)
+        return not (cfg.pair or swapab_polls(cfg.ksplit))
     return kernel in ("gemv", "tile")
 
 

@@ -47,9 +47,10 @@ def main(argv=None) -> int:
                    help="also time the tile kernel and its route kernel each alone")
     p.add_argument("--once", action="store_true", help="launch each tile configuration 3 times, no timing (for ncu)")
     p.add_argument("--gemv", nargs="*", default=[], metavar="TM,RB", help="GEMV kernel configurations to check and time")
-    p.add_argument("--swapab", nargs="*", default=[], metavar="NT,KSPLIT[,MW[,UW]]",
+    p.add_argument("--swapab", nargs="*", default=[], metavar="NT,KSPLIT[,MW[,UW[,WARPS,SPREAD,PAIR]]]",
                    help="swap-AB kernel configurations (MW: 16-expert blocks per CTA, default 1; UW: words "
-                        "per lane of a K unit, 4 (default), 2 or 1)")
+                        "per lane of a K unit, 4 (default), 2 or 1; WARPS per CTA 8 (default), 12, 16; SPREAD: "
+                        "CTAs per n-tile's route; PAIR 1: the two K splits as a cluster, polled route)")
     p.add_argument("--staged", nargs="*", default=[], metavar="EM,TN,KSPLIT[,STAGES]",
                    help="staged-decode swap-AB configurations (experts x tokens per CTA, K splits)")
     p.add_argument("--decode-variants", nargs="*", default=[""],
@@ -216,7 +217,7 @@ def _compiled_decode(kind, cfg, variant, act, lay, x=None):
         args, ids, w, mode = launch.gemv_quant_args(x, lay, 6, cfg[0])
         fn = compile_gemv(6, "softmax", False, lay.out_features, cfg[0], cfg[1], args, variant, quant=mode)
     elif kind == "gemv":
-        args, ids, w = launch.gemv_args(act, lay, 6, cfg[0], row_major="rmsf" in variant)
+        args, ids, w = launch.gemv_args(act, lay, 6, cfg[0])
         fn = compile_gemv(6, "softmax", False, lay.out_features, cfg[0], cfg[1], args, variant)
     elif kind == "staged":
         from kernels.router.staged import compile_staged
@@ -226,11 +227,15 @@ def _compiled_decode(kind, cfg, variant, act, lay, x=None):
                             "noroute" if "noroute" in variant else "", *cfg[3:],
                             route="count" if "count" in variant else "wait")
     else:
-        poll = swapab_polls(cfg[1], variant)
-        args, ids, w = launch.mma_gemv_args(act, lay, 6, cfg[0], cfg[1], poll, row_linear="linsf" in variant)
-        mw = cfg[2] if len(cfg) > 2 else 1
-        uw = cfg[3] if len(cfg) > 3 else 4
-        fn = compile_mma_gemv(6, "softmax", False, lay.out_features, cfg[0], cfg[1], args, poll, variant, mw, uw)
+        from kernels.router.gemv import SwapabConfig
+
+        # NT,KSPLIT[,MW[,UW[,WARPS,SPREAD,PAIR]]]: MW 1, UW 4 unless given
+        full = tuple(cfg) + (1, 4)[len(cfg) - 2:] if len(cfg) < 4 else tuple(cfg)
+        c = SwapabConfig(*full[:6], *(bool(p) for p in full[6:7]))
+        poll = c.pair or swapab_polls(c.ksplit, variant)
+        args, ids, w = launch.mma_gemv_args(act, lay, 6, c.nt, c.ksplit, poll)
+        fn = compile_mma_gemv(6, "softmax", False, lay.out_features, c.nt, c.ksplit, args, poll, variant, c.mw, c.uw,
+                              warps=c.warps, spread=c.spread, pair=c.pair)
     return fn, args, ids, w
 
 

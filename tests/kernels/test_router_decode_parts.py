@@ -194,13 +194,20 @@ def test_launch_rules():
     # swap-AB: no K split once token groups x expert blocks fill the SMs (128 CTAs); past one CTA
     # per SM, 48-expert tiles with 2 K splits where that grid fits one wave (T=128, E=384)
     # (the K unit: 128-wide steps where they split evenly over the K-split warps, else 64-wide)
-    assert pick_mma_gemv(128, 256, 7168) == (2, 1, 1, 4)
-    assert pick_mma_gemv(128, 384, 7168) == (2, 2, 3, 2)
-    assert pick_mma_gemv(512, 384, 7168) == (2, 1, 1, 4)  # 48-expert tiles would not fit one wave
-    assert pick_mma_gemv(128, 320, 7168) == (2, 1, 1, 4)  # 320 is no multiple of 48
-    assert pick_mma_gemv(7, 256, 7168) == (1, 7, 1, 4)
-    nt, ks, mw, uw = pick_mma_gemv(32, 256, 7168)
-    assert nt == 2 and 1 < ks <= 7 and mw == 1 and uw in (2, 4)
+    # (n-tiles, K splits, expert blocks, K unit, warps, route spread, split pair): a grid of one CTA
+    # per SM takes more warps, the polled route over 4 CTAs per n-tile and, from SM90 and not after
+    # the quantizer (PDL), its 2 K splits as cluster pairs; two CTAs per SM (T=7) and grids past
+    # one wave keep 8 warps
+    assert pick_mma_gemv(128, 256, 7168) == (2, 1, 1, 4, 16, 4, False)
+    assert pick_mma_gemv(128, 384, 7168) == (2, 2, 3, 2, 12, 4, True)
+    assert pick_mma_gemv(128, 384, 7168, pdl=True) == (2, 2, 3, 2, 12, 1, False)  # the waiting route
+    assert pick_mma_gemv(128, 384, 7168, sm=80) == (2, 2, 3, 2, 12, 1, False)  # no clusters
+    assert pick_mma_gemv(100, 384, 7168).pair  # ragged token groups: the same grid
+    assert pick_mma_gemv(512, 384, 7168) == (2, 1, 1, 4, 8, 1, False)  # 48-expert tiles would not fit one wave
+    assert pick_mma_gemv(128, 320, 7168) == (2, 1, 1, 4, 8, 1, False)  # 320 is no multiple of 48: 160 CTAs
+    assert pick_mma_gemv(7, 256, 7168) == (1, 7, 1, 4, 8, 1, False)
+    c = pick_mma_gemv(32, 256, 7168)
+    assert c.nt == 2 and 1 < c.ksplit <= 7 and c.mw == 1 and c.uw in (2, 4) and c.warps == 8
     assert [swapab_route(ks) for ks in (1, 2, 3, 4, 7)] == ["poll", "wait", "wait", "count", "count"]
     assert swapab_polls(1) and not swapab_polls(2) and swapab_polls(7, "poll") and not swapab_polls(1, "wait")
     assert swapab_route(1, "narrow+count") == "count"
@@ -356,3 +363,25 @@ def test_staged_layout_rejects_tiles_it_cannot_split():
         staged_layout(16, 8)
     em, tn, ks = pick_staged(128, 384, 7168)
     assert (em, tn) == (64, 32) and 6 * 4 * ks >= 264 and 56 // ks >= 4
+
+
+def test_row_major_scales_unswizzle_and_are_kept_per_layer():
+    # the GEMV's weight scales: [rows, K / 16] row-major from the 128x4 atoms (row r, block b at
+    # ((r / 128) * K-tiles + b / 4) * 512 + (r % 32) * 16 + (r % 128 / 32) * 4 + b % 4), made once
+    # per layer, made again after the scales change in place
+    from kernels.nvfp4 import Nvfp4Linear
+    from kernels.router.launch import row_major_scales
+
+    layer = Nvfp4Linear(torch.randn(200, 512, generator=torch.Generator().manual_seed(3))).finalize_weights()
+    sb = layer._scale_b.view(torch.uint8).reshape(-1)
+    rm = row_major_scales(layer)
+    kt = 512 // 64
+    assert rm.numel() == sb.numel() == 256 * kt * 4  # rows padded to 128
+    rng = random.Random(0)
+    for _ in range(500):
+        r, b = rng.randrange(200), rng.randrange(kt * 4)
+        assert rm[r * kt * 4 + b] == sb[((r // 128) * kt + b // 4) * 512 + (r % 32) * 16 + (r % 128) // 32 * 4 + b % 4]
+    assert row_major_scales(layer) is rm
+    layer._scale_b.view(torch.uint8).reshape(-1)[0] ^= 1
+    again = row_major_scales(layer)
+    assert again is not rm and again[0] == rm[0] ^ 1

@@ -79,14 +79,16 @@ def test_sm100_matches_two_kernel_reference(t):
 
 
 @pytest.mark.skipif(torch.cuda.is_available() and _sm() < 8, reason="the portable kernel needs SM80 or later")
-@pytest.mark.parametrize("t,kernel", [(1, "gemv"), (3, "gemv"), (200, "swapab")])
-def test_polled_route_refills_its_workspace_and_replays(t, kernel):
+@pytest.mark.parametrize("t,kernel,e", [(1, "gemv", 256), (3, "gemv", 256), (200, "swapab", 256),
+                                        (128, "swapab", 256), (128, "swapab", 384)])
+def test_polled_route_refills_its_workspace_and_replays(t, kernel, e):
     # the routing CTA polls a sentinel-filled workspace and writes the sentinel back: after eager
-    # calls and CUDA-graph replays the workspace is ready again and every answer is the same
+    # calls and CUDA-graph replays the workspace is ready again and every answer is the same (T=128:
+    # the one-wave forms, E=256 the route over 4 CTAs per n-tile, E=384 the K-split pairs, SM90+)
     from kernels.router.gemv import SENTINEL
     from kernels.router.runtime import _POLLED
 
-    layer, x = _case(t, 256, 1024, seed=77 + t)
+    layer, x = _case(t, e, 1024, seed=77 + t)
     act = router.prepare_activation(x, layer)
     first = router.run_nvfp4_fused_router(x, layer, 6, "softmax", activation=act, kernel=kernel)
     c = router.compare_routing(first[0], first[1], router.router_logits_reference(x, layer), 6, "softmax")
@@ -139,6 +141,14 @@ def test_tile_kernel_three_stage_ring_gives_the_same_bits():
     ("swapab", 7, (1, 7, 1)), ("swapab", 37, (2, 2, 3)), ("swapab", 130, (2, 1, 2)), ("swapab", 130, (4, 3, 3)),
     ("swapab", 64, (2, 4, 4)), ("swapab", 37, (2, 2, 3, 2)), ("swapab", 130, (2, 3, 3, 2)),
     ("swapab", 100, (2, 4, 3, 1)),
+    # one CTA per SM (gemv.SwapabConfig): 16 or 12 warps, the route over 2 or 4 CTAs per n-tile, the
+    # K-split pair as a cluster (SM90+), ragged token groups
+    ("swapab", 130, (2, 1, 1, 4, 16, 4, False)), ("swapab", 130, (2, 1, 2, 4, 16, 2, False)),
+    ("swapab", 100, (2, 2, 3, 2, 12, 1, False)),
+    pytest.param("swapab", 37, (2, 2, 3, 2, 12, 4, True), marks=pytest.mark.skipif(
+        torch.cuda.is_available() and _sm() < 9, reason="thread block clusters need SM90 or later")),
+    pytest.param("swapab", 128, (2, 2, 3, 4, 8, 2, True), marks=pytest.mark.skipif(
+        torch.cuda.is_available() and _sm() < 9, reason="thread block clusters need SM90 or later")),
     # staged (experts, tokens, K splits) per CTA: 1-4 decode pieces per unit, 1-4 expert and token
     # blocks per warp, ragged token groups, 1-5 K splits (16 steps over 5: an empty split)
     ("staged", 128, (64, 32, 4)), ("staged", 37, (32, 32, 3)), ("staged", 130, (64, 16, 5)),
@@ -176,24 +186,52 @@ def test_route_forms_give_the_same_bits(kernel, t, cfg, variant):
 
     if kernel == "gemv" and any(r in variant for r in ("poll", "wait", "count")):
         pytest.skip("the GEMV kernel always polls")
-    g = torch.Generator().manual_seed(61 + t)
-    w = torch.randn(384, 1024, generator=g) / 32
-    # 7 copies of one row (one lane's run, other lanes, other 128-expert blocks) and 3 of its negation:
-    # for every token one group's logits lead, tied, and the top 6 are its lowest ids
-    top = w[4] * 16
-    w[[4, 5, 69, 133, 197, 300, 301]] = top
-    w[[200, 201, 264]] = -top
-    layer = Nvfp4Linear(w.cuda()).finalize_weights()
-    x = torch.randn(t, 1024, generator=g).cuda().to(torch.bfloat16)
+    layer, x = _tied_case(t)
     act = router.prepare_activation(x, layer)
     run = run_gemv if kernel == "gemv" else run_mma_gemv
     want = run(act, layer, 6, "softmax", False, cfg)
     got = run(act, layer, 6, "softmax", False, cfg, variant)
+    _same_and_tied(got, want, x, layer)
+
+
+def _tied_case(t):
+    """E=384, hidden 1024: 7 copies of one row (one lane's run, other lanes, other 128-expert
+    blocks) and 3 of its negation: for every token one group's logits lead, tied, and the top 6
+    are its lowest ids."""
+    g = torch.Generator().manual_seed(61 + t)
+    w = torch.randn(384, 1024, generator=g) / 32
+    top = w[4] * 16
+    w[[4, 5, 69, 133, 197, 300, 301]] = top
+    w[[200, 201, 264]] = -top
+    layer = Nvfp4Linear(w.cuda()).finalize_weights()
+    return layer, torch.randn(t, 1024, generator=g).cuda().to(torch.bfloat16)
+
+
+def _same_and_tied(got, want, x, layer):
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     c = router.compare_routing(got[0], got[1], router.router_logits_reference(x, layer), 6, "softmax")
     assert c.ok and c.max_weight_err < 1e-4, c
     has = [(got[0] == i).any(1) for i in (4, 5, 301, 200, 201)]
     assert bool(((has[0] & has[1] & ~has[2]) | (has[3] & has[4])).any()), got[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and _sm() < 9, reason="thread block clusters need SM90 or later")
+@pytest.mark.parametrize("t,base,form", [
+    (128, (2, 2, 3, 2), (2, 2, 3, 2, 12, 4, True)), (128, (2, 2, 3, 2), (2, 2, 3, 2, 12, 1, False)),
+    (37, (2, 2, 3, 2), (2, 2, 3, 2, 8, 2, True)), (128, (2, 1, 1, 4), (2, 1, 1, 4, 16, 4, False)),
+    (130, (2, 1, 1, 4), (2, 1, 1, 4, 16, 8, False))],
+    ids=lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v))
+def test_swapab_forms_give_the_same_bits(t, base, form):
+    # the one-CTA-per-SM forms (more warps, the route over several CTAs per n-tile, the 2 K splits
+    # as a cluster pair whose split 0 adds split 1's partials in split order) against the 8-warp
+    # kernel with its waiting / polled route: the same ids and weights, bit for bit, with ties
+    from kernels.router.launch import run_mma_gemv
+
+    layer, x = _tied_case(t)
+    act = router.prepare_activation(x, layer)
+    want = run_mma_gemv(act, layer, 6, "softmax", False, base)
+    for _ in range(2):
+        _same_and_tied(run_mma_gemv(act, layer, 6, "softmax", False, form), want, x, layer)
 
 
 @pytest.mark.skipif(torch.cuda.is_available() and _sm() < 8, reason="the portable kernel needs SM80 or later")
