@@ -76,9 +76,9 @@ def main(argv=None) -> int:
                 if path == "portable" and router.last_kernel == "swapab":
                     from kernels.router.launch import pick_swapab
 
-                    c = pick_swapab(t, layer, dev, router.last_pdl)
-                    path = (f"swapab nt={c.nt} ksplit={c.ksplit} mw={c.mw} uw={c.uw} warps={c.warps}"
-                            f" spread={c.spread} pair={int(c.pair)}")
+                    sc = pick_swapab(t, layer, dev, router.last_pdl)
+                    path = (f"swapab nt={sc.nt} ksplit={sc.ksplit} mw={sc.mw} uw={sc.uw} warps={sc.warps}"
+                            f" spread={sc.spread} pair={int(sc.pair)}")
                 elif path == "portable" and router.last_kernel == "staged":
                     from kernels.router.staged import pick_staged
 

@@ -792,7 +792,7 @@ class MmaGemvRouterKernel(_WarpRouter):
         for sp in (2, 4, 8):
             if f"spread{sp}" in variant:
                 spread = sp
-        if 8 % spread or nt * spread > (experts // self.rows) * (1 if poll else ksplit):
+        if 8 % spread or spread > 1 and nt * spread > (experts // self.rows) * (1 if poll else ksplit):
             raise ValueError(f"spread {spread}: {nt} n-tiles need {nt * spread} CTAs per token row")
         self.route_spread = spread
         self.tn = 8 * nt  # tokens per CTA
