@@ -1154,20 +1154,22 @@ class SwapabConfig(NamedTuple):
 
 
 def pick_mma_gemv(num_tokens: int, experts: int, hidden: int, target_ctas: int = 264, sm: int = 90,
-                  pdl: bool = False) -> SwapabConfig:
+                  pdl: bool = False, sms: int = 132) -> SwapabConfig:
     """The grid (:func:`_swapab_grid`: about ``target_ctas`` CTAs, two per H200 SM, or one CTA per
     SM), the K unit (:func:`swapab_unit_words`), and for a grid of one CTA per SM its form (H200,
     T=128, in one call each): 16 warps and the polled route spread over 4 CTAs per n-tile for
     16 x 16 tiles (E=256: 8.6 -> 7.9 us), 12 warps (the most 48 x 16 tiles' 154-158 registers
     allow), the K-split pair as a cluster and the polled route over 4 CTAs for 48 x 16 tiles
-    (E=384: 11.0-11.2 -> 10.3 us).  ``sm``: the device's SM version (clusters from SM90);
+    (E=384: 11.0-11.2 -> 10.3 us).  ``sm``: the device's SM version (clusters from SM90), ``sms``
+    its SM count: the grid is one wave only if every CTA gets its own SM (then no polling CTA can
+    hold an SM another CTA of its token group waits for);
     ``pdl``: the kernel follows the quantizer as its programmatic dependent, which the polled
     route is not (:func:`kernels.router.launch.pdl_helps`): the 48 x 16 tiles keep the waiting
     route there."""
     nt, ksplit, mw = _swapab_grid(num_tokens, experts, hidden, target_ctas)
     uw = swapab_unit_words(hidden, ksplit)
     gx = experts // (16 * mw)
-    one_wave = gx * ksplit * -(-num_tokens // (8 * nt)) <= target_ctas // 2
+    one_wave = gx * ksplit * -(-num_tokens // (8 * nt)) <= min(target_ctas // 2, sms)
     if not one_wave or swapab_register_words(nt, mw, uw) <= 56 and ksplit > 1:
         return SwapabConfig(nt, ksplit, mw, uw)  # two CTAs of 8 warps per SM (T=7)
     spread = 4 if nt * 4 <= gx else 2 if nt * 2 <= gx else 1

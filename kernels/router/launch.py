@@ -248,8 +248,11 @@ def pick_swapab(num_tokens: int, linear, device, pdl: bool = False):
     """The swap-AB launch :func:`kernels.router.gemv.pick_mma_gemv` picks for this device."""
     from .gemv import pick_mma_gemv
 
-    major, minor = torch.cuda.get_device_capability(device) if device.type == "cuda" else (9, 0)
-    return pick_mma_gemv(num_tokens, linear.out_features, linear.in_features, sm=10 * major + minor, pdl=pdl)
+    if device.type != "cuda":
+        return pick_mma_gemv(num_tokens, linear.out_features, linear.in_features, pdl=pdl)
+    props = torch.cuda.get_device_properties(device)
+    return pick_mma_gemv(num_tokens, linear.out_features, linear.in_features, sm=10 * props.major + props.minor,
+                         pdl=pdl, sms=props.multi_processor_count)
 
 
 def pdl_helps(kernel: str, num_tokens: int, linear) -> bool:

@@ -203,6 +203,8 @@ def test_launch_rules():
     assert pick_mma_gemv(128, 384, 7168, pdl=True) == (2, 2, 3, 2, 12, 1, False)  # the waiting route
     assert pick_mma_gemv(128, 384, 7168, sm=80) == (2, 2, 3, 2, 12, 1, False)  # no clusters
     assert pick_mma_gemv(100, 384, 7168).pair  # ragged token groups: the same grid
+    assert pick_mma_gemv(128, 384, 7168, sms=48) == (2, 2, 3, 2, 8, 1, False)  # GB10: 128 CTAs are not one wave
+    assert pick_mma_gemv(128, 256, 7168, sms=120).warps == 8
     assert pick_mma_gemv(512, 384, 7168) == (2, 1, 1, 4, 8, 1, False)  # 48-expert tiles would not fit one wave
     assert pick_mma_gemv(128, 320, 7168) == (2, 1, 1, 4, 8, 1, False)  # 320 is no multiple of 48: 160 CTAs
     assert pick_mma_gemv(7, 256, 7168) == (1, 7, 1, 4, 8, 1, False)
