@@ -539,7 +539,8 @@ class GemvRouterKernel(_WarpRouter):
             self._load16(mB, row, kw, c, rawB[None, r])
             # the scales row-major (launch.row_major_scales, made once per layer): a warp's lanes
             # read 64 consecutive bytes of the row (chunk c: blocks 2c, 2c+1), where the 128x4
-            # atoms put every lane's two bytes in its own sector (H200, T=1: 3.72 / 4.12 -> 3.53 / 3.95 us at E=256 / 384)
+            # atoms put every lane's two bytes in its own sector (H200, T=1: 3.72 / 4.12 -> 3.53 /
+            # 3.95 us at E=256 / 384)
             off = row * (k_tiles * 4) + 2 * c
             sfB[0, r] = cutlass.Int32(mSFB[off])
             sfB[1, r] = cutlass.Int32(mSFB[off + 1])
@@ -978,8 +979,9 @@ class MmaGemvRouterKernel(_WarpRouter):
             tCsW[i] = tCrC[i]
         cute.arch.sync_threads()
         nu = -(-(rows * tn) // self.threads)
-        mine = cute.make_rmem_tensor(cute.make_layout(nu), cutlass.Float32)
+        mine = None  # pair: this thread's own sums until split 1's arrive
         if cutlass.const_expr(self.pair):
+            mine = cute.make_rmem_tensor(cute.make_layout(nu), cutlass.Float32)
             cute.arch.cluster_wait()
         for u in cutlass.range_constexpr(nu):
             idx = tidx + u * self.threads
@@ -1020,9 +1022,9 @@ class MmaGemvRouterKernel(_WarpRouter):
             self._route_waiting(mWs, mAlpha, mIds, mW, mCnt, tidx, warp, lane, bx, by, bz, t0, T)
         elif cutlass.const_expr(self.poll):
             # CTA (n, 0) of the token group routes its n-tile n, one warp per token, reading the
-            # other CTAs' partials as they land (n-tiles on different CTAs: routed in parallel)
-            # (probe variants "spreadN": each n-tile over N CTAs, 8 / N tokens each, so fewer
-            # routing warps share a scheduler)
+            # other CTAs' partials as they land (n-tiles on different CTAs: routed in parallel);
+            # with a spread s, CTA (n s + j, 0) routes part j of n-tile n (8 / s tokens), so fewer
+            # routing warps share a scheduler
             sp = self.route_spread
             splits = 1 if self.pair else ksplit
             if by == 0:
@@ -1158,7 +1160,7 @@ def pick_mma_gemv(num_tokens: int, experts: int, hidden: int, target_ctas: int =
     """The grid (:func:`_swapab_grid`: about ``target_ctas`` CTAs, two per H200 SM, or one CTA per
     SM), the K unit (:func:`swapab_unit_words`), and for a grid of one CTA per SM its form (H200,
     T=128, in one call each): 16 warps and the polled route spread over 4 CTAs per n-tile for
-    16 x 16 tiles (E=256: 8.6 -> 7.9 us), 12 warps (the most 48 x 16 tiles' 154-158 registers
+    16 x 16 tiles (E=256: 8.6 -> 7.9-8.0 us), 12 warps (the most 48 x 16 tiles' 154-158 registers
     allow), the K-split pair as a cluster and the polled route over 4 CTAs for 48 x 16 tiles
     (E=384: 11.0-11.2 -> 10.3 us).  ``sm``: the device's SM version (clusters from SM90), ``sms``
     its SM count: the grid is one wave only if every CTA gets its own SM (then no polling CTA can
