@@ -809,6 +809,10 @@ class MmaGemvRouterKernel(_WarpRouter):
         self.pair = pair
         if pair and (ksplit != 2 or not poll):
             raise ValueError("pair: 2 K splits and the polled route")
+        # the hand-off: split 1's st.async stores complete split 0's mbarrier (transaction bytes),
+        # no second cluster barrier; probe variant "pairbar": st.shared::cluster stores, then a
+        # cluster barrier (release / acquire)
+        self.pair_async = pair and "pairbar" not in variant
         # two CTAs per SM (<= 128 registers) where that costs no spills (checked with ptxas for
         # sm_90a: 16 x 16 tiles with 16-byte units, 48 x 16 with 4-byte units); larger take 158-255
         # registers and one CTA per SM
@@ -910,10 +914,20 @@ class MmaGemvRouterKernel(_WarpRouter):
                                     16)
         sFlag = smem.allocate_tensor(cutlass.Int32, cute.make_layout(8), 16)
         sPeer = None
+        sBar = None
         if cutlass.const_expr(self.pair):
             sPeer = smem.allocate_tensor(cutlass.Float32, cute.make_layout((rows, tn), stride=(tn, 1)), 16)
+            if cutlass.const_expr(self.pair_async):
+                # split 0's mbarrier: one arrival (its own, expecting the partials' bytes), then
+                # complete when split 1's rows x tn words have landed
+                sBar = smem.allocate_tensor(cutlass.Int64, cute.make_layout(1), 8)
+                if tidx == 0:
+                    if by == 0:
+                        cute.arch.mbarrier_init(sBar.iterator, 1)
+                        cute.arch.mbarrier_init_fence()
+                        cute.arch.mbarrier_arrive_and_expect_tx(sBar.iterator, 4 * rows * tn)
             # phase 1 of the cluster barrier: waited on before the peer's shared memory is written
-            # (it has started), long done by then
+            # (it has started, its mbarrier is initialized), long done by then
             cute.arch.cluster_arrive_relaxed(aligned=True)
 
         thr_mma = tiled_mma.get_slice(lane)
@@ -995,17 +1009,25 @@ class MmaGemvRouterKernel(_WarpRouter):
                 if cutlass.const_expr(self.pair):
                     mine[u] = acc
                     if by == 1:
-                        _cluster_store_f32(_smem_addr(sPeer.iterator + idx), 0, acc)
+                        if cutlass.const_expr(self.pair_async):
+                            cute.arch.store_async_dsmem(sPeer.iterator + idx, _f2i(acc), sBar.iterator, 0)
+                        else:
+                            _cluster_store_f32(_smem_addr(sPeer.iterator + idx), 0, acc)
                 elif t0 + t < T:
                     if cutlass.const_expr(self.poll):
                         _publish(mWs, (by * T + t0 + t) * E + n0 + r, acc)
                     else:
                         mWs[by, t0 + t, n0 + r] = acc
         if cutlass.const_expr(self.pair):
-            # phase 2: split 1's partials are in split 0's sPeer (release / acquire); split 0 adds
-            # them in split order and publishes the logits as one split
-            cute.arch.cluster_arrive(aligned=True)
-            cute.arch.cluster_wait()
+            # split 1's partials are in split 0's sPeer once its mbarrier completes (or, "pairbar",
+            # after the second cluster barrier); split 0 adds them in split order and publishes
+            # the logits as one split
+            if cutlass.const_expr(self.pair_async):
+                if by == 0:
+                    cute.arch.mbarrier_wait(sBar.iterator, 0)
+            else:
+                cute.arch.cluster_arrive(aligned=True)
+                cute.arch.cluster_wait()
             if by == 0:
                 for u in cutlass.range_constexpr(nu):
                     idx = tidx + u * self.threads

@@ -216,14 +216,15 @@ def _same_and_tied(got, want, x, layer):
 
 
 @pytest.mark.skipif(torch.cuda.is_available() and _sm() < 9, reason="thread block clusters need SM90 or later")
-@pytest.mark.parametrize("t,base,form", [
-    (128, (2, 2, 3, 2), (2, 2, 3, 2, 12, 4, True)), (128, (2, 2, 3, 2), (2, 2, 3, 2, 12, 1, False)),
-    (37, (2, 2, 3, 2), (2, 2, 3, 2, 8, 2, True)), (128, (2, 1, 1, 4), (2, 1, 1, 4, 16, 4, False)),
-    (130, (2, 1, 1, 4), (2, 1, 1, 4, 16, 8, False))],
+@pytest.mark.parametrize("t,base,form,variant", [
+    (128, (2, 2, 3, 2), (2, 2, 3, 2, 12, 4, True), ""), (128, (2, 2, 3, 2), (2, 2, 3, 2, 12, 4, True), "pairbar"),
+    (128, (2, 2, 3, 2), (2, 2, 3, 2, 12, 1, False), ""), (37, (2, 2, 3, 2), (2, 2, 3, 2, 8, 2, True), ""),
+    (128, (2, 1, 1, 4), (2, 1, 1, 4, 16, 4, False), ""), (130, (2, 1, 1, 4), (2, 1, 1, 4, 16, 8, False), "")],
     ids=lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v))
-def test_swapab_forms_give_the_same_bits(t, base, form):
+def test_swapab_forms_give_the_same_bits(t, base, form, variant):
     # the one-CTA-per-SM forms (more warps, the route over several CTAs per n-tile, the 2 K splits
-    # as a cluster pair whose split 0 adds split 1's partials in split order) against the 8-warp
+    # as a cluster pair whose split 0 adds split 1's partials in split order: handed over by
+    # st.async and an mbarrier, or "pairbar", stores and a cluster barrier) against the 8-warp
     # kernel with its waiting / polled route: the same ids and weights, bit for bit, with ties
     from kernels.router.launch import run_mma_gemv
 
@@ -231,7 +232,7 @@ def test_swapab_forms_give_the_same_bits(t, base, form):
     act = router.prepare_activation(x, layer)
     want = run_mma_gemv(act, layer, 6, "softmax", False, base)
     for _ in range(2):
-        _same_and_tied(run_mma_gemv(act, layer, 6, "softmax", False, form), want, x, layer)
+        _same_and_tied(run_mma_gemv(act, layer, 6, "softmax", False, form, variant), want, x, layer)
 
 
 @pytest.mark.skipif(torch.cuda.is_available() and _sm() < 8, reason="the portable kernel needs SM80 or later")
