@@ -13,6 +13,9 @@
 #          GPUREPRO_ROUTER_FUSED_QUANT=0 (the PyTorch quantizer) and say so
 #   both:  validate then bench in one process; BENCH_ARGS adds bench options (default --skip mma_nosplit)
 # Every step runs under `timeout` (QUANT_S, TESTS_S, BOTH_S seconds) so one hang cannot eat the call.
+# The device returns at most 8 files from $OUT: all steps together write 8 (pytest_quant.log,
+# pytest_gpu.log, probe.log, validate_bench.log, router_{bench,validation}.{md,json}), so a caller
+# that adds files of its own to $OUT loses some (2026-12-04: validate_bench.log).
 set -u
 OUT=${OUT:-/tmp/out}
 steps=${*:-quant both}

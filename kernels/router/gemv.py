@@ -1184,7 +1184,7 @@ def pick_mma_gemv(num_tokens: int, experts: int, hidden: int, target_ctas: int =
     T=128, in one call each): 16 warps and the polled route spread over 4 CTAs per n-tile for
     16 x 16 tiles (E=256: 8.6 -> 7.9-8.0 us), 12 warps (the most 48 x 16 tiles' 154-158 registers
     allow), the K-split pair as a cluster and the polled route over 4 CTAs for 48 x 16 tiles
-    (E=384: 11.0-11.2 -> 10.3 us).  ``sm``: the device's SM version (clusters from SM90), ``sms``
+    (E=384: 11.0-11.2 -> 9.8 us).  ``sm``: the device's SM version (clusters from SM90), ``sms``
     its SM count: the grid is one wave only if every CTA gets its own SM (then no polling CTA can
     hold an SM another CTA of its token group waits for);
     ``pdl``: the kernel follows the quantizer as its programmatic dependent, which the polled
