@@ -910,8 +910,8 @@ class MmaGemvRouterKernel(_WarpRouter):
         sA = smem.allocate_tensor(cutlass.Float16, cute.make_layout((rows, 128), stride=(128, 1)), 16)
         sB = smem.allocate_tensor(cutlass.Float16, cute.make_layout((tn, 128), stride=(128, 1)), 16)
         sC = smem.allocate_tensor(cutlass.Float32, cute.make_layout((rows, tn), stride=(tn, 1)), 16)
-        sRed = smem.allocate_tensor(cutlass.Float32, cute.make_layout((self.warps, rows, tn), stride=(rows * tn, tn, 1)),
-                                    16)
+        sRed = smem.allocate_tensor(cutlass.Float32,
+                                    cute.make_layout((self.warps, rows, tn), stride=(rows * tn, tn, 1)), 16)
         sFlag = smem.allocate_tensor(cutlass.Int32, cute.make_layout(8), 16)
         sPeer = None
         sBar = None

@@ -102,7 +102,8 @@ def row_major_scales(linear):
     if kept is not None and kept[0] == key:
         return kept[1]
     k_tiles = linear.in_features // 64  # the kernels' K-tiles (K / 64)
-    # [row / 128, K-tile, row % 32, row % 128 // 32, block] -> [row / 128, row % 128 // 32, row % 32, K-tile, block]
+    # [row / 128, K-tile, row % 32, row % 128 // 32, block]
+    #   -> [row / 128, row % 128 // 32, row % 32, K-tile, block], i.e. [row, K / 16]
     atoms = sb.contiguous().view(torch.uint8).reshape(-1, k_tiles, 32, 4, 4)
     rm = atoms.permute(0, 3, 2, 1, 4).contiguous().reshape(-1)
     if not (rm.is_cuda and torch.cuda.is_current_stream_capturing()):
@@ -213,7 +214,8 @@ def mma_gemv_args(activation, linear, top_k: int, nt: int = 1, ksplit: int = 1, 
         _cute(a_data.contiguous().view(torch.int32)),
         _cute(a_scales.contiguous().view(torch.uint8).view(torch.int32) if scale_words else a_scales.contiguous()),
         _cute(linear._mat_b.contiguous().view(torch.int32)),
-        _cute(linear._scale_b.contiguous().view(torch.uint8).reshape(-1).view(torch.int32 if scale_words else torch.uint8)),
+        _cute(linear._scale_b.contiguous().view(torch.uint8).reshape(-1)
+              .view(torch.int32 if scale_words else torch.uint8)),
         _cute(alpha),
         _cute(ws),
         _cute(ids),
@@ -226,7 +228,8 @@ def mma_gemv_args(activation, linear, top_k: int, nt: int = 1, ksplit: int = 1, 
 
 def run_mma_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool, config=None, variant: str = "",
                  pdl: bool = False):
-    """The swap-AB kernel; ``variant``: the probe's route forms (``MmaGemvRouterKernel``; "poll",
+    """The swap-AB kernel; ``config``: ``(nt, ksplit[, mw[, uw[, warps, spread, pair]]])`` (default:
+    :func:`pick_swapab`); ``variant``: the probe's route forms (``MmaGemvRouterKernel``; "poll",
     "wait" and "count" force that route), for tests; ``pdl`` as in :func:`run_gemv`."""
     from .gemv import SwapabConfig, compile_mma_gemv, swapab_polls, swapab_unit_words
 
@@ -264,6 +267,7 @@ def pdl_helps(kernel: str, num_tokens: int, linear) -> bool:
     if kernel == "swapab":
         from .gemv import pick_mma_gemv, swapab_polls
 
+        # the form picked after the quantizer: a polled one (1 K split, or cluster pairs) is not a dependent
         cfg = pick_mma_gemv(num_tokens, linear.out_features, linear.in_features, pdl=True)
         return not (cfg.pair or swapab_polls(cfg.ksplit))
     return kernel in ("gemv", "tile")
