@@ -58,7 +58,9 @@ def main(argv=None) -> int:
                         "clock (timestamps), slowpicks / floatpicks / exactexp (the route's older forms), "
                         "narrow (one word per polling load); "
                         "swap-AB only: poll / count / wait (force the polled, the counted or the "
-                        "waiting route); GEMV only: quant (from bf16, quantizing in the kernel)")
+                        "waiting route), spreadN (an n-tile's route over N CTAs), pairbar (cluster pairs "
+                        "handing over with stores and a cluster barrier); GEMV only: quant (from bf16, "
+                        "quantizing in the kernel)")
     a = p.parse_args(argv)
     dev = torch.device("cuda")
     k_tiles = a.hidden // BK
