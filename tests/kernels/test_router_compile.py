@@ -50,7 +50,13 @@ def test_decode_kernels_compile(arch):
                             "--expect-ptx", "ld.shared.v4", "--expect-ptx", "ld.acquire.gpu",
                             "--expect-ptx", "div.rn.f32")
     assert rc == 0 and res["ok"], (res, err[-3000:])
-    assert len(res["compiled"]) == 2 * 8  # scoring x (2 GEMV + 2 quantizing GEMV + 2 swap-AB + 2 staged configs)
+    # scoring x (2 GEMV + 2 quantizing GEMV + 2 swap-AB + 2 staged configs + the one-CTA-per-SM swap-AB
+    # forms: 16 warps with the spread route, and from SM90 the 12-warp K-split cluster pairs)
+    pairs = arch != "sm_80"
+    assert len(res["compiled"]) == 2 * (8 + 1 + pairs)
+    for scoring in ("softmax", "sigmoid"):
+        assert f"k=6,{scoring},swapab nt=2,ksplit=1,mw=1,uw=4,warps=16,spread=4,pair=False" in res["compiled"]
+        assert (f"k=6,{scoring},swapab nt=2,ksplit=2,mw=2,uw=2,warps=12,spread=4,pair=True" in res["compiled"]) == pairs
     assert "mma" not in res and "tcgen05" not in err
 
 
