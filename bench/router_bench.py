@@ -46,9 +46,9 @@ import torch  # noqa: E402
 
 from kernels import router  # noqa: E402
 from kernels.nvfp4 import compute_global_scale, dequantize_nvfp4  # noqa: E402
-from kernels.router.gemv import compile_gemv, compile_mma_gemv, pick_gemv, swapab_polls  # noqa: E402
+from kernels.router.gemv import compile_gemv, pick_gemv  # noqa: E402
 from kernels.router.staged import compile_staged, pick_staged  # noqa: E402
-from kernels.router.launch import current_stream, gemv_args, mma_gemv_args, pick_swapab, plan_portable  # noqa: E402
+from kernels.router.launch import compile_swapab, current_stream, gemv_args, pick_swapab, plan_portable  # noqa: E402
 from kernels.router.launch import portable_args  # noqa: E402
 from kernels.router.portable import compile_portable  # noqa: E402
 from kernels.router.launch import staged_args, tile_launcher  # noqa: E402
@@ -229,11 +229,8 @@ def main(argv=None) -> int:
                 return compile_gemv(a.topk, a.scoring, renorm, e, tm, rb, args), args
 
             def swapab_make(lay):
-                c = pick_swapab(t, lay, dev)
-                poll = c.pair or swapab_polls(c.ksplit)
-                args, _, _ = mma_gemv_args(act, lay, a.topk, c.nt, c.ksplit, poll)
-                return compile_mma_gemv(a.topk, a.scoring, renorm, e, c.nt, c.ksplit, args, poll, mw=c.mw, uw=c.uw,
-                                        warps=c.warps, spread=c.spread, pair=c.pair), args
+                fn, args, _, _ = compile_swapab(act, lay, a.topk, a.scoring, renorm, pick_swapab(t, lay, dev))
+                return fn, args
 
             def staged_make(lay):
                 em, tn, ks = pick_staged(t, e, a.hidden)

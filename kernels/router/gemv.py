@@ -1176,6 +1176,15 @@ class SwapabConfig(NamedTuple):
     spread: int = 1
     pair: bool = False
 
+    @classmethod
+    def of(cls, config, hidden: int = 0) -> "SwapabConfig":
+        """``(nt, ksplit[, mw[, uw[, warps, spread, pair]]])``: mw 1 and the K unit
+        :func:`swapab_unit_words` picks for ``hidden`` (4 without one) unless given."""
+        nt, ksplit, *rest = config
+        mw = rest[0] if rest else 1
+        uw = rest[1] if len(rest) > 1 else swapab_unit_words(hidden, ksplit) if hidden else 4
+        return cls(nt, ksplit, mw, uw, *rest[2:4], *(bool(p) for p in rest[4:5]))
+
 
 def pick_mma_gemv(num_tokens: int, experts: int, hidden: int, target_ctas: int = 264, sm: int = 90,
                   pdl: bool = False, sms: int = 132) -> SwapabConfig:

@@ -231,20 +231,28 @@ def run_mma_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool
     """The swap-AB kernel; ``config``: ``(nt, ksplit[, mw[, uw[, warps, spread, pair]]])`` (default:
     :func:`pick_swapab`); ``variant``: the probe's route forms (``MmaGemvRouterKernel``; "poll",
     "wait" and "count" force that route), for tests; ``pdl`` as in :func:`run_gemv`."""
-    from .gemv import SwapabConfig, compile_mma_gemv, swapab_polls, swapab_unit_words
+    from .gemv import SwapabConfig
 
     t = activation[0].shape[0]
-    if config is None:
-        cfg = pick_swapab(t, linear, activation[0].device, pdl)
-    else:  # (nt, ksplit[, mw[, uw[, warps, spread, pair]]])
-        cfg = tuple(config) + (1,) * (3 - len(config))
-        cfg = SwapabConfig(*cfg) if len(cfg) > 3 else SwapabConfig(*cfg, swapab_unit_words(linear.in_features, cfg[1]))
+    cfg = pick_swapab(t, linear, activation[0].device, pdl) if config is None else \
+        SwapabConfig.of(config, linear.in_features)
+    fn, args, ids, w = compile_swapab(activation, linear, top_k, scoring, renormalize, cfg, variant, pdl)
+    fn(*args)
+    return ids, w
+
+
+def compile_swapab(activation, linear, top_k: int, scoring: str, renormalize: bool, cfg, variant: str = "",
+                   pdl: bool = False):
+    """``(compiled kernel, its arguments, ids, weights)`` of the swap-AB launch ``cfg``
+    (:class:`kernels.router.gemv.SwapabConfig`): a polled workspace where it polls (one K split, a
+    probe variant forcing it, or the cluster pairs)."""
+    from .gemv import compile_mma_gemv, swapab_polls
+
     poll = cfg.pair or swapab_polls(cfg.ksplit, variant)
     args, ids, w = mma_gemv_args(activation, linear, top_k, cfg.nt, cfg.ksplit, poll)
     fn = compile_mma_gemv(top_k, scoring, renormalize, linear.out_features, cfg.nt, cfg.ksplit, args, poll, variant,
                           mw=cfg.mw, uw=cfg.uw, pdl=pdl, warps=cfg.warps, spread=cfg.spread, pair=cfg.pair)
-    fn(*args)
-    return ids, w
+    return fn, args, ids, w
 
 
 def pick_swapab(num_tokens: int, linear, device, pdl: bool = False):

@@ -213,7 +213,7 @@ def _compiled_decode(kind, cfg, variant, act, lay, x=None):
     """``(compiled kernel, its arguments, ids, weights)`` of one decode-kernel configuration on
     layer ``lay`` (``x``: the bf16 activations, for the GEMV's "quant" variant)."""
     from kernels.router import launch
-    from kernels.router.gemv import compile_gemv, compile_mma_gemv, swapab_polls
+    from kernels.router.gemv import compile_gemv
 
     if kind == "gemv" and "quant" in variant:
         args, ids, w, mode = launch.gemv_quant_args(x, lay, 6, cfg[0])
@@ -232,12 +232,7 @@ def _compiled_decode(kind, cfg, variant, act, lay, x=None):
         from kernels.router.gemv import SwapabConfig
 
         # NT,KSPLIT[,MW[,UW[,WARPS,SPREAD,PAIR]]]: MW 1, UW 4 unless given
-        full = tuple(cfg) + (1, 4)[len(cfg) - 2:] if len(cfg) < 4 else tuple(cfg)
-        c = SwapabConfig(*full[:6], *(bool(p) for p in full[6:7]))
-        poll = c.pair or swapab_polls(c.ksplit, variant)
-        args, ids, w = launch.mma_gemv_args(act, lay, 6, c.nt, c.ksplit, poll)
-        fn = compile_mma_gemv(6, "softmax", False, lay.out_features, c.nt, c.ksplit, args, poll, variant, c.mw, c.uw,
-                              warps=c.warps, spread=c.spread, pair=c.pair)
+        fn, args, ids, w = launch.compile_swapab(act, lay, 6, "softmax", False, SwapabConfig.of(cfg), variant)
     return fn, args, ids, w
 
 
