@@ -123,6 +123,16 @@ def _compile_pdl(cute, kernel: str, k: int) -> list:
     return done
 
 
+def _drop_cubins(dump: str) -> list:
+    """Registers of the cubins compiled so far (in ``dump`` or, where the DSL ignores it, the working
+    directory), which are then removed: a later compile of the same kernel name overwrites them."""
+    files = glob.glob(os.path.join(dump, "**", "*.cubin"), recursive=True) + glob.glob("cutlass_*.cubin")
+    regs = [r for f in files for r in cubin_registers(f)]
+    for f in files:
+        os.remove(f)
+    return regs
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kernel", choices=["portable", "gemv", "tile", "sm100", "quant"], required=True)
@@ -144,6 +154,7 @@ def main(argv=None) -> int:
     from kernels.router.reference import default_renormalize
 
     done = []
+    seen_regs = set()  # registers of cubins compiled and removed before the end
     t0 = time.time()
     if a.kernel == "quant":
         from kernels.router.quant import Nvfp4ActQuantKernel
@@ -154,6 +165,13 @@ def main(argv=None) -> int:
         # the replicated max (small inputs) first: its registers are not capped (no grid barrier)
         cute.compile(Nvfp4ActQuantKernel(True, trigger=a.pdl, replicate=16), *args)
         done.append("quant dynamic=True replicate" + (" trigger" if a.pdl else ""))
+        _drop_cubins(dump)
+        # the large-input forms (per-CTA threshold table), their registers kept before the next
+        # compile overwrites the file
+        for dynamic in ([] if a.pdl else [False, True]):
+            cute.compile(Nvfp4ActQuantKernel(dynamic, table=True), *args)
+            done.append(f"quant dynamic={dynamic} table")
+            seen_regs |= set(_drop_cubins(dump))
         for dynamic in (False, True):
             cute.compile(Nvfp4ActQuantKernel(dynamic, trigger=a.pdl), *args)
             done.append(f"quant dynamic={dynamic}" + (" trigger" if a.pdl else ""))
@@ -254,7 +272,7 @@ def main(argv=None) -> int:
             os.remove(f)
     missing = [s for s in a.expect_ptx if s not in ptx]
     ok = bool(done) and any(c.endswith(f".{a.arch}.cubin") for c in cubins) and not missing
-    regs = sorted({r for c in cubins if os.path.exists(c) for r in cubin_registers(c)})
+    regs = sorted(seen_regs | {r for c in cubins if os.path.exists(c) for r in cubin_registers(c)})
     shutil.rmtree(dump, ignore_errors=True)
     print(json.dumps({"kernel": a.kernel, "arch": a.arch, "compiled": done, "seconds": round(time.time() - t0, 1),
                       "cubins": [os.path.basename(c)[-60:] for c in cubins], "registers": regs, "missing_ptx": missing,

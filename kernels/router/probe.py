@@ -61,6 +61,9 @@ def main(argv=None) -> int:
                         "waiting route), spreadN (an n-tile's route over N CTAs), pairbar (cluster pairs "
                         "handing over with stores and a cluster barrier); GEMV only: quant (from bf16, "
                         "quantizing in the kernel)")
+    p.add_argument("--after-quant", nargs="*", default=[], choices=["dynamic", "calibrated"],
+                   help="also time each decode configuration after the fused quantizer of the bf16 tokens (dynamic "
+                        "or calibrated global scale), launched plainly and as its programmatic dependent (PDL)")
     a = p.parse_args(argv)
     dev = torch.device("cuda")
     k_tiles = a.hidden // BK
@@ -77,6 +80,10 @@ def main(argv=None) -> int:
                     kind = "gemv" if cfg in a.gemv else "swapab" if cfg in a.swapab else "staged"
                     rc |= _decode(kind, tuple(int(c) for c in cfg.split(",")), v, x, base, act, ref_logits, layers,
                                   a, {"T": t, "E": e})
+                    for mode in a.after_quant:
+                        for pdl in (False, True):
+                            rc |= _after_quant(kind, tuple(int(c) for c in cfg.split(",")), v, mode, pdl, x, base,
+                                               ref_logits, layers, a, {"T": t, "E": e})
             for ctas in ((a.stream_k or [0]) if a.stream_k is not None and t >= 128 else []):
                 from kernels.router.tile import BN as TBN, device_ctas_per_wave, stream_k_slots
 
@@ -209,9 +216,47 @@ def _decode(kind, cfg, variant, x, base, act, ref_logits, layers, a, res) -> int
     return rc
 
 
-def _compiled_decode(kind, cfg, variant, act, lay, x=None):
+def _after_quant(kind, cfg, variant, mode, pdl, x, base, ref_logits, layers, a, res) -> int:
+    """One decode configuration after the fused quantizer (``mode``: "dynamic" or "calibrated"
+    global scale), launched plainly or (``pdl``) as the quantizer's programmatic dependent: checked
+    (three runs against the reference) and timed as quantizer + kernel per layer copy."""
+    import router_bench as rb
+
+    from kernels.nvfp4 import compute_global_scale
+    from kernels.router import launch
+    from kernels.router.quant import quant_launcher
+
+    dev = x.device
+    scale = compute_global_scale(x) if mode == "calibrated" else None
+
+    def make(lay):
+        quant, act = quant_launcher(x, scale, lay._global_scale_b, trigger=pdl)
+        fn, args, ids, w = _compiled_decode(kind, cfg, variant, act, lay, pdl=pdl)
+
+        def run():
+            quant()
+            fn(*args[:-1], launch.current_stream(dev))
+        return run, ids, w
+
+    res = dict(res, kernel=kind, config=list(cfg), variant=variant, after_quant=mode, pdl=pdl)
+    rc = 0
+    if not a.no_check and "noroute" not in variant:
+        outs = []
+        for _ in range(3):
+            run, ids, w = make(base)
+            run()
+            outs.append((ids, w))
+        rc = _check(outs, ref_logits, res)
+    us, _ = rb.time_us([make(lay)[0] for lay in layers], a.reps)
+    res["us"] = round(us, 2)
+    print(json.dumps(res), flush=True)
+    return rc
+
+
+def _compiled_decode(kind, cfg, variant, act, lay, x=None, pdl: bool = False):
     """``(compiled kernel, its arguments, ids, weights)`` of one decode-kernel configuration on
-    layer ``lay`` (``x``: the bf16 activations, for the GEMV's "quant" variant)."""
+    layer ``lay`` (``x``: the bf16 activations, for the GEMV's "quant" variant; ``pdl``: launched
+    as the programmatic dependent of the kernel before it, GEMV and swap-AB)."""
     from kernels.router import launch
     from kernels.router.gemv import compile_gemv
 
@@ -220,9 +265,12 @@ def _compiled_decode(kind, cfg, variant, act, lay, x=None):
         fn = compile_gemv(6, "softmax", False, lay.out_features, cfg[0], cfg[1], args, variant, quant=mode)
     elif kind == "gemv":
         args, ids, w = launch.gemv_args(act, lay, 6, cfg[0])
-        fn = compile_gemv(6, "softmax", False, lay.out_features, cfg[0], cfg[1], args, variant)
+        fn = compile_gemv(6, "softmax", False, lay.out_features, cfg[0], cfg[1], args, variant, pdl=pdl)
     elif kind == "staged":
         from kernels.router.staged import compile_staged
+
+        if pdl:
+            raise ValueError("the staged kernel has no programmatic-dependent form")
 
         args, ids, w = launch.staged_args(act, lay, 6, cfg[1], cfg[2])
         fn = compile_staged(6, "softmax", False, lay.out_features, cfg[0], cfg[1], cfg[2], args,
@@ -232,7 +280,7 @@ def _compiled_decode(kind, cfg, variant, act, lay, x=None):
         from kernels.router.gemv import SwapabConfig
 
         # NT,KSPLIT[,MW[,UW[,WARPS,SPREAD,PAIR]]]: MW 1, UW 4 unless given
-        fn, args, ids, w = launch.compile_swapab(act, lay, 6, "softmax", False, SwapabConfig.of(cfg), variant)
+        fn, args, ids, w = launch.compile_swapab(act, lay, 6, "softmax", False, SwapabConfig.of(cfg), variant, pdl)
     return fn, args, ids, w
 
 

@@ -302,6 +302,59 @@ def quant_block(raw: cute.Tensor, bam, g_safe, d6, out: cute.Tensor):
     return code
 
 
+#: the per-CTA threshold table (large inputs): for every E4M3 scale code, 8 int32 words: V1..V7 of
+#: its divisor d = e4m3(code) * g (:func:`e2m1_thresholds`), then flags (TABLE_OK: the code gives
+#: codes at all, TABLE_THRESHOLDS: d is in the thresholds' range, else the division)
+TABLE_CODES = 128
+TABLE_WORDS = 8
+TABLE_OK = 1
+TABLE_THRESHOLDS = 2
+
+
+@cute.jit
+def build_threshold_table(sThr: cute.Tensor, g_safe, tidx):
+    """Fill ``sThr`` (``TABLE_CODES x TABLE_WORDS`` int32, shared) for global scale ``g_safe``: with
+    a calibrated scale a block's divisor takes one of 127 values, so its thresholds (~140
+    instructions per block, the bulk of the quantizer's issue time at T=4096) are computed once per
+    CTA instead of once per block.  Two threads per code (``THREADS`` = 2 x ``TABLE_CODES``); the
+    caller synchronizes the CTA before reading."""
+    code = tidx // 2
+    denom = _mul_rn(_e4m3_value(code), g_safe)
+    ok = (denom > cutlass.Float32(0.0)) & (code != 0x7F)
+    d = _sel(ok, denom, cutlass.Float32(1.0))
+    base = code * TABLE_WORDS
+    if tidx % 2 == 0:
+        for i in cutlass.range_constexpr(4):
+            sThr[base + i] = _asm(cutlass.Int32, _THRESHOLD_PTX[i], "=r,f", d)
+    else:
+        for i in cutlass.range_constexpr(4, 7):
+            sThr[base + i] = _asm(cutlass.Int32, _THRESHOLD_PTX[i], "=r,f", d)
+        inr = (d >= cutlass.Float32(THRESHOLD_D_MIN)) & (d <= cutlass.Float32(THRESHOLD_D_MAX))
+        sThr[base + 7] = _sel(ok, cutlass.Int32(TABLE_OK), cutlass.Int32(0)) | \
+            _sel(inr, cutlass.Int32(TABLE_THRESHOLDS), cutlass.Int32(0))
+
+
+@cute.jit
+def quant_block_table(raw: cute.Tensor, bam, g_safe, d6, sThr: cute.Tensor, out: cute.Tensor):
+    """:func:`quant_block` with the thresholds read from the table of :func:`build_threshold_table`
+    (the same bits: the same divisor per scale code, the same tests)."""
+    s = _div_rn(_i2f(bam), d6)
+    s = _sel(s == s, cute.arch.fmin(s, cutlass.Float32(448.0)), s)  # clamp(max=448), NaN kept
+    code = _e4m3_code(_f2i(s))
+    v = cute.make_rmem_tensor(cute.make_layout(TABLE_WORDS), cutlass.Int32)
+    cute.autovec_copy(cute.make_tensor(sThr.iterator + cute.assume(code * TABLE_WORDS, divby=TABLE_WORDS),
+                                       cute.make_layout(TABLE_WORDS)), v)
+    flags = v[7]
+    ok = (flags & TABLE_OK) != 0
+    if (flags & TABLE_THRESHOLDS) != 0:
+        vv = [v[i] for i in range(7)]
+        _pack_codes(raw, ok, out, lambda word: _encode_pair_thresholds(word, vv))
+    else:
+        d = _sel(ok, _mul_rn(_e4m3_value(code), g_safe), cutlass.Float32(1.0))
+        _pack_codes(raw, ok, out, lambda word: _encode_pair(word, d))
+    return code
+
+
 def _pack_codes(raw, ok, out, encode_pair):
     """The block's 8 bf16x2 words -> its two words of E2M1 codes (``encode_pair``: one word -> one
     byte), all 0 unless ``ok``.  Unrolled at trace time."""
@@ -323,7 +376,7 @@ class Nvfp4ActQuantKernel:
     ``with_alpha``: also write ``mAlpha[0] = g * mGb[0]``."""
 
     def __init__(self, dynamic: bool, with_alpha: bool = True, per_thread: int = PER_THREAD,
-                 trigger: bool = False, replicate: int = 0):
+                 trigger: bool = False, replicate: int = 0, table: bool = False):
         if replicate and not dynamic:
             raise ValueError("replicate: the dynamic scale's max, computed by every CTA")
         self.dynamic = dynamic
@@ -340,7 +393,10 @@ class Nvfp4ActQuantKernel:
         self.trigger = trigger
         self.with_alpha = with_alpha
         self.per_thread = per_thread
-        self.smem_bytes = 4 * WARPS + 64
+        # large inputs (more blocks than threads): the blocks' E2M1 thresholds from a per-CTA table
+        # of the 127 scale codes (build_threshold_table) instead of computed per block
+        self.table = table
+        self.smem_bytes = 4 * WARPS + 64 + (4 * TABLE_CODES * TABLE_WORDS + 16 if table else 0)
 
     @cute.jit
     def __call__(self, mX: cute.Tensor, mQ: cute.Tensor, mS: cute.Tensor, mG: cute.Tensor,
@@ -355,9 +411,13 @@ class Nvfp4ActQuantKernel:
         cute.autovec_copy(src, dst)
 
     @cute.jit
-    def _quant_block(self, mQ: cute.Tensor, mS: cute.Tensor, b, raw: cute.Tensor, bam, g_safe, d6):
+    def _quant_block(self, mQ: cute.Tensor, mS: cute.Tensor, b, raw: cute.Tensor, bam, g_safe, d6, sThr):
         out = cute.make_rmem_tensor(cute.make_layout(2), cutlass.Int32)
-        code = quant_block(raw, bam, g_safe, d6, out)
+        code = cutlass.Int32(0)
+        if cutlass.const_expr(self.table):
+            code = quant_block_table(raw, bam, g_safe, d6, sThr, out)
+        else:
+            code = quant_block(raw, bam, g_safe, d6, out)
         dst = cute.make_tensor(mQ.iterator + cute.assume(b * 2, divby=2), cute.make_layout(2))
         cute.autovec_copy(out, dst)
         mS[b] = cutlass.Uint8(code)
@@ -380,6 +440,9 @@ class Nvfp4ActQuantKernel:
         smem = cutlass.utils.SmemAllocator()
         sRed = smem.allocate_tensor(cutlass.Int32, cute.make_layout(WARPS), 16)
         sG = smem.allocate_tensor(cutlass.Float32, cute.make_layout(4), 16)
+        sThr = sG
+        if cutlass.const_expr(self.table):
+            sThr = smem.allocate_tensor(cutlass.Int32, cute.make_layout(TABLE_CODES * TABLE_WORDS), 16)
 
         raw = cute.make_rmem_tensor(cute.make_layout((8, R), stride=(1, 8)), cutlass.Int32)
         raw.fill(0)
@@ -465,17 +528,35 @@ class Nvfp4ActQuantKernel:
                     mAlpha[0] = _mul_rn(g, mGb[0])
 
         g_safe, d6 = safe_scales(g)
+        if cutlass.const_expr(self.table):
+            build_threshold_table(sThr, g_safe, tidx)
+            cute.arch.sync_threads()
         for i in cutlass.range_constexpr(R):
             b = first + i * stride
             if b < nb:
-                self._quant_block(mQ, mS, b, raw[None, i], bam[i], g_safe, d6)
-        for b in range(first + R * stride, nb, 2 * stride):
-            self._load_block(mX, b, tmp[None, 0])
-            if b + stride < nb:
-                self._load_block(mX, b + stride, tmp[None, 1])
-            self._quant_block(mQ, mS, b, tmp[None, 0], block_amax(tmp[None, 0]), g_safe, d6)
-            if b + stride < nb:
-                self._quant_block(mQ, mS, b + stride, tmp[None, 1], block_amax(tmp[None, 1]), g_safe, d6)
+                self._quant_block(mQ, mS, b, raw[None, i], bam[i], g_safe, d6, sThr)
+        # the blocks beyond the registers, a pair per step; after the dynamic scale's pass over them,
+        # last pair first: the blocks that pass read last are still in L2 (x of T=4096 at hidden
+        # 7168 is 58.7 MB, more than the H200's 50 MB of L2: read in the same order, every block
+        # would have been evicted before it is read again)
+        b0 = first + R * stride
+        if cutlass.const_expr(self.dynamic and not self.replicate):
+            steps = cutlass.max((nb - b0 + 2 * stride - 1) // (2 * stride), 0)
+            for j in range(steps):
+                self._quant_pair(mX, mQ, mS, b0 + (steps - 1 - j) * 2 * stride, stride, nb, tmp, g_safe, d6, sThr)
+        else:
+            for b in range(b0, nb, 2 * stride):
+                self._quant_pair(mX, mQ, mS, b, stride, nb, tmp, g_safe, d6, sThr)
+
+    @cute.jit
+    def _quant_pair(self, mX, mQ, mS, b, stride, nb, tmp, g_safe, d6, sThr):
+        """Blocks ``b`` and ``b + stride`` (if any) loaded, then quantized: two blocks' loads in flight."""
+        self._load_block(mX, b, tmp[None, 0])
+        if b + stride < nb:
+            self._load_block(mX, b + stride, tmp[None, 1])
+        self._quant_block(mQ, mS, b, tmp[None, 0], block_amax(tmp[None, 0]), g_safe, d6, sThr)
+        if b + stride < nb:
+            self._quant_block(mQ, mS, b + stride, tmp[None, 1], block_amax(tmp[None, 1]), g_safe, d6, sThr)
 
 
 _compiled = {}
@@ -543,12 +624,13 @@ def quant_args(x, data, scales, g, g_b, alpha, ctas: int):
     )
 
 
-def compile_quant(dynamic: bool, args, trigger: bool = False, replicate: int = 0, per_thread: int = PER_THREAD):
-    key = (bool(dynamic), bool(trigger), int(replicate), per_thread)
+def compile_quant(dynamic: bool, args, trigger: bool = False, replicate: int = 0, per_thread: int = PER_THREAD,
+                  table: bool = False):
+    key = (bool(dynamic), bool(trigger), int(replicate), per_thread, bool(table))
     fn = _compiled.get(key)
     if fn is None:
-        fn = cute.compile(Nvfp4ActQuantKernel(dynamic, per_thread=per_thread, trigger=trigger, replicate=replicate),
-                          *args)
+        fn = cute.compile(Nvfp4ActQuantKernel(dynamic, per_thread=per_thread, trigger=trigger, replicate=replicate,
+                                              table=table), *args)
         _compiled[key] = fn
     return fn
 
@@ -570,15 +652,36 @@ def fused_quant_problem(x) -> str | None:
     return None
 
 
-def quantize_activation_fused(x, global_scale=None, g_b=None, replicate=None, per_thread=None):
+def uses_table(num_blocks: int, ctas: int, per_thread: int) -> bool:
+    """Whether the quantizer reads its blocks' thresholds from the per-CTA table: where threads
+    quantize more blocks than they hold in registers (large inputs; at decode sizes every thread
+    has one or two blocks and the table's build and barrier would sit on the critical path)."""
+    return num_blocks > ctas * THREADS * per_thread
+
+
+def quantize_activation_fused(x, global_scale=None, g_b=None, replicate=None, per_thread=None, table=None):
     """``(packed uint8 [T, K/2], scales uint8 [T, K/16], g_a float32 0-dim, alpha float32 [1])``
     from bf16 ``x [..., K]`` in one launch.  ``global_scale``: the layer's calibrated scale
     (a tensor on the device or a float), or None for the dynamic one (computed on the device).
     ``alpha = g_a * g_b`` when ``g_b`` is given, else ``g_a``'s copy.  ``replicate`` (dynamic
     scale; default :func:`replicates`): every CTA computes the max itself, one block per thread,
     else the CTAs meet at a grid barrier (or one CTA does it all); ``per_thread``: blocks held per
-    thread (default :func:`blocks_per_thread`)."""
+    thread (default :func:`blocks_per_thread`); ``table``: the thresholds from the per-CTA table
+    (default :func:`uses_table`)."""
+    launch, out = quant_launcher(x, global_scale, g_b, replicate, per_thread, table)
+    launch()
+    return out
+
+
+def quant_launcher(x, global_scale=None, g_b=None, replicate=None, per_thread=None, table=None, trigger=None):
+    """``(launch, (data, scales, g, alpha))``: the fused quantizer of ``x`` compiled with its
+    arguments and output buffers made once; ``launch()`` runs it on the current stream, writing
+    the same buffers each time (the probe times it before a router kernel reading them).  The
+    arguments as in :func:`quantize_activation_fused`; ``trigger`` (default: SM90+): let a
+    programmatic dependent start early."""
     import torch
+
+    from .runtime import current_stream
 
     x2 = x.reshape(-1, x.shape[-1])
     t, k = x2.shape
@@ -594,10 +697,12 @@ def quantize_activation_fused(x, global_scale=None, g_b=None, replicate=None, pe
     rep = dynamic and (replicates(nb) if replicate is None else bool(replicate))
     sms = props.multi_processor_count
     per = 1 if rep else per_thread or blocks_per_thread(nb, sms)
-    args = quant_args(x2, data, scales, g, gb, alpha, grid_ctas(nb, sms, per))
-    compile_quant(dynamic, args, trigger=props.major >= 9, replicate=replica_inflight(nb) if rep else 0,
-                  per_thread=per)(*args)
-    return data, scales, g, alpha
+    ctas = grid_ctas(nb, sms, per)
+    args = quant_args(x2, data, scales, g, gb, alpha, ctas)
+    fn = compile_quant(dynamic, args, trigger=props.major >= 9 if trigger is None else trigger,
+                       replicate=replica_inflight(nb) if rep else 0, per_thread=per,
+                       table=uses_table(nb, ctas, per) if table is None else table)
+    return (lambda: fn(*args[:-1], current_stream(dev))), (data, scales, g, alpha)
 
 
 _ONES = {}

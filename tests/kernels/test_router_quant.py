@@ -166,6 +166,16 @@ def test_grid_caps_ctas_for_the_barrier():
     # up to 9 tokens of hidden 7168 every CTA computes the max (no barrier), one block per thread
     assert replicates(448) and replicates(9 * 448) and not replicates(10 * 448)
     assert not replicates(448, dynamic=False)
+    from kernels.router.quant import uses_table
+
+    # the per-CTA threshold table where threads quantize more blocks than they hold (T=4096), not
+    # at decode sizes (one or two blocks per thread)
+    assert uses_table(4096 * 448, grid_ctas(4096 * 448, 132), 2)
+    assert not uses_table(128 * 448, grid_ctas(128 * 448, 132, per_thread=1), 1)
+    assert not uses_table(301 * 448, grid_ctas(301 * 448, 132, per_thread=1), 1)
+    # T = 603 is the last whose blocks all fit the registers of the resident grid on 132 SMs
+    assert uses_table(604 * 448, grid_ctas(604 * 448, 132), 2)
+    assert not uses_table(603 * 448, grid_ctas(603 * 448, 132), 2)
     assert grid_ctas(7 * 448, 132, per_thread=1) == -(-7 * 448 // THREADS) == 13
     assert grid_ctas(128 * 448, 132) == -(-128 * 448 // (2 * THREADS))
     assert grid_ctas(4096 * 448, 132) == CTAS_PER_SM * 132
@@ -209,6 +219,31 @@ def test_fused_quantizer_bit_identical(t, replicate, static):
         assert torch.equal(alpha.reshape(()), (ref.global_scale * g_b).reshape(()))
         assert torch.equal(scales, ref.scales.view(torch.uint8)), (scales != ref.scales.view(torch.uint8)).sum()
         assert torch.equal(data, ref.data), (data != ref.data).sum()
+
+
+@gpu_test
+@pytest.mark.parametrize("gs,xscale", [(0.0021, 1.0), (1e-31, 2e-30), (1e-36, 1.0), (1e30, 1.0), (None, 1.0)],
+                         ids=["calibrated", "straddles-2^-100", "tiny", "huge", "dynamic"])
+@pytest.mark.parametrize("t,table", [(130, True), (4096, False)])
+def test_fused_quantizer_threshold_table_same_bits(t, table, gs, xscale):
+    # the per-CTA threshold table (large inputs) forced on a small input and off a large one, with
+    # global scales whose divisors d ~ amax / 6 fall below the thresholds' range (2^-100) for some
+    # blocks (x ~ 2e-30: ~70% of them take the table's division fallback), for all of them (tiny
+    # scale), or give no codes at all (huge scale)
+    from kernels.router.quant import quantize_activation_fused, uses_table
+
+    assert uses_table(4096 * 448, 528, 2) and not uses_table(130 * 448, 228, 1)
+    x = _tokens(t, 7168, seed=300 + t) * xscale
+    x[0, :16] *= 40.0
+    x[1, 16:32] *= 1e-3  # small blocks: small scale codes
+    g = None if gs is None else torch.tensor(gs, dtype=torch.float32, device="cuda")
+    ref = quantize_activation_nvfp4(x.float(), g if g is not None else compute_global_scale(x.float()),
+                                    check_finite=False)
+    data, scales, g_out, _ = quantize_activation_fused(x, g, table=table)
+    torch.cuda.synchronize()
+    assert torch.equal(g_out.reshape(()), ref.global_scale.reshape(()))
+    assert torch.equal(scales, ref.scales.view(torch.uint8)), (scales != ref.scales.view(torch.uint8)).sum()
+    assert torch.equal(data, ref.data), (data != ref.data).sum()
 
 
 @gpu_test
