@@ -51,10 +51,21 @@ CTAS_PER_SM = 4
 # CTAs instead of one
 REPLICATE_MAX_BLOCKS = 4096
 
-# workspace words
+# workspace words: the atomic barrier's count, max and generation; the slot barrier's arrival
+# count (its own 128-byte line, which only arrivals and polls touch) and one max per CTA
 WS_COUNT = 0
 WS_AMAX = 1
 WS_GEN = 2
+WS_ARRIVE = 32
+WS_SLOTS = 64
+WS_WORDS = WS_SLOTS + 4096  # CTAs of a grid: at most CTAS_PER_SM x SMs
+# the slot barrier's arrivals add up to this per launch (CTA 0 adds it less the others' ones), so the
+# count needs no reset: a launch waits for the next multiple of it (int32 wrap-around included)
+ARRIVE_UNIT = 1 << 24
+# grid barrier of the dynamic scale: "slots" (each CTA stores its max in its own slot and adds to a
+# count; every CTA polls the count, then reads all slots) or "atomic" (atom.max into one word, the
+# last to arrive computes the scale and publishes it behind a generation word)
+BARRIER = "slots"
 
 
 def _asm(ret, ptx: str, cons: str, *vals):
@@ -376,7 +387,10 @@ class Nvfp4ActQuantKernel:
     ``with_alpha``: also write ``mAlpha[0] = g * mGb[0]``."""
 
     def __init__(self, dynamic: bool, with_alpha: bool = True, per_thread: int = PER_THREAD,
-                 trigger: bool = False, replicate: int = 0, table: bool = False):
+                 trigger: bool = False, replicate: int = 0, table: bool = False, barrier: str = BARRIER):
+        if barrier not in ("slots", "atomic"):
+            raise ValueError(f"barrier={barrier!r}: 'slots' or 'atomic'")
+        self.barrier = barrier
         if replicate and not dynamic:
             raise ValueError("replicate: the dynamic scale's max, computed by every CTA")
         self.dynamic = dynamic
@@ -496,6 +510,17 @@ class Nvfp4ActQuantKernel:
                     gg = global_scale(m)
                     sG[0] = gg
                     mG[0] = gg
+                elif cutlass.const_expr(self.barrier == "slots"):
+                    # this CTA's max in its slot, then arrive (release: the slot before the count);
+                    # wait for this launch's arrivals (acquire: every slot after the count)
+                    mWs[WS_SLOTS + bx] = m
+                    inc = _sel(bx == 0, ARRIVE_UNIT - (nctas - 1), cutlass.Int32(1))
+                    old = cute.arch.atomic_add((mWs.iterator + WS_ARRIVE).llvm_ptr, inc, sem="release", scope="gpu")
+                    target = (old & -ARRIVE_UNIT) + ARRIVE_UNIT
+                    cur = old + inc
+                    while cur != target:
+                        cur = cute.arch.load((mWs.iterator + WS_ARRIVE).llvm_ptr, cutlass.Int32, sem="acquire",
+                                             scope="gpu")
                 else:
                     # grid barrier: read the generation, publish the max, arrive (acq_rel orders
                     # the max before the count); the last to arrive computes g, resets the
@@ -520,6 +545,26 @@ class Nvfp4ActQuantKernel:
                         sG[0] = cute.arch.load((mG.iterator).llvm_ptr, cutlass.Float32, sem="relaxed", scope="gpu")
             cute.arch.sync_threads()
             g = sG[0]
+            if cutlass.const_expr(self.barrier == "slots" and not self.replicate):
+                if nctas > 1:
+                    # every CTA reads the slots (one load per thread up to 256 CTAs) and computes
+                    # the same scale from the same max
+                    ms = cutlass.Int32(0)
+                    for i in range(tidx, nctas, THREADS):
+                        ms = cutlass.max(ms, cute.arch.load((mWs.iterator + WS_SLOTS + i).llvm_ptr, cutlass.Int32,
+                                                            sem="relaxed", scope="gpu"))
+                    for sh in cutlass.range_constexpr(5):
+                        ms = cutlass.max(ms, cute.arch.shuffle_sync_bfly(ms, offset=16 >> sh))
+                    if lane == 0:
+                        sRed[warp] = ms
+                    cute.arch.sync_threads()
+                    ms = sRed[0]
+                    for w in cutlass.range_constexpr(1, WARPS):
+                        ms = cutlass.max(ms, sRed[w])
+                    g = global_scale(ms)
+                    if bx == 0:
+                        if tidx == 0:
+                            mG[0] = g
         else:
             g = mG[0]
         if cutlass.const_expr(self.with_alpha):
@@ -569,7 +614,7 @@ def workspace(device):
 
     key = str(device)
     if key not in _WORKSPACES:
-        _WORKSPACES[key] = torch.zeros(4, dtype=torch.int32, device=device)
+        _WORKSPACES[key] = torch.zeros(WS_WORDS, dtype=torch.int32, device=device)
     return _WORKSPACES[key]
 
 
@@ -625,12 +670,12 @@ def quant_args(x, data, scales, g, g_b, alpha, ctas: int):
 
 
 def compile_quant(dynamic: bool, args, trigger: bool = False, replicate: int = 0, per_thread: int = PER_THREAD,
-                  table: bool = False):
-    key = (bool(dynamic), bool(trigger), int(replicate), per_thread, bool(table))
+                  table: bool = False, barrier: str = BARRIER):
+    key = (bool(dynamic), bool(trigger), int(replicate), per_thread, bool(table), barrier)
     fn = _compiled.get(key)
     if fn is None:
         fn = cute.compile(Nvfp4ActQuantKernel(dynamic, per_thread=per_thread, trigger=trigger, replicate=replicate,
-                                              table=table), *args)
+                                              table=table, barrier=barrier), *args)
         _compiled[key] = fn
     return fn
 
@@ -659,7 +704,8 @@ def uses_table(num_blocks: int, ctas: int, per_thread: int) -> bool:
     return num_blocks > ctas * THREADS * per_thread
 
 
-def quantize_activation_fused(x, global_scale=None, g_b=None, replicate=None, per_thread=None, table=None):
+def quantize_activation_fused(x, global_scale=None, g_b=None, replicate=None, per_thread=None, table=None,
+                              barrier=BARRIER):
     """``(packed uint8 [T, K/2], scales uint8 [T, K/16], g_a float32 0-dim, alpha float32 [1])``
     from bf16 ``x [..., K]`` in one launch.  ``global_scale``: the layer's calibrated scale
     (a tensor on the device or a float), or None for the dynamic one (computed on the device).
@@ -667,13 +713,14 @@ def quantize_activation_fused(x, global_scale=None, g_b=None, replicate=None, pe
     scale; default :func:`replicates`): every CTA computes the max itself, one block per thread,
     else the CTAs meet at a grid barrier (or one CTA does it all); ``per_thread``: blocks held per
     thread (default :func:`blocks_per_thread`); ``table``: the thresholds from the per-CTA table
-    (default :func:`uses_table`)."""
-    launch, out = quant_launcher(x, global_scale, g_b, replicate, per_thread, table)
+    (default :func:`uses_table`); ``barrier``: the dynamic scale's grid barrier (:data:`BARRIER`)."""
+    launch, out = quant_launcher(x, global_scale, g_b, replicate, per_thread, table, barrier=barrier)
     launch()
     return out
 
 
-def quant_launcher(x, global_scale=None, g_b=None, replicate=None, per_thread=None, table=None, trigger=None):
+def quant_launcher(x, global_scale=None, g_b=None, replicate=None, per_thread=None, table=None, trigger=None,
+                   barrier=BARRIER):
     """``(launch, (data, scales, g, alpha))``: the fused quantizer of ``x`` compiled with its
     arguments and output buffers made once; ``launch()`` runs it on the current stream, writing
     the same buffers each time (the probe times it before a router kernel reading them).  The
@@ -701,7 +748,7 @@ def quant_launcher(x, global_scale=None, g_b=None, replicate=None, per_thread=No
     args = quant_args(x2, data, scales, g, gb, alpha, ctas)
     fn = compile_quant(dynamic, args, trigger=props.major >= 9 if trigger is None else trigger,
                        replicate=replica_inflight(nb) if rep else 0, per_thread=per,
-                       table=uses_table(nb, ctas, per) if table is None else table)
+                       table=uses_table(nb, ctas, per) if table is None else table, barrier=barrier)
     return (lambda: fn(*args[:-1], current_stream(dev))), (data, scales, g, alpha)
 
 

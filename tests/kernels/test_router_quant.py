@@ -247,6 +247,28 @@ def test_fused_quantizer_threshold_table_same_bits(t, table, gs, xscale):
 
 
 @gpu_test
+@pytest.mark.parametrize("t", [128, 4096])
+def test_fused_quantizer_grid_barriers_same_bits(t):
+    # the dynamic scale's two grid barriers alternating (their workspace words are apart), then 260
+    # launches of the slot barrier: its arrival count wraps around 2^32 (2^24 per launch) unreset
+    from kernels.router.quant import quantize_activation_fused
+
+    x = _tokens(t, 7168, seed=400 + t)
+    x[-1, 5] = 70.0  # the max in the last CTA's blocks
+    ref = quantize_activation_nvfp4(x.float(), compute_global_scale(x.float()), check_finite=False)
+    for i in range(6):
+        data, scales, g, _ = quantize_activation_fused(x, barrier="slots" if i % 2 else "atomic")
+        torch.cuda.synchronize()
+        assert torch.equal(g.reshape(()), ref.global_scale.reshape(())), i
+        assert torch.equal(scales, ref.scales.view(torch.uint8)) and torch.equal(data, ref.data), i
+    if t == 128:
+        outs = [quantize_activation_fused(x) for _ in range(260)]
+        torch.cuda.synchronize()
+        assert all(torch.equal(o[2].reshape(()), ref.global_scale.reshape(())) for o in outs)
+        assert torch.equal(outs[-1][0], ref.data) and torch.equal(outs[-1][1], ref.scales.view(torch.uint8))
+
+
+@gpu_test
 @pytest.mark.parametrize("t", [7, 4096])
 def test_fused_quantizer_in_cuda_graph(t):
     from kernels.router.quant import quantize_activation_fused
