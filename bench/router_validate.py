@@ -76,7 +76,7 @@ def main(argv=None) -> int:
                 if path == "portable" and router.last_kernel == "swapab":
                     from kernels.router.launch import pick_swapab
 
-                    sc = pick_swapab(t, layer, dev, router.last_pdl)
+                    sc = pick_swapab(t, layer, dev)
                     path = (f"swapab nt={sc.nt} ksplit={sc.ksplit} mw={sc.mw} uw={sc.uw} warps={sc.warps}"
                             f" spread={sc.spread} pair={int(sc.pair)}")
                 elif path == "portable" and router.last_kernel == "staged":

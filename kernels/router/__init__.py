@@ -221,7 +221,7 @@ def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str
         if pdl:
             from .launch import pdl_helps
 
-            pdl = pdl_helps(last_kernel, t, linear)
+            pdl = pdl_helps(last_kernel, t, linear, x.device)
         last_pdl = pdl
         if last_kernel == "gemv":
             return run_gemv(activation, linear, top_k, scoring, renormalize, pdl=pdl)

@@ -1187,7 +1187,7 @@ class SwapabConfig(NamedTuple):
 
 
 def pick_mma_gemv(num_tokens: int, experts: int, hidden: int, target_ctas: int = 264, sm: int = 90,
-                  pdl: bool = False, sms: int = 132) -> SwapabConfig:
+                  sms: int = 132) -> SwapabConfig:
     """The grid (:func:`_swapab_grid`: about ``target_ctas`` CTAs, two per H200 SM, or one CTA per
     SM), the K unit (:func:`swapab_unit_words`), and for a grid of one CTA per SM its form (H200,
     T=128, in one call each): 16 warps and the polled route spread over 4 CTAs per n-tile for
@@ -1195,10 +1195,8 @@ def pick_mma_gemv(num_tokens: int, experts: int, hidden: int, target_ctas: int =
     allow), the K-split pair as a cluster and the polled route over 4 CTAs for 48 x 16 tiles
     (E=384: 11.0-11.2 -> 9.8 us).  ``sm``: the device's SM version (clusters from SM90), ``sms``
     its SM count: the grid is one wave only if every CTA gets its own SM (then no polling CTA can
-    hold an SM another CTA of its token group waits for);
-    ``pdl``: the kernel follows the quantizer as its programmatic dependent, which the polled
-    route is not (:func:`kernels.router.launch.pdl_helps`): the 48 x 16 tiles keep the waiting
-    route there."""
+    hold an SM another CTA of its token group waits for).  The same forms after the quantizer
+    (as its programmatic dependent: :func:`kernels.router.launch.pdl_helps`)."""
     nt, ksplit, mw = _swapab_grid(num_tokens, experts, hidden, target_ctas)
     uw = swapab_unit_words(hidden, ksplit)
     gx = experts // (16 * mw)
@@ -1210,7 +1208,7 @@ def pick_mma_gemv(num_tokens: int, experts: int, hidden: int, target_ctas: int =
     # with 16-byte units, 8.4 with 8-byte ones)
     if mw == 1 and ksplit == 1:
         return SwapabConfig(nt, ksplit, mw, uw, 16, spread)
-    if ksplit == 2 and sm >= 90 and not pdl:
+    if ksplit == 2 and sm >= 90:
         return SwapabConfig(nt, ksplit, mw, uw, 12, spread, True)
     return SwapabConfig(nt, ksplit, mw, uw, 12)
 

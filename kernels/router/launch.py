@@ -234,7 +234,7 @@ def run_mma_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool
     from .gemv import SwapabConfig
 
     t = activation[0].shape[0]
-    cfg = pick_swapab(t, linear, activation[0].device, pdl) if config is None else \
+    cfg = pick_swapab(t, linear, activation[0].device) if config is None else \
         SwapabConfig.of(config, linear.in_features)
     fn, args, ids, w = compile_swapab(activation, linear, top_k, scoring, renormalize, cfg, variant, pdl)
     fn(*args)
@@ -255,29 +255,32 @@ def compile_swapab(activation, linear, top_k: int, scoring: str, renormalize: bo
     return fn, args, ids, w
 
 
-def pick_swapab(num_tokens: int, linear, device, pdl: bool = False):
+def pick_swapab(num_tokens: int, linear, device):
     """The swap-AB launch :func:`kernels.router.gemv.pick_mma_gemv` picks for this device."""
     from .gemv import pick_mma_gemv
 
     if device.type != "cuda":
-        return pick_mma_gemv(num_tokens, linear.out_features, linear.in_features, pdl=pdl)
+        return pick_mma_gemv(num_tokens, linear.out_features, linear.in_features)
     props = torch.cuda.get_device_properties(device)
     return pick_mma_gemv(num_tokens, linear.out_features, linear.in_features, sm=10 * props.major + props.minor,
-                         pdl=pdl, sms=props.multi_processor_count)
+                         sms=props.multi_processor_count)
 
 
-def pdl_helps(kernel: str, num_tokens: int, linear) -> bool:
-    """Whether ``kernel`` launches as the fused quantizer's programmatic dependent.  Not the swap-AB
-    kernel's polled route (one K split): on the H200 at T=128, E=256 it measured slower so (17.3
-    against 14.8 us quantize-and-route, in two calls), where the GEMV (T=1: 5.9 / 6.3 against 7.2 /
-    7.7 us), the counted and waiting swap-AB routes (T=7: 8.5 / 9.4 against 9.7 / 10.5; T=128,
-    E=384: 15.6 against 16.9) gain and the tile kernel is unchanged."""
+def pdl_helps(kernel: str, num_tokens: int, linear, device=None) -> bool:
+    """Whether ``kernel`` launches as the fused quantizer's programmatic dependent (``device``: the
+    one whose swap-AB pick counts; None: an H200's).  H200, quantize-and-route against the plain
+    launch: the GEMV (T=1: 5.9 / 6.3 against 7.2 / 7.7 us), the counted swap-AB route (T=7: 8.5 /
+    9.4 against 9.7 / 10.5), the one-CTA-per-SM swap-AB forms, polled route included (T=128,
+    2026-12-04, calibrated scale: E=256 9.69 against 10.72, E=384 cluster pairs 11.66 against
+    12.75); the tile kernel is unchanged.  Not the swap-AB kernel's polled route in grids of two
+    CTAs per SM (one K split, past one wave; T=128, E=256 with 8 warps measured slower so: 17.3
+    against 14.8 us, an earlier harness)."""
     if kernel == "swapab":
         from .gemv import pick_mma_gemv, swapab_polls
 
-        # the form picked after the quantizer: a polled one (1 K split, or cluster pairs) is not a dependent
-        cfg = pick_mma_gemv(num_tokens, linear.out_features, linear.in_features, pdl=True)
-        return not (cfg.pair or swapab_polls(cfg.ksplit))
+        cfg = pick_mma_gemv(num_tokens, linear.out_features, linear.in_features) if device is None else \
+            pick_swapab(num_tokens, linear, device)
+        return cfg.pair or cfg.warps > 8 or not swapab_polls(cfg.ksplit)
     return kernel in ("gemv", "tile")
 
 

@@ -200,8 +200,7 @@ def test_launch_rules():
     # one wave keep 8 warps
     assert pick_mma_gemv(128, 256, 7168) == (2, 1, 1, 4, 16, 4, False)
     assert pick_mma_gemv(128, 384, 7168) == (2, 2, 3, 2, 12, 4, True)
-    assert pick_mma_gemv(128, 384, 7168, pdl=True) == (2, 2, 3, 2, 12, 1, False)  # the waiting route
-    assert pick_mma_gemv(128, 384, 7168, sm=80) == (2, 2, 3, 2, 12, 1, False)  # no clusters
+    assert pick_mma_gemv(128, 384, 7168, sm=80) == (2, 2, 3, 2, 12, 1, False)  # no clusters: the waiting route
     assert pick_mma_gemv(100, 384, 7168).pair  # ragged token groups: the same grid
     assert pick_mma_gemv(128, 384, 7168, sms=48) == (2, 2, 3, 2, 8, 1, False)  # GB10: 128 CTAs are not one wave
     assert pick_mma_gemv(128, 256, 7168, sms=120).warps == 8
@@ -271,8 +270,10 @@ def test_pdl_after_the_quantizer_where_it_measured_faster():
         return types.SimpleNamespace(out_features=e, in_features=k)
 
     assert pdl_helps("gemv", 1, lay(384)) and pdl_helps("tile", 4096, lay(256))
-    assert pdl_helps("swapab", 7, lay(256)) and pdl_helps("swapab", 128, lay(384))  # counted, waiting
-    assert not pdl_helps("swapab", 128, lay(256))  # one K split: polled
+    assert pdl_helps("swapab", 7, lay(256))  # counted
+    # the one-CTA-per-SM forms (2026-12-04): 16 warps polled, cluster pairs
+    assert pdl_helps("swapab", 128, lay(256)) and pdl_helps("swapab", 128, lay(384))
+    assert not pdl_helps("swapab", 130, lay(256, 2048))  # polled, 8 warps, two CTAs per SM
     assert not pdl_helps("staged", 128, lay(256)) and not pdl_helps("mma", 128, lay(256))
     assert not pdl_available("cpu")
 

@@ -314,8 +314,9 @@ def test_gemv_quantizing_in_kernel_is_quantizer_plus_kernel_bit_for_bit(t, e, hi
 
 @pytest.mark.skipif(torch.cuda.is_available() and _sm() < 9, reason="programmatic dependent launch needs SM90 or later")
 @pytest.mark.parametrize("t,e,hidden,kernel,pdl", [(1, 384, 7168, "gemv", True), (7, 384, 7168, "swapab", True),
-                                                   (128, 384, 7168, "swapab", True),
-                                                   (130, 256, 2048, "swapab", False),  # polled: launch.pdl_helps
+                                                   (128, 384, 7168, "swapab", True),  # cluster pairs
+                                                   (128, 256, 7168, "swapab", True),  # 16 warps, polled
+                                                   (130, 256, 2048, "swapab", False),  # polled, 8 warps: launch.pdl_helps
                                                    (600, 256, 2048, "tile", True)])
 def test_router_after_the_quantizer_waits_for_its_activation(t, e, hidden, kernel, pdl, monkeypatch):
     # from bf16 the router is launched as a programmatic dependent of the fused quantizer: its
