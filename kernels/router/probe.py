@@ -64,17 +64,27 @@ def main(argv=None) -> int:
     p.add_argument("--after-quant", nargs="*", default=[], choices=["dynamic", "calibrated"],
                    help="also time each decode configuration after the fused quantizer of the bf16 tokens (dynamic "
                         "or calibrated global scale), launched plainly and as its programmatic dependent (PDL)")
+    p.add_argument("--calibrated", action="store_true",
+                   help="the layers carry the activation scale a calibration on the tokens would give (the GEMV's "
+                        "quant variant then quantizes with it instead of computing the dynamic one)")
     a = p.parse_args(argv)
     dev = torch.device("cuda")
     k_tiles = a.hidden // BK
     rc = 0
     for e in a.experts:
-        base = make_layer(e, a.hidden, seed=e, device=dev)
-        layers = [] if a.once else [rb.layer_copy(base) for _ in range(a.layers)]
+        base0 = make_layer(e, a.hidden, seed=e, device=dev)
+        layers0 = [] if a.once else [rb.layer_copy(base0) for _ in range(a.layers)]
         for t in a.tokens:
             x = make_tokens(t, a.hidden, seed=1000 + t, device=dev)
+            base, layers = base0, layers0
+            if a.calibrated:
+                from kernels.nvfp4 import compute_global_scale
+
+                scale = compute_global_scale(x)
+                base = rb.calibrated(rb.layer_copy(base0), scale)
+                layers = [rb.calibrated(lay, scale) for lay in layers0]
             act = router.prepare_activation(x, base)
-            ref_logits = router.router_logits_reference(x, base)
+            ref_logits = router.router_logits_reference(x, base0)  # the calibrated scale is the dynamic one
             for cfg in a.gemv + a.swapab + a.staged:
                 for v in a.decode_variants:
                     kind = "gemv" if cfg in a.gemv else "swapab" if cfg in a.swapab else "staged"
