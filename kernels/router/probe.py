@@ -67,6 +67,8 @@ def main(argv=None) -> int:
     p.add_argument("--calibrated", action="store_true",
                    help="the layers carry the activation scale a calibration on the tokens would give (the GEMV's "
                         "quant variant then quantizes with it instead of computing the dynamic one)")
+    p.add_argument("--quant-threads", type=int, default=None, choices=[64, 128, 256],
+                   help="threads per CTA of the quantizer in the --after-quant timings (default: its launcher's)")
     a = p.parse_args(argv)
     dev = torch.device("cuda")
     k_tiles = a.hidden // BK
@@ -240,7 +242,7 @@ def _after_quant(kind, cfg, variant, mode, pdl, x, base, ref_logits, layers, a, 
     scale = compute_global_scale(x) if mode == "calibrated" else None
 
     def make(lay):
-        quant, act = quant_launcher(x, scale, lay._global_scale_b, trigger=pdl)
+        quant, act = quant_launcher(x, scale, lay._global_scale_b, trigger=pdl, threads=a.quant_threads)
         fn, args, ids, w = _compiled_decode(kind, cfg, variant, act, lay, pdl=pdl)
 
         def run():
@@ -248,7 +250,8 @@ def _after_quant(kind, cfg, variant, mode, pdl, x, base, ref_logits, layers, a, 
             fn(*args[:-1], launch.current_stream(dev))
         return run, ids, w
 
-    res = dict(res, kernel=kind, config=list(cfg), variant=variant, after_quant=mode, pdl=pdl)
+    res = dict(res, kernel=kind, config=list(cfg), variant=variant, after_quant=mode, pdl=pdl,
+               quant_threads=a.quant_threads)
     rc = 0
     if not a.no_check and "noroute" not in variant:
         outs = []

@@ -387,9 +387,16 @@ class Nvfp4ActQuantKernel:
     ``with_alpha``: also write ``mAlpha[0] = g * mGb[0]``."""
 
     def __init__(self, dynamic: bool, with_alpha: bool = True, per_thread: int = PER_THREAD,
-                 trigger: bool = False, replicate: int = 0, table: bool = False, barrier: str = BARRIER):
+                 trigger: bool = False, replicate: int = 0, table: bool = False, barrier: str = BARRIER,
+                 threads: int = THREADS):
         if barrier not in ("slots", "atomic"):
             raise ValueError(f"barrier={barrier!r}: 'slots' or 'atomic'")
+        if threads not in (64, 128, 256) or table and threads != 2 * TABLE_CODES:
+            raise ValueError(f"threads={threads}: 64, 128 or 256 (the table: {2 * TABLE_CODES})")
+        # threads per CTA: fewer spread a small input's blocks over more SMs (a thread quantizes one
+        # block either way)
+        self.threads = threads
+        self.warps = threads // 32
         self.barrier = barrier
         if replicate and not dynamic:
             raise ValueError("replicate: the dynamic scale's max, computed by every CTA")
@@ -416,7 +423,7 @@ class Nvfp4ActQuantKernel:
     def __call__(self, mX: cute.Tensor, mQ: cute.Tensor, mS: cute.Tensor, mG: cute.Tensor,
                  mGb: cute.Tensor, mAlpha: cute.Tensor, mWs: cute.Tensor, ctas: cutlass.Int32, stream):
         self.kernel(mX, mQ, mS, mG, mGb, mAlpha, mWs).launch(
-            grid=[ctas, 1, 1], block=[THREADS, 1, 1], smem=self.smem_bytes, stream=stream)
+            grid=[ctas, 1, 1], block=[self.threads, 1, 1], smem=self.smem_bytes, stream=stream)
 
     @cute.jit
     def _load_block(self, mX: cute.Tensor, b, dst: cute.Tensor):
@@ -448,8 +455,8 @@ class Nvfp4ActQuantKernel:
         lane = tidx % 32
         R = self.per_thread
         nb = mS.shape[0]
-        stride = nctas * THREADS
-        first = bx * THREADS + tidx
+        stride = nctas * self.threads
+        first = bx * self.threads + tidx
 
         smem = cutlass.utils.SmemAllocator()
         sRed = smem.allocate_tensor(cutlass.Int32, cute.make_layout(WARPS), 16)
@@ -477,12 +484,13 @@ class Nvfp4ActQuantKernel:
             # the whole input's max in every CTA: `replicate` blocks of loads in flight
             rep = cute.make_rmem_tensor(cute.make_layout((8, self.replicate), stride=(1, 8)), cutlass.Int32)
             rep.fill(0)
-            for b0 in range(tidx, nb, self.replicate * THREADS):
+            for b0 in range(tidx, nb, self.replicate * self.threads):
                 for u in cutlass.range_constexpr(self.replicate):
-                    if b0 + u * THREADS < nb:
-                        self._load_block(mX, b0 + u * THREADS, rep[None, u])
+                    if b0 + u * self.threads < nb:
+                        self._load_block(mX, b0 + u * self.threads, rep[None, u])
                 for u in cutlass.range_constexpr(self.replicate):
-                    amax = cutlass.max(amax, _sel(b0 + u * THREADS < nb, block_amax(rep[None, u]), cutlass.Int32(0)))
+                    amax = cutlass.max(amax, _sel(b0 + u * self.threads < nb, block_amax(rep[None, u]),
+                                                  cutlass.Int32(0)))
         if cutlass.const_expr(self.dynamic):
             # blocks beyond the registers: read once for the max now, again to quantize below
             for b in range(first + R * stride, nb, 2 * stride):
@@ -499,7 +507,7 @@ class Nvfp4ActQuantKernel:
             cute.arch.sync_threads()
             if tidx == 0:
                 m = sRed[0]
-                for w in cutlass.range_constexpr(1, WARPS):
+                for w in cutlass.range_constexpr(1, self.warps):
                     m = cutlass.max(m, sRed[w])
                 if cutlass.const_expr(self.replicate):
                     gg = global_scale(m)
@@ -550,7 +558,7 @@ class Nvfp4ActQuantKernel:
                     # every CTA reads the slots (one load per thread up to 256 CTAs) and computes
                     # the same scale from the same max
                     ms = cutlass.Int32(0)
-                    for i in range(tidx, nctas, THREADS):
+                    for i in range(tidx, nctas, self.threads):
                         ms = cutlass.max(ms, cute.arch.load((mWs.iterator + WS_SLOTS + i).llvm_ptr, cutlass.Int32,
                                                             sem="relaxed", scope="gpu"))
                     for sh in cutlass.range_constexpr(5):
@@ -559,7 +567,7 @@ class Nvfp4ActQuantKernel:
                         sRed[warp] = ms
                     cute.arch.sync_threads()
                     ms = sRed[0]
-                    for w in cutlass.range_constexpr(1, WARPS):
+                    for w in cutlass.range_constexpr(1, self.warps):
                         ms = cutlass.max(ms, sRed[w])
                     g = global_scale(ms)
                     if bx == 0:
@@ -623,11 +631,11 @@ def replicates(num_blocks: int, dynamic: bool = True) -> bool:
     return dynamic and num_blocks <= REPLICATE_MAX_BLOCKS
 
 
-def replica_inflight(num_blocks: int) -> int:
+def replica_inflight(num_blocks: int, threads: int = THREADS) -> int:
     """Blocks of loads in flight per thread for the replicated max: a thread's whole share of the
     input (rounded up to a power of two, at most 16) in one round trip."""
     n = 1
-    while n < min(16, -(-num_blocks // THREADS)):
+    while n < min(16, -(-num_blocks // threads)):
         n *= 2
     return n
 
@@ -641,11 +649,11 @@ def blocks_per_thread(num_blocks: int, sms: int, replicate: bool = False) -> int
     return PER_THREAD
 
 
-def grid_ctas(num_blocks: int, sms: int, per_thread: int = PER_THREAD) -> int:
+def grid_ctas(num_blocks: int, sms: int, per_thread: int = PER_THREAD, threads: int = THREADS) -> int:
     """CTAs for ``num_blocks`` 16-element blocks: enough to hold them all in registers, at most
     ``CTAS_PER_SM`` per SM (so every CTA is resident for the grid barrier)."""
-    need = -(-num_blocks // (THREADS * per_thread))
-    return max(1, min(need, CTAS_PER_SM * sms))
+    need = -(-num_blocks // (threads * per_thread))
+    return max(1, min(need, CTAS_PER_SM * THREADS // threads * sms))
 
 
 def quant_args(x, data, scales, g, g_b, alpha, ctas: int):
@@ -670,12 +678,12 @@ def quant_args(x, data, scales, g, g_b, alpha, ctas: int):
 
 
 def compile_quant(dynamic: bool, args, trigger: bool = False, replicate: int = 0, per_thread: int = PER_THREAD,
-                  table: bool = False, barrier: str = BARRIER):
-    key = (bool(dynamic), bool(trigger), int(replicate), per_thread, bool(table), barrier)
+                  table: bool = False, barrier: str = BARRIER, threads: int = THREADS):
+    key = (bool(dynamic), bool(trigger), int(replicate), per_thread, bool(table), barrier, threads)
     fn = _compiled.get(key)
     if fn is None:
         fn = cute.compile(Nvfp4ActQuantKernel(dynamic, per_thread=per_thread, trigger=trigger, replicate=replicate,
-                                              table=table, barrier=barrier), *args)
+                                              table=table, barrier=barrier, threads=threads), *args)
         _compiled[key] = fn
     return fn
 
@@ -697,15 +705,15 @@ def fused_quant_problem(x) -> str | None:
     return None
 
 
-def uses_table(num_blocks: int, ctas: int, per_thread: int) -> bool:
+def uses_table(num_blocks: int, ctas: int, per_thread: int, threads: int = THREADS) -> bool:
     """Whether the quantizer reads its blocks' thresholds from the per-CTA table: where threads
     quantize more blocks than they hold in registers (large inputs; at decode sizes every thread
     has one or two blocks and the table's build and barrier would sit on the critical path)."""
-    return num_blocks > ctas * THREADS * per_thread
+    return num_blocks > ctas * threads * per_thread
 
 
 def quantize_activation_fused(x, global_scale=None, g_b=None, replicate=None, per_thread=None, table=None,
-                              barrier=BARRIER):
+                              barrier=BARRIER, threads=None):
     """``(packed uint8 [T, K/2], scales uint8 [T, K/16], g_a float32 0-dim, alpha float32 [1])``
     from bf16 ``x [..., K]`` in one launch.  ``global_scale``: the layer's calibrated scale
     (a tensor on the device or a float), or None for the dynamic one (computed on the device).
@@ -714,13 +722,13 @@ def quantize_activation_fused(x, global_scale=None, g_b=None, replicate=None, pe
     else the CTAs meet at a grid barrier (or one CTA does it all); ``per_thread``: blocks held per
     thread (default :func:`blocks_per_thread`); ``table``: the thresholds from the per-CTA table
     (default :func:`uses_table`); ``barrier``: the dynamic scale's grid barrier (:data:`BARRIER`)."""
-    launch, out = quant_launcher(x, global_scale, g_b, replicate, per_thread, table, barrier=barrier)
+    launch, out = quant_launcher(x, global_scale, g_b, replicate, per_thread, table, barrier=barrier, threads=threads)
     launch()
     return out
 
 
 def quant_launcher(x, global_scale=None, g_b=None, replicate=None, per_thread=None, table=None, trigger=None,
-                   barrier=BARRIER):
+                   barrier=BARRIER, threads=None):
     """``(launch, (data, scales, g, alpha))``: the fused quantizer of ``x`` compiled with its
     arguments and output buffers made once; ``launch()`` runs it on the current stream, writing
     the same buffers each time (the probe times it before a router kernel reading them).  The
@@ -744,11 +752,13 @@ def quant_launcher(x, global_scale=None, g_b=None, replicate=None, per_thread=No
     rep = dynamic and (replicates(nb) if replicate is None else bool(replicate))
     sms = props.multi_processor_count
     per = 1 if rep else per_thread or blocks_per_thread(nb, sms)
-    ctas = grid_ctas(nb, sms, per)
+    th = threads or THREADS
+    ctas = grid_ctas(nb, sms, per, th)
+    table = uses_table(nb, ctas, per, th) if table is None else table
     args = quant_args(x2, data, scales, g, gb, alpha, ctas)
     fn = compile_quant(dynamic, args, trigger=props.major >= 9 if trigger is None else trigger,
-                       replicate=replica_inflight(nb) if rep else 0, per_thread=per,
-                       table=uses_table(nb, ctas, per) if table is None else table, barrier=barrier)
+                       replicate=replica_inflight(nb, th) if rep else 0, per_thread=per, table=table, barrier=barrier,
+                       threads=th)
     return (lambda: fn(*args[:-1], current_stream(dev))), (data, scales, g, alpha)
 
 
