@@ -247,6 +247,26 @@ def test_fused_quantizer_threshold_table_same_bits(t, table, gs, xscale):
 
 
 @gpu_test
+@pytest.mark.parametrize("threads", [64, 128])
+@pytest.mark.parametrize("t,replicate", [(1, None), (7, None), (7, False), (130, None)])
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "calibrated"])
+def test_fused_quantizer_smaller_ctas_same_bits(t, replicate, static, threads):
+    # 64 or 128 threads per CTA (more CTAs, the grid cap scaled): the replicated max, one CTA or
+    # the grid barrier, and the calibrated scale give the 256-thread quantizer's bits
+    from kernels.router.quant import quantize_activation_fused
+
+    x = _tokens(t, 7168, seed=500 + t)
+    x[-1, 7] = 60.0
+    gs = torch.tensor(0.0017, device="cuda") if static else None
+    ref = quantize_activation_nvfp4(x.float(), gs if static else compute_global_scale(x.float()), check_finite=False)
+    for _ in range(2):
+        data, scales, g, _ = quantize_activation_fused(x, gs, replicate=replicate, threads=threads)
+        torch.cuda.synchronize()
+        assert torch.equal(g.reshape(()), ref.global_scale.reshape(()))
+        assert torch.equal(scales, ref.scales.view(torch.uint8)) and torch.equal(data, ref.data)
+
+
+@gpu_test
 @pytest.mark.parametrize("t", [128, 4096])
 def test_fused_quantizer_grid_barriers_same_bits(t):
     # the dynamic scale's two grid barriers alternating (their workspace words are apart), then 260
