@@ -11,13 +11,17 @@ so quantize-and-route was 7-20x slower than route alone.  Here:
   (:func:`blocks_per_thread`) in registers across the global-scale step (all of them up to
   T = 603 on an H200);
 * dynamic global scale (``g = amax(|x|) / 2688``, the layer has no ``input_global_scale``): CTA max
-  (integer max of the |x| bit patterns: the same order as the floats, NaN propagates), then one
-  ``atom.max`` per CTA and a grid barrier (counter + generation word in a 4-int workspace, reset
-  by the last CTA to arrive, so the kernel is graph-capturable and needs no host memset; the grid
-  is at most ``4 x SMs`` CTAs of 256 threads so every CTA is resident).  One CTA skips the
-  barrier, and so does a small input (up to ``REPLICATE_MAX_BLOCKS`` blocks: decode): every CTA
-  reads all of it for the max itself, one block per thread.  Static scale: read from a
-  1-element tensor, no barrier;
+  (integer max of the |x| bit patterns: the same order as the floats, NaN propagates), then a grid
+  barrier (:data:`BARRIER`): each CTA's max in its own workspace slot, one release add to an
+  arrival count that is never reset (a launch adds 2^24 in all), every CTA polls the count and
+  reads the slots, so the kernel is graph-capturable and needs no host memset (the grid is at
+  most ``4 x SMs`` CTAs of 256 threads so every CTA is resident).  One CTA skips the barrier, and
+  so does a small input (up to ``REPLICATE_MAX_BLOCKS`` blocks: decode): every CTA reads all of
+  it for the max itself, one block per thread.  Static scale: read from a 1-element tensor, no
+  barrier;
+* large inputs (more blocks than the resident threads hold, :func:`uses_table`): the blocks'
+  E2M1 thresholds from a per-CTA table of the 127 scale codes, and the dynamic scale's second
+  pass backwards (L2 still holds what the max pass read last);
 * every floating-point step PyTorch takes is done with the same IEEE operation through inline PTX
   (``div.rn.f32``, ``mul.rn.f32``, ``add.rn.f32``: no fast-math, no FMA contraction, no flush of
   subnormals): ``s = e4m3(min(amax_b / (6 g), 448))`` with c10's float->e4m3fn rounding (also for
@@ -45,11 +49,13 @@ PER_THREAD = 2  # 16-element blocks per thread held in registers across the glob
 # grid cap: 4 CTAs of 256 threads (<= 64 registers a thread, checked in the compile test) fit on
 # one SM of SM80/SM90/SM120, so every CTA is resident for the grid barrier
 CTAS_PER_SM = 4
-# dynamic scale of a small input (decode: T <= 9 at hidden 7168): every CTA reads the whole input
+# dynamic scale of a small input (decode: T <= 4 at hidden 7168): every CTA reads the whole input
 # for the max itself (all of a thread's share of it in flight at once: replica_inflight) and no
 # CTA waits for another; one block per thread, so a token's quantization is spread over K/4096
-# CTAs instead of one
-REPLICATE_MAX_BLOCKS = 4096
+# CTAs instead of one.  H200, the quantizer alone (2026-12-04, T = 1..9): 2.43 / 2.65 / 3.02 /
+# 3.15 / 3.74 / 3.80 us at T = 1 / 2 / 3 / 4 / 5 / 7 against 3.13 / 3.24 / 3.24 / 3.26 / 3.29 / 3.47
+# with the slot grid barrier: the replicated reads grow with T, the barrier does not
+REPLICATE_MAX_BLOCKS = 2048
 
 # workspace words: the atomic barrier's count, max and generation; the slot barrier's arrival
 # count (its own 128-byte line, which only arrivals and polls touch) and one max per CTA

@@ -163,8 +163,8 @@ def test_grid_caps_ctas_for_the_barrier():
     assert replica_inflight(200) == 1 and replica_inflight(3 * 448) == 8
 
     assert grid_ctas(448, 132) == 1  # T=1, hidden 7168: one CTA, no grid barrier
-    # up to 9 tokens of hidden 7168 every CTA computes the max (no barrier), one block per thread
-    assert replicates(448) and replicates(9 * 448) and not replicates(10 * 448)
+    # up to 4 tokens of hidden 7168 every CTA computes the max (no barrier), one block per thread
+    assert replicates(448) and replicates(4 * 448) and not replicates(5 * 448) and not replicates(7 * 448)
     assert not replicates(448, dynamic=False)
     from kernels.router.quant import uses_table
 
@@ -201,7 +201,7 @@ def _tokens(t, hidden, seed):
                                          (130, True)])
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "calibrated"])
 def test_fused_quantizer_bit_identical(t, replicate, static):
-    # replicate None: the launcher's choice (every CTA computes the max up to 9 tokens); False: one
+    # replicate None: the launcher's choice (every CTA computes the max up to 4 tokens); False: one
     # CTA or the grid barrier; True: every CTA computes the max of a larger input (the last token
     # holds the amax, so a CTA that missed part of the input would get another scale)
     from kernels.router.quant import quantize_activation_fused
