@@ -173,10 +173,12 @@ def main(argv=None) -> int:
             done.append(f"quant dynamic={dynamic} table")
             seen_regs |= set(_drop_cubins(dump))
         if not a.pdl:
-            # the grid barrier's other form (one atomic max word, the last CTA publishes the scale)
-            cute.compile(Nvfp4ActQuantKernel(True, barrier="atomic"), *args)
-            done.append("quant dynamic=True barrier=atomic")
-            seen_regs |= set(_drop_cubins(dump))
+            # the grid barrier's other forms (an arrival count and slots; one atomic max word, the
+            # last CTA publishing the scale)
+            for barrier in ("slots", "atomic"):
+                cute.compile(Nvfp4ActQuantKernel(True, barrier=barrier), *args)
+                done.append(f"quant dynamic=True barrier={barrier}")
+                seen_regs |= set(_drop_cubins(dump))
         for dynamic in (False, True):
             cute.compile(Nvfp4ActQuantKernel(dynamic, trigger=a.pdl), *args)
             done.append(f"quant dynamic={dynamic}" + (" trigger" if a.pdl else ""))

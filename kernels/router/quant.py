@@ -63,15 +63,20 @@ WS_COUNT = 0
 WS_AMAX = 1
 WS_GEN = 2
 WS_ARRIVE = 32
+WS_EPOCH = 48
 WS_SLOTS = 64
-WS_WORDS = WS_SLOTS + 4096  # CTAs of a grid: at most CTAS_PER_SM x SMs
+MAX_CTAS = 4096  # CTAs of a grid: at most CTAS_PER_SM x SMs
+WS_EPOCH_SLOTS = WS_SLOTS + MAX_CTAS  # int64 slots (epoch << 32 | max) of the epoch barrier
+WS_WORDS = WS_EPOCH_SLOTS + 2 * MAX_CTAS
 # the slot barrier's arrivals add up to this per launch (CTA 0 adds it less the others' ones), so the
 # count needs no reset: a launch waits for the next multiple of it (int32 wrap-around included)
 ARRIVE_UNIT = 1 << 24
-# grid barrier of the dynamic scale: "slots" (each CTA stores its max in its own slot and adds to a
-# count; every CTA polls the count, then reads all slots) or "atomic" (atom.max into one word, the
-# last to arrive computes the scale and publishes it behind a generation word)
-BARRIER = "slots"
+# grid barrier of the dynamic scale: "epoch" (each CTA stores its max with this launch's epoch in
+# its own 64-bit slot, no fence, no atomic; every CTA polls all slots until each carries the epoch),
+# "slots" (each CTA stores its max in its own slot and adds to a count with a release atomic; every
+# CTA polls the count, then reads all slots) or "atomic" (atom.max into one word, the last to
+# arrive computes the scale and publishes it behind a generation word)
+BARRIER = "epoch"
 
 
 def _asm(ret, ptx: str, cons: str, *vals):
@@ -395,8 +400,8 @@ class Nvfp4ActQuantKernel:
     def __init__(self, dynamic: bool, with_alpha: bool = True, per_thread: int = PER_THREAD,
                  trigger: bool = False, replicate: int = 0, table: bool = False, barrier: str = BARRIER,
                  threads: int = THREADS):
-        if barrier not in ("slots", "atomic"):
-            raise ValueError(f"barrier={barrier!r}: 'slots' or 'atomic'")
+        if barrier not in ("epoch", "slots", "atomic"):
+            raise ValueError(f"barrier={barrier!r}: 'epoch', 'slots' or 'atomic'")
         if threads not in (64, 128, 256) or table and threads != 2 * TABLE_CODES:
             raise ValueError(f"threads={threads}: 64, 128 or 256 (the table: {2 * TABLE_CODES})")
         # threads per CTA: fewer spread a small input's blocks over more SMs (a thread quantizes one
@@ -471,6 +476,10 @@ class Nvfp4ActQuantKernel:
         if cutlass.const_expr(self.table):
             sThr = smem.allocate_tensor(cutlass.Int32, cute.make_layout(TABLE_CODES * TABLE_WORDS), 16)
 
+        # the epoch barrier's epoch: the previous launch's, read while the blocks load
+        want = cutlass.Int32(0)
+        if cutlass.const_expr(self.dynamic and not self.replicate and self.barrier == "epoch"):
+            want = cute.arch.load((mWs.iterator + WS_EPOCH).llvm_ptr, cutlass.Int32, sem="relaxed", scope="gpu") + 1
         raw = cute.make_rmem_tensor(cute.make_layout((8, R), stride=(1, 8)), cutlass.Int32)
         raw.fill(0)
         bam = cute.make_rmem_tensor(cute.make_layout(R), cutlass.Int32)
@@ -524,6 +533,12 @@ class Nvfp4ActQuantKernel:
                     gg = global_scale(m)
                     sG[0] = gg
                     mG[0] = gg
+                elif cutlass.const_expr(self.barrier == "epoch"):
+                    # this CTA's max and the epoch in one 64-bit store: the slot says itself whether
+                    # it is this launch's, so no fence orders it before anything
+                    slot = cute.recast_ptr(mWs.iterator + WS_EPOCH_SLOTS + 2 * bx, dtype=cutlass.Int64)
+                    cute.arch.store(slot.llvm_ptr, (cutlass.Int64(want) << 32) | cutlass.Int64(m), sem="relaxed",
+                                    scope="gpu")
                 elif cutlass.const_expr(self.barrier == "slots"):
                     # this CTA's max in its slot, then arrive (release: the slot before the count);
                     # wait for this launch's arrivals (acquire: every slot after the count)
@@ -559,6 +574,32 @@ class Nvfp4ActQuantKernel:
                         sG[0] = cute.arch.load((mG.iterator).llvm_ptr, cutlass.Float32, sem="relaxed", scope="gpu")
             cute.arch.sync_threads()
             g = sG[0]
+            if cutlass.const_expr(self.barrier == "epoch" and not self.replicate):
+                if nctas > 1:
+                    # every thread polls its share of the slots until each carries this launch's
+                    # epoch; the max of their values is the same in every CTA
+                    ms = cutlass.Int32(0)
+                    for i in range(tidx, nctas, self.threads):
+                        sp = cute.recast_ptr(mWs.iterator + WS_EPOCH_SLOTS + 2 * i, dtype=cutlass.Int64)
+                        v = cute.arch.load(sp.llvm_ptr, cutlass.Int64, sem="relaxed", scope="gpu")
+                        while cutlass.Int32(v >> 32) != want:
+                            v = cute.arch.load(sp.llvm_ptr, cutlass.Int64, sem="relaxed", scope="gpu")
+                        ms = cutlass.max(ms, cutlass.Int32(v & 0x7FFFFFFF))
+                    for sh in cutlass.range_constexpr(5):
+                        ms = cutlass.max(ms, cute.arch.shuffle_sync_bfly(ms, offset=16 >> sh))
+                    if lane == 0:
+                        sRed[warp] = ms
+                    cute.arch.sync_threads()
+                    ms = sRed[0]
+                    for w in cutlass.range_constexpr(1, self.warps):
+                        ms = cutlass.max(ms, sRed[w])
+                    g = global_scale(ms)
+                    if bx == 0:
+                        if tidx == 0:
+                            mG[0] = g
+                            # every CTA has stored its slot, so every CTA read the old epoch: the
+                            # next launch (after this grid, in stream order) reads this one
+                            mWs[WS_EPOCH] = want
             if cutlass.const_expr(self.barrier == "slots" and not self.replicate):
                 if nctas > 1:
                     # every CTA reads the slots (one load per thread up to 256 CTAs) and computes

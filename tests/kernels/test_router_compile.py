@@ -97,14 +97,14 @@ def test_tile_ring_depth_fits_the_device_smem():
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90a", "sm_120a"])
 def test_activation_quantizer_compiles(arch):
     # the fused NVFP4 activation quantizer: IEEE div/mul/add through PTX (bit-identical to PyTorch),
-    # 16-byte loads, the slot grid barrier (release arrive, ld.acquire spin, the slots read relaxed at
-    # gpu scope), no fp8/fp4 cvt
+    # 16-byte loads, the epoch grid barrier (64-bit slots stored and polled relaxed at gpu scope, no
+    # atomic), no fp8/fp4 cvt
     rc, res, err = _compile("quant", arch, "--expect-ptx", "div.rn.f32", "--expect-ptx", "ld.global.v4",
-                            "--expect-ptx", "atom.global.release.add", "--expect-ptx", "ld.acquire.gpu",
-                            "--expect-ptx", "ld.relaxed.gpu")
+                            "--expect-ptx", "st.relaxed.gpu.global.b64", "--expect-ptx", "ld.relaxed.gpu.global.b64")
     assert rc == 0 and res["ok"], (res, err[-3000:])
     assert res["compiled"] == ["quant dynamic=True replicate", "quant dynamic=False table", "quant dynamic=True table",
-                               "quant dynamic=True barrier=atomic", "quant dynamic=False", "quant dynamic=True"]
+                               "quant dynamic=True barrier=slots", "quant dynamic=True barrier=atomic",
+                               "quant dynamic=False", "quant dynamic=True"]
     # the grid barrier needs quant.CTAS_PER_SM CTAs of 256 threads resident on one SM: <= 64 registers
     # (the table forms' registers counted too: each form's cubin is read before the next overwrites it)
     assert res["registers"] and max(res["registers"]) <= 64, res["registers"]

@@ -269,23 +269,34 @@ def test_fused_quantizer_smaller_ctas_same_bits(t, replicate, static, threads):
 @gpu_test
 @pytest.mark.parametrize("t", [128, 4096])
 def test_fused_quantizer_grid_barriers_same_bits(t):
-    # the dynamic scale's two grid barriers alternating (their workspace words are apart), then 260
-    # launches of the slot barrier: its arrival count wraps around 2^32 (2^24 per launch) unreset
+    # the dynamic scale's three grid barriers in turn (their workspace words are apart); then, at
+    # T=128, 260 launches of the slot barrier (its arrival count wraps around 2^32, 2^24 per launch,
+    # unreset) and the epoch barrier over grids of 28, 224 and 528 CTAs in turn (a smaller grid
+    # leaves the larger one's last slots with an older epoch)
     from kernels.router.quant import quantize_activation_fused
 
-    x = _tokens(t, 7168, seed=400 + t)
-    x[-1, 5] = 70.0  # the max in the last CTA's blocks
-    ref = quantize_activation_nvfp4(x.float(), compute_global_scale(x.float()), check_finite=False)
-    for i in range(6):
-        data, scales, g, _ = quantize_activation_fused(x, barrier="slots" if i % 2 else "atomic")
+    def case(n, seed):
+        x = _tokens(n, 7168, seed=seed)
+        x[-1, 5] = 70.0  # the max in the last CTA's blocks
+        return x, quantize_activation_nvfp4(x.float(), compute_global_scale(x.float()), check_finite=False)
+
+    def check(x, ref, i, **kw):
+        data, scales, g, _ = quantize_activation_fused(x, **kw)
         torch.cuda.synchronize()
         assert torch.equal(g.reshape(()), ref.global_scale.reshape(())), i
         assert torch.equal(scales, ref.scales.view(torch.uint8)) and torch.equal(data, ref.data), i
+
+    x, ref = case(t, 400 + t)
+    for i in range(6):
+        check(x, ref, i, barrier=("atomic", "slots", "epoch")[i % 3])
     if t == 128:
-        outs = [quantize_activation_fused(x) for _ in range(260)]
+        outs = [quantize_activation_fused(x, barrier="slots") for _ in range(260)]
         torch.cuda.synchronize()
         assert all(torch.equal(o[2].reshape(()), ref.global_scale.reshape(())) for o in outs)
         assert torch.equal(outs[-1][0], ref.data) and torch.equal(outs[-1][1], ref.scales.view(torch.uint8))
+        sizes = [case(n, 410 + n) for n in (16, 128, 4096)]
+        for i in range(9):
+            check(*sizes[(i * 2) % 3], i, barrier="epoch")
 
 
 @gpu_test
