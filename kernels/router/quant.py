@@ -12,10 +12,12 @@ so quantize-and-route was 7-20x slower than route alone.  Here:
   T = 603 on an H200);
 * dynamic global scale (``g = amax(|x|) / 2688``, the layer has no ``input_global_scale``): CTA max
   (integer max of the |x| bit patterns: the same order as the floats, NaN propagates), then a grid
-  barrier (:data:`BARRIER`): each CTA's max in its own workspace slot, one release add to an
-  arrival count that is never reset (a launch adds 2^24 in all), every CTA polls the count and
-  reads the slots, so the kernel is graph-capturable and needs no host memset (the grid is at
-  most ``4 x SMs`` CTAs of 256 threads so every CTA is resident).  One CTA skips the barrier, and
+  barrier (:data:`BARRIER`, :func:`pick_barrier`): up to 32 CTAs each stores its max with the
+  launch's epoch in its own 64-bit slot and polls all slots until each carries the epoch; larger
+  grids store the max in a slot, add to an arrival count that is never reset (a launch adds 2^24
+  in all) with one release atomic, poll the count and read the slots; either way the kernel is
+  graph-capturable and needs no host memset (the grid is at most ``4 x SMs`` CTAs of 256 threads
+  so every CTA is resident).  One CTA skips the barrier, and
   so does a small input (up to ``REPLICATE_MAX_BLOCKS`` blocks: decode): every CTA reads all of
   it for the max itself, one block per thread.  Static scale: read from a 1-element tensor, no
   barrier;
@@ -75,8 +77,13 @@ ARRIVE_UNIT = 1 << 24
 # its own 64-bit slot, no fence, no atomic; every CTA polls all slots until each carries the epoch),
 # "slots" (each CTA stores its max in its own slot and adds to a count with a release atomic; every
 # CTA polls the count, then reads all slots) or "atomic" (atom.max into one word, the last to
-# arrive computes the scale and publishes it behind a generation word)
+# arrive computes the scale and publishes it behind a generation word).  The launcher's pick
+# (:func:`pick_barrier`): epoch up to EPOCH_MAX_CTAS CTAs, slots above (H200, the quantizer alone:
+# 13 CTAs (T=7) 3.19 us against 3.45-3.50, 28 (T=16) 3.31 against 3.49; 224 (T=128) 4.90 against
+# 4.47-4.52, 528 (T=4096) 43.3-43.5 against 42.0: every CTA polling every slot loads L2 with
+# CTAs^2 requests a round); atomic: 3.68 / 3.97 / 5.09 / 43.5
 BARRIER = "epoch"
+EPOCH_MAX_CTAS = 32
 
 
 def _asm(ret, ptx: str, cons: str, *vals):
@@ -752,6 +759,11 @@ def fused_quant_problem(x) -> str | None:
     return None
 
 
+def pick_barrier(ctas: int) -> str:
+    """The dynamic scale's grid barrier for a grid of ``ctas`` CTAs (see :data:`BARRIER`)."""
+    return "epoch" if ctas <= EPOCH_MAX_CTAS else "slots"
+
+
 def uses_table(num_blocks: int, ctas: int, per_thread: int, threads: int = THREADS) -> bool:
     """Whether the quantizer reads its blocks' thresholds from the per-CTA table: where threads
     quantize more blocks than they hold in registers (large inputs; at decode sizes every thread
@@ -760,7 +772,7 @@ def uses_table(num_blocks: int, ctas: int, per_thread: int, threads: int = THREA
 
 
 def quantize_activation_fused(x, global_scale=None, g_b=None, replicate=None, per_thread=None, table=None,
-                              barrier=BARRIER, threads=None):
+                              barrier=None, threads=None):
     """``(packed uint8 [T, K/2], scales uint8 [T, K/16], g_a float32 0-dim, alpha float32 [1])``
     from bf16 ``x [..., K]`` in one launch.  ``global_scale``: the layer's calibrated scale
     (a tensor on the device or a float), or None for the dynamic one (computed on the device).
@@ -768,14 +780,15 @@ def quantize_activation_fused(x, global_scale=None, g_b=None, replicate=None, pe
     scale; default :func:`replicates`): every CTA computes the max itself, one block per thread,
     else the CTAs meet at a grid barrier (or one CTA does it all); ``per_thread``: blocks held per
     thread (default :func:`blocks_per_thread`); ``table``: the thresholds from the per-CTA table
-    (default :func:`uses_table`); ``barrier``: the dynamic scale's grid barrier (:data:`BARRIER`)."""
+    (default :func:`uses_table`); ``barrier``: the dynamic scale's grid barrier (default
+    :func:`pick_barrier`)."""
     launch, out = quant_launcher(x, global_scale, g_b, replicate, per_thread, table, barrier=barrier, threads=threads)
     launch()
     return out
 
 
 def quant_launcher(x, global_scale=None, g_b=None, replicate=None, per_thread=None, table=None, trigger=None,
-                   barrier=BARRIER, threads=None):
+                   barrier=None, threads=None):
     """``(launch, (data, scales, g, alpha))``: the fused quantizer of ``x`` compiled with its
     arguments and output buffers made once; ``launch()`` runs it on the current stream, writing
     the same buffers each time (the probe times it before a router kernel reading them).  The
@@ -804,7 +817,8 @@ def quant_launcher(x, global_scale=None, g_b=None, replicate=None, per_thread=No
     table = uses_table(nb, ctas, per, th) if table is None else table
     args = quant_args(x2, data, scales, g, gb, alpha, ctas)
     fn = compile_quant(dynamic, args, trigger=props.major >= 9 if trigger is None else trigger,
-                       replicate=replica_inflight(nb, th) if rep else 0, per_thread=per, table=table, barrier=barrier,
+                       replicate=replica_inflight(nb, th) if rep else 0, per_thread=per, table=table,
+                       barrier=barrier or pick_barrier(ctas),
                        threads=th)
     return (lambda: fn(*args[:-1], current_stream(dev))), (data, scales, g, alpha)
 

@@ -173,6 +173,11 @@ def test_grid_caps_ctas_for_the_barrier():
     assert uses_table(4096 * 448, grid_ctas(4096 * 448, 132), 2)
     assert not uses_table(128 * 448, grid_ctas(128 * 448, 132, per_thread=1), 1)
     assert not uses_table(301 * 448, grid_ctas(301 * 448, 132, per_thread=1), 1)
+    from kernels.router.quant import pick_barrier
+
+    # the dynamic scale's barrier: epoch slots for small grids, the arrival count above
+    assert pick_barrier(grid_ctas(7 * 448, 132, per_thread=1)) == "epoch" == pick_barrier(32)
+    assert pick_barrier(grid_ctas(128 * 448, 132, per_thread=1)) == "slots" == pick_barrier(33)
     # T = 603 is the last whose blocks all fit the registers of the resident grid on 132 SMs
     assert uses_table(604 * 448, grid_ctas(604 * 448, 132), 2)
     assert not uses_table(603 * 448, grid_ctas(603 * 448, 132), 2)
