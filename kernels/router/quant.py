@@ -67,7 +67,7 @@ WS_GEN = 2
 WS_ARRIVE = 32
 WS_EPOCH = 48
 WS_SLOTS = 64
-MAX_CTAS = 4096  # CTAs of a grid: at most CTAS_PER_SM x SMs
+MAX_CTAS = 4096  # CTAs of a grid (one barrier slot each; grid_ctas caps the grid at it)
 WS_EPOCH_SLOTS = WS_SLOTS + MAX_CTAS  # int64 slots (epoch << 32 | max) of the epoch barrier
 WS_WORDS = WS_EPOCH_SLOTS + 2 * MAX_CTAS
 # the slot barrier's arrivals add up to this per launch (CTA 0 adds it less the others' ones), so the
@@ -581,17 +581,22 @@ class Nvfp4ActQuantKernel:
                         sG[0] = cute.arch.load((mG.iterator).llvm_ptr, cutlass.Float32, sem="relaxed", scope="gpu")
             cute.arch.sync_threads()
             g = sG[0]
-            if cutlass.const_expr(self.barrier == "epoch" and not self.replicate):
+            if cutlass.const_expr(self.barrier != "atomic" and not self.replicate):
                 if nctas > 1:
-                    # every thread polls its share of the slots until each carries this launch's
-                    # epoch; the max of their values is the same in every CTA
+                    # every CTA reads all slots (its threads a share each) and computes the same
+                    # scale from the same max; the epoch barrier polls each slot until it carries
+                    # this launch's epoch
                     ms = cutlass.Int32(0)
                     for i in range(tidx, nctas, self.threads):
-                        sp = cute.recast_ptr(mWs.iterator + WS_EPOCH_SLOTS + 2 * i, dtype=cutlass.Int64)
-                        v = cute.arch.load(sp.llvm_ptr, cutlass.Int64, sem="relaxed", scope="gpu")
-                        while cutlass.Int32(v >> 32) != want:
+                        if cutlass.const_expr(self.barrier == "epoch"):
+                            sp = cute.recast_ptr(mWs.iterator + WS_EPOCH_SLOTS + 2 * i, dtype=cutlass.Int64)
                             v = cute.arch.load(sp.llvm_ptr, cutlass.Int64, sem="relaxed", scope="gpu")
-                        ms = cutlass.max(ms, cutlass.Int32(v & 0x7FFFFFFF))
+                            while cutlass.Int32(v >> 32) != want:
+                                v = cute.arch.load(sp.llvm_ptr, cutlass.Int64, sem="relaxed", scope="gpu")
+                            ms = cutlass.max(ms, cutlass.Int32(v & 0x7FFFFFFF))
+                        else:
+                            ms = cutlass.max(ms, cute.arch.load((mWs.iterator + WS_SLOTS + i).llvm_ptr, cutlass.Int32,
+                                                                sem="relaxed", scope="gpu"))
                     for sh in cutlass.range_constexpr(5):
                         ms = cutlass.max(ms, cute.arch.shuffle_sync_bfly(ms, offset=16 >> sh))
                     if lane == 0:
@@ -604,29 +609,10 @@ class Nvfp4ActQuantKernel:
                     if bx == 0:
                         if tidx == 0:
                             mG[0] = g
-                            # every CTA has stored its slot, so every CTA read the old epoch: the
-                            # next launch (after this grid, in stream order) reads this one
-                            mWs[WS_EPOCH] = want
-            if cutlass.const_expr(self.barrier == "slots" and not self.replicate):
-                if nctas > 1:
-                    # every CTA reads the slots (one load per thread up to 256 CTAs) and computes
-                    # the same scale from the same max
-                    ms = cutlass.Int32(0)
-                    for i in range(tidx, nctas, self.threads):
-                        ms = cutlass.max(ms, cute.arch.load((mWs.iterator + WS_SLOTS + i).llvm_ptr, cutlass.Int32,
-                                                            sem="relaxed", scope="gpu"))
-                    for sh in cutlass.range_constexpr(5):
-                        ms = cutlass.max(ms, cute.arch.shuffle_sync_bfly(ms, offset=16 >> sh))
-                    if lane == 0:
-                        sRed[warp] = ms
-                    cute.arch.sync_threads()
-                    ms = sRed[0]
-                    for w in cutlass.range_constexpr(1, self.warps):
-                        ms = cutlass.max(ms, sRed[w])
-                    g = global_scale(ms)
-                    if bx == 0:
-                        if tidx == 0:
-                            mG[0] = g
+                            if cutlass.const_expr(self.barrier == "epoch"):
+                                # every CTA has stored its slot, so every CTA read the old epoch:
+                                # the next launch (after this grid, in stream order) reads this one
+                                mWs[WS_EPOCH] = want
         else:
             g = mG[0]
         if cutlass.const_expr(self.with_alpha):
@@ -707,7 +693,7 @@ def grid_ctas(num_blocks: int, sms: int, per_thread: int = PER_THREAD, threads: 
     """CTAs for ``num_blocks`` 16-element blocks: enough to hold them all in registers, at most
     ``CTAS_PER_SM`` per SM (so every CTA is resident for the grid barrier)."""
     need = -(-num_blocks // (threads * per_thread))
-    return max(1, min(need, CTAS_PER_SM * THREADS // threads * sms))
+    return max(1, min(need, CTAS_PER_SM * THREADS // threads * sms, MAX_CTAS))
 
 
 def quant_args(x, data, scales, g, g_b, alpha, ctas: int):
