@@ -197,8 +197,6 @@ def tile_once(act, layer, config, stages):
 
 def _decode(kind, cfg, variant, x, base, act, ref_logits, layers, a, res) -> int:
     """Check (unless ``noroute``) and time one decode-kernel configuration; prints one JSON line."""
-    import router_bench as rb
-
     from kernels.router import launch
     from kernels.router.runtime import refill_polled_workspaces
 
@@ -212,17 +210,28 @@ def _decode(kind, cfg, variant, x, base, act, ref_logits, layers, a, res) -> int
     if "clock" in variant:
         print(json.dumps(dict(res, **_clock_run(kind, cfg, variant, base, act, dev))), flush=True)
         return 0
+    # noroute: the logits only, nothing to check; the polled workspace is left to refill
+    return _check_and_time(make, base, ref_logits, layers, a, res, "noroute" not in variant,
+                           refill_polled_workspaces if "noroute" in variant else None)
+
+
+def _check_and_time(make, base, ref_logits, layers, a, res, check: bool, after=None) -> int:
+    """``make(layer)`` -> ``(run, ids, weights)``: three runs on ``base`` checked against the
+    reference (where ``check`` and not ``--no-check``), then the runs over the layer copies timed
+    (``after`` called once timed); prints ``res`` with the time as one JSON line."""
+    import router_bench as rb
+
     rc = 0
-    if "noroute" not in variant and not a.no_check:
+    if check and not a.no_check:
         outs = []
         for _ in range(3):
-            fn, ids, w = make(base)
-            fn()
+            run, ids, w = make(base)
+            run()
             outs.append((ids, w))
         rc = _check(outs, ref_logits, res)
     us, _ = rb.time_us([make(lay)[0] for lay in layers], a.reps)
-    if "noroute" in variant:
-        refill_polled_workspaces()
+    if after is not None:
+        after()
     res["us"] = round(us, 2)
     print(json.dumps(res), flush=True)
     return rc
@@ -232,8 +241,6 @@ def _after_quant(kind, cfg, variant, mode, pdl, x, base, ref_logits, layers, a, 
     """One decode configuration after the fused quantizer (``mode``: "dynamic" or "calibrated"
     global scale), launched plainly or (``pdl``) as the quantizer's programmatic dependent: checked
     (three runs against the reference) and timed as quantizer + kernel per layer copy."""
-    import router_bench as rb
-
     from kernels.nvfp4 import compute_global_scale
     from kernels.router import launch
     from kernels.router.quant import quant_launcher
@@ -252,18 +259,7 @@ def _after_quant(kind, cfg, variant, mode, pdl, x, base, ref_logits, layers, a, 
 
     res = dict(res, kernel=kind, config=list(cfg), variant=variant, after_quant=mode, pdl=pdl,
                quant_threads=a.quant_threads)
-    rc = 0
-    if not a.no_check and "noroute" not in variant:
-        outs = []
-        for _ in range(3):
-            run, ids, w = make(base)
-            run()
-            outs.append((ids, w))
-        rc = _check(outs, ref_logits, res)
-    us, _ = rb.time_us([make(lay)[0] for lay in layers], a.reps)
-    res["us"] = round(us, 2)
-    print(json.dumps(res), flush=True)
-    return rc
+    return _check_and_time(make, base, ref_logits, layers, a, res, "noroute" not in variant)
 
 
 def _compiled_decode(kind, cfg, variant, act, lay, x=None, pdl: bool = False):
