@@ -311,17 +311,28 @@ def global_scale(amax_bits):
     return _div_rn(_i2f(amax_bits), cutlass.Float32(2688.0))
 
 
+def _scale_code(bam, d6):
+    """A block's E4M3 scale code: ``e4m3(min(amax / (6 g), 448))`` (``bam``: its max as float bits)."""
+    s = _div_rn(_i2f(bam), d6)
+    s = _sel(s == s, cute.arch.fmin(s, cutlass.Float32(448.0)), s)  # clamp(max=448), NaN kept
+    return _e4m3_code(_f2i(s))
+
+
+def _divisor(code, g_safe):
+    """``(ok, d)`` of scale code ``code``: whether it gives codes at all (a zero or NaN divisor gives
+    none) and the divisor ``e4m3(code) * g`` of its values (1 where not ok)."""
+    denom = _mul_rn(_e4m3_value(code), g_safe)
+    ok = (denom > cutlass.Float32(0.0)) & (code != 0x7F)
+    return ok, _sel(ok, denom, cutlass.Float32(1.0))
+
+
 @cute.jit
 def quant_block(raw: cute.Tensor, bam, g_safe, d6, out: cute.Tensor):
     """One 16-element block (``raw``: 8 bf16x2 words, ``bam``: its :func:`block_amax`) with global
     scale ``g_safe`` (``d6 = 6 g_safe``): its two words of E2M1 codes into ``out``; returns the
     E4M3 scale code."""
-    s = _div_rn(_i2f(bam), d6)
-    s = _sel(s == s, cute.arch.fmin(s, cutlass.Float32(448.0)), s)  # clamp(max=448), NaN kept
-    code = _e4m3_code(_f2i(s))
-    denom = _mul_rn(_e4m3_value(code), g_safe)
-    ok = (denom > cutlass.Float32(0.0)) & (code != 0x7F)
-    d = _sel(ok, denom, cutlass.Float32(1.0))
+    code = _scale_code(bam, d6)
+    ok, d = _divisor(code, g_safe)
     if (d >= cutlass.Float32(THRESHOLD_D_MIN)) & (d <= cutlass.Float32(THRESHOLD_D_MAX)):
         # the codes by comparisons against per-block thresholds (E2M1_MIDPOINTS): no division
         v = e2m1_thresholds(d)
@@ -348,9 +359,7 @@ def build_threshold_table(sThr: cute.Tensor, g_safe, tidx):
     CTA instead of once per block.  Two threads per code (``THREADS`` = 2 x ``TABLE_CODES``); the
     caller synchronizes the CTA before reading."""
     code = tidx // 2
-    denom = _mul_rn(_e4m3_value(code), g_safe)
-    ok = (denom > cutlass.Float32(0.0)) & (code != 0x7F)
-    d = _sel(ok, denom, cutlass.Float32(1.0))
+    ok, d = _divisor(code, g_safe)
     base = code * TABLE_WORDS
     if tidx % 2 == 0:
         for i in cutlass.range_constexpr(4):
@@ -367,9 +376,7 @@ def build_threshold_table(sThr: cute.Tensor, g_safe, tidx):
 def quant_block_table(raw: cute.Tensor, bam, g_safe, d6, sThr: cute.Tensor, out: cute.Tensor):
     """:func:`quant_block` with the thresholds read from the table of :func:`build_threshold_table`
     (the same bits: the same divisor per scale code, the same tests)."""
-    s = _div_rn(_i2f(bam), d6)
-    s = _sel(s == s, cute.arch.fmin(s, cutlass.Float32(448.0)), s)  # clamp(max=448), NaN kept
-    code = _e4m3_code(_f2i(s))
+    code = _scale_code(bam, d6)
     v = cute.make_rmem_tensor(cute.make_layout(TABLE_WORDS), cutlass.Int32)
     cute.autovec_copy(cute.make_tensor(sThr.iterator + cute.assume(code * TABLE_WORDS, divby=TABLE_WORDS),
                                        cute.make_layout(TABLE_WORDS)), v)
