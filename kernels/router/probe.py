@@ -69,6 +69,9 @@ def main(argv=None) -> int:
                         "quant variant then quantizes with it instead of computing the dynamic one)")
     p.add_argument("--quant-threads", type=int, default=None, choices=[64, 128, 256],
                    help="threads per CTA of the quantizer in the --after-quant timings (default: its launcher's)")
+    p.add_argument("--quant-table", nargs="+", default=["auto"], choices=["auto", "on", "off"],
+                   help="the quantizer's per-CTA threshold table in the --after-quant timings, each in turn "
+                        "(auto: its launcher's pick); each is also timed alone")
     a = p.parse_args(argv)
     dev = torch.device("cuda")
     k_tiles = a.hidden // BK
@@ -93,9 +96,13 @@ def main(argv=None) -> int:
                     rc |= _decode(kind, tuple(int(c) for c in cfg.split(",")), v, x, base, act, ref_logits, layers,
                                   a, {"T": t, "E": e})
                     for mode in ([] if "quant" in v else a.after_quant):  # "quant": the kernel quantizes itself
-                        for pdl in (False, True):
-                            rc |= _after_quant(kind, tuple(int(c) for c in cfg.split(",")), v, mode, pdl, x, base,
-                                               ref_logits, layers, a, {"T": t, "E": e})
+                        for table in a.quant_table:
+                            for pdl in (False, True):
+                                rc |= _after_quant(kind, tuple(int(c) for c in cfg.split(",")), v, mode, pdl, x,
+                                                   base, ref_logits, layers, a, {"T": t, "E": e}, table)
+            for mode in a.after_quant:
+                for table in a.quant_table:
+                    _quant_alone(mode, table, x, layers, a, {"T": t, "E": e})
             for ctas in ((a.stream_k or [0]) if a.stream_k is not None and t >= 128 else []):
                 from kernels.router.tile import BN as TBN, device_ctas_per_wave, stream_k_slots
 
@@ -237,7 +244,25 @@ def _check_and_time(make, base, ref_logits, layers, a, res, check: bool, after=N
     return rc
 
 
-def _after_quant(kind, cfg, variant, mode, pdl, x, base, ref_logits, layers, a, res) -> int:
+_TABLE = {"auto": None, "on": True, "off": False}
+
+
+def _quant_alone(mode, table, x, layers, a, res):
+    """The fused quantizer alone (``mode`` and ``table`` as in :func:`_after_quant`), timed like the
+    decode kernels (one launcher per layer copy, so the same graph shape)."""
+    import router_bench as rb
+
+    from kernels.nvfp4 import compute_global_scale
+    from kernels.router.quant import quant_launcher
+
+    scale = compute_global_scale(x) if mode == "calibrated" else None
+    launches = [quant_launcher(x, scale, lay._global_scale_b, trigger=False, threads=a.quant_threads,
+                               table=_TABLE[table])[0] for lay in layers]
+    us, _ = rb.time_us(launches, a.reps)
+    print(json.dumps(dict(res, kernel="quant", after_quant=mode, quant_table=table, us=round(us, 2))), flush=True)
+
+
+def _after_quant(kind, cfg, variant, mode, pdl, x, base, ref_logits, layers, a, res, table="auto") -> int:
     """One decode configuration after the fused quantizer (``mode``: "dynamic" or "calibrated"
     global scale), launched plainly or (``pdl``) as the quantizer's programmatic dependent: checked
     (three runs against the reference) and timed as quantizer + kernel per layer copy."""
@@ -249,7 +274,8 @@ def _after_quant(kind, cfg, variant, mode, pdl, x, base, ref_logits, layers, a, 
     scale = compute_global_scale(x) if mode == "calibrated" else None
 
     def make(lay):
-        quant, act = quant_launcher(x, scale, lay._global_scale_b, trigger=pdl, threads=a.quant_threads)
+        quant, act = quant_launcher(x, scale, lay._global_scale_b, trigger=pdl, threads=a.quant_threads,
+                                    table=_TABLE[table])
         fn, args, ids, w = _compiled_decode(kind, cfg, variant, act, lay, pdl=pdl)
 
         def run():
@@ -258,7 +284,7 @@ def _after_quant(kind, cfg, variant, mode, pdl, x, base, ref_logits, layers, a, 
         return run, ids, w
 
     res = dict(res, kernel=kind, config=list(cfg), variant=variant, after_quant=mode, pdl=pdl,
-               quant_threads=a.quant_threads)
+               quant_threads=a.quant_threads, quant_table=table)
     return _check_and_time(make, base, ref_logits, layers, a, res, "noroute" not in variant)
 
 
