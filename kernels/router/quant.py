@@ -503,13 +503,6 @@ class Nvfp4ActQuantKernel:
             b = first + i * stride
             if b < nb:
                 self._load_block(mX, b, raw[None, i])
-        # calibrated scale: the table is built while the blocks' loads are in flight (the scale
-        # does not depend on them), so a block's quantization starts from its lookup
-        early_table = self.table and not self.dynamic
-        if cutlass.const_expr(early_table):
-            g_early, _ = safe_scales(mG[0])
-            build_threshold_table(sThr, g_early, tidx)
-            cute.arch.sync_threads()
         amax = cutlass.Int32(0)
         for i in cutlass.range_constexpr(R):
             bam[i] = block_amax(raw[None, i])
@@ -635,7 +628,7 @@ class Nvfp4ActQuantKernel:
                     mAlpha[0] = _mul_rn(g, mGb[0])
 
         g_safe, d6 = safe_scales(g)
-        if cutlass.const_expr(self.table and not early_table):
+        if cutlass.const_expr(self.table):
             build_threshold_table(sThr, g_safe, tidx)
             cute.arch.sync_threads()
         for i in cutlass.range_constexpr(R):
