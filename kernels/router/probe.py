@@ -72,6 +72,9 @@ def main(argv=None) -> int:
     p.add_argument("--quant-table", nargs="+", default=["auto"], choices=["auto", "on", "off"],
                    help="the quantizer's per-CTA threshold table in the --after-quant timings, each in turn "
                         "(auto: its launcher's pick); each is also timed alone")
+    p.add_argument("--quant-per-thread", type=int, default=None, choices=[1, 2],
+                   help="blocks per quantizer thread held in registers in the --after-quant timings (default: its "
+                        "launcher's; 2 halves the grid)")
     a = p.parse_args(argv)
     dev = torch.device("cuda")
     k_tiles = a.hidden // BK
@@ -257,9 +260,10 @@ def _quant_alone(mode, table, x, layers, a, res):
 
     scale = compute_global_scale(x) if mode == "calibrated" else None
     launches = [quant_launcher(x, scale, lay._global_scale_b, trigger=False, threads=a.quant_threads,
-                               table=_TABLE[table])[0] for lay in layers]
+                               table=_TABLE[table], per_thread=a.quant_per_thread)[0] for lay in layers]
     us, _ = rb.time_us(launches, a.reps)
-    print(json.dumps(dict(res, kernel="quant", after_quant=mode, quant_table=table, us=round(us, 2))), flush=True)
+    print(json.dumps(dict(res, kernel="quant", after_quant=mode, quant_table=table, quant_per_thread=a.quant_per_thread,
+                          us=round(us, 2))), flush=True)
 
 
 def _after_quant(kind, cfg, variant, mode, pdl, x, base, ref_logits, layers, a, res, table="auto") -> int:
@@ -275,7 +279,7 @@ def _after_quant(kind, cfg, variant, mode, pdl, x, base, ref_logits, layers, a, 
 
     def make(lay):
         quant, act = quant_launcher(x, scale, lay._global_scale_b, trigger=pdl, threads=a.quant_threads,
-                                    table=_TABLE[table])
+                                    table=_TABLE[table], per_thread=a.quant_per_thread)
         fn, args, ids, w = _compiled_decode(kind, cfg, variant, act, lay, pdl=pdl)
 
         def run():
@@ -284,7 +288,7 @@ def _after_quant(kind, cfg, variant, mode, pdl, x, base, ref_logits, layers, a, 
         return run, ids, w
 
     res = dict(res, kernel=kind, config=list(cfg), variant=variant, after_quant=mode, pdl=pdl,
-               quant_threads=a.quant_threads, quant_table=table)
+               quant_threads=a.quant_threads, quant_table=table, quant_per_thread=a.quant_per_thread)
     return _check_and_time(make, base, ref_logits, layers, a, res, "noroute" not in variant)
 
 
