@@ -61,9 +61,11 @@ def main(argv=None) -> int:
                         "waiting route), spreadN (an n-tile's route over N CTAs), pairbar (cluster pairs "
                         "handing over with stores and a cluster barrier); GEMV only: quant (from bf16, "
                         "quantizing in the kernel)")
-    p.add_argument("--after-quant", nargs="*", default=[], choices=["dynamic", "calibrated"],
+    p.add_argument("--after-quant", nargs="*", default=[], choices=["dynamic", "calibrated", "trigger"],
                    help="also time each decode configuration after the fused quantizer of the bf16 tokens (dynamic "
-                        "or calibrated global scale), launched plainly and as its programmatic dependent (PDL)")
+                        "or calibrated global scale), launched plainly and as its programmatic dependent (PDL); "
+                        "trigger: after a one-warp kernel that only lets its dependent start (the activations "
+                        "quantized once beforehand): the floor of the hand-off")
     p.add_argument("--calibrated", action="store_true",
                    help="the layers carry the activation scale a calibration on the tokens would give (the GEMV's "
                         "quant variant then quantizes with it instead of computing the dynamic one)")
@@ -103,7 +105,7 @@ def main(argv=None) -> int:
                             for pdl in (False, True):
                                 rc |= _after_quant(kind, tuple(int(c) for c in cfg.split(",")), v, mode, pdl, x,
                                                    base, ref_logits, layers, a, {"T": t, "E": e}, table)
-            for mode in a.after_quant:
+            for mode in [m for m in a.after_quant if m != "trigger"]:
                 for table in a.quant_table:
                     _quant_alone(mode, table, x, layers, a, {"T": t, "E": e})
             for ctas in ((a.stream_k or [0]) if a.stream_k is not None and t >= 128 else []):
@@ -266,6 +268,26 @@ def _quant_alone(mode, table, x, layers, a, res):
                           us=round(us, 2))), flush=True)
 
 
+_TRIGGER = {}
+
+
+def _trigger_launcher(dev, pdl: bool):
+    """``launch()`` of a one-warp kernel that does nothing but ``griddepcontrol.launch_dependents``
+    (``pdl``; else nothing at all): in place of the quantizer, what the hand-off to the router costs."""
+    import cutlass.cute as cute
+
+    from kernels.router.handoff import TriggerKernel
+    from kernels.router.runtime import current_stream, to_cute
+
+    key = (str(dev), pdl)
+    if key not in _TRIGGER:
+        buf = torch.zeros(4, dtype=torch.int32, device=dev)
+        args = (to_cute(buf), current_stream(dev))
+        _TRIGGER[key] = (cute.compile(TriggerKernel(pdl), *args), args)
+    fn, args = _TRIGGER[key]
+    return lambda: fn(args[0], current_stream(dev))
+
+
 def _after_quant(kind, cfg, variant, mode, pdl, x, base, ref_logits, layers, a, res, table="auto") -> int:
     """One decode configuration after the fused quantizer (``mode``: "dynamic" or "calibrated"
     global scale), launched plainly or (``pdl``) as the quantizer's programmatic dependent: checked
@@ -275,11 +297,14 @@ def _after_quant(kind, cfg, variant, mode, pdl, x, base, ref_logits, layers, a, 
     from kernels.router.quant import quant_launcher
 
     dev = x.device
-    scale = compute_global_scale(x) if mode == "calibrated" else None
+    scale = compute_global_scale(x) if mode in ("calibrated", "trigger") else None
 
     def make(lay):
         quant, act = quant_launcher(x, scale, lay._global_scale_b, trigger=pdl, threads=a.quant_threads,
                                     table=_TABLE[table], per_thread=a.quant_per_thread)
+        if mode == "trigger":
+            quant()  # the activations the router reads, once
+            quant = _trigger_launcher(dev, pdl)
         fn, args, ids, w = _compiled_decode(kind, cfg, variant, act, lay, pdl=pdl)
 
         def run():
