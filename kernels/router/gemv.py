@@ -35,7 +35,8 @@ from cutlass._mlir import ir
 from cutlass._mlir.dialects import llvm
 
 from .portable import DSL_ASCENDING_ID_OPS, DSL_OPS, LUT_E4M3, LUT_SIZE
-from .quant import _asm, _f2i, _i2f, _mul_rn, _sel, block_amax, global_scale, quant_block, safe_scales
+from .quant import (TABLE_CODES, TABLE_WORDS, _asm, _f2i, _i2f, _mul_rn, _sel, block_amax, build_threshold_table,
+                    global_scale, quant_block, quant_block_table, safe_scales)
 from .topk import EMPTY_ID, KEY_FLOOR, sorted_insert
 
 THREADS = 256
@@ -480,6 +481,9 @@ class GemvRouterKernel(_WarpRouter):
         # quant: the CTA quantizes its tokens' bf16 activations itself (see kernel); "dynamic":
         # global scale amax / 2688 of the token group, "static": the layer's calibrated one
         self.quant = quant
+        # probe variant "table" (calibrated scale): the blocks' thresholds from a per-CTA table of the
+        # 127 scale codes, built while the loads are in flight (quant.build_threshold_table)
+        self.quant_table = quant == "static" and "table" in variant
         self.top_k = top_k
         self.scoring = scoring
         self.renormalize = renormalize
@@ -497,7 +501,8 @@ class GemvRouterKernel(_WarpRouter):
         # launched as a programmatic dependent of the kernel before it (the activation quantizer):
         # the weight loads go out, then griddepcontrol.wait (see await_inputs); SM90 and later
         self.pdl = pdl and not quant
-        self.smem_bytes = 4 * LUT_SIZE + 4 * WARPS * rb * tm + 4 * WARPS + 96
+        self.smem_bytes = (4 * LUT_SIZE + 4 * WARPS * rb * tm + 4 * WARPS + 96
+                           + (4 * TABLE_CODES * TABLE_WORDS + 16 if self.quant_table else 0))
 
     @cute.jit
     def __call__(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
@@ -569,6 +574,9 @@ class GemvRouterKernel(_WarpRouter):
         sLut = smem.allocate_tensor(cutlass.Float32, cute.make_layout(LUT_SIZE), 16)
         sRed = smem.allocate_tensor(cutlass.Float32, cute.make_layout((WARPS, rb * tm), stride=(rb * tm, 1)), 16)
         sAmax = smem.allocate_tensor(cutlass.Int32, cute.make_layout(WARPS), 16)
+        sThr = sAmax
+        if cutlass.const_expr(self.quant_table):
+            sThr = smem.allocate_tensor(cutlass.Int32, cute.make_layout(TABLE_CODES * TABLE_WORDS), 16)
         acc = cute.make_rmem_tensor(cute.make_layout(rb * tm), cutlass.Float32)
         acc.fill(0.0)
         rawB = cute.make_rmem_tensor(cute.make_layout((4, rb), stride=(1, 4)), cutlass.Int32)
@@ -578,8 +586,8 @@ class GemvRouterKernel(_WarpRouter):
 
         alpha = cutlass.Float32(1.0)
         if cutlass.const_expr(self.quant):
-            alpha = self._quant_dot(mA, mSFA, mB, mSFB, mAlpha, mLut, sLut, sAmax, tidx, warp, lane, n0, t0, T, kw,
-                                    nchunk, k_tiles, rawB, sfB, rawA, sfA, acc)
+            alpha = self._quant_dot(mA, mSFA, mB, mSFB, mAlpha, mLut, sLut, sAmax, sThr, tidx, warp, lane, n0, t0, T,
+                                    kw, nchunk, k_tiles, rawB, sfB, rawA, sfA, acc)
         else:
             # the first chunk's loads go out before the table load and its barrier; the weights
             # (never written by a kernel) before the wait for the kernel that writes the activation
@@ -629,8 +637,8 @@ class GemvRouterKernel(_WarpRouter):
             sLut[li] = mLut[li]
 
     @cute.jit
-    def _quant_dot(self, mX, mG, mB, mSFB, mGb, mLut, sLut, sAmax, tidx, warp, lane, n0, t0, T, kw, nchunk, k_tiles,
-                   rawB, sfB, rawA, sfA, acc):
+    def _quant_dot(self, mX, mG, mB, mSFB, mGb, mLut, sLut, sAmax, sThr, tidx, warp, lane, n0, t0, T, kw, nchunk,
+                   k_tiles, rawB, sfB, rawA, sfA, acc):
         """In-kernel quantization (one chunk per thread, K <= 32 x THREADS): thread c loads the
         bf16 activations of chunk c (32 per token, 64 bytes) after its weight loads, the CTA takes
         the max |x| of the token group (warp ``redux.sync`` + the table load's barrier: no barrier
@@ -650,7 +658,21 @@ class GemvRouterKernel(_WarpRouter):
                 for b in cutlass.range_constexpr(2):
                     off = cute.assume(tok * (4 * kw) + tidx * 16 + b * 8, divby=8)
                     cute.autovec_copy(cute.make_tensor(mX.iterator + off, cute.make_layout(8)), xw[t][b])
-        self._load_lut(mLut, sLut, tidx)
+        # the scalars before the barrier: a load after it would be one more L2 round trip on the
+        # path from the activations to the first code
+        gb = mGb[0]
+        g = cutlass.Float32(0.0)
+        if cutlass.const_expr(self.quant != "dynamic"):
+            g = mG[0]
+        # the decode table's loads go out before the threshold table's build, their stores after it
+        # (a store waits for its load: in between, the build would wait behind it)
+        nl = -(-LUT_SIZE // THREADS)
+        lut = [mLut[cutlass.min(tidx + u * THREADS, LUT_SIZE - 1)] for u in range(nl)]
+        if cutlass.const_expr(self.quant_table):
+            g_early, _ = safe_scales(g)
+            build_threshold_table(sThr, g_early, tidx)  # read after the barrier below
+        for u in cutlass.range_constexpr(nl):
+            sLut[cutlass.min(tidx + u * THREADS, LUT_SIZE - 1)] = lut[u]
         bam = [[block_amax(xw[t][b]) for b in range(2)] for t in range(tm)]
         amax = cutlass.Int32(0)
         for t in cutlass.range_constexpr(tm):
@@ -659,24 +681,24 @@ class GemvRouterKernel(_WarpRouter):
         if lane == 0:
             sAmax[warp] = amax
         cute.arch.sync_threads()
-        g = cutlass.Float32(0.0)
         if cutlass.const_expr(self.quant == "dynamic"):
             m = sAmax[0]
             for w in cutlass.range_constexpr(1, WARPS):
                 m = cutlass.max(m, sAmax[w])
             g = global_scale(m)
-        else:
-            g = mG[0]
         g_safe, d6 = safe_scales(g)
         out = cute.make_rmem_tensor(cute.make_layout(2), cutlass.Int32)
         for t in cutlass.range_constexpr(tm):
             for b in cutlass.range_constexpr(2):
-                sfA[b, t] = quant_block(xw[t][b], bam[t][b], g_safe, d6, out)
+                if cutlass.const_expr(self.quant_table):
+                    sfA[b, t] = quant_block_table(xw[t][b], bam[t][b], g_safe, d6, sThr, out)
+                else:
+                    sfA[b, t] = quant_block(xw[t][b], bam[t][b], g_safe, d6, out)
                 rawA[2 * b, t] = out[0]
                 rawA[2 * b + 1, t] = out[1]
         if tidx < nchunk:
             self._dot_chunk(sLut, rawB, sfB, rawA, sfA, acc)
-        return _mul_rn(g, mGb[0])
+        return _mul_rn(g, gb)
 
     @cute.jit
     def _dot_chunk(self, sLut, rawB, sfB, rawA, sfA, acc):
