@@ -181,9 +181,11 @@ def gemv_quant_problem(x, linear) -> str | None:
     return fused_quant_problem(x)
 
 
-def run_gemv_quant(x, linear, top_k: int, scoring: str, renormalize: bool, config=None):
+def run_gemv_quant(x, linear, top_k: int, scoring: str, renormalize: bool, config=None, variant: str = ""):
     """Route bf16 ``x`` [T, K] (T <= 8) with the GEMV kernel quantizing in the same launch: the
-    answers of ``prepare_activation`` + :func:`run_gemv`, bit for bit, without the quantizer's launch."""
+    answers of ``prepare_activation`` + :func:`run_gemv`, bit for bit, without the quantizer's launch.
+    ``variant``: the kernel's probe variants (``GemvRouterKernel``; "table": the calibrated scale's
+    thresholds from a per-CTA table), for tests."""
     from .gemv import compile_gemv, pick_gemv
 
     t = x.shape[0]
@@ -191,7 +193,7 @@ def run_gemv_quant(x, linear, top_k: int, scoring: str, renormalize: bool, confi
     if tm < t:
         raise ValueError(f"tm={tm} < T={t}: in-kernel quantization needs one token group")
     args, ids, w, mode = gemv_quant_args(x, linear, top_k, tm)
-    fn = compile_gemv(top_k, scoring, renormalize, linear.out_features, tm, rb, args, quant=mode)
+    fn = compile_gemv(top_k, scoring, renormalize, linear.out_features, tm, rb, args, variant, quant=mode)
     fn(*args)
     return ids, w
 

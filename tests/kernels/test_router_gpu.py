@@ -283,12 +283,14 @@ def test_tile_kernel_stream_k_grid_matches_the_reference(t, ctas):
 
 
 @pytest.mark.skipif(torch.cuda.is_available() and _sm() < 8, reason="the portable kernel needs SM80 or later")
-@pytest.mark.parametrize("t,e,hidden,static", [(1, 256, 7168, False), (1, 384, 7168, False), (5, 384, 2048, False),
-                                               (1, 384, 2048, True)])
-def test_gemv_quantizing_in_kernel_is_quantizer_plus_kernel_bit_for_bit(t, e, hidden, static, monkeypatch):
+@pytest.mark.parametrize("t,e,hidden,static,variant", [(1, 256, 7168, False, ""), (1, 384, 7168, False, ""),
+                                                       (5, 384, 2048, False, ""), (1, 384, 2048, True, ""),
+                                                       (1, 256, 7168, True, "table"), (1, 384, 2048, True, "table")])
+def test_gemv_quantizing_in_kernel_is_quantizer_plus_kernel_bit_for_bit(t, e, hidden, static, variant, monkeypatch):
     # the GEMV kernel reading bf16 activations and quantizing them itself (one launch) against the
     # fused quantizer + the same GEMV kernel: the same ids and weights, bit for bit (dynamic global
-    # scale of the token group, and the layer's calibrated scale)
+    # scale of the token group, and the layer's calibrated scale, its thresholds computed per block
+    # or, variant "table", read from the per-CTA table)
     from kernels.router.launch import run_gemv, run_gemv_quant
 
     layer, x = _case(t, e, hidden, seed=41 + t + e)
@@ -299,12 +301,12 @@ def test_gemv_quantizing_in_kernel_is_quantizer_plus_kernel_bit_for_bit(t, e, hi
     act = router.prepare_activation(x, layer)
     assert router.last_quantizer == "fused"
     want = run_gemv(act, layer, 6, "softmax", False, cfg)
-    got = run_gemv_quant(x, layer, 6, "softmax", False, cfg)
+    got = run_gemv_quant(x, layer, 6, "softmax", False, cfg, variant)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     ref = router.router_logits_reference(x, layer)
     c = router.compare_routing(got[0], got[1], ref, 6, "softmax")
     assert c.ok and c.max_weight_err < 1e-4, c
-    if t == 1:
+    if t == 1 and not variant:
         # the router's path from bf16 at T=1 is this kernel (GPUREPRO_ROUTER_INKERNEL_QUANT=1)
         monkeypatch.setenv("GPUREPRO_ROUTER_INKERNEL_QUANT", "1")
         ids, w = router.run_nvfp4_fused_router(x, layer, 6, "softmax")
