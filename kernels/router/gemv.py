@@ -632,9 +632,17 @@ class GemvRouterKernel(_WarpRouter):
 
     @cute.jit
     def _load_lut(self, mLut: cute.Tensor, sLut: cute.Tensor, tidx):
-        for u in cutlass.range_constexpr(-(-LUT_SIZE // THREADS)):
-            li = cutlass.min(tidx + u * THREADS, LUT_SIZE - 1)
-            sLut[li] = mLut[li]
+        self._store_lut(sLut, self._lut_words(mLut, tidx), tidx)
+
+    @staticmethod
+    def _lut_words(mLut: cute.Tensor, tidx):
+        """This thread's words of the decode table (loads in flight until the store uses them)."""
+        return [mLut[cutlass.min(tidx + u * THREADS, LUT_SIZE - 1)] for u in range(-(-LUT_SIZE // THREADS))]
+
+    @staticmethod
+    def _store_lut(sLut: cute.Tensor, words, tidx):
+        for u in range(len(words)):
+            sLut[cutlass.min(tidx + u * THREADS, LUT_SIZE - 1)] = words[u]
 
     @cute.jit
     def _quant_dot(self, mX, mG, mB, mSFB, mGb, mLut, sLut, sAmax, sThr, tidx, warp, lane, n0, t0, T, kw, nchunk,
@@ -666,13 +674,11 @@ class GemvRouterKernel(_WarpRouter):
             g = mG[0]
         # the decode table's loads go out before the threshold table's build, their stores after it
         # (a store waits for its load: in between, the build would wait behind it)
-        nl = -(-LUT_SIZE // THREADS)
-        lut = [mLut[cutlass.min(tidx + u * THREADS, LUT_SIZE - 1)] for u in range(nl)]
+        lut = self._lut_words(mLut, tidx)
         if cutlass.const_expr(self.quant_table):
             g_early, _ = safe_scales(g)
             build_threshold_table(sThr, g_early, tidx)  # read after the barrier below
-        for u in cutlass.range_constexpr(nl):
-            sLut[cutlass.min(tidx + u * THREADS, LUT_SIZE - 1)] = lut[u]
+        self._store_lut(sLut, lut, tidx)
         bam = [[block_amax(xw[t][b]) for b in range(2)] for t in range(tm)]
         amax = cutlass.Int32(0)
         for t in cutlass.range_constexpr(tm):

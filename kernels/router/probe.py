@@ -290,8 +290,10 @@ def _trigger_launcher(dev, pdl: bool):
 
 def _after_quant(kind, cfg, variant, mode, pdl, x, base, ref_logits, layers, a, res, table="auto") -> int:
     """One decode configuration after the fused quantizer (``mode``: "dynamic" or "calibrated"
-    global scale), launched plainly or (``pdl``) as the quantizer's programmatic dependent: checked
-    (three runs against the reference) and timed as quantizer + kernel per layer copy."""
+    global scale; "trigger": the empty kernel of :func:`_trigger_launcher` in its place, the
+    activations quantized once beforehand), launched plainly or (``pdl``) as the quantizer's
+    programmatic dependent: checked (three runs against the reference) and timed as quantizer +
+    kernel per layer copy.  ``table``: the quantizer's threshold table (``--quant-table``)."""
     from kernels.nvfp4 import compute_global_scale
     from kernels.router import launch
     from kernels.router.quant import quant_launcher
