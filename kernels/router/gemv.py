@@ -41,6 +41,12 @@ from .topk import EMPTY_ID, KEY_FLOOR, sorted_insert
 
 THREADS = 256
 WARPS = THREADS // 32
+LUT_WORDS = -(-LUT_SIZE // THREADS)  # decode-table words a GEMV thread copies to shared memory
+
+
+def _lut_index(tidx, u: int):
+    """Word ``u`` of thread ``tidx``'s share of the decode table."""
+    return cutlass.min(tidx + u * THREADS, LUT_SIZE - 1)
 
 
 def _redux(op: str, v):
@@ -632,17 +638,9 @@ class GemvRouterKernel(_WarpRouter):
 
     @cute.jit
     def _load_lut(self, mLut: cute.Tensor, sLut: cute.Tensor, tidx):
-        self._store_lut(sLut, self._lut_words(mLut, tidx), tidx)
-
-    @staticmethod
-    def _lut_words(mLut: cute.Tensor, tidx):
-        """This thread's words of the decode table (loads in flight until the store uses them)."""
-        return [mLut[cutlass.min(tidx + u * THREADS, LUT_SIZE - 1)] for u in range(-(-LUT_SIZE // THREADS))]
-
-    @staticmethod
-    def _store_lut(sLut: cute.Tensor, words, tidx):
-        for u in range(len(words)):
-            sLut[cutlass.min(tidx + u * THREADS, LUT_SIZE - 1)] = words[u]
+        for u in cutlass.range_constexpr(LUT_WORDS):
+            li = _lut_index(tidx, u)
+            sLut[li] = mLut[li]
 
     @cute.jit
     def _quant_dot(self, mX, mG, mB, mSFB, mGb, mLut, sLut, sAmax, sThr, tidx, warp, lane, n0, t0, T, kw, nchunk,
@@ -674,11 +672,12 @@ class GemvRouterKernel(_WarpRouter):
             g = mG[0]
         # the decode table's loads go out before the threshold table's build, their stores after it
         # (a store waits for its load: in between, the build would wait behind it)
-        lut = self._lut_words(mLut, tidx)
+        lut = [mLut[_lut_index(tidx, u)] for u in range(LUT_WORDS)]
         if cutlass.const_expr(self.quant_table):
             g_early, _ = safe_scales(g)
             build_threshold_table(sThr, g_early, tidx)  # read after the barrier below
-        self._store_lut(sLut, lut, tidx)
+        for u in cutlass.range_constexpr(LUT_WORDS):
+            sLut[_lut_index(tidx, u)] = lut[u]
         bam = [[block_amax(xw[t][b]) for b in range(2)] for t in range(tm)]
         amax = cutlass.Int32(0)
         for t in cutlass.range_constexpr(tm):
