@@ -139,3 +139,28 @@ def test_programmatic_dependent_launch_forms_compile(arch, kernel, expect, compi
     rc, res, err = _compile(kernel, arch, "--pdl", "--expect-ptx", expect)
     assert rc == 0 and res["ok"], (res, err[-3000:])
     assert res["compiled"] == compiled
+
+
+@pytest.mark.parametrize("arch", ["sm_90a", "sm_120a"])
+def test_handoff_kernel_compiles(arch, tmp_path):
+    # the probe's empty kernel in the quantizer's place (kernels/router/handoff.py): with trigger its
+    # PTX lets the dependent start, without it does nothing at all
+    code = (
+        "import glob, os, torch\n"
+        "import cutlass.cute as cute\n"
+        "from kernels.router.handoff import TriggerKernel\n"
+        "from kernels.router.runtime import current_stream, to_cute\n"
+        "args = (to_cute(torch.zeros(4, dtype=torch.int32)), current_stream())\n"
+        "for trigger in (False, True):\n"
+        "    cute.compile(TriggerKernel(trigger), *args)\n"
+        "    files = glob.glob(os.path.join(os.environ['CUTE_DSL_DUMP_DIR'], '*.ptx'))\n"
+        "    ptx = ''.join(open(f).read() for f in files)\n"
+        "    print(trigger, len(files), 'griddepcontrol.launch_dependents' in ptx)\n"
+        "    for f in files:\n"
+        "        os.remove(f)\n"
+    )
+    env = dict(os.environ, CUTE_DSL_ARCH=arch, CUTE_DSL_KEEP="ptx", CUTE_DSL_DUMP_DIR=str(tmp_path),
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.split("\n")[:2] == ["False 1 False", "True 1 True"], p.stdout
