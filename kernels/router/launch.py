@@ -257,11 +257,12 @@ def compile_swapab(activation, linear, top_k: int, scoring: str, renormalize: bo
     return fn, args, ids, w
 
 
-def pick_swapab(num_tokens: int, linear, device):
-    """The swap-AB launch :func:`kernels.router.gemv.pick_mma_gemv` picks for this device."""
+def pick_swapab(num_tokens: int, linear, device=None):
+    """The swap-AB launch :func:`kernels.router.gemv.pick_mma_gemv` picks for this device (None or
+    not CUDA: its defaults, an H200's)."""
     from .gemv import pick_mma_gemv
 
-    if device.type != "cuda":
+    if device is None or device.type != "cuda":
         return pick_mma_gemv(num_tokens, linear.out_features, linear.in_features)
     props = torch.cuda.get_device_properties(device)
     return pick_mma_gemv(num_tokens, linear.out_features, linear.in_features, sm=10 * props.major + props.minor,
@@ -278,10 +279,9 @@ def pdl_helps(kernel: str, num_tokens: int, linear, device=None) -> bool:
     CTAs per SM (one K split, past one wave; T=128, E=256 with 8 warps measured slower so: 17.3
     against 14.8 us, an earlier harness)."""
     if kernel == "swapab":
-        from .gemv import pick_mma_gemv, swapab_polls
+        from .gemv import swapab_polls
 
-        cfg = pick_mma_gemv(num_tokens, linear.out_features, linear.in_features) if device is None else \
-            pick_swapab(num_tokens, linear, device)
+        cfg = pick_swapab(num_tokens, linear, device)
         return cfg.pair or cfg.warps > 8 or not swapab_polls(cfg.ksplit)
     return kernel in ("gemv", "tile")
 
