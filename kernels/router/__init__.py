@@ -48,7 +48,7 @@ logger = logging.getLogger("kernels.router")
 _announced: set = set()
 last_path: Optional[str] = None  #: "portable", "sm100" or "reference: <why>" of the latest call
 last_kernel: Optional[str] = None  #: "gemv", "swapab", "staged", "tile" or "mma" when the latest call took the portable path
-last_quantizer: Optional[str] = None  #: "fused" (one-kernel quantizer), "torch" (latest prepare_activation) or "in-kernel" (the GEMV quantized)
+last_quantizer: Optional[str] = None  #: "fused" (one-kernel quantizer), "torch" (latest prepare_activation) or "in-kernel" (the GEMV or swap-AB kernel quantized)
 last_pdl: bool = False  #: the latest call launched its kernel as a programmatic dependent of the fused quantizer
 
 #: crossovers measured on the H200 (bench/results/h200/): the CUDA-core GEMV kernel is the fastest
@@ -119,11 +119,18 @@ def choose_path(x: torch.Tensor, linear, top_k: int) -> str:
     return f"reference: compute capability {major}.{minor} is below 8.0"
 
 
+#: the swap-AB kernel quantizes its own tokens (GPUREPRO_ROUTER_INKERNEL_QUANT=1) up to this many: one
+#: 8-token n-tile, each lane quantizing the blocks of one token per K unit
+SWAPAB_QUANT_MAX_TOKENS = 8
+
+
 def inkernel_quant_enabled() -> bool:
     """``GPUREPRO_ROUTER_INKERNEL_QUANT=1``: where the GEMV kernel routes (T = 1), it quantizes the
-    bf16 activations in its own launch.  Off by default: on the H200 it measured slower than the
-    fused quantizer + GEMV (11.6 / 13.7 us against 8.4 / 8.6 at E=256 / 384; every one of the E
-    CTAs quantizes the whole token, 35 div.rn per thread)."""
+    bf16 activations in its own launch; where the swap-AB kernel routes up to
+    ``SWAPAB_QUANT_MAX_TOKENS`` tokens with the layer's calibrated activation scale, so does it.
+    Off by default: the GEMV's measured slower on the H200 than the fused quantizer + GEMV (every
+    one of the E CTAs quantizes the whole token; 2026-12-04: 4.9-5.5 us against 4.8 at E=256);
+    the swap-AB one is not measured yet."""
     return os.environ.get("GPUREPRO_ROUTER_INKERNEL_QUANT", "0") == "1"
 
 
@@ -159,22 +166,29 @@ def prepare_activation(x: torch.Tensor, linear, fused: Optional[bool] = None):
 
 
 def _route_quantizing(x: torch.Tensor, linear, top_k: int, scoring: str, renormalize: bool, kernel):
-    """bf16 activations routed by the GEMV kernel that quantizes them in the same launch (its
-    bits are the fused quantizer's), where that is the kernel for these tokens: the quantizer's
-    launch saved.  None where it does not apply."""
+    """bf16 activations routed by the GEMV or swap-AB kernel quantizing them in the same launch
+    (their bits are the fused quantizer's), where that is the kernel for these tokens: the
+    quantizer's launch saved.  None where it does not apply."""
     global last_kernel, last_quantizer
-    from .launch import gemv_quant_problem, run_gemv_quant
+    from .launch import gemv_quant_problem, run_gemv_quant, run_mma_gemv_quant, swapab_quant_problem
 
     x2 = x.reshape(-1, x.shape[-1])
     if not (fused_quant_enabled() and inkernel_quant_enabled()):
         return None
-    if (kernel or choose_kernel(x2.shape[0], linear.out_features)) != "gemv":
-        return None
-    if gemv_quant_problem(x2, linear) is not None:
-        return None
-    last_kernel = "gemv"
-    last_quantizer = "in-kernel"
-    return run_gemv_quant(x2, linear, top_k, scoring, renormalize)
+    chosen = kernel or choose_kernel(x2.shape[0], linear.out_features)
+    if chosen == "gemv" and gemv_quant_problem(x2, linear) is None:
+        last_kernel = "gemv"
+        last_quantizer = "in-kernel"
+        return run_gemv_quant(x2, linear, top_k, scoring, renormalize)
+    if chosen == "swapab" and x2.shape[0] <= SWAPAB_QUANT_MAX_TOKENS:
+        from .launch import pick_swapab
+
+        cfg = pick_swapab(x2.shape[0], linear, x2.device)
+        if swapab_quant_problem(x2, linear, cfg) is None:
+            last_kernel = "swapab"
+            last_quantizer = "in-kernel"
+            return run_mma_gemv_quant(x2, linear, top_k, scoring, renormalize, cfg)
+    return None
 
 
 def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str = "softmax",

@@ -36,7 +36,7 @@ from cutlass._mlir.dialects import llvm
 
 from .portable import DSL_ASCENDING_ID_OPS, DSL_OPS, LUT_E4M3, LUT_SIZE
 from .quant import (TABLE_CODES, TABLE_WORDS, _asm, _f2i, _i2f, _mul_rn, _sel, block_amax, build_threshold_table,
-                    global_scale, quant_block, quant_block_table, safe_scales)
+                    global_scale, quant_block, quant_block_f16, quant_block_table, safe_scales)
 from .topk import EMPTY_ID, KEY_FLOOR, sorted_insert
 
 THREADS = 256
@@ -780,13 +780,25 @@ class MmaGemvRouterKernel(_WarpRouter):
     spread tokens each), ``pair``: the 2 K-split CTAs of a tile as a thread block cluster whose
     split 1 hands its partials to split 0 through distributed shared memory, split 0 publishing
     their sum for the polled route (:class:`SwapabConfig`, :func:`pick_mma_gemv`).
+
+    ``quant`` (SM90+, the layer's calibrated activation scale): the kernel reads the bf16 tokens
+    and quantizes them itself, each lane the 16-element blocks whose codes it would have loaded,
+    straight into its fp16 operands (:func:`kernels.router.quant.quant_block_f16`: the fused
+    quantizer's codes and scales, so the same bits as quantizer + kernel), the thresholds from a
+    per-CTA table of the 127 scale codes built while the first loads are in flight: quantize-and-
+    route in one launch, each token block quantized by the E / (16 mw) CTAs that share its K range
+    instead of once.  ``mA`` is then the bf16 tokens as int32 words ``[T, K / 2]``, ``mSFA`` the
+    global scale ``g`` and ``mAlpha`` ``g_b`` (``alpha = g * g_b``).
     """
 
     def __init__(self, top_k: int, scoring: str, renormalize: bool, experts: int, nt: int = 1, ksplit: int = 1,
                  poll: bool = False, variant: str = "", mw: int = 1, uw: int = 4, pdl: bool = False,
-                 warps: int = WARPS, spread: int = 1, pair: bool = False):
+                 warps: int = WARPS, spread: int = 1, pair: bool = False, quant: bool = False):
         if experts % 32 or experts // 32 > 64:
             raise ValueError(f"E={experts}: the decode router needs a multiple of 32 up to 2048")
+        if quant and (uw == 1 or pdl):
+            raise ValueError("quant: whole 16-element blocks per lane (uw 2 or 4), no kernel before it")
+        self.quant = quant
         if experts % (16 * mw):
             raise ValueError(f"E={experts} is not a multiple of {16 * mw} experts per CTA (mw={mw})")
         if uw not in (1, 2, 4):
@@ -843,9 +855,10 @@ class MmaGemvRouterKernel(_WarpRouter):
         # two CTAs per SM (<= 128 registers) where that costs no spills (checked with ptxas for
         # sm_90a: 16 x 16 tiles with 16-byte units, 48 x 16 with 4-byte units); larger take 158-255
         # registers and one CTA per SM
-        self.ctas_per_sm = 2 if swapab_register_words(nt, mw, uw) <= 56 and warps == WARPS else 1
+        self.ctas_per_sm = 2 if swapab_register_words(nt, mw, uw, quant) <= 56 and warps == WARPS else 1
         self.smem_bytes = (2 * self.rows * 128 + 2 * self.tn * 128 + 4 * self.rows * self.tn * (2 if self.pair else 1)
-                           + 4 * self.warps * self.rows * self.tn + 16 + 128)
+                           + 4 * self.warps * self.rows * self.tn + 16 + 128
+                           + (4 * TABLE_CODES * TABLE_WORDS + 16 if quant else 0))
 
     @cute.jit
     def __call__(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
@@ -901,6 +914,38 @@ class MmaGemvRouterKernel(_WarpRouter):
             for b in cutlass.range_constexpr(max(1, uw // 2)):
                 sfX[b, n] = cutlass.Int32(mSFA[tok, (wo >> 1) + b])
 
+    @cute.jit
+    def _load_step_bf16(self, mA, s, t0, g, q, T, kw, xw: cute.Tensor):
+        """``quant``: the bf16 words of K unit ``s`` for this lane's tokens (those of its code words:
+        4 uw int32 words, two elements each, per token)."""
+        uw = self.uw
+        wo = s * (4 * uw) + q * uw
+        for n in cutlass.range_constexpr(self.nt):
+            tok = cutlass.min(t0 + n * 8 + g, T - 1)  # tokens past T re-read token T-1, never stored
+            off = cute.assume(tok * (4 * kw) + 4 * wo, divby=4 * uw)
+            cute.autovec_copy(cute.make_tensor(mA.iterator + off, cute.make_layout(4 * uw)), xw[None, n])
+
+    @cute.jit
+    def _quant_tokens(self, xw: cute.Tensor, g_safe, d6, sThr: cute.Tensor, rB: cute.Tensor):
+        """``quant``: this unit's tokens quantized into the B operand registers: block b of token n
+        is words 2b, 2b+1 of its codes, operand (v1, n, j) pair 2 (j % 2) + v1 of code word j // 2."""
+        ops = cute.make_rmem_tensor(cute.make_layout(8), cutlass.Int32)
+        for n in cutlass.range_constexpr(self.nt):
+            for b in cutlass.range_constexpr(self.uw // 2):
+                quant_block_f16([xw[8 * b + i, n] for i in range(8)], g_safe, d6, sThr, _scale2, _dec_pair, ops)
+                for h in cutlass.range_constexpr(2):
+                    for j2 in cutlass.range_constexpr(2):
+                        for v1 in cutlass.range_constexpr(2):
+                            rB[v1, n, 4 * b + 2 * h + j2] = ops[4 * h + 2 * j2 + v1]
+
+    @cute.jit
+    def _alpha(self, mSFA: cute.Tensor, mAlpha: cute.Tensor):
+        """The logits' fp32 factor: ``alpha``, or with ``quant`` ``g * g_b`` (mul.rn, as the quantizer)."""
+        a = mAlpha[0]
+        if cutlass.const_expr(self.quant):
+            a = _mul_rn(mSFA[0], a)
+        return a
+
     @cute.kernel
     def kernel(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
                mAlpha: cute.Tensor, mWs: cute.Tensor, mIds: cute.Tensor, mW: cute.Tensor, mCnt: cute.Tensor,
@@ -919,7 +964,8 @@ class MmaGemvRouterKernel(_WarpRouter):
         q = lane & 3
         T = mA.shape[0]
         E = self.experts
-        kw = mA.shape[1]
+        # int32 words of codes per row (K / 8); with quant mA is the bf16 rows (K / 2 words)
+        kw = mA.shape[1] // 4 if cutlass.const_expr(self.quant) else mA.shape[1]
         steps = kw // (4 * uw)  # K units
         k_tiles = kw >> 3
         ksplit = self.ksplit
@@ -940,6 +986,9 @@ class MmaGemvRouterKernel(_WarpRouter):
         sRed = smem.allocate_tensor(cutlass.Float32,
                                     cute.make_layout((self.warps, rows, tn), stride=(rows * tn, tn, 1)), 16)
         sFlag = smem.allocate_tensor(cutlass.Int32, cute.make_layout(8), 16)
+        sThr = None
+        if cutlass.const_expr(self.quant):
+            sThr = smem.allocate_tensor(cutlass.Int32, cute.make_layout(TABLE_CODES * TABLE_WORDS), 16)
         sPeer = None
         sBar = None
         if cutlass.const_expr(self.pair):
@@ -978,19 +1027,42 @@ class MmaGemvRouterKernel(_WarpRouter):
         nsW = cute.make_rmem_tensor(cute.make_layout((nsb, 2 * mw), stride=(1, nsb)), cutlass.Int32)
         nX = cute.make_rmem_tensor(cute.make_layout((uw, nt), stride=(1, uw)), cutlass.Int32)
         nsX = cute.make_rmem_tensor(cute.make_layout((nsb, nt), stride=(1, nsb)), cutlass.Int32)
+        xw = None  # quant: the bf16 words of this unit's tokens
+        g_safe = cutlass.Float32(1.0)
+        d6 = cutlass.Float32(6.0)
+        if cutlass.const_expr(self.quant):
+            xw = cute.make_rmem_tensor(cute.make_layout((4 * uw, nt), stride=(1, 4 * uw)), cutlass.Int32)
 
         s0 = by * self.warps + warp
         stride = self.warps * ksplit
-        # the first unit: weights, then (a programmatic dependent launch) the wait for the kernel
-        # that writes the activation, then the tokens
-        if s0 < steps:
-            self._load_step_weights(mB, mSFB, s0, rowsf, q, kw, rawW, sfW)
-        await_inputs(self.pdl)
-        if s0 < steps:
-            self._load_step_tokens(mA, mSFA, s0, t0, g, q, T, kw, rawX, sfX)
+        if cutlass.const_expr(self.quant):
+            # the global scale first (the table waits for it), then the first unit's weights and
+            # tokens; the table of the 127 scale codes' thresholds is built while they load
+            g_safe, d6 = safe_scales(mSFA[0])
+            if s0 < steps:
+                self._load_step_weights(mB, mSFB, s0, rowsf, q, kw, rawW, sfW)
+                self._load_step_bf16(mA, s0, t0, g, q, T, kw, xw)
+            if tidx < 2 * TABLE_CODES:
+                build_threshold_table(sThr, g_safe, tidx)
+            cute.arch.sync_threads()
+        else:
+            # the first unit: weights, then (a programmatic dependent launch) the wait for the kernel
+            # that writes the activation, then the tokens
+            if s0 < steps:
+                self._load_step_weights(mB, mSFB, s0, rowsf, q, kw, rawW, sfW)
+            await_inputs(self.pdl)
+            if s0 < steps:
+                self._load_step_tokens(mA, mSFA, s0, t0, g, q, T, kw, rawX, sfX)
 
         for s in range(s0, steps, stride):
-            if s + stride < steps:
+            if cutlass.const_expr(self.quant):
+                # the tokens quantized into all of this unit's B operands first: their bf16 words are
+                # then free for the next unit's, whose loads fly during this unit's MMAs
+                self._quant_tokens(xw, g_safe, d6, sThr, rB)
+                if s + stride < steps:
+                    self._load_step_weights(mB, mSFB, s + stride, rowsf, q, kw, nW, nsW)
+                    self._load_step_bf16(mA, s + stride, t0, g, q, T, kw, xw)
+            elif s + stride < steps:
                 self._load_step(mA, mSFA, mB, mSFB, s + stride, rowsf, t0, g, q, T, kw, k_tiles, nW, nsW, nX, nsX)
             # MMA j takes pairs 2j (K-slots 2q, 2q+1) and 2j+1 (2q+8, 2q+9) of the lane's words;
             # pair p is codes (a, a+4) of word p // 4 with a = p % 4; words 0-1 are scale block 0
@@ -1002,16 +1074,18 @@ class MmaGemvRouterKernel(_WarpRouter):
                     sc = _scale2(sfW[b, r])
                     for v2 in cutlass.range_constexpr(2):
                         rA[r % 2 + 2 * v2, r // 2, j] = _dec_pair(rawW[j // 2, r], sc, 2 * (j % 2) + v2)
-                for n in cutlass.range_constexpr(nt):
-                    sx = _scale2(sfX[b, n])
-                    for v1 in cutlass.range_constexpr(2):
-                        rB[v1, n, j] = _dec_pair(rawX[j // 2, n], sx, 2 * (j % 2) + v1)
+                if cutlass.const_expr(not self.quant):
+                    for n in cutlass.range_constexpr(nt):
+                        sx = _scale2(sfX[b, n])
+                        for v1 in cutlass.range_constexpr(2):
+                            rB[v1, n, j] = _dec_pair(rawX[j // 2, n], sx, 2 * (j % 2) + v1)
                 cute.gemm(tiled_mma, tCrC, tCrA[None, None, j], tCrB[None, None, j], tCrC)
             if s + stride < steps:
                 rawW.store(nW.load())
                 sfW.store(nsW.load())
-                rawX.store(nX.load())
-                sfX.store(nsX.load())
+                if cutlass.const_expr(not self.quant):
+                    rawX.store(nX.load())
+                    sfX.store(nsX.load())
 
         # the warps' accumulators, summed in warp order; 2^28 undoes both operands' 2^-14 (exact)
         sW = sRed[warp, None, None]
@@ -1068,7 +1142,7 @@ class MmaGemvRouterKernel(_WarpRouter):
         if cutlass.const_expr("noroute" in self.variant):
             pass
         elif cutlass.const_expr(self.route == "wait"):
-            self._route_waiting(mWs, mAlpha, mIds, mW, mCnt, tidx, warp, lane, bx, by, bz, t0, T)
+            self._route_waiting(mWs, mSFA, mAlpha, mIds, mW, mCnt, tidx, warp, lane, bx, by, bz, t0, T)
         elif cutlass.const_expr(self.poll):
             # CTA (n, 0) of the token group routes its n-tile n, one warp per token, reading the
             # other CTAs' partials as they land (n-tiles on different CTAs: routed in parallel);
@@ -1077,7 +1151,7 @@ class MmaGemvRouterKernel(_WarpRouter):
             sp = self.route_spread
             splits = 1 if self.pair else ksplit
             if by == 0:
-                alpha = mAlpha[0]
+                alpha = self._alpha(mSFA, mAlpha)
                 if cutlass.const_expr(nt * sp > E // rows):
                     for n in cutlass.range_constexpr(nt):
                         if bx == n % (E // rows):
@@ -1096,10 +1170,10 @@ class MmaGemvRouterKernel(_WarpRouter):
             # one per warp, so the routing of a CTA's n-tiles can fall to different CTAs.
             # Publication as in the GEMV kernel: barrier, then thread 0's atom.acq_rel.gpu; barrier
             # after it.
-            self._route_groups(mWs, mAlpha, mIds, mW, mCnt, sFlag, tidx, warp, lane, bz, t0, T)
+            self._route_groups(mWs, mSFA, mAlpha, mIds, mW, mCnt, sFlag, tidx, warp, lane, bz, t0, T)
 
     @cute.jit
-    def _route_waiting(self, mWs, mAlpha, mIds, mW, mCnt, tidx, warp, lane, bx, by, bz, t0, T):
+    def _route_waiting(self, mWs, mSFA, mAlpha, mIds, mW, mCnt, tidx, warp, lane, bx, by, bz, t0, T):
         """Waiting route: every CTA counts itself in on each 8-token group it covers (one counter
         per group, after a barrier: its partials are stored); the group's designated CTAs wait on
         the counter (thread 0 spins with acquire loads) and route it, one warp per token, so a
@@ -1120,7 +1194,7 @@ class MmaGemvRouterKernel(_WarpRouter):
             if t0 + 8 * tidx < T:
                 cute.arch.atomic_add((mCnt.iterator + bz * nt + tidx).llvm_ptr, cutlass.Int32(1), sem="acq_rel",
                                      scope="gpu")
-        alpha = mAlpha[0]
+        alpha = self._alpha(mSFA, mAlpha)
         if cutlass.const_expr(sp == 1):
             if by == 0:
                 for n in cutlass.range_constexpr(nt):
@@ -1161,7 +1235,7 @@ class MmaGemvRouterKernel(_WarpRouter):
         cute.arch.sync_threads()
 
     @cute.jit
-    def _route_groups(self, mWs, mAlpha, mIds, mW, mCnt, sFlag, tidx, warp, lane, bz, t0, T):
+    def _route_groups(self, mWs, mSFA, mAlpha, mIds, mW, mCnt, sFlag, tidx, warp, lane, bz, t0, T):
         nt = self.nt
         E = self.experts
         ksplit = self.ksplit
@@ -1172,7 +1246,7 @@ class MmaGemvRouterKernel(_WarpRouter):
                                            sem="acq_rel", scope="gpu")
                 sFlag[tidx] = old
         cute.arch.sync_threads()
-        alpha = mAlpha[0]
+        alpha = self._alpha(mSFA, mAlpha)
         for n in cutlass.range_constexpr(nt):
             if t0 + 8 * n < T:
                 if sFlag[n] == (E // self.rows) * ksplit - 1:
@@ -1184,11 +1258,12 @@ class MmaGemvRouterKernel(_WarpRouter):
                         mCnt[bz * nt + n] = cutlass.Int32(0)  # ready for the next launch
 
 
-def swapab_register_words(nt: int, mw: int, uw: int) -> int:
+def swapab_register_words(nt: int, mw: int, uw: int, quant: bool = False) -> int:
     """A lane's raw operand words (this unit's and the next's: 2 mw weight rows and nt tokens, uw
-    words and the scale bytes each) plus its accumulators: the register estimate behind
-    ``ctas_per_sm``."""
-    return 2 * (2 * mw + nt) * (uw + max(1, uw // 2)) + 4 * mw * nt
+    words and the scale bytes each; with ``quant`` one set of 4 uw bf16 words per token, reloaded
+    once quantized) plus its accumulators: the register estimate behind ``ctas_per_sm``."""
+    sb = max(1, uw // 2)
+    return 2 * 2 * mw * (uw + sb) + nt * (4 * uw if quant else 2 * (uw + sb)) + 4 * mw * nt
 
 
 class SwapabConfig(NamedTuple):
@@ -1302,11 +1377,12 @@ def swapab_polls(ksplit: int, variant: str = "") -> bool:
 
 def compile_mma_gemv(top_k: int, scoring: str, renormalize: bool, experts: int, nt: int, ksplit: int, args,
                      poll: bool = False, variant: str = "", mw: int = 1, uw: int = 4, pdl: bool = False,
-                     warps: int = WARPS, spread: int = 1, pair: bool = False):
-    key = ("mma", top_k, scoring, renormalize, experts, nt, ksplit, poll, variant, mw, uw, pdl, warps, spread, pair)
+                     warps: int = WARPS, spread: int = 1, pair: bool = False, quant: bool = False):
+    key = ("mma", top_k, scoring, renormalize, experts, nt, ksplit, poll, variant, mw, uw, pdl, warps, spread, pair,
+           quant)
     fn = _compiled.get(key)
     if fn is None:
         fn = cute.compile(MmaGemvRouterKernel(top_k, scoring, renormalize, experts, nt, ksplit, poll, variant, mw,
-                                              uw, pdl, warps, spread, pair), *args)
+                                              uw, pdl, warps, spread, pair, quant), *args)
         _compiled[key] = fn
     return fn

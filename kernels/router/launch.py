@@ -199,22 +199,35 @@ def run_gemv_quant(x, linear, top_k: int, scoring: str, renormalize: bool, confi
 
 
 def mma_gemv_args(activation, linear, top_k: int, nt: int = 1, ksplit: int = 1, poll: bool = False,
-                  scale_words: bool = False):
+                  scale_words: bool = False, quant_x=None):
     """CuTe arguments of the tensor-core decode kernel: partial logits ``[ksplit, T, E]`` (``poll``:
-    sentinel-filled), one semaphore per 8 tokens; E4M3 scales as bytes (``scale_words``: int32 words)."""
-    a_data, a_scales = activation[0], activation[1]
-    t = a_data.shape[0]
-    dev = a_data.device
+    sentinel-filled), one semaphore per 8 tokens; E4M3 scales as bytes (``scale_words``: int32 words).
+    ``quant_x``: the bf16 tokens ``[T, K]`` the kernel quantizes itself (``activation`` unused), with
+    the layer's calibrated scale and ``g_b`` in place of the activation scales and ``alpha``."""
+    if quant_x is not None:
+        from .quant import device_scalar
+
+        dev = quant_x.device
+        a_words = quant_x.contiguous().view(torch.int32)
+        a_scales = device_scalar(linear.input_global_scale, dev, (1,))
+        alpha = device_scalar(linear._global_scale_b, dev, (1,))
+    else:
+        dev = activation[0].device
+        a_words = activation[0].contiguous().view(torch.int32)
+        a_scales = activation[1].contiguous()
+        if scale_words:
+            a_scales = a_scales.view(torch.uint8).view(torch.int32)
+        alpha = _alpha(activation, linear, dev)
+    t = a_words.shape[0]
     e = linear.out_features
     shape = (ksplit, t, e)
     ws = polled_workspace(dev, shape) if poll else torch.empty(shape, dtype=torch.float32, device=dev)
     cnt = _counters(dev, -(-t // (8 * nt)) * nt)
-    alpha = _alpha(activation, linear, dev)
     ids = torch.empty((t, top_k), dtype=torch.int32, device=dev)
     w = torch.empty((t, top_k), dtype=torch.float32, device=dev)
     args = (
-        _cute(a_data.contiguous().view(torch.int32)),
-        _cute(a_scales.contiguous().view(torch.uint8).view(torch.int32) if scale_words else a_scales.contiguous()),
+        _cute(a_words),
+        _cute(a_scales),
         _cute(linear._mat_b.contiguous().view(torch.int32)),
         _cute(linear._scale_b.contiguous().view(torch.uint8).reshape(-1)
               .view(torch.int32 if scale_words else torch.uint8)),
@@ -244,17 +257,51 @@ def run_mma_gemv(activation, linear, top_k: int, scoring: str, renormalize: bool
 
 
 def compile_swapab(activation, linear, top_k: int, scoring: str, renormalize: bool, cfg, variant: str = "",
-                   pdl: bool = False):
+                   pdl: bool = False, quant_x=None):
     """``(compiled kernel, its arguments, ids, weights)`` of the swap-AB launch ``cfg``
     (:class:`kernels.router.gemv.SwapabConfig`): a polled workspace where it polls (one K split, a
-    probe variant forcing it, or the cluster pairs)."""
+    probe variant forcing it, or the cluster pairs).  ``quant_x``: the bf16 tokens, quantized by
+    the kernel itself (:func:`run_mma_gemv_quant`)."""
     from .gemv import compile_mma_gemv, swapab_polls
 
     poll = cfg.pair or swapab_polls(cfg.ksplit, variant)
-    args, ids, w = mma_gemv_args(activation, linear, top_k, cfg.nt, cfg.ksplit, poll)
+    args, ids, w = mma_gemv_args(activation, linear, top_k, cfg.nt, cfg.ksplit, poll, quant_x=quant_x)
     fn = compile_mma_gemv(top_k, scoring, renormalize, linear.out_features, cfg.nt, cfg.ksplit, args, poll, variant,
-                          mw=cfg.mw, uw=cfg.uw, pdl=pdl, warps=cfg.warps, spread=cfg.spread, pair=cfg.pair)
+                          mw=cfg.mw, uw=cfg.uw, pdl=pdl, warps=cfg.warps, spread=cfg.spread, pair=cfg.pair,
+                          quant=quant_x is not None)
     return fn, args, ids, w
+
+
+def swapab_quant_problem(x, linear, cfg=None) -> str | None:
+    """Why the swap-AB kernel cannot quantize ``x`` [T, K] itself (None when it can): the layer's
+    calibrated activation scale (the dynamic one is the whole tensor's max, which no CTA sees),
+    SM90+ (bf16x2 compares), whole 16-element blocks per lane (K units of 2 or 4 words), bf16 as
+    the fused quantizer reads it."""
+    from .quant import fused_quant_problem
+
+    if getattr(linear, "input_global_scale", None) is None:
+        return "no calibrated activation scale (input_global_scale)"
+    if x.is_cuda and torch.cuda.get_device_capability(x.device)[0] < 9:
+        return "bf16x2 compares need SM90 or later"
+    if cfg is not None and cfg.uw == 1:
+        return "K units of one word split a 16-element block over two lanes"
+    return fused_quant_problem(x)
+
+
+def run_mma_gemv_quant(x, linear, top_k: int, scoring: str, renormalize: bool, config=None, variant: str = ""):
+    """Route bf16 ``x`` [T, K] with the swap-AB kernel quantizing it in the same launch (the layer's
+    calibrated scale): the answers of ``prepare_activation`` + :func:`run_mma_gemv`, bit for bit,
+    without the quantizer's launch.  ``config`` and ``variant`` as in :func:`run_mma_gemv`."""
+    from .gemv import SwapabConfig
+
+    t = x.shape[0]
+    cfg = pick_swapab(t, linear, x.device) if config is None else SwapabConfig.of(config, linear.in_features)
+    why = swapab_quant_problem(x, linear, cfg)
+    if why:
+        raise ValueError(f"the swap-AB kernel cannot quantize these tokens: {why}")
+    fn, args, ids, w = compile_swapab(None, linear, top_k, scoring, renormalize, cfg, variant, quant_x=x)
+    fn(*args)
+    return ids, w
 
 
 def pick_swapab(num_tokens: int, linear, device=None):

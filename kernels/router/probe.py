@@ -59,8 +59,8 @@ def main(argv=None) -> int:
                         "narrow (one word per polling load); "
                         "swap-AB only: poll / count / wait (force the polled, the counted or the "
                         "waiting route), spreadN (an n-tile's route over N CTAs), pairbar (cluster pairs "
-                        "handing over with stores and a cluster barrier); GEMV only: quant (from bf16, "
-                        "quantizing in the kernel)")
+                        "handing over with stores and a cluster barrier); quant (from bf16, quantizing in the kernel: "
+                        "GEMV dynamic or calibrated scale, swap-AB calibrated only, --calibrated)")
     p.add_argument("--after-quant", nargs="*", default=[], choices=["dynamic", "calibrated", "trigger"],
                    help="also time each decode configuration after the fused quantizer of the bf16 tokens (dynamic "
                         "or calibrated global scale), launched plainly and as its programmatic dependent (PDL); "
@@ -220,7 +220,7 @@ def _decode(kind, cfg, variant, x, base, act, ref_logits, layers, a, res) -> int
 
     res = dict(res, kernel=kind, config=list(cfg), variant=variant)
     if "clock" in variant:
-        print(json.dumps(dict(res, **_clock_run(kind, cfg, variant, base, act, dev))), flush=True)
+        print(json.dumps(dict(res, **_clock_run(kind, cfg, variant, base, act, dev, x))), flush=True)
         return 0
     # noroute: the logits only, nothing to check; the polled workspace is left to refill
     return _check_and_time(make, base, ref_logits, layers, a, res, "noroute" not in variant,
@@ -329,6 +329,14 @@ def _compiled_decode(kind, cfg, variant, act, lay, x=None, pdl: bool = False):
     if kind == "gemv" and "quant" in variant:
         args, ids, w, mode = launch.gemv_quant_args(x, lay, 6, cfg[0])
         fn = compile_gemv(6, "softmax", False, lay.out_features, cfg[0], cfg[1], args, variant, quant=mode)
+    elif kind == "swapab" and "quant" in variant:
+        from kernels.router.gemv import SwapabConfig
+
+        scfg = SwapabConfig.of(cfg)
+        why = launch.swapab_quant_problem(x, lay, scfg)
+        if why:
+            raise ValueError(f"swap-AB quant: {why}")
+        fn, args, ids, w = launch.compile_swapab(None, lay, 6, "softmax", False, scfg, variant, quant_x=x)
     elif kind == "gemv":
         args, ids, w = launch.gemv_args(act, lay, 6, cfg[0])
         fn = compile_gemv(6, "softmax", False, lay.out_features, cfg[0], cfg[1], args, variant, pdl=pdl)
@@ -350,14 +358,14 @@ def _compiled_decode(kind, cfg, variant, act, lay, x=None, pdl: bool = False):
     return fn, args, ids, w
 
 
-def _clock_run(kind, cfg, variant, base, act, dev):
+def _clock_run(kind, cfg, variant, base, act, dev, x=None):
     """Variant "clock": one launch (after 3 warm-ups) whose ids tensor, enlarged, holds timestamps
     (``_WarpRouter._route_warp`` and ``_cta_stamp``): where the route's time goes.  Global-timer
     ns for the launch's timeline, SM clock cycles for the phases of a routing warp."""
     from kernels.router import launch
 
     t = act[0].shape[0]
-    fn, args, _, w = _compiled_decode(kind, cfg, variant, act, base)
+    fn, args, _, w = _compiled_decode(kind, cfg, variant, act, base, x)
     big = torch.zeros((t + 8192, 6), dtype=torch.int32, device=dev)
     args = list(args)
     args[7 if kind == "gemv" else 6] = launch._cute(big)  # the ids tensor (its layout is dynamic)

@@ -401,6 +401,99 @@ def _pack_codes(raw, ok, out, encode_pair):
         out[h] = _sel(ok, w, cutlass.Int32(0))
 
 
+# Quantize straight into the tensor-core kernels' fp16 operands (the swap-AB kernel quantizing its
+# own tokens, calibrated scale, SM90+: ``set.bf16x2``, ``add.bf16x2``, ``max.u16x2``).  A pair
+# word holds elements a and a+4 of an 8-element group (the operand's K-slot pairing, see
+# ``kernels.router.gemv._dec_pair``), picked from the bf16 words by one prmt.  Its magnitude codes
+# are the number of thresholds V1..V7 (:func:`e2m1_thresholds`, increasing) that |x| reaches:
+# seven ``set.ge.bf16x2`` (1.0 / 0.0 per half) summed onto 128.0 in bf16 (exact: at most 135, whose
+# ulp is 1), so each half's low 3 bits are the code; shifted to fp16 bits 9-11 they are
+# ``value * 2^-14`` and one ``mul.rn.f16x2`` by the signed scale gives ``value * s * 2^-14``, the
+# bits ``_dec_pair`` makes from the quantizer's codes.  NaN passes no threshold (its block's scale
+# is NaN, so the block gives zeros anyway).  ~20 instructions per pair against the encode's ~30
+# plus the decode's 5.
+_PAIR_SELECT = (0x5410, 0x7632)  # prmt: the low halves of two words, or their high halves
+
+QUANT_PAIR_F16 = """{
+.reg .b32 c1, c2, c3, c4, c5, c6, c7, k, r, s, t, u, m;
+set.ge.bf16x2.bf16x2 c1, $1, $3;
+set.ge.bf16x2.bf16x2 c2, $1, $4;
+set.ge.bf16x2.bf16x2 c3, $1, $5;
+set.ge.bf16x2.bf16x2 c4, $1, $6;
+set.ge.bf16x2.bf16x2 c5, $1, $7;
+set.ge.bf16x2.bf16x2 c6, $1, $8;
+set.ge.bf16x2.bf16x2 c7, $1, $9;
+mov.b32 k, 0x43004300;
+add.rn.bf16x2 s, c1, c2;
+add.rn.bf16x2 t, c3, c4;
+add.rn.bf16x2 u, c5, c6;
+add.rn.bf16x2 r, c7, k;
+add.rn.bf16x2 s, s, t;
+add.rn.bf16x2 r, r, u;
+add.rn.bf16x2 r, r, s;
+shl.b32 m, r, 9;
+and.b32 m, m, 0x0E000E00;
+lop3.b32 s, $2, $11, $10, 0x6A;
+mul.rn.f16x2 $0, m, s;
+}"""
+
+
+def pair_word(w_lo, w_hi, a: int):
+    """Elements ``a`` (low half) and ``a + 4`` (high half) of the 8-element group whose bf16 words
+    are ``w_lo`` (elements 0-3: ``w[a // 2]``) and ``w_hi`` (elements 4-7)."""
+    return _asm(cutlass.Int32, f"prmt.b32 $0, $1, $2, {_PAIR_SELECT[a % 2]:#x};", "=r,r,r", cutlass.Int32(w_lo),
+                cutlass.Int32(w_hi))
+
+
+def _max_u16x2(a, b):
+    return _asm(cutlass.Int32, "max.u16x2 $0, $1, $2;", "=r,r,r", cutlass.Int32(a), cutlass.Int32(b))
+
+
+def quant_pair_f16(mag, word, v, s2, sign_mask):
+    """The fp16x2 operand of one pair word (``mag``: its |x|, ``word``: the signed one) with
+    thresholds ``v`` (V1..V7), the block's fp16x2 scale ``s2`` and ``sign_mask`` (0x80008000, or 0
+    with ``s2 = 0`` where the block gives no codes)."""
+    return _asm(cutlass.Int32, QUANT_PAIR_F16, "=r,r,r,r,r,r,r,r,r,r,r,r", cutlass.Int32(mag), cutlass.Int32(word),
+                *v, cutlass.Int32(s2), cutlass.Int32(sign_mask))
+
+
+@cute.jit
+def quant_block_f16(raw, g_safe, d6, sThr: cute.Tensor, scale2, dec_pair, ops: cute.Tensor):
+    """One 16-element block (``raw``: its 8 bf16x2 words, a list) quantized as the activation quantizer
+    does with the table of :func:`build_threshold_table` (the same codes and scale), straight into
+    the 8 fp16x2 MMA operands of its two 8-element groups (``ops[4 h + a]``: pair ``a`` of group
+    ``h``, the order of ``dec_pair(code word h, scale, a)``).  ``scale2``: a scale code -> its fp16x2
+    scale; ``dec_pair``: the kernel's decode, for blocks whose divisor is outside the thresholds'
+    range (their codes by division, then decoded).  Returns the E4M3 scale code."""
+    pairs = [pair_word(raw[4 * h + a // 2], raw[4 * h + 2 + a // 2], a) for h in range(2) for a in range(4)]
+    mags = [p & 0x7FFF7FFF for p in pairs]
+    m = mags[0]
+    for i in cutlass.range_constexpr(1, 8):
+        m = _max_u16x2(m, mags[i])
+    bam = cutlass.max(m >> 16, m & 0xFFFF) << 16  # the block's max |x| as float bits
+    code = _scale_code(bam, d6)
+    v = cute.make_rmem_tensor(cute.make_layout(TABLE_WORDS), cutlass.Int32)
+    cute.autovec_copy(cute.make_tensor(sThr.iterator + cute.assume(code * TABLE_WORDS, divby=TABLE_WORDS),
+                                       cute.make_layout(TABLE_WORDS)), v)
+    flags = v[7]
+    ok = (flags & TABLE_OK) != 0
+    s2 = scale2(code)
+    if (flags & TABLE_THRESHOLDS) != 0:
+        vv = [v[i] for i in range(7)]
+        s2ok = _sel(ok, s2, cutlass.Int32(0))
+        sign = _sel(ok, cutlass.Int32(-0x7FFF8000), cutlass.Int32(0))  # 0x80008000
+        for i in cutlass.range_constexpr(8):
+            ops[i] = quant_pair_f16(mags[i], pairs[i], vv, s2ok, sign)
+    else:
+        d = _sel(ok, _mul_rn(_e4m3_value(code), g_safe), cutlass.Float32(1.0))
+        codes = cute.make_rmem_tensor(cute.make_layout(2), cutlass.Int32)
+        _pack_codes(raw, ok, codes, lambda word: _encode_pair(word, d))
+        for h in cutlass.range_constexpr(2):
+            for a in cutlass.range_constexpr(4):
+                ops[4 * h + a] = dec_pair(codes[h], s2, a)
+    return code
+
+
 def safe_scales(g):
     """``(g_safe, 6 g_safe)``: a zero or negative global scale quantizes against 1 (every code 0)."""
     g_safe = _sel(g > cutlass.Float32(0.0), g, cutlass.Float32(1.0))

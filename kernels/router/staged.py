@@ -279,9 +279,9 @@ class StagedRouterKernel(MmaGemvRouterKernel):
             # every thread's partials visible at gpu scope before its CTA counts itself in
             cute.arch.fence_acq_rel_gpu()
             if cutlass.const_expr(self.route == "count"):
-                self._route_groups(mWs, mAlpha, mIds, mW, mCnt, sFlag, tidx, warp, lane, bz, t0, T)
+                self._route_groups(mWs, mSFA, mAlpha, mIds, mW, mCnt, sFlag, tidx, warp, lane, bz, t0, T)
             else:
-                self._route_waiting(mWs, mAlpha, mIds, mW, mCnt, tidx, warp, lane, bx, by, bz, t0, T)
+                self._route_waiting(mWs, mSFA, mAlpha, mIds, mW, mCnt, tidx, warp, lane, bx, by, bz, t0, T)
 
 def pick_staged(num_tokens: int, experts: int, hidden: int, target_ctas: int = 264):
     """``(em, tn, ksplit)``: a 64 x 32 tile (E % 64 == 0) and enough K splits for about

@@ -93,6 +93,68 @@ def _fop(fn):
     return lambda *a: _f32_round(fn(*[_f32_value(x) for x in a]))
 
 
+# 16-bit halves: bf16 (8 exponent bits, 7 mantissa bits) and fp16 (5, 10), finite values only
+_HALF = {"bf16": (8, 7), "f16": (5, 10)}
+
+
+def _half_value(bits, kind):
+    from fractions import Fraction
+
+    eb, mb = _HALF[kind]
+    bias = (1 << (eb - 1)) - 1
+    e = (bits >> mb) & ((1 << eb) - 1)
+    m = bits & ((1 << mb) - 1)
+    if e == (1 << eb) - 1:
+        raise AssertionError("inf/NaN not modelled")
+    sign = -1 if bits & 0x8000 else 1
+    return sign * (Fraction(m, 1 << mb) * Fraction(2) ** (1 - bias) if e == 0 else
+                   Fraction(m | (1 << mb), 1 << mb) * Fraction(2) ** (e - bias))
+
+
+def _half_round(v, kind):
+    """A Fraction rounded to nearest even in ``kind`` (subnormals kept, overflow to inf) -> bits."""
+    from fractions import Fraction
+
+    eb, mb = _HALF[kind]
+    bias = (1 << (eb - 1)) - 1
+    sign = 0x8000 if v < 0 else 0
+    v = abs(v)
+    if v == 0:
+        return sign
+    e = v.numerator.bit_length() - v.denominator.bit_length()
+    while Fraction(2) ** e > v:
+        e -= 1
+    while Fraction(2) ** (e + 1) <= v:
+        e += 1
+    q = max(e, 1 - bias) - mb  # the ulp's exponent
+    n = v / Fraction(2) ** q
+    r = n.numerator // n.denominator
+    rem = n - r
+    if rem > Fraction(1, 2) or (rem == Fraction(1, 2) and r & 1):
+        r += 1
+    if r >= 1 << (mb + 1):
+        r >>= 1
+        q += 1
+    if q + mb > bias:
+        return sign | (((1 << eb) - 1) << mb)
+    if r < 1 << mb:
+        return sign | r
+    return sign | ((q + mb + bias) << mb) | (r & ((1 << mb) - 1))
+
+
+def _halves(fn):
+    """A packed 16x2 operation from one on halves (low half: bits 0-15)."""
+    return lambda *a: fn(*[x & 0xFFFF for x in a]) | (fn(*[x >> 16 for x in a]) << 16)
+
+
+def _set_ge_bf16(a, b):
+    return 0x3F80 if _half_value(a, "bf16") >= _half_value(b, "bf16") else 0
+
+
+def _lop3(a, b, c, lut):
+    return sum(((lut >> (((a >> i & 1) << 2) | ((b >> i & 1) << 1) | (c >> i & 1))) & 1) << i for i in range(32))
+
+
 OPS = {
     "mov.b32": lambda a: a,
     "and.b32": lambda a, b: a & b,
@@ -115,6 +177,11 @@ OPS = {
     "neg.f32": lambda a: a ^ 0x80000000,
     "prmt.b32": _prmt,
     "dp4a.s32.s32": _dp4a_ss,
+    "lop3.b32": _lop3,
+    "max.u16x2": _halves(max),
+    "set.ge.bf16x2.bf16x2": _halves(_set_ge_bf16),
+    "add.rn.bf16x2": _halves(lambda a, b: _half_round(_half_value(a, "bf16") + _half_value(b, "bf16"), "bf16")),
+    "mul.rn.f16x2": _halves(lambda a, b: _half_round(_half_value(a, "f16") * _half_value(b, "f16"), "f16")),
 }
 
 
@@ -256,6 +323,54 @@ def test_quantizer_threshold_ptx_gives_the_division_codes():
             assert got == div_code(lo, d) | (div_code(hi, d) << 4), (hex(d), hex(lo), hex(hi), hex(got))
             checked += 1
     assert checked > 500
+
+
+def test_quantizing_into_fp16_operands_ptx_is_the_decoded_codes():
+    # the swap-AB kernel quantizing its own tokens: each fp16 operand (elements a and a+4 of an
+    # 8-element group, picked by prmt) made by QUANT_PAIR_F16 from the block's thresholds and
+    # scale, against the fused quantizer's codes for the same elements (ENCODE_PAIR_THRESHOLDS)
+    # decoded as the kernel decodes them (_dec_pair with _scale2): the PTX texts the kernels ship,
+    # run by the interpreter; and the block max by max.u16x2
+    from kernels.router.gemv import _PAIR_SHIFT
+    from kernels.router.quant import _PAIR_SELECT, _THRESHOLD_PTX, ENCODE_PAIR_THRESHOLDS, QUANT_PAIR_F16
+
+    def dec_pair_ptx(a):  # kernels.router.gemv._dec_pair's text for pair a
+        mop, msh, sop, ssh = _PAIR_SHIFT[a]
+        sign = f"{sop} dS, $1, {ssh}; " if sop else "mov.b32 dS, $1; "
+        return (f"{{ .reg .b32 dM, dS, dK; {mop} dM, $1, {msh}; and.b32 dM, dM, 0x0E000E00; "
+                f"{sign}mov.b32 dK, 0x80008000; lop3.b32 dS, dS, dK, $2, 0x6A; mul.rn.f16x2 $0, dM, dS; }}")
+
+    scale2 = ("{ .reg .b32 dT, dK; and.b32 dT, $1, 0x7F; mul.lo.u32 dT, dT, 0x00800080; "
+              "mov.b32 dK, 0x5C005C00; mul.rn.f16x2 $0, dT, dK; }")
+    rnd = random.Random(9)
+    checked = 0
+    for _ in range(40):
+        code = rnd.randrange(1, 0x7F)
+        d = struct.unpack("<I", struct.pack("<f", rnd.uniform(1e-3, 1e3)))[0]
+        v = [run_ptx(ptx, d) for ptx in _THRESHOLD_PTX]
+        s2 = run_ptx(scale2, code)
+        # elements around the thresholds and random ones, either sign: 8 bf16 words (16 elements)
+        els = [((x & 0xFFFF) + rnd.choice((-1, 0, 1))) | rnd.choice((0, 0x8000)) for x in v]
+        els += [rnd.randrange(0, 0x7F80) | rnd.choice((0, 0x8000)) for _ in range(16 - len(els))]
+        rnd.shuffle(els)
+        words = [els[2 * i] | (els[2 * i + 1] << 16) for i in range(8)]
+        mx = words[0] & 0x7FFF7FFF
+        for w in words[1:]:
+            mx = run_ptx("max.u16x2 $0, $1, $2;", mx, w & 0x7FFF7FFF)
+        assert max(mx & 0xFFFF, mx >> 16) == max(e & 0x7FFF for e in els)
+        for h in range(2):  # the block's two 8-element groups, each one code word
+            enc = [run_ptx(ENCODE_PAIR_THRESHOLDS, words[4 * h + j], v[3], v[1], v[5], v[0], v[4], v[2], v[6])
+                   for j in range(4)]
+            codes = enc[0] | (enc[1] << 8) | (enc[2] << 16) | (enc[3] << 24)
+            for a in range(4):
+                p = run_ptx(f"prmt.b32 $0, $1, $2, {_PAIR_SELECT[a % 2]:#x};", words[4 * h + a // 2],
+                            words[4 * h + 2 + a // 2])
+                got = run_ptx(QUANT_PAIR_F16, p & 0x7FFF7FFF, p, *v, s2, 0x80008000)
+                assert got == run_ptx(dec_pair_ptx(a), codes, s2), (hex(d), code, h, a)
+                # a block without codes (zero or NaN divisor): +0 operands
+                assert run_ptx(QUANT_PAIR_F16, p & 0x7FFF7FFF, p, *v, 0, 0) == 0
+                checked += 1
+    assert checked == 40 * 8
 
 
 def test_pdl_after_the_quantizer_where_it_measured_faster():

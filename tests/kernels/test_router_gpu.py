@@ -314,6 +314,45 @@ def test_gemv_quantizing_in_kernel_is_quantizer_plus_kernel_bit_for_bit(t, e, hi
         assert torch.equal(ids, want[0]) and torch.equal(w, want[1])
 
 
+@pytest.mark.skipif(torch.cuda.is_available() and _sm() < 9,
+                    reason="the swap-AB kernel's own quantization needs SM90 or later (bf16x2 compares)")
+@pytest.mark.parametrize("t,e,hidden,config,tiny", [
+    (7, 256, 7168, None, False),  # the launcher's pick: 7 K splits, 16-byte units, counted route
+    (7, 384, 7168, None, False),
+    (2, 384, 2048, (1, 2, 1, 2), False),  # 8-byte units, two per warp, waiting route
+    (8, 256, 2048, (1, 1, 1, 4), False),  # polled route, two units per warp
+    (3, 256, 2048, (1, 1, 1, 4, 16, 4, 0), False),  # 16 warps (the table built by the first 8)
+    (5, 256, 7168, (1, 7, 1, 4), True),  # divisors below 2^-100: the codes by division
+])
+def test_swapab_quantizing_in_kernel_is_quantizer_plus_kernel_bit_for_bit(t, e, hidden, config, tiny, monkeypatch):
+    # the swap-AB kernel reading bf16 tokens and quantizing them itself into its fp16 operands (one
+    # launch, the layer's calibrated scale) against the fused quantizer + the same kernel: the same
+    # ids and weights, bit for bit, on every run
+    from kernels.router.launch import run_mma_gemv, run_mma_gemv_quant
+
+    layer, x = _case(t, e, hidden, seed=53 + t + e)
+    x[0, 5] = 7.5  # a clear amax: its block's scale saturates toward 448
+    if t > 1:
+        x[1, 32:48] = 0.0  # a block without codes (zero scale)
+    if tiny:
+        x = x * 2.0 ** -100  # exact in bf16; every block's divisor below the thresholds' range
+    layer.input_global_scale = float(x.float().abs().max()) / 2000.0
+    act = router.prepare_activation(x, layer)
+    assert router.last_quantizer == "fused"
+    want = run_mma_gemv(act, layer, 6, "softmax", False, config)
+    for _ in range(2):
+        got = run_mma_gemv_quant(x, layer, 6, "softmax", False, config)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    c = router.compare_routing(got[0], got[1], router.router_logits_reference(x, layer), 6, "softmax")
+    assert c.ok and c.max_weight_err < 1e-4, c
+    if config is None:
+        # the router's path from bf16 at T <= 8 with a calibrated scale (GPUREPRO_ROUTER_INKERNEL_QUANT=1)
+        monkeypatch.setenv("GPUREPRO_ROUTER_INKERNEL_QUANT", "1")
+        ids, w = router.run_nvfp4_fused_router(x, layer, 6, "softmax")
+        assert router.last_quantizer == "in-kernel" and router.last_kernel == "swapab"
+        assert torch.equal(ids, want[0]) and torch.equal(w, want[1])
+
+
 @pytest.mark.skipif(torch.cuda.is_available() and _sm() < 9, reason="programmatic dependent launch needs SM90 or later")
 @pytest.mark.parametrize("t,e,hidden,kernel,pdl", [(1, 384, 7168, "gemv", True), (7, 384, 7168, "swapab", True),
                                                    (128, 384, 7168, "swapab", True),  # cluster pairs

@@ -244,3 +244,18 @@ def test_in_kernel_quantization_declines_cpu_and_multi_group_inputs():
     assert gemv_quant_problem(torch.randn(1, 8320).to(torch.bfloat16), layer).startswith("K=8320")
     assert gemv_quant_problem(torch.randn(1, 192).to(torch.bfloat16), layer).startswith("K=192")
     assert gemv_quant_problem(x[:8], layer) == "input not on CUDA"
+
+
+def test_swapab_quantizing_declines_without_a_calibrated_scale_or_whole_blocks():
+    # launch.swapab_quant_problem: the swap-AB kernel quantizes its own tokens only with the layer's
+    # calibrated scale (the dynamic one is the whole input's max) and whole 16-element blocks per
+    # lane; the rest is the fused quantizer's rules (CUDA bf16)
+    from kernels.router.gemv import SwapabConfig
+    from kernels.router.launch import swapab_quant_problem
+
+    layer = Nvfp4Linear(torch.randn(128, 256)).finalize_weights()
+    x = torch.randn(7, 256).to(torch.bfloat16)
+    assert swapab_quant_problem(x, layer) == "no calibrated activation scale (input_global_scale)"
+    layer.input_global_scale = 0.01
+    assert swapab_quant_problem(x, layer, SwapabConfig(1, 7, 1, 1)).startswith("K units of one word")
+    assert swapab_quant_problem(x, layer, SwapabConfig(1, 7, 1, 4)) == "input not on CUDA"
