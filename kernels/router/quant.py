@@ -402,39 +402,36 @@ def _pack_codes(raw, ok, out, encode_pair):
 
 
 # Quantize straight into the tensor-core kernels' fp16 operands (the swap-AB kernel quantizing its
-# own tokens, calibrated scale, SM90+: ``set.bf16x2``, ``add.bf16x2``, ``max.u16x2``).  A pair
-# word holds elements a and a+4 of an 8-element group (the operand's K-slot pairing, see
-# ``kernels.router.gemv._dec_pair``), picked from the bf16 words by one prmt.  Its magnitude codes
-# are the number of thresholds V1..V7 (:func:`e2m1_thresholds`, increasing) that |x| reaches:
-# seven ``set.ge.bf16x2`` (1.0 / 0.0 per half) summed onto 128.0 in bf16 (exact: at most 135, whose
-# ulp is 1), so each half's low 3 bits are the code; shifted to fp16 bits 9-11 they are
-# ``value * 2^-14`` and one ``mul.rn.f16x2`` by the signed scale gives ``value * s * 2^-14``, the
-# bits ``_dec_pair`` makes from the quantizer's codes.  NaN passes no threshold (its block's scale
-# is NaN, so the block gives zeros anyway).  ~20 instructions per pair against the encode's ~30
-# plus the decode's 5.
+# own tokens, calibrated scale, SM90+: ``set.u32.bf16x2``, ``max.u16x2``).  A pair word holds
+# elements a and a+4 of an 8-element group (the operand's K-slot pairing, see
+# ``kernels.router.gemv._dec_pair``), picked from the bf16 words by one prmt.  Its magnitude code
+# is the number of thresholds V1..V7 (:func:`e2m1_thresholds`, increasing) that |x| reaches, found
+# by a binary search with three ``set.ge.u32.bf16x2`` (0xFFFF per half where |x| >= V) whose masks
+# pick the next threshold per half (lop3 with V6 ^ V2 etc.) and land as the code's bits straight at
+# fp16 bits 9-11: ``value * 2^-14``; one ``mul.rn.f16x2`` by the signed scale gives ``value * s *
+# 2^-14``, the bits ``_dec_pair`` makes from the quantizer's code.  NaN passes no threshold (its
+# block's scale is NaN, so the block gives zeros anyway).  14 instructions per pair with the |x|
+# (the quantizer's encode takes ~30, then the decode 5).  Inputs: |x| pair, x pair, V4, V2, V6^V2,
+# V1, V5^V1, V3, V7^V3, the fp16x2 scale, the sign mask.
 _PAIR_SELECT = (0x5410, 0x7632)  # prmt: the low halves of two words, or their high halves
 
 QUANT_PAIR_F16 = """{
-.reg .b32 c1, c2, c3, c4, c5, c6, c7, k, r, s, t, u, m;
-set.ge.bf16x2.bf16x2 c1, $1, $3;
-set.ge.bf16x2.bf16x2 c2, $1, $4;
-set.ge.bf16x2.bf16x2 c3, $1, $5;
-set.ge.bf16x2.bf16x2 c4, $1, $6;
-set.ge.bf16x2.bf16x2 c5, $1, $7;
-set.ge.bf16x2.bf16x2 c6, $1, $8;
-set.ge.bf16x2.bf16x2 c7, $1, $9;
-mov.b32 k, 0x43004300;
-add.rn.bf16x2 s, c1, c2;
-add.rn.bf16x2 t, c3, c4;
-add.rn.bf16x2 u, c5, c6;
-add.rn.bf16x2 r, c7, k;
-add.rn.bf16x2 s, s, t;
-add.rn.bf16x2 r, r, u;
-add.rn.bf16x2 r, r, s;
-shl.b32 m, r, 9;
-and.b32 m, m, 0x0E000E00;
-lop3.b32 s, $2, $11, $10, 0x6A;
-mul.rn.f16x2 $0, m, s;
+.reg .b32 f2, f1, f0, t, u, w, k;
+set.ge.u32.bf16x2 f2, $1, $3;
+lop3.b32 t, f2, $5, $4, 0x6A;
+set.ge.u32.bf16x2 f1, $1, t;
+lop3.b32 u, f2, $7, $6, 0x6A;
+lop3.b32 w, f2, $9, $8, 0x6A;
+xor.b32 w, w, u;
+lop3.b32 t, f1, w, u, 0x6A;
+set.ge.u32.bf16x2 f0, $1, t;
+and.b32 f0, f0, 0x02000200;
+mov.b32 k, 0x04000400;
+lop3.b32 f0, f1, k, f0, 0xE2;
+mov.b32 k, 0x08000800;
+lop3.b32 f0, f2, k, f0, 0xE2;
+lop3.b32 t, $2, $11, $10, 0x6A;
+mul.rn.f16x2 $0, f0, t;
 }"""
 
 
@@ -449,12 +446,18 @@ def _max_u16x2(a, b):
     return _asm(cutlass.Int32, "max.u16x2 $0, $1, $2;", "=r,r,r", cutlass.Int32(a), cutlass.Int32(b))
 
 
-def quant_pair_f16(mag, word, v, s2, sign_mask):
-    """The fp16x2 operand of one pair word (``mag``: its |x|, ``word``: the signed one) with
-    thresholds ``v`` (V1..V7), the block's fp16x2 scale ``s2`` and ``sign_mask`` (0x80008000, or 0
-    with ``s2 = 0`` where the block gives no codes)."""
+def search_thresholds(v):
+    """A block's thresholds V1..V7 as :data:`QUANT_PAIR_F16` takes them: V4, V2, V6^V2, V1, V5^V1,
+    V3, V7^V3 (the xors let one lop3 pick either threshold of a level by a compare mask)."""
+    return [v[3], v[1], v[5] ^ v[1], v[0], v[4] ^ v[0], v[2], v[6] ^ v[2]]
+
+
+def quant_pair_f16(mag, word, sv, s2, sign_mask):
+    """The fp16x2 operand of one pair word (``mag``: its |x|, ``word``: the signed one) with the
+    block's :func:`search_thresholds` ``sv``, fp16x2 scale ``s2`` and ``sign_mask`` (0x80008000, or
+    0 with ``s2 = 0`` where the block gives no codes)."""
     return _asm(cutlass.Int32, QUANT_PAIR_F16, "=r,r,r,r,r,r,r,r,r,r,r,r", cutlass.Int32(mag), cutlass.Int32(word),
-                *v, cutlass.Int32(s2), cutlass.Int32(sign_mask))
+                *sv, cutlass.Int32(s2), cutlass.Int32(sign_mask))
 
 
 @cute.jit
@@ -479,11 +482,11 @@ def quant_block_f16(raw, g_safe, d6, sThr: cute.Tensor, scale2, dec_pair, ops: c
     ok = (flags & TABLE_OK) != 0
     s2 = scale2(code)
     if (flags & TABLE_THRESHOLDS) != 0:
-        vv = [v[i] for i in range(7)]
+        sv = search_thresholds([v[i] for i in range(7)])
         s2ok = _sel(ok, s2, cutlass.Int32(0))
         sign = _sel(ok, cutlass.Int32(-0x7FFF8000), cutlass.Int32(0))  # 0x80008000
         for i in cutlass.range_constexpr(8):
-            ops[i] = quant_pair_f16(mags[i], pairs[i], vv, s2ok, sign)
+            ops[i] = quant_pair_f16(mags[i], pairs[i], sv, s2ok, sign)
     else:
         d = _sel(ok, _mul_rn(_e4m3_value(code), g_safe), cutlass.Float32(1.0))
         codes = cute.make_rmem_tensor(cute.make_layout(2), cutlass.Int32)

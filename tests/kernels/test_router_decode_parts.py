@@ -148,7 +148,7 @@ def _halves(fn):
 
 
 def _set_ge_bf16(a, b):
-    return 0x3F80 if _half_value(a, "bf16") >= _half_value(b, "bf16") else 0
+    return 0xFFFF if _half_value(a, "bf16") >= _half_value(b, "bf16") else 0
 
 
 def _lop3(a, b, c, lut):
@@ -179,8 +179,7 @@ OPS = {
     "dp4a.s32.s32": _dp4a_ss,
     "lop3.b32": _lop3,
     "max.u16x2": _halves(max),
-    "set.ge.bf16x2.bf16x2": _halves(_set_ge_bf16),
-    "add.rn.bf16x2": _halves(lambda a, b: _half_round(_half_value(a, "bf16") + _half_value(b, "bf16"), "bf16")),
+    "set.ge.u32.bf16x2": _halves(_set_ge_bf16),
     "mul.rn.f16x2": _halves(lambda a, b: _half_round(_half_value(a, "f16") * _half_value(b, "f16"), "f16")),
 }
 
@@ -327,12 +326,13 @@ def test_quantizer_threshold_ptx_gives_the_division_codes():
 
 def test_quantizing_into_fp16_operands_ptx_is_the_decoded_codes():
     # the swap-AB kernel quantizing its own tokens: each fp16 operand (elements a and a+4 of an
-    # 8-element group, picked by prmt) made by QUANT_PAIR_F16 from the block's thresholds and
-    # scale, against the fused quantizer's codes for the same elements (ENCODE_PAIR_THRESHOLDS)
+    # 8-element group, picked by prmt) made by QUANT_PAIR_F16 from the block's thresholds (binary
+    # search) and scale, against the fused quantizer's codes for the same elements (ENCODE_PAIR_THRESHOLDS)
     # decoded as the kernel decodes them (_dec_pair with _scale2): the PTX texts the kernels ship,
     # run by the interpreter; and the block max by max.u16x2
     from kernels.router.gemv import _PAIR_SHIFT
-    from kernels.router.quant import _PAIR_SELECT, _THRESHOLD_PTX, ENCODE_PAIR_THRESHOLDS, QUANT_PAIR_F16
+    from kernels.router.quant import (_PAIR_SELECT, _THRESHOLD_PTX, ENCODE_PAIR_THRESHOLDS, QUANT_PAIR_F16,
+                                      search_thresholds)
 
     def dec_pair_ptx(a):  # kernels.router.gemv._dec_pair's text for pair a
         mop, msh, sop, ssh = _PAIR_SHIFT[a]
@@ -348,6 +348,7 @@ def test_quantizing_into_fp16_operands_ptx_is_the_decoded_codes():
         code = rnd.randrange(1, 0x7F)
         d = struct.unpack("<I", struct.pack("<f", rnd.uniform(1e-3, 1e3)))[0]
         v = [run_ptx(ptx, d) for ptx in _THRESHOLD_PTX]
+        sv = search_thresholds(v)
         s2 = run_ptx(scale2, code)
         # elements around the thresholds and random ones, either sign: 8 bf16 words (16 elements)
         els = [((x & 0xFFFF) + rnd.choice((-1, 0, 1))) | rnd.choice((0, 0x8000)) for x in v]
@@ -365,10 +366,10 @@ def test_quantizing_into_fp16_operands_ptx_is_the_decoded_codes():
             for a in range(4):
                 p = run_ptx(f"prmt.b32 $0, $1, $2, {_PAIR_SELECT[a % 2]:#x};", words[4 * h + a // 2],
                             words[4 * h + 2 + a // 2])
-                got = run_ptx(QUANT_PAIR_F16, p & 0x7FFF7FFF, p, *v, s2, 0x80008000)
+                got = run_ptx(QUANT_PAIR_F16, p & 0x7FFF7FFF, p, *sv, s2, 0x80008000)
                 assert got == run_ptx(dec_pair_ptx(a), codes, s2), (hex(d), code, h, a)
                 # a block without codes (zero or NaN divisor): +0 operands
-                assert run_ptx(QUANT_PAIR_F16, p & 0x7FFF7FFF, p, *v, 0, 0) == 0
+                assert run_ptx(QUANT_PAIR_F16, p & 0x7FFF7FFF, p, *sv, 0, 0) == 0
                 checked += 1
     assert checked == 40 * 8
 

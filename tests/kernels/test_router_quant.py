@@ -145,63 +145,6 @@ def test_division_free_e2m1_thresholds_match_division():
         assert torch.equal(got, want), int((got != want).sum())
 
 
-def _f16(bits):
-    return (bits & 0xFFFF).to(torch.int16).view(torch.float16)
-
-
-def _scale_f16(code):
-    """``kernels.router.gemv._scale2``: an E4M3 code's 7 bits at fp16 bits 7-13, times 2^8."""
-    return _f16((code & 0x7F) << 7) * torch.tensor(256.0, dtype=torch.float16)
-
-
-def _quant_operand_model(xb, v, code, ok, offset=0x4300):
-    """``kernels.router.quant.QUANT_PAIR_F16`` per half: bf16 bits ``xb`` [N, 16], thresholds ``v``
-    [N, 7], the block's scale code and ``ok`` [N] -> fp16 operands [N, 16]: the seven compares as
-    bf16 1.0 / 0.0 summed onto 128.0 in the kernel's order, the low 3 bits at fp16 bits 9-11, times
-    the block's scale carrying x's sign (0 and no sign where the block gives no codes)."""
-    a = xb & 0x7FFF
-    c = [(a >= v[:, i:i + 1]).to(torch.bfloat16) for i in range(7)]
-    k = _f16(torch.full_like(a, offset)).view(torch.bfloat16)
-    s, t, u, r = c[0] + c[1], c[2] + c[3], c[4] + c[5], c[6] + k
-    r = (r + u) + (s + t)
-    m = (r.view(torch.int16).long() << 9) & 0x0E00
-    s2 = torch.where(ok[:, None], _scale_f16(code)[:, None].expand(-1, 16), torch.zeros(1, dtype=torch.float16))
-    sign = torch.where(ok[:, None], xb & 0x8000, torch.zeros_like(xb))
-    return _f16(m) * _f16(s2.view(torch.int16).long() ^ sign)
-
-
-@pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("static", [1.0 / 448, 0.37, None])
-def test_quantizing_into_fp16_operands_matches_quantizer_codes(seed, static):
-    # the swap-AB kernel's own quantization (calibrated scale) makes the fp16 operands value * s *
-    # 2^-14 from bf16 compares against the block's thresholds; the fused quantizer's codes decoded
-    # the kernel's way (kernels.router.gemv._dec_pair: magnitude at fp16 bits 9-11, sign on the
-    # scale) must be the same bits, element for element
-    x = _edge_inputs(seed)
-    g = compute_global_scale(x.float()) if static is None else torch.tensor(static, dtype=torch.float32)
-    data, scales = kernel_model(x, g)
-    codes = torch.stack([data & 0xF, data >> 4], -1).reshape(-1, 16).long()
-    code = scales.reshape(-1).long()
-    val = code.to(torch.uint8).view(torch.float8_e4m3fn).float()
-    g_safe = torch.where(g > 0, g, torch.ones_like(g))
-    denom = val * g_safe
-    ok = (denom > 0) & (code != 0x7F)
-    d = torch.where(ok, denom, torch.ones_like(denom))
-    from kernels.router.quant import THRESHOLD_D_MAX, THRESHOLD_D_MIN
-
-    fast = (d >= THRESHOLD_D_MIN) & (d <= THRESHOLD_D_MAX)  # other blocks take the division
-    xb = x.reshape(-1, 16).view(torch.int16).long() & 0xFFFF
-    got = _quant_operand_model(xb[fast], _threshold_model(d[fast]), code[fast], ok[fast])
-    c = codes[fast]
-    want = _f16((c & 7) << 9) * _f16(_scale_f16(code[fast])[:, None].view(torch.int16).long() ^ ((c & 8) << 12))
-    assert fast.sum() > 100 and (got != 0).sum() > 1000 and (got < 0).sum() > 100
-    assert torch.equal(got.view(torch.int16), want.view(torch.int16))
-    # the 128.0 offset is what makes the count exact and its low bits the code: without it the
-    # bf16 sums are the counts as floats and the bits are wrong
-    bad = _quant_operand_model(xb[fast], _threshold_model(d[fast]), code[fast], ok[fast], offset=0)
-    assert not torch.equal(bad.view(torch.int16), want.view(torch.int16))
-
-
 def test_grid_caps_ctas_for_the_barrier():
     pytest.importorskip("cutlass", reason="nvidia-cutlass-dsl is not installed")
     from kernels.router.quant import CTAS_PER_SM, THREADS, grid_ctas
