@@ -6,7 +6,7 @@
     python -m kernels.router.compile_check --kernel tile --arch sm_90a   # the pipelined large-T kernel
     python -m kernels.router.compile_check --kernel sm100 --arch sm_100a
     python -m kernels.router.compile_check --kernel quant --arch sm_90a   # the activation quantizer
-    python -m kernels.router.compile_check --kernel swapab-quant --arch sm_90a   # swap-AB quantizing (SM90+)
+    python -m kernels.router.compile_check --kernel inkernel-quant --arch sm_90a   # SM90+ quantizing forms
 
 Prints one JSON line: kernel, arch, configurations compiled, seconds, and the cubin files that
 ``CUTE_DSL_KEEP=cubin`` left (their names carry the architecture).  Exit 0 when every
@@ -124,23 +124,26 @@ def _compile_pdl(cute, kernel: str, k: int) -> list:
     return done
 
 
-def _compile_swapab_quant(cute, k: int, compiled) -> list:
-    """The swap-AB kernel quantizing its bf16 tokens itself (calibrated scale, SM90+): 8-byte units
-    with several units per warp, then the T <= 8 form the launcher picks at hidden 7168 (7 K splits,
-    16-byte units, 8 warps: its registers decide whether two CTAs share an SM).  ``compiled()``
-    after each but the last (whose cubin stays for the caller)."""
+def _compile_inkernel_quant(cute, k: int, compiled) -> list:
+    """The SM90+ forms of in-kernel quantization (bf16x2 compares): the GEMV's codes by the search
+    (probe variant "search", calibrated scale with the table), the swap-AB kernel quantizing its
+    bf16 tokens itself (calibrated scale): 8-byte units with several units per warp, then the T <= 8
+    form the launcher picks at hidden 7168 (7 K splits, 16-byte units, 8 warps: its registers decide
+    whether two CTAs share an SM).  ``compiled()`` after each but the last (whose cubin stays for the
+    caller)."""
     import torch
 
-    from kernels.router.gemv import MmaGemvRouterKernel, swapab_polls
-    from kernels.router.launch import mma_gemv_args
+    from kernels.router.gemv import GemvRouterKernel, MmaGemvRouterKernel, swapab_polls
+    from kernels.router.launch import gemv_quant_args, mma_gemv_args
 
     act, layer = _act_layer()
     layer.input_global_scale = 0.01
     x = torch.randn(8, 256).to(torch.bfloat16)
-    done = []
-    for i, (ks, uw) in enumerate(((2, 2), (7, 4))):
-        if i:
-            compiled()
+    qargs = gemv_quant_args(x[:1], layer, k, 1)[0]
+    cute.compile(GemvRouterKernel(k, "softmax", False, 256, 1, 2, "table+search", quant="static"), *qargs)
+    done = [f"k={k},softmax,tm=1,rb=2,quant=static,table+search"]
+    for ks, uw in ((2, 2), (7, 4)):
+        compiled()
         poll = swapab_polls(ks)
         args = mma_gemv_args(None, layer, k, 1, ks, poll, quant_x=x)[0]
         cute.compile(MmaGemvRouterKernel(k, "softmax", False, 256, 1, ks, poll, uw=uw, quant=True), *args)
@@ -160,7 +163,7 @@ def _drop_cubins(dump: str) -> list:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--kernel", choices=["portable", "gemv", "tile", "sm100", "quant", "swapab-quant"], required=True)
+    p.add_argument("--kernel", choices=["portable", "gemv", "tile", "sm100", "quant", "inkernel-quant"], required=True)
     p.add_argument("--arch", required=True, help="e.g. sm_80, sm_90a, sm_120a, sm_100a")
     p.add_argument("--topk", type=int, nargs="+", default=[6])
     p.add_argument("--scorings", nargs="+", default=["softmax", "sigmoid"])
@@ -207,11 +210,11 @@ def main(argv=None) -> int:
         for dynamic in (False, True):
             cute.compile(Nvfp4ActQuantKernel(dynamic, trigger=a.pdl), *args)
             done.append(f"quant dynamic={dynamic}" + (" trigger" if a.pdl else ""))
-    if a.kernel == "swapab-quant":
-        done += _compile_swapab_quant(cute, a.topk[0], lambda: seen_regs.update(_drop_cubins(dump)))
+    if a.kernel == "inkernel-quant":
+        done += _compile_inkernel_quant(cute, a.topk[0], lambda: seen_regs.update(_drop_cubins(dump)))
     if a.pdl and a.kernel != "quant":
         done += _compile_pdl(cute, a.kernel, a.topk[0])
-    for k in ([] if a.kernel in ("quant", "swapab-quant") or a.pdl else a.topk):
+    for k in ([] if a.kernel in ("quant", "inkernel-quant") or a.pdl else a.topk):
         args = _fake_args(a.kernel, k)
         for scoring in a.scorings:
             renorm = default_renormalize(scoring)

@@ -490,6 +490,9 @@ class GemvRouterKernel(_WarpRouter):
         # probe variant "table" (calibrated scale): the blocks' thresholds from a per-CTA table of the
         # 127 scale codes, built while the loads are in flight (quant.build_threshold_table)
         self.quant_table = quant == "static" and "table" in variant
+        # probe variant "search" (SM90+): the codes by bf16x2 compares (quant.ENCODE_PAIR_SEARCH, the
+        # same bits in fewer instructions)
+        self.quant_search = bool(quant) and "search" in variant
         self.top_k = top_k
         self.scoring = scoring
         self.renormalize = renormalize
@@ -696,9 +699,9 @@ class GemvRouterKernel(_WarpRouter):
         for t in cutlass.range_constexpr(tm):
             for b in cutlass.range_constexpr(2):
                 if cutlass.const_expr(self.quant_table):
-                    sfA[b, t] = quant_block_table(xw[t][b], bam[t][b], g_safe, d6, sThr, out)
+                    sfA[b, t] = quant_block_table(xw[t][b], bam[t][b], g_safe, d6, sThr, out, self.quant_search)
                 else:
-                    sfA[b, t] = quant_block(xw[t][b], bam[t][b], g_safe, d6, out)
+                    sfA[b, t] = quant_block(xw[t][b], bam[t][b], g_safe, d6, out, self.quant_search)
                 rawA[2 * b, t] = out[0]
                 rawA[2 * b + 1, t] = out[1]
         if tidx < nchunk:

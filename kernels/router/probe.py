@@ -60,7 +60,8 @@ def main(argv=None) -> int:
                         "swap-AB only: poll / count / wait (force the polled, the counted or the "
                         "waiting route), spreadN (an n-tile's route over N CTAs), pairbar (cluster pairs "
                         "handing over with stores and a cluster barrier); quant (from bf16, quantizing in the kernel: "
-                        "GEMV dynamic or calibrated scale, swap-AB calibrated only, --calibrated)")
+                        "GEMV dynamic or calibrated scale, swap-AB calibrated only, --calibrated; GEMV with "
+                        "table: the thresholds from a per-CTA table, search: the codes by bf16x2 compares, SM90+)")
     p.add_argument("--after-quant", nargs="*", default=[], choices=["dynamic", "calibrated", "trigger"],
                    help="also time each decode configuration after the fused quantizer of the bf16 tokens (dynamic "
                         "or calibrated global scale), launched plainly and as its programmatic dependent (PDL); "

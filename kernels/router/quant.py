@@ -327,16 +327,16 @@ def _divisor(code, g_safe):
 
 
 @cute.jit
-def quant_block(raw: cute.Tensor, bam, g_safe, d6, out: cute.Tensor):
+def quant_block(raw: cute.Tensor, bam, g_safe, d6, out: cute.Tensor, search: bool = False):
     """One 16-element block (``raw``: 8 bf16x2 words, ``bam``: its :func:`block_amax`) with global
     scale ``g_safe`` (``d6 = 6 g_safe``): its two words of E2M1 codes into ``out``; returns the
-    E4M3 scale code."""
+    E4M3 scale code.  ``search`` (SM90+): the codes by :data:`ENCODE_PAIR_SEARCH` (the same bits)."""
     code = _scale_code(bam, d6)
     ok, d = _divisor(code, g_safe)
     if (d >= cutlass.Float32(THRESHOLD_D_MIN)) & (d <= cutlass.Float32(THRESHOLD_D_MAX)):
         # the codes by comparisons against per-block thresholds (E2M1_MIDPOINTS): no division
         v = e2m1_thresholds(d)
-        _pack_codes(raw, ok, out, lambda word: _encode_pair_thresholds(word, v))
+        _pack_codes(raw, ok, out, _threshold_encoder(v, search))
     else:
         _pack_codes(raw, ok, out, lambda word: _encode_pair(word, d))
     return code
@@ -373,9 +373,9 @@ def build_threshold_table(sThr: cute.Tensor, g_safe, tidx):
 
 
 @cute.jit
-def quant_block_table(raw: cute.Tensor, bam, g_safe, d6, sThr: cute.Tensor, out: cute.Tensor):
+def quant_block_table(raw: cute.Tensor, bam, g_safe, d6, sThr: cute.Tensor, out: cute.Tensor, search: bool = False):
     """:func:`quant_block` with the thresholds read from the table of :func:`build_threshold_table`
-    (the same bits: the same divisor per scale code, the same tests)."""
+    (the same bits: the same divisor per scale code, the same tests); ``search`` as there."""
     code = _scale_code(bam, d6)
     v = cute.make_rmem_tensor(cute.make_layout(TABLE_WORDS), cutlass.Int32)
     cute.autovec_copy(cute.make_tensor(sThr.iterator + cute.assume(code * TABLE_WORDS, divby=TABLE_WORDS),
@@ -383,12 +383,20 @@ def quant_block_table(raw: cute.Tensor, bam, g_safe, d6, sThr: cute.Tensor, out:
     flags = v[7]
     ok = (flags & TABLE_OK) != 0
     if (flags & TABLE_THRESHOLDS) != 0:
-        vv = [v[i] for i in range(7)]
-        _pack_codes(raw, ok, out, lambda word: _encode_pair_thresholds(word, vv))
+        _pack_codes(raw, ok, out, _threshold_encoder([v[i] for i in range(7)], search))
     else:
         d = _sel(ok, _mul_rn(_e4m3_value(code), g_safe), cutlass.Float32(1.0))
         _pack_codes(raw, ok, out, lambda word: _encode_pair(word, d))
     return code
+
+
+def _threshold_encoder(v, search: bool):
+    """word -> byte of two E2M1 codes against thresholds ``v`` (V1..V7): the integer binary search
+    (any SM80+), or with ``search`` the bf16x2 compares' (SM90+; fewer instructions, the same codes)."""
+    if search:
+        sv = search_thresholds(v)
+        return lambda word: _asm(cutlass.Int32, ENCODE_PAIR_SEARCH, "=r,r,r,r,r,r,r,r,r", cutlass.Int32(word), *sv)
+    return lambda word: _encode_pair_thresholds(word, v)
 
 
 def _pack_codes(raw, ok, out, encode_pair):
@@ -432,6 +440,35 @@ mov.b32 k, 0x08000800;
 lop3.b32 f0, f2, k, f0, 0xE2;
 lop3.b32 t, $2, $11, $10, 0x6A;
 mul.rn.f16x2 $0, f0, t;
+}"""
+
+
+# The same search for the packed codes (the GEMV quantizing its own token, SM90+): two bf16 (one
+# word) -> one byte of two E2M1 codes, as ENCODE_PAIR_THRESHOLDS gives (its masks at bits 0-2 of each
+# half, the sign at 3, the halves' nibbles joined); inputs: the word, V4, V2, V6^V2, V1, V5^V1, V3,
+# V7^V3.  18 instructions against ~32.
+ENCODE_PAIR_SEARCH = """{
+.reg .b32 a, f2, f1, f0, t, u, w, k;
+and.b32 a, $1, 0x7FFF7FFF;
+set.ge.u32.bf16x2 f2, a, $2;
+lop3.b32 t, f2, $4, $3, 0x6A;
+set.ge.u32.bf16x2 f1, a, t;
+lop3.b32 u, f2, $6, $5, 0x6A;
+lop3.b32 w, f2, $8, $7, 0x6A;
+xor.b32 w, w, u;
+lop3.b32 t, f1, w, u, 0x6A;
+set.ge.u32.bf16x2 f0, a, t;
+and.b32 f0, f0, 0x00010001;
+mov.b32 k, 0x00020002;
+lop3.b32 f0, f1, k, f0, 0xE2;
+mov.b32 k, 0x00040004;
+lop3.b32 f0, f2, k, f0, 0xE2;
+shr.b32 t, $1, 12;
+and.b32 t, t, 0x00080008;
+or.b32 f0, f0, t;
+shr.b32 t, f0, 12;
+or.b32 f0, f0, t;
+and.b32 $0, f0, 0xFF;
 }"""
 
 

@@ -285,10 +285,12 @@ def test_launch_rules():
 def test_quantizer_threshold_ptx_gives_the_division_codes():
     # the fused quantizer's division-free E2M1 codes, the PTX text it ships run by the interpreter
     # (float ops rounded exactly): per-block thresholds V1..V7 from d, then the binary search per
-    # bf16 pair, against the codes of div.rn(x, d) (fp32 rounded exactly) and the 7 thresholds
+    # bf16 pair, against the codes of div.rn(x, d) (fp32 rounded exactly) and the 7 thresholds;
+    # the same for the SM90+ search by bf16x2 compares (the GEMV's probe variant "search")
     from fractions import Fraction
 
-    from kernels.router.quant import _THRESHOLD_PTX, ENCODE_PAIR_THRESHOLDS, THRESHOLD_D_MAX, THRESHOLD_D_MIN
+    from kernels.router.quant import (_THRESHOLD_PTX, ENCODE_PAIR_SEARCH, ENCODE_PAIR_THRESHOLDS, THRESHOLD_D_MAX,
+                                      THRESHOLD_D_MIN, search_thresholds)
 
     def div_code(xbits16, dbits):
         yb = _f32_round(_f32_value((xbits16 & 0x7FFF) << 16) / _f32_value(dbits))
@@ -320,6 +322,7 @@ def test_quantizer_threshold_ptx_gives_the_division_codes():
             hi = xs[i + 1] | (0x8000 if rnd.random() < 0.5 else 0)
             got = run_ptx(ENCODE_PAIR_THRESHOLDS, lo | (hi << 16), v[3], v[1], v[5], v[0], v[4], v[2], v[6])
             assert got == div_code(lo, d) | (div_code(hi, d) << 4), (hex(d), hex(lo), hex(hi), hex(got))
+            assert run_ptx(ENCODE_PAIR_SEARCH, lo | (hi << 16), *search_thresholds(v)) == got
             checked += 1
     assert checked > 500
 

@@ -285,14 +285,19 @@ def test_tile_kernel_stream_k_grid_matches_the_reference(t, ctas):
 @pytest.mark.skipif(torch.cuda.is_available() and _sm() < 8, reason="the portable kernel needs SM80 or later")
 @pytest.mark.parametrize("t,e,hidden,static,variant", [(1, 256, 7168, False, ""), (1, 384, 7168, False, ""),
                                                        (5, 384, 2048, False, ""), (1, 384, 2048, True, ""),
-                                                       (1, 256, 7168, True, "table"), (1, 384, 2048, True, "table")])
+                                                       (1, 256, 7168, True, "table"), (1, 384, 2048, True, "table"),
+                                                       (1, 256, 7168, True, "table+search"),
+                                                       (5, 384, 2048, False, "search")])
 def test_gemv_quantizing_in_kernel_is_quantizer_plus_kernel_bit_for_bit(t, e, hidden, static, variant, monkeypatch):
     # the GEMV kernel reading bf16 activations and quantizing them itself (one launch) against the
     # fused quantizer + the same GEMV kernel: the same ids and weights, bit for bit (dynamic global
     # scale of the token group, and the layer's calibrated scale, its thresholds computed per block
-    # or, variant "table", read from the per-CTA table)
+    # or, variant "table", read from the per-CTA table; variant "search": the codes by bf16x2
+    # compares, SM90+)
     from kernels.router.launch import run_gemv, run_gemv_quant
 
+    if "search" in variant and _sm() < 9:
+        pytest.skip("variant search needs SM90 or later (bf16x2 compares)")
     layer, x = _case(t, e, hidden, seed=41 + t + e)
     x[0, 5] = 7.5  # a clear amax: its block's scale saturates toward 448
     if static:
