@@ -423,53 +423,43 @@ def _pack_codes(raw, ok, out, encode_pair):
 # V1, V5^V1, V3, V7^V3, the fp16x2 scale, the sign mask.
 _PAIR_SELECT = (0x5410, 0x7632)  # prmt: the low halves of two words, or their high halves
 
-QUANT_PAIR_F16 = """{
-.reg .b32 f2, f1, f0, t, u, w, k;
-set.ge.u32.bf16x2 f2, $1, $3;
-lop3.b32 t, f2, $5, $4, 0x6A;
-set.ge.u32.bf16x2 f1, $1, t;
-lop3.b32 u, f2, $7, $6, 0x6A;
-lop3.b32 w, f2, $9, $8, 0x6A;
+def _search_ptx(a: str, v0: int) -> str:
+    """PTX: the masks f2, f1, f0 (0xFFFF per half where |x| >= the threshold the search reaches)
+    of the bf16x2 magnitudes in register ``a`` against inputs ``$v0..`` = V4, V2, V6^V2, V1, V5^V1,
+    V3, V7^V3 (:func:`search_thresholds`): a two-level pick of each half's next threshold by lop3."""
+    v = [f"${v0 + i}" for i in range(7)]
+    return f"""set.ge.u32.bf16x2 f2, {a}, {v[0]};
+lop3.b32 t, f2, {v[2]}, {v[1]}, 0x6A;
+set.ge.u32.bf16x2 f1, {a}, t;
+lop3.b32 u, f2, {v[4]}, {v[3]}, 0x6A;
+lop3.b32 w, f2, {v[6]}, {v[5]}, 0x6A;
 xor.b32 w, w, u;
 lop3.b32 t, f1, w, u, 0x6A;
-set.ge.u32.bf16x2 f0, $1, t;
-and.b32 f0, f0, 0x02000200;
-mov.b32 k, 0x04000400;
-lop3.b32 f0, f1, k, f0, 0xE2;
-mov.b32 k, 0x08000800;
-lop3.b32 f0, f2, k, f0, 0xE2;
-lop3.b32 t, $2, $11, $10, 0x6A;
-mul.rn.f16x2 $0, f0, t;
-}"""
+set.ge.u32.bf16x2 f0, {a}, t;
+"""
 
+
+def _code_bits_ptx(bit: int) -> str:
+    """PTX: the masks' code bits f0 | f1 << 1 | f2 << 2 at ``bit`` of each half, into f0."""
+    m = (1 << bit) | (1 << (bit + 16))
+    return f"""and.b32 f0, f0, {m:#010x};
+mov.b32 k, {m << 1:#010x};
+lop3.b32 f0, f1, k, f0, 0xE2;
+mov.b32 k, {m << 2:#010x};
+lop3.b32 f0, f2, k, f0, 0xE2;
+"""
+
+
+QUANT_PAIR_F16 = ("{\n.reg .b32 f2, f1, f0, t, u, w, k;\n" + _search_ptx("$1", 3) + _code_bits_ptx(9)
+                  + "lop3.b32 t, $2, $11, $10, 0x6A;\nmul.rn.f16x2 $0, f0, t;\n}")
 
 # The same search for the packed codes (the GEMV quantizing its own token, SM90+): two bf16 (one
-# word) -> one byte of two E2M1 codes, as ENCODE_PAIR_THRESHOLDS gives (its masks at bits 0-2 of each
-# half, the sign at 3, the halves' nibbles joined); inputs: the word, V4, V2, V6^V2, V1, V5^V1, V3,
-# V7^V3.  18 instructions against ~32.
-ENCODE_PAIR_SEARCH = """{
-.reg .b32 a, f2, f1, f0, t, u, w, k;
-and.b32 a, $1, 0x7FFF7FFF;
-set.ge.u32.bf16x2 f2, a, $2;
-lop3.b32 t, f2, $4, $3, 0x6A;
-set.ge.u32.bf16x2 f1, a, t;
-lop3.b32 u, f2, $6, $5, 0x6A;
-lop3.b32 w, f2, $8, $7, 0x6A;
-xor.b32 w, w, u;
-lop3.b32 t, f1, w, u, 0x6A;
-set.ge.u32.bf16x2 f0, a, t;
-and.b32 f0, f0, 0x00010001;
-mov.b32 k, 0x00020002;
-lop3.b32 f0, f1, k, f0, 0xE2;
-mov.b32 k, 0x00040004;
-lop3.b32 f0, f2, k, f0, 0xE2;
-shr.b32 t, $1, 12;
-and.b32 t, t, 0x00080008;
-or.b32 f0, f0, t;
-shr.b32 t, f0, 12;
-or.b32 f0, f0, t;
-and.b32 $0, f0, 0xFF;
-}"""
+# word) -> one byte of two E2M1 codes, as ENCODE_PAIR_THRESHOLDS gives (the code bits at bits 0-2
+# of each half, the sign at 3, the halves' nibbles joined); inputs: the word, V4, V2, V6^V2, V1,
+# V5^V1, V3, V7^V3.  18 instructions against ~32.
+ENCODE_PAIR_SEARCH = ("{\n.reg .b32 a, f2, f1, f0, t, u, w, k;\nand.b32 a, $1, 0x7FFF7FFF;\n" + _search_ptx("a", 2)
+                      + _code_bits_ptx(0) + "shr.b32 t, $1, 12;\nand.b32 t, t, 0x00080008;\nor.b32 f0, f0, t;\n"
+                      "shr.b32 t, f0, 12;\nor.b32 f0, f0, t;\nand.b32 $0, f0, 0xFF;\n}")
 
 
 def pair_word(w_lo, w_hi, a: int):
