@@ -377,17 +377,22 @@ def quant_block_table(raw: cute.Tensor, bam, g_safe, d6, sThr: cute.Tensor, out:
     """:func:`quant_block` with the thresholds read from the table of :func:`build_threshold_table`
     (the same bits: the same divisor per scale code, the same tests); ``search`` as there."""
     code = _scale_code(bam, d6)
-    v = cute.make_rmem_tensor(cute.make_layout(TABLE_WORDS), cutlass.Int32)
-    cute.autovec_copy(cute.make_tensor(sThr.iterator + cute.assume(code * TABLE_WORDS, divby=TABLE_WORDS),
-                                       cute.make_layout(TABLE_WORDS)), v)
-    flags = v[7]
-    ok = (flags & TABLE_OK) != 0
-    if (flags & TABLE_THRESHOLDS) != 0:
+    v, ok, in_range = _table_row(sThr, code)
+    if in_range:
         _pack_codes(raw, ok, out, _threshold_encoder([v[i] for i in range(7)], search))
     else:
         d = _sel(ok, _mul_rn(_e4m3_value(code), g_safe), cutlass.Float32(1.0))
         _pack_codes(raw, ok, out, lambda word: _encode_pair(word, d))
     return code
+
+
+def _table_row(sThr: cute.Tensor, code):
+    """Scale code ``code``'s row of the table of :func:`build_threshold_table`: ``(V1..V7 and the
+    flags as registers, whether it gives codes at all, whether its thresholds apply)``."""
+    v = cute.make_rmem_tensor(cute.make_layout(TABLE_WORDS), cutlass.Int32)
+    cute.autovec_copy(cute.make_tensor(sThr.iterator + cute.assume(code * TABLE_WORDS, divby=TABLE_WORDS),
+                                       cute.make_layout(TABLE_WORDS)), v)
+    return v, (v[7] & TABLE_OK) != 0, (v[7] & TABLE_THRESHOLDS) != 0
 
 
 def _threshold_encoder(v, search: bool):
@@ -502,13 +507,9 @@ def quant_block_f16(raw, g_safe, d6, sThr: cute.Tensor, scale2, dec_pair, ops: c
         m = _max_u16x2(m, mags[i])
     bam = cutlass.max(m >> 16, m & 0xFFFF) << 16  # the block's max |x| as float bits
     code = _scale_code(bam, d6)
-    v = cute.make_rmem_tensor(cute.make_layout(TABLE_WORDS), cutlass.Int32)
-    cute.autovec_copy(cute.make_tensor(sThr.iterator + cute.assume(code * TABLE_WORDS, divby=TABLE_WORDS),
-                                       cute.make_layout(TABLE_WORDS)), v)
-    flags = v[7]
-    ok = (flags & TABLE_OK) != 0
+    v, ok, in_range = _table_row(sThr, code)
     s2 = scale2(code)
-    if (flags & TABLE_THRESHOLDS) != 0:
+    if in_range:
         sv = search_thresholds([v[i] for i in range(7)])
         s2ok = _sel(ok, s2, cutlass.Int32(0))
         sign = _sel(ok, cutlass.Int32(-0x7FFF8000), cutlass.Int32(0))  # 0x80008000
