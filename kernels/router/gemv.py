@@ -36,7 +36,7 @@ from cutlass._mlir.dialects import llvm
 
 from .portable import DSL_ASCENDING_ID_OPS, DSL_OPS, LUT_E4M3, LUT_SIZE
 from .quant import (TABLE_CODES, TABLE_WORDS, _asm, _f2i, _i2f, _mul_rn, _sel, block_amax, build_threshold_table,
-                    global_scale, quant_block, quant_block_f16, quant_block_table, safe_scales)
+                    global_scale, max_of_magnitudes, quant_block, quant_block_f16, quant_block_table, safe_scales)
 from .topk import EMPTY_ID, KEY_FLOOR, sorted_insert
 
 THREADS = 256
@@ -490,8 +490,8 @@ class GemvRouterKernel(_WarpRouter):
         # probe variant "table" (calibrated scale): the blocks' thresholds from a per-CTA table of the
         # 127 scale codes, built while the loads are in flight (quant.build_threshold_table)
         self.quant_table = quant == "static" and "table" in variant
-        # probe variant "search" (SM90+): the codes by bf16x2 compares (quant.ENCODE_PAIR_SEARCH, the
-        # same bits in fewer instructions)
+        # probe variant "search" (SM90+): the codes by bf16x2 compares (quant.ENCODE_PAIR_SEARCH) and
+        # the block max by max.u16x2: the same bits in fewer instructions
         self.quant_search = bool(quant) and "search" in variant
         self.top_k = top_k
         self.scoring = scoring
@@ -681,7 +681,11 @@ class GemvRouterKernel(_WarpRouter):
             build_threshold_table(sThr, g_early, tidx)  # read after the barrier below
         for u in cutlass.range_constexpr(LUT_WORDS):
             sLut[_lut_index(tidx, u)] = lut[u]
-        bam = [[block_amax(xw[t][b]) for b in range(2)] for t in range(tm)]
+        if cutlass.const_expr(self.quant_search):
+            bam = [[max_of_magnitudes([xw[t][b][i] & 0x7FFF7FFF for i in range(8)]) for b in range(2)]
+                   for t in range(tm)]
+        else:
+            bam = [[block_amax(xw[t][b]) for b in range(2)] for t in range(tm)]
         amax = cutlass.Int32(0)
         for t in cutlass.range_constexpr(tm):
             amax = cutlass.max(amax, cutlass.max(bam[t][0], bam[t][1]))

@@ -478,6 +478,15 @@ def _max_u16x2(a, b):
     return _asm(cutlass.Int32, "max.u16x2 $0, $1, $2;", "=r,r,r", cutlass.Int32(a), cutlass.Int32(b))
 
 
+def max_of_magnitudes(mags):
+    """The largest of bf16x2 magnitude words (sign bits clear) as float bits, as :func:`block_amax`
+    gives it (SM90+: ``max.u16x2``, one per word; unrolled at trace time)."""
+    m = mags[0]
+    for w in mags[1:]:
+        m = _max_u16x2(m, w)
+    return cutlass.max(m >> 16, m & 0xFFFF) << 16
+
+
 def search_thresholds(v):
     """A block's thresholds V1..V7 as :data:`QUANT_PAIR_F16` takes them: V4, V2, V6^V2, V1, V5^V1,
     V3, V7^V3 (the xors let one lop3 pick either threshold of a level by a compare mask)."""
@@ -502,10 +511,7 @@ def quant_block_f16(raw, g_safe, d6, sThr: cute.Tensor, scale2, dec_pair, ops: c
     range (their codes by division, then decoded).  Returns the E4M3 scale code."""
     pairs = [pair_word(raw[4 * h + a // 2], raw[4 * h + 2 + a // 2], a) for h in range(2) for a in range(4)]
     mags = [p & 0x7FFF7FFF for p in pairs]
-    m = mags[0]
-    for i in cutlass.range_constexpr(1, 8):
-        m = _max_u16x2(m, mags[i])
-    bam = cutlass.max(m >> 16, m & 0xFFFF) << 16  # the block's max |x| as float bits
+    bam = max_of_magnitudes(mags)
     code = _scale_code(bam, d6)
     v, ok, in_range = _table_row(sThr, code)
     s2 = scale2(code)
