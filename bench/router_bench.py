@@ -20,6 +20,9 @@ not from the 60 MB L2), replayed ``--reps`` times; the time per call is the medi
 * ``fused+quant, calibrated`` the same with the layer's calibrated activation scale
   (``input_global_scale``, as a checkpoint's static input scale: here the input's own dynamic
   scale, so the same codes): the quantizer needs no pass for the max;
+* ``one launch``   (T <= 8) the same from bf16 with the calibrated scale and
+  ``GPUREPRO_ROUTER_INKERNEL_QUANT=1``: the GEMV (T=1) or swap-AB kernel quantizing its tokens in
+  its own launch (``kernels.router.SWAPAB_QUANT_MAX_TOKENS``), no quantizer launch;
 * ``torchq+route`` the same with the PyTorch quantizer of ``kernels.nvfp4`` (~20 elementwise kernels);
 * ``quant``        the fused quantizer alone (``quant, calibrated``: with the calibrated scale);
 * ``bf16``         cuBLAS bf16 GEMM (x @ W^T, W in bf16) + softmax + ``torch.topk``;
@@ -112,6 +115,11 @@ def no_pdl():
     return mock.patch.dict(os.environ, {"GPUREPRO_ROUTER_PDL": "0"})
 
 
+def one_launch():
+    """``GPUREPRO_ROUTER_INKERNEL_QUANT=1`` while a launcher is called (the kernel quantizes itself)."""
+    return mock.patch.dict(os.environ, {"GPUREPRO_ROUTER_INKERNEL_QUANT": "1"})
+
+
 def copy_GBps(dev) -> float:
     """Device-to-device copy of 1 GiB (float32), bytes read + written per second (median of 10)."""
     src = torch.empty(1 << 28, dtype=torch.float32, device=dev).uniform_()
@@ -154,22 +162,24 @@ def write_results(rows, name, a, copy, floor) -> str:
         + "), torchq+route = the PyTorch quantizer + the kernel",
         "",
         "| T | E | kernel | fused | swapab | staged | gemv | tile (splits; skN: stream-K on N CTAs) | mma (split-K) | mma, no split | quant | quant, calibrated | fused+quant "
-        "| fused+quant, no PDL | fused+quant, calibrated | torchq+route "
+        "| fused+quant, no PDL | fused+quant, calibrated | one launch, calibrated | torchq+route "
         "| bf16 GEMM+topk | deq+GEMM+topk | bf16/fused | deq/fused | quant+route/route | no PDL: quant+route/route "
-        "| calibrated: quant+route/route | torchq+route/route | fused GB/s | % of copy | TFLOP/s |",
-        "|" + "---|" * 27,
+        "| calibrated: quant+route/route | one launch/route | torchq+route/route | fused GB/s | % of copy | TFLOP/s |",
+        "|" + "---|" * 29,
     ]
     for r in rows:
         qr = r.get("quant+route/route")
         tq = r.get("torchq+route/route")
         qn = r.get("quant+route/route, no PDL")
         qc = r.get("quant+route/route, calibrated")
+        ol = r.get("one launch/route")
         lines.append(f"| {r['T']} | {r['E']} | {r['kernel']} | {f(r, 'fused')} | {f(r, 'swapab')} | {f(r, 'staged')} | {f(r, 'gemv')} | {f(r, 'tile')} ({r['tile_splits']}) | {f(r, 'mma')} "
                      f"({r['splits']}) | {f(r, 'mma_nosplit')} | {f(r, 'quant')} | {f(r, 'quant_cal')} | {f(r, 'fused+quant')} | "
-                     f"{f(r, 'fused+quant_nopdl')} | {f(r, 'fused+quant_cal')} | {f(r, 'torchq+route')} | {f(r, 'bf16')} | "
+                     f"{f(r, 'fused+quant_nopdl')} | {f(r, 'fused+quant_cal')} | {f(r, 'one_launch')} | {f(r, 'torchq+route')} | "
+                     f"{f(r, 'bf16')} | "
                      f"{f(r, 'deq')} | {r['bf16/fused']:.2f} | {r['deq/fused']:.2f} | "
                      f"{'-' if qr is None else f'{qr:.2f}'} | {'-' if qn is None else f'{qn:.2f}'} | "
-                     f"{'-' if qc is None else f'{qc:.2f}'} | "
+                     f"{'-' if qc is None else f'{qc:.2f}'} | {'-' if ol is None else f'{ol:.2f}'} | "
                      f"{'-' if tq is None else f'{tq:.2f}'} | {r['fused_GBps']:.0f} | "
                      f"{100 * r['fused_GBps'] / copy:.0f} | {r['fused_TFLOPs']:.1f} |")
     md = "\n".join(lines)
@@ -271,12 +281,23 @@ def main(argv=None) -> int:
                         return router.run_nvfp4_fused_router(x, lay, a.topk, a.scoring, path="portable")
                 return call
 
+            def quant_route_one_launch(lay):
+                def call():
+                    with one_launch():
+                        return router.run_nvfp4_fused_router(x, lay, a.topk, a.scoring, path="portable")
+                return call
+
             scale = compute_global_scale(x)  # what a calibration on this input would give
             cal_layers = [calibrated(lay, scale) for lay in layers]
             if "fused+quant" not in a.skip:
                 paths["fused+quant"] = [quant_route(lay) for lay in layers]
                 paths["fused+quant_nopdl"] = [quant_route_nopdl(lay) for lay in layers]
                 paths["fused+quant_cal"] = [quant_route(lay) for lay in cal_layers]
+            one = None  # the one-launch path's quantizer ("in-kernel" where the kernel quantized itself)
+            if "one_launch" not in a.skip and t <= router.SWAPAB_QUANT_MAX_TOKENS:
+                paths["one_launch"] = [quant_route_one_launch(lay) for lay in cal_layers]
+                quant_route_one_launch(cal_layers[0])()
+                one = router.last_quantizer
             if "torchq+route" not in a.skip:
                 paths["torchq+route"] = [torch_quant_route(lay) for lay in layers]
             if "quant" not in a.skip:
@@ -309,6 +330,9 @@ def main(argv=None) -> int:
                 r["quant+route/route"] = r["fused+quant_us"] / fus
                 r["quant+route/route, no PDL"] = r["fused+quant_nopdl_us"] / fus
                 r["quant+route/route, calibrated"] = r["fused+quant_cal_us"] / fus
+            if "one_launch_us" in r:
+                r["one launch/route"] = r["one_launch_us"] / fus
+                r["one_launch_quantizer"] = one
             r["pdl"] = pdl
             if "torchq+route_us" in r:
                 r["torchq+route/route"] = r["torchq+route_us"] / fus
