@@ -50,6 +50,7 @@ last_path: Optional[str] = None  #: "portable", "sm100" or "reference: <why>" of
 last_kernel: Optional[str] = None  #: "gemv", "swapab", "staged", "tile" or "mma" when the latest call took the portable path
 last_quantizer: Optional[str] = None  #: "fused" (one-kernel quantizer), "torch" (latest prepare_activation) or "in-kernel" (the GEMV or swap-AB kernel quantized)
 last_pdl: bool = False  #: the latest call launched its kernel as a programmatic dependent of the fused quantizer
+last_operands: bool = False  #: the latest call handed the tokens over as the swap-AB kernel's fp16 operands
 
 #: crossovers measured on the H200 (bench/results/h200/): the CUDA-core GEMV kernel is the fastest
 #: for one token (3.9 / 4.4 us at E=256 / 384, swap-AB 4.8 / 5.3), the tensor-core "swap-AB" decode
@@ -134,14 +135,25 @@ def inkernel_quant_enabled() -> bool:
     return os.environ.get("GPUREPRO_ROUTER_INKERNEL_QUANT", "0") == "1"
 
 
+def operand_handoff_enabled() -> bool:
+    """``GPUREPRO_ROUTER_OPERAND_HANDOFF=1``: where the swap-AB kernel routes, the fused quantizer
+    writes the tokens as that kernel's fp16 MMA operands (``[T, K/2]`` int32, 4x the codes' bytes)
+    and the kernel loads them as they are, without decoding them (at T=128 the token decode is
+    half of the swap-AB kernel's decode, and its loop is bound by its decode instructions).  Off
+    by default: not measured yet."""
+    return os.environ.get("GPUREPRO_ROUTER_OPERAND_HANDOFF", "0") == "1"
+
+
 def fused_quant_enabled() -> bool:
     """The fused activation quantizer is the default; ``GPUREPRO_ROUTER_FUSED_QUANT=0`` turns it off."""
     return os.environ.get("GPUREPRO_ROUTER_FUSED_QUANT", "1") != "0"
 
 
-def prepare_activation(x: torch.Tensor, linear, fused: Optional[bool] = None):
+def prepare_activation(x: torch.Tensor, linear, fused: Optional[bool] = None, operands: bool = False):
     """NVFP4 activations as the kernels read them: ``(packed uint8 [T, K/2], scales uint8 [T, K/16], g_a)``,
-    plus ``alpha = g_a * g_b`` as a 4th element when the fused quantizer made them.
+    plus ``alpha = g_a * g_b`` as a 4th element when the fused quantizer made them; with ``operands``
+    (the fused quantizer only) the first element is the swap-AB kernel's fp16 operands instead
+    (int32 ``[T, K/2]``, ``launch.is_operand_form``).
 
     ``fused`` (default: :func:`fused_quant_enabled`): bf16 CUDA input is quantized by the one-launch
     CuTe DSL kernel (``kernels.router.quant``, bit-identical to the PyTorch quantizer, global scale
@@ -158,7 +170,8 @@ def prepare_activation(x: torch.Tensor, linear, fused: Optional[bool] = None):
         x2 = x.reshape(-1, x.shape[-1])
         if fused_quant_problem(x2) is None and torch.cuda.get_device_capability(x2.device)[0] >= 8:
             last_quantizer = "fused"
-            return quantize_activation_fused(x2, getattr(linear, "input_global_scale", None), linear._global_scale_b)
+            return quantize_activation_fused(x2, getattr(linear, "input_global_scale", None), linear._global_scale_b,
+                                             operands=operands)
     last_quantizer = "torch"
     xf = x.reshape(-1, x.shape[-1]).float()
     q = quantize_activation_nvfp4(xf, linear.activation_global_scale(xf), check_finite=False)
@@ -203,8 +216,9 @@ def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str
     CTA per row tile, no workspace); ``kernel`` forces "gemv", "swapab", "staged", "tile" or "mma" on the portable
     path; ``tile_config`` = ``(splits, k_tiles_per_split)`` overrides the tile kernel's split-K.
     """
-    global last_path, last_kernel, last_pdl
+    global last_path, last_kernel, last_pdl, last_operands
     last_pdl = False
+    last_operands = False
     check_scoring(scoring)
     if renormalize is None:
         renormalize = default_renormalize(scoring)
@@ -222,7 +236,14 @@ def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str
     # the router's weight loads overlap the quantizer, its activation loads wait for it
     pdl = False
     if activation is None:
-        activation = prepare_activation(x, linear)
+        # the operand hand-off where the swap-AB kernel routes (GPUREPRO_ROUTER_OPERAND_HANDOFF=1)
+        operands = (chosen == "portable" and split_k is None and operand_handoff_enabled()
+                    and (kernel or choose_kernel(x.reshape(-1, x.shape[-1]).shape[0], linear.out_features)) == "swapab")
+        activation = prepare_activation(x, linear, operands=operands)
+        if operands:
+            from .launch import is_operand_form
+
+            last_operands = is_operand_form(activation)
         if last_quantizer == "fused" and chosen == "portable":
             from .runtime import pdl_available
 
@@ -258,7 +279,8 @@ def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str
 
 __all__ = [
     "GEMV_MAX_TOKENS", "SCORINGS", "RoutingComparison", "check_scoring", "choose_kernel", "choose_path", "compare_routing", "cutlass_dsl_available",
-    "default_renormalize", "fused_quant_enabled", "global_expert_index", "inkernel_quant_enabled", "merge_topk", "prepare_activation", "reference_router",
+    "default_renormalize", "fused_quant_enabled", "global_expert_index", "inkernel_quant_enabled", "merge_topk",
+    "operand_handoff_enabled", "prepare_activation", "reference_router",
     "router_logits_reference", "run_nvfp4_fused_router", "shape_problem", "sorted_insert", "topk_from_logits",
     "topk_of", "weights_for_ids",
 ]

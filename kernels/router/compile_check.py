@@ -115,6 +115,14 @@ def _compile_pdl(cute, kernel: str, k: int) -> list:
             margs = mma_gemv_args(*_act_layer(), k, nt, ks, poll)[0]
             cute.compile(MmaGemvRouterKernel(k, "softmax", False, 256, nt, ks, poll, mw=mw, uw=uw, pdl=True), *margs)
             done.append(f"k={k},softmax,swapab nt={nt},ksplit={ks},pdl")
+        # the tokens as the quantizer's fp16 operands, launched after it (the operand hand-off)
+        import torch
+
+        oact, olayer = _act_layer()
+        ops = torch.zeros(oact[0].shape[0], olayer.in_features // 2, dtype=torch.int32)
+        margs = mma_gemv_args((ops, *oact[1:]), olayer, k, 1, 7, False)[0]
+        cute.compile(MmaGemvRouterKernel(k, "softmax", False, 256, 1, 7, False, uw=4, pdl=True, operands=True), *margs)
+        done.append(f"k={k},softmax,swapab operands nt=1,ksplit=7,pdl")
     elif kernel == "tile":
         from kernels.router.tile import TileRouterKernel
 
@@ -207,6 +215,10 @@ def main(argv=None) -> int:
                 cute.compile(Nvfp4ActQuantKernel(True, barrier=barrier), *args)
                 done.append(f"quant dynamic=True barrier={barrier}")
                 seen_regs |= set(_drop_cubins(dump))
+            # the activation as the swap-AB kernel's fp16 operands (the operand hand-off)
+            cute.compile(Nvfp4ActQuantKernel(False, operands=True), *args)
+            done.append("quant dynamic=False operands")
+            seen_regs |= set(_drop_cubins(dump))
         for dynamic in (False, True):
             cute.compile(Nvfp4ActQuantKernel(dynamic, trigger=a.pdl), *args)
             done.append(f"quant dynamic={dynamic}" + (" trigger" if a.pdl else ""))
@@ -271,6 +283,14 @@ def main(argv=None) -> int:
                     margs = mma_gemv_args(*_act_layer(), k, nt, ks, poll)[0]
                     cute.compile(MmaGemvRouterKernel(k, scoring, renorm, 256, nt, ks, poll, mw=mw, uw=uw), *margs)
                     done.append(f"k={k},{scoring},swapab nt={nt},ksplit={ks},mw={mw},uw={uw},poll={poll}")
+                # the tokens as the quantizer's fp16 operands (the operand hand-off), 16 x 16 tiles
+                # over the 16 warps of one CTA per SM, polled route
+                oact, olayer = _act_layer()
+                ops = torch.zeros(oact[0].shape[0], olayer.in_features // 2, dtype=torch.int32)
+                margs = mma_gemv_args((ops, *oact[1:]), olayer, k, 2, 1, True)[0]
+                cute.compile(MmaGemvRouterKernel(k, scoring, renorm, 256, 2, 1, True, uw=4, warps=16, spread=4,
+                                                 operands=True), *margs)
+                done.append(f"k={k},{scoring},swapab operands nt=2,ksplit=1,warps=16")
                 # the one-CTA-per-SM forms (gemv.SwapabConfig): 16 warps with the polled route over 4
                 # CTAs per n-tile; 12 warps with the K-split pair as a cluster (SM90 and later)
                 forms = [(2, 1, 1, 4, 16, 4, False)]

@@ -35,8 +35,9 @@ from cutlass._mlir import ir
 from cutlass._mlir.dialects import llvm
 
 from .portable import DSL_ASCENDING_ID_OPS, DSL_OPS, LUT_E4M3, LUT_SIZE
-from .quant import (TABLE_CODES, TABLE_WORDS, _asm, _f2i, _i2f, _mul_rn, _sel, block_amax, build_threshold_table,
-                    global_scale, max_of_magnitudes, quant_block, quant_block_f16, quant_block_table, safe_scales)
+from .quant import (TABLE_CODES, TABLE_WORDS, _asm, _dec_pair, _f2i, _i2f, _mul_rn, _scale2, _sel, block_amax,
+                    build_threshold_table, global_scale, max_of_magnitudes, quant_block, quant_block_f16,
+                    quant_block_table, safe_scales)
 from .topk import EMPTY_ID, KEY_FLOOR, sorted_insert
 
 THREADS = 256
@@ -139,31 +140,6 @@ def _dot8(w, a, acc):
 #: the fp16 decode of the tensor-core kernels (swap-AB here, the tile kernel): both operands carry
 #: 2^-14, undone once in fp32
 UNDO_2M28 = float(2 ** 28)
-
-# pair a of a word: codes a (low half) and a+4 (high half).  Magnitude bits 0-2 of the nibble go to
-# fp16 bits 9-11 (and 25-27), the sign bit to 15 (31); the sign is applied to the scale operand
-# (lop3: (s & 0x80008000) ^ scale) so one mul.rn.f16x2 makes value * scale * 2^-14
-_PAIR_SHIFT = (("shl.b32", 9, "shl.b32", 12), ("shl.b32", 5, "shl.b32", 8),
-               ("shl.b32", 1, "shl.b32", 4), ("shr.b32", 3, None, 0))
-
-
-def _dec_pair(w, s2, a: int):
-    mop, msh, sop, ssh = _PAIR_SHIFT[a]
-    sign = f"{sop} dS, $1, {ssh}; " if sop else "mov.b32 dS, $1; "
-    ptx = ("{ .reg .b32 dM, dS, dK; "
-           f"{mop} dM, $1, {msh}; and.b32 dM, dM, 0x0E000E00; "
-           f"{sign}mov.b32 dK, 0x80008000; lop3.b32 dS, dS, dK, $2, 0x6A; "
-           "mul.rn.f16x2 $0, dM, dS; }")
-    return _asm(cutlass.Int32, ptx, "=r,r,r", cutlass.Int32(w), cutlass.Int32(s2))
-
-
-def _scale2(byte_word):
-    """fp16x2 (s, s) of the E4M3 scale in the low byte (sign ignored: block scales are >= 0):
-    the 7 bits go to fp16 bits 7-13 of both halves (E4M3 value * 2^-8, subnormals too), times 2^8."""
-    ptx = ("{ .reg .b32 dT, dK; and.b32 dT, $1, 0x7F; mul.lo.u32 dT, dT, 0x00800080; "
-           "mov.b32 dK, 0x5C005C00; mul.rn.f16x2 $0, dT, dK; }")
-    return _asm(cutlass.Int32, ptx, "=r,r", cutlass.Int32(byte_word))
-
 
 def _smem_addr(ptr):
     """The 32-bit shared-window address of a shared-memory pointer."""
@@ -796,16 +772,27 @@ class MmaGemvRouterKernel(_WarpRouter):
     route in one launch, each token block quantized by the E / (16 mw) CTAs that share its K range
     instead of once.  ``mA`` is then the bf16 tokens as int32 words ``[T, K / 2]``, ``mSFA`` the
     global scale ``g`` and ``mAlpha`` ``g_b`` (``alpha = g * g_b``).
+
+    ``operands``: ``mA`` is the activation as the fused quantizer's operand form (``[T, K / 2]``
+    int32: each block's 8 fp16x2 operands, ``Nvfp4ActQuantKernel(operands=True)``), loaded where
+    the codes were and used as they are: no decode of the tokens (``mSFA`` unused).
     """
 
     def __init__(self, top_k: int, scoring: str, renormalize: bool, experts: int, nt: int = 1, ksplit: int = 1,
                  poll: bool = False, variant: str = "", mw: int = 1, uw: int = 4, pdl: bool = False,
-                 warps: int = WARPS, spread: int = 1, pair: bool = False, quant: bool = False):
+                 warps: int = WARPS, spread: int = 1, pair: bool = False, quant: bool = False,
+                 operands: bool = False):
         if experts % 32 or experts // 32 > 64:
             raise ValueError(f"E={experts}: the decode router needs a multiple of 32 up to 2048")
-        if quant and (uw == 1 or pdl):
+        if quant and (uw == 1 or pdl or operands):
             raise ValueError("quant: whole 16-element blocks per lane (uw 2 or 4), no kernel before it")
+        if operands and uw == 1:
+            raise ValueError("operands: whole 16-element blocks per lane (uw 2 or 4)")
         self.quant = quant
+        self.operands = operands
+        # the tokens' B operands come whole from 4 uw words per token and unit (quantized from bf16
+        # or loaded as the quantizer's operands), not decoded from codes
+        self.words_b = quant or operands
         if experts % (16 * mw):
             raise ValueError(f"E={experts} is not a multiple of {16 * mw} experts per CTA (mw={mw})")
         if uw not in (1, 2, 4):
@@ -862,7 +849,7 @@ class MmaGemvRouterKernel(_WarpRouter):
         # two CTAs per SM (<= 128 registers) where that costs no spills (checked with ptxas for
         # sm_90a: 16 x 16 tiles with 16-byte units, 48 x 16 with 4-byte units); larger take 158-255
         # registers and one CTA per SM
-        self.ctas_per_sm = 2 if swapab_register_words(nt, mw, uw, quant) <= 56 and warps == WARPS else 1
+        self.ctas_per_sm = 2 if swapab_register_words(nt, mw, uw, self.words_b) <= 56 and warps == WARPS else 1
         self.smem_bytes = (2 * self.rows * 128 + 2 * self.tn * 128 + 4 * self.rows * self.tn * (2 if self.pair else 1)
                            + 4 * self.warps * self.rows * self.tn + 16 + 128
                            + (4 * TABLE_CODES * TABLE_WORDS + 16 if quant else 0))
@@ -922,9 +909,9 @@ class MmaGemvRouterKernel(_WarpRouter):
                 sfX[b, n] = cutlass.Int32(mSFA[tok, (wo >> 1) + b])
 
     @cute.jit
-    def _load_step_bf16(self, mA, s, t0, g, q, T, kw, xw: cute.Tensor):
-        """``quant``: the bf16 words of K unit ``s`` for this lane's tokens (those of its code words:
-        4 uw int32 words, two elements each, per token)."""
+    def _load_step_words(self, mA, s, t0, g, q, T, kw, xw: cute.Tensor):
+        """``quant`` / ``operands``: the words of K unit ``s`` for this lane's tokens (where its code
+        words were: 4 uw int32 words per token, two bf16 elements or one fp16x2 operand each)."""
         uw = self.uw
         wo = s * (4 * uw) + q * uw
         for n in cutlass.range_constexpr(self.nt):
@@ -939,11 +926,22 @@ class MmaGemvRouterKernel(_WarpRouter):
         ops = cute.make_rmem_tensor(cute.make_layout(8), cutlass.Int32)
         for n in cutlass.range_constexpr(self.nt):
             for b in cutlass.range_constexpr(self.uw // 2):
-                quant_block_f16([xw[8 * b + i, n] for i in range(8)], g_safe, d6, sThr, _scale2, _dec_pair, ops)
+                quant_block_f16([xw[8 * b + i, n] for i in range(8)], g_safe, d6, sThr, ops)
                 for h in cutlass.range_constexpr(2):
                     for j2 in cutlass.range_constexpr(2):
                         for v1 in cutlass.range_constexpr(2):
                             rB[v1, n, 4 * b + 2 * h + j2] = ops[4 * h + 2 * j2 + v1]
+
+    @cute.jit
+    def _operand_tokens(self, xw: cute.Tensor, rB: cute.Tensor):
+        """``operands``: this unit's B operand registers straight from the loaded words (block b of
+        token n: words 8b..8b+7, in the order of ``_quant_tokens``' ``ops``)."""
+        for n in cutlass.range_constexpr(self.nt):
+            for b in cutlass.range_constexpr(self.uw // 2):
+                for h in cutlass.range_constexpr(2):
+                    for j2 in cutlass.range_constexpr(2):
+                        for v1 in cutlass.range_constexpr(2):
+                            rB[v1, n, 4 * b + 2 * h + j2] = xw[8 * b + 4 * h + 2 * j2 + v1, n]
 
     @cute.jit
     def _alpha(self, mSFA: cute.Tensor, mAlpha: cute.Tensor):
@@ -972,7 +970,7 @@ class MmaGemvRouterKernel(_WarpRouter):
         T = mA.shape[0]
         E = self.experts
         # int32 words of codes per row (K / 8); with quant mA is the bf16 rows (K / 2 words)
-        kw = mA.shape[1] // 4 if cutlass.const_expr(self.quant) else mA.shape[1]
+        kw = mA.shape[1] // 4 if cutlass.const_expr(self.words_b) else mA.shape[1]
         steps = kw // (4 * uw)  # K units
         k_tiles = kw >> 3
         ksplit = self.ksplit
@@ -1034,10 +1032,10 @@ class MmaGemvRouterKernel(_WarpRouter):
         nsW = cute.make_rmem_tensor(cute.make_layout((nsb, 2 * mw), stride=(1, nsb)), cutlass.Int32)
         nX = cute.make_rmem_tensor(cute.make_layout((uw, nt), stride=(1, uw)), cutlass.Int32)
         nsX = cute.make_rmem_tensor(cute.make_layout((nsb, nt), stride=(1, nsb)), cutlass.Int32)
-        xw = None  # quant: the bf16 words of this unit's tokens
+        xw = None  # quant / operands: the words of this unit's tokens
         g_safe = cutlass.Float32(1.0)
         d6 = cutlass.Float32(6.0)
-        if cutlass.const_expr(self.quant):
+        if cutlass.const_expr(self.words_b):
             xw = cute.make_rmem_tensor(cute.make_layout((4 * uw, nt), stride=(1, 4 * uw)), cutlass.Int32)
 
         s0 = by * self.warps + warp
@@ -1048,7 +1046,7 @@ class MmaGemvRouterKernel(_WarpRouter):
             g_safe, d6 = safe_scales(mSFA[0])
             if s0 < steps:
                 self._load_step_weights(mB, mSFB, s0, rowsf, q, kw, rawW, sfW)
-                self._load_step_bf16(mA, s0, t0, g, q, T, kw, xw)
+                self._load_step_words(mA, s0, t0, g, q, T, kw, xw)
             if tidx < 2 * TABLE_CODES:
                 build_threshold_table(sThr, g_safe, tidx)
             cute.arch.sync_threads()
@@ -1059,16 +1057,22 @@ class MmaGemvRouterKernel(_WarpRouter):
                 self._load_step_weights(mB, mSFB, s0, rowsf, q, kw, rawW, sfW)
             await_inputs(self.pdl)
             if s0 < steps:
-                self._load_step_tokens(mA, mSFA, s0, t0, g, q, T, kw, rawX, sfX)
+                if cutlass.const_expr(self.operands):
+                    self._load_step_words(mA, s0, t0, g, q, T, kw, xw)
+                else:
+                    self._load_step_tokens(mA, mSFA, s0, t0, g, q, T, kw, rawX, sfX)
 
         for s in range(s0, steps, stride):
-            if cutlass.const_expr(self.quant):
-                # the tokens quantized into all of this unit's B operands first: their bf16 words are
-                # then free for the next unit's, whose loads fly during this unit's MMAs
-                self._quant_tokens(xw, g_safe, d6, sThr, rB)
+            if cutlass.const_expr(self.words_b):
+                # all of this unit's B operands first (quantized, or the words as they are): the
+                # words are then free for the next unit's, whose loads fly during this unit's MMAs
+                if cutlass.const_expr(self.quant):
+                    self._quant_tokens(xw, g_safe, d6, sThr, rB)
+                else:
+                    self._operand_tokens(xw, rB)
                 if s + stride < steps:
                     self._load_step_weights(mB, mSFB, s + stride, rowsf, q, kw, nW, nsW)
-                    self._load_step_bf16(mA, s + stride, t0, g, q, T, kw, xw)
+                    self._load_step_words(mA, s + stride, t0, g, q, T, kw, xw)
             elif s + stride < steps:
                 self._load_step(mA, mSFA, mB, mSFB, s + stride, rowsf, t0, g, q, T, kw, k_tiles, nW, nsW, nX, nsX)
             # MMA j takes pairs 2j (K-slots 2q, 2q+1) and 2j+1 (2q+8, 2q+9) of the lane's words;
@@ -1081,7 +1085,7 @@ class MmaGemvRouterKernel(_WarpRouter):
                     sc = _scale2(sfW[b, r])
                     for v2 in cutlass.range_constexpr(2):
                         rA[r % 2 + 2 * v2, r // 2, j] = _dec_pair(rawW[j // 2, r], sc, 2 * (j % 2) + v2)
-                if cutlass.const_expr(not self.quant):
+                if cutlass.const_expr(not self.words_b):
                     for n in cutlass.range_constexpr(nt):
                         sx = _scale2(sfX[b, n])
                         for v1 in cutlass.range_constexpr(2):
@@ -1090,7 +1094,7 @@ class MmaGemvRouterKernel(_WarpRouter):
             if s + stride < steps:
                 rawW.store(nW.load())
                 sfW.store(nsW.load())
-                if cutlass.const_expr(not self.quant):
+                if cutlass.const_expr(not self.words_b):
                     rawX.store(nX.load())
                     sfX.store(nsX.load())
 
@@ -1384,12 +1388,13 @@ def swapab_polls(ksplit: int, variant: str = "") -> bool:
 
 def compile_mma_gemv(top_k: int, scoring: str, renormalize: bool, experts: int, nt: int, ksplit: int, args,
                      poll: bool = False, variant: str = "", mw: int = 1, uw: int = 4, pdl: bool = False,
-                     warps: int = WARPS, spread: int = 1, pair: bool = False, quant: bool = False):
+                     warps: int = WARPS, spread: int = 1, pair: bool = False, quant: bool = False,
+                     operands: bool = False):
     key = ("mma", top_k, scoring, renormalize, experts, nt, ksplit, poll, variant, mw, uw, pdl, warps, spread, pair,
-           quant)
+           quant, operands)
     fn = _compiled.get(key)
     if fn is None:
         fn = cute.compile(MmaGemvRouterKernel(top_k, scoring, renormalize, experts, nt, ksplit, poll, variant, mw,
-                                              uw, pdl, warps, spread, pair, quant), *args)
+                                              uw, pdl, warps, spread, pair, quant, operands), *args)
         _compiled[key] = fn
     return fn

@@ -266,10 +266,20 @@ def compile_swapab(activation, linear, top_k: int, scoring: str, renormalize: bo
 
     poll = cfg.pair or swapab_polls(cfg.ksplit, variant)
     args, ids, w = mma_gemv_args(activation, linear, top_k, cfg.nt, cfg.ksplit, poll, quant_x=quant_x)
+    operands = quant_x is None and is_operand_form(activation)
+    if operands and cfg.uw == 1:
+        raise ValueError("the operand form needs whole 16-element blocks per lane (uw 2 or 4)")
     fn = compile_mma_gemv(top_k, scoring, renormalize, linear.out_features, cfg.nt, cfg.ksplit, args, poll, variant,
                           mw=cfg.mw, uw=cfg.uw, pdl=pdl, warps=cfg.warps, spread=cfg.spread, pair=cfg.pair,
-                          quant=quant_x is not None)
+                          quant=quant_x is not None, operands=operands)
     return fn, args, ids, w
+
+
+def is_operand_form(activation) -> bool:
+    """Whether ``activation`` (``prepare_activation``'s tuple) holds the tokens as the swap-AB
+    kernel's fp16 operands (``quantize_activation_fused(operands=True)``: int32 ``[T, K/2]``)
+    rather than packed codes (uint8 ``[T, K/2]``)."""
+    return activation[0].dtype == torch.int32
 
 
 def swapab_quant_problem(x, linear, cfg=None) -> str | None:

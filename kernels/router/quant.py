@@ -414,10 +414,36 @@ def _pack_codes(raw, ok, out, encode_pair):
         out[h] = _sel(ok, w, cutlass.Int32(0))
 
 
+# The fp16 decode of the tensor-core kernels (swap-AB, tile, staged; here as the quantizer's operand
+# form too).  Pair a of a word: codes a (low half) and a+4 (high half).  Magnitude bits 0-2 of the nibble go to
+# fp16 bits 9-11 (and 25-27), the sign bit to 15 (31); the sign is applied to the scale operand
+# (lop3: (s & 0x80008000) ^ scale) so one mul.rn.f16x2 makes value * scale * 2^-14
+_PAIR_SHIFT = (("shl.b32", 9, "shl.b32", 12), ("shl.b32", 5, "shl.b32", 8),
+               ("shl.b32", 1, "shl.b32", 4), ("shr.b32", 3, None, 0))
+
+
+def _dec_pair(w, s2, a: int):
+    mop, msh, sop, ssh = _PAIR_SHIFT[a]
+    sign = f"{sop} dS, $1, {ssh}; " if sop else "mov.b32 dS, $1; "
+    ptx = ("{ .reg .b32 dM, dS, dK; "
+           f"{mop} dM, $1, {msh}; and.b32 dM, dM, 0x0E000E00; "
+           f"{sign}mov.b32 dK, 0x80008000; lop3.b32 dS, dS, dK, $2, 0x6A; "
+           "mul.rn.f16x2 $0, dM, dS; }")
+    return _asm(cutlass.Int32, ptx, "=r,r,r", cutlass.Int32(w), cutlass.Int32(s2))
+
+
+def _scale2(byte_word):
+    """fp16x2 (s, s) of the E4M3 scale in the low byte (sign ignored: block scales are >= 0):
+    the 7 bits go to fp16 bits 7-13 of both halves (E4M3 value * 2^-8, subnormals too), times 2^8."""
+    ptx = ("{ .reg .b32 dT, dK; and.b32 dT, $1, 0x7F; mul.lo.u32 dT, dT, 0x00800080; "
+           "mov.b32 dK, 0x5C005C00; mul.rn.f16x2 $0, dT, dK; }")
+    return _asm(cutlass.Int32, ptx, "=r,r", cutlass.Int32(byte_word))
+
+
 # Quantize straight into the tensor-core kernels' fp16 operands (the swap-AB kernel quantizing its
 # own tokens, calibrated scale, SM90+: ``set.u32.bf16x2``, ``max.u16x2``).  A pair word holds
 # elements a and a+4 of an 8-element group (the operand's K-slot pairing, see
-# ``kernels.router.gemv._dec_pair``), picked from the bf16 words by one prmt.  Its magnitude code
+# :func:`_dec_pair`), picked from the bf16 words by one prmt.  Its magnitude code
 # is the number of thresholds V1..V7 (:func:`e2m1_thresholds`, increasing) that |x| reaches, found
 # by a binary search with three ``set.ge.u32.bf16x2`` (0xFFFF per half where |x| >= V) whose masks
 # pick the next threshold per half (lop3 with V6 ^ V2 etc.) and land as the code's bits straight at
@@ -502,19 +528,19 @@ def quant_pair_f16(mag, word, sv, s2, sign_mask):
 
 
 @cute.jit
-def quant_block_f16(raw, g_safe, d6, sThr: cute.Tensor, scale2, dec_pair, ops: cute.Tensor):
+def quant_block_f16(raw, g_safe, d6, sThr: cute.Tensor, ops: cute.Tensor):
     """One 16-element block (``raw``: its 8 bf16x2 words, a list) quantized as the activation quantizer
     does with the table of :func:`build_threshold_table` (the same codes and scale), straight into
     the 8 fp16x2 MMA operands of its two 8-element groups (``ops[4 h + a]``: pair ``a`` of group
-    ``h``, the order of ``dec_pair(code word h, scale, a)``).  ``scale2``: a scale code -> its fp16x2
-    scale; ``dec_pair``: the kernel's decode, for blocks whose divisor is outside the thresholds'
-    range (their codes by division, then decoded).  Returns the E4M3 scale code."""
+    ``h``, the order of ``_dec_pair(code word h, scale, a)``); blocks whose divisor is outside the
+    thresholds' range take their codes by division, then :func:`_dec_pair`.  Returns the E4M3 scale
+    code."""
     pairs = [pair_word(raw[4 * h + a // 2], raw[4 * h + 2 + a // 2], a) for h in range(2) for a in range(4)]
     mags = [p & 0x7FFF7FFF for p in pairs]
     bam = max_of_magnitudes(mags)
     code = _scale_code(bam, d6)
     v, ok, in_range = _table_row(sThr, code)
-    s2 = scale2(code)
+    s2 = _scale2(code)
     if in_range:
         sv = search_thresholds([v[i] for i in range(7)])
         s2ok = _sel(ok, s2, cutlass.Int32(0))
@@ -527,7 +553,7 @@ def quant_block_f16(raw, g_safe, d6, sThr: cute.Tensor, scale2, dec_pair, ops: c
         _pack_codes(raw, ok, codes, lambda word: _encode_pair(word, d))
         for h in cutlass.range_constexpr(2):
             for a in cutlass.range_constexpr(4):
-                ops[4 * h + a] = dec_pair(codes[h], s2, a)
+                ops[4 * h + a] = _dec_pair(codes[h], s2, a)
     return code
 
 
@@ -539,11 +565,14 @@ def safe_scales(g):
 
 class Nvfp4ActQuantKernel:
     """``dynamic``: compute the global scale on device (else read it from ``mG``);
-    ``with_alpha``: also write ``mAlpha[0] = g * mGb[0]``."""
+    ``with_alpha``: also write ``mAlpha[0] = g * mGb[0]``; ``operands``: write each block as the 8
+    fp16x2 MMA operands the swap-AB kernel decodes its codes into (:func:`_dec_pair`, ``[T, K/2]``
+    int32 words, block b at words 8b..8b+7 in the order of :func:`quant_block_f16`) instead of its
+    two code words (the scale codes are written either way)."""
 
     def __init__(self, dynamic: bool, with_alpha: bool = True, per_thread: int = PER_THREAD,
                  trigger: bool = False, replicate: int = 0, table: bool = False, barrier: str = BARRIER,
-                 threads: int = THREADS):
+                 threads: int = THREADS, operands: bool = False):
         if barrier not in ("epoch", "slots", "atomic"):
             raise ValueError(f"barrier={barrier!r}: 'epoch', 'slots' or 'atomic'")
         if threads not in (64, 128, 256) or table and threads != 2 * TABLE_CODES:
@@ -572,6 +601,7 @@ class Nvfp4ActQuantKernel:
         # large inputs (more blocks than threads): the blocks' E2M1 thresholds from a per-CTA table
         # of the 127 scale codes (build_threshold_table) instead of computed per block
         self.table = table
+        self.operands = operands
         self.smem_bytes = 4 * WARPS + 64 + (4 * TABLE_CODES * TABLE_WORDS + 16 if table else 0)
 
     @cute.jit
@@ -594,8 +624,16 @@ class Nvfp4ActQuantKernel:
             code = quant_block_table(raw, bam, g_safe, d6, sThr, out)
         else:
             code = quant_block(raw, bam, g_safe, d6, out)
-        dst = cute.make_tensor(mQ.iterator + cute.assume(b * 2, divby=2), cute.make_layout(2))
-        cute.autovec_copy(out, dst)
+        if cutlass.const_expr(self.operands):
+            ops = cute.make_rmem_tensor(cute.make_layout(8), cutlass.Int32)
+            s2 = _scale2(code)
+            for h in cutlass.range_constexpr(2):
+                for a in cutlass.range_constexpr(4):
+                    ops[4 * h + a] = _dec_pair(out[h], s2, a)
+            cute.autovec_copy(ops, cute.make_tensor(mQ.iterator + cute.assume(b * 8, divby=8), cute.make_layout(8)))
+        else:
+            dst = cute.make_tensor(mQ.iterator + cute.assume(b * 2, divby=2), cute.make_layout(2))
+            cute.autovec_copy(out, dst)
         mS[b] = cutlass.Uint8(code)
 
     @cute.kernel
@@ -855,12 +893,13 @@ def quant_args(x, data, scales, g, g_b, alpha, ctas: int):
 
 
 def compile_quant(dynamic: bool, args, trigger: bool = False, replicate: int = 0, per_thread: int = PER_THREAD,
-                  table: bool = False, barrier: str = BARRIER, threads: int = THREADS):
-    key = (bool(dynamic), bool(trigger), int(replicate), per_thread, bool(table), barrier, threads)
+                  table: bool = False, barrier: str = BARRIER, threads: int = THREADS, operands: bool = False):
+    key = (bool(dynamic), bool(trigger), int(replicate), per_thread, bool(table), barrier, threads, operands)
     fn = _compiled.get(key)
     if fn is None:
         fn = cute.compile(Nvfp4ActQuantKernel(dynamic, per_thread=per_thread, trigger=trigger, replicate=replicate,
-                                              table=table, barrier=barrier, threads=threads), *args)
+                                              table=table, barrier=barrier, threads=threads, operands=operands),
+                          *args)
         _compiled[key] = fn
     return fn
 
@@ -895,7 +934,7 @@ def uses_table(num_blocks: int, ctas: int, per_thread: int, threads: int = THREA
 
 
 def quantize_activation_fused(x, global_scale=None, g_b=None, replicate=None, per_thread=None, table=None,
-                              barrier=None, threads=None):
+                              barrier=None, threads=None, operands=False):
     """``(packed uint8 [T, K/2], scales uint8 [T, K/16], g_a float32 0-dim, alpha float32 [1])``
     from bf16 ``x [..., K]`` in one launch.  ``global_scale``: the layer's calibrated scale
     (a tensor on the device or a float), or None for the dynamic one (computed on the device).
@@ -904,14 +943,16 @@ def quantize_activation_fused(x, global_scale=None, g_b=None, replicate=None, pe
     else the CTAs meet at a grid barrier (or one CTA does it all); ``per_thread``: blocks held per
     thread (default :func:`blocks_per_thread`); ``table``: the thresholds from the per-CTA table
     (default :func:`uses_table`); ``barrier``: the dynamic scale's grid barrier (default
-    :func:`pick_barrier`)."""
-    launch, out = quant_launcher(x, global_scale, g_b, replicate, per_thread, table, barrier=barrier, threads=threads)
+    :func:`pick_barrier`); ``operands``: the activation as the swap-AB kernel's fp16 MMA operands,
+    int32 ``[T, K/2]`` in place of the packed codes (``Nvfp4ActQuantKernel``)."""
+    launch, out = quant_launcher(x, global_scale, g_b, replicate, per_thread, table, barrier=barrier, threads=threads,
+                                 operands=operands)
     launch()
     return out
 
 
 def quant_launcher(x, global_scale=None, g_b=None, replicate=None, per_thread=None, table=None, trigger=None,
-                   barrier=None, threads=None):
+                   barrier=None, threads=None, operands=False):
     """``(launch, (data, scales, g, alpha))``: the fused quantizer of ``x`` compiled with its
     arguments and output buffers made once; ``launch()`` runs it on the current stream, writing
     the same buffers each time (the probe times it before a router kernel reading them).  The
@@ -924,7 +965,8 @@ def quant_launcher(x, global_scale=None, g_b=None, replicate=None, per_thread=No
     x2 = x.reshape(-1, x.shape[-1])
     t, k = x2.shape
     dev = x2.device
-    data = torch.empty((t, k // 2), dtype=torch.uint8, device=dev)
+    data = (torch.empty((t, k // 2), dtype=torch.int32, device=dev) if operands
+            else torch.empty((t, k // 2), dtype=torch.uint8, device=dev))
     scales = torch.empty((t, k // 16), dtype=torch.uint8, device=dev)
     dynamic = global_scale is None
     g = torch.empty((), dtype=torch.float32, device=dev) if dynamic else device_scalar(global_scale, dev)
@@ -942,7 +984,7 @@ def quant_launcher(x, global_scale=None, g_b=None, replicate=None, per_thread=No
     fn = compile_quant(dynamic, args, trigger=props.major >= 9 if trigger is None else trigger,
                        replicate=replica_inflight(nb, th) if rep else 0, per_thread=per, table=table,
                        barrier=barrier or pick_barrier(ctas),
-                       threads=th)
+                       threads=th, operands=operands)
     return (lambda: fn(*args[:-1], current_stream(dev))), (data, scales, g, alpha)
 
 

@@ -8,7 +8,7 @@ experts.  Here a CTA of 8 warps owns ``em`` experts x ``tn`` tokens:
 
 * per 128-wide K step the CTA's threads split the (row, 32-code chunk) units of its ``em`` weight
   rows and ``tn`` tokens (``parts`` pieces per unit, balanced over the 256 threads), decode them
-  with the same bit trick (:func:`kernels.router.gemv._dec_pair`: ``value * scale * 2^-14`` as
+  with the same bit trick (:func:`kernels.router.quant._dec_pair`: ``value * scale * 2^-14`` as
   fp16x2, exact) and store them in the order an MMA lane reads them: a unit's 16 fp16x2 words are
   4 x 16 bytes, ``ld.shared.v4`` of 16-byte chunk ``w`` gives lane (g, q) the pairs of MMAs 2w and
   2w+1 (chunks XOR-swizzled by the unit index so that neither the stores nor the loads conflict);
@@ -31,7 +31,8 @@ from __future__ import annotations
 import cutlass
 import cutlass.cute as cute
 
-from .gemv import THREADS, UNDO_2M28, WARPS, MmaGemvRouterKernel, _dec_pair, _scale2
+from .gemv import THREADS, UNDO_2M28, WARPS, MmaGemvRouterKernel
+from .quant import _dec_pair, _scale2
 from .tile import _gptr
 
 UNIT_WORDS = 16  # decoded fp16x2 words of one (row, 32-code chunk) unit

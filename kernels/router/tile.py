@@ -32,7 +32,8 @@ import math
 import cutlass
 import cutlass.cute as cute
 
-from .gemv import UNDO_2M28, _WarpRouter, _dec_pair, _scale2, await_inputs
+from .gemv import UNDO_2M28, _WarpRouter, await_inputs
+from .quant import _dec_pair, _scale2
 from .portable import DSL_OPS, PortableRouterKernel
 from .topk import EMPTY_ID, global_expert_index, sorted_insert
 

@@ -41,8 +41,8 @@ def test_decode_kernels_compile(arch):
     # the decode kernels (CUDA-core GEMV, tensor-core swap-AB): 16-byte loads, prmt + dp4a decode,
     # redux.sync picks, the polled route's relaxed gpu-scope loads; the GEMV quantizing its bf16
     # activations (div.rn like the quantizer); the swap-AB one's fp16 decode (mul.rn.f16x2 by the
-    # scale) feeding fp16 mma.sync, 8-byte K units; the staged kernel's cp.async ring,
-    # shared-memory fragments and waiting route (ld.acquire spin)
+    # scale) feeding fp16 mma.sync, 8-byte K units, the tokens as the quantizer's fp16 operands;
+    # the staged kernel's cp.async ring, shared-memory fragments and waiting route (ld.acquire spin)
     rc, res, err = _compile("gemv", arch, "--topk", "6", "--expect-ptx", "shfl.sync.bfly", "--expect-ptx", "redux.sync",
                             "--expect-ptx", "ld.global.v4", "--expect-ptx", "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
                             "--expect-ptx", "mul.rn.f16x2", "--expect-ptx", "dp4a.s32.s32", "--expect-ptx", "prmt.b32",
@@ -50,10 +50,11 @@ def test_decode_kernels_compile(arch):
                             "--expect-ptx", "ld.shared.v4", "--expect-ptx", "ld.acquire.gpu",
                             "--expect-ptx", "div.rn.f32")
     assert rc == 0 and res["ok"], (res, err[-3000:])
-    # scoring x (2 GEMV + 2 quantizing GEMV + 2 swap-AB + 2 staged configs + the one-CTA-per-SM swap-AB
-    # forms: 16 warps with the spread route, and from SM90 the 12-warp K-split cluster pairs)
+    # scoring x (2 GEMV + 2 quantizing GEMV + 2 swap-AB + the swap-AB reading the quantizer's fp16
+    # operands + 2 staged configs + the one-CTA-per-SM swap-AB forms: 16 warps with the spread route,
+    # and from SM90 the 12-warp K-split cluster pairs)
     pairs = arch != "sm_80"
-    assert len(res["compiled"]) == 2 * (8 + 1 + pairs)
+    assert len(res["compiled"]) == 2 * (9 + 1 + pairs)
     for scoring in ("softmax", "sigmoid"):
         assert f"k=6,{scoring},swapab nt=2,ksplit=1,mw=1,uw=4,warps=16,spread=4,pair=False" in res["compiled"]
         assert (f"k=6,{scoring},swapab nt=2,ksplit=2,mw=2,uw=2,warps=12,spread=4,pair=True" in res["compiled"]) == pairs
@@ -104,7 +105,7 @@ def test_activation_quantizer_compiles(arch):
     assert rc == 0 and res["ok"], (res, err[-3000:])
     assert res["compiled"] == ["quant dynamic=True replicate", "quant dynamic=False table", "quant dynamic=True table",
                                "quant dynamic=True barrier=slots", "quant dynamic=True barrier=atomic",
-                               "quant dynamic=False", "quant dynamic=True"]
+                               "quant dynamic=False operands", "quant dynamic=False", "quant dynamic=True"]
     # the grid barrier needs quant.CTAS_PER_SM CTAs of 256 threads resident on one SM: <= 64 registers
     # (the table forms' registers counted too: each form's cubin is read before the next overwrites it)
     assert res["registers"] and max(res["registers"]) <= 64, res["registers"]
@@ -128,7 +129,7 @@ def test_compile_check_fails_on_missing_instruction():
 @pytest.mark.parametrize("arch", ["sm_90a", "sm_120a"])
 @pytest.mark.parametrize("kernel,expect,compiled", [
     ("gemv", "griddepcontrol.wait", ["k=6,softmax,tm=1,rb=1,pdl", "k=6,softmax,swapab nt=1,ksplit=7,pdl",
-                                     "k=6,softmax,swapab nt=2,ksplit=2,pdl"]),
+                                     "k=6,softmax,swapab nt=2,ksplit=2,pdl", "k=6,softmax,swapab operands nt=1,ksplit=7,pdl"]),
     ("tile", "griddepcontrol.wait", ["k=6,softmax,tile splits=4,pdl"]),
     ("quant", "griddepcontrol.launch_dependents", ["quant dynamic=True replicate trigger", "quant dynamic=False trigger",
                                                    "quant dynamic=True trigger"]),

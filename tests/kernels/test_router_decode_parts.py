@@ -151,6 +151,12 @@ def _set_ge_bf16(a, b):
     return 0xFFFF if _half_value(a, "bf16") >= _half_value(b, "bf16") else 0
 
 
+def _mul_f16(a, b):
+    """fp16 multiply, round to nearest even; a zero product carries the xor of the signs (IEEE)."""
+    v = _half_value(a, "f16") * _half_value(b, "f16")
+    return _half_round(v, "f16") if v else (a ^ b) & 0x8000
+
+
 def _lop3(a, b, c, lut):
     return sum(((lut >> (((a >> i & 1) << 2) | ((b >> i & 1) << 1) | (c >> i & 1))) & 1) << i for i in range(32))
 
@@ -180,7 +186,7 @@ OPS = {
     "lop3.b32": _lop3,
     "max.u16x2": _halves(max),
     "set.ge.u32.bf16x2": _halves(_set_ge_bf16),
-    "mul.rn.f16x2": _halves(lambda a, b: _half_round(_half_value(a, "f16") * _half_value(b, "f16"), "f16")),
+    "mul.rn.f16x2": _halves(_mul_f16),
 }
 
 
@@ -333,11 +339,10 @@ def test_quantizing_into_fp16_operands_ptx_is_the_decoded_codes():
     # search) and scale, against the fused quantizer's codes for the same elements (ENCODE_PAIR_THRESHOLDS)
     # decoded as the kernel decodes them (_dec_pair with _scale2): the PTX texts the kernels ship,
     # run by the interpreter; and the block max by max.u16x2
-    from kernels.router.gemv import _PAIR_SHIFT
-    from kernels.router.quant import (_PAIR_SELECT, _THRESHOLD_PTX, ENCODE_PAIR_THRESHOLDS, QUANT_PAIR_F16,
+    from kernels.router.quant import (_PAIR_SELECT, _PAIR_SHIFT, _THRESHOLD_PTX, ENCODE_PAIR_THRESHOLDS, QUANT_PAIR_F16,
                                       search_thresholds)
 
-    def dec_pair_ptx(a):  # kernels.router.gemv._dec_pair's text for pair a
+    def dec_pair_ptx(a):  # kernels.router.quant._dec_pair's text for pair a
         mop, msh, sop, ssh = _PAIR_SHIFT[a]
         sign = f"{sop} dS, $1, {ssh}; " if sop else "mov.b32 dS, $1; "
         return (f"{{ .reg .b32 dM, dS, dK; {mop} dM, $1, {msh}; and.b32 dM, dM, 0x0E000E00; "

@@ -359,18 +359,24 @@ def test_swapab_quantizing_in_kernel_is_quantizer_plus_kernel_bit_for_bit(t, e, 
 
 
 @pytest.mark.skipif(torch.cuda.is_available() and _sm() < 9, reason="programmatic dependent launch needs SM90 or later")
-@pytest.mark.parametrize("t,e,hidden,kernel,pdl", [(1, 384, 7168, "gemv", True), (7, 384, 7168, "swapab", True),
-                                                   (128, 384, 7168, "swapab", True),  # cluster pairs
-                                                   (128, 256, 7168, "swapab", True),  # 16 warps, polled
-                                                   (130, 256, 2048, "swapab", False),  # polled, 8 warps: launch.pdl_helps
-                                                   (600, 256, 2048, "tile", True)])
-def test_router_after_the_quantizer_waits_for_its_activation(t, e, hidden, kernel, pdl, monkeypatch):
+@pytest.mark.parametrize("t,e,hidden,kernel,pdl,operands", [
+    (1, 384, 7168, "gemv", True, False), (7, 384, 7168, "swapab", True, False),
+    (128, 384, 7168, "swapab", True, False),  # cluster pairs
+    (128, 256, 7168, "swapab", True, False),  # 16 warps, polled
+    (130, 256, 2048, "swapab", False, False),  # polled, 8 warps: launch.pdl_helps
+    (600, 256, 2048, "tile", True, False),
+    # the tokens handed over as the swap-AB kernel's fp16 operands (GPUREPRO_ROUTER_OPERAND_HANDOFF=1)
+    (7, 384, 7168, "swapab", True, True), (128, 256, 7168, "swapab", True, True),
+    (128, 384, 7168, "swapab", True, True), (130, 256, 2048, "swapab", False, True),
+])
+def test_router_after_the_quantizer_waits_for_its_activation(t, e, hidden, kernel, pdl, operands, monkeypatch):
     # from bf16 the router is launched as a programmatic dependent of the fused quantizer: its
     # weight loads start while the quantizer runs, its activation loads wait (griddepcontrol.wait).
     # Two inputs alternate so the allocator hands each call the buffers the previous call's
     # quantized activation was in: a router reading them before its own quantizer finished would
     # route the other input's tokens.  Eager calls and a CUDA graph, against the launch without
-    # PDL (GPUREPRO_ROUTER_PDL=0), bit for bit.
+    # PDL (GPUREPRO_ROUTER_PDL=0), bit for bit; ``operands``: the tokens handed over as the
+    # kernel's fp16 operands instead of codes, against the codes without PDL.
     layer, xa = _case(t, e, hidden, seed=501 + t)
     xb = -xa.flip(0) * 1.5
     want = {}
@@ -380,12 +386,14 @@ def test_router_after_the_quantizer_waits_for_its_activation(t, e, hidden, kerne
         assert not router.last_pdl
         c = router.compare_routing(*want[name], router.router_logits_reference(x, layer), 6, "softmax")
         assert c.ok and c.max_weight_err < 1e-4, c
-    assert not torch.equal(want["a"][0], want["b"][0])
+    assert not torch.equal(want["a"][0], want["b"][0]) and not router.last_operands
     monkeypatch.setenv("GPUREPRO_ROUTER_PDL", "1")
+    monkeypatch.setenv("GPUREPRO_ROUTER_OPERAND_HANDOFF", "1" if operands else "0")
     for i in range(20):
         name = "ab"[i % 2]
         ids, w = router.run_nvfp4_fused_router(xa if name == "a" else xb, layer, 6, "softmax", kernel=kernel)
         assert router.last_pdl == pdl and router.last_quantizer == "fused" and router.last_kernel == kernel
+        assert router.last_operands == operands
         assert torch.equal(ids, want[name][0]) and torch.equal(w, want[name][1]), (i, name)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())

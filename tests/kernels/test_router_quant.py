@@ -304,6 +304,43 @@ def test_fused_quantizer_grid_barriers_same_bits(t):
             check(*sizes[(i * 2) % 3], i, barrier="epoch")
 
 
+def _operand_model(data, scales):
+    """The swap-AB kernel's fp16 operands of packed codes: per 16-element block 8 int32 words, word
+    4h + a = elements 8h + a (low half) and 8h + a + 4 (high half) as ``value * scale * 2^-14``
+    in fp16 (exact), the sign from the code (``kernels.router.quant._dec_pair``)."""
+    from kernels.nvfp4.format import e2m1_lut
+
+    t = data.shape[0]
+    codes = torch.stack([data & 0xF, data >> 4], -1).reshape(t, -1).long()
+    s = scales.view(torch.float8_e4m3fn).float().repeat_interleave(16, dim=1)
+    mag = e2m1_lut(dtype=torch.float32).to(data.device)[codes & 7]
+    v = torch.where(codes & 8 != 0, -mag, mag) * s * 2.0 ** -14
+    h16 = v.to(torch.float16).view(torch.int16).reshape(t, -1, 2, 2, 4)  # [T, block, h, half, a]
+    lo = h16[:, :, :, 0, :].long() & 0xFFFF
+    hi = h16[:, :, :, 1, :].long() & 0xFFFF
+    w = (lo | (hi << 16)).reshape(t, -1)
+    return torch.where(w >= 2 ** 31, w - 2 ** 32, w).to(torch.int32)
+
+
+@gpu_test
+@pytest.mark.parametrize("t", [1, 7, 130])
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "calibrated"])
+def test_fused_quantizer_operand_form_is_the_decoded_codes(t, static):
+    # the operand hand-off: the quantizer writes each block as the swap-AB kernel's 8 fp16x2
+    # operands; they are its codes decoded the kernel's way, its scale codes are the same
+    from kernels.router.quant import quantize_activation_fused
+
+    x = _tokens(t, 2048, seed=77 + t)
+    x[0, :16] = 0.0  # a block without codes
+    g = compute_global_scale(x.float()) if static else None
+    data, scales, _, alpha = quantize_activation_fused(x, g, torch.tensor(0.5))
+    ops, oscales, _, oalpha = quantize_activation_fused(x, g, torch.tensor(0.5), operands=True)
+    assert ops.dtype == torch.int32 and ops.shape == (t, 1024)
+    assert torch.equal(oscales, scales) and torch.equal(oalpha, alpha)
+    want = _operand_model(data, scales)
+    assert (want != 0).sum() > 100 and torch.equal(ops, want)
+
+
 @gpu_test
 @pytest.mark.parametrize("t", [7, 4096])
 def test_fused_quantizer_in_cuda_graph(t):
