@@ -75,6 +75,9 @@ def main(argv=None) -> int:
     p.add_argument("--quant-table", nargs="+", default=["auto"], choices=["auto", "on", "off"],
                    help="the quantizer's per-CTA threshold table in the --after-quant timings, each in turn "
                         "(auto: its launcher's pick); each is also timed alone")
+    p.add_argument("--operands", action="store_true",
+                   help="the --after-quant timings of swap-AB configurations also with the operand hand-off (the "
+                        "quantizer writing the tokens as the kernel's fp16 operands, GPUREPRO_ROUTER_OPERAND_HANDOFF)")
     p.add_argument("--quant-per-thread", type=int, default=None, choices=[1, 2],
                    help="blocks per quantizer thread held in registers in the --after-quant timings (default: its "
                         "launcher's; 2 halves the grid)")
@@ -104,8 +107,9 @@ def main(argv=None) -> int:
                     for mode in ([] if "quant" in v else a.after_quant):  # "quant": the kernel quantizes itself
                         for table in a.quant_table:
                             for pdl in (False, True):
-                                rc |= _after_quant(kind, tuple(int(c) for c in cfg.split(",")), v, mode, pdl, x,
-                                                   base, ref_logits, layers, a, {"T": t, "E": e}, table)
+                                for ops in ((False, True) if a.operands and kind == "swapab" else (False,)):
+                                    rc |= _after_quant(kind, tuple(int(c) for c in cfg.split(",")), v, mode, pdl, x,
+                                                       base, ref_logits, layers, a, {"T": t, "E": e}, table, ops)
             for mode in [m for m in a.after_quant if m != "trigger"]:
                 for table in a.quant_table:
                     _quant_alone(mode, table, x, layers, a, {"T": t, "E": e})
@@ -289,12 +293,14 @@ def _trigger_launcher(dev, pdl: bool):
     return lambda: fn(args[0], current_stream(dev))
 
 
-def _after_quant(kind, cfg, variant, mode, pdl, x, base, ref_logits, layers, a, res, table="auto") -> int:
+def _after_quant(kind, cfg, variant, mode, pdl, x, base, ref_logits, layers, a, res, table="auto",
+                 operands: bool = False) -> int:
     """One decode configuration after the fused quantizer (``mode``: "dynamic" or "calibrated"
     global scale; "trigger": the empty kernel of :func:`_trigger_launcher` in its place, the
     activations quantized once beforehand), launched plainly or (``pdl``) as the quantizer's
     programmatic dependent: checked (three runs against the reference) and timed as quantizer +
-    kernel per layer copy.  ``table``: the quantizer's threshold table (``--quant-table``)."""
+    kernel per layer copy.  ``table``: the quantizer's threshold table (``--quant-table``);
+    ``operands``: the tokens handed over as the swap-AB kernel's fp16 operands (``--operands``)."""
     from kernels.nvfp4 import compute_global_scale
     from kernels.router import launch
     from kernels.router.quant import quant_launcher
@@ -304,7 +310,7 @@ def _after_quant(kind, cfg, variant, mode, pdl, x, base, ref_logits, layers, a, 
 
     def make(lay):
         quant, act = quant_launcher(x, scale, lay._global_scale_b, trigger=pdl, threads=a.quant_threads,
-                                    table=_TABLE[table], per_thread=a.quant_per_thread)
+                                    table=_TABLE[table], per_thread=a.quant_per_thread, operands=operands)
         if mode == "trigger":
             quant()  # the activations the router reads, once
             quant = _trigger_launcher(dev, pdl)
@@ -316,7 +322,8 @@ def _after_quant(kind, cfg, variant, mode, pdl, x, base, ref_logits, layers, a, 
         return run, ids, w
 
     res = dict(res, kernel=kind, config=list(cfg), variant=variant, after_quant=mode, pdl=pdl,
-               quant_threads=a.quant_threads, quant_table=table, quant_per_thread=a.quant_per_thread)
+               quant_threads=a.quant_threads, quant_table=table, quant_per_thread=a.quant_per_thread,
+               operands=operands)
     return _check_and_time(make, base, ref_logits, layers, a, res, "noroute" not in variant)
 
 
