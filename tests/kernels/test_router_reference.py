@@ -232,6 +232,12 @@ def test_quantizer_switches_read_the_environment(monkeypatch):
     assert not inkernel_quant_enabled()
     monkeypatch.setenv("GPUREPRO_ROUTER_INKERNEL_QUANT", "1")
     assert inkernel_quant_enabled()
+    from kernels.router import operand_handoff_enabled
+
+    monkeypatch.delenv("GPUREPRO_ROUTER_OPERAND_HANDOFF", raising=False)
+    assert not operand_handoff_enabled()
+    monkeypatch.setenv("GPUREPRO_ROUTER_OPERAND_HANDOFF", "1")
+    assert operand_handoff_enabled()
 
 
 def test_in_kernel_quantization_declines_cpu_and_multi_group_inputs():
@@ -259,3 +265,12 @@ def test_swapab_quantizing_declines_without_a_calibrated_scale_or_whole_blocks()
     layer.input_global_scale = 0.01
     assert swapab_quant_problem(x, layer, SwapabConfig(1, 7, 1, 1)).startswith("K units of one word")
     assert swapab_quant_problem(x, layer, SwapabConfig(1, 7, 1, 4)) == "input not on CUDA"
+
+
+def test_operand_form_is_told_by_its_dtype():
+    # launch.is_operand_form: the quantizer's fp16 operands are int32 [T, K/2], the codes uint8 [T, K/2]
+    from kernels.router.launch import is_operand_form
+
+    scales = torch.zeros(2, 16, dtype=torch.uint8)
+    assert is_operand_form((torch.zeros(2, 128, dtype=torch.int32), scales))
+    assert not is_operand_form((torch.zeros(2, 128, dtype=torch.uint8), scales))
