@@ -102,6 +102,11 @@ def main(argv=None) -> int:
             for cfg in a.gemv + a.swapab + a.staged:
                 for v in a.decode_variants:
                     kind = "gemv" if cfg in a.gemv else "swapab" if cfg in a.swapab else "staged"
+                    if kind == "swapab" and "quant" in v and not a.calibrated:
+                        print(json.dumps({"T": t, "E": e, "kernel": kind, "config": cfg, "variant": v,
+                                          "skipped": "the swap-AB kernel quantizes with a calibrated scale only "
+                                                     "(--calibrated)"}), flush=True)
+                        continue
                     rc |= _decode(kind, tuple(int(c) for c in cfg.split(",")), v, x, base, act, ref_logits, layers,
                                   a, {"T": t, "E": e})
                     for mode in ([] if "quant" in v else a.after_quant):  # "quant": the kernel quantizes itself
