@@ -12,6 +12,9 @@
 #   quant: tests/kernels/test_router_quant.py; if it fails, the later steps run with
 #          GPUREPRO_ROUTER_FUSED_QUANT=0 (the PyTorch quantizer) and say so
 #   both:  validate then bench in one process; BENCH_ARGS adds bench options (default --skip mma_nosplit)
+#   handoff_tests / handoff_probe: the forms built 2026-12-04 without a device (the swap-AB kernel quantizing
+#          its own tokens, the GEMV's search variant, the operand hand-off): their GPU tests
+#          (pytest_handoff.log), then their probe timings beside the shipped forms (appended to probe.log)
 # Every step runs under `timeout` (QUANT_S, TESTS_S, BOTH_S seconds) so one hang cannot eat the call.
 # The device returns at most 8 files from $OUT: all steps together write 8 (pytest_quant.log,
 # pytest_gpu.log, probe.log, validate_bench.log, router_{bench,validation}.{md,json}), so a caller
@@ -39,6 +42,12 @@ python3 -c "import torch, cutlass; print(torch.cuda.get_device_name(), torch.__v
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv
 echo "setup: $(( $(date +%s) - t0 )) s"
 rc=0
+# one probe run of the hand-off timings (calibrated layers, no tile kernel), its JSON lines shown
+probe_call() {
+  timeout "${PROBE_S:-300}" python3 -m kernels.router.probe --calibrated --tile-splits "$@" 2>&1 \
+    | tee -a "$OUT/probe.log" | grep -E '^\{|Error' | cut -c1-300
+  rc=$((rc | ${PIPESTATUS[0]}))
+}
 for s in $steps; do
   ts=$(date +%s)
   case $s in
@@ -52,6 +61,24 @@ for s in $steps; do
       rc=$((rc | r)) ;;
     tests) timeout "${TESTS_S:-120}" python3 -m pytest -q -p no:cacheprovider tests/kernels/test_router_gpu.py tests/kernels/test_router_fp32_reference.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -15 ; rc=$((rc | ${PIPESTATUS[0]})) ;;
     probe) timeout "${PROBE_S:-300}" python3 -m kernels.router.probe ${PROBE_ARGS:-} 2>&1 | tee -a "$OUT/probe.log" ; rc=$((rc | ${PIPESTATUS[0]})) ;;
+    handoff_tests)
+      timeout "${TESTS_S:-300}" python3 -m pytest -q -p no:cacheprovider -rs tests/kernels/test_router_gpu.py \
+        tests/kernels/test_router_quant.py -k "quantizing or after_the_quantizer or operand" 2>&1 \
+        | tee "$OUT/pytest_handoff.log" | tail -15
+      rc=$((rc | ${PIPESTATUS[0]})) ;;
+    handoff_probe)
+      # T <= 8: one launch (the kernel quantizing its tokens) against quantizer + kernel
+      probe_call --tokens 2 7 8 --experts 256 384 --swapab 1,7,1,4 1,7,2,4 --decode-variants '' quant \
+        --after-quant calibrated
+      probe_call --tokens 1 --experts 256 384 --gemv 1,2 --swapab 1,7,1,4 \
+        --decode-variants '' quant quant+table quant+table+search --after-quant calibrated
+      # the operand hand-off against the codes, after the quantizer plainly and as its dependent
+      probe_call --tokens 128 --experts 256 --swapab 2,1,1,4,16,4,0 --decode-variants '' \
+        --after-quant calibrated dynamic --operands
+      probe_call --tokens 128 --experts 384 --swapab 2,2,3,2,12,4,1 --decode-variants '' \
+        --after-quant calibrated dynamic --operands
+      probe_call --tokens 7 --experts 256 384 --swapab 1,7,1,4 --decode-variants '' \
+        --after-quant calibrated dynamic --operands ;;
     validate) python3 bench/router_validate.py --out "$OUT" 2>&1 | tee "$OUT/validate.log" | grep -E "FAIL|passed|Error|error" ; rc=$((rc | ${PIPESTATUS[0]})) ;;
     bench) python3 bench/router_bench.py --out "$OUT" ${BENCH_ARGS:---skip mma_nosplit} 2>&1 | tee "$OUT/bench.log" | tail -14 ; rc=$((rc | ${PIPESTATUS[0]})) ;;
     both)
