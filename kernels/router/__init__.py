@@ -234,11 +234,12 @@ def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str
             return routed
     # the fused quantizer lets the kernel after it start early (programmatic dependent launch):
     # the router's weight loads overlap the quantizer, its activation loads wait for it
+    t = x.reshape(-1, x.shape[-1]).shape[0] if activation is None else activation[0].shape[0]
+    portable_kernel = kernel or ("mma" if split_k is not None else choose_kernel(t, linear.out_features))
     pdl = False
     if activation is None:
         # the operand hand-off where the swap-AB kernel routes (GPUREPRO_ROUTER_OPERAND_HANDOFF=1)
-        operands = (chosen == "portable" and split_k is None and operand_handoff_enabled()
-                    and (kernel or choose_kernel(x.reshape(-1, x.shape[-1]).shape[0], linear.out_features)) == "swapab")
+        operands = chosen == "portable" and portable_kernel == "swapab" and operand_handoff_enabled()
         activation = prepare_activation(x, linear, operands=operands)
         if operands:
             from .launch import is_operand_form
@@ -251,8 +252,7 @@ def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str
     if chosen == "portable":
         from .launch import run_gemv, run_mma_gemv, run_portable, run_tile
 
-        t = activation[0].shape[0]
-        last_kernel = kernel or ("mma" if split_k is not None else choose_kernel(t, linear.out_features))
+        last_kernel = portable_kernel
         if pdl:
             from .launch import pdl_helps
 

@@ -141,6 +141,16 @@ def _dot8(w, a, acc):
 #: 2^-14, undone once in fp32
 UNDO_2M28 = float(2 ** 28)
 
+def _block_operands(rB, n, b, ops):
+    """Token n's B operand registers of its unit block b from the block's 8 fp16x2 operands (``ops[4 h
+    + a]``: pair a of code word h, :func:`kernels.router.quant.quant_block_f16`'s order): operand
+    (v1, n, j) is pair 2 (j % 2) + v1 of code word j // 2.  Unrolled at trace time."""
+    for h in range(2):
+        for j2 in range(2):
+            for v1 in range(2):
+                rB[v1, n, 4 * b + 2 * h + j2] = ops[4 * h + 2 * j2 + v1]
+
+
 def _smem_addr(ptr):
     """The 32-bit shared-window address of a shared-memory pointer."""
     return cutlass.Int32(llvm.ptrtoint(ir.IntegerType.get_signless(32), ptr.llvm_ptr))
@@ -927,10 +937,7 @@ class MmaGemvRouterKernel(_WarpRouter):
         for n in cutlass.range_constexpr(self.nt):
             for b in cutlass.range_constexpr(self.uw // 2):
                 quant_block_f16([xw[8 * b + i, n] for i in range(8)], g_safe, d6, sThr, ops)
-                for h in cutlass.range_constexpr(2):
-                    for j2 in cutlass.range_constexpr(2):
-                        for v1 in cutlass.range_constexpr(2):
-                            rB[v1, n, 4 * b + 2 * h + j2] = ops[4 * h + 2 * j2 + v1]
+                _block_operands(rB, n, b, [ops[i] for i in range(8)])
 
     @cute.jit
     def _operand_tokens(self, xw: cute.Tensor, rB: cute.Tensor):
@@ -938,10 +945,7 @@ class MmaGemvRouterKernel(_WarpRouter):
         token n: words 8b..8b+7, in the order of ``_quant_tokens``' ``ops``)."""
         for n in cutlass.range_constexpr(self.nt):
             for b in cutlass.range_constexpr(self.uw // 2):
-                for h in cutlass.range_constexpr(2):
-                    for j2 in cutlass.range_constexpr(2):
-                        for v1 in cutlass.range_constexpr(2):
-                            rB[v1, n, 4 * b + 2 * h + j2] = xw[8 * b + 4 * h + 2 * j2 + v1, n]
+                _block_operands(rB, n, b, [xw[8 * b + i, n] for i in range(8)])
 
     @cute.jit
     def _alpha(self, mSFA: cute.Tensor, mAlpha: cute.Tensor):

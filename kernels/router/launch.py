@@ -267,8 +267,6 @@ def compile_swapab(activation, linear, top_k: int, scoring: str, renormalize: bo
     poll = cfg.pair or swapab_polls(cfg.ksplit, variant)
     args, ids, w = mma_gemv_args(activation, linear, top_k, cfg.nt, cfg.ksplit, poll, quant_x=quant_x)
     operands = quant_x is None and is_operand_form(activation)
-    if operands and cfg.uw == 1:
-        raise ValueError("the operand form needs whole 16-element blocks per lane (uw 2 or 4)")
     fn = compile_mma_gemv(top_k, scoring, renormalize, linear.out_features, cfg.nt, cfg.ksplit, args, poll, variant,
                           mw=cfg.mw, uw=cfg.uw, pdl=pdl, warps=cfg.warps, spread=cfg.spread, pair=cfg.pair,
                           quant=quant_x is not None, operands=operands)
