@@ -15,6 +15,8 @@
 #   handoff_tests / handoff_probe: the forms built 2026-12-04 without a device (the swap-AB kernel quantizing
 #          its own tokens, the GEMV's search variant, the operand hand-off): their GPU tests
 #          (pytest_handoff.log), then their probe timings beside the shipped forms (appended to probe.log)
+#   tile_quant: the tile kernel quantizing its own token rows (built 2026-12-05) timed at T=4096 (probe.log;
+#          its GPU tests are among handoff_tests')
 # Every step runs under `timeout` (QUANT_S, TESTS_S, BOTH_S seconds) so one hang cannot eat the call.
 # The device returns at most 8 files from $OUT: all steps together write 8 (pytest_quant.log,
 # pytest_gpu.log, probe.log, validate_bench.log, router_{bench,validation}.{md,json}), so a caller
@@ -79,6 +81,10 @@ for s in $steps; do
         --after-quant calibrated dynamic --operands
       probe_call --tokens 7 --experts 256 384 --swapab 1,7,1,4 --decode-variants '' \
         --after-quant calibrated dynamic --operands ;;
+    tile_quant)
+      # T=4096: the tile kernel quantizing its own token rows against quantizer + tile kernel, and
+      # route alone with the ring's last slot used (4 k-tiles ahead of the decode instead of 3)
+      probe_call --tokens 4096 --experts 256 384 --tile-quant --tile-ahead 4 ;;
     validate) python3 bench/router_validate.py --out "$OUT" 2>&1 | tee "$OUT/validate.log" | grep -E "FAIL|passed|Error|error" ; rc=$((rc | ${PIPESTATUS[0]})) ;;
     bench) python3 bench/router_bench.py --out "$OUT" ${BENCH_ARGS:---skip mma_nosplit} 2>&1 | tee "$OUT/bench.log" | tail -14 ; rc=$((rc | ${PIPESTATUS[0]})) ;;
     both)

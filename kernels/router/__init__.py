@@ -128,10 +128,11 @@ SWAPAB_QUANT_MAX_TOKENS = 8
 def inkernel_quant_enabled() -> bool:
     """``GPUREPRO_ROUTER_INKERNEL_QUANT=1``: where the GEMV kernel routes (T = 1), it quantizes the
     bf16 activations in its own launch; where the swap-AB kernel routes up to
-    ``SWAPAB_QUANT_MAX_TOKENS`` tokens with the layer's calibrated activation scale, so does it.
+    ``SWAPAB_QUANT_MAX_TOKENS`` tokens with the layer's calibrated activation scale, so does it, and
+    so does the tile kernel (SM90+, two CTAs' rings per SM: not SM120).
     Off by default: the GEMV's measured slower on the H200 than the fused quantizer + GEMV (every
     one of the E CTAs quantizes the whole token; 2026-12-04: 4.9-5.5 us against 4.8 at E=256);
-    the swap-AB one is not measured yet."""
+    the swap-AB and tile ones are not measured yet."""
     return os.environ.get("GPUREPRO_ROUTER_INKERNEL_QUANT", "0") == "1"
 
 
@@ -183,7 +184,8 @@ def _route_quantizing(x: torch.Tensor, linear, top_k: int, scoring: str, renorma
     (their bits are the fused quantizer's), where that is the kernel for these tokens: the
     quantizer's launch saved.  None where it does not apply."""
     global last_kernel, last_quantizer
-    from .launch import gemv_quant_problem, run_gemv_quant, run_mma_gemv_quant, swapab_quant_problem
+    from .launch import (gemv_quant_problem, run_gemv_quant, run_mma_gemv_quant, run_tile_quant, swapab_quant_problem,
+                         tile_quant_problem)
 
     x2 = x.reshape(-1, x.shape[-1])
     if not (fused_quant_enabled() and inkernel_quant_enabled()):
@@ -201,6 +203,10 @@ def _route_quantizing(x: torch.Tensor, linear, top_k: int, scoring: str, renorma
             last_kernel = "swapab"
             last_quantizer = "in-kernel"
             return run_mma_gemv_quant(x2, linear, top_k, scoring, renormalize, cfg)
+    if chosen == "tile" and tile_quant_problem(x2, linear) is None:
+        last_kernel = "tile"
+        last_quantizer = "in-kernel"
+        return run_tile_quant(x2, linear, top_k, scoring, renormalize)
     return None
 
 

@@ -137,8 +137,9 @@ def _compile_inkernel_quant(cute, k: int, compiled) -> list:
     (probe variant "search", calibrated scale with the table), the swap-AB kernel quantizing its
     bf16 tokens itself (calibrated scale): 8-byte units with several units per warp, then the T <= 8
     form the launcher picks at hidden 7168 (7 K splits, 16-byte units, 8 warps: its registers decide
-    whether two CTAs share an SM).  ``compiled()`` after each but the last (whose cubin stays for the
-    caller)."""
+    whether two CTAs share an SM); the tile kernel quantizing its token rows (calibrated scale, split
+    grid: whether it still fits two CTAs per SM without spills).  ``compiled()`` after each but the
+    last (whose cubin stays for the caller)."""
     import torch
 
     from kernels.router.gemv import GemvRouterKernel, MmaGemvRouterKernel, swapab_polls
@@ -156,6 +157,13 @@ def _compile_inkernel_quant(cute, k: int, compiled) -> list:
         args = mma_gemv_args(None, layer, k, 1, ks, poll, quant_x=x)[0]
         cute.compile(MmaGemvRouterKernel(k, "softmax", False, 256, 1, ks, poll, uw=uw, quant=True), *args)
         done.append(f"k={k},softmax,swapab quant nt=1,ksplit={ks},uw={uw}")
+    from kernels.router.launch import tile_args
+    from kernels.router.tile import Q_STAGES, TileRouterKernel
+
+    compiled()
+    targs = tile_args(None, layer, k, 4, 2, quant_x=x)[0]
+    cute.compile(TileRouterKernel(k, "softmax", False, 4, stages=Q_STAGES, quant=True), *targs)
+    done.append(f"k={k},softmax,tile quant splits=4")
     return done
 
 

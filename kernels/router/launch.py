@@ -359,24 +359,35 @@ def run_staged(activation, linear, top_k: int, scoring: str, renormalize: bool, 
     return ids, w
 
 
-def tile_args(activation, linear, top_k: int, splits: int, k_per_split: int):
+def tile_args(activation, linear, top_k: int, splits: int, k_per_split: int, quant_x=None):
     """CuTe arguments of the pipelined tile kernel (``kernels.router.tile``): packed codes and
     scales as int32 words, an fp32 workspace ``[splits, T rounded up to 128, E]`` of partial logits
-    and one semaphore per 128-token row tile."""
+    and one semaphore per 128-token row tile.  ``quant_x``: the bf16 tokens ``[T, K]`` the kernel
+    quantizes itself (``activation`` unused), with the layer's calibrated scale and ``g_b`` in place
+    of the activation scales and ``alpha``."""
     from .tile import BM
 
-    a_data, a_scales = activation[0], activation[1]
-    t = a_data.shape[0]
-    dev = a_data.device
+    if quant_x is not None:
+        from .quant import device_scalar
+
+        dev = quant_x.device
+        a_words = quant_x.contiguous().view(torch.int32)
+        a_scales = device_scalar(linear.input_global_scale, dev, (1,))
+        alpha = device_scalar(linear._global_scale_b, dev, (1,))
+    else:
+        dev = activation[0].device
+        a_words = activation[0].contiguous().view(torch.int32)
+        a_scales = activation[1].contiguous().view(torch.uint8).view(torch.int32)
+        alpha = _alpha(activation, linear, dev)
+    t = a_words.shape[0]
     m_tiles = -(-t // BM)
     ws = torch.empty((splits, m_tiles * BM, linear.out_features), dtype=torch.float32, device=dev)
     cnt = _counters(dev, m_tiles)
-    alpha = _alpha(activation, linear, dev)
     ids = torch.empty((t, top_k), dtype=torch.int32, device=dev)
     w = torch.empty((t, top_k), dtype=torch.float32, device=dev)
     args = (
-        _cute(a_data.contiguous().view(torch.int32)),
-        _cute(a_scales.contiguous().view(torch.uint8).view(torch.int32)),
+        _cute(a_words),
+        _cute(a_scales),
         _cute(linear._mat_b.contiguous().view(torch.int32)),
         _cute(linear._scale_b.contiguous().view(torch.uint8).reshape(-1).view(torch.int32)),
         _cute(alpha),
@@ -391,7 +402,8 @@ def tile_args(activation, linear, top_k: int, splits: int, k_per_split: int):
 
 
 def tile_launcher(activation, linear, top_k: int, scoring: str, renormalize: bool, config=None,
-                  route_in_kernel: bool = False, stages=None, stream_k=None, pdl: bool = False):
+                  route_in_kernel: bool = False, stages=None, stream_k=None, pdl: bool = False, quant_x=None,
+                  ahead: int = 0):
     """``(launch, ids, weights)``: ``launch()`` runs the tile kernel and (unless ``route_in_kernel``)
     its route kernel on the current stream, with arguments prepared once (as a CUDA graph replays them).
     ``config``: ``(splits, k_tiles_per_split)`` of the split grid; ``stream_k``: ``(ctas, slots)`` of a
@@ -399,33 +411,37 @@ def tile_launcher(activation, linear, top_k: int, scoring: str, renormalize: boo
     (default: the deepest the device's SMEM per CTA allows).  ``pdl``: the tile kernel is a
     programmatic dependent of the kernel that wrote ``activation``.  (The route kernel as the
     tile kernel's dependent measured no faster on the H200: 65.7 / 101.9 us against 64.8 / 101.6
-    at T=4096, E=256 / 384.)"""
-    from .tile import BK, compile_split_route, compile_tile, device_stages, device_tile_grid
+    at T=4096, E=256 / 384.)  ``quant_x``: the bf16 tokens, quantized by the tile kernel itself
+    (:func:`run_tile_quant`; its two-slot rings, ``stages`` ignored).  ``ahead``: k-tiles loaded
+    ahead of the one decoded (probe; default stages - 1, the quantizing form's 2)."""
+    from .tile import BK, Q_STAGES, compile_split_route, compile_tile, device_stages, device_tile_grid
 
-    t = activation[0].shape[0]
-    dev = activation[0].device
-    stages = stages or device_stages(dev)
+    quant = quant_x is not None
+    t = (quant_x if quant else activation[0]).shape[0]
+    dev = (quant_x if quant else activation[0]).device
+    stages = Q_STAGES if quant else stages or device_stages(dev)
     # the route kernel unrolls E/32 columns per lane: past 2048 experts the in-kernel route
     route_in_kernel = route_in_kernel or linear.out_features > 2048
     if config is None and stream_k is None and not route_in_kernel:
-        kind, a, b = device_tile_grid(t, linear.out_features, linear.in_features, dev, stages)
+        kind, a, b = device_tile_grid(t, linear.out_features, linear.in_features, dev, stages, quant)
         if kind == "stream_k":
             stream_k = (a, b)
         else:
             config = (a, b)
     if stream_k is not None:
         ctas, slots = stream_k
-        args, ids, w = tile_args(activation, linear, top_k, slots, 0)
-        fn = compile_tile(top_k, scoring, renormalize, slots, args, stages=stages, stream_k_ctas=ctas, pdl=pdl)
+        args, ids, w = tile_args(activation, linear, top_k, slots, 0, quant_x)
+        fn = compile_tile(top_k, scoring, renormalize, slots, args, stages=stages, stream_k_ctas=ctas, pdl=pdl,
+                          quant=quant, ahead=ahead)
         route_sk = (linear.in_features // BK, ctas)
         splits = slots
     else:
         from .tile import pick_tile_splits
 
         splits, per = config or pick_tile_splits(t, linear.out_features, linear.in_features)
-        args, ids, w = tile_args(activation, linear, top_k, splits, per)
+        args, ids, w = tile_args(activation, linear, top_k, splits, per, quant_x)
         fn = compile_tile(top_k, scoring, renormalize, splits, args, route_in_kernel=route_in_kernel, stages=stages,
-                          pdl=pdl)
+                          pdl=pdl, quant=quant, ahead=ahead)
         route_sk = None
     if route_in_kernel:
         return (lambda: fn(*args[:-1], current_stream(dev))), ids, w
@@ -442,5 +458,38 @@ def tile_launcher(activation, linear, top_k: int, scoring: str, renormalize: boo
 
 def run_tile(activation, linear, top_k: int, scoring: str, renormalize: bool, config=None, pdl: bool = False):
     launch, ids, w = tile_launcher(activation, linear, top_k, scoring, renormalize, config, pdl=pdl)
+    launch()
+    return ids, w
+
+
+def tile_quant_problem(x, linear) -> str | None:
+    """Why the tile kernel cannot quantize ``x`` [T, K] itself (None when it can): the layer's
+    calibrated activation scale (the dynamic one is the whole tensor's max, which no CTA sees
+    before it quantizes), SM90+ (bf16x2 compares), two CTAs' rings in an SM's shared memory (not
+    SM120's 100 KB), bf16 as the fused quantizer reads it."""
+    from .quant import fused_quant_problem
+    from .tile import Q_STAGES, tile_smem_bytes
+
+    if getattr(linear, "input_global_scale", None) is None:
+        return "no calibrated activation scale (input_global_scale)"
+    if x.is_cuda:
+        if torch.cuda.get_device_capability(x.device)[0] < 9:
+            return "bf16x2 compares need SM90 or later"
+        props = torch.cuda.get_device_properties(x.device)
+        need = tile_smem_bytes(Q_STAGES, quant=True)
+        have = getattr(props, "shared_memory_per_block_optin", 0)
+        if have and need > have:
+            return f"its rings need {need} bytes of shared memory per CTA, the device allows {have}"
+    return fused_quant_problem(x)
+
+
+def run_tile_quant(x, linear, top_k: int, scoring: str, renormalize: bool, config=None, stream_k=None):
+    """Route bf16 ``x`` [T, K] with the tile kernel quantizing its token rows itself (the layer's
+    calibrated scale): the answers of ``prepare_activation`` + :func:`run_tile`, bit for bit, without
+    the quantizer's launch.  ``config`` / ``stream_k`` as in :func:`tile_launcher`."""
+    why = tile_quant_problem(x, linear)
+    if why:
+        raise ValueError(f"the tile kernel cannot quantize these tokens: {why}")
+    launch, ids, w = tile_launcher(None, linear, top_k, scoring, renormalize, config, stream_k=stream_k, quant_x=x)
     launch()
     return ids, w

@@ -81,7 +81,16 @@ def main(argv=None) -> int:
     p.add_argument("--quant-per-thread", type=int, default=None, choices=[1, 2],
                    help="blocks per quantizer thread held in registers in the --after-quant timings (default: its "
                         "launcher's; 2 halves the grid)")
+    p.add_argument("--tile-quant", action="store_true",
+                   help="T >= 128, --calibrated: the tile kernel quantizing its own token rows (one launch + its "
+                        "route kernel) beside route alone and the fused quantizer + tile kernel (plainly and as "
+                        "its programmatic dependent), each checked and timed, the device's grid")
+    p.add_argument("--tile-ahead", type=int, nargs="*", default=[], metavar="N",
+                   help="also time route alone with the tile kernel loading N k-tiles ahead (default stages - 1; "
+                        "up to stages)")
     a = p.parse_args(argv)
+    if a.tile_quant and not a.calibrated:
+        p.error("--tile-quant: the tile kernel quantizes with a calibrated scale only (--calibrated)")
     dev = torch.device("cuda")
     k_tiles = a.hidden // BK
     rc = 0
@@ -118,6 +127,15 @@ def main(argv=None) -> int:
             for mode in [m for m in a.after_quant if m != "trigger"]:
                 for table in a.quant_table:
                     _quant_alone(mode, table, x, layers, a, {"T": t, "E": e})
+            if a.tile_quant and t >= 128:
+                rc |= _tile_quant(x, base, act, ref_logits, layers, a, {"T": t, "E": e})
+            for n in (a.tile_ahead if t >= 128 else []):
+                def make_ahead(lay, n=n):
+                    run, ids, w = tile_launcher(act, lay, 6, "softmax", False, stages=a.stages, ahead=n)
+                    return run, ids, w
+                rc |= _check_and_time(make_ahead, base, ref_logits, layers, a,
+                                      {"T": t, "E": e, "kernel": "tile", "ahead": n, "stages": a.stages or "auto"},
+                                      True)
             for ctas in ((a.stream_k or [0]) if a.stream_k is not None and t >= 128 else []):
                 from kernels.router.tile import BN as TBN, device_ctas_per_wave, stream_k_slots
 
@@ -330,6 +348,38 @@ def _after_quant(kind, cfg, variant, mode, pdl, x, base, ref_logits, layers, a, 
                quant_threads=a.quant_threads, quant_table=table, quant_per_thread=a.quant_per_thread,
                operands=operands)
     return _check_and_time(make, base, ref_logits, layers, a, res, "noroute" not in variant)
+
+
+def _tile_quant(x, base, act, ref_logits, layers, a, res) -> int:
+    """The tile kernel (the device's grid) from bf16 ``x`` with the layer's calibrated scale: route
+    alone (the activations quantized beforehand), the fused quantizer + tile kernel plainly and as
+    its programmatic dependent, and the tile kernel quantizing its token rows itself; each checked
+    and timed (one JSON line each)."""
+    from kernels.router.launch import tile_launcher
+    from kernels.router.quant import quant_launcher
+
+    rc = 0
+
+    def alone(lay):
+        return tile_launcher(act, lay, 6, "softmax", False)
+
+    def own(lay):
+        return tile_launcher(None, lay, 6, "softmax", False, quant_x=x)
+
+    rc |= _check_and_time(alone, base, ref_logits, layers, a, dict(res, kernel="tile", quant="before"), True)
+    for pdl in (False, True):
+        def after(lay, pdl=pdl):
+            quant, qact = quant_launcher(x, lay.input_global_scale, lay._global_scale_b, trigger=pdl)
+            run, ids, w = tile_launcher(qact, lay, 6, "softmax", False, pdl=pdl)
+
+            def both():
+                quant()
+                run()
+            return both, ids, w
+        rc |= _check_and_time(after, base, ref_logits, layers, a,
+                              dict(res, kernel="tile", after_quant="calibrated", pdl=pdl), True)
+    rc |= _check_and_time(own, base, ref_logits, layers, a, dict(res, kernel="tile", quant="in-kernel"), True)
+    return rc
 
 
 def _compiled_decode(kind, cfg, variant, act, lay, x=None, pdl: bool = False):

@@ -33,7 +33,8 @@ import cutlass
 import cutlass.cute as cute
 
 from .gemv import UNDO_2M28, _WarpRouter, await_inputs
-from .quant import _dec_pair, _scale2
+from .quant import (TABLE_CODES, TABLE_WORDS, _dec_pair, _mul_rn, _scale2, build_threshold_table, quant_block_f16,
+                    safe_scales)
 from .portable import DSL_OPS, PortableRouterKernel
 from .topk import EMPTY_ID, global_expert_index, sorted_insert
 
@@ -49,6 +50,13 @@ OFF_ASC = OFF_BW + BN * WORDS
 OFF_BSC = OFF_ASC + BM
 RAW_WORDS = OFF_BSC + BN
 TILE_HALVES = 128 * BK  # one decoded 128 x 64 fp16 tile
+# the quantizing form (``quant``): the token rows' bf16 words in a ring of their own (16-byte chunks
+# swizzled by row, so that the cp.async writes and the quantizing reads are conflict-free), the
+# expert rows' codes and scale atom in the other
+Q_ROW_WORDS = BK // 2  # bf16 words of one token row per k-tile
+Q_A_STAGE = BM * Q_ROW_WORDS
+Q_B_STAGE = BN * WORDS + BN
+Q_STAGES = 2  # two slots each, loads two k-tiles ahead (see TileRouterKernel.ahead): ~110 KB per CTA
 
 
 # insertion in increasing id order: "better" is a plain ">" (the earlier, lower id wins a tie)
@@ -67,13 +75,33 @@ class TileRouterKernel(PortableRouterKernel):
     over the splits, so its loads are independent)."""
 
     def __init__(self, top_k: int, scoring: str, renormalize: bool, splits: int = 1, variant: str = "",
-                 route_in_kernel: bool = False, stages: int = STAGES, stream_k_ctas: int = 0, pdl: bool = False):
+                 route_in_kernel: bool = False, stages: int = STAGES, stream_k_ctas: int = 0, pdl: bool = False,
+                 quant: bool = False, ahead: int = 0):
         super().__init__(top_k, scoring, renormalize, bm=BM, threads=THREADS, split_k=True)
         # a programmatic dependent launch (after the activation quantizer): every load of the
         # mainloop's ring waits for it, so the wait is the kernel's first step (gemv.await_inputs)
         self.pdl = pdl
-        if stages < 3:
-            raise ValueError(f"stages={stages}: the ring needs 3 or more")
+        # quant (SM90+, the layer's calibrated activation scale): mA holds the bf16 token rows
+        # ([T, K/2] words), mSFA the scale g and mAlpha g_b; each k-tile's token rows are quantized
+        # from their own ring straight into the decoded fp16 tile (quant.quant_block_f16: the
+        # fused quantizer's codes and scales, so the bits of quantizer + tile kernel), where the
+        # codes were decoded: quantize-and-route without the quantizer's launch and its pass over
+        # HBM between the two kernels
+        self.quant = quant
+        if quant and (pdl or route_in_kernel):
+            raise ValueError("quant: no kernel before it (pdl), the route kernel after it (no in-kernel route)")
+        min_stages = Q_STAGES if quant else 3
+        if stages < min_stages:
+            raise ValueError(f"stages={stages}: the ring needs {min_stages} or more")
+        # k-tiles in flight ahead of the one decoded: stages - 1 (the shipped form), or up to stages
+        # (a slot is free once its k-tile is decoded, one barrier before the issue that reuses it)
+        self.ahead = ahead or (stages if quant else stages - 1)
+        if not 2 <= self.ahead <= stages:
+            raise ValueError(f"ahead={ahead}: 2 to stages ({stages})")
+        if quant:
+            self.raw_words, self.off_bw, self.off_bsc = Q_B_STAGE, 0, BN * WORDS
+        else:
+            self.raw_words, self.off_bw, self.off_bsc = RAW_WORDS, OFF_BW, OFF_BSC
         if stream_k_ctas and route_in_kernel:
             raise ValueError("stream-K writes partial slots for the route kernel; it has no in-kernel route")
         self.stages = stages
@@ -92,7 +120,7 @@ class TileRouterKernel(PortableRouterKernel):
         # CTA's fp32 logits tile reuses them): ~101 KB, two CTAs per SM
         if route_in_kernel and 4 * BM * top_k + 4 * BM > RAW_WORDS * stages:
             raise ValueError(f"top_k={top_k}: the in-kernel route's lists do not fit a {stages}-stage ring")
-        self.smem_bytes = tile_smem_bytes(stages)
+        self.smem_bytes = tile_smem_bytes(stages, quant)
 
     @cute.jit
     def __call__(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
@@ -152,39 +180,65 @@ class TileRouterKernel(PortableRouterKernel):
     # ---------------------------------------------------------------- device
     @cute.jit
     def _issue(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
-               sRaw: cute.Tensor, kt, slot, row0, n0, T, kw, k_tiles, tidx, cp16, cp4):
-        """cp.async of raw k-tile ``kt`` into ring slot ``slot`` (about 5 copies per thread)."""
-        base = slot * RAW_WORDS
+               sRaw: cute.Tensor, sAq: cute.Tensor, kt, slot, row0, n0, T, kw, k_tiles, tidx, cp16, cp4):
+        """cp.async of raw k-tile ``kt`` into ring slot ``slot`` (about 5 copies per thread; 8 more of
+        the token rows' bf16 words in the quantizing form)."""
+        base = slot * self.raw_words
         pA = _gptr(mA)
         pB = _gptr(mB)
+        if cutlass.const_expr(self.quant):
+            # 128 rows x 8 chunks of 16 bytes; chunk c of row r at c ^ (r % 8)
+            for j in cutlass.range_constexpr(BM * Q_ROW_WORDS // 4 // THREADS):
+                u = tidx + j * THREADS
+                r = u // 8
+                c = u % 8
+                grow = cutlass.min(row0 + r, T - 1)  # rows past T re-read row T-1, never stored
+                src = cute.make_tensor(pA + cute.assume(grow * (4 * kw) + kt * Q_ROW_WORDS + c * 4, divby=4),
+                                       cute.make_layout(4))
+                dst = cute.make_tensor(sAq.iterator + cute.assume(slot * Q_A_STAGE + r * Q_ROW_WORDS
+                                                                  + (c ^ (r % 8)) * 4, divby=4), cute.make_layout(4))
+                cute.copy(cp16, src, dst)
         for i in cutlass.range_constexpr(2):
             u = tidx + i * THREADS
             r = u // 2
             h = u % 2
-            grow = cutlass.min(row0 + r, T - 1)  # rows past T re-read row T-1, never stored
-            src = cute.make_tensor(pA + cute.assume(grow * kw + kt * WORDS + h * 4, divby=4), cute.make_layout(4))
-            dst = cute.make_tensor(sRaw.iterator + cute.assume(base + r * WORDS + h * 4, divby=4), cute.make_layout(4))
-            cute.copy(cp16, src, dst)
+            if cutlass.const_expr(not self.quant):
+                grow = cutlass.min(row0 + r, T - 1)  # rows past T re-read row T-1, never stored
+                src = cute.make_tensor(pA + cute.assume(grow * kw + kt * WORDS + h * 4, divby=4), cute.make_layout(4))
+                dst = cute.make_tensor(sRaw.iterator + cute.assume(base + r * WORDS + h * 4, divby=4),
+                                       cute.make_layout(4))
+                cute.copy(cp16, src, dst)
             srcb = cute.make_tensor(pB + cute.assume((n0 + r) * kw + kt * WORDS + h * 4, divby=4),
                                     cute.make_layout(4))
-            dstb = cute.make_tensor(sRaw.iterator + cute.assume(base + OFF_BW + r * WORDS + h * 4, divby=4),
+            dstb = cute.make_tensor(sRaw.iterator + cute.assume(base + self.off_bw + r * WORDS + h * 4, divby=4),
                                     cute.make_layout(4))
             cute.copy(cp16, srcb, dstb)
-        grow = cutlass.min(row0 + tidx, T - 1)
-        cute.copy(cp4, cute.make_tensor(_gptr(mSFA) + (grow * k_tiles + kt), cute.make_layout(1)),
-                  cute.make_tensor(sRaw.iterator + (base + OFF_ASC + tidx), cute.make_layout(1)))
+        if cutlass.const_expr(not self.quant):
+            grow = cutlass.min(row0 + tidx, T - 1)
+            cute.copy(cp4, cute.make_tensor(_gptr(mSFA) + (grow * k_tiles + kt), cute.make_layout(1)),
+                      cute.make_tensor(sRaw.iterator + (base + OFF_ASC + tidx), cute.make_layout(1)))
         if tidx < 32:
             # the 128 x 4 scale atom of (expert block, k-tile) is 512 contiguous bytes
             src = cute.make_tensor(_gptr(mSFB) + cute.assume(((n0 // 128) * k_tiles + kt) * 128 + tidx * 4, divby=4),
                                    cute.make_layout(4))
-            dst = cute.make_tensor(sRaw.iterator + cute.assume(base + OFF_BSC + tidx * 4, divby=4), cute.make_layout(4))
+            dst = cute.make_tensor(sRaw.iterator + cute.assume(base + self.off_bsc + tidx * 4, divby=4),
+                                   cute.make_layout(4))
             cute.copy(cp16, src, dst)
 
     @cute.jit
-    def _decode(self, sRaw: cute.Tensor, sAB32: cute.Tensor, slot, dbuf, i: cutlass.Constexpr, tidx):
+    def _decode(self, sRaw: cute.Tensor, sAB32: cute.Tensor, slot, dbuf, i: cutlass.Constexpr, tidx, q=None):
         """Unit i (0, 1: token rows; 2, 3: expert rows) of this thread: 16 raw bytes (32 codes, two
-        scale blocks) of one row -> four 16-byte chunks of the decoded fp16 tile ``dbuf``."""
-        base = slot * RAW_WORDS
+        scale blocks) of one row -> four 16-byte chunks of the decoded fp16 tile ``dbuf``.  ``q``:
+        the quantizing form's ``(sAq, g_safe, d6, sThr)``: units 0, 1 quantize 32 bf16 of a token
+        row instead (:meth:`_quant_unit`)."""
+        if cutlass.const_expr(q is not None and i < 2):
+            self._quant_unit(sAB32, slot, dbuf, i, tidx, *q)
+        else:
+            self._decode_codes(sRaw, sAB32, slot, dbuf, i, tidx)
+
+    @cute.jit
+    def _decode_codes(self, sRaw: cute.Tensor, sAB32: cute.Tensor, slot, dbuf, i: cutlass.Constexpr, tidx):
+        base = slot * self.raw_words
         u = tidx + (i % 2) * THREADS
         r = u // 2
         h = u % 2
@@ -194,9 +248,9 @@ class TileRouterKernel(PortableRouterKernel):
         if cutlass.const_expr(i < 2):
             sw = sRaw[base + OFF_ASC + r]
         else:
-            data = data + OFF_BW
+            data = data + self.off_bw
             tile = dbuf + 2
-            sw = sRaw[base + OFF_BSC + (r % 32) * 4 + r // 32]
+            sw = sRaw[base + self.off_bsc + (r % 32) * 4 + r // 32]
         raw = cute.make_rmem_tensor(cute.make_layout(4), cutlass.Int32)
         cute.autovec_copy(cute.make_tensor(sRaw.iterator + cute.assume(data, divby=4), cute.make_layout(4)), raw)
         out = cute.make_rmem_tensor(cute.make_layout(4), cutlass.Int32)
@@ -206,24 +260,51 @@ class TileRouterKernel(PortableRouterKernel):
                 w = raw[2 * b + wi]
                 for a in cutlass.range_constexpr(4):
                     out[a] = _dec_pair(w, s2, a)
-                chunk = 4 * h + 2 * b + wi
-                # Swizzle<3,3,3> of a 64-wide fp16 row: 16-byte chunk index ^= row % 8
-                phys = tile * TILE_HALVES + r * BK + (chunk ^ (r % 8)) * 8
-                dst = cute.make_tensor(sAB32.iterator + cute.assume(phys // 2, divby=4), cute.make_layout(4))
-                cute.autovec_copy(out, dst)
+                self._store_chunk(sAB32, out, tile, r, 4 * h + 2 * b + wi)
+
+    @cute.jit
+    def _store_chunk(self, sAB32: cute.Tensor, out: cute.Tensor, tile, r, chunk):
+        # Swizzle<3,3,3> of a 64-wide fp16 row: 16-byte chunk index ^= row % 8
+        phys = tile * TILE_HALVES + r * BK + (chunk ^ (r % 8)) * 8
+        dst = cute.make_tensor(sAB32.iterator + cute.assume(phys // 2, divby=4), cute.make_layout(4))
+        cute.autovec_copy(out, dst)
+
+    @cute.jit
+    def _quant_unit(self, sAB32: cute.Tensor, slot, dbuf, i: cutlass.Constexpr, tidx, sAq: cute.Tensor, g_safe, d6,
+                    sThr: cute.Tensor):
+        """Token unit i of this thread in the quantizing form: 32 bf16 (two 16-element blocks) of one
+        row from the bf16 ring, quantized into the same four chunks the codes would have decoded to
+        (block b's code word wi is chunk 4 h + 2 b + wi, its pairs in ``_dec_pair``'s order)."""
+        u = tidx + i * THREADS
+        r = u // 2
+        h = u % 2
+        raw = cute.make_rmem_tensor(cute.make_layout((4, 4), stride=(1, 4)), cutlass.Int32)
+        for j in cutlass.range_constexpr(4):
+            src = sAq.iterator + cute.assume(slot * Q_A_STAGE + r * Q_ROW_WORDS + ((4 * h + j) ^ (r % 8)) * 4,
+                                             divby=4)
+            cute.autovec_copy(cute.make_tensor(src, cute.make_layout(4)), raw[None, j])
+        ops = cute.make_rmem_tensor(cute.make_layout(8), cutlass.Int32)
+        out = cute.make_rmem_tensor(cute.make_layout(4), cutlass.Int32)
+        for b in cutlass.range_constexpr(2):
+            quant_block_f16([raw[w % 4, 2 * b + w // 4] for w in range(8)], g_safe, d6, sThr, ops)
+            for wi in cutlass.range_constexpr(2):
+                for a in cutlass.range_constexpr(4):
+                    out[a] = ops[4 * wi + a]
+                self._store_chunk(sAB32, out, dbuf, r, 4 * h + 2 * b + wi)
 
     @cute.jit
     def _segment(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor, mAlpha: cute.Tensor,
                  mWs: cute.Tensor, sRaw: cute.Tensor, sAB32: cute.Tensor, sA: cute.Tensor, sB: cute.Tensor, cp16, cp4,
-                 tiled_mma: cute.TiledMma, m_idx, n_idx, kt_begin, n_k, slot, T, kw, k_tiles, tidx):
+                 tiled_mma: cute.TiledMma, m_idx, n_idx, kt_begin, n_k, slot, T, kw, k_tiles, tidx, q=None):
         """One 128 x 128 tile over k-tiles [kt_begin, kt_begin + n_k): the ring, the decode, the MMAs,
-        and its fp32 partial (x alpha) to workspace slot ``slot``."""
+        and its fp32 partial (x alpha) to workspace slot ``slot``; ``q`` as in :meth:`_decode`."""
         row0 = m_idx * BM
         n0 = n_idx * BN
-        # prologue: self.stages-1 raw k-tiles in flight, the first decoded
-        for s in cutlass.range_constexpr(self.stages - 1):
+        sAq = None if q is None else q[0]
+        # prologue: self.ahead raw k-tiles in flight, the first decoded
+        for s in cutlass.range_constexpr(self.ahead):
             if s < n_k:
-                self._issue(mA, mSFA, mB, mSFB, sRaw, kt_begin + s, s, row0, n0, T, kw, k_tiles, tidx, cp16, cp4)
+                self._issue(mA, mSFA, mB, mSFB, sRaw, sAq, kt_begin + s, s, row0, n0, T, kw, k_tiles, tidx, cp16, cp4)
             cute.arch.cp_async_commit_group()
 
         thr_mma = tiled_mma.get_slice(tidx)
@@ -247,19 +328,20 @@ class TileRouterKernel(PortableRouterKernel):
         tBr = thrB.retile(tCrB)
         num_kb = cute.size(tCrA, mode=[2])
 
-        cute.arch.cp_async_wait_group(self.stages - 2)
+        cute.arch.cp_async_wait_group(self.ahead - 1)
         cute.arch.sync_threads()
         for i in cutlass.range_constexpr(4):
-            self._decode(sRaw, sAB32, 0, 0, i, tidx)
-        cute.arch.cp_async_wait_group(self.stages - 3)
+            self._decode(sRaw, sAB32, 0, 0, i, tidx, q)
+        cute.arch.cp_async_wait_group(self.ahead - 2)
         cute.arch.sync_threads()
 
         for it in range(n_k):
-            nxt = it + self.stages - 1
+            nxt = it + self.ahead
             if nxt < n_k:
-                # its slot held raw k-tile it-1, decoded one iteration ago (a barrier since)
-                self._issue(mA, mSFA, mB, mSFB, sRaw, kt_begin + nxt, nxt % self.stages, row0, n0, T, kw, k_tiles,
-                            tidx, cp16, cp4)
+                # its slot held raw k-tile nxt - stages (it - 1 in the shipped form, it where
+                # ahead = stages), decoded in an earlier iteration (a barrier since)
+                self._issue(mA, mSFA, mB, mSFB, sRaw, sAq, kt_begin + nxt, nxt % self.stages, row0, n0, T, kw,
+                            k_tiles, tidx, cp16, cp4)
             cute.arch.cp_async_commit_group()
             dbuf = it % 2
             tAs_p = tAs[None, None, None, dbuf]
@@ -272,15 +354,18 @@ class TileRouterKernel(PortableRouterKernel):
                 if cutlass.const_expr(kb < 4 and "nodecode" not in self.variant):
                     # unconditional (the last round decodes a stale slot into the unused buffer): a
                     # branch here would split the block and keep ptxas from interleaving decode and MMAs
-                    self._decode(sRaw, sAB32, (it + 1) % self.stages, 1 - dbuf, kb, tidx)
+                    self._decode(sRaw, sAB32, (it + 1) % self.stages, 1 - dbuf, kb, tidx, q)
                 if cutlass.const_expr("nomma" not in self.variant):
                     cute.gemm(tiled_mma, tCrC, tCrA[None, None, kb], tCrB[None, None, kb], tCrC)
-            cute.arch.cp_async_wait_group(self.stages - 3)
+            cute.arch.cp_async_wait_group(self.ahead - 2)
             cute.arch.sync_threads()
         cute.arch.cp_async_wait_group(0)
 
         # this CTA's partial logits (x alpha) to the workspace [split, T padded to 128, E]
-        alpha2 = mAlpha[0] * cutlass.Float32(UNDO_2M28)
+        alpha = mAlpha[0]
+        if cutlass.const_expr(self.quant):
+            alpha = _mul_rn(mSFA[0], alpha)  # g * g_b, as the quantizer writes alpha
+        alpha2 = alpha * cutlass.Float32(UNDO_2M28)
         for i in cutlass.range_constexpr(cute.size(tCrC)):
             tCgW[i] = tCrC[i] * alpha2
 
@@ -294,6 +379,8 @@ class TileRouterKernel(PortableRouterKernel):
         T = mA.shape[0]
         E = mB.shape[0]
         kw = mA.shape[1]
+        if cutlass.const_expr(self.quant):
+            kw = kw // 4  # mA: the bf16 rows, K / 2 words
         k_tiles = kw // WORDS
         n_tiles = E // BN
         row0 = bidx * BM
@@ -303,9 +390,18 @@ class TileRouterKernel(PortableRouterKernel):
         await_inputs(self.pdl)
 
         smem = cutlass.utils.SmemAllocator()
-        sRaw = smem.allocate_tensor(cutlass.Int32, cute.make_layout(RAW_WORDS * self.stages), 16)
+        sRaw = smem.allocate_tensor(cutlass.Int32, cute.make_layout(self.raw_words * self.stages), 16)
         sAB32 = smem.allocate_tensor(cutlass.Int32, cute.make_layout(2 * TILE_HALVES), 1024)
         sFlag = smem.allocate_tensor(cutlass.Int32, cute.make_layout(4), 16)
+        q = None
+        if cutlass.const_expr(self.quant):
+            sAq = smem.allocate_tensor(cutlass.Int32, cute.make_layout(Q_A_STAGE * self.stages), 16)
+            sThr = smem.allocate_tensor(cutlass.Int32, cute.make_layout(TABLE_CODES * TABLE_WORDS), 16)
+            g_safe, d6 = safe_scales(mSFA[0])
+            # two threads per scale code; read after the barrier before the first decode
+            for half in cutlass.range_constexpr(2 * TABLE_CODES // THREADS):
+                build_threshold_table(sThr, g_safe, tidx + half * THREADS)
+            q = (sAq, g_safe, d6, sThr)
         # the last CTA's merge lists, in the raw ring (free once the mainloop is over)
         f32p = cute.recast_ptr(sRaw.iterator, dtype=cutlass.Float32)
         sMs = cute.make_tensor(f32p, cute.make_layout((BM, 1, k), stride=(k, k, 1)))
@@ -344,11 +440,11 @@ class TileRouterKernel(PortableRouterKernel):
                 first = stream_k_first(tile, k_tiles, units, nct)
                 self._segment(mA, mSFA, mB, mSFB, mAlpha, mWs, sRaw, sAB32, sA, sB, cp16, cp4, tiled_mma,
                               tile % m_tiles, tile // m_tiles, u - tile * k_tiles, seg_end - u, bidx - first,
-                              T, kw, k_tiles, tidx)
+                              T, kw, k_tiles, tidx, q)
                 u = seg_end
         else:
             self._segment(mA, mSFA, mB, mSFB, mAlpha, mWs, sRaw, sAB32, sA, sB, cp16, cp4, tiled_mma,
-                          bidx, bidz, kt_begin, n_k, bidy, T, kw, k_tiles, tidx)
+                          bidx, bidz, kt_begin, n_k, bidy, T, kw, k_tiles, tidx, q)
         if cutlass.const_expr(self.route_in_kernel):
             self._route_last(mWs, mCnt, mIds, mW, sAB32, sFlag, sMs, sMi, sSt, sRs, sRi, sRst, row0, T, E,
                              n_tiles, bidx, tidx)
@@ -466,8 +562,11 @@ class SplitRouteKernel(_WarpRouter):
             self._route_warp(mWs, self.splits, cutlass.Float32(1.0), mIds, mW, tok, tidx % 32)
 
 
-def tile_smem_bytes(stages: int = STAGES) -> int:
-    """Dynamic SMEM of a tile-kernel CTA: the raw ring, the decoded A/B double buffers, slack."""
+def tile_smem_bytes(stages: int = STAGES, quant: bool = False) -> int:
+    """Dynamic SMEM of a tile-kernel CTA: the raw ring, the decoded A/B double buffers, slack; the
+    quantizing form: the token rows' bf16 ring, the expert rows' ring and the threshold table."""
+    if quant:
+        return 4 * (Q_A_STAGE + Q_B_STAGE) * stages + 2 * 4 * TILE_HALVES + 4 * TABLE_CODES * TABLE_WORDS + 1024 + 64
     return 4 * RAW_WORDS * stages + 2 * 4 * TILE_HALVES + 1024 + 64
 
 
@@ -488,14 +587,15 @@ def device_stages(device) -> int:
     return pick_stages(getattr(props, "shared_memory_per_block_optin", 0) or tile_smem_bytes(STAGES))
 
 
-def device_ctas_per_wave(device, stages: int) -> int:
+def device_ctas_per_wave(device, stages: int, quant: bool = False) -> int:
     """Tile-kernel CTAs resident at once: SMs x CTAs whose SMEM fits an SM (two on SM80/SM90, at
     most two by the kernel's launch bound; one where a CTA takes most of the SM, as on SM120)."""
     import torch
 
     props = torch.cuda.get_device_properties(device)
-    per_sm = getattr(props, "shared_memory_per_multiprocessor", 0) or 2 * (tile_smem_bytes(stages) + 1024)
-    return props.multi_processor_count * max(1, min(2, per_sm // (tile_smem_bytes(stages) + 1024)))
+    need = tile_smem_bytes(stages, quant) + 1024
+    per_sm = getattr(props, "shared_memory_per_multiprocessor", 0) or 2 * need
+    return props.multi_processor_count * max(1, min(2, per_sm // need))
 
 
 def stream_k_first(tile, k_tiles, units, ctas):
@@ -536,9 +636,11 @@ def pick_tile_grid(num_tokens: int, experts: int, hidden: int, ctas_per_wave: in
     return "split", splits, per
 
 
-def device_tile_grid(num_tokens: int, experts: int, hidden: int, device, stages=None):
-    """:func:`pick_tile_grid` for one wave of ``device`` (the ring depth it gets unless ``stages``)."""
-    return pick_tile_grid(num_tokens, experts, hidden, device_ctas_per_wave(device, stages or device_stages(device)))
+def device_tile_grid(num_tokens: int, experts: int, hidden: int, device, stages=None, quant: bool = False):
+    """:func:`pick_tile_grid` for one wave of ``device`` (the ring depth it gets unless ``stages``;
+    ``quant``: the quantizing form's rings)."""
+    return pick_tile_grid(num_tokens, experts, hidden,
+                          device_ctas_per_wave(device, stages or device_stages(device), quant))
 
 
 def pick_tile_splits(num_tokens: int, experts: int, hidden: int):
@@ -559,12 +661,13 @@ _compiled = {}
 
 
 def compile_tile(top_k: int, scoring: str, renormalize: bool, splits: int, args, variant: str = "",
-                 route_in_kernel: bool = False, stages: int = STAGES, stream_k_ctas: int = 0, pdl: bool = False):
-    key = (top_k, scoring, renormalize, splits, variant, route_in_kernel, stages, stream_k_ctas, pdl)
+                 route_in_kernel: bool = False, stages: int = STAGES, stream_k_ctas: int = 0, pdl: bool = False,
+                 quant: bool = False, ahead: int = 0):
+    key = (top_k, scoring, renormalize, splits, variant, route_in_kernel, stages, stream_k_ctas, pdl, quant, ahead)
     fn = _compiled.get(key)
     if fn is None:
         fn = cute.compile(TileRouterKernel(top_k, scoring, renormalize, splits, variant, route_in_kernel, stages,
-                                           stream_k_ctas, pdl), *args)
+                                           stream_k_ctas, pdl, quant, ahead), *args)
         _compiled[key] = fn
     return fn
 

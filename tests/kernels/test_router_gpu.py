@@ -358,6 +358,51 @@ def test_swapab_quantizing_in_kernel_is_quantizer_plus_kernel_bit_for_bit(t, e, 
         assert torch.equal(ids, want[0]) and torch.equal(w, want[1])
 
 
+@pytest.mark.skipif(torch.cuda.is_available() and _sm() < 9,
+                    reason="the tile kernel's own quantization needs SM90 or later (bf16x2 compares)")
+@pytest.mark.parametrize("t,e,hidden,grid,tiny", [
+    (4096, 256, 7168, None, False),  # the launcher's pick: 4 splits
+    (4096, 384, 7168, None, False),  # stream-K
+    (300, 256, 2048, (2, 16), False),  # a partial row tile (rows past T re-read, never stored)
+    (200, 384, 2048, "stream_k", False),  # stream-K segments crossing tiles
+    (130, 256, 2048, (1, 32), True),  # divisors below 2^-100: the codes by division
+])
+def test_tile_quantizing_in_kernel_is_quantizer_plus_tile_bit_for_bit(t, e, hidden, grid, tiny, monkeypatch):
+    # the tile kernel reading bf16 token rows and quantizing each k-tile itself into its fp16 tile
+    # (the layer's calibrated scale) against the fused quantizer + the same tile grid: the same ids
+    # and weights, bit for bit, on every run
+    from kernels.router.launch import run_tile_quant, tile_launcher
+
+    layer, x = _case(t, e, hidden, seed=71 + t + e)
+    x[0, 5] = 7.5  # a clear amax: its block's scale saturates toward 448
+    x[1, 32:48] = 0.0  # a block without codes (zero scale)
+    x[t - 1, 100] = -3.0
+    if tiny:
+        x = x * 2.0 ** -100  # exact in bf16; every block's divisor below the thresholds' range
+    layer.input_global_scale = float(x.float().abs().max()) / 2000.0
+    act = router.prepare_activation(x, layer)
+    assert router.last_quantizer == "fused"
+    config = grid if isinstance(grid, tuple) else None
+    stream_k = None
+    if grid == "stream_k":
+        from kernels.router.tile import BK, BN, stream_k_slots
+
+        stream_k = (40, stream_k_slots(-(-t // 128) * (e // BN), hidden // BK, 40))
+    launch, *want = tile_launcher(act, layer, 6, "softmax", False, config, stream_k=stream_k)
+    launch()
+    for _ in range(2):
+        got = run_tile_quant(x, layer, 6, "softmax", False, config, stream_k=stream_k)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    c = router.compare_routing(got[0], got[1], router.router_logits_reference(x, layer), 6, "softmax")
+    assert c.ok and c.max_weight_err < 1e-4, c
+    if grid is None:
+        # the router's path from bf16 where the tile kernel routes (GPUREPRO_ROUTER_INKERNEL_QUANT=1)
+        monkeypatch.setenv("GPUREPRO_ROUTER_INKERNEL_QUANT", "1")
+        ids, w = router.run_nvfp4_fused_router(x, layer, 6, "softmax")
+        assert router.last_quantizer == "in-kernel" and router.last_kernel == "tile"
+        assert torch.equal(ids, want[0]) and torch.equal(w, want[1])
+
+
 @pytest.mark.skipif(torch.cuda.is_available() and _sm() < 9, reason="programmatic dependent launch needs SM90 or later")
 @pytest.mark.parametrize("t,e,hidden,kernel,pdl,operands", [
     (1, 384, 7168, "gemv", True, False), (7, 384, 7168, "swapab", True, False),
