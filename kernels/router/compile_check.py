@@ -7,6 +7,7 @@
     python -m kernels.router.compile_check --kernel sm100 --arch sm_100a
     python -m kernels.router.compile_check --kernel quant --arch sm_90a   # the activation quantizer
     python -m kernels.router.compile_check --kernel inkernel-quant --arch sm_90a   # SM90+ quantizing forms
+    python -m kernels.router.compile_check --kernel tile-quant --arch sm_90a   # the tile kernel quantizing
 
 Prints one JSON line: kernel, arch, configurations compiled, seconds, and the cubin files that
 ``CUTE_DSL_KEEP=cubin`` left (their names carry the architecture).  Exit 0 when every
@@ -137,9 +138,8 @@ def _compile_inkernel_quant(cute, k: int, compiled) -> list:
     (probe variant "search", calibrated scale with the table), the swap-AB kernel quantizing its
     bf16 tokens itself (calibrated scale): 8-byte units with several units per warp, then the T <= 8
     form the launcher picks at hidden 7168 (7 K splits, 16-byte units, 8 warps: its registers decide
-    whether two CTAs share an SM); the tile kernel quantizing its token rows (calibrated scale, split
-    grid: whether it still fits two CTAs per SM without spills).  ``compiled()`` after each but the
-    last (whose cubin stays for the caller)."""
+    whether two CTAs share an SM).  ``compiled()`` after each but the last (whose cubin stays for the
+    caller)."""
     import torch
 
     from kernels.router.gemv import GemvRouterKernel, MmaGemvRouterKernel, swapab_polls
@@ -157,14 +157,25 @@ def _compile_inkernel_quant(cute, k: int, compiled) -> list:
         args = mma_gemv_args(None, layer, k, 1, ks, poll, quant_x=x)[0]
         cute.compile(MmaGemvRouterKernel(k, "softmax", False, 256, 1, ks, poll, uw=uw, quant=True), *args)
         done.append(f"k={k},softmax,swapab quant nt=1,ksplit={ks},uw={uw}")
+    return done
+
+
+def _compile_tile_quant(cute, k: int, compiled) -> list:
+    """The tile kernel quantizing its bf16 token rows itself (calibrated scale, SM90+): the split
+    grid, then the stream-K grid (whose cubin stays for the caller)."""
+    import torch
+
     from kernels.router.launch import tile_args
     from kernels.router.tile import Q_STAGES, TileRouterKernel
 
-    compiled()
+    _, layer = _act_layer()
+    layer.input_global_scale = 0.01
+    x = torch.randn(8, 256).to(torch.bfloat16)
     targs = tile_args(None, layer, k, 4, 2, quant_x=x)[0]
     cute.compile(TileRouterKernel(k, "softmax", False, 4, stages=Q_STAGES, quant=True), *targs)
-    done.append(f"k={k},softmax,tile quant splits=4")
-    return done
+    compiled()
+    cute.compile(TileRouterKernel(k, "softmax", False, 4, stages=Q_STAGES, stream_k_ctas=264, quant=True), *targs)
+    return [f"k={k},softmax,tile quant splits=4", f"k={k},softmax,tile quant stream-K 264 CTAs"]
 
 
 def _drop_cubins(dump: str) -> list:
@@ -179,7 +190,8 @@ def _drop_cubins(dump: str) -> list:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--kernel", choices=["portable", "gemv", "tile", "sm100", "quant", "inkernel-quant"], required=True)
+    p.add_argument("--kernel", choices=["portable", "gemv", "tile", "sm100", "quant", "inkernel-quant", "tile-quant"],
+                   required=True)
     p.add_argument("--arch", required=True, help="e.g. sm_80, sm_90a, sm_120a, sm_100a")
     p.add_argument("--topk", type=int, nargs="+", default=[6])
     p.add_argument("--scorings", nargs="+", default=["softmax", "sigmoid"])
@@ -232,9 +244,11 @@ def main(argv=None) -> int:
             done.append(f"quant dynamic={dynamic}" + (" trigger" if a.pdl else ""))
     if a.kernel == "inkernel-quant":
         done += _compile_inkernel_quant(cute, a.topk[0], lambda: seen_regs.update(_drop_cubins(dump)))
+    if a.kernel == "tile-quant":
+        done += _compile_tile_quant(cute, a.topk[0], lambda: seen_regs.update(_drop_cubins(dump)))
     if a.pdl and a.kernel != "quant":
         done += _compile_pdl(cute, a.kernel, a.topk[0])
-    for k in ([] if a.kernel in ("quant", "inkernel-quant") or a.pdl else a.topk):
+    for k in ([] if a.kernel in ("quant", "inkernel-quant", "tile-quant") or a.pdl else a.topk):
         args = _fake_args(a.kernel, k)
         for scoring in a.scorings:
             renorm = default_renormalize(scoring)

@@ -167,6 +167,17 @@ def test_handoff_kernel_compiles(arch, tmp_path):
     assert p.stdout.split("\n")[:2] == ["False 1 False", "True 1 True"], p.stdout
 
 
+def test_tile_kernel_quantizing_its_token_rows_compiles_for_two_ctas_per_sm():
+    # the tile kernel reading bf16 token rows and quantizing them per k-tile (SM90+, calibrated
+    # scale), split and stream-K grids: the bf16x2 search and the MMAs in its PTX, and at most 255
+    # registers (its launch bound keeps two CTAs per SM, as the shipped form's)
+    rc, res, err = _compile("tile-quant", "sm_90a", "--expect-ptx", "set.ge.u32.bf16x2", "--expect-ptx", "max.u16x2",
+                            "--expect-ptx", "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32")
+    assert rc == 0 and res["ok"], (res, err[-3000:])
+    assert res["compiled"] == ["k=6,softmax,tile quant splits=4", "k=6,softmax,tile quant stream-K 264 CTAs"]
+    assert res["registers"] and max(res["registers"]) <= 255, res["registers"]
+
+
 @pytest.mark.parametrize("arch", ["sm_90a", "sm_120a"])
 def test_sm90_in_kernel_quantization_forms_compile(arch):
     # the SM90+ in-kernel quantization (bf16x2 compares to u32 masks, u16x2 max): the GEMV's codes
