@@ -120,20 +120,26 @@ def choose_path(x: torch.Tensor, linear, top_k: int) -> str:
     return f"reference: compute capability {major}.{minor} is below 8.0"
 
 
-#: the swap-AB kernel quantizes its own tokens (GPUREPRO_ROUTER_INKERNEL_QUANT=1) up to this many: one
+#: the swap-AB kernel quantizes its own tokens (with the layer's calibrated scale) up to this many: one
 #: 8-token n-tile, each lane quantizing the blocks of one token per K unit
 SWAPAB_QUANT_MAX_TOKENS = 8
 
 
-def inkernel_quant_enabled() -> bool:
-    """``GPUREPRO_ROUTER_INKERNEL_QUANT=1``: where the GEMV kernel routes (T = 1), it quantizes the
-    bf16 activations in its own launch; where the swap-AB kernel routes up to
-    ``SWAPAB_QUANT_MAX_TOKENS`` tokens with the layer's calibrated activation scale, so does it, and
-    so does the tile kernel (SM90+, two CTAs' rings per SM: not SM120).
-    Off by default: the GEMV's measured slower on the H200 than the fused quantizer + GEMV (every
-    one of the E CTAs quantizes the whole token; 2026-12-04: 4.9-5.5 us against 4.8 at E=256);
-    the swap-AB and tile ones are not measured yet."""
-    return os.environ.get("GPUREPRO_ROUTER_INKERNEL_QUANT", "0") == "1"
+def inkernel_quant_mode() -> str:
+    """``GPUREPRO_ROUTER_INKERNEL_QUANT``: where the kernel that routes quantizes bf16 activations
+    in its own launch instead of after the fused quantizer's.
+
+    * ``auto`` (default): the swap-AB kernel up to ``SWAPAB_QUANT_MAX_TOKENS`` tokens with the
+      layer's calibrated activation scale (H200, 2026-12-05: T=7 5.94 / 6.60 us at E=256 / 384
+      against 6.22 / 7.08 for the quantizer + the kernel as its dependent, 1.19x / 1.14x route alone);
+    * ``1``: also the GEMV kernel at T=1 (measured no faster: 4.85-4.93 against 4.93 us at E=256,
+      6.1-6.3 against 5.38 at E=384);
+    * ``0``: never.
+
+    The tile kernel's own quantization (``launch.run_tile_quant``) is not among them: it measured
+    slower than the quantizer + tile kernel (T=4096: 114.6 / 162.8 against 92.6 / 128.7 us)."""
+    mode = os.environ.get("GPUREPRO_ROUTER_INKERNEL_QUANT", "auto")
+    return mode if mode in ("0", "1") else "auto"
 
 
 def operand_handoff_enabled() -> bool:
@@ -184,29 +190,25 @@ def _route_quantizing(x: torch.Tensor, linear, top_k: int, scoring: str, renorma
     (their bits are the fused quantizer's), where that is the kernel for these tokens: the
     quantizer's launch saved.  None where it does not apply."""
     global last_kernel, last_quantizer
-    from .launch import (gemv_quant_problem, run_gemv_quant, run_mma_gemv_quant, run_tile_quant, swapab_quant_problem,
-                         tile_quant_problem)
+    from .launch import gemv_quant_problem, run_gemv_quant, run_mma_gemv_quant, swapab_quant_problem
 
     x2 = x.reshape(-1, x.shape[-1])
-    if not (fused_quant_enabled() and inkernel_quant_enabled()):
+    mode = inkernel_quant_mode()
+    if not fused_quant_enabled() or mode == "0":
         return None
     chosen = kernel or choose_kernel(x2.shape[0], linear.out_features)
-    if chosen == "gemv" and gemv_quant_problem(x2, linear) is None:
+    if chosen == "gemv" and mode == "1" and gemv_quant_problem(x2, linear) is None:
         last_kernel = "gemv"
         last_quantizer = "in-kernel"
         return run_gemv_quant(x2, linear, top_k, scoring, renormalize)
-    if chosen == "swapab" and x2.shape[0] <= SWAPAB_QUANT_MAX_TOKENS:
-        from .launch import pick_swapab
+    if chosen == "swapab" and x2.shape[0] <= SWAPAB_QUANT_MAX_TOKENS and x2.is_cuda:
+        from .launch import pick_swapab_quant
 
-        cfg = pick_swapab(x2.shape[0], linear, x2.device)
+        cfg = pick_swapab_quant(x2.shape[0], linear, x2.device)
         if swapab_quant_problem(x2, linear, cfg) is None:
             last_kernel = "swapab"
             last_quantizer = "in-kernel"
             return run_mma_gemv_quant(x2, linear, top_k, scoring, renormalize, cfg)
-    if chosen == "tile" and tile_quant_problem(x2, linear) is None:
-        last_kernel = "tile"
-        last_quantizer = "in-kernel"
-        return run_tile_quant(x2, linear, top_k, scoring, renormalize)
     return None
 
 
@@ -285,7 +287,7 @@ def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str
 
 __all__ = [
     "GEMV_MAX_TOKENS", "SCORINGS", "RoutingComparison", "check_scoring", "choose_kernel", "choose_path", "compare_routing", "cutlass_dsl_available",
-    "default_renormalize", "fused_quant_enabled", "global_expert_index", "inkernel_quant_enabled", "merge_topk",
+    "default_renormalize", "fused_quant_enabled", "global_expert_index", "inkernel_quant_mode", "merge_topk",
     "operand_handoff_enabled", "prepare_activation", "reference_router",
     "router_logits_reference", "run_nvfp4_fused_router", "shape_problem", "sorted_insert", "topk_from_logits",
     "topk_of", "weights_for_ids",

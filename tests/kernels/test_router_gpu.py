@@ -333,7 +333,7 @@ def test_swapab_quantizing_in_kernel_is_quantizer_plus_kernel_bit_for_bit(t, e, 
     # the swap-AB kernel reading bf16 tokens and quantizing them itself into its fp16 operands (one
     # launch, the layer's calibrated scale) against the fused quantizer + the same kernel: the same
     # ids and weights, bit for bit, on every run
-    from kernels.router.launch import run_mma_gemv, run_mma_gemv_quant
+    from kernels.router.launch import pick_swapab_quant, run_mma_gemv, run_mma_gemv_quant
 
     layer, x = _case(t, e, hidden, seed=53 + t + e)
     x[0, 5] = 7.5  # a clear amax: its block's scale saturates toward 448
@@ -344,18 +344,23 @@ def test_swapab_quantizing_in_kernel_is_quantizer_plus_kernel_bit_for_bit(t, e, 
     layer.input_global_scale = float(x.float().abs().max()) / 2000.0
     act = router.prepare_activation(x, layer)
     assert router.last_quantizer == "fused"
-    want = run_mma_gemv(act, layer, 6, "softmax", False, config)
+    # the launcher's pick for the quantizing kernel (E=384: 32 experts per CTA), the same for both
+    cfg = config if config is not None else pick_swapab_quant(t, layer, x.device)
+    want = run_mma_gemv(act, layer, 6, "softmax", False, cfg)
     for _ in range(2):
         got = run_mma_gemv_quant(x, layer, 6, "softmax", False, config)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     c = router.compare_routing(got[0], got[1], router.router_logits_reference(x, layer), 6, "softmax")
     assert c.ok and c.max_weight_err < 1e-4, c
     if config is None:
-        # the router's path from bf16 at T <= 8 with a calibrated scale (GPUREPRO_ROUTER_INKERNEL_QUANT=1)
-        monkeypatch.setenv("GPUREPRO_ROUTER_INKERNEL_QUANT", "1")
+        # the router's default path from bf16 at T <= 8 with a calibrated scale; "0" turns it off
+        monkeypatch.delenv("GPUREPRO_ROUTER_INKERNEL_QUANT", raising=False)
         ids, w = router.run_nvfp4_fused_router(x, layer, 6, "softmax")
         assert router.last_quantizer == "in-kernel" and router.last_kernel == "swapab"
         assert torch.equal(ids, want[0]) and torch.equal(w, want[1])
+        monkeypatch.setenv("GPUREPRO_ROUTER_INKERNEL_QUANT", "0")
+        router.run_nvfp4_fused_router(x, layer, 6, "softmax")
+        assert router.last_quantizer == "fused" and router.last_kernel == "swapab"
 
 
 @pytest.mark.skipif(torch.cuda.is_available() and _sm() < 9,
@@ -396,10 +401,11 @@ def test_tile_quantizing_in_kernel_is_quantizer_plus_tile_bit_for_bit(t, e, hidd
     c = router.compare_routing(got[0], got[1], router.router_logits_reference(x, layer), 6, "softmax")
     assert c.ok and c.max_weight_err < 1e-4, c
     if grid is None:
-        # the router's path from bf16 where the tile kernel routes (GPUREPRO_ROUTER_INKERNEL_QUANT=1)
+        # not the router's path, even with GPUREPRO_ROUTER_INKERNEL_QUANT=1: measured slower than the
+        # quantizer + tile kernel, which the router keeps (the same bits)
         monkeypatch.setenv("GPUREPRO_ROUTER_INKERNEL_QUANT", "1")
         ids, w = router.run_nvfp4_fused_router(x, layer, 6, "softmax")
-        assert router.last_quantizer == "in-kernel" and router.last_kernel == "tile"
+        assert router.last_quantizer == "fused" and router.last_kernel == "tile"
         assert torch.equal(ids, want[0]) and torch.equal(w, want[1])
 
 

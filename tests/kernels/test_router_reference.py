@@ -4,6 +4,7 @@ index, the scoring, the tie-aware comparison and the wrapper's fallback."""
 import logging
 import math
 import random
+import types
 
 import pytest
 
@@ -221,17 +222,19 @@ def test_sm100_does_not_import_launch():
 
 
 def test_quantizer_switches_read_the_environment(monkeypatch):
-    # the fused quantizer defaults on ("0" turns it off); the in-kernel one off ("1" turns it on)
-    from kernels.router import fused_quant_enabled, inkernel_quant_enabled
+    # the fused quantizer defaults on ("0" turns it off); the in-kernel one "auto" (the swap-AB
+    # kernel's), "1" (the GEMV's too) or "0"; anything else reads as the default
+    from kernels.router import fused_quant_enabled, inkernel_quant_mode
 
     monkeypatch.delenv("GPUREPRO_ROUTER_FUSED_QUANT", raising=False)
     assert fused_quant_enabled()
     monkeypatch.setenv("GPUREPRO_ROUTER_FUSED_QUANT", "0")
     assert not fused_quant_enabled()
     monkeypatch.delenv("GPUREPRO_ROUTER_INKERNEL_QUANT", raising=False)
-    assert not inkernel_quant_enabled()
-    monkeypatch.setenv("GPUREPRO_ROUTER_INKERNEL_QUANT", "1")
-    assert inkernel_quant_enabled()
+    assert inkernel_quant_mode() == "auto"
+    for value, mode in (("1", "1"), ("0", "0"), ("yes", "auto")):
+        monkeypatch.setenv("GPUREPRO_ROUTER_INKERNEL_QUANT", value)
+        assert inkernel_quant_mode() == mode
     from kernels.router import operand_handoff_enabled
 
     monkeypatch.delenv("GPUREPRO_ROUTER_OPERAND_HANDOFF", raising=False)
@@ -265,6 +268,32 @@ def test_swapab_quantizing_declines_without_a_calibrated_scale_or_whole_blocks()
     layer.input_global_scale = 0.01
     assert swapab_quant_problem(x, layer, SwapabConfig(1, 7, 1, 1)).startswith("K units of one word")
     assert swapab_quant_problem(x, layer, SwapabConfig(1, 7, 1, 4)) == "input not on CUDA"
+
+
+def test_swapab_quantizing_takes_32_experts_per_cta_where_16_would_overfill_the_sms():
+    # launch.pick_swapab_quant (an H200's 132 SMs without a device): T=7 at E=384 is 24 x 7 = 168
+    # CTAs with 16 experts each, so 32 (84 CTAs); E=256's 112 CTAs stay at 16 experts; the
+    # one-CTA-per-SM forms (T=128) are left as picked
+    from kernels.router.launch import pick_swapab, pick_swapab_quant
+
+    def layer(e):
+        return types.SimpleNamespace(out_features=e, in_features=7168)
+
+    assert pick_swapab_quant(7, layer(384)) == pick_swapab(7, layer(384))._replace(mw=2)
+    assert pick_swapab_quant(7, layer(256)) == pick_swapab(7, layer(256))
+    assert pick_swapab(7, layer(256)).mw == 1
+    assert pick_swapab_quant(128, layer(256)) == pick_swapab(128, layer(256))
+
+
+def test_tile_quantizing_declines_without_a_calibrated_scale():
+    # launch.tile_quant_problem: the layer's calibrated scale, then the fused quantizer's rules
+    from kernels.router.launch import tile_quant_problem
+
+    layer = Nvfp4Linear(torch.randn(128, 256)).finalize_weights()
+    x = torch.randn(300, 256).to(torch.bfloat16)
+    assert tile_quant_problem(x, layer) == "no calibrated activation scale (input_global_scale)"
+    layer.input_global_scale = 0.01
+    assert tile_quant_problem(x, layer) == "input not on CUDA"
 
 
 def test_operand_form_is_told_by_its_dtype():
