@@ -19,11 +19,12 @@ not from the 60 MB L2), replayed ``--reps`` times; the time per call is the medi
   PyTorch quantizer when ``GPUREPRO_ROUTER_FUSED_QUANT=0``);
 * ``fused+quant, calibrated`` the same with the layer's calibrated activation scale
   (``input_global_scale``, as a checkpoint's static input scale: here the input's own dynamic
-  scale, so the same codes): the quantizer needs no pass for the max;
-* ``one launch``   (T <= 8, and where the tile kernel routes) the same from bf16 with the calibrated
-  scale and ``GPUREPRO_ROUTER_INKERNEL_QUANT=1``: the GEMV (T=1), swap-AB
-  (``kernels.router.SWAPAB_QUANT_MAX_TOKENS``) or tile kernel quantizing its tokens in its own
-  launch, no quantizer launch (the tile kernel's route kernel still follows it);
+  scale, so the same codes): the quantizer needs no pass for the max, and at 1 < T <= 8 the
+  default path is the swap-AB kernel quantizing its tokens itself (no quantizer launch);
+* ``one launch``   (T <= 8) the same from bf16 with the calibrated scale and
+  ``GPUREPRO_ROUTER_INKERNEL_QUANT=1``: the GEMV (T=1) or swap-AB kernel quantizing its tokens in
+  its own launch (``kernels.router.SWAPAB_QUANT_MAX_TOKENS``), no quantizer launch (the swap-AB
+  one is the default path, so ``fused+quant, calibrated`` at 1 < T <= 8 is the same path);
 * ``torchq+route`` the same with the PyTorch quantizer of ``kernels.nvfp4`` (~20 elementwise kernels);
 * ``quant``        the fused quantizer alone (``quant, calibrated``: with the calibrated scale);
 * ``bf16``         cuBLAS bf16 GEMM (x @ W^T, W in bf16) + softmax + ``torch.topk``;
@@ -295,8 +296,7 @@ def main(argv=None) -> int:
                 paths["fused+quant_nopdl"] = [quant_route_nopdl(lay) for lay in layers]
                 paths["fused+quant_cal"] = [quant_route(lay) for lay in cal_layers]
             one = None  # the one-launch path's quantizer ("in-kernel" where the kernel quantized itself)
-            if "one_launch" not in a.skip and (t <= router.SWAPAB_QUANT_MAX_TOKENS
-                                               or router.choose_kernel(t, e) == "tile"):
+            if "one_launch" not in a.skip and t <= router.SWAPAB_QUANT_MAX_TOKENS:
                 paths["one_launch"] = [quant_route_one_launch(lay) for lay in cal_layers]
                 quant_route_one_launch(cal_layers[0])()
                 one = router.last_quantizer
