@@ -198,26 +198,31 @@ def run_gemv_quant(x, linear, top_k: int, scoring: str, renormalize: bool, confi
     return ids, w
 
 
+def _token_args(activation, linear, quant_x, scale_words: bool):
+    """``(device, token words, token scales, alpha)`` of the tensor-core kernels: the codes as int32
+    words, their E4M3 scales (bytes, or with ``scale_words`` int32 words) and ``alpha``; or, for a
+    kernel quantizing ``quant_x`` [T, K] itself, its bf16 words, the layer's calibrated scale and
+    ``g_b``."""
+    if quant_x is not None:
+        from .quant import device_scalar
+
+        dev = quant_x.device
+        return (dev, quant_x.contiguous().view(torch.int32), device_scalar(linear.input_global_scale, dev, (1,)),
+                device_scalar(linear._global_scale_b, dev, (1,)))
+    dev = activation[0].device
+    a_scales = activation[1].contiguous()
+    if scale_words:
+        a_scales = a_scales.view(torch.uint8).view(torch.int32)
+    return dev, activation[0].contiguous().view(torch.int32), a_scales, _alpha(activation, linear, dev)
+
+
 def mma_gemv_args(activation, linear, top_k: int, nt: int = 1, ksplit: int = 1, poll: bool = False,
                   scale_words: bool = False, quant_x=None):
     """CuTe arguments of the tensor-core decode kernel: partial logits ``[ksplit, T, E]`` (``poll``:
     sentinel-filled), one semaphore per 8 tokens; E4M3 scales as bytes (``scale_words``: int32 words).
     ``quant_x``: the bf16 tokens ``[T, K]`` the kernel quantizes itself (``activation`` unused), with
     the layer's calibrated scale and ``g_b`` in place of the activation scales and ``alpha``."""
-    if quant_x is not None:
-        from .quant import device_scalar
-
-        dev = quant_x.device
-        a_words = quant_x.contiguous().view(torch.int32)
-        a_scales = device_scalar(linear.input_global_scale, dev, (1,))
-        alpha = device_scalar(linear._global_scale_b, dev, (1,))
-    else:
-        dev = activation[0].device
-        a_words = activation[0].contiguous().view(torch.int32)
-        a_scales = activation[1].contiguous()
-        if scale_words:
-            a_scales = a_scales.view(torch.uint8).view(torch.int32)
-        alpha = _alpha(activation, linear, dev)
+    dev, a_words, a_scales, alpha = _token_args(activation, linear, quant_x, scale_words)
     t = a_words.shape[0]
     e = linear.out_features
     shape = (ksplit, t, e)
@@ -383,18 +388,7 @@ def tile_args(activation, linear, top_k: int, splits: int, k_per_split: int, qua
     of the activation scales and ``alpha``."""
     from .tile import BM
 
-    if quant_x is not None:
-        from .quant import device_scalar
-
-        dev = quant_x.device
-        a_words = quant_x.contiguous().view(torch.int32)
-        a_scales = device_scalar(linear.input_global_scale, dev, (1,))
-        alpha = device_scalar(linear._global_scale_b, dev, (1,))
-    else:
-        dev = activation[0].device
-        a_words = activation[0].contiguous().view(torch.int32)
-        a_scales = activation[1].contiguous().view(torch.uint8).view(torch.int32)
-        alpha = _alpha(activation, linear, dev)
+    dev, a_words, a_scales, alpha = _token_args(activation, linear, quant_x, scale_words=True)
     t = a_words.shape[0]
     m_tiles = -(-t // BM)
     ws = torch.empty((splits, m_tiles * BM, linear.out_features), dtype=torch.float32, device=dev)
