@@ -201,7 +201,7 @@ def _route_quantizing(x: torch.Tensor, linear, top_k: int, scoring: str, renorma
         last_kernel = "gemv"
         last_quantizer = "in-kernel"
         return run_gemv_quant(x2, linear, top_k, scoring, renormalize)
-    if chosen == "swapab" and x2.shape[0] <= SWAPAB_QUANT_MAX_TOKENS and x2.is_cuda:
+    if chosen == "swapab" and x2.shape[0] <= SWAPAB_QUANT_MAX_TOKENS:
         from .launch import pick_swapab_quant
 
         cfg = pick_swapab_quant(x2.shape[0], linear, x2.device)
