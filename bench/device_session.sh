@@ -15,6 +15,7 @@
 #   handoff_tests / handoff_probe: the forms built 2026-12-04 without a device (the swap-AB kernel quantizing
 #          its own tokens, the GEMV's search variant, the operand hand-off): their GPU tests
 #          (pytest_handoff.log), then their probe timings beside the shipped forms (appended to probe.log)
+#   prefetch: the quantizer pulling the router's weights into L2 (built 2026-12-05): its GPU test, probe timings
 #   tile_quant: the tile kernel quantizing its own token rows (built 2026-12-05) timed at T=4096 (probe.log;
 #          its GPU tests are among handoff_tests')
 # Every step runs under `timeout` (QUANT_S, TESTS_S, BOTH_S seconds) so one hang cannot eat the call.
@@ -81,6 +82,16 @@ for s in $steps; do
         --after-quant calibrated dynamic --operands
       probe_call --tokens 7 --experts 256 384 --swapab 1,7,1,4 --decode-variants '' \
         --after-quant calibrated dynamic --operands ;;
+    prefetch)
+      # the quantizer pulling the router's weights into L2 (GPUREPRO_ROUTER_L2_PREFETCH): its GPU test,
+      # then the router's shipped forms after the quantizer with and without it (probe.log)
+      timeout "${TESTS_S:-120}" python3 -m pytest -q -p no:cacheprovider tests/kernels/test_router_gpu.py \
+        -k prefetching 2>&1 | tee "$OUT/pytest_prefetch.log" | tail -3
+      rc=$((rc | ${PIPESTATUS[0]}))
+      probe_call --tokens 128 --experts 256 --swapab 2,1,1,4,16,4,0 --after-quant calibrated dynamic --prefetch
+      probe_call --tokens 128 --experts 384 --swapab 2,2,3,2,12,4,1 --after-quant calibrated dynamic --prefetch
+      probe_call --tokens 1 --experts 256 384 --gemv 1,1 --after-quant calibrated dynamic --prefetch
+      probe_call --tokens 7 --experts 256 384 --swapab 1,7,1,4 --after-quant dynamic --prefetch ;;
     tile_quant)
       # T=4096: the tile kernel quantizing its own token rows against quantizer + tile kernel, and
       # route alone with the ring's last slot used (4 k-tiles ahead of the decode instead of 3)

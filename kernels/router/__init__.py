@@ -151,12 +151,21 @@ def operand_handoff_enabled() -> bool:
     return os.environ.get("GPUREPRO_ROUTER_OPERAND_HANDOFF", "0") == "1"
 
 
+def l2_prefetch_enabled() -> bool:
+    """``GPUREPRO_ROUTER_L2_PREFETCH=1``: from bf16 (SM90+), the fused quantizer also pulls the
+    router's weights into L2 while it runs (``quant.PrefetchingQuantKernel``): the kernel after it
+    cannot start its own weight loads until the quantizer's CTAs leave the SMs it needs.  Off by
+    default: not measured yet."""
+    return os.environ.get("GPUREPRO_ROUTER_L2_PREFETCH", "0") == "1"
+
+
 def fused_quant_enabled() -> bool:
     """The fused activation quantizer is the default; ``GPUREPRO_ROUTER_FUSED_QUANT=0`` turns it off."""
     return os.environ.get("GPUREPRO_ROUTER_FUSED_QUANT", "1") != "0"
 
 
-def prepare_activation(x: torch.Tensor, linear, fused: Optional[bool] = None, operands: bool = False):
+def prepare_activation(x: torch.Tensor, linear, fused: Optional[bool] = None, operands: bool = False,
+                       prefetch: bool = False):
     """NVFP4 activations as the kernels read them: ``(packed uint8 [T, K/2], scales uint8 [T, K/16], g_a)``,
     plus ``alpha = g_a * g_b`` as a 4th element when the fused quantizer made them; with ``operands``
     (the fused quantizer only) the first element is the swap-AB kernel's fp16 operands instead
@@ -165,7 +174,8 @@ def prepare_activation(x: torch.Tensor, linear, fused: Optional[bool] = None, op
     ``fused`` (default: :func:`fused_quant_enabled`): bf16 CUDA input is quantized by the one-launch
     CuTe DSL kernel (``kernels.router.quant``, bit-identical to the PyTorch quantizer, global scale
     computed on the device); anything else, or ``fused=False``, by ``quantize_activation_nvfp4``
-    (the reference, ~20 elementwise kernels)."""
+    (the reference, ~20 elementwise kernels).  ``prefetch`` (SM90+, the fused quantizer): it also
+    pulls ``linear``'s weights into L2 (:func:`l2_prefetch_enabled`)."""
     global last_quantizer
     from kernels.nvfp4 import quantize_activation_nvfp4
 
@@ -177,8 +187,10 @@ def prepare_activation(x: torch.Tensor, linear, fused: Optional[bool] = None, op
         x2 = x.reshape(-1, x.shape[-1])
         if fused_quant_problem(x2) is None and torch.cuda.get_device_capability(x2.device)[0] >= 8:
             last_quantizer = "fused"
+            pf = (linear._mat_b, linear._scale_b) if prefetch and torch.cuda.get_device_capability(x2.device)[0] >= 9 \
+                else None
             return quantize_activation_fused(x2, getattr(linear, "input_global_scale", None), linear._global_scale_b,
-                                             operands=operands)
+                                             operands=operands, prefetch=pf)
     last_quantizer = "torch"
     xf = x.reshape(-1, x.shape[-1]).float()
     q = quantize_activation_nvfp4(xf, linear.activation_global_scale(xf), check_finite=False)
@@ -248,7 +260,8 @@ def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str
     if activation is None:
         # the operand hand-off where the swap-AB kernel routes (GPUREPRO_ROUTER_OPERAND_HANDOFF=1)
         operands = chosen == "portable" and portable_kernel == "swapab" and operand_handoff_enabled()
-        activation = prepare_activation(x, linear, operands=operands)
+        activation = prepare_activation(x, linear, operands=operands,
+                                        prefetch=chosen == "portable" and l2_prefetch_enabled())
         if operands:
             from .launch import is_operand_form
 
@@ -287,7 +300,7 @@ def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str
 
 __all__ = [
     "GEMV_MAX_TOKENS", "SCORINGS", "RoutingComparison", "check_scoring", "choose_kernel", "choose_path", "compare_routing", "cutlass_dsl_available",
-    "default_renormalize", "fused_quant_enabled", "global_expert_index", "inkernel_quant_mode", "merge_topk",
+    "default_renormalize", "fused_quant_enabled", "global_expert_index", "inkernel_quant_mode", "l2_prefetch_enabled", "merge_topk",
     "operand_handoff_enabled", "prepare_activation", "reference_router",
     "router_logits_reference", "run_nvfp4_fused_router", "shape_problem", "sorted_insert", "topk_from_logits",
     "topk_of", "weights_for_ids",

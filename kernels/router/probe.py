@@ -81,6 +81,9 @@ def main(argv=None) -> int:
     p.add_argument("--quant-per-thread", type=int, default=None, choices=[1, 2],
                    help="blocks per quantizer thread held in registers in the --after-quant timings (default: its "
                         "launcher's; 2 halves the grid)")
+    p.add_argument("--prefetch", action="store_true",
+                   help="the --after-quant timings also with the quantizer pulling the layer's weights into L2 "
+                        "(GPUREPRO_ROUTER_L2_PREFETCH)")
     p.add_argument("--tile-quant", action="store_true",
                    help="T >= 128, --calibrated: the tile kernel quantizing its own token rows (one launch + its "
                         "route kernel) beside route alone and the fused quantizer + tile kernel (plainly and as "
@@ -122,8 +125,10 @@ def main(argv=None) -> int:
                         for table in a.quant_table:
                             for pdl in (False, True):
                                 for ops in ((False, True) if a.operands and kind == "swapab" else (False,)):
-                                    rc |= _after_quant(kind, tuple(int(c) for c in cfg.split(",")), v, mode, pdl, x,
-                                                       base, ref_logits, layers, a, {"T": t, "E": e}, table, ops)
+                                    for pf in ((False, True) if a.prefetch and mode != "trigger" else (False,)):
+                                        rc |= _after_quant(kind, tuple(int(c) for c in cfg.split(",")), v, mode, pdl,
+                                                           x, base, ref_logits, layers, a, {"T": t, "E": e}, table,
+                                                           ops, pf)
             for mode in [m for m in a.after_quant if m != "trigger"]:
                 for table in a.quant_table:
                     _quant_alone(mode, table, x, layers, a, {"T": t, "E": e})
@@ -316,13 +321,14 @@ def _trigger_launcher(dev, pdl: bool):
 
 
 def _after_quant(kind, cfg, variant, mode, pdl, x, base, ref_logits, layers, a, res, table="auto",
-                 operands: bool = False) -> int:
+                 operands: bool = False, prefetch: bool = False) -> int:
     """One decode configuration after the fused quantizer (``mode``: "dynamic" or "calibrated"
     global scale; "trigger": the empty kernel of :func:`_trigger_launcher` in its place, the
     activations quantized once beforehand), launched plainly or (``pdl``) as the quantizer's
     programmatic dependent: checked (three runs against the reference) and timed as quantizer +
     kernel per layer copy.  ``table``: the quantizer's threshold table (``--quant-table``);
-    ``operands``: the tokens handed over as the swap-AB kernel's fp16 operands (``--operands``)."""
+    ``operands``: the tokens handed over as the swap-AB kernel's fp16 operands (``--operands``);
+    ``prefetch``: the quantizer pulls the layer's weights into L2 (``--prefetch``)."""
     from kernels.nvfp4 import compute_global_scale
     from kernels.router import launch
     from kernels.router.quant import quant_launcher
@@ -332,7 +338,8 @@ def _after_quant(kind, cfg, variant, mode, pdl, x, base, ref_logits, layers, a, 
 
     def make(lay):
         quant, act = quant_launcher(x, scale, lay._global_scale_b, trigger=pdl, threads=a.quant_threads,
-                                    table=_TABLE[table], per_thread=a.quant_per_thread, operands=operands)
+                                    table=_TABLE[table], per_thread=a.quant_per_thread, operands=operands,
+                                    prefetch=(lay._mat_b, lay._scale_b) if prefetch else None)
         if mode == "trigger":
             quant()  # the activations the router reads, once
             quant = _trigger_launcher(dev, pdl)
@@ -345,7 +352,7 @@ def _after_quant(kind, cfg, variant, mode, pdl, x, base, ref_logits, layers, a, 
 
     res = dict(res, kernel=kind, config=list(cfg), variant=variant, after_quant=mode, pdl=pdl,
                quant_threads=a.quant_threads, quant_table=table, quant_per_thread=a.quant_per_thread,
-               operands=operands)
+               operands=operands, prefetch=prefetch)
     return _check_and_time(make, base, ref_logits, layers, a, res, "noroute" not in variant)
 
 

@@ -641,6 +641,11 @@ class Nvfp4ActQuantKernel:
                mGb: cute.Tensor, mAlpha: cute.Tensor, mWs: cute.Tensor):
         if cutlass.const_expr(self.trigger):
             cute.arch.griddepcontrol_launch_dependents()
+        self._quantize(mX, mQ, mS, mG, mGb, mAlpha, mWs)
+
+    @cute.jit
+    def _quantize(self, mX: cute.Tensor, mQ: cute.Tensor, mS: cute.Tensor, mG: cute.Tensor,
+                  mGb: cute.Tensor, mAlpha: cute.Tensor, mWs: cute.Tensor):
         tidx, _, _ = cute.arch.thread_idx()
         bx, _, _ = cute.arch.block_idx()
         nctas, _, _ = cute.arch.grid_dim()
@@ -827,6 +832,48 @@ class Nvfp4ActQuantKernel:
             self._quant_block(mQ, mS, b + stride, tmp[None, 1], block_amax(tmp[None, 1]), g_safe, d6, sThr)
 
 
+@cute.jit
+def _prefetch_l2(t: cute.Tensor, part, parts):
+    """Part ``part`` of ``parts`` of tensor ``t``'s bytes (16-byte pieces; the tail under 16 bytes
+    left out) into L2 with one ``cp.async.bulk.prefetch.L2`` (SM90+; a hint: nothing waits for it)."""
+    nbytes = cute.size(t) * (t.element_type.width // 8)
+    chunk = ((nbytes + parts - 1) // parts + 15) // 16 * 16
+    start = part * chunk
+    size = cutlass.min(chunk, (nbytes - start) // 16 * 16)
+    if size > 0:
+        addr = cutlass.Int64(t.iterator.toint()) + cutlass.Int64(start)
+        llvm.inline_asm(None, [addr.ir_value(), cutlass.Int32(size).ir_value()],
+                        "cp.async.bulk.prefetch.L2.global [$0], $1;", "l,r", has_side_effects=True)
+
+
+class PrefetchingQuantKernel(Nvfp4ActQuantKernel):
+    """The quantizer that also pulls the router's weights into L2 (SM90+): each CTA's thread 0
+    prefetches its share of the two tensors ``mPa`` / ``mPb`` (the layer's packed weights and
+    their scales) after letting the router start.  The router kernel after it needs a whole SM
+    (one CTA per SM) or its share of the register file, so it cannot start its weight loads
+    before the quantizer's CTAs leave; this moves them into the quantizer's time."""
+
+    @cute.jit
+    def __call__(self, mX: cute.Tensor, mQ: cute.Tensor, mS: cute.Tensor, mG: cute.Tensor,
+                 mGb: cute.Tensor, mAlpha: cute.Tensor, mWs: cute.Tensor, mPa: cute.Tensor, mPb: cute.Tensor,
+                 ctas: cutlass.Int32, stream):
+        self.kernel(mX, mQ, mS, mG, mGb, mAlpha, mWs, mPa, mPb).launch(
+            grid=[ctas, 1, 1], block=[self.threads, 1, 1], smem=self.smem_bytes, stream=stream)
+
+    @cute.kernel
+    def kernel(self, mX: cute.Tensor, mQ: cute.Tensor, mS: cute.Tensor, mG: cute.Tensor,
+               mGb: cute.Tensor, mAlpha: cute.Tensor, mWs: cute.Tensor, mPa: cute.Tensor, mPb: cute.Tensor):
+        if cutlass.const_expr(self.trigger):
+            cute.arch.griddepcontrol_launch_dependents()
+        tidx, _, _ = cute.arch.thread_idx()
+        bx, _, _ = cute.arch.block_idx()
+        nctas, _, _ = cute.arch.grid_dim()
+        if tidx == 0:
+            _prefetch_l2(mPa, bx, nctas)
+            _prefetch_l2(mPb, bx, nctas)
+        self._quantize(mX, mQ, mS, mG, mGb, mAlpha, mWs)
+
+
 _compiled = {}
 _WORKSPACES = {}
 
@@ -893,13 +940,14 @@ def quant_args(x, data, scales, g, g_b, alpha, ctas: int):
 
 
 def compile_quant(dynamic: bool, args, trigger: bool = False, replicate: int = 0, per_thread: int = PER_THREAD,
-                  table: bool = False, barrier: str = BARRIER, threads: int = THREADS, operands: bool = False):
-    key = (bool(dynamic), bool(trigger), int(replicate), per_thread, bool(table), barrier, threads, operands)
+                  table: bool = False, barrier: str = BARRIER, threads: int = THREADS, operands: bool = False,
+                  prefetch: bool = False):
+    key = (bool(dynamic), bool(trigger), int(replicate), per_thread, bool(table), barrier, threads, operands, prefetch)
     fn = _compiled.get(key)
     if fn is None:
-        fn = cute.compile(Nvfp4ActQuantKernel(dynamic, per_thread=per_thread, trigger=trigger, replicate=replicate,
-                                              table=table, barrier=barrier, threads=threads, operands=operands),
-                          *args)
+        cls = PrefetchingQuantKernel if prefetch else Nvfp4ActQuantKernel
+        fn = cute.compile(cls(dynamic, per_thread=per_thread, trigger=trigger, replicate=replicate,
+                              table=table, barrier=barrier, threads=threads, operands=operands), *args)
         _compiled[key] = fn
     return fn
 
@@ -934,7 +982,7 @@ def uses_table(num_blocks: int, ctas: int, per_thread: int, threads: int = THREA
 
 
 def quantize_activation_fused(x, global_scale=None, g_b=None, replicate=None, per_thread=None, table=None,
-                              barrier=None, threads=None, operands=False):
+                              barrier=None, threads=None, operands=False, prefetch=None):
     """``(packed uint8 [T, K/2], scales uint8 [T, K/16], g_a float32 0-dim, alpha float32 [1])``
     from bf16 ``x [..., K]`` in one launch.  ``global_scale``: the layer's calibrated scale
     (a tensor on the device or a float), or None for the dynamic one (computed on the device).
@@ -944,15 +992,17 @@ def quantize_activation_fused(x, global_scale=None, g_b=None, replicate=None, pe
     thread (default :func:`blocks_per_thread`); ``table``: the thresholds from the per-CTA table
     (default :func:`uses_table`); ``barrier``: the dynamic scale's grid barrier (default
     :func:`pick_barrier`); ``operands``: the activation as the swap-AB kernel's fp16 MMA operands,
-    int32 ``[T, K/2]`` in place of the packed codes (``Nvfp4ActQuantKernel``)."""
+    int32 ``[T, K/2]`` in place of the packed codes (``Nvfp4ActQuantKernel``); ``prefetch``: tensors
+    (the router's weights) the quantizer pulls into L2 while it runs (:class:`PrefetchingQuantKernel`,
+    SM90+)."""
     launch, out = quant_launcher(x, global_scale, g_b, replicate, per_thread, table, barrier=barrier, threads=threads,
-                                 operands=operands)
+                                 operands=operands, prefetch=prefetch)
     launch()
     return out
 
 
 def quant_launcher(x, global_scale=None, g_b=None, replicate=None, per_thread=None, table=None, trigger=None,
-                   barrier=None, threads=None, operands=False):
+                   barrier=None, threads=None, operands=False, prefetch=None):
     """``(launch, (data, scales, g, alpha))``: the fused quantizer of ``x`` compiled with its
     arguments and output buffers made once; ``launch()`` runs it on the current stream, writing
     the same buffers each time (the probe times it before a router kernel reading them).  The
@@ -981,10 +1031,14 @@ def quant_launcher(x, global_scale=None, g_b=None, replicate=None, per_thread=No
     ctas = grid_ctas(nb, sms, per, th)
     table = uses_table(nb, ctas, per, th) if table is None else table
     args = quant_args(x2, data, scales, g, gb, alpha, ctas)
+    if prefetch:
+        from .runtime import to_cute
+
+        args = args[:7] + tuple(to_cute(p.reshape(-1).view(torch.uint8)) for p in prefetch) + args[7:]
     fn = compile_quant(dynamic, args, trigger=props.major >= 9 if trigger is None else trigger,
                        replicate=replica_inflight(nb, th) if rep else 0, per_thread=per, table=table,
                        barrier=barrier or pick_barrier(ctas),
-                       threads=th, operands=operands)
+                       threads=th, operands=operands, prefetch=bool(prefetch))
     return (lambda: fn(*args[:-1], current_stream(dev))), (data, scales, g, alpha)
 
 

@@ -131,13 +131,16 @@ def test_compile_check_fails_on_missing_instruction():
     ("gemv", "griddepcontrol.wait", ["k=6,softmax,tm=1,rb=1,pdl", "k=6,softmax,swapab nt=1,ksplit=7,pdl",
                                      "k=6,softmax,swapab nt=2,ksplit=2,pdl", "k=6,softmax,swapab operands nt=1,ksplit=7,pdl"]),
     ("tile", "griddepcontrol.wait", ["k=6,softmax,tile splits=4,pdl"]),
-    ("quant", "griddepcontrol.launch_dependents", ["quant dynamic=True replicate trigger", "quant dynamic=False trigger",
+    ("quant", ("griddepcontrol.launch_dependents", "cp.async.bulk.prefetch.L2.global"),
+     ["quant dynamic=True replicate trigger",
+                                                   "quant dynamic=False trigger prefetch", "quant dynamic=False trigger",
                                                    "quant dynamic=True trigger"]),
 ])
 def test_programmatic_dependent_launch_forms_compile(arch, kernel, expect, compiled):
     # SM90+ only (griddepcontrol): the router kernels launched after the fused quantizer wait for
     # it; the quantizer lets them start early
-    rc, res, err = _compile(kernel, arch, "--pdl", "--expect-ptx", expect)
+    expects = (expect,) if isinstance(expect, str) else expect
+    rc, res, err = _compile(kernel, arch, "--pdl", *(a for e in expects for a in ("--expect-ptx", e)))
     assert rc == 0 and res["ok"], (res, err[-3000:])
     assert res["compiled"] == compiled
 

@@ -363,6 +363,33 @@ def test_swapab_quantizing_in_kernel_is_quantizer_plus_kernel_bit_for_bit(t, e, 
         assert router.last_quantizer == "fused" and router.last_kernel == "swapab"
 
 
+@pytest.mark.skipif(torch.cuda.is_available() and _sm() < 9, reason="cp.async.bulk.prefetch needs SM90 or later")
+@pytest.mark.parametrize("t,e,hidden", [(1, 384, 7168), (7, 256, 2048), (128, 256, 7168), (600, 256, 2048)])
+def test_quantizer_prefetching_the_weights_changes_no_answer(t, e, hidden, monkeypatch):
+    # GPUREPRO_ROUTER_L2_PREFETCH=1: the fused quantizer also pulls the layer's weights into L2 (a
+    # hint, nothing waits for it); the router's answers are the same bits as without, eager and in
+    # a CUDA graph
+    layer, x = _case(t, e, hidden, seed=91 + t)
+    monkeypatch.setenv("GPUREPRO_ROUTER_L2_PREFETCH", "0")
+    want = router.run_nvfp4_fused_router(x, layer, 6, "softmax")
+    monkeypatch.setenv("GPUREPRO_ROUTER_L2_PREFETCH", "1")
+    for _ in range(2):
+        got = router.run_nvfp4_fused_router(x, layer, 6, "softmax")
+        assert router.last_quantizer == "fused"
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        router.run_nvfp4_fused_router(x, layer, 6, "softmax")
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = router.run_nvfp4_fused_router(x, layer, 6, "softmax")
+    g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out[0], want[0]) and torch.equal(out[1], want[1])
+
+
 @pytest.mark.skipif(torch.cuda.is_available() and _sm() < 9,
                     reason="the tile kernel's own quantization needs SM90 or later (bf16x2 compares)")
 @pytest.mark.parametrize("t,e,hidden,grid,tiny", [

@@ -235,7 +235,12 @@ def test_quantizer_switches_read_the_environment(monkeypatch):
     for value, mode in (("1", "1"), ("0", "0"), ("yes", "auto")):
         monkeypatch.setenv("GPUREPRO_ROUTER_INKERNEL_QUANT", value)
         assert inkernel_quant_mode() == mode
-    from kernels.router import operand_handoff_enabled
+    from kernels.router import l2_prefetch_enabled, operand_handoff_enabled
+
+    monkeypatch.delenv("GPUREPRO_ROUTER_L2_PREFETCH", raising=False)
+    assert not l2_prefetch_enabled()
+    monkeypatch.setenv("GPUREPRO_ROUTER_L2_PREFETCH", "1")
+    assert l2_prefetch_enabled()
 
     monkeypatch.delenv("GPUREPRO_ROUTER_OPERAND_HANDOFF", raising=False)
     assert not operand_handoff_enabled()
