@@ -224,14 +224,10 @@ def main(argv=None) -> int:
         _drop_cubins(dump)
         if a.pdl:
             # SM90+: the form that also pulls the router's weights into L2 (cp.async.bulk.prefetch)
-            import torch
-
-            from kernels.router.quant import PrefetchingQuantKernel
-            from kernels.router.runtime import to_cute
+            from kernels.router.quant import PrefetchingQuantKernel, with_prefetch
 
             _, layer = _act_layer()
-            pf = tuple(to_cute(t.reshape(-1).view(torch.uint8)) for t in (layer._mat_b, layer._scale_b))
-            cute.compile(PrefetchingQuantKernel(False, trigger=True), *args[:7], *pf, *args[7:])
+            cute.compile(PrefetchingQuantKernel(False, trigger=True), *with_prefetch(args, (layer._mat_b, layer._scale_b)))
             done.append("quant dynamic=False trigger prefetch")
             seen_regs |= set(_drop_cubins(dump))
         # the large-input forms (per-CTA threshold table), their registers kept before the next

@@ -952,6 +952,16 @@ def compile_quant(dynamic: bool, args, trigger: bool = False, replicate: int = 0
     return fn
 
 
+def with_prefetch(args, tensors):
+    """:func:`quant_args` with ``tensors`` (flat bytes) where :class:`PrefetchingQuantKernel` takes
+    them, after the workspace."""
+    import torch
+
+    from .runtime import to_cute
+
+    return args[:7] + tuple(to_cute(t.reshape(-1).view(torch.uint8)) for t in tensors) + args[7:]
+
+
 def fused_quant_problem(x) -> str | None:
     """Why the fused quantizer cannot take ``x`` (None when it can)."""
     import torch
@@ -1032,9 +1042,7 @@ def quant_launcher(x, global_scale=None, g_b=None, replicate=None, per_thread=No
     table = uses_table(nb, ctas, per, th) if table is None else table
     args = quant_args(x2, data, scales, g, gb, alpha, ctas)
     if prefetch:
-        from .runtime import to_cute
-
-        args = args[:7] + tuple(to_cute(p.reshape(-1).view(torch.uint8)) for p in prefetch) + args[7:]
+        args = with_prefetch(args, prefetch)
     fn = compile_quant(dynamic, args, trigger=props.major >= 9 if trigger is None else trigger,
                        replicate=replica_inflight(nb, th) if rep else 0, per_thread=per, table=table,
                        barrier=barrier or pick_barrier(ctas),
