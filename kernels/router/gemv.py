@@ -479,6 +479,12 @@ class GemvRouterKernel(_WarpRouter):
         # probe variant "search" (SM90+): the codes by bf16x2 compares (quant.ENCODE_PAIR_SEARCH) and
         # the block max by max.u16x2: the same bits in fewer instructions
         self.quant_search = bool(quant) and "search" in variant
+        # probe variant "halves" (calibrated scale): two threads per 32-element chunk, each quantizing
+        # one 16-block, the codes handed to the chunk's owner through shared memory (_quant_dot_halves)
+        self.halves = quant == "static" and "halves" in variant
+        if "halves" in variant and not self.halves:
+            raise ValueError("variant halves: the calibrated scale's in-kernel quantization only")
+        self.threads = 2 * THREADS if self.halves else THREADS
         self.top_k = top_k
         self.scoring = scoring
         self.renormalize = renormalize
@@ -497,7 +503,8 @@ class GemvRouterKernel(_WarpRouter):
         # the weight loads go out, then griddepcontrol.wait (see await_inputs); SM90 and later
         self.pdl = pdl and not quant
         self.smem_bytes = (4 * LUT_SIZE + 4 * WARPS * rb * tm + 4 * WARPS + 96
-                           + (4 * TABLE_CODES * TABLE_WORDS + 16 if self.quant_table else 0))
+                           + (4 * TABLE_CODES * TABLE_WORDS + 16 if self.quant_table else 0)
+                           + (4 * 3 * 2 * THREADS * tm + 16 if self.halves else 0))
 
     @cute.jit
     def __call__(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
@@ -505,7 +512,7 @@ class GemvRouterKernel(_WarpRouter):
                  mW: cute.Tensor, stream):
         groups = (mA.shape[0] + self.tm - 1) // self.tm
         self.kernel(mA, mSFA, mB, mSFB, mAlpha, mLut, mLog, mIds, mW).launch(
-            grid=[self.experts // self.rb, groups, 1], block=[THREADS, 1, 1], smem=self.smem_bytes, stream=stream,
+            grid=[self.experts // self.rb, groups, 1], block=[self.threads, 1, 1], smem=self.smem_bytes, stream=stream,
             use_pdl=self.pdl)
 
     @cute.jit
@@ -572,6 +579,11 @@ class GemvRouterKernel(_WarpRouter):
         sThr = sAmax
         if cutlass.const_expr(self.quant_table):
             sThr = smem.allocate_tensor(cutlass.Int32, cute.make_layout(TABLE_CODES * TABLE_WORDS), 16)
+        sQ = sAmax
+        if cutlass.const_expr(self.halves):
+            # per token and 16-block: its two code words and its scale code
+            sQ = smem.allocate_tensor(cutlass.Int32, cute.make_layout((tm, 2 * THREADS, 3), stride=(6 * THREADS, 3, 1)),
+                                      16)
         acc = cute.make_rmem_tensor(cute.make_layout(rb * tm), cutlass.Float32)
         acc.fill(0.0)
         rawB = cute.make_rmem_tensor(cute.make_layout((4, rb), stride=(1, 4)), cutlass.Int32)
@@ -580,7 +592,10 @@ class GemvRouterKernel(_WarpRouter):
         sfA = cute.make_rmem_tensor(cute.make_layout((2, tm), stride=(1, 2)), cutlass.Int32)
 
         alpha = cutlass.Float32(1.0)
-        if cutlass.const_expr(self.quant):
+        if cutlass.const_expr(self.halves):
+            alpha = self._quant_dot_halves(mA, mSFA, mB, mSFB, mAlpha, mLut, sLut, sThr, sQ, tidx, n0, t0, T, kw,
+                                           nchunk, k_tiles, rawB, sfB, rawA, sfA, acc)
+        elif cutlass.const_expr(self.quant):
             alpha = self._quant_dot(mA, mSFA, mB, mSFB, mAlpha, mLut, sLut, sAmax, sThr, tidx, warp, lane, n0, t0, T,
                                     kw, nchunk, k_tiles, rawB, sfB, rawA, sfA, acc)
         else:
@@ -604,7 +619,7 @@ class GemvRouterKernel(_WarpRouter):
             v = acc[i]
             for sh in cutlass.range_constexpr(5):
                 v = v + cute.arch.shuffle_sync_bfly(v, offset=16 >> sh)
-            if lane == 0:
+            if lane == 0 and warp < WARPS:  # (the halves' second 8 warps hold no sums)
                 sRed[warp, i] = v
         cute.arch.sync_threads()
         if tidx < rb * tm:
@@ -695,6 +710,65 @@ class GemvRouterKernel(_WarpRouter):
                 rawA[2 * b, t] = out[0]
                 rawA[2 * b + 1, t] = out[1]
         if tidx < nchunk:
+            self._dot_chunk(sLut, rawB, sfB, rawA, sfA, acc)
+        return _mul_rn(g, gb)
+
+    @cute.jit
+    def _quant_dot_halves(self, mX, mG, mB, mSFB, mGb, mLut, sLut, sThr, sQ, tidx, n0, t0, T, kw, nchunk, k_tiles,
+                          rawB, sfB, rawA, sfA, acc):
+        """Variant "halves" of :meth:`_quant_dot` (calibrated scale): twice the threads, thread q
+        quantizing 16-block q of each token (half q % 2 of chunk q / 2) as soon as its bf16 words
+        arrive, into shared memory; after the CTA barrier the chunk's owner (thread c < K / 32, as
+        in the plain kernel) reads its two blocks' codes and scale codes and takes the dot
+        products.  Each thread's chain is one block instead of two, on 16 warps instead of 8, so
+        the quantization can finish while the weights are still in flight.  The same bits.
+        Returns ``alpha``."""
+        tm = self.tm
+        xw = [cute.make_rmem_tensor(cute.make_layout(8), cutlass.Int32) for _ in range(tm)]
+        for t in cutlass.range_constexpr(tm):
+            xw[t].fill(0)
+        if tidx < nchunk:
+            self._load_weights(mB, mSFB, tidx, n0, kw, k_tiles, rawB, sfB)
+        nblk = 2 * nchunk
+        if tidx < nblk:
+            for t in cutlass.range_constexpr(tm):
+                tok = cutlass.min(t0 + t, T - 1)  # rows past T re-read row T-1, never stored
+                off = cute.assume(tok * (4 * kw) + tidx * 8, divby=8)
+                cute.autovec_copy(cute.make_tensor(mX.iterator + off, cute.make_layout(8)), xw[t])
+        gb = mGb[0]
+        g = mG[0]
+        g_safe, d6 = safe_scales(g)
+        lut = [mLut[_lut_index(tidx, u)] for u in range(LUT_WORDS)]
+        if cutlass.const_expr(self.quant_table):
+            if tidx < THREADS:  # two threads per scale code
+                build_threshold_table(sThr, g_safe, tidx)
+        if tidx < THREADS:
+            for u in cutlass.range_constexpr(LUT_WORDS):
+                sLut[_lut_index(tidx, u)] = lut[u]
+        if cutlass.const_expr(self.quant_table):
+            cute.arch.sync_threads()  # the thresholds before the blocks that read them
+        out = cute.make_rmem_tensor(cute.make_layout(2), cutlass.Int32)
+        if tidx < nblk:
+            for t in cutlass.range_constexpr(tm):
+                if cutlass.const_expr(self.quant_search):
+                    bam = max_of_magnitudes([xw[t][i] & 0x7FFF7FFF for i in range(8)])
+                else:
+                    bam = block_amax(xw[t])
+                sf = cutlass.Int32(0)
+                if cutlass.const_expr(self.quant_table):
+                    sf = quant_block_table(xw[t], bam, g_safe, d6, sThr, out, self.quant_search)
+                else:
+                    sf = quant_block(xw[t], bam, g_safe, d6, out, self.quant_search)
+                sQ[t, tidx, 0] = out[0]
+                sQ[t, tidx, 1] = out[1]
+                sQ[t, tidx, 2] = sf
+        cute.arch.sync_threads()
+        if tidx < nchunk:
+            for t in cutlass.range_constexpr(tm):
+                for b in cutlass.range_constexpr(2):
+                    rawA[2 * b, t] = sQ[t, 2 * tidx + b, 0]
+                    rawA[2 * b + 1, t] = sQ[t, 2 * tidx + b, 1]
+                    sfA[b, t] = sQ[t, 2 * tidx + b, 2]
             self._dot_chunk(sLut, rawB, sfB, rawA, sfA, acc)
         return _mul_rn(g, gb)
 
