@@ -36,8 +36,8 @@ from cutlass._mlir.dialects import llvm
 
 from .portable import DSL_ASCENDING_ID_OPS, DSL_OPS, LUT_E4M3, LUT_SIZE
 from .quant import (TABLE_CODES, TABLE_WORDS, _asm, _dec_pair, _f2i, _i2f, _mul_rn, _scale2, _sel, block_amax,
-                    build_threshold_table, global_scale, max_of_magnitudes, quant_block, quant_block_f16,
-                    quant_block_table, safe_scales)
+                    block_amax_words, build_threshold_table, global_scale, max_of_magnitudes, quant_block,
+                    quant_block_f16, quant_block_table, quant_half_block, safe_scales)
 from .topk import EMPTY_ID, KEY_FLOOR, sorted_insert
 
 THREADS = 256
@@ -479,12 +479,13 @@ class GemvRouterKernel(_WarpRouter):
         # probe variant "search" (SM90+): the codes by bf16x2 compares (quant.ENCODE_PAIR_SEARCH) and
         # the block max by max.u16x2: the same bits in fewer instructions
         self.quant_search = bool(quant) and "search" in variant
-        # probe variant "halves" (calibrated scale): two threads per 32-element chunk, each quantizing
-        # one 16-block, the codes handed to the chunk's owner through shared memory (_quant_dot_halves)
-        self.halves = quant == "static" and "halves" in variant
-        if "halves" in variant and not self.halves:
-            raise ValueError("variant halves: the calibrated scale's in-kernel quantization only")
-        self.threads = 2 * THREADS if self.halves else THREADS
+        # probe variants "halves" / "quarters" (calibrated scale): two / four threads per 32-element
+        # chunk, each quantizing one 16-block / half of one, the codes handed to the chunk's owner
+        # through shared memory (_quant_dot_parts)
+        self.parts = 4 if "quarters" in variant else 2 if "halves" in variant else 1
+        if self.parts > 1 and quant != "static":
+            raise ValueError("variants halves / quarters: the calibrated scale's in-kernel quantization only")
+        self.threads = self.parts * THREADS
         self.top_k = top_k
         self.scoring = scoring
         self.renormalize = renormalize
@@ -504,7 +505,7 @@ class GemvRouterKernel(_WarpRouter):
         self.pdl = pdl and not quant
         self.smem_bytes = (4 * LUT_SIZE + 4 * WARPS * rb * tm + 4 * WARPS + 96
                            + (4 * TABLE_CODES * TABLE_WORDS + 16 if self.quant_table else 0)
-                           + (4 * 3 * 2 * THREADS * tm + 16 if self.halves else 0))
+                           + (4 * 3 * 2 * THREADS * tm + 16 if self.parts > 1 else 0))
 
     @cute.jit
     def __call__(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
@@ -580,7 +581,7 @@ class GemvRouterKernel(_WarpRouter):
         if cutlass.const_expr(self.quant_table):
             sThr = smem.allocate_tensor(cutlass.Int32, cute.make_layout(TABLE_CODES * TABLE_WORDS), 16)
         sQ = sAmax
-        if cutlass.const_expr(self.halves):
+        if cutlass.const_expr(self.parts > 1):
             # per token and 16-block: its two code words and its scale code
             sQ = smem.allocate_tensor(cutlass.Int32, cute.make_layout((tm, 2 * THREADS, 3), stride=(6 * THREADS, 3, 1)),
                                       16)
@@ -592,8 +593,8 @@ class GemvRouterKernel(_WarpRouter):
         sfA = cute.make_rmem_tensor(cute.make_layout((2, tm), stride=(1, 2)), cutlass.Int32)
 
         alpha = cutlass.Float32(1.0)
-        if cutlass.const_expr(self.halves):
-            alpha = self._quant_dot_halves(mA, mSFA, mB, mSFB, mAlpha, mLut, sLut, sThr, sQ, tidx, n0, t0, T, kw,
+        if cutlass.const_expr(self.parts > 1):
+            alpha = self._quant_dot_parts(mA, mSFA, mB, mSFB, mAlpha, mLut, sLut, sThr, sQ, tidx, n0, t0, T, kw,
                                            nchunk, k_tiles, rawB, sfB, rawA, sfA, acc)
         elif cutlass.const_expr(self.quant):
             alpha = self._quant_dot(mA, mSFA, mB, mSFB, mAlpha, mLut, sLut, sAmax, sThr, tidx, warp, lane, n0, t0, T,
@@ -714,27 +715,29 @@ class GemvRouterKernel(_WarpRouter):
         return _mul_rn(g, gb)
 
     @cute.jit
-    def _quant_dot_halves(self, mX, mG, mB, mSFB, mGb, mLut, sLut, sThr, sQ, tidx, n0, t0, T, kw, nchunk, k_tiles,
-                          rawB, sfB, rawA, sfA, acc):
-        """Variant "halves" of :meth:`_quant_dot` (calibrated scale): twice the threads, thread q
-        quantizing 16-block q of each token (half q % 2 of chunk q / 2) as soon as its bf16 words
-        arrive, into shared memory; after the CTA barrier the chunk's owner (thread c < K / 32, as
-        in the plain kernel) reads its two blocks' codes and scale codes and takes the dot
-        products.  Each thread's chain is one block instead of two, on 16 warps instead of 8, so
-        the quantization can finish while the weights are still in flight.  The same bits.
-        Returns ``alpha``."""
+    def _quant_dot_parts(self, mX, mG, mB, mSFB, mGb, mLut, sLut, sThr, sQ, tidx, n0, t0, T, kw, nchunk, k_tiles,
+                         rawB, sfB, rawA, sfA, acc):
+        """Variants "halves" / "quarters" of :meth:`_quant_dot` (calibrated scale): 2 / 4 times the
+        threads.  Halves: thread q quantizes 16-block q of each token (half q % 2 of chunk q / 2);
+        quarters: thread q the half q % 2 of block q / 2, the block's max taken with its partner
+        lane by one shuffle; each as soon as its bf16 words arrive, into shared memory.  After the
+        CTA barrier the chunk's owner (thread c < K / 32, as in the plain kernel) reads its two
+        blocks' codes and scale codes and takes the dot products.  Each thread's chain is one
+        block (half a block) instead of two, on 16 (32) warps instead of 8, so the quantization
+        can finish while the weights are still in flight.  The same bits.  Returns ``alpha``."""
         tm = self.tm
-        xw = [cute.make_rmem_tensor(cute.make_layout(8), cutlass.Int32) for _ in range(tm)]
+        nw = 8 // (self.parts // 2)  # bf16x2 words per thread and token
+        xw = [cute.make_rmem_tensor(cute.make_layout(nw), cutlass.Int32) for _ in range(tm)]
         for t in cutlass.range_constexpr(tm):
             xw[t].fill(0)
         if tidx < nchunk:
             self._load_weights(mB, mSFB, tidx, n0, kw, k_tiles, rawB, sfB)
-        nblk = 2 * nchunk
+        nblk = self.parts * nchunk  # threads with a share of the token
         if tidx < nblk:
             for t in cutlass.range_constexpr(tm):
                 tok = cutlass.min(t0 + t, T - 1)  # rows past T re-read row T-1, never stored
-                off = cute.assume(tok * (4 * kw) + tidx * 8, divby=8)
-                cute.autovec_copy(cute.make_tensor(mX.iterator + off, cute.make_layout(8)), xw[t])
+                off = cute.assume(tok * (4 * kw) + tidx * nw, divby=nw)
+                cute.autovec_copy(cute.make_tensor(mX.iterator + off, cute.make_layout(nw)), xw[t])
         gb = mGb[0]
         g = mG[0]
         g_safe, d6 = safe_scales(g)
@@ -748,20 +751,34 @@ class GemvRouterKernel(_WarpRouter):
         if cutlass.const_expr(self.quant_table):
             cute.arch.sync_threads()  # the thresholds before the blocks that read them
         out = cute.make_rmem_tensor(cute.make_layout(2), cutlass.Int32)
-        if tidx < nblk:
+        # quarters: every thread takes part in the partners' shuffle (one past the token holds zeros)
+        active = tidx < nblk
+        if cutlass.const_expr(self.parts == 4):
+            active = tidx >= 0
+        if active:
             for t in cutlass.range_constexpr(tm):
                 if cutlass.const_expr(self.quant_search):
-                    bam = max_of_magnitudes([xw[t][i] & 0x7FFF7FFF for i in range(8)])
+                    bam = max_of_magnitudes([xw[t][i] & 0x7FFF7FFF for i in range(nw)])
                 else:
-                    bam = block_amax(xw[t])
+                    bam = block_amax_words(xw[t], nw)
+                if cutlass.const_expr(self.parts == 4):
+                    bam = cutlass.max(bam, cute.arch.shuffle_sync_bfly(bam, offset=1))
                 sf = cutlass.Int32(0)
-                if cutlass.const_expr(self.quant_table):
-                    sf = quant_block_table(xw[t], bam, g_safe, d6, sThr, out, self.quant_search)
+                if cutlass.const_expr(self.parts == 4):
+                    sf = quant_half_block(xw[t], bam, g_safe, d6, sThr if self.quant_table else None, out,
+                                          self.quant_search)
+                    if tidx < nblk:
+                        sQ[t, tidx // 2, tidx % 2] = out[0]
+                        if tidx % 2 == 0:
+                            sQ[t, tidx // 2, 2] = sf
                 else:
-                    sf = quant_block(xw[t], bam, g_safe, d6, out, self.quant_search)
-                sQ[t, tidx, 0] = out[0]
-                sQ[t, tidx, 1] = out[1]
-                sQ[t, tidx, 2] = sf
+                    if cutlass.const_expr(self.quant_table):
+                        sf = quant_block_table(xw[t], bam, g_safe, d6, sThr, out, self.quant_search)
+                    else:
+                        sf = quant_block(xw[t], bam, g_safe, d6, out, self.quant_search)
+                    sQ[t, tidx, 0] = out[0]
+                    sQ[t, tidx, 1] = out[1]
+                    sQ[t, tidx, 2] = sf
         cute.arch.sync_threads()
         if tidx < nchunk:
             for t in cutlass.range_constexpr(tm):

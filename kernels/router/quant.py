@@ -306,6 +306,17 @@ def block_amax(raw: cute.Tensor):
     return m
 
 
+@cute.jit
+def block_amax_words(raw: cute.Tensor, n: int):
+    """:func:`block_amax` over the first ``n`` words of ``raw`` (part of a block)."""
+    m = cutlass.Int32(0)
+    for w in cutlass.range_constexpr(n):
+        word = raw[w]
+        m = cutlass.max(m, (word << 16) & 0x7FFFFFFF)
+        m = cutlass.max(m, word & 0x7FFF0000)
+    return m
+
+
 def global_scale(amax_bits):
     """The dynamic global scale ``amax / (6 * 448)`` (div.rn, as PyTorch)."""
     return _div_rn(_i2f(amax_bits), cutlass.Float32(2688.0))
@@ -384,6 +395,37 @@ def quant_block_table(raw: cute.Tensor, bam, g_safe, d6, sThr: cute.Tensor, out:
         d = _sel(ok, _mul_rn(_e4m3_value(code), g_safe), cutlass.Float32(1.0))
         _pack_codes(raw, ok, out, lambda word: _encode_pair(word, d))
     return code
+
+
+@cute.jit
+def quant_half_block(raw: cute.Tensor, bam, g_safe, d6, sThr, out: cute.Tensor, search: bool = False):
+    """Half of a 16-element block (``raw``: its 4 bf16x2 words, ``bam``: the whole block's max):
+    its word of E2M1 codes into ``out[0]`` (the word :func:`quant_block` gives for that half, the
+    same scale code and tests); ``sThr``: the table of :func:`build_threshold_table`, or None for
+    the thresholds computed here.  Returns the scale code."""
+    code = _scale_code(bam, d6)
+    if cutlass.const_expr(sThr is None):
+        ok, d = _divisor(code, g_safe)
+        if (d >= cutlass.Float32(THRESHOLD_D_MIN)) & (d <= cutlass.Float32(THRESHOLD_D_MAX)):
+            _pack_half(raw, ok, out, _threshold_encoder(e2m1_thresholds(d), search))
+        else:
+            _pack_half(raw, ok, out, lambda word: _encode_pair(word, d))
+    else:
+        v, ok, in_range = _table_row(sThr, code)
+        if in_range:
+            _pack_half(raw, ok, out, _threshold_encoder([v[i] for i in range(7)], search))
+        else:
+            d = _sel(ok, _mul_rn(_e4m3_value(code), g_safe), cutlass.Float32(1.0))
+            _pack_half(raw, ok, out, lambda word: _encode_pair(word, d))
+    return code
+
+
+def _pack_half(raw, ok, out, encode_pair):
+    """:func:`_pack_codes` for one half: 4 bf16x2 words -> one word of codes in ``out[0]``."""
+    w = cutlass.Int32(0)
+    for j in range(4):
+        w = w | (encode_pair(raw[j]) << (8 * j))
+    out[0] = _sel(ok, w, cutlass.Int32(0))
 
 
 def _table_row(sThr: cute.Tensor, code):

@@ -291,14 +291,18 @@ def test_tile_kernel_stream_k_grid_matches_the_reference(t, ctas):
                                                        (1, 256, 7168, True, "halves+table+search"),
                                                        (1, 384, 7168, True, "halves+search"),
                                                        (5, 384, 2048, True, "halves+table"),
-                                                       (1, 256, 2048, True, "halves")])
+                                                       (1, 256, 2048, True, "halves"),
+                                                       (1, 256, 7168, True, "quarters+table+search"),
+                                                       (1, 384, 7168, True, "quarters+search"),
+                                                       (5, 384, 2048, True, "quarters+table"),
+                                                       (1, 256, 2048, True, "quarters")])
 def test_gemv_quantizing_in_kernel_is_quantizer_plus_kernel_bit_for_bit(t, e, hidden, static, variant, monkeypatch):
     # the GEMV kernel reading bf16 activations and quantizing them itself (one launch) against the
     # fused quantizer + the same GEMV kernel: the same ids and weights, bit for bit (dynamic global
     # scale of the token group, and the layer's calibrated scale, its thresholds computed per block
     # or, variant "table", read from the per-CTA table; variant "search": the codes by bf16x2
-    # compares, SM90+; variant "halves": two threads per chunk, each quantizing one block, the codes
-    # handed over through shared memory)
+    # compares, SM90+; variants "halves" / "quarters": two / four threads per chunk, each quantizing
+    # one block / half of one, the codes handed over through shared memory)
     from kernels.router.launch import run_gemv, run_gemv_quant
 
     if "search" in variant and _sm() < 9:
