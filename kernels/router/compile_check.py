@@ -135,7 +135,7 @@ def _compile_pdl(cute, kernel: str, k: int) -> list:
 
 def _compile_inkernel_quant(cute, k: int, compiled) -> list:
     """The SM90+ forms of in-kernel quantization (bf16x2 compares): the GEMV's codes by the search
-    (probe variant "search", calibrated scale with the table), the swap-AB kernel quantizing its
+    (probe variant "search", calibrated scale with the table; with 1, 2 and 4 threads per chunk), the swap-AB kernel quantizing its
     bf16 tokens itself (calibrated scale): 8-byte units with several units per warp, then the T <= 8
     form the launcher picks at hidden 7168 (7 K splits, 16-byte units, 8 warps: its registers decide
     whether two CTAs share an SM).  ``compiled()`` after each but the last (whose cubin stays for the
@@ -151,6 +151,11 @@ def _compile_inkernel_quant(cute, k: int, compiled) -> list:
     qargs = gemv_quant_args(x[:1], layer, k, 1)[0]
     cute.compile(GemvRouterKernel(k, "softmax", False, 256, 1, 2, "table+search", quant="static"), *qargs)
     done = [f"k={k},softmax,tm=1,rb=2,quant=static,table+search"]
+    # the probe's forms with 2 and 4 threads per chunk (512 / 1024 threads: at most 128 / 64 registers)
+    for parts in ("halves", "quarters"):
+        compiled()
+        cute.compile(GemvRouterKernel(k, "softmax", False, 256, 1, 2, parts + "+table+search", quant="static"), *qargs)
+        done.append(f"k={k},softmax,tm=1,rb=2,quant=static,{parts}+table+search")
     for ks, uw in ((2, 2), (7, 4)):
         compiled()
         poll = swapab_polls(ks)

@@ -184,7 +184,7 @@ def test_tile_kernel_quantizing_its_token_rows_compiles_for_two_ctas_per_sm():
 @pytest.mark.parametrize("arch", ["sm_90a", "sm_120a"])
 def test_sm90_in_kernel_quantization_forms_compile(arch):
     # the SM90+ in-kernel quantization (bf16x2 compares to u32 masks, u16x2 max): the GEMV's codes
-    # by the search (probe variant), the swap-AB kernel quantizing its bf16 tokens itself with
+    # by the search (probe variant; 1, 2 and 4 threads per chunk), the swap-AB kernel quantizing its bf16 tokens itself with
     # 8-byte units over several units per warp and in the T <= 8 form at hidden 7168 (7 K splits,
     # 16-byte units, 8 warps).  The swap-AB forms are compiled for two CTAs per SM (<= 128
     # registers), as the plain forms are (E=384: 168 CTAs on 132 SMs would otherwise run in two
@@ -192,6 +192,10 @@ def test_sm90_in_kernel_quantization_forms_compile(arch):
     rc, res, err = _compile("inkernel-quant", arch, "--expect-ptx", "set.ge.u32.bf16x2", "--expect-ptx", "max.u16x2",
                             "--expect-ptx", "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32")
     assert rc == 0 and res["ok"], (res, err[-3000:])
-    assert res["compiled"] == ["k=6,softmax,tm=1,rb=2,quant=static,table+search", "k=6,softmax,swapab quant nt=1,ksplit=2,uw=2",
-                               "k=6,softmax,swapab quant nt=1,ksplit=7,uw=4"]
-    assert len(res["registers"]) == 3 and max(res["registers"]) <= 128, res["registers"]
+    assert res["compiled"] == ["k=6,softmax,tm=1,rb=2,quant=static,table+search",
+                               "k=6,softmax,tm=1,rb=2,quant=static,halves+table+search",
+                               "k=6,softmax,tm=1,rb=2,quant=static,quarters+table+search",
+                               "k=6,softmax,swapab quant nt=1,ksplit=2,uw=2", "k=6,softmax,swapab quant nt=1,ksplit=7,uw=4"]
+    assert len(res["registers"]) == 5 and max(res["registers"]) <= 128, res["registers"]
+    # the GEMV's 1024-thread form (quarters) launches only within 64 registers a thread
+    assert res["registers"][2] <= 64, res["registers"]
