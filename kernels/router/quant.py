@@ -343,13 +343,7 @@ def quant_block(raw: cute.Tensor, bam, g_safe, d6, out: cute.Tensor, search: boo
     scale ``g_safe`` (``d6 = 6 g_safe``): its two words of E2M1 codes into ``out``; returns the
     E4M3 scale code.  ``search`` (SM90+): the codes by :data:`ENCODE_PAIR_SEARCH` (the same bits)."""
     code = _scale_code(bam, d6)
-    ok, d = _divisor(code, g_safe)
-    if (d >= cutlass.Float32(THRESHOLD_D_MIN)) & (d <= cutlass.Float32(THRESHOLD_D_MAX)):
-        # the codes by comparisons against per-block thresholds (E2M1_MIDPOINTS): no division
-        v = e2m1_thresholds(d)
-        _pack_codes(raw, ok, out, _threshold_encoder(v, search))
-    else:
-        _pack_codes(raw, ok, out, lambda word: _encode_pair(word, d))
+    _encode_block(raw, code, g_safe, None, out, search, _pack_codes)
     return code
 
 
@@ -388,13 +382,29 @@ def quant_block_table(raw: cute.Tensor, bam, g_safe, d6, sThr: cute.Tensor, out:
     """:func:`quant_block` with the thresholds read from the table of :func:`build_threshold_table`
     (the same bits: the same divisor per scale code, the same tests); ``search`` as there."""
     code = _scale_code(bam, d6)
-    v, ok, in_range = _table_row(sThr, code)
-    if in_range:
-        _pack_codes(raw, ok, out, _threshold_encoder([v[i] for i in range(7)], search))
-    else:
-        d = _sel(ok, _mul_rn(_e4m3_value(code), g_safe), cutlass.Float32(1.0))
-        _pack_codes(raw, ok, out, lambda word: _encode_pair(word, d))
+    _encode_block(raw, code, g_safe, sThr, out, search, _pack_codes)
     return code
+
+
+@cute.jit
+def _encode_block(raw, code, g_safe, sThr, out: cute.Tensor, search: bool, pack):
+    """The codes of ``raw`` under scale code ``code`` packed by ``pack`` (:func:`_pack_codes`: a
+    block into two words, :func:`_pack_half`: half a block into one): by comparisons against the
+    block's thresholds (E2M1_MIDPOINTS: no division), computed here or, with ``sThr``, read from
+    the table of :func:`build_threshold_table`; by division where the divisor is outside their range."""
+    if cutlass.const_expr(sThr is None):
+        ok, d = _divisor(code, g_safe)
+        if (d >= cutlass.Float32(THRESHOLD_D_MIN)) & (d <= cutlass.Float32(THRESHOLD_D_MAX)):
+            pack(raw, ok, out, _threshold_encoder(e2m1_thresholds(d), search))
+        else:
+            pack(raw, ok, out, lambda word: _encode_pair(word, d))
+    else:
+        v, ok, in_range = _table_row(sThr, code)
+        if in_range:
+            pack(raw, ok, out, _threshold_encoder([v[i] for i in range(7)], search))
+        else:
+            d = _sel(ok, _mul_rn(_e4m3_value(code), g_safe), cutlass.Float32(1.0))
+            pack(raw, ok, out, lambda word: _encode_pair(word, d))
 
 
 @cute.jit
@@ -404,19 +414,7 @@ def quant_half_block(raw: cute.Tensor, bam, g_safe, d6, sThr, out: cute.Tensor, 
     same scale code and tests); ``sThr``: the table of :func:`build_threshold_table`, or None for
     the thresholds computed here.  Returns the scale code."""
     code = _scale_code(bam, d6)
-    if cutlass.const_expr(sThr is None):
-        ok, d = _divisor(code, g_safe)
-        if (d >= cutlass.Float32(THRESHOLD_D_MIN)) & (d <= cutlass.Float32(THRESHOLD_D_MAX)):
-            _pack_half(raw, ok, out, _threshold_encoder(e2m1_thresholds(d), search))
-        else:
-            _pack_half(raw, ok, out, lambda word: _encode_pair(word, d))
-    else:
-        v, ok, in_range = _table_row(sThr, code)
-        if in_range:
-            _pack_half(raw, ok, out, _threshold_encoder([v[i] for i in range(7)], search))
-        else:
-            d = _sel(ok, _mul_rn(_e4m3_value(code), g_safe), cutlass.Float32(1.0))
-            _pack_half(raw, ok, out, lambda word: _encode_pair(word, d))
+    _encode_block(raw, code, g_safe, sThr, out, search, _pack_half)
     return code
 
 
