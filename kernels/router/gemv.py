@@ -620,7 +620,7 @@ class GemvRouterKernel(_WarpRouter):
             v = acc[i]
             for sh in cutlass.range_constexpr(5):
                 v = v + cute.arch.shuffle_sync_bfly(v, offset=16 >> sh)
-            if lane == 0 and warp < WARPS:  # (the halves' second 8 warps hold no sums)
+            if lane == 0 and warp < WARPS:  # (the extra warps of halves / quarters hold no sums)
                 sRed[warp, i] = v
         cute.arch.sync_threads()
         if tidx < rb * tm:

@@ -298,12 +298,7 @@ def _e4m3_value(code):
 def block_amax(raw: cute.Tensor):
     """max |x| of a 16-element bf16 block (8 int32 words) as float bits (int order = float order
     for non-negative floats)."""
-    m = cutlass.Int32(0)
-    for w in cutlass.range_constexpr(8):
-        word = raw[w]
-        m = cutlass.max(m, (word << 16) & 0x7FFFFFFF)
-        m = cutlass.max(m, word & 0x7FFF0000)
-    return m
+    return block_amax_words(raw, 8)
 
 
 @cute.jit
