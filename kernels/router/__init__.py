@@ -186,10 +186,10 @@ def prepare_activation(x: torch.Tensor, linear, fused: Optional[bool] = None, op
         from .quant import fused_quant_problem, quantize_activation_fused
 
         x2 = x.reshape(-1, x.shape[-1])
-        if fused_quant_problem(x2) is None and torch.cuda.get_device_capability(x2.device)[0] >= 8:
+        major = torch.cuda.get_device_capability(x2.device)[0] if x2.is_cuda else 0
+        if fused_quant_problem(x2) is None and major >= 8:
             last_quantizer = "fused"
-            pf = (linear._mat_b, linear._scale_b) if prefetch and torch.cuda.get_device_capability(x2.device)[0] >= 9 \
-                else None
+            pf = (linear._mat_b, linear._scale_b) if prefetch and major >= 9 else None
             return quantize_activation_fused(x2, getattr(linear, "input_global_scale", None), linear._global_scale_b,
                                              operands=operands, prefetch=pf)
     last_quantizer = "torch"
