@@ -17,8 +17,9 @@
 #          (pytest_handoff.log), then their probe timings beside the shipped forms (appended to probe.log)
 #   prefetch: the quantizer pulling the router's weights into L2 (built 2026-12-05): its GPU test, probe timings
 #   gemv_parts: T=1, the GEMV quantizing in its own launch with 2 / 4 threads per chunk (variants halves /
-#          quarters, built 2026-12-05 in the eighth session): their GPU tests (pytest_parts.log), then
-#          their timings and per-CTA timestamps beside route alone and the 1-thread form (probe.log)
+#          quarters, built 2026-12-05 in the eighth session; the router's GPUREPRO_ROUTER_INKERNEL_QUANT=halves /
+#          quarters, the ninth): their GPU tests (pytest_parts.log), then their timings and per-CTA
+#          timestamps beside route alone and the 1-thread form (probe.log)
 #   tile_quant: the tile kernel quantizing its own token rows (built 2026-12-05) timed at T=4096 (probe.log;
 #          its GPU tests are among handoff_tests')
 # Every step runs under `timeout` (QUANT_S, TESTS_S, BOTH_S seconds) so one hang cannot eat the call.
@@ -97,7 +98,7 @@ for s in $steps; do
       probe_call --tokens 7 --experts 256 384 --swapab 1,7,1,4 --after-quant dynamic --prefetch ;;
     gemv_parts)
       timeout "${TESTS_S:-120}" python3 -m pytest -q -p no:cacheprovider -rs tests/kernels/test_router_gpu.py \
-        -k "quantizing_in_kernel and (halves or quarters)" 2>&1 | tee "$OUT/pytest_parts.log" | tail -3
+        -k "(quantizing_in_kernel and (halves or quarters)) or gemv_quantizing_form" 2>&1 | tee "$OUT/pytest_parts.log" | tail -3
       rc=$((rc | ${PIPESTATUS[0]}))
       for cfg in "256 1,2" "384 1,3" "384 1,2"; do
         set -- $cfg

@@ -22,7 +22,8 @@ not from the 60 MB L2), replayed ``--reps`` times; the time per call is the medi
   scale, so the same codes): the quantizer needs no pass for the max, and at 1 < T <= 8 the
   default path is the swap-AB kernel quantizing its tokens itself (no quantizer launch);
 * ``one launch``   (T <= 8) the same from bf16 with the calibrated scale and
-  ``GPUREPRO_ROUTER_INKERNEL_QUANT=1``: the GEMV (T=1) or swap-AB kernel quantizing its tokens in
+  ``GPUREPRO_ROUTER_INKERNEL_QUANT=1`` (``--one-launch-mode``: or ``halves`` / ``quarters``, the
+  GEMV's 2- / 4-thread forms): the GEMV (T=1) or swap-AB kernel quantizing its tokens in
   its own launch (``kernels.router.SWAPAB_QUANT_MAX_TOKENS``), no quantizer launch (the swap-AB
   one is the default path, so ``fused+quant, calibrated`` at 1 < T <= 8 is the same path);
 * ``torchq+route`` the same with the PyTorch quantizer of ``kernels.nvfp4`` (~20 elementwise kernels);
@@ -117,9 +118,10 @@ def no_pdl():
     return mock.patch.dict(os.environ, {"GPUREPRO_ROUTER_PDL": "0"})
 
 
-def one_launch():
-    """``GPUREPRO_ROUTER_INKERNEL_QUANT=1`` while a launcher is called (the kernel quantizes itself)."""
-    return mock.patch.dict(os.environ, {"GPUREPRO_ROUTER_INKERNEL_QUANT": "1"})
+def one_launch(mode: str = "1"):
+    """``GPUREPRO_ROUTER_INKERNEL_QUANT=mode`` while a launcher is called (the kernel quantizes itself;
+    "halves" / "quarters": the GEMV in that form at T=1)."""
+    return mock.patch.dict(os.environ, {"GPUREPRO_ROUTER_INKERNEL_QUANT": mode})
 
 
 def copy_GBps(dev) -> float:
@@ -161,7 +163,8 @@ def write_results(rows, name, a, copy, floor) -> str:
         f"harness: {floor:.2f} us; fused GB/s = FP4 weight + scales + NVFP4 "
         "activation bytes / time; quant = the fused activation quantizer alone (quantizer of fused+quant: "
         + ", ".join(f"T={t}: {q}" for t, q in sorted({(r['T'], r.get('quantizer')) for r in rows}))
-        + "), torchq+route = the PyTorch quantizer + the kernel",
+        + f"), one launch = GPUREPRO_ROUTER_INKERNEL_QUANT={a.one_launch_mode}"
+        + ", torchq+route = the PyTorch quantizer + the kernel",
         "",
         "| T | E | kernel | fused | swapab | staged | gemv | tile (splits; skN: stream-K on N CTAs) | mma (split-K) | mma, no split | quant | quant, calibrated | fused+quant "
         "| fused+quant, no PDL | fused+quant, calibrated | one launch, calibrated | torchq+route "
@@ -204,6 +207,8 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=int, default=64, help="weight copies rotated through (>= 64 keeps them out of L2)")
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--skip", nargs="*", default=[], help="paths not to time (mma_nosplit, fused+quant, ...)")
+    p.add_argument("--one-launch-mode", default="1", choices=("1", "halves", "quarters"),
+                   help="GPUREPRO_ROUTER_INKERNEL_QUANT of the one-launch path (T=1: the GEMV's quantizing form)")
     a = p.parse_args(argv)
     dev = torch.device("cuda")
     name = torch.cuda.get_device_name(dev)
@@ -285,7 +290,7 @@ def main(argv=None) -> int:
 
             def quant_route_one_launch(lay):
                 def call():
-                    with one_launch():
+                    with one_launch(a.one_launch_mode):
                         return router.run_nvfp4_fused_router(x, lay, a.topk, a.scoring, path="portable")
                 return call
 
@@ -335,6 +340,7 @@ def main(argv=None) -> int:
             if "one_launch_us" in r:
                 r["one launch/route"] = r["one_launch_us"] / fus
                 r["one_launch_quantizer"] = one
+                r["one_launch_mode"] = a.one_launch_mode
             r["pdl"] = pdl
             if "torchq+route_us" in r:
                 r["torchq+route/route"] = r["torchq+route_us"] / fus

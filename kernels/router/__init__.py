@@ -51,6 +51,7 @@ last_kernel: Optional[str] = None  #: "gemv", "swapab", "staged", "tile" or "mma
 last_quantizer: Optional[str] = None  #: "fused" (one-kernel quantizer), "torch" (latest prepare_activation) or "in-kernel" (the GEMV or swap-AB kernel quantized)
 last_pdl: bool = False  #: the latest call launched its kernel as a programmatic dependent of the fused quantizer
 last_operands: bool = False  #: the latest call handed the tokens over as the swap-AB kernel's fp16 operands
+last_form: str = ""  #: the GEMV's quantizing form (``gemv.GEMV_QUANT_FORMS``) when the latest call took it
 
 #: crossovers measured on the H200 (bench/results/h200/): the CUDA-core GEMV kernel is the fastest
 #: for one token (3.9 / 4.4 us at E=256 / 384, swap-AB 4.8 / 5.3), the tensor-core "swap-AB" decode
@@ -134,12 +135,15 @@ def inkernel_quant_mode() -> str:
       against 6.22 / 7.08 for the quantizer + the kernel as its dependent, 1.19x / 1.14x route alone);
     * ``1``: also the GEMV kernel at T=1 (measured no faster: 4.85-4.93 against 4.93 us at E=256,
       6.1-6.3 against 5.38 at E=384);
+    * ``halves`` / ``quarters``: as ``1``, the GEMV quantizing with two / four threads per 32-element
+      chunk (``gemv.pick_gemv_quant``; the calibrated scale only, the dynamic one takes ``1``'s form).
+      Built 2026-12-05 without a device: not measured yet, so not in ``auto``;
     * ``0``: never.
 
     The tile kernel's own quantization (``launch.run_tile_quant``) is not among them: it measured
     slower than the quantizer + tile kernel (T=4096: 114.6 / 162.8 against 92.6 / 128.7 us)."""
     mode = os.environ.get("GPUREPRO_ROUTER_INKERNEL_QUANT", "auto")
-    return mode if mode in ("0", "1") else "auto"
+    return mode if mode in ("0", "1", "halves", "quarters") else "auto"
 
 
 def operand_handoff_enabled() -> bool:
@@ -202,7 +206,7 @@ def _route_quantizing(x: torch.Tensor, linear, top_k: int, scoring: str, renorma
     """bf16 activations routed by the GEMV or swap-AB kernel quantizing them in the same launch
     (their bits are the fused quantizer's), where that is the kernel for these tokens: the
     quantizer's launch saved.  None where it does not apply."""
-    global last_kernel, last_quantizer
+    global last_kernel, last_quantizer, last_form
     from .launch import gemv_quant_problem, run_gemv_quant, run_mma_gemv_quant, swapab_quant_problem
 
     x2 = x.reshape(-1, x.shape[-1])
@@ -210,10 +214,12 @@ def _route_quantizing(x: torch.Tensor, linear, top_k: int, scoring: str, renorma
     if not fused_quant_enabled() or mode == "0":
         return None
     chosen = kernel or choose_kernel(x2.shape[0], linear.out_features)
-    if chosen == "gemv" and mode == "1" and gemv_quant_problem(x2, linear) is None:
+    if chosen == "gemv" and mode not in ("auto", "0") and gemv_quant_problem(x2, linear) is None:
         last_kernel = "gemv"
         last_quantizer = "in-kernel"
-        return run_gemv_quant(x2, linear, top_k, scoring, renormalize)
+        # the parts forms quantize with the calibrated scale only
+        last_form = mode if mode != "1" and getattr(linear, "input_global_scale", None) is not None else ""
+        return run_gemv_quant(x2, linear, top_k, scoring, renormalize, form=last_form)
     if chosen == "swapab" and x2.shape[0] <= SWAPAB_QUANT_MAX_TOKENS:
         from .launch import pick_swapab_quant
 
@@ -237,8 +243,9 @@ def run_nvfp4_fused_router(x: torch.Tensor, linear, top_k: int = 6, scoring: str
     CTA per row tile, no workspace); ``kernel`` forces "gemv", "swapab", "staged", "tile" or "mma" on the portable
     path; ``tile_config`` = ``(splits, k_tiles_per_split)`` overrides the tile kernel's split-K.
     """
-    global last_path, last_kernel, last_pdl, last_operands
+    global last_path, last_kernel, last_pdl, last_operands, last_form
     last_pdl = False
+    last_form = ""
     last_operands = False
     check_scoring(scoring)
     if renormalize is None:

@@ -135,33 +135,43 @@ def _compile_pdl(cute, kernel: str, k: int) -> list:
 
 def _compile_inkernel_quant(cute, k: int, compiled) -> list:
     """The SM90+ forms of in-kernel quantization (bf16x2 compares): the GEMV's codes by the search
-    (probe variant "search", calibrated scale with the table; with 1, 2 and 4 threads per chunk), the swap-AB kernel quantizing its
-    bf16 tokens itself (calibrated scale): 8-byte units with several units per warp, then the T <= 8
-    form the launcher picks at hidden 7168 (7 K splits, 16-byte units, 8 warps: its registers decide
-    whether two CTAs share an SM).  ``compiled()`` after each but the last (whose cubin stays for the
-    caller)."""
+    (calibrated scale with the table; with 1, 2 and 4 threads per chunk, the latter two as the
+    router picks them at E=256 and E=384: ``gemv.pick_gemv_quant``), the swap-AB kernel quantizing
+    its bf16 tokens itself (calibrated scale): 8-byte units with several units per warp, then the
+    T <= 8 form the launcher picks at hidden 7168 (7 K splits, 16-byte units, 8 warps: its registers
+    decide whether two CTAs share an SM).  ``compiled(name)`` after each but the last (whose cubin
+    stays for the caller)."""
     import torch
 
-    from kernels.router.gemv import GemvRouterKernel, MmaGemvRouterKernel, swapab_polls
+    from kernels.router.gemv import GemvRouterKernel, MmaGemvRouterKernel, pick_gemv_quant, swapab_polls
     from kernels.router.launch import gemv_quant_args, mma_gemv_args
 
     act, layer = _act_layer()
     layer.input_global_scale = 0.01
     x = torch.randn(8, 256).to(torch.bfloat16)
     qargs = gemv_quant_args(x[:1], layer, k, 1)[0]
-    cute.compile(GemvRouterKernel(k, "softmax", False, 256, 1, 2, "table+search", quant="static"), *qargs)
-    done = [f"k={k},softmax,tm=1,rb=2,quant=static,table+search"]
-    # the probe's forms with 2 and 4 threads per chunk (512 / 1024 threads: at most 128 / 64 registers)
-    for parts in ("halves", "quarters"):
-        compiled()
-        cute.compile(GemvRouterKernel(k, "softmax", False, 256, 1, 2, parts + "+table+search", quant="static"), *qargs)
-        done.append(f"k={k},softmax,tm=1,rb=2,quant=static,{parts}+table+search")
+    done = []
+
+    def build(name, kernel, args):
+        if done:
+            compiled(done[-1])
+        cute.compile(kernel, *args)
+        done.append(name)
+
+    build(f"k={k},softmax,tm=1,rb=2,quant=static,table+search",
+          GemvRouterKernel(k, "softmax", False, 256, 1, 2, "table+search", quant="static"), qargs)
+    # 2 and 4 threads per chunk (512 / 1024 threads: at most 128 / 64 registers), as the router
+    # takes them on the H200 (132 SMs)
+    for e in (256, 384):
+        for parts in ("halves", "quarters"):
+            (tm, rb), variant = pick_gemv_quant(1, e, parts, True, 9, 132)
+            build(f"k={k},softmax,E={e},tm={tm},rb={rb},quant=static,{variant}",
+                  GemvRouterKernel(k, "softmax", False, e, tm, rb, variant, quant="static"), qargs)
     for ks, uw in ((2, 2), (7, 4)):
-        compiled()
         poll = swapab_polls(ks)
         args = mma_gemv_args(None, layer, k, 1, ks, poll, quant_x=x)[0]
-        cute.compile(MmaGemvRouterKernel(k, "softmax", False, 256, 1, ks, poll, uw=uw, quant=True), *args)
-        done.append(f"k={k},softmax,swapab quant nt=1,ksplit={ks},uw={uw}")
+        build(f"k={k},softmax,swapab quant nt=1,ksplit={ks},uw={uw}",
+              MmaGemvRouterKernel(k, "softmax", False, 256, 1, ks, poll, uw=uw, quant=True), args)
     return done
 
 
@@ -178,7 +188,7 @@ def _compile_tile_quant(cute, k: int, compiled) -> list:
     x = torch.randn(8, 256).to(torch.bfloat16)
     targs = tile_args(None, layer, k, 4, 2, quant_x=x)[0]
     cute.compile(TileRouterKernel(k, "softmax", False, 4, stages=Q_STAGES, quant=True), *targs)
-    compiled()
+    compiled(f"k={k},softmax,tile quant splits=4")
     cute.compile(TileRouterKernel(k, "softmax", False, 4, stages=Q_STAGES, stream_k_ctas=264, quant=True), *targs)
     return [f"k={k},softmax,tile quant splits=4", f"k={k},softmax,tile quant stream-K 264 CTAs"]
 
@@ -216,6 +226,14 @@ def main(argv=None) -> int:
 
     done = []
     seen_regs = set()  # registers of cubins compiled and removed before the end
+    form_regs = {}  # registers of each form compiled through compiled(name), and of the last one
+
+    def compiled(name):
+        regs = _drop_cubins(dump)
+        seen_regs.update(regs)
+        if regs:
+            form_regs[name] = max(regs)
+
     t0 = time.time()
     if a.kernel == "quant":
         from kernels.router.quant import Nvfp4ActQuantKernel
@@ -256,9 +274,9 @@ def main(argv=None) -> int:
             cute.compile(Nvfp4ActQuantKernel(dynamic, trigger=a.pdl), *args)
             done.append(f"quant dynamic={dynamic}" + (" trigger" if a.pdl else ""))
     if a.kernel == "inkernel-quant":
-        done += _compile_inkernel_quant(cute, a.topk[0], lambda: seen_regs.update(_drop_cubins(dump)))
+        done += _compile_inkernel_quant(cute, a.topk[0], compiled)
     if a.kernel == "tile-quant":
-        done += _compile_tile_quant(cute, a.topk[0], lambda: seen_regs.update(_drop_cubins(dump)))
+        done += _compile_tile_quant(cute, a.topk[0], compiled)
     if a.pdl and a.kernel != "quant":
         done += _compile_pdl(cute, a.kernel, a.topk[0])
     for k in ([] if a.kernel in ("quant", "inkernel-quant", "tile-quant") or a.pdl else a.topk):
@@ -364,10 +382,13 @@ def main(argv=None) -> int:
             os.remove(f)
     missing = [s for s in a.expect_ptx if s not in ptx]
     ok = bool(done) and any(c.endswith(f".{a.arch}.cubin") for c in cubins) and not missing
-    regs = sorted(seen_regs | {r for c in cubins if os.path.exists(c) for r in cubin_registers(c)})
+    last_regs = {r for c in cubins if os.path.exists(c) for r in cubin_registers(c)}
+    regs = sorted(seen_regs | last_regs)
+    if form_regs and last_regs:
+        form_regs[done[-1]] = max(last_regs)
     shutil.rmtree(dump, ignore_errors=True)
     print(json.dumps({"kernel": a.kernel, "arch": a.arch, "compiled": done, "seconds": round(time.time() - t0, 1),
-                      "cubins": [os.path.basename(c)[-60:] for c in cubins], "registers": regs, "missing_ptx": missing,
+                      "cubins": [os.path.basename(c)[-60:] for c in cubins], "registers": regs, "form_registers": form_regs, "missing_ptx": missing,
                       "ok": ok}))
     return 0 if ok else 1
 

@@ -825,6 +825,33 @@ def pick_gemv(num_tokens: int, experts: int):
     return tm, rb
 
 
+#: the GEMV's forms of quantizing its own tokens (``GemvRouterKernel(quant=...)``): "" one thread per
+#: 32-element chunk quantizing its two 16-blocks; "halves" / "quarters" (calibrated scale only) two /
+#: four threads per chunk, each quantizing one block / half a block, the codes handed to the chunk's
+#: owner through shared memory
+GEMV_QUANT_FORMS = ("", "halves", "quarters")
+
+
+def pick_gemv_quant(num_tokens: int, experts: int, form: str, static: bool, sm_major: int, sms: int):
+    """``((tm, rb), variant)`` of the GEMV quantizing its own tokens in ``form``.
+
+    "": :func:`pick_gemv`'s configuration, no variant (the form measured on the H200: 4.85-4.93 us at
+    T=1, E=256).  "halves" / "quarters" with the calibrated scale (``static``): 512 / 1024 threads per
+    CTA, so the fewest experts per CTA that keep the grid in one wave of ``sms`` CTAs (E=256: 2, 128
+    CTAs; E=384: 3; a 1024-thread CTA fills an SM's registers at 43-64 a thread; where no count
+    does, the most a CTA takes), the thresholds
+    from the per-CTA table and, SM90+, the codes by bf16x2 compares (variants "table", "search").
+    With the dynamic scale the parts forms do not exist: "" is used."""
+    if form not in GEMV_QUANT_FORMS:
+        raise ValueError(f"GEMV quantizing form {form!r}: one of {GEMV_QUANT_FORMS}")
+    tm, rb = pick_gemv(num_tokens, experts)
+    if not form or not static:
+        return (tm, rb), ""
+    fits = [r for r in range(1, THREADS // tm + 1) if experts % r == 0]
+    rb = next((r for r in fits if experts // r <= sms), fits[-1])
+    return (tm, rb), form + "+table" + ("+search" if sm_major >= 9 else "")
+
+
 _compiled = {}
 
 

@@ -181,14 +181,22 @@ def gemv_quant_problem(x, linear) -> str | None:
     return fused_quant_problem(x)
 
 
-def run_gemv_quant(x, linear, top_k: int, scoring: str, renormalize: bool, config=None, variant: str = ""):
+def run_gemv_quant(x, linear, top_k: int, scoring: str, renormalize: bool, config=None, variant: str = "",
+                   form: str | None = None):
     """Route bf16 ``x`` [T, K] (T <= 8) with the GEMV kernel quantizing in the same launch: the
     answers of ``prepare_activation`` + :func:`run_gemv`, bit for bit, without the quantizer's launch.
-    ``variant``: the kernel's probe variants (``GemvRouterKernel``; "table": the calibrated scale's
-    thresholds from a per-CTA table), for tests."""
-    from .gemv import compile_gemv, pick_gemv
+    ``form`` (``gemv.GEMV_QUANT_FORMS``): the configuration and variant ``gemv.pick_gemv_quant``
+    gives that form on this device; otherwise ``config`` and ``variant`` (the kernel's probe
+    variants, ``GemvRouterKernel``; "table": the calibrated scale's thresholds from a per-CTA table),
+    for tests."""
+    from .gemv import compile_gemv, pick_gemv, pick_gemv_quant
 
     t = x.shape[0]
+    if form is not None:
+        props = torch.cuda.get_device_properties(x.device)
+        config, variant = pick_gemv_quant(t, linear.out_features, form,
+                                          getattr(linear, "input_global_scale", None) is not None,
+                                          props.major, props.multi_processor_count)
     tm, rb = config or pick_gemv(t, linear.out_features)
     if tm < t:
         raise ValueError(f"tm={tm} < T={t}: in-kernel quantization needs one token group")

@@ -45,3 +45,27 @@ def test_calibrated_copy_shares_the_weights_and_quantizes_with_its_scale(bench):
     assert all(torch.equal(g, w) for g, w in zip(got[:3], want[:3]))
     other = bench.calibrated(copy, scale * 2)
     assert not torch.equal(router.prepare_activation(x, other)[1], want[1])  # a different scale: other codes
+
+
+@pytest.mark.parametrize("mode", ["1", "halves", "quarters"])
+def test_one_launch_path_sets_the_in_kernel_mode_for_its_calls_only(bench, mode, monkeypatch):
+    from kernels import router
+
+    monkeypatch.delenv("GPUREPRO_ROUTER_INKERNEL_QUANT", raising=False)
+    with bench.one_launch(mode):
+        assert router.inkernel_quant_mode() == mode
+    assert router.inkernel_quant_mode() == "auto"
+
+
+def test_results_say_which_one_launch_mode_they_timed(bench, tmp_path):
+    import argparse
+
+    a = argparse.Namespace(out=str(tmp_path), hidden=7168, topk=6, scoring="softmax", layers=64, reps=7,
+                           one_launch_mode="quarters")
+    row = {"T": 1, "E": 256, "kernel": "gemv", "fused_us": 3.4, "one_launch_us": 4.0, "one launch/route": 4.0 / 3.4,
+           "tile_splits": "-", "splits": 1, "bf16/fused": 6.3, "deq/fused": 17.0, "fused_GBps": 300.0,
+           "fused_TFLOPs": 1.1, "quantizer": "fused"}
+    md = bench.write_results([row], "GPU", a, 2766.0, 1.18)
+    assert "one launch = GPUREPRO_ROUTER_INKERNEL_QUANT=quarters" in md.splitlines()[0]
+    assert "| 4.0 |" in md and "| 1.18 |" in md
+    assert (tmp_path / "router_bench.json").exists()

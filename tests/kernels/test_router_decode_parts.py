@@ -288,6 +288,28 @@ def test_launch_rules():
     assert swapab_unit_words(7168, 1) == 4 and swapab_unit_words(7168, 2) == 2 and swapab_unit_words(7168, 7) == 4
 
 
+def test_gemv_quantizing_forms_pick_one_wave_of_ctas():
+    # the GEMV's own quantization: "" keeps pick_gemv's configuration; the 512 / 1024-thread forms
+    # (calibrated scale) take the fewest experts per CTA that keep the grid within one wave, the
+    # per-CTA threshold table, and from SM90 the bf16x2-compare search; the dynamic scale has only ""
+    from kernels.router.gemv import GEMV_QUANT_FORMS, pick_gemv, pick_gemv_quant
+
+    assert GEMV_QUANT_FORMS == ("", "halves", "quarters")
+    assert pick_gemv_quant(1, 256, "", True, 9, 132) == (pick_gemv(1, 256), "")
+    assert pick_gemv_quant(1, 256, "quarters", True, 9, 132) == ((1, 2), "quarters+table+search")
+    assert pick_gemv_quant(1, 384, "halves", True, 9, 132) == ((1, 3), "halves+table+search")
+    assert pick_gemv_quant(1, 384, "halves", True, 12, 170) == ((1, 3), "halves+table+search")  # RTX 5090
+    assert pick_gemv_quant(1, 256, "halves", True, 12, 256) == ((1, 1), "halves+table+search")
+    assert pick_gemv_quant(1, 256, "quarters", True, 8, 108) == ((1, 4), "quarters+table")  # A100: no search
+    assert pick_gemv_quant(1, 384, "quarters", True, 12, 48) == ((1, 8), "quarters+table+search")  # GB10
+    assert pick_gemv_quant(5, 384, "halves", True, 9, 132) == ((8, 3), "halves+table+search")
+    assert pick_gemv_quant(1, 256, "quarters", False, 9, 132) == (pick_gemv(1, 256), "")
+    assert pick_gemv_quant(1, 2048, "halves", True, 9, 132)[0] == (1, 16)
+    assert pick_gemv_quant(1, 2048, "halves", True, 9, 4)[0] == (1, 256)  # no one wave: the most experts a CTA takes
+    with pytest.raises(ValueError, match="thirds"):
+        pick_gemv_quant(1, 256, "thirds", True, 9, 132)
+
+
 def test_quantizer_threshold_ptx_gives_the_division_codes():
     # the fused quantizer's division-free E2M1 codes, the PTX text it ships run by the interpreter
     # (float ops rounded exactly): per-block thresholds V1..V7 from d, then the binary search per

@@ -328,6 +328,36 @@ def test_gemv_quantizing_in_kernel_is_quantizer_plus_kernel_bit_for_bit(t, e, hi
         assert torch.equal(ids, want[0]) and torch.equal(w, want[1])
 
 
+@pytest.mark.skipif(torch.cuda.is_available() and _sm() < 8, reason="the portable kernel needs SM80 or later")
+@pytest.mark.parametrize("e", [256, 384])
+@pytest.mark.parametrize("form", ["halves", "quarters"])
+def test_router_takes_the_gemv_quantizing_form_it_is_told(e, form, monkeypatch):
+    # GPUREPRO_ROUTER_INKERNEL_QUANT=halves / quarters: at T=1 the router's GEMV quantizes in that
+    # form (the configuration pick_gemv_quant gives it) with the calibrated scale, the same bits as
+    # the quantizer + the GEMV; with the dynamic scale the one-thread form
+    from kernels.router.gemv import pick_gemv_quant
+    from kernels.router.launch import run_gemv
+
+    layer, x = _case(1, e, 7168, seed=17 + e)
+    act = router.prepare_activation(x, layer)
+    want = run_gemv(act, layer, 6, "softmax", False)
+    monkeypatch.setenv("GPUREPRO_ROUTER_INKERNEL_QUANT", form)
+    ids, w = router.run_nvfp4_fused_router(x, layer, 6, "softmax")
+    assert (router.last_kernel, router.last_quantizer, router.last_form) == ("gemv", "in-kernel", "")
+    assert torch.equal(ids, want[0]) and torch.equal(w, want[1])
+    layer.input_global_scale = float(x.float().abs().max()) / 2000.0
+    act = router.prepare_activation(x, layer)
+    props = torch.cuda.get_device_properties(x.device)
+    cfg, _ = pick_gemv_quant(1, e, form, True, props.major, props.multi_processor_count)
+    want = run_gemv(act, layer, 6, "softmax", False, cfg)
+    got = [router.run_nvfp4_fused_router(x, layer, 6, "softmax") for _ in range(2)]
+    assert (router.last_kernel, router.last_quantizer, router.last_form) == ("gemv", "in-kernel", form)
+    for ids, w in got:
+        assert torch.equal(ids, want[0]) and torch.equal(w, want[1])
+    c = router.compare_routing(got[0][0], got[0][1], router.router_logits_reference(x, layer), 6, "softmax")
+    assert c.ok and c.max_weight_err < 1e-4, c
+
+
 @pytest.mark.skipif(torch.cuda.is_available() and _sm() < 9,
                     reason="the swap-AB kernel's own quantization needs SM90 or later (bf16x2 compares)")
 @pytest.mark.parametrize("t,e,hidden,config,tiny", [

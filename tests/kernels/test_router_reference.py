@@ -223,7 +223,8 @@ def test_sm100_does_not_import_launch():
 
 def test_quantizer_switches_read_the_environment(monkeypatch):
     # the fused quantizer defaults on ("0" turns it off); the in-kernel one "auto" (the swap-AB
-    # kernel's), "1" (the GEMV's too) or "0"; anything else reads as the default
+    # kernel's), "1" (the GEMV's too), "halves" / "quarters" (the GEMV's in that form) or "0";
+    # anything else reads as the default
     from kernels.router import fused_quant_enabled, inkernel_quant_mode
 
     monkeypatch.delenv("GPUREPRO_ROUTER_FUSED_QUANT", raising=False)
@@ -232,7 +233,8 @@ def test_quantizer_switches_read_the_environment(monkeypatch):
     assert not fused_quant_enabled()
     monkeypatch.delenv("GPUREPRO_ROUTER_INKERNEL_QUANT", raising=False)
     assert inkernel_quant_mode() == "auto"
-    for value, mode in (("1", "1"), ("0", "0"), ("yes", "auto")):
+    for value, mode in (("1", "1"), ("0", "0"), ("halves", "halves"), ("quarters", "quarters"), ("yes", "auto"),
+                        ("Quarters", "auto")):
         monkeypatch.setenv("GPUREPRO_ROUTER_INKERNEL_QUANT", value)
         assert inkernel_quant_mode() == mode
     from kernels.router import l2_prefetch_enabled, operand_handoff_enabled
