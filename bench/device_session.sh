@@ -22,6 +22,8 @@
 #          timestamps beside route alone and the 1-thread form (probe.log)
 #   tile_quant: the tile kernel quantizing its own token rows (built 2026-12-05) timed at T=4096 (probe.log;
 #          its GPU tests are among handoff_tests')
+#   tile_warps: the same with a quantizing warpgroup of its own (setmaxnreg; built 2026-12-05, ninth session):
+#          its GPU tests (pytest_tile_warps.log), then timings at MMA registers 192 / 200 / 208 (probe.log)
 # Every step runs under `timeout` (QUANT_S, TESTS_S, BOTH_S seconds) so one hang cannot eat the call.
 # The device returns at most 8 files from $OUT: all steps together write 8 (pytest_quant.log,
 # pytest_gpu.log, probe.log, validate_bench.log, router_{bench,validation}.{md,json}), so a caller
@@ -110,6 +112,14 @@ for s in $steps; do
       # T=4096: the tile kernel quantizing its own token rows against quantizer + tile kernel, and
       # route alone with the ring's last slot used (4 k-tiles ahead of the decode instead of 3)
       probe_call --tokens 4096 --experts 256 384 --tile-quant --tile-ahead 4 ;;
+    tile_warps)
+      # T=4096: the tile kernel with a quantizing warpgroup of its own (built 2026-12-05 in the ninth
+      # session, not yet run): its GPU tests beside the plain quantizing form's (pytest_tile_warps.log),
+      # then its timings at three register splits beside route alone and quantizer + tile kernel
+      timeout "${TESTS_S:-300}" python3 -m pytest -q -p no:cacheprovider -rs tests/kernels/test_router_gpu.py \
+        -k "tile_quantizing_in_kernel" 2>&1 | tee "$OUT/pytest_tile_warps.log" | tail -3
+      rc=$((rc | ${PIPESTATUS[0]}))
+      probe_call --tokens 4096 --experts 256 384 --tile-quant --tile-quant-regs 192 200 208 ;;
     validate) python3 bench/router_validate.py --out "$OUT" 2>&1 | tee "$OUT/validate.log" | grep -E "FAIL|passed|Error|error" ; rc=$((rc | ${PIPESTATUS[0]})) ;;
     bench) python3 bench/router_bench.py --out "$OUT" ${BENCH_ARGS:---skip mma_nosplit} 2>&1 | tee "$OUT/bench.log" | tail -14 ; rc=$((rc | ${PIPESTATUS[0]})) ;;
     both)

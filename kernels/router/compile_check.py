@@ -177,7 +177,9 @@ def _compile_inkernel_quant(cute, k: int, compiled) -> list:
 
 def _compile_tile_quant(cute, k: int, compiled) -> list:
     """The tile kernel quantizing its bf16 token rows itself (calibrated scale, SM90+): the split
-    grid, then the stream-K grid (whose cubin stays for the caller)."""
+    grid and the stream-K grid, each with the tile's own threads quantizing and with a quantizing
+    warpgroup of its own (``quant_warps=4``, setmaxnreg; the last, stream-K, cubin stays for the
+    caller)."""
     import torch
 
     from kernels.router.launch import tile_args
@@ -187,10 +189,16 @@ def _compile_tile_quant(cute, k: int, compiled) -> list:
     layer.input_global_scale = 0.01
     x = torch.randn(8, 256).to(torch.bfloat16)
     targs = tile_args(None, layer, k, 4, 2, quant_x=x)[0]
-    cute.compile(TileRouterKernel(k, "softmax", False, 4, stages=Q_STAGES, quant=True), *targs)
-    compiled(f"k={k},softmax,tile quant splits=4")
-    cute.compile(TileRouterKernel(k, "softmax", False, 4, stages=Q_STAGES, stream_k_ctas=264, quant=True), *targs)
-    return [f"k={k},softmax,tile quant splits=4", f"k={k},softmax,tile quant stream-K 264 CTAs"]
+    done = []
+    for ctas in (0, 264):
+        for warps in (0, 4):
+            if done:
+                compiled(done[-1])
+            cute.compile(TileRouterKernel(k, "softmax", False, 4, stages=Q_STAGES, stream_k_ctas=ctas, quant=True,
+                                          quant_warps=warps), *targs)
+            grid = f"stream-K {ctas} CTAs" if ctas else "splits=4"
+            done.append(f"k={k},softmax,tile quant {grid}" + (f",quant_warps={warps}" if warps else ""))
+    return done
 
 
 def _drop_cubins(dump: str) -> list:

@@ -421,7 +421,7 @@ def tile_args(activation, linear, top_k: int, splits: int, k_per_split: int, qua
 
 def tile_launcher(activation, linear, top_k: int, scoring: str, renormalize: bool, config=None,
                   route_in_kernel: bool = False, stages=None, stream_k=None, pdl: bool = False, quant_x=None,
-                  ahead: int = 0):
+                  ahead: int = 0, quant_warps: int = 0, mma_regs: int = 0):
     """``(launch, ids, weights)``: ``launch()`` runs the tile kernel and (unless ``route_in_kernel``)
     its route kernel on the current stream, with arguments prepared once (as a CUDA graph replays them).
     ``config``: ``(splits, k_tiles_per_split)`` of the split grid; ``stream_k``: ``(ctas, slots)`` of a
@@ -431,8 +431,10 @@ def tile_launcher(activation, linear, top_k: int, scoring: str, renormalize: boo
     tile kernel's dependent measured no faster on the H200: 65.7 / 101.9 us against 64.8 / 101.6
     at T=4096, E=256 / 384.)  ``quant_x``: the bf16 tokens, quantized by the tile kernel itself
     (:func:`run_tile_quant`; its two-slot rings, ``stages`` ignored).  ``ahead``: k-tiles loaded
-    ahead of the one decoded (probe; default stages - 1, the quantizing form's 2)."""
-    from .tile import BK, Q_STAGES, compile_split_route, compile_tile, device_stages, device_tile_grid
+    ahead of the one decoded (probe; default stages - 1, the quantizing form's 2).  ``quant_warps``
+    (with ``quant_x``, probe): 4, a warpgroup of quantizing warps beside the MMA warps, the MMA
+    warpgroup at ``mma_regs`` registers (default ``tile.MMA_REGS``)."""
+    from .tile import BK, MMA_REGS, Q_STAGES, compile_split_route, compile_tile, device_stages, device_tile_grid
 
     quant = quant_x is not None
     t = (quant_x if quant else activation[0]).shape[0]
@@ -450,7 +452,7 @@ def tile_launcher(activation, linear, top_k: int, scoring: str, renormalize: boo
         ctas, slots = stream_k
         args, ids, w = tile_args(activation, linear, top_k, slots, 0, quant_x)
         fn = compile_tile(top_k, scoring, renormalize, slots, args, stages=stages, stream_k_ctas=ctas, pdl=pdl,
-                          quant=quant, ahead=ahead)
+                          quant=quant, ahead=ahead, quant_warps=quant_warps, mma_regs=mma_regs or MMA_REGS)
         route_sk = (linear.in_features // BK, ctas)
         splits = slots
     else:
@@ -459,7 +461,7 @@ def tile_launcher(activation, linear, top_k: int, scoring: str, renormalize: boo
         splits, per = config or pick_tile_splits(t, linear.out_features, linear.in_features)
         args, ids, w = tile_args(activation, linear, top_k, splits, per, quant_x)
         fn = compile_tile(top_k, scoring, renormalize, splits, args, route_in_kernel=route_in_kernel, stages=stages,
-                          pdl=pdl, quant=quant, ahead=ahead)
+                          pdl=pdl, quant=quant, ahead=ahead, quant_warps=quant_warps, mma_regs=mma_regs or MMA_REGS)
         route_sk = None
     if route_in_kernel:
         return (lambda: fn(*args[:-1], current_stream(dev))), ids, w
@@ -501,13 +503,16 @@ def tile_quant_problem(x, linear) -> str | None:
     return fused_quant_problem(x)
 
 
-def run_tile_quant(x, linear, top_k: int, scoring: str, renormalize: bool, config=None, stream_k=None):
+def run_tile_quant(x, linear, top_k: int, scoring: str, renormalize: bool, config=None, stream_k=None,
+                   quant_warps: int = 0, mma_regs: int = 0):
     """Route bf16 ``x`` [T, K] with the tile kernel quantizing its token rows itself (the layer's
     calibrated scale): the answers of ``prepare_activation`` + :func:`run_tile`, bit for bit, without
-    the quantizer's launch.  ``config`` / ``stream_k`` as in :func:`tile_launcher`."""
+    the quantizer's launch.  ``config`` / ``stream_k`` / ``quant_warps`` / ``mma_regs`` as in
+    :func:`tile_launcher`."""
     why = tile_quant_problem(x, linear)
     if why:
         raise ValueError(f"the tile kernel cannot quantize these tokens: {why}")
-    launch, ids, w = tile_launcher(None, linear, top_k, scoring, renormalize, config, stream_k=stream_k, quant_x=x)
+    launch, ids, w = tile_launcher(None, linear, top_k, scoring, renormalize, config, stream_k=stream_k, quant_x=x,
+                                   quant_warps=quant_warps, mma_regs=mma_regs)
     launch()
     return ids, w

@@ -88,6 +88,9 @@ def main(argv=None) -> int:
                    help="T >= 128, --calibrated: the tile kernel quantizing its own token rows (one launch + its "
                         "route kernel) beside route alone and the fused quantizer + tile kernel (plainly and as "
                         "its programmatic dependent), each checked and timed, the device's grid")
+    p.add_argument("--tile-quant-regs", type=int, nargs="*", default=[], metavar="R",
+                   help="with --tile-quant: also the tile kernel with a quantizing warpgroup of its own "
+                        "(quant_warps=4), its MMA warpgroup at R registers (setmaxnreg; multiples of 8)")
     p.add_argument("--tile-ahead", type=int, nargs="*", default=[], metavar="N",
                    help="also time route alone with the tile kernel loading N k-tiles ahead (default stages - 1; "
                         "up to stages)")
@@ -360,7 +363,7 @@ def _tile_quant(x, base, act, ref_logits, layers, a, res) -> int:
     """The tile kernel (the device's grid) from bf16 ``x`` with the layer's calibrated scale: route
     alone (the activations quantized beforehand), the fused quantizer + tile kernel plainly and as
     its programmatic dependent, and the tile kernel quantizing its token rows itself; each checked
-    and timed (one JSON line each)."""
+    and timed (one JSON line each); ``--tile-quant-regs``: also with a quantizing warpgroup of its own."""
     from kernels.router.launch import tile_launcher
     from kernels.router.quant import quant_launcher
 
@@ -385,6 +388,11 @@ def _tile_quant(x, base, act, ref_logits, layers, a, res) -> int:
         rc |= _check_and_time(after, base, ref_logits, layers, a,
                               dict(res, kernel="tile", after_quant="calibrated", pdl=pdl), True)
     rc |= _check_and_time(own, base, ref_logits, layers, a, dict(res, kernel="tile", quant="in-kernel"), True)
+    for regs in a.tile_quant_regs:
+        def own_warps(lay, regs=regs):
+            return tile_launcher(None, lay, 6, "softmax", False, quant_x=x, quant_warps=4, mma_regs=regs)
+        rc |= _check_and_time(own_warps, base, ref_logits, layers, a,
+                              dict(res, kernel="tile", quant="in-kernel", quant_warps=4, mma_regs=regs), True)
     return rc
 
 

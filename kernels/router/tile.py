@@ -28,6 +28,15 @@ Portable: cp.async, ldmatrix and mma.sync exist on SM80, SM90 and SM120; no TMA,
 bf16 in a ring of their own and each k-tile is quantized into the decoded tile by
 :func:`kernels.router.quant.quant_block_f16` (the bits of quantizer + this kernel); measured slower
 on the H200 than the quantizer + this kernel (T=4096, E=256: 114.6 against 92.6 us).
+``quant_warps=4`` (probe; built 2026-12-05 without a device, NOT measured): a warpgroup of its own
+quantizes the token rows (units 0, 1) while the 4 MMA warps decode the expert rows and run the MMAs,
+the two warpgroups meeting at the ring's barriers (a named barrier of the CTA's 256 threads, once
+per k-tile); launched at 128 registers a thread (two CTAs per SM), ``setmaxnreg`` gives the MMA
+warpgroup ``mma_regs`` (default 200) and the quantizing one the rest.  The shipped kernel ran its
+issue slots 25 % busy with the register file full (ncu), so the quantization may fill idle issue
+slots instead of stalling the MMA loop.  sm_90a SASS per k-tile: MMA loop 529 instructions (6
+spills) at 200 registers, 504 (1) at 208; quantizing loop 929 (34 spills) at 56 registers, 976 (55)
+at 48 (the in-range path; the division fallback left out of the count).
 """
 
 from __future__ import annotations
@@ -62,6 +71,9 @@ Q_ROW_WORDS = BK // 2  # bf16 words of one token row per k-tile
 Q_A_STAGE = BM * Q_ROW_WORDS
 Q_B_STAGE = BN * WORDS + BN
 Q_STAGES = 2  # two slots each, loads two k-tiles ahead (see TileRouterKernel.ahead): ~110 KB per CTA
+# quantizing warps of their own (quant_warps=4): the MMA warpgroup's registers after setmaxnreg (the
+# quantizing warpgroup keeps 256 - this: two 256-thread CTAs fill the SM's 65,536)
+MMA_REGS = 200
 
 
 # insertion in increasing id order: "better" is a plain ">" (the earlier, lower id wins a tie)
@@ -81,7 +93,7 @@ class TileRouterKernel(PortableRouterKernel):
 
     def __init__(self, top_k: int, scoring: str, renormalize: bool, splits: int = 1, variant: str = "",
                  route_in_kernel: bool = False, stages: int = STAGES, stream_k_ctas: int = 0, pdl: bool = False,
-                 quant: bool = False, ahead: int = 0):
+                 quant: bool = False, ahead: int = 0, quant_warps: int = 0, mma_regs: int = MMA_REGS):
         super().__init__(top_k, scoring, renormalize, bm=BM, threads=THREADS, split_k=True)
         # a programmatic dependent launch (after the activation quantizer): every load of the
         # mainloop's ring waits for it, so the wait is the kernel's first step (gemv.await_inputs)
@@ -93,6 +105,18 @@ class TileRouterKernel(PortableRouterKernel):
         # codes were decoded: quantize-and-route without the quantizer's launch and its pass over
         # HBM between the two kernels
         self.quant = quant
+        # quant_warps=4 (probe; quant only): a warpgroup of its own quantizes the token rows while the
+        # 4 MMA warps decode the expert rows and run the MMAs, the two meeting at the ring's barriers
+        # (one named barrier of all 256 threads per k-tile, where the 128-thread CTA syncs); the two
+        # CTAs per SM stay, by setmaxnreg: launched at 128 registers a thread, the MMA warpgroup takes
+        # mma_regs and the quantizing one 256 - mma_regs (sm_90a-class: setmaxnreg)
+        if quant_warps not in (0, 4) or (quant_warps and not quant):
+            raise ValueError(f"quant_warps={quant_warps}: 0, or 4 with quant")
+        if mma_regs % 8 or not 128 <= mma_regs <= 232:
+            raise ValueError(f"mma_regs={mma_regs}: a multiple of 8 in 128..232")
+        self.quant_warps = quant_warps
+        self.mma_regs = mma_regs
+        self.threads = THREADS + 32 * quant_warps
         if quant and (pdl or route_in_kernel):
             raise ValueError("quant: no kernel before it (pdl), the route kernel after it (no in-kernel route)")
         min_stages = Q_STAGES if quant else 3
@@ -137,7 +161,7 @@ class TileRouterKernel(PortableRouterKernel):
         if cutlass.const_expr(self.stream_k_ctas > 0):
             grid = [self.stream_k_ctas, 1, 1]
         self.kernel(mA, mSFA, mB, mSFB, mAlpha, mIds, mW, mWs, mCnt, k_per_split, tiled_mma).launch(
-            grid=grid, block=[THREADS, 1, 1], smem=self.smem_bytes,
+            grid=grid, block=[self.threads, 1, 1], smem=self.smem_bytes,
             stream=stream, min_blocks_per_mp=2, preferred_smem_carveout=100,  # two CTAs per SM
             use_pdl=self.pdl)
 
@@ -185,13 +209,16 @@ class TileRouterKernel(PortableRouterKernel):
     # ---------------------------------------------------------------- device
     @cute.jit
     def _issue(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
-               sRaw: cute.Tensor, sAq: cute.Tensor, kt, slot, row0, n0, T, kw, k_tiles, tidx, cp16, cp4):
+               sRaw: cute.Tensor, sAq: cute.Tensor, kt, slot, row0, n0, T, kw, k_tiles, tidx, cp16, cp4,
+               role: cutlass.Constexpr = "all"):
         """cp.async of raw k-tile ``kt`` into ring slot ``slot`` (about 5 copies per thread; 8 more of
-        the token rows' bf16 words in the quantizing form)."""
+        the token rows' bf16 words in the quantizing form).  ``role`` (quantizing warps of their
+        own): "quant" issues only the token rows' copies, "mma" only the expert rows'; ``tidx`` is
+        the thread's index within its role."""
         base = slot * self.raw_words
         pA = _gptr(mA)
         pB = _gptr(mB)
-        if cutlass.const_expr(self.quant):
+        if cutlass.const_expr(self.quant and role != "mma"):
             # 128 rows x 8 chunks of 16 bytes; chunk c of row r at c ^ (r % 8)
             for j in cutlass.range_constexpr(BM * Q_ROW_WORDS // 4 // THREADS):
                 u = tidx + j * THREADS
@@ -203,7 +230,7 @@ class TileRouterKernel(PortableRouterKernel):
                 dst = cute.make_tensor(sAq.iterator + cute.assume(slot * Q_A_STAGE + r * Q_ROW_WORDS
                                                                   + (c ^ (r % 8)) * 4, divby=4), cute.make_layout(4))
                 cute.copy(cp16, src, dst)
-        for i in cutlass.range_constexpr(2):
+        for i in cutlass.range_constexpr(0 if role == "quant" else 2):
             u = tidx + i * THREADS
             r = u // 2
             h = u % 2
@@ -222,13 +249,16 @@ class TileRouterKernel(PortableRouterKernel):
             grow = cutlass.min(row0 + tidx, T - 1)
             cute.copy(cp4, cute.make_tensor(_gptr(mSFA) + (grow * k_tiles + kt), cute.make_layout(1)),
                       cute.make_tensor(sRaw.iterator + (base + OFF_ASC + tidx), cute.make_layout(1)))
-        if tidx < 32:
-            # the 128 x 4 scale atom of (expert block, k-tile) is 512 contiguous bytes
-            src = cute.make_tensor(_gptr(mSFB) + cute.assume(((n0 // 128) * k_tiles + kt) * 128 + tidx * 4, divby=4),
-                                   cute.make_layout(4))
-            dst = cute.make_tensor(sRaw.iterator + cute.assume(base + self.off_bsc + tidx * 4, divby=4),
-                                   cute.make_layout(4))
-            cute.copy(cp16, src, dst)
+        if cutlass.const_expr(role != "quant"):
+            if tidx < 32:
+                # the 128 x 4 scale atom of (expert block, k-tile) is 512 contiguous bytes
+                # (names of their own: a variable first bound inside this dynamic branch)
+                src_sc = cute.make_tensor(
+                    _gptr(mSFB) + cute.assume(((n0 // 128) * k_tiles + kt) * 128 + tidx * 4, divby=4),
+                    cute.make_layout(4))
+                dst_sc = cute.make_tensor(sRaw.iterator + cute.assume(base + self.off_bsc + tidx * 4, divby=4),
+                                          cute.make_layout(4))
+                cute.copy(cp16, src_sc, dst_sc)
 
     @cute.jit
     def _decode(self, sRaw: cute.Tensor, sAB32: cute.Tensor, slot, dbuf, i: cutlass.Constexpr, tidx, q=None):
@@ -298,20 +328,67 @@ class TileRouterKernel(PortableRouterKernel):
                 self._store_chunk(sAB32, out, dbuf, r, 4 * h + 2 * b + wi)
 
     @cute.jit
+    def _sync(self):
+        """The ring's barrier: the CTA's, or with quantizing warps of their own a named barrier of all
+        its threads (the two warpgroups reach it from their own branches)."""
+        if cutlass.const_expr(self.quant_warps > 0):
+            cute.arch.barrier(barrier_id=1, number_of_threads=self.threads)
+        else:
+            cute.arch.sync_threads()
+
+    @cute.jit
     def _segment(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor, mAlpha: cute.Tensor,
                  mWs: cute.Tensor, sRaw: cute.Tensor, sAB32: cute.Tensor, sA: cute.Tensor, sB: cute.Tensor, cp16, cp4,
-                 tiled_mma: cute.TiledMma, m_idx, n_idx, kt_begin, n_k, slot, T, kw, k_tiles, tidx, q=None):
+                 tiled_mma: cute.TiledMma, m_idx, n_idx, kt_begin, n_k, slot, T, kw, k_tiles, tidx, q=None,
+                 role: cutlass.Constexpr = "all"):
         """One 128 x 128 tile over k-tiles [kt_begin, kt_begin + n_k): the ring, the decode, the MMAs,
-        and its fp32 partial (x alpha) to workspace slot ``slot``; ``q`` as in :meth:`_decode`."""
+        and its fp32 partial (x alpha) to workspace slot ``slot``; ``q`` as in :meth:`_decode`.
+        ``role`` (quantizing warps of their own): "quant" loads and quantizes the token rows (units
+        0, 1), "mma" loads and decodes the expert rows (units 2, 3) and runs the MMAs and the
+        epilogue; both pass the same barriers."""
         row0 = m_idx * BM
         n0 = n_idx * BN
         sAq = None if q is None else q[0]
+        units = (0, 1) if role == "quant" else (2, 3) if role == "mma" else (0, 1, 2, 3)
         # prologue: self.ahead raw k-tiles in flight, the first decoded
         for s in cutlass.range_constexpr(self.ahead):
             if s < n_k:
-                self._issue(mA, mSFA, mB, mSFB, sRaw, sAq, kt_begin + s, s, row0, n0, T, kw, k_tiles, tidx, cp16, cp4)
+                self._issue(mA, mSFA, mB, mSFB, sRaw, sAq, kt_begin + s, s, row0, n0, T, kw, k_tiles, tidx, cp16, cp4,
+                            role)
             cute.arch.cp_async_commit_group()
+        if cutlass.const_expr(role == "quant"):
+            cute.arch.cp_async_wait_group(self.ahead - 1)
+            self._sync()
+            for i in cutlass.range_constexpr(2):
+                self._decode(sRaw, sAB32, 0, 0, i, tidx, q)
+            cute.arch.cp_async_wait_group(self.ahead - 2)
+            self._sync()
+            for it in range(n_k):
+                nxt = it + self.ahead
+                if nxt < n_k:
+                    self._issue(mA, mSFA, mB, mSFB, sRaw, sAq, kt_begin + nxt, nxt % self.stages, row0, n0, T, kw,
+                                k_tiles, tidx, cp16, cp4, role)
+                cute.arch.cp_async_commit_group()
+                # the next k-tile's token rows into the other buffer while the MMA warps read this one
+                # (the last round quantizes a stale slot into the unused buffer, as the decode does)
+                for i in cutlass.range_constexpr(2):
+                    self._decode(sRaw, sAB32, (it + 1) % self.stages, 1 - it % 2, i, tidx, q)
+                cute.arch.cp_async_wait_group(self.ahead - 2)
+                self._sync()
+            cute.arch.cp_async_wait_group(0)
+        else:
+            self._mma_segment(mSFA, mB, mSFB, mAlpha, mA, mWs, sRaw, sAB32, sA, sB, sAq, cp16, cp4, tiled_mma, m_idx,
+                              n_idx, kt_begin, n_k, slot, T, kw, k_tiles, tidx, q, role, units)
 
+    @cute.jit
+    def _mma_segment(self, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor, mAlpha: cute.Tensor,
+                     mA: cute.Tensor, mWs: cute.Tensor, sRaw: cute.Tensor, sAB32: cute.Tensor, sA: cute.Tensor,
+                     sB: cute.Tensor, sAq, cp16, cp4, tiled_mma: cute.TiledMma, m_idx, n_idx, kt_begin, n_k, slot, T,
+                     kw, k_tiles, tidx, q, role: cutlass.Constexpr, units: cutlass.Constexpr):
+        """:meth:`_segment` after its prologue's issues, for the threads that run the MMAs (all of
+        them, or the MMA warpgroup: ``units`` are the decode units they own)."""
+        row0 = m_idx * BM
+        n0 = n_idx * BN
         thr_mma = tiled_mma.get_slice(tidx)
         tCsA = thr_mma.partition_A(sA)
         tCsB = thr_mma.partition_B(sB)
@@ -334,11 +411,12 @@ class TileRouterKernel(PortableRouterKernel):
         num_kb = cute.size(tCrA, mode=[2])
 
         cute.arch.cp_async_wait_group(self.ahead - 1)
-        cute.arch.sync_threads()
+        self._sync()
         for i in cutlass.range_constexpr(4):
-            self._decode(sRaw, sAB32, 0, 0, i, tidx, q)
+            if cutlass.const_expr(i in units):
+                self._decode(sRaw, sAB32, 0, 0, i, tidx, q)
         cute.arch.cp_async_wait_group(self.ahead - 2)
-        cute.arch.sync_threads()
+        self._sync()
 
         for it in range(n_k):
             nxt = it + self.ahead
@@ -346,7 +424,7 @@ class TileRouterKernel(PortableRouterKernel):
                 # its slot held raw k-tile nxt - stages (it - 1 in the shipped form, it where
                 # ahead = stages), decoded in an earlier iteration (a barrier since)
                 self._issue(mA, mSFA, mB, mSFB, sRaw, sAq, kt_begin + nxt, nxt % self.stages, row0, n0, T, kw,
-                            k_tiles, tidx, cp16, cp4)
+                            k_tiles, tidx, cp16, cp4, role)
             cute.arch.cp_async_commit_group()
             dbuf = it % 2
             tAs_p = tAs[None, None, None, dbuf]
@@ -356,14 +434,14 @@ class TileRouterKernel(PortableRouterKernel):
                 # for a second set); the decode of the next tile covers the ldmatrix latency
                 cute.copy(ldA, tAs_p[None, None, kb], tAr[None, None, kb])
                 cute.copy(ldB, tBs_p[None, None, kb], tBr[None, None, kb])
-                if cutlass.const_expr(kb < 4 and "nodecode" not in self.variant):
+                if cutlass.const_expr(kb in units and "nodecode" not in self.variant):
                     # unconditional (the last round decodes a stale slot into the unused buffer): a
                     # branch here would split the block and keep ptxas from interleaving decode and MMAs
                     self._decode(sRaw, sAB32, (it + 1) % self.stages, 1 - dbuf, kb, tidx, q)
                 if cutlass.const_expr("nomma" not in self.variant):
                     cute.gemm(tiled_mma, tCrC, tCrA[None, None, kb], tCrB[None, None, kb], tCrC)
             cute.arch.cp_async_wait_group(self.ahead - 2)
-            cute.arch.sync_threads()
+            self._sync()
         cute.arch.cp_async_wait_group(0)
 
         # this CTA's partial logits (x alpha) to the workspace [split, T padded to 128, E]
@@ -373,6 +451,31 @@ class TileRouterKernel(PortableRouterKernel):
         alpha2 = alpha * cutlass.Float32(UNDO_2M28)
         for i in cutlass.range_constexpr(cute.size(tCrC)):
             tCgW[i] = tCrC[i] * alpha2
+
+    @cute.jit
+    def _segments(self, seg, T, kw, k_tiles, n_tiles, kt_begin, n_k, tidx, q, role: cutlass.Constexpr):
+        """This CTA's tile segments (``seg``: the tensors and atoms :meth:`_segment` takes first): the
+        split grid's one, or the stream-K range's."""
+        bidx, bidy, bidz = cute.arch.block_idx()
+        if cutlass.const_expr(self.stream_k_ctas > 0):
+            # stream-K: the m_tiles x n_tiles x k_tiles units (tile-major, K inner) are cut into
+            # grid-size equal ranges, one per CTA; a range crossing a tile boundary is two segments,
+            # each written to the tile's partial slot (= CTA index - the tile's first CTA), so every
+            # CTA does the same work and the grid is one full wave
+            m_tiles = (T + BM - 1) // BM
+            units = m_tiles * n_tiles * k_tiles
+            nct = self.stream_k_ctas
+            u = (bidx * units) // nct
+            u_end = ((bidx + 1) * units) // nct
+            while u < u_end:
+                tile = u // k_tiles
+                seg_end = cutlass.min(u_end, (tile + 1) * k_tiles)
+                first = stream_k_first(tile, k_tiles, units, nct)
+                self._segment(*seg, tile % m_tiles, tile // m_tiles, u - tile * k_tiles, seg_end - u, bidx - first,
+                              T, kw, k_tiles, tidx, q, role)
+                u = seg_end
+        else:
+            self._segment(*seg, bidx, bidz, kt_begin, n_k, bidy, T, kw, k_tiles, tidx, q, role)
 
     @cute.kernel
     def kernel(self, mA: cute.Tensor, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor,
@@ -403,9 +506,10 @@ class TileRouterKernel(PortableRouterKernel):
             sAq = smem.allocate_tensor(cutlass.Int32, cute.make_layout(Q_A_STAGE * self.stages), 16)
             sThr = smem.allocate_tensor(cutlass.Int32, cute.make_layout(TABLE_CODES * TABLE_WORDS), 16)
             g_safe, d6 = safe_scales(mSFA[0])
-            # two threads per scale code; read after the barrier before the first decode
-            for half in cutlass.range_constexpr(2 * TABLE_CODES // THREADS):
-                build_threshold_table(sThr, g_safe, tidx + half * THREADS)
+            if cutlass.const_expr(self.quant_warps == 0):
+                # two threads per scale code; read after the barrier before the first decode
+                for half in cutlass.range_constexpr(2 * TABLE_CODES // THREADS):
+                    build_threshold_table(sThr, g_safe, tidx + half * THREADS)
             q = (sAq, g_safe, d6, sThr)
         # the last CTA's merge lists, in the raw ring (free once the mainloop is over)
         f32p = cute.recast_ptr(sRaw.iterator, dtype=cutlass.Float32)
@@ -429,27 +533,21 @@ class TileRouterKernel(PortableRouterKernel):
         cp4 = cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(cache_mode=cute.nvgpu.cpasync.LoadCacheMode.ALWAYS),
                                   cutlass.Int32, num_bits_per_copy=32)
 
-        if cutlass.const_expr(self.stream_k_ctas > 0):
-            # stream-K: the m_tiles x n_tiles x k_tiles units (tile-major, K inner) are cut into
-            # grid-size equal ranges, one per CTA; a range crossing a tile boundary is two segments,
-            # each written to the tile's partial slot (= CTA index - the tile's first CTA), so every
-            # CTA does the same work and the grid is one full wave
-            m_tiles = (T + BM - 1) // BM
-            units = m_tiles * n_tiles * k_tiles
-            nct = self.stream_k_ctas
-            u = (bidx * units) // nct
-            u_end = ((bidx + 1) * units) // nct
-            while u < u_end:
-                tile = u // k_tiles
-                seg_end = cutlass.min(u_end, (tile + 1) * k_tiles)
-                first = stream_k_first(tile, k_tiles, units, nct)
-                self._segment(mA, mSFA, mB, mSFB, mAlpha, mWs, sRaw, sAB32, sA, sB, cp16, cp4, tiled_mma,
-                              tile % m_tiles, tile // m_tiles, u - tile * k_tiles, seg_end - u, bidx - first,
-                              T, kw, k_tiles, tidx, q)
-                u = seg_end
+        seg = (mA, mSFA, mB, mSFB, mAlpha, mWs, sRaw, sAB32, sA, sB, cp16, cp4, tiled_mma)
+        if cutlass.const_expr(self.quant_warps > 0):
+            # warp-uniform: warps 0-3 the MMA warpgroup, 4-7 the quantizing one; the registers
+            # change hands before either touches its work (setmaxnreg, per warpgroup)
+            if tidx < THREADS:
+                cute.arch.setmaxregister_increase(self.mma_regs)
+                self._segments(seg, T, kw, k_tiles, n_tiles, kt_begin, n_k, tidx, q, "mma")
+            else:
+                cute.arch.setmaxregister_decrease(256 - self.mma_regs)
+                tq = tidx - THREADS
+                for half in cutlass.range_constexpr(2 * TABLE_CODES // THREADS):
+                    build_threshold_table(q[3], q[1], tq + half * THREADS)
+                self._segments(seg, T, kw, k_tiles, n_tiles, kt_begin, n_k, tq, q, "quant")
         else:
-            self._segment(mA, mSFA, mB, mSFB, mAlpha, mWs, sRaw, sAB32, sA, sB, cp16, cp4, tiled_mma,
-                          bidx, bidz, kt_begin, n_k, bidy, T, kw, k_tiles, tidx, q)
+            self._segments(seg, T, kw, k_tiles, n_tiles, kt_begin, n_k, tidx, q, "all")
         if cutlass.const_expr(self.route_in_kernel):
             self._route_last(mWs, mCnt, mIds, mW, sAB32, sFlag, sMs, sMi, sSt, sRs, sRi, sRst, row0, T, E,
                              n_tiles, bidx, tidx)
@@ -667,12 +765,13 @@ _compiled = {}
 
 def compile_tile(top_k: int, scoring: str, renormalize: bool, splits: int, args, variant: str = "",
                  route_in_kernel: bool = False, stages: int = STAGES, stream_k_ctas: int = 0, pdl: bool = False,
-                 quant: bool = False, ahead: int = 0):
-    key = (top_k, scoring, renormalize, splits, variant, route_in_kernel, stages, stream_k_ctas, pdl, quant, ahead)
+                 quant: bool = False, ahead: int = 0, quant_warps: int = 0, mma_regs: int = MMA_REGS):
+    key = (top_k, scoring, renormalize, splits, variant, route_in_kernel, stages, stream_k_ctas, pdl, quant, ahead,
+           quant_warps, mma_regs)
     fn = _compiled.get(key)
     if fn is None:
         fn = cute.compile(TileRouterKernel(top_k, scoring, renormalize, splits, variant, route_in_kernel, stages,
-                                           stream_k_ctas, pdl, quant, ahead), *args)
+                                           stream_k_ctas, pdl, quant, ahead, quant_warps, mma_regs), *args)
         _compiled[key] = fn
     return fn
 

@@ -173,12 +173,20 @@ def test_handoff_kernel_compiles(arch, tmp_path):
 def test_tile_kernel_quantizing_its_token_rows_compiles_for_two_ctas_per_sm():
     # the tile kernel reading bf16 token rows and quantizing them per k-tile (SM90+, calibrated
     # scale), split and stream-K grids: the bf16x2 search and the MMAs in its PTX, and at most 255
-    # registers (its launch bound keeps two CTAs per SM, as the shipped form's)
+    # registers (its launch bound keeps two CTAs per SM, as the shipped form's); with a quantizing
+    # warpgroup of its own, 256 threads launched at 128 registers (two CTAs per SM) and setmaxnreg
+    # handing the MMA warpgroup more
     rc, res, err = _compile("tile-quant", "sm_90a", "--expect-ptx", "set.ge.u32.bf16x2", "--expect-ptx", "max.u16x2",
-                            "--expect-ptx", "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32")
+                            "--expect-ptx", "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
+                            "--expect-ptx", "setmaxnreg.inc.sync.aligned.u32",
+                            "--expect-ptx", "setmaxnreg.dec.sync.aligned.u32")
     assert rc == 0 and res["ok"], (res, err[-3000:])
-    assert res["compiled"] == ["k=6,softmax,tile quant splits=4", "k=6,softmax,tile quant stream-K 264 CTAs"]
-    assert res["registers"] and max(res["registers"]) <= 255, res["registers"]
+    forms = ["k=6,softmax,tile quant splits=4", "k=6,softmax,tile quant splits=4,quant_warps=4",
+             "k=6,softmax,tile quant stream-K 264 CTAs", "k=6,softmax,tile quant stream-K 264 CTAs,quant_warps=4"]
+    assert res["compiled"] == forms
+    regs = res["form_registers"]
+    assert sorted(regs) == sorted(forms), regs
+    assert all(regs[f] <= 255 for f in forms) and all(regs[f] == 128 for f in forms if "quant_warps" in f), regs
 
 
 @pytest.mark.parametrize("arch", ["sm_90a", "sm_120a"])

@@ -438,10 +438,13 @@ def test_quantizer_prefetching_the_weights_changes_no_answer(t, e, hidden, monke
     (200, 384, 2048, "stream_k", False),  # stream-K segments crossing tiles
     (130, 256, 2048, (1, 32), True),  # divisors below 2^-100: the codes by division
 ])
-def test_tile_quantizing_in_kernel_is_quantizer_plus_tile_bit_for_bit(t, e, hidden, grid, tiny, monkeypatch):
+@pytest.mark.parametrize("quant_warps", [0, 4])
+def test_tile_quantizing_in_kernel_is_quantizer_plus_tile_bit_for_bit(t, e, hidden, grid, tiny, quant_warps,
+                                                                      monkeypatch):
     # the tile kernel reading bf16 token rows and quantizing each k-tile itself into its fp16 tile
     # (the layer's calibrated scale) against the fused quantizer + the same tile grid: the same ids
-    # and weights, bit for bit, on every run
+    # and weights, bit for bit, on every run; by the tile's own threads, or (quant_warps=4) by a
+    # warpgroup of its own beside the MMA warps (setmaxnreg)
     from kernels.router.launch import run_tile_quant, tile_launcher
 
     layer, x = _case(t, e, hidden, seed=71 + t + e)
@@ -462,11 +465,11 @@ def test_tile_quantizing_in_kernel_is_quantizer_plus_tile_bit_for_bit(t, e, hidd
     launch, *want = tile_launcher(act, layer, 6, "softmax", False, config, stream_k=stream_k)
     launch()
     for _ in range(2):
-        got = run_tile_quant(x, layer, 6, "softmax", False, config, stream_k=stream_k)
+        got = run_tile_quant(x, layer, 6, "softmax", False, config, stream_k=stream_k, quant_warps=quant_warps)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     c = router.compare_routing(got[0], got[1], router.router_logits_reference(x, layer), 6, "softmax")
     assert c.ok and c.max_weight_err < 1e-4, c
-    if grid is None:
+    if grid is None and not quant_warps:
         # not the router's path, even with GPUREPRO_ROUTER_INKERNEL_QUANT=1: measured slower than the
         # quantizer + tile kernel, which the router keeps (the same bits)
         monkeypatch.setenv("GPUREPRO_ROUTER_INKERNEL_QUANT", "1")
