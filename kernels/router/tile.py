@@ -356,59 +356,9 @@ class TileRouterKernel(PortableRouterKernel):
                 self._issue(mA, mSFA, mB, mSFB, sRaw, sAq, kt_begin + s, s, row0, n0, T, kw, k_tiles, tidx, cp16, cp4,
                             role)
             cute.arch.cp_async_commit_group()
-        if cutlass.const_expr(role == "quant"):
-            cute.arch.cp_async_wait_group(self.ahead - 1)
-            self._sync()
-            for i in cutlass.range_constexpr(2):
-                self._decode(sRaw, sAB32, 0, 0, i, tidx, q)
-            cute.arch.cp_async_wait_group(self.ahead - 2)
-            self._sync()
-            for it in range(n_k):
-                nxt = it + self.ahead
-                if nxt < n_k:
-                    self._issue(mA, mSFA, mB, mSFB, sRaw, sAq, kt_begin + nxt, nxt % self.stages, row0, n0, T, kw,
-                                k_tiles, tidx, cp16, cp4, role)
-                cute.arch.cp_async_commit_group()
-                # the next k-tile's token rows into the other buffer while the MMA warps read this one
-                # (the last round quantizes a stale slot into the unused buffer, as the decode does)
-                for i in cutlass.range_constexpr(2):
-                    self._decode(sRaw, sAB32, (it + 1) % self.stages, 1 - it % 2, i, tidx, q)
-                cute.arch.cp_async_wait_group(self.ahead - 2)
-                self._sync()
-            cute.arch.cp_async_wait_group(0)
-        else:
-            self._mma_segment(mSFA, mB, mSFB, mAlpha, mA, mWs, sRaw, sAB32, sA, sB, sAq, cp16, cp4, tiled_mma, m_idx,
-                              n_idx, kt_begin, n_k, slot, T, kw, k_tiles, tidx, q, role, units)
-
-    @cute.jit
-    def _mma_segment(self, mSFA: cute.Tensor, mB: cute.Tensor, mSFB: cute.Tensor, mAlpha: cute.Tensor,
-                     mA: cute.Tensor, mWs: cute.Tensor, sRaw: cute.Tensor, sAB32: cute.Tensor, sA: cute.Tensor,
-                     sB: cute.Tensor, sAq, cp16, cp4, tiled_mma: cute.TiledMma, m_idx, n_idx, kt_begin, n_k, slot, T,
-                     kw, k_tiles, tidx, q, role: cutlass.Constexpr, units: cutlass.Constexpr):
-        """:meth:`_segment` after its prologue's issues, for the threads that run the MMAs (all of
-        them, or the MMA warpgroup: ``units`` are the decode units they own)."""
-        row0 = m_idx * BM
-        n0 = n_idx * BN
-        thr_mma = tiled_mma.get_slice(tidx)
-        tCsA = thr_mma.partition_A(sA)
-        tCsB = thr_mma.partition_B(sB)
-        tCrA = tiled_mma.make_fragment_A(tCsA[None, None, None, 0])
-        tCrB = tiled_mma.make_fragment_B(tCsB[None, None, None, 0])
-        gW = cute.local_tile(mWs[slot, None, None], (BM, BN), (m_idx, n_idx))
-        tCgW = thr_mma.partition_C(gW)
-        tCrC = tiled_mma.make_fragment_C(tCgW)
-        tCrC.fill(0.0)
-        ldA = cute.make_tiled_copy_A(cute.make_copy_atom(cute.nvgpu.warp.LdMatrix8x8x16bOp(False, 4), cutlass.Float16),
-                                     tiled_mma)
-        ldB = cute.make_tiled_copy_B(cute.make_copy_atom(cute.nvgpu.warp.LdMatrix8x8x16bOp(False, 4), cutlass.Float16),
-                                     tiled_mma)
-        thrA = ldA.get_slice(tidx)
-        thrB = ldB.get_slice(tidx)
-        tAs = thrA.partition_S(sA)
-        tAr = thrA.retile(tCrA)
-        tBs = thrB.partition_S(sB)
-        tBr = thrB.retile(tCrB)
-        num_kb = cute.size(tCrA, mode=[2])
+        mma = None
+        if cutlass.const_expr(role != "quant"):
+            mma = self._mma_setup(sA, sB, mWs, tiled_mma, m_idx, n_idx, slot, tidx)
 
         cute.arch.cp_async_wait_group(self.ahead - 1)
         self._sync()
@@ -426,31 +376,69 @@ class TileRouterKernel(PortableRouterKernel):
                 self._issue(mA, mSFA, mB, mSFB, sRaw, sAq, kt_begin + nxt, nxt % self.stages, row0, n0, T, kw,
                             k_tiles, tidx, cp16, cp4, role)
             cute.arch.cp_async_commit_group()
-            dbuf = it % 2
-            tAs_p = tAs[None, None, None, dbuf]
-            tBs_p = tBs[None, None, None, dbuf]
-            for kb in cutlass.range_constexpr(num_kb):
-                # fragments of one k-block at a time (the 64 x 64 accumulator leaves no registers
-                # for a second set); the decode of the next tile covers the ldmatrix latency
-                cute.copy(ldA, tAs_p[None, None, kb], tAr[None, None, kb])
-                cute.copy(ldB, tBs_p[None, None, kb], tBr[None, None, kb])
-                if cutlass.const_expr(kb in units and "nodecode" not in self.variant):
-                    # unconditional (the last round decodes a stale slot into the unused buffer): a
-                    # branch here would split the block and keep ptxas from interleaving decode and MMAs
-                    self._decode(sRaw, sAB32, (it + 1) % self.stages, 1 - dbuf, kb, tidx, q)
-                if cutlass.const_expr("nomma" not in self.variant):
-                    cute.gemm(tiled_mma, tCrC, tCrA[None, None, kb], tCrB[None, None, kb], tCrC)
+            if cutlass.const_expr(role == "quant"):
+                # the next k-tile's token rows into the other buffer while the MMA warps read this
+                # one (the last round quantizes a stale slot into the unused buffer, as the decode does)
+                for i in cutlass.range_constexpr(2):
+                    self._decode(sRaw, sAB32, (it + 1) % self.stages, 1 - it % 2, i, tidx, q)
+            else:
+                self._mma_k_tile(mma, tiled_mma, sRaw, sAB32, it, units, tidx, q)
             cute.arch.cp_async_wait_group(self.ahead - 2)
             self._sync()
         cute.arch.cp_async_wait_group(0)
 
-        # this CTA's partial logits (x alpha) to the workspace [split, T padded to 128, E]
-        alpha = mAlpha[0]
-        if cutlass.const_expr(self.quant):
-            alpha = _mul_rn(mSFA[0], alpha)  # g * g_b, as the quantizer writes alpha
-        alpha2 = alpha * cutlass.Float32(UNDO_2M28)
-        for i in cutlass.range_constexpr(cute.size(tCrC)):
-            tCgW[i] = tCrC[i] * alpha2
+        if cutlass.const_expr(role != "quant"):
+            # this CTA's partial logits (x alpha) to the workspace [split, T padded to 128, E]
+            tCrC, tCgW = mma[0], mma[1]
+            alpha = mAlpha[0]
+            if cutlass.const_expr(self.quant):
+                alpha = _mul_rn(mSFA[0], alpha)  # g * g_b, as the quantizer writes alpha
+            alpha2 = alpha * cutlass.Float32(UNDO_2M28)
+            for i in cutlass.range_constexpr(cute.size(tCrC)):
+                tCgW[i] = tCrC[i] * alpha2
+
+    @cute.jit
+    def _mma_setup(self, sA: cute.Tensor, sB: cute.Tensor, mWs: cute.Tensor, tiled_mma: cute.TiledMma, m_idx, n_idx,
+                   slot, tidx):
+        """The MMA threads' accumulators (zeroed), their workspace partition and ldmatrix views:
+        ``(tCrC, tCgW, tCrA, tCrB, ldA, ldB, tAs, tAr, tBs, tBr)``."""
+        thr_mma = tiled_mma.get_slice(tidx)
+        tCsA = thr_mma.partition_A(sA)
+        tCsB = thr_mma.partition_B(sB)
+        tCrA = tiled_mma.make_fragment_A(tCsA[None, None, None, 0])
+        tCrB = tiled_mma.make_fragment_B(tCsB[None, None, None, 0])
+        gW = cute.local_tile(mWs[slot, None, None], (BM, BN), (m_idx, n_idx))
+        tCgW = thr_mma.partition_C(gW)
+        tCrC = tiled_mma.make_fragment_C(tCgW)
+        tCrC.fill(0.0)
+        ldA = cute.make_tiled_copy_A(cute.make_copy_atom(cute.nvgpu.warp.LdMatrix8x8x16bOp(False, 4), cutlass.Float16),
+                                     tiled_mma)
+        ldB = cute.make_tiled_copy_B(cute.make_copy_atom(cute.nvgpu.warp.LdMatrix8x8x16bOp(False, 4), cutlass.Float16),
+                                     tiled_mma)
+        thrA = ldA.get_slice(tidx)
+        thrB = ldB.get_slice(tidx)
+        return (tCrC, tCgW, tCrA, tCrB, ldA, ldB, thrA.partition_S(sA), thrA.retile(tCrA), thrB.partition_S(sB),
+                thrB.retile(tCrB))
+
+    @cute.jit
+    def _mma_k_tile(self, mma, tiled_mma: cute.TiledMma, sRaw: cute.Tensor, sAB32: cute.Tensor, it, units, tidx, q):
+        """The MMAs of k-tile ``it`` from decoded buffer ``it % 2``, the decode of the next k-tile's
+        ``units`` into the other buffer interleaved with them."""
+        tCrC, _, tCrA, tCrB, ldA, ldB, tAs, tAr, tBs, tBr = mma
+        dbuf = it % 2
+        tAs_p = tAs[None, None, None, dbuf]
+        tBs_p = tBs[None, None, None, dbuf]
+        for kb in cutlass.range_constexpr(cute.size(tCrA, mode=[2])):
+            # fragments of one k-block at a time (the 64 x 64 accumulator leaves no registers
+            # for a second set); the decode of the next tile covers the ldmatrix latency
+            cute.copy(ldA, tAs_p[None, None, kb], tAr[None, None, kb])
+            cute.copy(ldB, tBs_p[None, None, kb], tBr[None, None, kb])
+            if cutlass.const_expr(kb in units and "nodecode" not in self.variant):
+                # unconditional (the last round decodes a stale slot into the unused buffer): a
+                # branch here would split the block and keep ptxas from interleaving decode and MMAs
+                self._decode(sRaw, sAB32, (it + 1) % self.stages, 1 - dbuf, kb, tidx, q)
+            if cutlass.const_expr("nomma" not in self.variant):
+                cute.gemm(tiled_mma, tCrC, tCrA[None, None, kb], tCrB[None, None, kb], tCrC)
 
     @cute.jit
     def _segments(self, seg, T, kw, k_tiles, n_tiles, kt_begin, n_k, tidx, q, role: cutlass.Constexpr):
