@@ -396,8 +396,8 @@ def main(argv=None) -> int:
         form_regs[done[-1]] = max(last_regs)
     shutil.rmtree(dump, ignore_errors=True)
     print(json.dumps({"kernel": a.kernel, "arch": a.arch, "compiled": done, "seconds": round(time.time() - t0, 1),
-                      "cubins": [os.path.basename(c)[-60:] for c in cubins], "registers": regs, "form_registers": form_regs, "missing_ptx": missing,
-                      "ok": ok}))
+                      "cubins": [os.path.basename(c)[-60:] for c in cubins], "registers": regs,
+                      "form_registers": form_regs, "missing_ptx": missing, "ok": ok}))
     return 0 if ok else 1
 
 

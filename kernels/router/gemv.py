@@ -839,9 +839,9 @@ def pick_gemv_quant(num_tokens: int, experts: int, form: str, static: bool, sm_m
     T=1, E=256).  "halves" / "quarters" with the calibrated scale (``static``): 512 / 1024 threads per
     CTA, so the fewest experts per CTA that keep the grid in one wave of ``sms`` CTAs (E=256: 2, 128
     CTAs; E=384: 3; a 1024-thread CTA fills an SM's registers at 43-64 a thread; where no count
-    does, the most a CTA takes), the thresholds
-    from the per-CTA table and, SM90+, the codes by bf16x2 compares (variants "table", "search").
-    With the dynamic scale the parts forms do not exist: "" is used."""
+    does, the most a CTA takes), the thresholds from the per-CTA table and, SM90+, the codes by
+    bf16x2 compares (variants "table", "search").  With the dynamic scale the parts forms do not
+    exist: "" is used."""
     if form not in GEMV_QUANT_FORMS:
         raise ValueError(f"GEMV quantizing form {form!r}: one of {GEMV_QUANT_FORMS}")
     tm, rb = pick_gemv(num_tokens, experts)
