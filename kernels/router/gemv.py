@@ -37,7 +37,7 @@ from cutlass._mlir.dialects import llvm
 from .portable import DSL_ASCENDING_ID_OPS, DSL_OPS, LUT_E4M3, LUT_SIZE
 from .quant import (TABLE_CODES, TABLE_WORDS, _asm, _dec_pair, _f2i, _i2f, _mul_rn, _scale2, _sel, block_amax,
                     block_amax_words, build_threshold_table, global_scale, max_of_magnitudes, quant_block,
-                    quant_block_f16, quant_block_table, quant_half_block, safe_scales)
+                    quant_block_f16, quant_half_block, safe_scales)
 from .topk import EMPTY_ID, KEY_FLOOR, sorted_insert
 
 THREADS = 256
@@ -704,10 +704,8 @@ class GemvRouterKernel(_WarpRouter):
         out = cute.make_rmem_tensor(cute.make_layout(2), cutlass.Int32)
         for t in cutlass.range_constexpr(tm):
             for b in cutlass.range_constexpr(2):
-                if cutlass.const_expr(self.quant_table):
-                    sfA[b, t] = quant_block_table(xw[t][b], bam[t][b], g_safe, d6, sThr, out, self.quant_search)
-                else:
-                    sfA[b, t] = quant_block(xw[t][b], bam[t][b], g_safe, d6, out, self.quant_search)
+                sfA[b, t] = quant_block(xw[t][b], bam[t][b], g_safe, d6, sThr if self.quant_table else None, out,
+                                        self.quant_search)
                 rawA[2 * b, t] = out[0]
                 rawA[2 * b + 1, t] = out[1]
         if tidx < nchunk:
@@ -772,10 +770,8 @@ class GemvRouterKernel(_WarpRouter):
                         if tidx % 2 == 0:
                             sQ[t, tidx // 2, 2] = sf
                 else:
-                    if cutlass.const_expr(self.quant_table):
-                        sf = quant_block_table(xw[t], bam, g_safe, d6, sThr, out, self.quant_search)
-                    else:
-                        sf = quant_block(xw[t], bam, g_safe, d6, out, self.quant_search)
+                    sf = quant_block(xw[t], bam, g_safe, d6, sThr if self.quant_table else None, out,
+                                     self.quant_search)
                     sQ[t, tidx, 0] = out[0]
                     sQ[t, tidx, 1] = out[1]
                     sQ[t, tidx, 2] = sf

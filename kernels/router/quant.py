@@ -333,12 +333,14 @@ def _divisor(code, g_safe):
 
 
 @cute.jit
-def quant_block(raw: cute.Tensor, bam, g_safe, d6, out: cute.Tensor, search: bool = False):
+def quant_block(raw: cute.Tensor, bam, g_safe, d6, sThr, out: cute.Tensor, search: bool = False):
     """One 16-element block (``raw``: 8 bf16x2 words, ``bam``: its :func:`block_amax`) with global
     scale ``g_safe`` (``d6 = 6 g_safe``): its two words of E2M1 codes into ``out``; returns the
-    E4M3 scale code.  ``search`` (SM90+): the codes by :data:`ENCODE_PAIR_SEARCH` (the same bits)."""
+    E4M3 scale code.  ``sThr``: the thresholds from the table of :func:`build_threshold_table` (the
+    same bits: the same divisor per scale code, the same tests), or None to compute them here.
+    ``search`` (SM90+): the codes by :data:`ENCODE_PAIR_SEARCH` (the same bits)."""
     code = _scale_code(bam, d6)
-    _encode_block(raw, code, g_safe, None, out, search, _pack_codes)
+    _encode_block(raw, code, g_safe, sThr, out, search, _pack_codes)
     return code
 
 
@@ -370,15 +372,6 @@ def build_threshold_table(sThr: cute.Tensor, g_safe, tidx):
         inr = (d >= cutlass.Float32(THRESHOLD_D_MIN)) & (d <= cutlass.Float32(THRESHOLD_D_MAX))
         sThr[base + 7] = _sel(ok, cutlass.Int32(TABLE_OK), cutlass.Int32(0)) | \
             _sel(inr, cutlass.Int32(TABLE_THRESHOLDS), cutlass.Int32(0))
-
-
-@cute.jit
-def quant_block_table(raw: cute.Tensor, bam, g_safe, d6, sThr: cute.Tensor, out: cute.Tensor, search: bool = False):
-    """:func:`quant_block` with the thresholds read from the table of :func:`build_threshold_table`
-    (the same bits: the same divisor per scale code, the same tests); ``search`` as there."""
-    code = _scale_code(bam, d6)
-    _encode_block(raw, code, g_safe, sThr, out, search, _pack_codes)
-    return code
 
 
 @cute.jit
@@ -415,10 +408,16 @@ def quant_half_block(raw: cute.Tensor, bam, g_safe, d6, sThr, out: cute.Tensor, 
 
 def _pack_half(raw, ok, out, encode_pair):
     """:func:`_pack_codes` for one half: 4 bf16x2 words -> one word of codes in ``out[0]``."""
+    out[0] = _pack_word([raw[j] for j in range(4)], ok, encode_pair)
+
+
+def _pack_word(words, ok, encode_pair):
+    """4 bf16x2 words -> one word of E2M1 codes (``encode_pair``: one word -> one byte), 0 unless
+    ``ok``.  Unrolled at trace time."""
     w = cutlass.Int32(0)
     for j in range(4):
-        w = w | (encode_pair(raw[j]) << (8 * j))
-    out[0] = _sel(ok, w, cutlass.Int32(0))
+        w = w | (encode_pair(words[j]) << (8 * j))
+    return _sel(ok, w, cutlass.Int32(0))
 
 
 def _table_row(sThr: cute.Tensor, code):
@@ -443,10 +442,7 @@ def _pack_codes(raw, ok, out, encode_pair):
     """The block's 8 bf16x2 words -> its two words of E2M1 codes (``encode_pair``: one word -> one
     byte), all 0 unless ``ok``.  Unrolled at trace time."""
     for h in range(2):
-        w = cutlass.Int32(0)
-        for j in range(4):
-            w = w | (encode_pair(raw[4 * h + j]) << (8 * j))
-        out[h] = _sel(ok, w, cutlass.Int32(0))
+        out[h] = _pack_word([raw[4 * h + j] for j in range(4)], ok, encode_pair)
 
 
 # The fp16 decode of the tensor-core kernels (swap-AB, tile, staged; here as the quantizer's operand
@@ -654,11 +650,7 @@ class Nvfp4ActQuantKernel:
     @cute.jit
     def _quant_block(self, mQ: cute.Tensor, mS: cute.Tensor, b, raw: cute.Tensor, bam, g_safe, d6, sThr):
         out = cute.make_rmem_tensor(cute.make_layout(2), cutlass.Int32)
-        code = cutlass.Int32(0)
-        if cutlass.const_expr(self.table):
-            code = quant_block_table(raw, bam, g_safe, d6, sThr, out)
-        else:
-            code = quant_block(raw, bam, g_safe, d6, out)
+        code = quant_block(raw, bam, g_safe, d6, sThr if self.table else None, out)
         if cutlass.const_expr(self.operands):
             ops = cute.make_rmem_tensor(cute.make_layout(8), cutlass.Int32)
             s2 = _scale2(code)
